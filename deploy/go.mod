@@ -1,0 +1,7 @@
+module vigil.dev/deploy
+
+go 1.26
+
+require vigil.dev/pkg v0.0.0
+
+replace vigil.dev/pkg => ../pkg

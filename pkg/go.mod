@@ -1,0 +1,3 @@
+module vigil.dev/pkg
+
+go 1.26
