@@ -1,0 +1,335 @@
+package contract
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// MaxPayloadBytes is the largest command payload accepted (64 KiB).
+const MaxPayloadBytes = 64 << 10
+
+// Command is an operator command name as it appears in vigil.cmd.<user>.<command>.
+type Command string
+
+// The six commands of ARCHITECTURE.md §5.
+const (
+	CmdPause          Command = "pause"
+	CmdResume         Command = "resume"
+	CmdReloadSettings Command = "reload-settings"
+	CmdSwitchMode     Command = "switch-mode"
+	CmdForceBackfill  Command = "force-backfill"
+	CmdClearCache     Command = "clear-cache"
+)
+
+// Commands lists every command.
+var Commands = []Command{CmdPause, CmdResume, CmdReloadSettings, CmdSwitchMode, CmdForceBackfill, CmdClearCache}
+
+// ParseCommand validates a command name; an unknown one wraps
+// ErrUnknownCommand.
+func ParseCommand(s string) (Command, error) {
+	for _, c := range Commands {
+		if string(c) == s {
+			return c, nil
+		}
+	}
+	return "", fmt.Errorf("command %q is not one of pause, resume, reload-settings, switch-mode, force-backfill, clear-cache: %w", s, ErrUnknownCommand)
+}
+
+// Priority orders a user's queued commands: higher runs first (pause,
+// resume > switch-mode, reload-settings > clear-cache > force-backfill).
+func (c Command) Priority() int {
+	switch c {
+	case CmdPause, CmdResume:
+		return 3
+	case CmdSwitchMode, CmdReloadSettings:
+		return 2
+	case CmdClearCache:
+		return 1
+	}
+	return 0
+}
+
+// MaxBackfillRange bounds force-backfill's from..to per timeframe, as a number
+// of bars (the configured retention is the useful upper bound).
+const MaxBackfillBars = 100_000
+
+// PausePayload is pause's payload: nothing but an optional id.
+type PausePayload struct {
+	ID string `json:"id,omitempty"`
+}
+
+// ResumePayload is resume's payload: optionally the symbols to watch from now
+// on (they become the stored symbols).
+type ResumePayload struct {
+	ID      string   `json:"id,omitempty"`
+	Symbols []string `json:"symbols,omitempty"`
+}
+
+// ReloadSettingsPayload is reload-settings' payload: nothing but an optional id.
+type ReloadSettingsPayload struct {
+	ID string `json:"id,omitempty"`
+}
+
+// SwitchModePayload is switch-mode's payload.
+type SwitchModePayload struct {
+	ID   string `json:"id,omitempty"`
+	Mode Mode   `json:"mode"`
+}
+
+// ForceBackfillPayload is force-backfill's payload. Timeframes default to all
+// six; From defaults to the retention window before To; To defaults to now.
+type ForceBackfillPayload struct {
+	ID         string      `json:"id,omitempty"`
+	Symbol     string      `json:"symbol"`
+	Timeframes []Timeframe `json:"timeframes,omitempty"`
+	From       *time.Time  `json:"from,omitempty"`
+	To         *time.Time  `json:"to,omitempty"`
+}
+
+// ClearCachePayload is clear-cache's payload. Exchange defaults to the user's
+// default exchange account.
+type ClearCachePayload struct {
+	ID        string     `json:"id,omitempty"`
+	Scope     ClearScope `json:"scope"`
+	Symbol    string     `json:"symbol,omitempty"`
+	Timeframe Timeframe  `json:"timeframe,omitempty"`
+	Exchange  int64      `json:"exchange,omitempty"`
+}
+
+// Payload is a decoded, validated command payload.
+type Payload interface {
+	// CommandID is the client-chosen id in the payload, or "".
+	CommandID() string
+	// Validate checks the payload against the contract and the limits.
+	Validate(l Limits) error
+}
+
+// CommandID implements Payload.
+func (p PausePayload) CommandID() string { return p.ID }
+
+// CommandID implements Payload.
+func (p ResumePayload) CommandID() string { return p.ID }
+
+// CommandID implements Payload.
+func (p ReloadSettingsPayload) CommandID() string { return p.ID }
+
+// CommandID implements Payload.
+func (p SwitchModePayload) CommandID() string { return p.ID }
+
+// CommandID implements Payload.
+func (p ForceBackfillPayload) CommandID() string { return p.ID }
+
+// CommandID implements Payload.
+func (p ClearCachePayload) CommandID() string { return p.ID }
+
+func validateOptionalID(f *fieldErrs, id string) {
+	if id != "" {
+		f.check("id", ValidateCommandID(id))
+	}
+}
+
+// Validate implements Payload.
+func (p PausePayload) Validate(Limits) error {
+	var f fieldErrs
+	validateOptionalID(&f, p.ID)
+	return f.err()
+}
+
+// Validate implements Payload.
+func (p ReloadSettingsPayload) Validate(Limits) error {
+	var f fieldErrs
+	validateOptionalID(&f, p.ID)
+	return f.err()
+}
+
+// Validate implements Payload.
+func (p ResumePayload) Validate(l Limits) error {
+	var f fieldErrs
+	validateOptionalID(&f, p.ID)
+	if p.Symbols != nil {
+		validateSymbolList(&f, "symbols", p.Symbols, l.MaxSymbols)
+	}
+	return f.err()
+}
+
+// Validate implements Payload.
+func (p SwitchModePayload) Validate(Limits) error {
+	var f fieldErrs
+	validateOptionalID(&f, p.ID)
+	if p.Mode == "" {
+		f.add("mode", "is required (position-monitor, scalper-macdv or scalper-orderbook)")
+	} else {
+		f.check("mode", p.Mode.Validate())
+	}
+	return f.err()
+}
+
+// Validate implements Payload.
+func (p ForceBackfillPayload) Validate(Limits) error {
+	var f fieldErrs
+	validateOptionalID(&f, p.ID)
+	f.check("symbol", ValidateSymbol(p.Symbol))
+	seen := map[Timeframe]bool{}
+	for i, tf := range p.Timeframes {
+		field := fmt.Sprintf("timeframes[%d]", i)
+		if err := tf.Validate(); err != nil {
+			f.check(field, err)
+		} else if seen[tf] {
+			f.add(field, "%q is listed twice", tf)
+		}
+		seen[tf] = true
+	}
+	if p.From != nil && p.To != nil && !p.From.Before(*p.To) {
+		f.add("from", "must be before to")
+	}
+	if p.To != nil && p.To.After(time.Now().Add(time.Minute)) {
+		f.add("to", "is in the future")
+	}
+	if p.From != nil && p.To != nil {
+		for _, tf := range p.BackfillTimeframes() {
+			if tf.Duration() == 0 {
+				continue
+			}
+			if bars := p.To.Sub(*p.From) / tf.Duration(); bars > MaxBackfillBars {
+				f.add("from", "range is %d bars of %s, the limit is %d", bars, tf, MaxBackfillBars)
+				break
+			}
+		}
+	}
+	return f.err()
+}
+
+// BackfillTimeframes is the payload's timeframes, or all six when none are
+// given.
+func (p ForceBackfillPayload) BackfillTimeframes() []Timeframe {
+	if len(p.Timeframes) == 0 {
+		return Timeframes
+	}
+	return p.Timeframes
+}
+
+// Validate implements Payload.
+func (p ClearCachePayload) Validate(Limits) error {
+	var f fieldErrs
+	validateOptionalID(&f, p.ID)
+	if p.Exchange < 0 {
+		f.add("exchange", "must be a positive exchange account id")
+	}
+	switch p.Scope {
+	case ScopeAll:
+		if p.Symbol != "" || p.Timeframe != "" {
+			f.add("scope", "all takes no symbol or timeframe")
+		}
+	case ScopeSymbol:
+		f.check("symbol", ValidateSymbol(p.Symbol))
+		if p.Timeframe != "" {
+			f.add("timeframe", "is only allowed with scope timeframe")
+		}
+	case ScopeTimeframe:
+		f.check("symbol", ValidateSymbol(p.Symbol))
+		f.check("timeframe", p.Timeframe.Validate())
+	case "":
+		f.add("scope", "is required (all, symbol or timeframe)")
+	default:
+		f.add("scope", "%q is not one of all, symbol, timeframe", p.Scope)
+	}
+	return f.err()
+}
+
+func validateSymbolList(f *fieldErrs, field string, symbols []string, max int) {
+	if max > 0 && len(symbols) > max {
+		f.add(field, "has %d symbols, the limit is %d", len(symbols), max)
+	}
+	seen := map[string]bool{}
+	for i, s := range symbols {
+		name := fmt.Sprintf("%s[%d]", field, i)
+		if err := ValidateSymbol(s); err != nil {
+			f.check(name, err)
+			continue
+		}
+		if seen[s] {
+			f.add(name, "%q is listed twice", s)
+		}
+		seen[s] = true
+	}
+}
+
+// DecodePayload decodes and validates the payload of cmd. An empty body is
+// {}. Unknown fields, trailing data, more than MaxPayloadBytes and invalid
+// values are errors that name the field.
+func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
+	if len(body) > MaxPayloadBytes {
+		return nil, FieldError{"payload", fmt.Sprintf("is %d bytes, the limit is %d", len(body), MaxPayloadBytes)}
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		body = []byte("{}")
+	}
+	var p Payload
+	var err error
+	switch cmd {
+	case CmdPause:
+		p, err = decodeStrict[PausePayload](body)
+	case CmdResume:
+		p, err = decodeStrict[ResumePayload](body)
+	case CmdReloadSettings:
+		p, err = decodeStrict[ReloadSettingsPayload](body)
+	case CmdSwitchMode:
+		p, err = decodeStrict[SwitchModePayload](body)
+	case CmdForceBackfill:
+		p, err = decodeStrict[ForceBackfillPayload](body)
+	case CmdClearCache:
+		p, err = decodeStrict[ClearCachePayload](body)
+	default:
+		return nil, fmt.Errorf("command %q: %w", cmd, ErrUnknownCommand)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return p, p.Validate(l)
+}
+
+// decodeStrict decodes one JSON object into T, rejecting unknown fields and
+// trailing data, and names the field of a type mismatch.
+func decodeStrict[T any](body []byte) (T, error) {
+	var v T
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return v, jsonFieldError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return v, FieldError{"payload", "has data after the JSON object"}
+	}
+	return v, nil
+}
+
+// jsonFieldError turns a encoding/json error into a FieldError that names
+// the field where it can.
+func jsonFieldError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		field := typeErr.Field
+		if field == "" {
+			field = "payload"
+		}
+		return FieldError{field, fmt.Sprintf("must be %s, got JSON %s", typeErr.Type, typeErr.Value)}
+	case errors.As(err, &syntaxErr):
+		return FieldError{"payload", fmt.Sprintf("is not valid JSON at byte %d: %v", syntaxErr.Offset, err)}
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return FieldError{name, "is not a known field"}
+	}
+	return FieldError{"payload", err.Error()}
+}
+
+// DecodeStrict decodes body into T with the same strictness as command
+// payloads (unknown fields, trailing data and type mismatches are field
+// errors). Services use it for vigil.svc.* requests and settings.
+func DecodeStrict[T any](body []byte) (T, error) { return decodeStrict[T](body) }

@@ -1,0 +1,239 @@
+package contract
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Ack is the reply to vigil.cmd.<user>.<command>.
+type Ack struct {
+	ID       string  `json:"id"`
+	User     string  `json:"user"`
+	Command  Command `json:"command"`
+	Accepted bool    `json:"accepted"`
+	// Position is the number of the user's commands ahead of this one.
+	Position int    `json:"position"`
+	Error    *Error `json:"error,omitempty"`
+}
+
+// Status is the final status of a command.
+type Status string
+
+// The final statuses of a command result.
+const (
+	StatusSucceeded Status = "succeeded"
+	StatusFailed    Status = "failed"
+	StatusCancelled Status = "cancelled"
+)
+
+// Step is one step of a command's sequence: a vigil.svc.<service>.<verb>
+// request and how many instances answered it.
+type Step struct {
+	Service   string  `json:"service"`
+	Verb      Verb    `json:"verb"`
+	Instances int     `json:"instances"`
+	Acked     int     `json:"acked"`
+	Ms        float64 `json:"ms"`
+	// Missing names the instances that did not confirm the step.
+	Missing []string `json:"missing,omitempty"`
+	Error   *Error   `json:"error,omitempty"`
+}
+
+// Result is the final result of a command on vigil.result.<user>.<id>.
+type Result struct {
+	ID         string          `json:"id"`
+	User       string          `json:"user"`
+	Command    Command         `json:"command"`
+	Status     Status          `json:"status"`
+	Result     json.RawMessage `json:"result,omitempty"`
+	Error      *Error          `json:"error,omitempty"`
+	Steps      []Step          `json:"steps"`
+	AcceptedAt time.Time       `json:"accepted_at"`
+	FinishedAt time.Time       `json:"finished_at"`
+	TraceID    string          `json:"trace_id,omitempty"`
+}
+
+// Progress is one progress event on vigil.progress.<user>.<id>.
+type Progress struct {
+	ID      string `json:"id"`
+	Done    int    `json:"done"`
+	Total   int    `json:"total"`
+	Unit    string `json:"unit"`
+	Message string `json:"message"`
+}
+
+// Candle is one versioned candle of a series, as stored in Redis and
+// published on vigil.candle.<user>.<exchange>.<symbol>.<tf>.
+type Candle struct {
+	SeriesID
+	// Start is the bar's UTC start in UNIX seconds.
+	Start  int64   `json:"start"`
+	Open   float64 `json:"open"`
+	High   float64 `json:"high"`
+	Low    float64 `json:"low"`
+	Close  float64 `json:"close"`
+	Volume float64 `json:"volume"`
+	// Closed is true once the bar's time is over.
+	Closed bool `json:"closed"`
+	// Version orders writes of the same bar: a write replaces the stored
+	// candle only when its version is higher. Sources use the observation
+	// time in UNIX nanoseconds.
+	Version int64 `json:"version"`
+	// Source names where the candle came from (sim, replay, ws, rest).
+	Source string `json:"source,omitempty"`
+}
+
+// Validate checks the series id, alignment and prices of a candle.
+func (c Candle) Validate() error {
+	var f fieldErrs
+	f.check("series", c.SeriesID.Validate())
+	if d := int64(c.Timeframe.Duration() / time.Second); d > 0 && c.Start%d != 0 {
+		f.add("start", "%d is not aligned to %s", c.Start, c.Timeframe)
+	}
+	if c.Start <= 0 {
+		f.add("start", "must be a positive UNIX time")
+	}
+	for _, p := range []struct {
+		name string
+		v    float64
+	}{{"open", c.Open}, {"high", c.High}, {"low", c.Low}, {"close", c.Close}, {"volume", c.Volume}} {
+		if math.IsNaN(p.v) || math.IsInf(p.v, 0) || p.v < 0 {
+			f.add(p.name, "must be a finite non-negative number, got %v", p.v)
+		}
+	}
+	if c.Low > c.High {
+		f.add("low", "%v is above high %v", c.Low, c.High)
+	}
+	if c.Version <= 0 {
+		f.add("version", "must be positive")
+	}
+	return f.err()
+}
+
+// StartTime is the bar's start as a UTC time.
+func (c Candle) StartTime() time.Time { return time.Unix(c.Start, 0).UTC() }
+
+// MsgID is the Nats-Msg-Id of this candle version, so a redelivered publish
+// is dropped by the stream.
+func (c Candle) MsgID() string {
+	return fmt.Sprintf("%d:%d:%s:%s:%d:%d", c.UserID, c.ExchangeID, c.Symbol, c.Timeframe, c.Start, c.Version)
+}
+
+// Fields are the named outputs of one indicator at one bar, e.g. {"value":
+// 61.2} for RSI or {"macd":..,"signal":..,"hist":..} for MACD.
+type Fields map[string]float64
+
+// IndicatorUpdate is published on vigil.indicator.<user>.<exchange>.<symbol>.<tf>
+// after each candle update: every warm indicator's values at that bar.
+type IndicatorUpdate struct {
+	SeriesID
+	Start   int64   `json:"start"`
+	Closed  bool    `json:"closed"`
+	Version int64   `json:"version"`
+	Close   float64 `json:"close"`
+	// Values holds the warm indicators by name; warming ones are listed in
+	// Warming and have no value (never NaN).
+	Values     map[string]Fields `json:"values"`
+	Warming    []string          `json:"warming,omitempty"`
+	ComputedAt time.Time         `json:"computed_at"`
+}
+
+// Alert is one fired alert on vigil.alert.<user>.<ruleId> and in
+// alert_events. ID is deterministic (rule and bar), so redelivery and
+// failover never make a second alert for the same event.
+type Alert struct {
+	ID         string    `json:"id"`
+	User       string    `json:"user"`
+	UserID     int64     `json:"user_id"`
+	ExchangeID int64     `json:"exchange_id"`
+	RuleID     string    `json:"rule_id"`
+	Kind       RuleKind  `json:"kind"`
+	Symbol     string    `json:"symbol"`
+	Timeframe  Timeframe `json:"tf"`
+	BarStart   int64     `json:"bar_start"`
+	Message    string    `json:"message"`
+	Value      float64   `json:"value"`
+	FiredAt    time.Time `json:"fired_at"`
+}
+
+// AlertID is the deterministic id of a rule firing on a bar.
+func AlertID(user, ruleID string, barStart int64) string {
+	return fmt.Sprintf("%s.%s.%d", user, ruleID, barStart)
+}
+
+// DesiredState is a user's desired state in KV VIGIL_STATE (key user.<token>).
+// Control writes it before running a sequence; every instance converges to it.
+type DesiredState struct {
+	User       string   `json:"user"`
+	UserID     int64    `json:"user_id"`
+	ExchangeID int64    `json:"exchange_id"`
+	Paused     bool     `json:"paused"`
+	Mode       Mode     `json:"mode"`
+	Symbols    []string `json:"symbols"`
+	// Revision increases with every settings change.
+	Revision  int64     `json:"revision"`
+	Settings  Settings  `json:"settings"`
+	CommandID string    `json:"command_id,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// SvcRequest is the body of a vigil.svc.<service>.<verb> request.
+type SvcRequest struct {
+	CommandID string `json:"command_id"`
+	User      string `json:"user"`
+	// State is the user's desired state as written to VIGIL_STATE before the step.
+	State *DesiredState `json:"state,omitempty"`
+	// Args holds verb-specific arguments (backfill, recompute, forget).
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// SvcReply is each instance's answer to a vigil.svc request.
+type SvcReply struct {
+	Service  string          `json:"service"`
+	Instance string          `json:"instance"`
+	OK       bool            `json:"ok"`
+	Error    *Error          `json:"error,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+}
+
+// BackfillArgs are the args of vigil.svc.feed.backfill.
+type BackfillArgs struct {
+	UserID     int64       `json:"user_id"`
+	ExchangeID int64       `json:"exchange_id"`
+	Symbol     string      `json:"symbol"`
+	Timeframes []Timeframe `json:"timeframes"`
+	From       time.Time   `json:"from"`
+	To         time.Time   `json:"to"`
+	// ProgressSubject is where the job publishes Progress events.
+	ProgressSubject string `json:"progress_subject"`
+}
+
+// RecomputeArgs are the args of vigil.svc.indicators.recompute.
+type RecomputeArgs struct {
+	Series SeriesID `json:"series"`
+}
+
+// ForgetArgs are the args of vigil.svc.indicators.forget.
+type ForgetArgs struct {
+	UserID     int64      `json:"user_id"`
+	ExchangeID int64      `json:"exchange_id"`
+	Scope      ClearScope `json:"scope"`
+	Symbol     string     `json:"symbol,omitempty"`
+	Timeframe  Timeframe  `json:"timeframe,omitempty"`
+}
+
+// Selector is the cache selector of these args.
+func (a ForgetArgs) Selector() CacheSelector {
+	return CacheSelector{UserID: a.UserID, ExchangeID: a.ExchangeID, Scope: a.Scope, Symbol: a.Symbol, Timeframe: a.Timeframe}
+}
+
+// Limits are the configurable bounds of ARCHITECTURE.md §9.
+type Limits struct {
+	MaxSymbols int
+	MaxRules   int
+}
+
+// DefaultLimits are used when nothing else is configured.
+var DefaultLimits = Limits{MaxSymbols: 50, MaxRules: 200}
