@@ -79,7 +79,7 @@ type Candle struct {
 	Closed bool `json:"closed"`
 	// Version orders writes of the same bar: a write replaces the stored
 	// candle only when its version is higher. Sources use the observation
-	// time in UNIX nanoseconds.
+	// time in UNIX microseconds (exact in Redis Lua's doubles).
 	Version int64 `json:"version"`
 	// Source names where the candle came from (sim, replay, ws, rest).
 	Source string `json:"source,omitempty"`

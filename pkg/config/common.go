@@ -1,0 +1,97 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// NATS is the NATS part shared by every binary.
+type NATS struct {
+	URL   string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222" help:"NATS server URLs, comma separated"`
+	Creds string `env:"NATS_CREDS" help:"path of a NATS credentials file"`
+}
+
+// Validate checks the URLs and that the credentials file exists.
+func (n NATS) Validate() error {
+	for _, u := range splitComma(n.URL) {
+		if err := CheckURL("NATS_URL", u, "nats", "tls", "ws", "wss"); err != nil {
+			return err
+		}
+	}
+	if n.Creds != "" {
+		if _, err := os.Stat(n.Creds); err != nil {
+			return fmt.Errorf("NATS_CREDS: %v", err)
+		}
+	}
+	return nil
+}
+
+// Redis is the Redis part of a binary that uses Redis.
+type Redis struct {
+	URL string `env:"REDIS_URL,required" help:"Redis URL, e.g. redis://127.0.0.1:6379/0"`
+}
+
+// Validate checks the URL.
+func (r Redis) Validate() error { return CheckURL("REDIS_URL", r.URL, "redis", "rediss", "unix") }
+
+// Postgres is the PostgreSQL part of a binary that uses Postgres.
+type Postgres struct {
+	URL string `env:"DATABASE_URL,required" help:"PostgreSQL URL, e.g. postgres://vigil@127.0.0.1:5432/vigil"`
+}
+
+// Validate checks the URL.
+func (p Postgres) Validate() error {
+	return CheckURL("DATABASE_URL", p.URL, "postgres", "postgresql")
+}
+
+// Service is what every service binary shares besides its connections.
+type Service struct {
+	Instance        string        `env:"VIGIL_INSTANCE" help:"instance name in logs and status (default host-pid)"`
+	LogLevel        string        `env:"VIGIL_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	ShutdownTimeout time.Duration `env:"VIGIL_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"how long shutdown may drain"`
+}
+
+// Validate checks the log level and the timeout.
+func (s Service) Validate() error {
+	switch s.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("VIGIL_LOG_LEVEL: %q is not one of debug, info, warn, error", s.LogLevel)
+	}
+	if s.ShutdownTimeout <= 0 {
+		return errors.New("VIGIL_SHUTDOWN_TIMEOUT: must be positive")
+	}
+	return nil
+}
+
+// InstanceName is the configured instance name, or host-pid.
+func (s Service) InstanceName() string {
+	if s.Instance != "" {
+		return s.Instance
+	}
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d", host, os.Getpid())
+}
+
+// ValidateAll runs every validator and returns the first error.
+func ValidateAll(vs ...Validator) error {
+	for _, v := range vs {
+		if err := v.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func splitComma(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}

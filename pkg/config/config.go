@@ -1,0 +1,187 @@
+// Package config loads a binary's configuration from the environment: one
+// struct per binary, parsed with github.com/caarlos0/env, defaults from
+// struct tags, a one-line error naming the variable for a bad or missing
+// value, -h listing every variable, and a log form with secrets masked.
+//
+// Fields are tagged `env:"NAME"`, optionally `envDefault:"..."`, `help:"..."`
+// and `secret:"true"`. A struct with a Validate() error method is validated
+// after parsing.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// ErrHelp is returned by Load when -h or --help was given; the usage has
+// been printed.
+var ErrHelp = errors.New("help requested")
+
+// Validator is implemented by config structs that check their values.
+type Validator interface {
+	Validate() error
+}
+
+// Load parses the environment into cfg (a pointer to a struct), handles -h
+// in args by printing the variables to out, and validates the result.
+func Load(cfg any, binary, description string, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet(binary, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			PrintUsage(out, cfg, binary, description)
+			return ErrHelp
+		}
+		return fmt.Errorf("%s: %w (use -h to list the environment variables)", binary, err)
+	}
+	if err := env.Parse(cfg); err != nil {
+		return fmt.Errorf("config: %s", oneLine(err))
+	}
+	if v, ok := cfg.(Validator); ok {
+		if err := v.Validate(); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	}
+	return nil
+}
+
+// oneLine joins caarlos0/env's aggregate error into one readable line.
+func oneLine(err error) string {
+	var agg env.AggregateError
+	if errors.As(err, &agg) {
+		parts := make([]string, 0, len(agg.Errors))
+		for _, e := range agg.Errors {
+			parts = append(parts, strings.TrimPrefix(e.Error(), "env: "))
+		}
+		return strings.Join(parts, "; ")
+	}
+	return strings.TrimPrefix(err.Error(), "env: ")
+}
+
+// Var describes one environment variable of a config struct.
+type Var struct {
+	Name     string
+	Default  string
+	Help     string
+	Required bool
+	Secret   bool
+	// Value is the current value, already masked when secret.
+	Value string
+}
+
+// Vars lists the variables of cfg in field order, with their current values.
+func Vars(cfg any) []Var {
+	var out []Var
+	walk(reflect.ValueOf(cfg), func(f reflect.StructField, v reflect.Value) {
+		tag := f.Tag.Get("env")
+		name, opts, _ := strings.Cut(tag, ",")
+		secret := f.Tag.Get("secret") == "true"
+		out = append(out, Var{
+			Name:     name,
+			Default:  f.Tag.Get("envDefault"),
+			Help:     f.Tag.Get("help"),
+			Required: strings.Contains(opts, "required"),
+			Secret:   secret,
+			Value:    display(v, secret),
+		})
+	})
+	return out
+}
+
+func walk(v reflect.Value, visit func(reflect.StructField, reflect.Value)) {
+	for v.Kind() == reflect.Pointer {
+		v = v.Elem()
+	}
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		fv := v.Field(i)
+		if f.Tag.Get("env") == "" {
+			if fv.Kind() == reflect.Struct && f.Type != reflect.TypeFor[time.Time]() {
+				walk(fv, visit)
+			}
+			continue
+		}
+		visit(f, fv)
+	}
+}
+
+// display renders a value for logs: secrets as "***" (empty stays empty),
+// URLs with their password masked.
+func display(v reflect.Value, secret bool) string {
+	s := fmt.Sprint(v.Interface())
+	if secret {
+		if s == "" {
+			return ""
+		}
+		return "***"
+	}
+	return MaskURL(s)
+}
+
+// MaskURL replaces the password of a URL with ***; anything that is not a
+// URL with a password is returned as it is.
+func MaskURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); !ok {
+		return s
+	}
+	u.User = url.UserPassword(u.User.Username(), "***")
+	return strings.Replace(u.String(), "%2A%2A%2A", "***", 1)
+}
+
+// PrintUsage writes the binary's description and its variables.
+func PrintUsage(out io.Writer, cfg any, binary, description string) {
+	fmt.Fprintf(out, "%s — %s\n\nConfigured by environment variables:\n\n", binary, description)
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	for _, v := range Vars(cfg) {
+		def := v.Default
+		switch {
+		case v.Required:
+			def = "(required)"
+		case def == "":
+			def = "(unset)"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.Name, def, v.Help)
+	}
+	fmt.Fprintf(tw, "  OTEL_*\t(unset)\tOpenTelemetry: OTEL_EXPORTER_OTLP_ENDPOINT turns tracing and metrics on\n")
+	tw.Flush()
+}
+
+// LogValue is the resolved configuration for one log line, secrets masked.
+func LogValue(cfg any) slog.Value {
+	vars := Vars(cfg)
+	attrs := make([]slog.Attr, 0, len(vars))
+	for _, v := range vars {
+		attrs = append(attrs, slog.String(v.Name, v.Value))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// CheckURL checks that raw parses as a URL with one of the schemes; the
+// error names the variable.
+func CheckURL(name, raw string, schemes ...string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %q is not a URL: %v", name, MaskURL(raw), err)
+	}
+	for _, s := range schemes {
+		if u.Scheme == s && u.Host != "" {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: %q must be a URL with scheme %s and a host", name, MaskURL(raw), strings.Join(schemes, " or "))
+}

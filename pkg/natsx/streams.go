@@ -1,0 +1,61 @@
+package natsx
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/contract"
+)
+
+// Streams are the JetStream streams of the contract.
+var Streams = []jetstream.StreamConfig{
+	{
+		Name:        contract.StreamResults,
+		Description: "vigil command results and progress events",
+		Subjects:    []string{contract.ResultSubjects, contract.ProgressSubjects},
+		Storage:     jetstream.FileStorage,
+		MaxAge:      7 * 24 * time.Hour,
+		Duplicates:  10 * time.Minute,
+	},
+	{
+		Name:              contract.StreamCandles,
+		Description:       "vigil candle updates, feed to indicators",
+		Subjects:          []string{contract.CandleSubjects},
+		Storage:           jetstream.FileStorage,
+		MaxAge:            24 * time.Hour,
+		MaxMsgsPerSubject: 10_000,
+		Duplicates:        2 * time.Minute,
+	},
+	{
+		Name:        contract.StreamAlerts,
+		Description: "vigil alerts",
+		Subjects:    []string{contract.AlertSubjects},
+		Storage:     jetstream.FileStorage,
+		MaxAge:      30 * 24 * time.Hour,
+		Duplicates:  time.Hour,
+	},
+}
+
+// StateBucket is the KV bucket of users' desired state.
+var StateBucket = jetstream.KeyValueConfig{
+	Bucket:      contract.BucketState,
+	Description: "vigil desired state per user (key user.<token>)",
+	History:     5,
+	Storage:     jetstream.FileStorage,
+}
+
+// EnsureStreams creates the contract's streams and KV bucket, or updates
+// them to this configuration; running it again changes nothing.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
+	for _, cfg := range Streams {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("stream %s: %w", cfg.Name, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, StateBucket); err != nil {
+		return fmt.Errorf("kv %s: %w", StateBucket.Bucket, err)
+	}
+	return nil
+}

@@ -1,0 +1,250 @@
+// Package redisstore is vigil's Redis layer: the go-redis client (traced and
+// measured with redisotel), the versioned add-if-newer writes of candle and
+// indicator series, their reads, and clear-cache's SCAN + UNLINK deletion.
+//
+// A series is a sorted set scored by bar start (UNIX seconds) whose members
+// are JSON documents carrying a "version". A write replaces the member of
+// its bar only when its version is higher, atomically in a Lua script, and
+// trims the set to the configured retention.
+package redisstore
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/redis/go-redis/extra/redisotel/v9"
+	"github.com/redis/go-redis/v9"
+	"vigil.dev/pkg/config"
+	"vigil.dev/pkg/contract"
+)
+
+// DefaultRetention is the number of bars kept per series by default.
+const DefaultRetention = 1000
+
+// NewClient opens a Redis client from url with tracing and metrics, and
+// checks it with PING.
+func NewClient(ctx context.Context, url string) (*redis.Client, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL %s: %w", config.MaskURL(url), err)
+	}
+	rdb := redis.NewClient(opts)
+	if err := errors.Join(redisotel.InstrumentTracing(rdb), redisotel.InstrumentMetrics(rdb)); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redis instrumentation: %w", err)
+	}
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redis ping %s: %w", config.MaskURL(url), err)
+	}
+	return rdb, nil
+}
+
+//go:embed upsert.lua
+var upsertSource string
+
+// upsertScript writes a versioned member: KEYS[1] the series, ARGV score,
+// version, member, retention. It returns 1 when written, 0 when the stored
+// version is the same or newer.
+var upsertScript = redis.NewScript(upsertSource)
+
+// Store reads and writes series in Redis.
+type Store struct {
+	rdb       redis.UniversalClient
+	retention int
+}
+
+// New returns a store keeping retention bars per series (DefaultRetention
+// when retention <= 0).
+func New(rdb redis.UniversalClient, retention int) *Store {
+	if retention <= 0 {
+		retention = DefaultRetention
+	}
+	return &Store{rdb: rdb, retention: retention}
+}
+
+// Client is the underlying Redis client.
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+// WriteCandle stores c if it is newer than the stored version of its bar and
+// reports whether it was written. Invalid candles are rejected unwritten.
+func (s *Store) WriteCandle(ctx context.Context, c contract.Candle) (bool, error) {
+	if err := c.Validate(); err != nil {
+		return false, err
+	}
+	return s.upsert(ctx, contract.CandleKey(c.SeriesID), c.Start, c.Version, c)
+}
+
+// WriteCandles stores many candles in one pipeline and returns how many were
+// written (newer than what was stored).
+func (s *Store) WriteCandles(ctx context.Context, cs []contract.Candle) (int, error) {
+	if len(cs) == 0 {
+		return 0, nil
+	}
+	if err := upsertScript.Load(ctx, s.rdb).Err(); err != nil {
+		return 0, err
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, 0, len(cs))
+	for _, c := range cs {
+		if err := c.Validate(); err != nil {
+			return 0, fmt.Errorf("candle %s %d: %w", c.SeriesID, c.Start, err)
+		}
+		member, err := json.Marshal(c)
+		if err != nil {
+			return 0, err
+		}
+		cmds = append(cmds, upsertScript.EvalSha(ctx, pipe, []string{contract.CandleKey(c.SeriesID)}, c.Start, c.Version, member, s.retention))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, fmt.Errorf("write candles: %w", err)
+	}
+	written := 0
+	for _, cmd := range cmds {
+		if n, _ := cmd.Int(); n == 1 {
+			written++
+		}
+	}
+	return written, nil
+}
+
+func (s *Store) upsert(ctx context.Context, key string, start, version int64, v any) (bool, error) {
+	member, err := json.Marshal(v)
+	if err != nil {
+		return false, err
+	}
+	n, err := upsertScript.Run(ctx, s.rdb, []string{key}, start, version, member, s.retention).Int()
+	if err != nil {
+		return false, fmt.Errorf("write %s: %w", key, err)
+	}
+	return n == 1, nil
+}
+
+// Candles returns the stored candles of series with start in [from, to]
+// (UNIX seconds, inclusive), oldest first; to <= 0 means no upper bound.
+func (s *Store) Candles(ctx context.Context, series contract.SeriesID, from, to int64) ([]contract.Candle, error) {
+	return readRange[contract.Candle](ctx, s.rdb, contract.CandleKey(series), from, to)
+}
+
+// LastCandle is the newest stored candle of series; ok is false when there
+// is none.
+func (s *Store) LastCandle(ctx context.Context, series contract.SeriesID) (c contract.Candle, ok bool, err error) {
+	members, err := s.rdb.ZRevRange(ctx, contract.CandleKey(series), 0, 0).Result()
+	if err != nil || len(members) == 0 {
+		return c, false, err
+	}
+	return c, true, json.Unmarshal([]byte(members[0]), &c)
+}
+
+// IndicatorPoint is one stored indicator value at one bar.
+type IndicatorPoint struct {
+	Start   int64           `json:"start"`
+	Version int64           `json:"version"`
+	Closed  bool            `json:"closed"`
+	Fields  contract.Fields `json:"fields"`
+}
+
+// WriteIndicator stores p in the indicator series name of series if it is
+// newer than the stored point of its bar.
+func (s *Store) WriteIndicator(ctx context.Context, series contract.SeriesID, name string, p IndicatorPoint) (bool, error) {
+	if err := contract.ValidateIndicatorName(name); err != nil {
+		return false, err
+	}
+	return s.upsert(ctx, contract.IndicatorKey(series, name), p.Start, p.Version, p)
+}
+
+// WriteIndicators stores the values of one update (all indicators of one
+// bar) in one pipeline.
+func (s *Store) WriteIndicators(ctx context.Context, u contract.IndicatorUpdate) error {
+	if len(u.Values) == 0 {
+		return nil
+	}
+	if err := upsertScript.Load(ctx, s.rdb).Err(); err != nil {
+		return err
+	}
+	pipe := s.rdb.Pipeline()
+	for name, fields := range u.Values {
+		if err := contract.ValidateIndicatorName(name); err != nil {
+			return err
+		}
+		member, err := json.Marshal(IndicatorPoint{Start: u.Start, Version: u.Version, Closed: u.Closed, Fields: fields})
+		if err != nil {
+			return err
+		}
+		upsertScript.EvalSha(ctx, pipe, []string{contract.IndicatorKey(u.SeriesID, name)}, u.Start, u.Version, member, s.retention)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// Indicator returns the stored points of one indicator series with start in
+// [from, to], oldest first; to <= 0 means no upper bound.
+func (s *Store) Indicator(ctx context.Context, series contract.SeriesID, name string, from, to int64) ([]IndicatorPoint, error) {
+	return readRange[IndicatorPoint](ctx, s.rdb, contract.IndicatorKey(series, name), from, to)
+}
+
+func readRange[T any](ctx context.Context, rdb redis.UniversalClient, key string, from, to int64) ([]T, error) {
+	max := "+inf"
+	if to > 0 {
+		max = strconv.FormatInt(to, 10)
+	}
+	members, err := rdb.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: strconv.FormatInt(from, 10), Max: max}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	out := make([]T, 0, len(members))
+	for _, m := range members {
+		var v T
+		if err := json.Unmarshal([]byte(m), &v); err != nil {
+			return nil, fmt.Errorf("read %s: corrupt member: %w", key, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// ClearBatch is how many keys one SCAN step asks for and one UNLINK deletes.
+const ClearBatch = 500
+
+// Clear deletes the candle and indicator keys of sel with SCAN + UNLINK in
+// batches (never KEYS), and returns how many keys were deleted. The
+// patterns come from the validated selector, so input cannot widen them.
+func (s *Store) Clear(ctx context.Context, sel contract.CacheSelector) (int, error) {
+	patterns, err := sel.ScanPatterns()
+	if err != nil {
+		return 0, err
+	}
+	deleted := 0
+	for _, pattern := range patterns {
+		iter := s.rdb.Scan(ctx, 0, pattern, ClearBatch).Iterator()
+		batch := make([]string, 0, ClearBatch)
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			n, err := s.rdb.Unlink(ctx, batch...).Result()
+			deleted += int(n)
+			batch = batch[:0]
+			return err
+		}
+		for iter.Next(ctx) {
+			batch = append(batch, iter.Val())
+			if len(batch) == ClearBatch {
+				if err := flush(); err != nil {
+					return deleted, err
+				}
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return deleted, err
+		}
+		if err := flush(); err != nil {
+			return deleted, err
+		}
+	}
+	return deleted, nil
+}

@@ -1,0 +1,72 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/config"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/telemetry"
+)
+
+// Main is the whole of a binary's main: it runs run with a context that ends
+// on SIGINT or SIGTERM and exits 1 with one line on stderr when run fails.
+func Main(binary string, run func(ctx context.Context, args []string, stdout io.Writer) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil && !errors.Is(err, config.ErrHelp) {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", binary, err)
+		os.Exit(1)
+	}
+}
+
+// Runtime is what every service opens at start: its logger, telemetry, the
+// NATS connection with JetStream, and the contract's streams.
+type Runtime struct {
+	Log      *slog.Logger
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	Instance string
+
+	stopTelemetry func(context.Context) error
+}
+
+// Boot opens the runtime of service name: logger, telemetry, NATS connection
+// (named "<name> <instance>") and the contract's streams and KV bucket.
+func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, cfg any, stdout io.Writer) (*Runtime, error) {
+	rt := &Runtime{Instance: svc.InstanceName()}
+	rt.Log = telemetry.NewLogger(stdout, telemetry.ParseLevel(svc.LogLevel), name, rt.Instance)
+	rt.Log.Info("starting", "version", Version, "revision", revision(), "config", config.LogValue(cfg))
+	var err error
+	if rt.stopTelemetry, err = telemetry.Setup(ctx, name, Version, rt.Instance); err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	if rt.NC, err = natsx.Connect(ctx, nc, name+" "+rt.Instance, rt.Log); err != nil {
+		return nil, errors.Join(err, rt.stopTelemetry(ctx))
+	}
+	if rt.JS, err = jetstream.New(rt.NC); err != nil {
+		return nil, errors.Join(err, rt.Close(ctx))
+	}
+	if err = natsx.EnsureStreams(ctx, rt.JS); err != nil {
+		return nil, errors.Join(err, rt.Close(ctx))
+	}
+	return rt, nil
+}
+
+// Close closes the connection (if Shutdown did not drain it) and flushes
+// telemetry.
+func (rt *Runtime) Close(ctx context.Context) error {
+	if rt.NC != nil && !rt.NC.IsClosed() {
+		rt.NC.Close()
+	}
+	return rt.stopTelemetry(ctx)
+}

@@ -1,0 +1,199 @@
+// Package service is the skeleton every vigil service runs on: a NATS micro
+// service with name, version, description and metadata, a group of
+// vigil.svc.<service>.<verb> control endpoints that every instance answers
+// (queue group disabled), each traced from the caller's W3C context, and a
+// graceful shutdown that stops the service, runs the service's own drains
+// and drains the connection under a timeout.
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/telemetry"
+)
+
+// Version is the vigil release every binary reports.
+const Version = "0.1.0"
+
+// Config describes a service.
+type Config struct {
+	// Svc is the short name used in vigil.svc.<svc>.<verb> (feed, ...).
+	// Control has none and leaves it empty.
+	Svc contract.Svc
+	// Name is the micro service name (vigil-feed, ...).
+	Name        string
+	Description string
+	Instance    string
+}
+
+// Handler answers one control verb for this instance. The returned value is
+// marshalled as the reply's result; an error becomes ok:false with the
+// contract error code (contract.ErrorFrom).
+type Handler func(ctx context.Context, req contract.SvcRequest) (any, error)
+
+// Service is a running micro service with its control endpoints.
+type Service struct {
+	cfg    Config
+	nc     *nats.Conn
+	micro  micro.Service
+	group  micro.Group
+	log    *slog.Logger
+	tracer trace.Tracer
+
+	mu     sync.Mutex
+	drains []func(context.Context) error
+}
+
+// Start registers the micro service on nc. Its status endpoint answers with
+// status(ctx) on vigil.svc.<svc>.status; further verbs are added with Handle.
+func Start(nc *nats.Conn, cfg Config, log *slog.Logger, status func(ctx context.Context) any) (*Service, error) {
+	if cfg.Name == "" || cfg.Description == "" {
+		return nil, errors.New("service: name and description are required")
+	}
+	host, _ := os.Hostname()
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        cfg.Name,
+		Version:     Version,
+		Description: cfg.Description,
+		Metadata: map[string]string{
+			"host":     host,
+			"instance": cfg.Instance,
+			"revision": revision(),
+			"pid":      fmt.Sprint(os.Getpid()),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("micro service %s: %w", cfg.Name, err)
+	}
+	s := &Service{cfg: cfg, nc: nc, micro: svc, log: log, tracer: otel.Tracer("vigil.dev/pkg/service")}
+	if cfg.Svc != "" {
+		s.group = svc.AddGroup("vigil.svc."+string(cfg.Svc), micro.WithGroupQueueGroupDisabled())
+		if err := s.Handle(contract.VerbStatus, func(ctx context.Context, _ contract.SvcRequest) (any, error) {
+			return status(ctx), nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	// Flush so that a $SRV.PING right after Start finds this instance.
+	if err := nc.Flush(); err != nil {
+		return nil, fmt.Errorf("micro service %s: flush: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// ID is this instance's micro service id, as $SRV.PING reports it.
+func (s *Service) ID() string { return s.micro.Info().ID }
+
+// Micro is the underlying micro service, for endpoints outside vigil.svc.
+func (s *Service) Micro() micro.Service { return s.micro }
+
+// Handle adds vigil.svc.<svc>.<verb>, answered by every instance. The
+// request body is a contract.SvcRequest; the reply a contract.SvcReply.
+func (s *Service) Handle(verb contract.Verb, h Handler) error {
+	if s.group == nil {
+		return fmt.Errorf("service %s has no vigil.svc group", s.cfg.Name)
+	}
+	return s.group.AddEndpoint(string(verb), micro.HandlerFunc(func(r micro.Request) {
+		s.serve(verb, h, r)
+	}), micro.WithEndpointQueueGroupDisabled())
+}
+
+func (s *Service) serve(verb contract.Verb, h Handler, r micro.Request) {
+	ctx := telemetry.Extract(context.Background(), nats.Header(r.Headers()))
+	ctx, span := s.tracer.Start(ctx, s.cfg.Name+" "+string(verb), trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("vigil.instance", s.cfg.Instance), attribute.String("messaging.destination.name", r.Subject())))
+	defer span.End()
+	reply := contract.SvcReply{Service: s.cfg.Name, Instance: s.ID(), OK: true}
+	req, err := contract.DecodeStrict[contract.SvcRequest](orEmptyObject(r.Data()))
+	if err == nil && req.User != "" {
+		err = contract.ValidateUserToken(req.User)
+	}
+	var result any
+	if err == nil {
+		span.SetAttributes(attribute.String("vigil.user", req.User), attribute.String("vigil.command_id", req.CommandID))
+		result, err = h(ctx, req)
+	}
+	if err != nil {
+		reply.OK = false
+		reply.Error = contract.ErrorFrom(err, contract.CodeInternal)
+		span.SetStatus(codes.Error, err.Error())
+		s.log.WarnContext(ctx, "control verb failed", "verb", verb, "user", req.User, "err", err)
+	} else if result != nil {
+		if reply.Result, err = json.Marshal(result); err != nil {
+			reply.OK = false
+			reply.Error = &contract.Error{Code: contract.CodeInternal, Message: err.Error()}
+		}
+	}
+	if err := r.RespondJSON(reply); err != nil {
+		s.log.ErrorContext(ctx, "reply failed", "verb", verb, "err", err)
+	}
+}
+
+func orEmptyObject(b []byte) []byte {
+	if len(b) == 0 {
+		return []byte("{}")
+	}
+	return b
+}
+
+// OnShutdown registers f to run during Shutdown after the micro service has
+// stopped and before the connection drains (e.g. stop consumers, flush).
+func (s *Service) OnShutdown(f func(context.Context) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drains = append(s.drains, f)
+}
+
+// Shutdown stops the micro service, runs the OnShutdown functions in reverse
+// order and drains the connection, all within timeout.
+func (s *Service) Shutdown(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	errs := []error{s.micro.Stop()}
+	s.mu.Lock()
+	drains := s.drains
+	s.mu.Unlock()
+	for i := len(drains) - 1; i >= 0; i-- {
+		errs = append(errs, drains[i](ctx))
+	}
+	errs = append(errs, natsx.Drain(ctx, s.nc))
+	return errors.Join(errs...)
+}
+
+// Revision is the source revision, set at build time with
+// -ldflags "-X vigil.dev/pkg/service.Revision=<git sha>".
+var Revision string
+
+// revision is Revision, else the VCS revision in the build info, else
+// "unknown".
+func revision() string {
+	if Revision != "" {
+		return Revision
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" {
+			return s.Value
+		}
+	}
+	return "unknown"
+}
