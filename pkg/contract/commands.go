@@ -54,7 +54,7 @@ func (c Command) Priority() int {
 	return 0
 }
 
-// MaxBackfillRange bounds force-backfill's from..to per timeframe, as a number
+// MaxBackfillBars bounds force-backfill's from..to per timeframe, as a number
 // of bars (the configured retention is the useful upper bound).
 const MaxBackfillBars = 100_000
 
@@ -87,8 +87,28 @@ type ForceBackfillPayload struct {
 	ID         string      `json:"id,omitempty"`
 	Symbol     string      `json:"symbol"`
 	Timeframes []Timeframe `json:"timeframes,omitempty"`
-	From       *time.Time  `json:"from,omitempty"`
-	To         *time.Time  `json:"to,omitempty"`
+	// From and To are RFC 3339 times.
+	From string `json:"from,omitempty"`
+	To   string `json:"to,omitempty"`
+}
+
+// Range is the payload's from and to as times; zero when not given. Call it
+// on a validated payload.
+func (p ForceBackfillPayload) Range() (from, to time.Time) {
+	from, _ = parseOptionalTime(p.From)
+	to, _ = parseOptionalTime(p.To)
+	return from, to
+}
+
+func parseOptionalTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not an RFC 3339 time like 2026-11-01T00:00:00Z", s)
+	}
+	return t.UTC(), nil
 }
 
 // ClearCachePayload is clear-cache's payload. Exchange defaults to the user's
@@ -184,18 +204,22 @@ func (p ForceBackfillPayload) Validate(Limits) error {
 		}
 		seen[tf] = true
 	}
-	if p.From != nil && p.To != nil && !p.From.Before(*p.To) {
+	from, err := parseOptionalTime(p.From)
+	f.check("from", err)
+	to, err := parseOptionalTime(p.To)
+	f.check("to", err)
+	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
 		f.add("from", "must be before to")
 	}
-	if p.To != nil && p.To.After(time.Now().Add(time.Minute)) {
+	if to.After(time.Now().Add(time.Minute)) {
 		f.add("to", "is in the future")
 	}
-	if p.From != nil && p.To != nil {
+	if !from.IsZero() && !to.IsZero() {
 		for _, tf := range p.BackfillTimeframes() {
 			if tf.Duration() == 0 {
 				continue
 			}
-			if bars := p.To.Sub(*p.From) / tf.Duration(); bars > MaxBackfillBars {
+			if bars := to.Sub(from) / tf.Duration(); bars > MaxBackfillBars {
 				f.add("from", "range is %d bars of %s, the limit is %d", bars, tf, MaxBackfillBars)
 				break
 			}

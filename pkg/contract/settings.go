@@ -1,7 +1,6 @@
 package contract
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"net/url"
@@ -358,9 +357,18 @@ type Rule struct {
 	Other *SeriesRef `json:"other,omitempty"`
 	// Zone is the MACD-V zone whose entry fires (macdv_zone rules); empty
 	// fires on entering any zone.
-	Zone     MACDVZone  `json:"zone,omitempty"`
-	Cooldown Duration   `json:"cooldown,omitempty"`
+	Zone MACDVZone `json:"zone,omitempty"`
+	// Cooldown is a Go duration ("15m"): after firing, the rule stays
+	// quiet for bars starting within it.
+	Cooldown string     `json:"cooldown,omitempty"`
 	Evaluate EvaluateOn `json:"evaluate,omitempty"`
+}
+
+// CooldownDuration is the parsed cooldown (zero when unset or invalid; a
+// validated rule has a valid one).
+func (r Rule) CooldownDuration() time.Duration {
+	d, _ := time.ParseDuration(r.Cooldown)
+	return d
 }
 
 // EvaluateOrDefault is when the rule is evaluated, close by default.
@@ -369,26 +377,6 @@ func (r Rule) EvaluateOrDefault() EvaluateOn {
 		return OnClose
 	}
 	return r.Evaluate
-}
-
-// Duration is a time.Duration written as a Go duration string ("15m").
-type Duration time.Duration
-
-// MarshalJSON writes the duration as a string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// UnmarshalJSON reads a duration string such as "90s" or "1h".
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("must be a duration string like \"15m\"")
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil || v < 0 {
-		return fmt.Errorf("%q is not a non-negative duration like \"15m\"", s)
-	}
-	*d = Duration(v)
-	return nil
 }
 
 // validateRule checks one rule against the mode's timeframes and indicators.
@@ -484,8 +472,14 @@ func validateRule(f *fieldErrs, field string, r Rule, m Mode, specs []IndicatorS
 	default:
 		f.add(field+".evaluate", "%q must be close or live", r.Evaluate)
 	}
-	if time.Duration(r.Cooldown) > 7*24*time.Hour {
-		f.add(field+".cooldown", "%s is longer than 7 days", time.Duration(r.Cooldown))
+	if r.Cooldown != "" {
+		d, err := time.ParseDuration(r.Cooldown)
+		switch {
+		case err != nil || d < 0:
+			f.add(field+".cooldown", "%q is not a non-negative duration like \"15m\"", r.Cooldown)
+		case d > 7*24*time.Hour:
+			f.add(field+".cooldown", "%s is longer than 7 days", d)
+		}
 	}
 }
 
