@@ -45,7 +45,7 @@ func Load(cfg any, binary, description string, args []string, out io.Writer) err
 		return fmt.Errorf("%s: %w (use -h to list the environment variables)", binary, err)
 	}
 	if err := env.Parse(cfg); err != nil {
-		return fmt.Errorf("config: %s", oneLine(err))
+		return fmt.Errorf("config: %s", oneLine(err, cfg))
 	}
 	if v, ok := cfg.(Validator); ok {
 		if err := v.Validate(); err != nil {
@@ -55,17 +55,29 @@ func Load(cfg any, binary, description string, args []string, out io.Writer) err
 	return nil
 }
 
-// oneLine joins caarlos0/env's aggregate error into one readable line.
-func oneLine(err error) string {
+// oneLine joins caarlos0/env's errors into one line that names each
+// variable (its parse errors name only the Go field).
+func oneLine(err error, cfg any) string {
+	errs := []error{err}
 	var agg env.AggregateError
 	if errors.As(err, &agg) {
-		parts := make([]string, 0, len(agg.Errors))
-		for _, e := range agg.Errors {
-			parts = append(parts, strings.TrimPrefix(e.Error(), "env: "))
-		}
-		return strings.Join(parts, "; ")
+		errs = agg.Errors
 	}
-	return strings.TrimPrefix(err.Error(), "env: ")
+	envName := map[string]string{}
+	walk(reflect.ValueOf(cfg), func(f reflect.StructField, _ reflect.Value) {
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		envName[f.Name] = name
+	})
+	parts := make([]string, 0, len(errs))
+	for _, e := range errs {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			parts = append(parts, fmt.Sprintf("%s: %v", envName[pe.Name], pe.Err))
+			continue
+		}
+		parts = append(parts, strings.TrimPrefix(e.Error(), "env: "))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Var describes one environment variable of a config struct.
