@@ -53,9 +53,9 @@ func (l Level) Validate() error {
 	switch {
 	case l.Side != Bid && l.Side != Offer:
 		return fmt.Errorf("%w: side %s is not bid or offer", ErrInvalidLevel, l.Side)
-	case !isFinite(l.Price) || l.Price <= 0 || l.Price > MaxPrice:
+	case !validPrice(l.Price):
 		return fmt.Errorf("%w: price %v must be a finite number in (0, %g]", ErrInvalidLevel, l.Price, float64(MaxPrice))
-	case !isFinite(l.Quantity) || l.Quantity < 0:
+	case !validQuantity(l.Quantity):
 		return fmt.Errorf("%w: quantity %v must be a finite number >= 0", ErrInvalidLevel, l.Quantity)
 	}
 	return nil

@@ -294,6 +294,9 @@ func TestSeriesRebuildAndReset(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewSeries: %v", err)
 	}
+	if got := s.Specs(); !slices.Equal(got, specs) {
+		t.Fatalf("Specs() = %+v, want %+v", got, specs)
+	}
 	values, err := s.Rebuild(candles)
 	if err != nil {
 		t.Fatalf("Rebuild: %v", err)
@@ -356,7 +359,7 @@ func TestSeriesFlatMarketIsFinite(t *testing.T) {
 		for _, v := range values {
 			f := v.Fields
 			for _, x := range []float64{f.Value, f.MACD, f.Signal, f.Hist, f.Upper, f.Middle, f.Lower} {
-				if !isFinite(x) {
+				if math.IsNaN(x) || math.IsInf(x, 0) {
 					t.Fatalf("bar %d %s: non-finite fields %+v", i, v.Name, f)
 				}
 			}

@@ -2,7 +2,6 @@ package ta
 
 import (
 	"fmt"
-	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -264,9 +263,4 @@ func (s Spec) stateLen() int {
 	default:
 		return 1
 	}
-}
-
-// isFinite reports whether v is neither NaN nor an infinity.
-func isFinite(v float64) bool {
-	return !math.IsNaN(v) && !math.IsInf(v, 0)
 }
