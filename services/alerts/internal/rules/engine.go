@@ -215,14 +215,18 @@ func checkRule(r contract.Rule) contract.FieldErrors {
 	add := func(field, format string, args ...any) {
 		errs = append(errs, contract.FieldError{Field: field, Problem: fmt.Sprintf(format, args...)})
 	}
-	if err := contract.ValidateRuleID(r.ID); err != nil {
-		add("id", "%q must be 1-64 characters of A-Z a-z 0-9 _ -", r.ID)
-	}
-	if err := contract.ValidateSymbol(r.Symbol); err != nil {
-		add("symbol", "%q is not a product id like BTC-USD", r.Symbol)
-	}
-	if err := r.Timeframe.Validate(); err != nil {
-		add("timeframe", "%q is not one of 1m 5m 15m 1h 4h 1d", r.Timeframe)
+	for _, c := range []struct {
+		field string
+		err   error
+	}{
+		{"id", contract.ValidateRuleID(r.ID)},
+		{"symbol", contract.ValidateSymbol(r.Symbol)},
+		{"timeframe", r.Timeframe.Validate()},
+	} {
+		var fe contract.FieldError
+		if errors.As(c.err, &fe) {
+			add(c.field, "%s", fe.Problem)
+		}
 	}
 	if strings.TrimSpace(r.Indicator) == "" {
 		add("indicator", "is required")
@@ -263,8 +267,10 @@ func checkRule(r contract.Rule) contract.FieldErrors {
 	default:
 		add("evaluate", "%q must be close or live", r.Evaluate)
 	}
-	if r.Cooldown < 0 {
-		add("cooldown", "must not be negative")
+	if r.Cooldown != "" {
+		if d, err := time.ParseDuration(r.Cooldown); err != nil || d < 0 {
+			add("cooldown", "%q is not a non-negative duration like \"15m\"", r.Cooldown)
+		}
 	}
 	return errs
 }

@@ -144,7 +144,7 @@ func (s *ruleState) mayFire(start int64) bool {
 	if last == 0 {
 		return true
 	}
-	cooldown := int64(time.Duration(s.rule.Cooldown) / time.Second)
+	cooldown := int64(s.rule.CooldownDuration() / time.Second)
 	return start > last && start-last >= cooldown
 }
 
@@ -165,7 +165,7 @@ func (s *ruleState) judge(prev, cur BarValues) verdict {
 			return verdict{}
 		}
 		entered := !held(prev.Value)
-		if !entered && r.Cooldown == 0 {
+		if !entered && r.CooldownDuration() == 0 {
 			return verdict{}
 		}
 		verb := "is still " + string(r.Op)
@@ -261,7 +261,9 @@ func formatNumber(v float64) string {
 
 // definitionOf is a short fingerprint of everything that defines r, so
 // that Replace and Restore can tell an unchanged rule from a changed one.
+// The cooldown counts by its length, so "1h" and "60m" are the same.
 func definitionOf(r contract.Rule) (string, error) {
+	r.Cooldown = r.CooldownDuration().String()
 	doc, err := json.Marshal(r)
 	if err != nil {
 		return "", fmt.Errorf("cannot be encoded: %w", err)
