@@ -1,0 +1,253 @@
+// Package membership tells the live instances of a service apart and
+// assigns work to them: each instance heartbeats into the KV bucket
+// VIGIL_MEMBERS and watches it, an instance is live while its heartbeats
+// keep coming, and a key (a user, a series) is owned by the live instance
+// that rendezvous (highest-random-weight) hashing picks. Every instance
+// computes the same owner from the same member list, so no coordinator is
+// needed, and when an instance dies its keys move to the others once its
+// heartbeats stop (within Timeout).
+package membership
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket is the KV bucket of service members (key <service>.<instance>).
+const Bucket = "VIGIL_MEMBERS"
+
+// Defaults of Options.
+const (
+	DefaultInterval = time.Second
+	DefaultTimeout  = 3 * time.Second
+)
+
+// Options tune the heartbeat.
+type Options struct {
+	// Interval between heartbeats (DefaultInterval when zero).
+	Interval time.Duration
+	// Timeout after the last heartbeat at which a member counts as dead
+	// (DefaultTimeout when zero).
+	Timeout time.Duration
+}
+
+// Group is this instance's view of its service's live members.
+type Group struct {
+	kv       jetstream.KeyValue
+	service  string
+	self     string
+	opts     Options
+	cancel   context.CancelFunc
+	done     chan struct{}
+	mu       sync.Mutex
+	lastSeen map[string]time.Time
+	members  []string
+	changes  []chan struct{}
+}
+
+// ErrInvalidName reports a service or instance name unusable as a KV key.
+var ErrInvalidName = errors.New("membership: invalid name")
+
+// Join starts heartbeating as instance self of service and watching the
+// other members. Leave stops it.
+func Join(ctx context.Context, js jetstream.JetStream, service, self string, opts Options) (*Group, error) {
+	if !validKeyPart(service) || !validKeyPart(self) {
+		return nil, fmt.Errorf("%w: %q/%q", ErrInvalidName, service, self)
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = DefaultInterval
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "vigil live service instances (key <service>.<instance>)",
+		History:     1,
+		TTL:         time.Minute,
+		Storage:     jetstream.MemoryStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("membership kv: %w", err)
+	}
+	g := &Group{kv: kv, service: service, self: self, opts: opts, lastSeen: map[string]time.Time{}, done: make(chan struct{})}
+	if err := g.beat(ctx); err != nil {
+		return nil, err
+	}
+	watcher, err := kv.Watch(ctx, service+".*")
+	if err != nil {
+		return nil, fmt.Errorf("membership watch: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	// Take in the current members before returning, so Owner is right at once.
+	for e := range watcher.Updates() {
+		if e == nil {
+			break
+		}
+		g.observe(e, e.Created())
+	}
+	g.recompute()
+	go g.loop(runCtx, watcher)
+	return g, nil
+}
+
+func validKeyPart(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (g *Group) key(instance string) string { return g.service + "." + instance }
+
+func (g *Group) beat(ctx context.Context) error {
+	if _, err := g.kv.Put(ctx, g.key(g.self), []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return fmt.Errorf("membership heartbeat: %w", err)
+	}
+	return nil
+}
+
+// observe records a heartbeat seen at seen: the server's timestamp for
+// entries that existed before Join (a dead member's last beat must not look
+// fresh), the local receive time for live updates (host clocks may differ).
+func (g *Group) observe(e jetstream.KeyValueEntry, seen time.Time) {
+	instance := e.Key()[len(g.service)+1:]
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(g.lastSeen, instance)
+		return
+	}
+	g.lastSeen[instance] = seen
+}
+
+func (g *Group) loop(ctx context.Context, watcher jetstream.KeyWatcher) {
+	defer close(g.done)
+	defer watcher.Stop()
+	beat := time.NewTicker(g.opts.Interval)
+	defer beat.Stop()
+	check := time.NewTicker(g.opts.Interval / 2)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-watcher.Updates():
+			if !ok {
+				return
+			}
+			if e != nil {
+				g.observe(e, time.Now())
+				g.recompute()
+			}
+		case <-beat.C:
+			bctx, cancel := context.WithTimeout(ctx, g.opts.Interval)
+			_ = g.beat(bctx) // a missed beat is retried at the next tick
+			cancel()
+		case <-check.C:
+			g.recompute()
+		}
+	}
+}
+
+// recompute derives the live member list and notifies watchers on change.
+func (g *Group) recompute() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := time.Now()
+	live := []string{g.self}
+	for m, seen := range g.lastSeen {
+		if m != g.self && now.Sub(seen) <= g.opts.Timeout {
+			live = append(live, m)
+		}
+	}
+	slices.Sort(live)
+	if slices.Equal(live, g.members) {
+		return
+	}
+	g.members = live
+	for _, ch := range g.changes {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Self is this instance's name.
+func (g *Group) Self() string { return g.self }
+
+// Members is the sorted list of live members, this instance included.
+func (g *Group) Members() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.members)
+}
+
+// Owner is the live member that owns key.
+func (g *Group) Owner(key string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return Owner(g.members, key)
+}
+
+// Owns reports whether this instance owns key.
+func (g *Group) Owns(key string) bool { return g.Owner(key) == g.self }
+
+// Changes returns a channel that receives a value (coalesced) whenever the
+// member list changes.
+func (g *Group) Changes() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	g.mu.Lock()
+	g.changes = append(g.changes, ch)
+	g.mu.Unlock()
+	return ch
+}
+
+// Leave stops heartbeating and deletes this instance's entry, so the others
+// take over its keys at once instead of after Timeout.
+func (g *Group) Leave(ctx context.Context) error {
+	g.cancel()
+	<-g.done
+	return g.kv.Delete(ctx, g.key(g.self))
+}
+
+// Owner is the member of members that rendezvous hashing assigns key to, or
+// "" when there are no members.
+func Owner(members []string, key string) string {
+	var best string
+	var bestScore uint64
+	for _, m := range members {
+		h := fnv.New64a()
+		h.Write([]byte(m))
+		h.Write([]byte{0})
+		h.Write([]byte(key))
+		if s := mix(h.Sum64()); best == "" || s > bestScore {
+			best, bestScore = m, s
+		}
+	}
+	return best
+}
+
+// mix is a 64-bit finaliser (splitmix64) that spreads FNV's output.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
