@@ -1,0 +1,96 @@
+// Package db is vigil's PostgreSQL layer: a traced connection pool, the
+// embedded schema migrations, and the typed queries the services share.
+//
+// Migrations are SQL files embedded from migrations/ and applied with goose
+// under a PostgreSQL session advisory lock, so several processes may call
+// Migrate at the same time: one applies, the others wait and find nothing
+// left to do.
+package db
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+)
+
+// Errors of this package, wrapped with details.
+var (
+	// ErrBadURL reports a DATABASE_URL that cannot be parsed.
+	ErrBadURL = errors.New("db: bad database URL")
+	// ErrUnreachable reports a database that does not answer.
+	ErrUnreachable = errors.New("db: database unreachable")
+	// ErrMigrate reports a failed schema migration.
+	ErrMigrate = errors.New("db: migration failed")
+	// ErrUnknownUser reports a user token that names no user.
+	ErrUnknownUser = errors.New("db: unknown user")
+	// ErrAmbiguousToken reports a user token that names users of several
+	// identity providers.
+	ErrAmbiguousToken = errors.New("db: user token names several users")
+	// ErrNoExchangeAccount reports a user without an exchange account.
+	ErrNoExchangeAccount = errors.New("db: user has no exchange account")
+	// ErrInvalidInput reports an argument that cannot be stored.
+	ErrInvalidInput = errors.New("db: invalid input")
+)
+
+//go:embed migrations/*.sql
+var embeddedMigrations embed.FS
+
+// migrationLockTimeout bounds how long Migrate waits for another process's
+// migration to finish: the lock is probed every second this many times.
+const migrationLockTimeout = 120
+
+// NewPool connects to the database at url (a postgres:// URL or key=value
+// DSN), traces every query with OpenTelemetry (otelpgx, through the global
+// tracer provider) and checks that the database answers.
+func NewPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadURL, err)
+	}
+	cfg.ConnConfig.Tracer = otelpgx.NewTracer()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadURL, err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("%w: %s@%s:%d/%s: %w", ErrUnreachable,
+			cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, err)
+	}
+	return pool, nil
+}
+
+// Migrate brings the schema of the pool's database up to the newest
+// embedded migration. It is a no-op when the schema is current, and safe
+// to call from several processes at once.
+func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	migrations, err := fs.Sub(embeddedMigrations, "migrations")
+	if err != nil {
+		return fmt.Errorf("%w: embedded migrations: %w", ErrMigrate, err)
+	}
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(1, migrationLockTimeout))
+	if err != nil {
+		return fmt.Errorf("%w: session locker: %w", ErrMigrate, err)
+	}
+	sqlDB := stdlib.OpenDBFromPool(pool)
+	defer sqlDB.Close()
+	provider, err := goose.NewProvider(goose.DialectPostgres, sqlDB, migrations,
+		goose.WithSessionLocker(locker),
+		goose.WithDisableGlobalRegistry(true),
+	)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrMigrate, err)
+	}
+	if _, err := provider.Up(ctx); err != nil {
+		return fmt.Errorf("%w: %w", ErrMigrate, err)
+	}
+	return nil
+}

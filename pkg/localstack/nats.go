@@ -1,0 +1,87 @@
+package localstack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// NATS is an embedded nats-server with JetStream started by StartNATS. The
+// embedded *server.Server gives access to everything else the server offers
+// (ClientURL, JetStreamEnabled, Shutdown, ...).
+type NATS struct {
+	*server.Server
+}
+
+// StartNATS runs an embedded NATS server with JetStream, its store in
+// opts.Dir, listening on opts.Host (default 127.0.0.1) and opts.Port (0 or
+// -1: a free port), and waits until it accepts connections. The server does
+// not log and does not handle signals.
+func StartNATS(ctx context.Context, opts Options) (*NATS, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: Dir %q: %w", ErrInvalidOptions, opts.Dir, err)
+	}
+	if err := ensureDir(dir, 0o755); err != nil {
+		return nil, err
+	}
+	host := opts.Host
+	if host == "" {
+		host = loopback
+	}
+	port := opts.Port
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	srv, err := server.NewServer(&server.Options{
+		Host:      host,
+		Port:      port,
+		JetStream: true,
+		StoreDir:  dir,
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: nats-server: %w", ErrInvalidOptions, err)
+	}
+	if port > 0 {
+		// The server would only report a taken port by never becoming
+		// ready: check first to fail fast with a clear message.
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			return nil, fmt.Errorf("%w: nats-server cannot listen on %s:%d: %w", ErrInvalidOptions, host, port, err)
+		}
+		l.Close()
+	}
+	ctx, cancel := withStartDeadline(ctx)
+	defer cancel()
+	go srv.Start()
+	for !srv.ReadyForConnections(100 * time.Millisecond) {
+		if ctx.Err() != nil {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+			return nil, fmt.Errorf("%w: nats-server on %s:%d did not accept connections: %w", ErrNotReady, host, port, context.Cause(ctx))
+		}
+	}
+	return &NATS{Server: srv}, nil
+}
+
+// URL is the URL clients connect to, nats://host:port.
+func (n *NATS) URL() string {
+	return n.ClientURL()
+}
+
+// Stop shuts the server down and waits until it has stopped.
+func (n *NATS) Stop() error {
+	n.Shutdown()
+	n.WaitForShutdown()
+	return nil
+}

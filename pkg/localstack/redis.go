@@ -1,0 +1,118 @@
+package localstack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// installHint says how to install what the Start functions need.
+const installHint = "run `make deps` (deploy/scripts/deps.sh), or apt-get install -y"
+
+// Redis is a private redis-server started by StartRedis.
+type Redis struct {
+	proc *process
+	port int
+}
+
+// StartRedis runs redis-server on 127.0.0.1 with its state in opts.Dir and
+// waits until it answers PING.
+func StartRedis(ctx context.Context, opts Options) (*Redis, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("%w: redis-server is not on PATH: %s redis-server", ErrMissingBinary, installHint)
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: Dir %q: %w", ErrInvalidOptions, opts.Dir, err)
+	}
+	if err := ensureDir(dir, 0o755); err != nil {
+		return nil, err
+	}
+	ctx, cancel := withStartDeadline(ctx)
+	defer cancel()
+	return startOnPort(opts, func(port int) (*Redis, error) {
+		return startRedisOn(ctx, bin, dir, port, opts)
+	})
+}
+
+func startRedisOn(ctx context.Context, bin, dir string, port int, opts Options) (*Redis, error) {
+	args := []string{
+		"--bind", loopback,
+		"--port", strconv.Itoa(port),
+		"--dir", dir,
+		"--daemonize", "no",
+		"--logfile", "",
+	}
+	if opts.Persist {
+		args = append(args, "--appendonly", "yes")
+	} else {
+		args = append(args, "--save", "", "--appendonly", "no")
+	}
+	if opts.RedisDatabases > 0 {
+		args = append(args, "--databases", strconv.Itoa(opts.RedisDatabases))
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	proc, err := startProcess("redis-server", cmd, filepath.Join(dir, "redis.log"), syscall.SIGTERM, nil)
+	if err != nil {
+		return nil, err
+	}
+	r := &Redis{proc: proc, port: port}
+	client := redis.NewClient(&redis.Options{
+		Addr:        r.Addr(),
+		DialTimeout: 500 * time.Millisecond,
+		ReadTimeout: 500 * time.Millisecond,
+		MaxRetries:  -1,
+		PoolSize:    1,
+	})
+	defer client.Close()
+	err = proc.waitReady(ctx, func(ctx context.Context) error {
+		return client.Ping(ctx).Err()
+	})
+	if err != nil {
+		_ = proc.stop(syscall.SIGKILL)
+		return nil, err
+	}
+	return r, nil
+}
+
+// Addr is the server's host:port.
+func (r *Redis) Addr() string {
+	return net.JoinHostPort(loopback, strconv.Itoa(r.port))
+}
+
+// Port is the server's TCP port.
+func (r *Redis) Port() int { return r.port }
+
+// URL is the server's URL for logical database 0,
+// redis://127.0.0.1:<port>/0.
+func (r *Redis) URL() string {
+	return r.DatabaseURL(0)
+}
+
+// DatabaseURL is the server's URL for logical database db.
+func (r *Redis) DatabaseURL(db int) string {
+	return fmt.Sprintf("redis://%s/%d", r.Addr(), db)
+}
+
+// LogPath is the file the server writes its log to.
+func (r *Redis) LogPath() string {
+	return r.proc.logPath
+}
+
+// Stop shuts the server down with SIGTERM (which saves the data when
+// Persist is set) and waits for it to exit.
+func (r *Redis) Stop() error {
+	return r.proc.stop(syscall.SIGTERM)
+}
