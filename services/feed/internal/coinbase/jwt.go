@@ -58,15 +58,15 @@ func NewCredentials(keyName string, privateKeyPEM []byte) (*Credentials, error) 
 func (c *Credentials) KeyName() string { return c.keyName }
 
 // String names the key and hides the secret.
-func (c *Credentials) String() string {
+func (c Credentials) String() string {
 	return "coinbase.Credentials{key: " + c.keyName + ", secret: [REDACTED]}"
 }
 
 // GoString is String, so %#v does not print the private key either.
-func (c *Credentials) GoString() string { return c.String() }
+func (c Credentials) GoString() string { return c.String() }
 
 // LogValue makes slog print the key name only.
-func (c *Credentials) LogValue() slog.Value {
+func (c Credentials) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("key", c.keyName), slog.String("secret", "[REDACTED]"))
 }
 

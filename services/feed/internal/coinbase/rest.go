@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -251,7 +252,8 @@ func (c *RESTClient) fetchPage(ctx context.Context, product string, granularity 
 	if c.cfg.Credentials != nil {
 		path = "/api/v3/brokerage/products/" + product + "/candles"
 	}
-	u := c.base.JoinPath(path)
+	u := *c.base // JoinPath would drop the leading slash of an empty base path, and the JWT uri needs it
+	u.Path = strings.TrimSuffix(u.Path, "/") + path
 	u.RawQuery = url.Values{
 		"start":       {strconv.FormatInt(start, 10)},
 		"end":         {strconv.FormatInt(end, 10)},
@@ -262,7 +264,7 @@ func (c *RESTClient) fetchPage(ctx context.Context, product string, granularity 
 		if err := c.limiter.Wait(ctx); err != nil {
 			return nil, err
 		}
-		status, header, body, err := c.get(ctx, u)
+		status, header, body, err := c.get(ctx, &u)
 		if err == nil && status == http.StatusOK {
 			return decodeCandlesResponse(product, body)
 		}
