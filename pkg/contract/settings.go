@@ -420,7 +420,11 @@ func validateRule(f *fieldErrs, field string, r Rule, m Mode, specs []IndicatorS
 		f.add(field+".indicator", "is required")
 		return
 	}
-	spec := checkRef(field, r.SeriesRef)
+	ref := r.SeriesRef
+	if r.Kind == RuleMACDVZone && ref.Field == "" {
+		ref.Field = "macd"
+	}
+	spec := checkRef(field, ref)
 	finite := func(name string, v *float64) {
 		if v == nil {
 			f.add(name, "is required")

@@ -11,7 +11,10 @@ const (
 	StreamResults = "VIGIL_RESULTS"
 	StreamCandles = "VIGIL_CANDLES"
 	StreamAlerts  = "VIGIL_ALERTS"
-	BucketState   = "VIGIL_STATE"
+	// StreamIndicators carries vigil.indicator.> (our choice of the
+	// contract's "core or JetStream"; see docs/design.md).
+	StreamIndicators = "VIGIL_INDICATORS"
+	BucketState      = "VIGIL_STATE"
 
 	ServiceFeed       = "vigil-feed"
 	ServiceIndicators = "vigil-indicators"

@@ -29,6 +29,15 @@ var Streams = []jetstream.StreamConfig{
 		Duplicates:        2 * time.Minute,
 	},
 	{
+		Name:              contract.StreamIndicators,
+		Description:       "vigil indicator updates, indicators to alerts",
+		Subjects:          []string{contract.IndicatorSubjects},
+		Storage:           jetstream.FileStorage,
+		MaxAge:            time.Hour,
+		MaxMsgsPerSubject: 1_000,
+		Duplicates:        2 * time.Minute,
+	},
+	{
 		Name:        contract.StreamAlerts,
 		Description: "vigil alerts",
 		Subjects:    []string{contract.AlertSubjects},
