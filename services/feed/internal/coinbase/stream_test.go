@@ -354,6 +354,18 @@ func TestStreamCountsMalformedFrames(t *testing.T) {
 			return h.fake.InjectFrame("candles", json.RawMessage(`[{"type":"delta","candles":[{`+good+`}]}]`))
 		}, malformed},
 		{"events is an object", func() int { return h.fake.InjectFrame("candles", json.RawMessage(`{"candles":[]}`)) }, malformed},
+		{"level2 side is neither bid nor offer", func() int {
+			return h.fake.InjectFrame("l2_data", json.RawMessage(`[{"type":"update","product_id":"BAD-USD","updates":[{"side":"buy","event_time":"2026-03-01T12:00:00Z","price_level":"1","new_quantity":"1"}]}]`))
+		}, malformed},
+		{"level2 quantity is negative", func() int {
+			return h.fake.InjectFrame("l2_data", json.RawMessage(`[{"type":"update","product_id":"BAD-USD","updates":[{"side":"bid","event_time":"2026-03-01T12:00:00Z","price_level":"1","new_quantity":"-1"}]}]`))
+		}, malformed},
+		{"trade time is not RFC 3339", func() int {
+			return h.fake.InjectFrame("market_trades", json.RawMessage(`[{"type":"update","trades":[{"trade_id":"1","product_id":"BAD-USD","price":"1","size":"1","side":"BUY","time":"yesterday"}]}]`))
+		}, malformed},
+		{"heartbeat counter is a string", func() int {
+			return h.fake.InjectFrame("heartbeats", json.RawMessage(`[{"current_time":"now","heartbeat_counter":"5"}]`))
+		}, malformed},
 		{"unknown channel", func() int { return h.fake.InjectFrame("ticker_batch", json.RawMessage(`[{"type":"update","tickers":[]}]`)) },
 			func(s coinbase.StreamStats) uint64 { return s.UnknownChannel }},
 		{"oversized", func() int {
