@@ -132,9 +132,9 @@ func TestCredentialsNeverPrintTheSecret(t *testing.T) {
 	var logged bytes.Buffer
 	slog.New(slog.NewJSONHandler(&logged, nil)).Info("config", "credentials", creds)
 	outputs := map[string]string{
-		"%v":  fmt.Sprintf("%v", creds),
-		"%+v": fmt.Sprintf("%+v", creds),
-		"%#v": fmt.Sprintf("%#v", creds),
+		"%v":   fmt.Sprintf("%v", creds),
+		"%+v":  fmt.Sprintf("%+v", creds),
+		"%#v":  fmt.Sprintf("%#v", creds),
 		"slog": logged.String(),
 	}
 	for format, out := range outputs {

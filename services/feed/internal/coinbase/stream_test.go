@@ -366,7 +366,9 @@ func TestStreamCountsMalformedFrames(t *testing.T) {
 		{"heartbeat counter is a string", func() int {
 			return h.fake.InjectFrame("heartbeats", json.RawMessage(`[{"current_time":"now","heartbeat_counter":"5"}]`))
 		}, malformed},
-		{"unknown channel", func() int { return h.fake.InjectFrame("ticker_batch", json.RawMessage(`[{"type":"update","tickers":[]}]`)) },
+		{"unknown channel", func() int {
+			return h.fake.InjectFrame("ticker_batch", json.RawMessage(`[{"type":"update","tickers":[]}]`))
+		},
 			func(s coinbase.StreamStats) uint64 { return s.UnknownChannel }},
 		{"oversized", func() int {
 			return h.fake.InjectRaw([]byte(`{"channel":"candles","pad":"` + strings.Repeat("x", 2*maxBytes) + `"}`))
