@@ -57,7 +57,8 @@ func NewCredentials(keyName string, privateKeyPEM []byte) (*Credentials, error) 
 // KeyName returns the CDP key name, which is also the JWT's sub and kid.
 func (c *Credentials) KeyName() string { return c.keyName }
 
-// String names the key and hides the secret.
+// String names the key and hides the secret. It and GoString and LogValue
+// have value receivers so that a dereferenced copy is masked too.
 func (c Credentials) String() string {
 	return "coinbase.Credentials{key: " + c.keyName + ", secret: [REDACTED]}"
 }

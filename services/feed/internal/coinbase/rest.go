@@ -54,7 +54,8 @@ type RESTConfig struct {
 	// Credentials, when set, switch to the private candles endpoint with a
 	// fresh JWT per request; otherwise the public endpoint is used.
 	Credentials *Credentials
-	// RequestsPerSecond is the pace; default 10 public, 30 private.
+	// RequestsPerSecond is the limit; default 10 public, 30 private. Requests
+	// are paced evenly 5 % below it, so no one-second window exceeds it.
 	RequestsPerSecond float64
 	// Limiter, when set, is used instead of one built from RequestsPerSecond,
 	// so several clients can share one budget.

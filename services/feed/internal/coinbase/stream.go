@@ -67,7 +67,8 @@ type StreamConfig struct {
 	DialTimeout time.Duration
 	// WriteTimeout bounds writing one message.
 	WriteTimeout time.Duration
-	// MessagesPerSecond caps subscribe and unsubscribe messages sent.
+	// MessagesPerSecond caps subscribe and unsubscribe messages sent
+	// (paced evenly, 5 % below the value, so no one-second window exceeds it).
 	MessagesPerSecond float64
 }
 
