@@ -1,0 +1,68 @@
+# vigil: run the dev stack, build, test, bench and lint every module of go.work.
+#
+#   make deps    install what is missing (redis-server, PostgreSQL, nats CLI, staticcheck)
+#   make run     the local dev stack (deploy/devstack): NATS, Redis, Postgres and the services
+#   make build   every service binary (and vigilctl) into bin/
+#   make test    every module's tests with the race detector, against real servers
+#   make bench   the benchmark runner, or every module's Go benchmarks
+#   make lint    go vet, staticcheck, gofmt
+#   make clean   remove bin/ and .run/ (the dev stack's data)
+
+SHELL := /bin/bash
+GO ?= go
+# The machine has 2 cores: build and test 2 packages at a time.
+PARALLEL := -p 2
+# Extra flags for go test, e.g. make test GOTESTFLAGS=-v.
+GOTESTFLAGS ?=
+# Every module of go.work.
+PACKAGES := ./pkg/... ./services/feed/... ./services/indicators/... \
+	./services/alerts/... ./services/control/... ./deploy/...
+SERVICES := feed indicators alerts control
+
+# Tools that deps installs with go install land here.
+export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
+
+.PHONY: deps run build test bench lint clean
+
+deps:
+	bash deploy/scripts/deps.sh
+
+run: deps
+	$(GO) run ./deploy/devstack
+
+build:
+	@mkdir -p bin
+	@for s in $(SERVICES); do \
+		if [ "$$($(GO) list -f '{{.Name}}' ./services/$$s 2>/dev/null)" = main ]; then \
+			echo "$(GO) build -o bin/vigil-$$s ./services/$$s"; \
+			$(GO) build $(PARALLEL) -o bin/vigil-$$s ./services/$$s || exit 1; \
+		else \
+			echo "build: services/$$s has no main package yet, skipped"; \
+		fi; \
+	done
+	@if [ -d services/control/cmd/vigilctl ]; then \
+		echo "$(GO) build -o bin/vigilctl ./services/control/cmd/vigilctl"; \
+		$(GO) build $(PARALLEL) -o bin/vigilctl ./services/control/cmd/vigilctl; \
+	fi
+
+test: deps
+	$(GO) test $(PARALLEL) -race -count=1 -timeout 14m $(GOTESTFLAGS) $(PACKAGES)
+
+bench:
+	@if [ -d bench/cmd/bench ]; then \
+		echo "$(GO) run ./bench/cmd/bench"; \
+		$(GO) run ./bench/cmd/bench; \
+	else \
+		echo "$(GO) test -run '^$$' -bench . -benchmem $(PACKAGES)"; \
+		$(GO) test $(PARALLEL) -run '^$$' -bench . -benchmem $(PACKAGES); \
+	fi
+
+lint:
+	$(GO) vet $(PARALLEL) $(PACKAGES)
+	@command -v staticcheck >/dev/null || bash deploy/scripts/deps.sh
+	staticcheck $(PACKAGES)
+	@unformatted=$$(gofmt -l pkg services deploy); \
+	if [ -n "$$unformatted" ]; then echo "gofmt -l: these files need gofmt -w:"; echo "$$unformatted"; exit 1; fi
+
+clean:
+	rm -rf bin .run

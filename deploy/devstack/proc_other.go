@@ -1,0 +1,11 @@
+//go:build unix && !linux
+
+package main
+
+import "syscall"
+
+// childAttr puts a service in its own process group, so a terminal's Ctrl-C
+// reaches only the dev stack, which stops the services in order.
+func childAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Restart backoff of a child that exits on its own.
+const (
+	firstRestartDelay = time.Second
+	maxRestartDelay   = 30 * time.Second
+	// stableRun is how long a child must run for its backoff to reset.
+	stableRun = 30 * time.Second
+)
+
+// child is a service binary the dev stack runs and restarts.
+type child struct {
+	name  string        // shown as the output prefix, e.g. "feed"
+	path  string        // the binary
+	env   []string      // its whole environment
+	out   io.Writer     // where its prefixed output goes
+	grace time.Duration // how long it may take to stop after SIGTERM
+	log   *slog.Logger
+}
+
+// supervise runs c until ctx ends, restarting it with backoff whenever it
+// exits on its own. When ctx ends it sends the child SIGTERM, kills it
+// after c.grace, and returns once it has exited.
+func supervise(ctx context.Context, c child) {
+	delay := firstRestartDelay
+	for {
+		started := time.Now()
+		err := c.runOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		ran := time.Since(started)
+		if ran >= stableRun {
+			delay = firstRestartDelay
+		}
+		c.log.Warn("service exited; restarting", "service", c.name, "err", err, "ran", ran.Round(time.Millisecond), "restart_in", delay)
+		timer := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		delay = min(2*delay, maxRestartDelay)
+	}
+}
+
+// runOnce runs the child until it exits or ctx ends.
+func (c child) runOnce(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, c.path)
+	cmd.Env = c.env
+	out := &prefixWriter{prefix: "[" + c.name + "] ", out: c.out}
+	defer out.Flush()
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = childAttr()
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = c.grace
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", c.path, err)
+	}
+	c.log.Info("service started", "service", c.name, "pid", cmd.Process.Pid)
+	err := cmd.Wait()
+	if ctx.Err() != nil {
+		if errors.Is(err, exec.ErrWaitDelay) || isKilled(err) {
+			c.log.Warn("service did not stop in time and was killed", "service", c.name, "grace", c.grace)
+		} else {
+			c.log.Info("service stopped", "service", c.name)
+		}
+	}
+	return err
+}
+
+// isKilled reports whether err says the process died of SIGKILL.
+func isKilled(err error) bool {
+	var exitErr *exec.ExitError
+	if !errors.As(err, &exitErr) {
+		return false
+	}
+	status, ok := exitErr.Sys().(syscall.WaitStatus)
+	return ok && status.Signaled() && status.Signal() == syscall.SIGKILL
+}
+
+// prefixWriter writes each complete line it receives to out with prefix in
+// front, one Write per line so that lines of concurrent children do not
+// interleave (out must serialize its Writes).
+type prefixWriter struct {
+	prefix string
+	out    io.Writer
+	mu     sync.Mutex
+	buf    []byte // the unfinished last line
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		if err := w.emit(w.buf[:i+1]); err != nil {
+			return len(p), err
+		}
+		w.buf = w.buf[i+1:]
+	}
+}
+
+// Flush writes an unfinished last line, ending it with a newline.
+func (w *prefixWriter) Flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		_ = w.emit(append(w.buf, '\n'))
+		w.buf = nil
+	}
+}
+
+func (w *prefixWriter) emit(line []byte) error {
+	_, err := w.out.Write(append([]byte(w.prefix), line...))
+	return err
+}
+
+// syncWriter serializes Writes to an io.Writer shared by several children.
+type syncWriter struct {
+	mu  sync.Mutex
+	out io.Writer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.out.Write(p)
+}
