@@ -110,6 +110,9 @@ func startPostgresOn(ctx context.Context, binDir, dir string, port int, cred *sy
 		"-p", strconv.Itoa(port),
 		"-k", socketDir,
 		"-c", "listen_addresses=" + loopback,
+		// Room for many pools: test packages open one per test, and every
+		// service instance of a dev or test stack has its own.
+		"-c", "max_connections=300",
 	}
 	if !persist {
 		args = append(args,
