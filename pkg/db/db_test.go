@@ -43,7 +43,7 @@ type column struct {
 	nullable bool
 }
 
-func TestMigrateCreatesSchemaFromEmpty(t *testing.T) {
+func TestMigrateCreatesInitialSchemaFromEmpty(t *testing.T) {
 	ctx := testContext(t)
 	pool := newPool(t, testenv.EmptyPostgres(t))
 	if err := db.Migrate(ctx, pool); err != nil {
@@ -116,8 +116,11 @@ func TestMigrateCreatesSchemaFromEmpty(t *testing.T) {
 			if err := rows.Err(); err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Equal(got, wantColumns) {
-				t.Errorf("columns of %s:\n got %v\nwant %v", table, got, wantColumns)
+			// Later migrations may add columns; these must stay as they are.
+			for _, want := range wantColumns {
+				if !slices.Contains(got, want) {
+					t.Errorf("%s has no column %+v; columns: %v", table, want, got)
+				}
 			}
 		})
 	}
