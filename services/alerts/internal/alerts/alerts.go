@@ -1,53 +1,279 @@
 // Package alerts is the vigil-alerts service: it evaluates each user's
 // rules on fresh indicator values and publishes and stores alerts, exactly
 // one per event.
+//
+// An instance joins the membership group vigil-alerts (pkg/membership)
+// and owns the users that rendezvous hashing gives it. It watches KV
+// VIGIL_STATE for each user's desired state (paused, mode, settings),
+// consumes VIGIL_INDICATORS with a consumer of its own (vigil-alerts-<id>,
+// ephemeral), acknowledges the updates of users it does not own at once,
+// and hands the others to internal/monitor, one worker per shard of users
+// so that each user's updates stay in order. The monitor records alerts in
+// the VIGIL_ALERTS stream and Postgres alert_events, keeps each user's
+// engine memory in KV VIGIL_ALERT_STATE and catches up from Redis when it
+// gains a user. Alerts also go to the user's webhook (internal/webhook).
+// Control verbs pause, resume, apply and status are answered on
+// vigil.svc.alerts.* by every instance.
 package alerts
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/service"
+	"vigil.dev/services/alerts/internal/history"
+	"vigil.dev/services/alerts/internal/metrics"
+	"vigil.dev/services/alerts/internal/monitor"
+	"vigil.dev/services/alerts/internal/record"
+	"vigil.dev/services/alerts/internal/snapshots"
+	"vigil.dev/services/alerts/internal/webhook"
 )
 
-// Config is vigil-alerts's configuration.
-type Config struct {
-	config.NATS
-	config.Service
-	config.Redis
-	config.Postgres
-}
+// description is the micro service's description.
+const description = "vigil alerts: evaluates each user's rules on fresh indicator values"
 
-// Validate checks every part of the configuration.
-func (c Config) Validate() error {
-	return config.ValidateAll(c.NATS, c.Service, c.Redis, c.Postgres)
-}
-
-// Run runs vigil-alerts until ctx ends.
+// Run runs vigil-alerts until ctx ends: it loads the configuration from the
+// environment (-h in args lists it) and serves.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	var cfg Config
 	if err := config.Load(&cfg, contract.ServiceAlerts, "evaluates each user's rules on fresh indicator values", args, stdout); err != nil {
 		return err
 	}
+	return Serve(ctx, cfg, stdout)
+}
+
+// Serve runs vigil-alerts with cfg until ctx ends, then shuts down
+// gracefully within cfg.ShutdownTimeout.
+func Serve(ctx context.Context, cfg Config, stdout io.Writer) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	in, err := start(ctx, cfg, stdout, options{})
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	in.log.Info("shutting down")
+	return in.shutdown(cfg.ShutdownTimeout)
+}
+
+// options are the parts of an instance that tests replace.
+type options struct {
+	// now is the engines' clock (time.Now when nil).
+	now func() time.Time
+	// membership tunes the heartbeat (the package defaults when zero).
+	membership membership.Options
+}
+
+// instance is one running vigil-alerts.
+type instance struct {
+	cfg     Config
+	rt      *service.Runtime
+	log     *slog.Logger
+	svc     *service.Service
+	group   *membership.Group
+	pool    *pgxpool.Pool
+	rdb     *redis.Client
+	hooks   *webhook.Notifier
+	monitor *monitor.Monitor
+	metrics *metrics.Metrics
+	tracer  trace.Tracer
+	started time.Time
+
+	// loopCtx ends the desired-state watch and the reconcile loop;
+	// workCtx the evaluation of updates.
+	loopCtx, workCtx    context.Context
+	stopLoops, stopWork context.CancelFunc
+	loops               sync.WaitGroup
+	consume             jetstream.ConsumeContext
+	dispatch            *dispatcher
+	closeResourcesOnce  sync.Once
+	// ready is set once start has built every part status reads.
+	ready atomic.Bool
+}
+
+// start opens everything and returns a running instance. On error what
+// was opened is closed again.
+func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *instance, err error) {
 	rt, err := service.Boot(ctx, contract.ServiceAlerts, cfg.Service, cfg.NATS, &cfg, stdout)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer rt.Close(context.Background())
-	started := time.Now()
-	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcAlerts, Name: contract.ServiceAlerts,
-		Description: "vigil alerts: evaluates each user's rules on fresh indicator values", Instance: rt.Instance}, rt.Log,
-		func(context.Context) any {
-			return map[string]any{"instance": rt.Instance, "started_at": started}
-		})
+	in := &instance{cfg: cfg, rt: rt, log: rt.Log, started: time.Now().UTC(), tracer: otel.Tracer(metrics.MeterName)}
+	in.loopCtx, in.stopLoops = context.WithCancel(context.Background())
+	in.workCtx, in.stopWork = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			in.stopLoops()
+			in.stopWork()
+			if in.svc != nil {
+				_ = in.svc.Shutdown(cfg.ShutdownTimeout)
+			}
+			in.closeResources()
+			_ = rt.Close(context.Background())
+		}
+	}()
+	if in.metrics, err = metrics.New(nil); err != nil {
+		return nil, err
+	}
+	if in.pool, err = db.NewPool(ctx, cfg.Postgres.URL); err != nil {
+		return nil, err
+	}
+	if err = db.Migrate(ctx, in.pool); err != nil {
+		return nil, err
+	}
+	if in.rdb, err = redisstore.NewClient(ctx, cfg.Redis.URL); err != nil {
+		return nil, err
+	}
+	snaps, err := snapshots.Open(ctx, rt.JS)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	rt.Log.Info("running", "id", svc.ID())
-	<-ctx.Done()
-	rt.Log.Info("shutting down")
-	return svc.Shutdown(cfg.ShutdownTimeout)
+	if in.hooks, err = webhook.New(webhook.Options{
+		Timeout: cfg.WebhookTimeout, Attempts: cfg.WebhookAttempts, InitialBackoff: cfg.WebhookBackoff,
+		MaxBackoff: cfg.WebhookMaxBackoff, QueueSize: cfg.WebhookQueue, Log: rt.Log, Metrics: in.metrics,
+	}); err != nil {
+		return nil, err
+	}
+	if in.svc, err = service.Start(rt.NC, service.Config{Svc: contract.SvcAlerts, Name: contract.ServiceAlerts,
+		Description: description, Instance: rt.Instance}, rt.Log, in.status); err != nil {
+		return nil, err
+	}
+	in.log = rt.Log.With("id", in.svc.ID())
+	if in.group, err = membership.Join(ctx, rt.JS, contract.ServiceAlerts, in.svc.ID(), opts.membership); err != nil {
+		return nil, err
+	}
+	if in.monitor, err = monitor.New(monitor.Deps{
+		Recorder:  record.New(rt.JS, in.pool),
+		Snapshots: snaps,
+		History:   history.New(redisstore.New(in.rdb, 0)),
+		Notifier:  in.hooks,
+		Ownership: in.group,
+	}, monitor.Options{Now: opts.now, Log: in.log, Metrics: in.metrics,
+		RetryBackoff: cfg.RetryBackoff, MaxRetryBackoff: cfg.MaxRetryBackoff}); err != nil {
+		return nil, err
+	}
+	// The consumer exists before any user is gained: an update published
+	// after a gain's catch-up read Redis is then delivered to it.
+	cons, err := in.createConsumer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	watcher, err := in.loadDesiredStates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	in.dispatch = newDispatcher(cfg.Workers, in.process)
+	if in.consume, err = cons.Consume(in.route, jetstream.PullMaxMessages(256)); err != nil {
+		_ = watcher.Stop()
+		return nil, fmt.Errorf("consume %s: %w", contract.StreamIndicators, err)
+	}
+	in.loops.Add(2)
+	go in.watchDesiredStates(watcher)
+	go in.reconcileLoop()
+	for verb, h := range map[contract.Verb]service.Handler{
+		contract.VerbPause: in.pause, contract.VerbResume: in.resume, contract.VerbApply: in.apply,
+	} {
+		if err = in.svc.Handle(verb, h); err != nil {
+			return nil, err
+		}
+	}
+	in.svc.OnShutdown(in.closeHooks)
+	in.svc.OnShutdown(in.leave)
+	in.svc.OnShutdown(in.stopEvaluating)
+	in.ready.Store(true)
+	in.log.Info("running", "members", in.group.Members())
+	return in, nil
+}
+
+// shutdown stops the instance gracefully: no more updates, the ones in
+// progress finish, the membership is left so others take over at once,
+// queued webhooks are sent, the connection drains; all within timeout.
+func (in *instance) shutdown(timeout time.Duration) error {
+	err := in.svc.Shutdown(timeout)
+	in.closeResources()
+	return errors.Join(err, in.rt.Close(context.Background()))
+}
+
+// stopEvaluating ends the loops, stops consuming and waits for the updates
+// in progress; when ctx ends first they are cancelled (and rolled back).
+func (in *instance) stopEvaluating(ctx context.Context) error {
+	in.stopLoops()
+	in.consume.Stop()
+	select {
+	case <-in.consume.Closed():
+	case <-ctx.Done():
+	}
+	err := in.dispatch.close(ctx)
+	if err != nil {
+		in.stopWork()
+		err = errors.Join(err, in.dispatch.close(context.Background()))
+	}
+	in.stopWork()
+	in.loops.Wait()
+	return err
+}
+
+// leave leaves the membership group, so the other instances take this
+// instance's users over at once.
+func (in *instance) leave(ctx context.Context) error { return in.group.Leave(ctx) }
+
+// closeHooks sends or, when ctx ends, drops the queued webhook notifications.
+func (in *instance) closeHooks(ctx context.Context) error { return in.hooks.Close(ctx) }
+
+// closeResources closes the database pool and Redis client.
+func (in *instance) closeResources() {
+	in.closeResourcesOnce.Do(func() {
+		if in.pool != nil {
+			in.pool.Close()
+		}
+		if in.rdb != nil {
+			_ = in.rdb.Close()
+		}
+	})
+}
+
+// statusReply is this instance's answer to the status verb.
+type statusReply struct {
+	Instance  string    `json:"instance"`
+	StartedAt time.Time `json:"started_at"`
+	// Members are the live instances of vigil-alerts as this one sees them.
+	Members []string `json:"members"`
+	// Users are the users this instance runs.
+	Users map[string]userStatus `json:"users"`
+}
+
+// userStatus is the monitor's status of a user plus its webhook queue.
+type userStatus struct {
+	monitor.UserStatus
+	WebhookPending int `json:"webhook_pending"`
+}
+
+// status answers the status verb.
+func (in *instance) status(context.Context) any {
+	reply := statusReply{Instance: in.rt.Instance, StartedAt: in.started, Users: map[string]userStatus{}}
+	if !in.ready.Load() {
+		return reply
+	}
+	reply.Members = in.group.Members()
+	for user, s := range in.monitor.Status() {
+		reply.Users[user] = userStatus{UserStatus: s, WebhookPending: in.hooks.Pending(user)}
+	}
+	return reply
 }

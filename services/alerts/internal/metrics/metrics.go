@@ -1,0 +1,56 @@
+// Package metrics holds vigil-alerts's OpenTelemetry instruments, all on
+// the meter "vigil.dev/services/alerts", so that every part of the service
+// counts into the same instruments.
+package metrics
+
+import (
+	"errors"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// MeterName is the instrumentation scope of vigil-alerts's metrics.
+const MeterName = "vigil.dev/services/alerts"
+
+// Metrics are the service's instruments.
+type Metrics struct {
+	// Evaluations counts indicator updates evaluated against a user's rules.
+	Evaluations metric.Int64Counter
+	// Fired counts alerts recorded for the first time (a repeat of an alert
+	// id after a redelivery or a failover is not counted).
+	Fired metric.Int64Counter
+	// DeliveryErrors counts failed attempts to publish or store an alert;
+	// the attempt is retried.
+	DeliveryErrors metric.Int64Counter
+	// WebhookFailures counts webhook notifications given up, by reason
+	// (queue_full, exhausted, rejected, no_secret).
+	WebhookFailures metric.Int64Counter
+	// EvaluationDuration is how long one update takes, from decoding to the
+	// acknowledgement, in milliseconds.
+	EvaluationDuration metric.Float64Histogram
+}
+
+// New creates the instruments on mp, the global meter provider when nil.
+func New(mp metric.MeterProvider) (*Metrics, error) {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	meter := mp.Meter(MeterName)
+	var m Metrics
+	var errs [5]error
+	m.Evaluations, errs[0] = meter.Int64Counter("vigil.alerts.evaluations",
+		metric.WithDescription("Indicator updates evaluated against a user's rules"), metric.WithUnit("{update}"))
+	m.Fired, errs[1] = meter.Int64Counter("vigil.alerts.fired",
+		metric.WithDescription("Alerts recorded for the first time"), metric.WithUnit("{alert}"))
+	m.DeliveryErrors, errs[2] = meter.Int64Counter("vigil.alerts.delivery.errors",
+		metric.WithDescription("Failed attempts to publish or store an alert (retried)"), metric.WithUnit("{error}"))
+	m.WebhookFailures, errs[3] = meter.Int64Counter("vigil.alerts.webhook.failures",
+		metric.WithDescription("Webhook notifications given up, by reason"), metric.WithUnit("{notification}"))
+	m.EvaluationDuration, errs[4] = meter.Float64Histogram("vigil.alerts.evaluation.duration",
+		metric.WithDescription("Time to evaluate one indicator update and record its alerts"), metric.WithUnit("ms"))
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}

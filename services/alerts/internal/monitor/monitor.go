@@ -1,0 +1,561 @@
+// Package monitor runs the rule engines of the users that an instance of
+// vigil-alerts owns, and delivers their alerts exactly once per event.
+//
+// # Users and ownership
+//
+// A user is known once their desired state (contract.DesiredState, from KV
+// VIGIL_STATE or a control verb) has been seen; updates of unknown users are
+// ignored. Of the known users the instance evaluates those it owns
+// (Ownership, by user token). Gaining a user builds an engine for the rules
+// of the desired mode, restores the engine memory the previous owner saved
+// (Snapshots) and, unless the user is paused, catches up: it evaluates the
+// latest closed bars of every rule series from the stored indicator values
+// (History), so that an event published while no instance evaluated the
+// user fires now. Losing a user drops the engine; its memory lives on in
+// Snapshots.
+//
+// # Exactly one alert per event
+//
+// The engine fires at most once per rule and bar and names each alert
+// deterministically, so an event evaluated twice (redelivery, two owners
+// during a handover, a catch-up over bars evaluated before) yields the same
+// alert id, which the Recorder stores once. For each update the monitor
+// evaluates, records every alert (retrying until it succeeds, ctx ends or
+// the user moves to another instance), then saves the engine memory when it
+// changed; only then may the update be acknowledged. When recording fails
+// for good the engine memory is rolled back, so a redelivery fires again.
+// A new alert (the first record of its id) is counted and sent to the
+// user's webhook, if any.
+//
+// # Pause, resume, apply
+//
+// A paused user is not evaluated. Resuming forgets the remembered values
+// (rules.Engine.ResetWarm), so rules fire only on transitions between bars
+// seen after the resume. Applying installs the rules of the desired mode
+// with rules.Engine.Replace; invalid rules are rejected as a whole and the
+// running rules stay. The desired state converges the same way: a paused
+// flag or rule set that differs from the running one is applied.
+package monitor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/services/alerts/internal/metrics"
+	"vigil.dev/services/alerts/internal/rules"
+)
+
+// Recorder makes an alert durable; fresh is false when the alert id was
+// recorded before.
+type Recorder interface {
+	Record(ctx context.Context, a contract.Alert) (fresh bool, err error)
+}
+
+// Snapshots keeps users' engine memory across instances.
+type Snapshots interface {
+	Load(ctx context.Context, user string) (snap rules.Snapshot, ok bool, err error)
+	Save(ctx context.Context, user string, snap rules.Snapshot) error
+}
+
+// History rebuilds the updates of a series' closed bars starting at or
+// after from, oldest first, with the named indicators.
+type History interface {
+	ClosedBars(ctx context.Context, series contract.SeriesID, indicators []string, from int64) ([]contract.IndicatorUpdate, error)
+}
+
+// Notifier sends an alert to a user's webhook without blocking.
+type Notifier interface {
+	Notify(ctx context.Context, hook contract.WebhookSettings, a contract.Alert) error
+}
+
+// Ownership tells whether this instance owns a user token.
+type Ownership interface {
+	Owns(key string) bool
+}
+
+// Deps are the monitor's ports; all are required.
+type Deps struct {
+	Recorder  Recorder
+	Snapshots Snapshots
+	History   History
+	Notifier  Notifier
+	Ownership Ownership
+}
+
+// Options tune a monitor. Zero values take the defaults in brackets.
+type Options struct {
+	// Now is the clock of the engines [time.Now].
+	Now func() time.Time
+	// Log receives the monitor's events [slog.Default()].
+	Log *slog.Logger
+	// Metrics counts evaluations and alerts [the global meter provider].
+	Metrics *metrics.Metrics
+	// RetryBackoff is the first wait before recording an alert again
+	// [100ms]; it doubles with jitter up to MaxRetryBackoff [5s].
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+}
+
+// Errors of the monitor.
+var (
+	// ErrInvalidDeps reports a missing dependency or bad option.
+	ErrInvalidDeps = errors.New("monitor: invalid dependencies")
+	// ErrNotOwner reports work stopped because the user moved to another
+	// instance.
+	ErrNotOwner = errors.New("monitor: user is owned by another instance")
+)
+
+// catchUpBars is how many closed bars before the current one a catch-up
+// evaluates: a closed bar stays fresh for two bars after its end (see
+// package rules), so these are all the bars that can still fire.
+const catchUpBars = 3
+
+// Monitor runs the engines of the owned users. It is safe for concurrent
+// use; the work on one user is serialised.
+type Monitor struct {
+	deps Deps
+	opts Options
+
+	mu    sync.Mutex
+	users map[string]*user
+}
+
+// New checks deps and opts and returns a monitor without users.
+func New(deps Deps, opts Options) (*Monitor, error) {
+	if deps.Recorder == nil || deps.Snapshots == nil || deps.History == nil || deps.Notifier == nil || deps.Ownership == nil {
+		return nil, fmt.Errorf("%w: recorder, snapshots, history, notifier and ownership are required", ErrInvalidDeps)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Metrics == nil {
+		m, err := metrics.New(nil)
+		if err != nil {
+			return nil, fmt.Errorf("%w: metrics: %w", ErrInvalidDeps, err)
+		}
+		opts.Metrics = m
+	}
+	if opts.RetryBackoff == 0 {
+		opts.RetryBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxRetryBackoff == 0 {
+		opts.MaxRetryBackoff = 5 * time.Second
+	}
+	if opts.RetryBackoff < 0 || opts.MaxRetryBackoff < opts.RetryBackoff {
+		return nil, fmt.Errorf("%w: retry backoff %s..%s must be positive and increasing", ErrInvalidDeps, opts.RetryBackoff, opts.MaxRetryBackoff)
+	}
+	return &Monitor{deps: deps, opts: opts, users: map[string]*user{}}, nil
+}
+
+// user is one user's desired state and, while owned, engine.
+type user struct {
+	token string
+
+	// mu serialises everything below and the work on the user.
+	mu      sync.Mutex
+	known   bool
+	desired contract.DesiredState
+	// active is true while this instance runs the user's engine.
+	active bool
+	paused bool
+	engine *rules.Engine
+	// applied is the rule set the engine runs; attempted the last one
+	// tried, which may have been rejected with rulesErr.
+	applied   ruleSet
+	attempted ruleSet
+	rulesErr  error
+	// saved is the engine memory last loaded from or saved to Snapshots.
+	saved rules.Snapshot
+
+	// info mirrors the fields above for Status, which must not wait for
+	// a user whose work is in progress.
+	info        atomic.Pointer[UserStatus]
+	evaluations atomic.Int64
+	fired       atomic.Int64
+	lastEval    atomic.Int64 // UNIX nanoseconds, 0 before the first
+}
+
+// ruleSet is the rules of one mode at one settings revision.
+type ruleSet struct {
+	mode     contract.Mode
+	revision int64
+	rules    []contract.Rule
+}
+
+// sameRules reports whether r and o hold the same mode and rules.
+func (r ruleSet) sameRules(o ruleSet) bool {
+	return r.mode == o.mode && reflect.DeepEqual(r.rules, o.rules)
+}
+
+// desiredRules is the rule set that st asks for: the rules of its mode
+// (the settings' mode when the state names none).
+func desiredRules(st contract.DesiredState) ruleSet {
+	mode := st.Mode
+	if mode == "" {
+		mode = st.Settings.Mode
+	}
+	return ruleSet{mode: mode, revision: st.Revision, rules: st.Settings.Rules[mode]}
+}
+
+// userFor returns the user named token, creating it.
+func (m *Monitor) userFor(token string) *user {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	us, ok := m.users[token]
+	if !ok {
+		us = &user{token: token}
+		m.users[token] = us
+	}
+	return us
+}
+
+// lookup returns the user named token, or nil.
+func (m *Monitor) lookup(token string) *user {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.users[token]
+}
+
+// accept reports whether st may replace the user's desired state: it must
+// not be older than the one held (by UpdatedAt, when both have one).
+func (us *user) accept(st contract.DesiredState) bool {
+	if !us.known || st.UpdatedAt.IsZero() || us.desired.UpdatedAt.IsZero() {
+		return true
+	}
+	return !st.UpdatedAt.Before(us.desired.UpdatedAt)
+}
+
+// SetState records st, a user's desired state from VIGIL_STATE, and
+// converges to it when this instance owns the user: gains the user, or
+// applies a changed rule set, pause or resume. A state older than the one
+// held is ignored.
+func (m *Monitor) SetState(ctx context.Context, st contract.DesiredState) error {
+	if err := contract.ValidateUserToken(st.User); err != nil {
+		return err
+	}
+	us := m.userFor(st.User)
+	us.mu.Lock()
+	defer us.mu.Unlock()
+	if !us.accept(st) {
+		return nil
+	}
+	us.desired, us.known = st, true
+	return m.convergeLocked(ctx, us)
+}
+
+// Forget drops user, whose desired state was deleted.
+func (m *Monitor) Forget(user string) {
+	us := m.lookup(user)
+	if us == nil {
+		return
+	}
+	us.mu.Lock()
+	m.loseLocked(us, "desired state deleted")
+	us.known = false
+	us.mu.Unlock()
+	m.mu.Lock()
+	delete(m.users, user)
+	m.mu.Unlock()
+}
+
+// Reconcile converges every known user: it gains the owned users that are
+// not running yet (with a catch-up unless paused) and lets go of the users
+// another instance owns now. It returns the errors of the users that could
+// not be gained; the next Reconcile tries them again.
+func (m *Monitor) Reconcile(ctx context.Context) error {
+	m.mu.Lock()
+	users := slices.Collect(maps.Values(m.users))
+	m.mu.Unlock()
+	var errs []error
+	for _, us := range users {
+		us.mu.Lock()
+		if us.known {
+			errs = append(errs, m.convergeLocked(ctx, us))
+		}
+		us.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// Wants reports whether updates of user are this instance's to evaluate:
+// the user is known and owned here. Handle checks again under the user's
+// lock; Wants only lets the caller acknowledge the others at once.
+func (m *Monitor) Wants(user string) bool {
+	us := m.lookup(user)
+	return us != nil && m.deps.Ownership.Owns(user)
+}
+
+// Handle evaluates u for its user when this instance owns the user and the
+// user is not paused, records the alerts and saves the engine memory. When
+// it returns nil, u may be acknowledged; an error means u must be delivered
+// again (the engine memory is as if u had not been seen).
+func (m *Monitor) Handle(ctx context.Context, u contract.IndicatorUpdate) error {
+	us := m.lookup(u.User)
+	if us == nil {
+		return nil
+	}
+	us.mu.Lock()
+	defer us.mu.Unlock()
+	if !us.known {
+		return nil
+	}
+	if !m.deps.Ownership.Owns(us.token) {
+		m.loseLocked(us, "owned by another instance")
+		return nil
+	}
+	if !us.active {
+		if err := m.gainLocked(ctx, us, !us.desired.Paused); err != nil {
+			return err
+		}
+	}
+	if us.paused {
+		return nil
+	}
+	return m.evaluateLocked(ctx, us, u)
+}
+
+// convergeLocked brings the user to its desired state.
+func (m *Monitor) convergeLocked(ctx context.Context, us *user) error {
+	if !m.deps.Ownership.Owns(us.token) {
+		m.loseLocked(us, "owned by another instance")
+		return nil
+	}
+	if !us.active {
+		return m.gainLocked(ctx, us, !us.desired.Paused)
+	}
+	if want := desiredRules(us.desired); !want.sameRules(us.attempted) {
+		if err := m.applyLocked(ctx, us, want); err != nil {
+			m.opts.Log.WarnContext(ctx, "desired rules rejected, the running rules stay", "user", us.token,
+				"mode", want.mode, "revision", want.revision, "err", err)
+		}
+	}
+	switch {
+	case us.desired.Paused && !us.paused:
+		m.pauseLocked(ctx, us)
+	case !us.desired.Paused && us.paused:
+		m.resumeLocked(ctx, us)
+	}
+	return nil
+}
+
+// gainLocked starts the user's engine: the desired rules (none when they
+// are invalid), the saved memory, and with catchUp the latest closed bars.
+// On error the user stays inactive.
+func (m *Monitor) gainLocked(ctx context.Context, us *user, catchUp bool) error {
+	want := desiredRules(us.desired)
+	engine, rulesErr := rules.NewEngine(want.rules, m.opts.Now)
+	applied := want
+	if rulesErr != nil {
+		m.opts.Log.WarnContext(ctx, "desired rules rejected, running none", "user", us.token,
+			"mode", want.mode, "revision", want.revision, "err", rulesErr)
+		engine, _ = rules.NewEngine(nil, m.opts.Now)
+		applied = ruleSet{mode: want.mode, revision: want.revision}
+	}
+	snap, ok, err := m.deps.Snapshots.Load(ctx, us.token)
+	if err != nil {
+		return fmt.Errorf("gain user %s: %w", us.token, err)
+	}
+	if ok {
+		engine.Restore(snap)
+	}
+	us.engine, us.applied, us.attempted, us.rulesErr = engine, applied, want, rulesErr
+	us.saved = snap
+	us.active, us.paused = true, us.desired.Paused
+	m.opts.Log.InfoContext(ctx, "user gained", "user", us.token, "mode", want.mode, "revision", want.revision,
+		"rules", len(applied.rules), "paused", us.paused, "restored", ok)
+	if catchUp && !us.paused {
+		if err := m.catchUpLocked(ctx, us); err != nil {
+			m.loseLocked(us, "catch-up failed")
+			return fmt.Errorf("gain user %s: %w", us.token, err)
+		}
+	}
+	m.saveLocked(ctx, us)
+	m.publishInfo(us)
+	return nil
+}
+
+// catchUpLocked evaluates the closed bars of every rule series that may
+// still fire, oldest first.
+func (m *Monitor) catchUpLocked(ctx context.Context, us *user) error {
+	now := m.opts.Now()
+	evaluated := 0
+	for _, in := range seriesInputs(us.applied.rules) {
+		series := contract.SeriesID{User: us.token, UserID: us.desired.UserID, ExchangeID: us.desired.ExchangeID,
+			Symbol: in.symbol, Timeframe: in.tf}
+		if err := series.Validate(); err != nil {
+			m.opts.Log.WarnContext(ctx, "no catch-up for a series without ids", "user", us.token, "series", series.String(), "err", err)
+			continue
+		}
+		bar := in.tf.Duration()
+		from := in.tf.BarStart(now).Add(-catchUpBars * bar).Unix()
+		updates, err := m.deps.History.ClosedBars(ctx, series, in.indicators, from)
+		if err != nil {
+			return err
+		}
+		for _, u := range updates {
+			if err := m.evaluateLocked(ctx, us, u); err != nil {
+				return err
+			}
+			evaluated++
+		}
+	}
+	m.opts.Log.InfoContext(ctx, "caught up", "user", us.token, "bars", evaluated)
+	return nil
+}
+
+// seriesInput is one series the rules read and the indicators they need.
+type seriesInput struct {
+	symbol     string
+	tf         contract.Timeframe
+	indicators []string
+}
+
+// seriesInputs lists the series of rs in a stable order.
+func seriesInputs(rs []contract.Rule) []seriesInput {
+	var out []seriesInput
+	add := func(i int, ref contract.SeriesRef) {
+		if !ref.IsPrice() && !slices.Contains(out[i].indicators, ref.Indicator) {
+			out[i].indicators = append(out[i].indicators, ref.Indicator)
+		}
+	}
+	for _, r := range rs {
+		i := slices.IndexFunc(out, func(s seriesInput) bool { return s.symbol == r.Symbol && s.tf == r.Timeframe })
+		if i < 0 {
+			out = append(out, seriesInput{symbol: r.Symbol, tf: r.Timeframe})
+			i = len(out) - 1
+		}
+		add(i, r.SeriesRef)
+		if r.Other != nil {
+			add(i, *r.Other)
+		}
+	}
+	return out
+}
+
+// loseLocked stops running the user here.
+func (m *Monitor) loseLocked(us *user, why string) {
+	if !us.active {
+		return
+	}
+	us.active, us.engine = false, nil
+	us.applied, us.attempted, us.rulesErr = ruleSet{}, ruleSet{}, nil
+	us.saved = rules.Snapshot{}
+	m.opts.Log.Info("user released", "user", us.token, "reason", why)
+	m.publishInfo(us)
+}
+
+// evaluateLocked evaluates u, records its alerts and saves the memory; on
+// a recording error the memory is rolled back.
+func (m *Monitor) evaluateLocked(ctx context.Context, us *user, u contract.IndicatorUpdate) error {
+	before := us.engine.Snapshot()
+	alerts := us.engine.Evaluate(u)
+	us.evaluations.Add(1)
+	us.lastEval.Store(m.opts.Now().UnixNano())
+	m.opts.Metrics.Evaluations.Add(ctx, 1)
+	if err := m.recordLocked(ctx, us, alerts); err != nil {
+		us.engine.Restore(before)
+		return err
+	}
+	m.saveLocked(ctx, us)
+	return nil
+}
+
+// recordLocked records each alert, retrying until it succeeds, ctx ends or
+// the user moves away, and notifies the webhook of the new ones.
+func (m *Monitor) recordLocked(ctx context.Context, us *user, alerts []contract.Alert) error {
+	for _, a := range alerts {
+		exp := backoff.NewExponentialBackOff()
+		exp.InitialInterval, exp.MaxInterval = m.opts.RetryBackoff, m.opts.MaxRetryBackoff
+		attempt := func() (bool, error) {
+			fresh, err := m.deps.Recorder.Record(ctx, a)
+			if err == nil {
+				return fresh, nil
+			}
+			m.opts.Metrics.DeliveryErrors.Add(ctx, 1)
+			if !m.deps.Ownership.Owns(us.token) {
+				return false, backoff.Permanent(fmt.Errorf("%w: %w", ErrNotOwner, err))
+			}
+			return false, err
+		}
+		notify := func(err error, wait time.Duration) {
+			m.opts.Log.WarnContext(ctx, "recording an alert failed, retrying", "user", us.token, "alert", a.ID, "wait", wait, "err", err)
+		}
+		fresh, err := backoff.Retry(ctx, attempt, backoff.WithBackOff(exp), backoff.WithMaxElapsedTime(0), backoff.WithNotify(notify))
+		if err != nil {
+			return fmt.Errorf("record alert %s: %w", a.ID, err)
+		}
+		if !fresh {
+			m.opts.Log.DebugContext(ctx, "alert recorded before", "user", us.token, "alert", a.ID)
+			continue
+		}
+		us.fired.Add(1)
+		m.opts.Metrics.Fired.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", string(a.Kind))))
+		m.opts.Log.InfoContext(ctx, "alert fired", "user", us.token, "alert", a.ID, "rule", a.RuleID, "message", a.Message)
+		if hook := us.desired.Settings.Webhook; hook != nil && hook.URL != "" {
+			_ = m.deps.Notifier.Notify(ctx, *hook, a) // a full queue is counted and logged by the notifier
+		}
+	}
+	return nil
+}
+
+// saveLocked saves the engine memory when it changed since the last load
+// or save and this instance still owns the user. A failed save is logged:
+// the alerts are durable, and a successor repeats at worst alerts whose
+// ids are already recorded.
+func (m *Monitor) saveLocked(ctx context.Context, us *user) {
+	snap := us.engine.Snapshot()
+	if maps.Equal(snap.Rules, us.saved.Rules) || !m.deps.Ownership.Owns(us.token) {
+		return
+	}
+	if err := m.deps.Snapshots.Save(ctx, us.token, snap); err != nil {
+		m.opts.Log.WarnContext(ctx, "saving the engine memory failed", "user", us.token, "err", err)
+		return
+	}
+	us.saved = snap
+}
+
+// applyLocked installs want; on error the running rules stay.
+func (m *Monitor) applyLocked(ctx context.Context, us *user, want ruleSet) error {
+	us.attempted = want
+	if err := us.engine.Replace(want.rules); err != nil {
+		us.rulesErr = err
+		m.publishInfo(us)
+		return fmt.Errorf("rules of mode %s, revision %d: %w", want.mode, want.revision, err)
+	}
+	us.applied, us.rulesErr = want, nil
+	m.opts.Log.InfoContext(ctx, "rules applied", "user", us.token, "mode", want.mode, "revision", want.revision, "rules", len(want.rules))
+	m.saveLocked(ctx, us)
+	m.publishInfo(us)
+	return nil
+}
+
+// pauseLocked stops evaluating the user.
+func (m *Monitor) pauseLocked(ctx context.Context, us *user) {
+	us.paused = true
+	m.opts.Log.InfoContext(ctx, "user paused", "user", us.token)
+	m.publishInfo(us)
+}
+
+// resumeLocked starts evaluating the user again, on fresh values only.
+func (m *Monitor) resumeLocked(ctx context.Context, us *user) {
+	us.paused = false
+	us.engine.ResetWarm()
+	m.saveLocked(ctx, us)
+	m.opts.Log.InfoContext(ctx, "user resumed", "user", us.token)
+	m.publishInfo(us)
+}

@@ -1,0 +1,190 @@
+package monitor
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"vigil.dev/pkg/contract"
+)
+
+// Statuses of VerbResult.
+const (
+	StatusPaused         = "paused"
+	StatusAlreadyPaused  = "already_paused"
+	StatusResumed        = "resumed"
+	StatusAlreadyRunning = "already_running"
+	StatusApplied        = "applied"
+)
+
+// VerbResult is an instance's result of pause, resume or apply for one
+// user: {"owner":false} from the instances that do not own the user.
+type VerbResult struct {
+	Owner  bool   `json:"owner"`
+	Status string `json:"status,omitempty"`
+	// Mode, Revision and Rules describe the running rule set (apply).
+	Mode     contract.Mode `json:"mode,omitempty"`
+	Revision int64         `json:"revision,omitempty"`
+	Rules    *int          `json:"rules,omitempty"`
+}
+
+// verbUser takes st (the desired state control has just written), when
+// given and not older than the one held, and returns the user locked. The
+// caller unlocks it.
+func (m *Monitor) verbUser(user string, st *contract.DesiredState) (*user, error) {
+	if err := contract.ValidateUserToken(user); err != nil {
+		return nil, err
+	}
+	if st != nil && st.User != user {
+		return nil, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, user)}
+	}
+	us := m.userFor(user)
+	us.mu.Lock()
+	switch {
+	case st != nil && us.accept(*st):
+		us.desired, us.known = *st, true
+	case !us.known:
+		us.desired, us.known = contract.DesiredState{User: user}, true
+	}
+	return us, nil
+}
+
+// Pause stops evaluating user (idempotent). st, when given, is the desired
+// state control has just written.
+func (m *Monitor) Pause(ctx context.Context, user string, st *contract.DesiredState) (VerbResult, error) {
+	us, err := m.verbUser(user, st)
+	if err != nil {
+		return VerbResult{}, err
+	}
+	defer us.mu.Unlock()
+	us.desired.Paused = true
+	if !m.deps.Ownership.Owns(user) {
+		m.loseLocked(us, "owned by another instance")
+		return VerbResult{}, nil
+	}
+	if !us.active {
+		if err := m.gainLocked(ctx, us, false); err != nil {
+			return VerbResult{}, err
+		}
+		return VerbResult{Owner: true, Status: StatusPaused}, nil
+	}
+	if us.paused {
+		return VerbResult{Owner: true, Status: StatusAlreadyPaused}, nil
+	}
+	m.pauseLocked(ctx, us)
+	return VerbResult{Owner: true, Status: StatusPaused}, nil
+}
+
+// Resume starts evaluating user again (idempotent): the rules forget their
+// remembered values and fire only on bars seen from now on.
+func (m *Monitor) Resume(ctx context.Context, user string, st *contract.DesiredState) (VerbResult, error) {
+	us, err := m.verbUser(user, st)
+	if err != nil {
+		return VerbResult{}, err
+	}
+	defer us.mu.Unlock()
+	us.desired.Paused = false
+	if !m.deps.Ownership.Owns(user) {
+		m.loseLocked(us, "owned by another instance")
+		return VerbResult{}, nil
+	}
+	if !us.active {
+		// Gain paused, without catch-up: the restored memory may predate
+		// the pause, and resuming must not fire on what happened meanwhile.
+		us.desired.Paused = true
+		err := m.gainLocked(ctx, us, false)
+		us.desired.Paused = false
+		if err != nil {
+			return VerbResult{}, err
+		}
+	}
+	if !us.paused {
+		return VerbResult{Owner: true, Status: StatusAlreadyRunning}, nil
+	}
+	m.resumeLocked(ctx, us)
+	return VerbResult{Owner: true, Status: StatusResumed}, nil
+}
+
+// Apply installs the rules of st's mode (st defaults to the desired state
+// held). Invalid rules are rejected as a whole with an error that wraps
+// contract.ErrInvalid and names each rule and field; the running rules
+// stay.
+func (m *Monitor) Apply(ctx context.Context, user string, st *contract.DesiredState) (VerbResult, error) {
+	if st == nil && m.lookup(user) == nil {
+		return VerbResult{}, contract.FieldError{Field: "state", Problem: "is required: no desired state is known for " + user}
+	}
+	us, err := m.verbUser(user, st)
+	if err != nil {
+		return VerbResult{}, err
+	}
+	defer us.mu.Unlock()
+	if !m.deps.Ownership.Owns(user) {
+		m.loseLocked(us, "owned by another instance")
+		return VerbResult{}, nil
+	}
+	want := desiredRules(us.desired)
+	if !us.active {
+		if err := m.gainLocked(ctx, us, !us.desired.Paused); err != nil {
+			return VerbResult{}, err
+		}
+		if us.rulesErr != nil {
+			return VerbResult{}, fmt.Errorf("rules of mode %s, revision %d: %w", want.mode, want.revision, us.rulesErr)
+		}
+	} else if err := m.applyLocked(ctx, us, want); err != nil {
+		return VerbResult{}, err
+	}
+	n := len(us.applied.rules)
+	return VerbResult{Owner: true, Status: StatusApplied, Mode: us.applied.mode, Revision: us.applied.revision, Rules: &n}, nil
+}
+
+// UserStatus is what status reports about one owned user.
+type UserStatus struct {
+	Paused      bool          `json:"paused"`
+	Mode        contract.Mode `json:"mode,omitempty"`
+	Revision    int64         `json:"revision"`
+	RulesLoaded int           `json:"rules_loaded"`
+	// RulesError is why the last desired rule set was rejected.
+	RulesError     string     `json:"rules_error,omitempty"`
+	Evaluations    int64      `json:"evaluations"`
+	AlertsFired    int64      `json:"alerts_fired"`
+	LastEvaluation *time.Time `json:"last_evaluation,omitempty"`
+}
+
+// publishInfo refreshes the user's status mirror; call it under us.mu
+// after a change.
+func (m *Monitor) publishInfo(us *user) {
+	if !us.active {
+		us.info.Store(nil)
+		return
+	}
+	info := &UserStatus{Paused: us.paused, Mode: us.applied.mode, Revision: us.applied.revision, RulesLoaded: len(us.applied.rules)}
+	if us.rulesErr != nil {
+		info.RulesError = us.rulesErr.Error()
+	}
+	us.info.Store(info)
+}
+
+// Status reports every user this instance runs, by token. It never waits
+// for work in progress.
+func (m *Monitor) Status() map[string]UserStatus {
+	m.mu.Lock()
+	users := slices.Collect(maps.Values(m.users))
+	m.mu.Unlock()
+	out := make(map[string]UserStatus, len(users))
+	for _, us := range users {
+		info := us.info.Load()
+		if info == nil {
+			continue
+		}
+		s := *info
+		s.Evaluations, s.AlertsFired = us.evaluations.Load(), us.fired.Load()
+		if ns := us.lastEval.Load(); ns != 0 {
+			t := time.Unix(0, ns).UTC()
+			s.LastEvaluation = &t
+		}
+		out[us.token] = s
+	}
+	return out
+}
