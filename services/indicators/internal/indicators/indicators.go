@@ -1,16 +1,26 @@
 // Package indicators is the vigil-indicators service: it consumes candle
-// updates, keeps incremental TA-Lib-exact indicator state per series, stores
-// the series in Redis and publishes them for alerts.
+// updates from VIGIL_CANDLES and order-book snapshots from vigil.book.>,
+// keeps incremental TA-Lib-exact indicator state for the series this
+// instance owns (pkg/membership, key SeriesID.String()), stores the values
+// in Redis and publishes them on vigil.indicator.> for alerts. It follows
+// the users' desired state in KV VIGIL_STATE and answers the
+// vigil.svc.indicators.* control verbs.
 package indicators
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/service"
+	"vigil.dev/services/indicators/internal/engine"
 )
 
 // Config is vigil-indicators's configuration.
@@ -18,35 +28,198 @@ type Config struct {
 	config.NATS
 	config.Service
 	config.Redis
+	// Retention is how many bars each indicator series keeps in Redis.
+	Retention int `env:"VIGIL_INDICATOR_RETENTION" envDefault:"1000" help:"bars kept per indicator series in Redis"`
 }
+
+// ErrRetention reports a retention out of range.
+var ErrRetention = errors.New("VIGIL_INDICATOR_RETENTION: must be between 10 and 100000")
 
 // Validate checks every part of the configuration.
 func (c Config) Validate() error {
+	if c.Retention < 10 || c.Retention > 100_000 {
+		return ErrRetention
+	}
 	return config.ValidateAll(c.NATS, c.Service, c.Redis)
 }
 
-// Run runs vigil-indicators until ctx ends.
+// Run runs vigil-indicators with the configuration from the environment
+// until ctx ends.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	var cfg Config
 	if err := config.Load(&cfg, contract.ServiceIndicators, "keeps incremental indicator series per candle series", args, stdout); err != nil {
 		return err
 	}
+	return Serve(ctx, cfg, stdout)
+}
+
+// Serve runs one vigil-indicators instance with cfg until ctx ends, then
+// shuts down: it stops consuming after the update in flight, leaves the
+// membership so its series move at once, and drains the connection.
+func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	rt, err := service.Boot(ctx, contract.ServiceIndicators, cfg.Service, cfg.NATS, &cfg, stdout)
 	if err != nil {
 		return err
 	}
-	defer rt.Close(context.Background())
-	started := time.Now()
+	defer func() { err = errors.Join(err, rt.Close(context.Background())) }()
+	rdb, err := redisstore.NewClient(ctx, cfg.Redis.URL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+
+	var eng atomic.Pointer[engine.Engine]
 	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcIndicators, Name: contract.ServiceIndicators,
 		Description: "vigil indicators: keeps incremental indicator series per candle series", Instance: rt.Instance}, rt.Log,
 		func(context.Context) any {
-			return map[string]any{"instance": rt.Instance, "started_at": started}
+			if e := eng.Load(); e != nil {
+				return e.Status("")
+			}
+			return map[string]any{"instance": rt.Instance, "starting": true}
 		})
 	if err != nil {
 		return err
 	}
-	rt.Log.Info("running", "id", svc.ID())
+	// From here on, a failed start shuts the micro service down again.
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, svc.Shutdown(cfg.ShutdownTimeout))
+		}
+	}()
+	id := svc.ID()
+	members, err := membership.Join(ctx, rt.JS, contract.ServiceIndicators, id, membership.Options{})
+	if err != nil {
+		return err
+	}
+	svc.OnShutdown(members.Leave)
+	e, err := engine.New(engine.Config{Store: redisstore.New(rdb, cfg.Retention), JS: rt.JS, Owner: members, Instance: id, Log: rt.Log})
+	if err != nil {
+		return err
+	}
+	bg, stopBackground := context.WithCancel(context.Background())
+	svc.OnShutdown(func(context.Context) error { stopBackground(); return nil })
+
+	// The consumer exists before the state is read and the series are
+	// rebuilt, so every candle published after that rebuild is delivered.
+	c, err := newCandleConsumer(ctx, rt, e, id)
+	if err != nil {
+		return err
+	}
+	svc.OnShutdown(c.delete)
+	if err := followState(ctx, bg, rt, e); err != nil {
+		return err
+	}
+	eng.Store(e)
+	if err := handleVerbs(svc, e); err != nil {
+		return err
+	}
+	go followMembers(bg, members, e)
+	go closeMinutes(bg, rt, e)
+	sub, err := subscribeBooks(rt, e)
+	if err != nil {
+		return err
+	}
+	svc.OnShutdown(func(context.Context) error { return sub.Unsubscribe() })
+	if err := c.start(bg); err != nil {
+		return err
+	}
+	svc.OnShutdown(c.stop)
+	rt.Log.Info("running", "id", id, "members", members.Members())
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
 	return svc.Shutdown(cfg.ShutdownTimeout)
+}
+
+// followMembers converges every user whenever the live instances change,
+// so series move to and from this instance.
+func followMembers(ctx context.Context, members *membership.Group, e *engine.Engine) {
+	changes := members.Changes()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+			e.ConvergeAll(ctx)
+		}
+	}
+}
+
+// closeMinutes closes the order-book minutes that saw no snapshot of a
+// later minute, every second.
+func closeMinutes(ctx context.Context, rt *service.Runtime, e *engine.Engine) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			if err := e.CloseMinutes(ctx, now); err != nil && ctx.Err() == nil {
+				rt.Log.Error("closing order-book minutes failed", "err", err)
+			}
+		}
+	}
+}
+
+// errArgs reports missing verb arguments.
+var errArgs = contract.FieldError{Field: "args", Problem: "is required"}
+
+// handleVerbs registers the control verbs (status is registered by
+// service.Start).
+func handleVerbs(svc *service.Service, e *engine.Engine) error {
+	requireUser := func(req contract.SvcRequest) error {
+		if req.User == "" {
+			return contract.FieldError{Field: "user", Problem: "is required"}
+		}
+		return nil
+	}
+	verbs := map[contract.Verb]service.Handler{
+		contract.VerbPause: func(ctx context.Context, req contract.SvcRequest) (any, error) {
+			if err := requireUser(req); err != nil {
+				return nil, err
+			}
+			return e.Pause(ctx, req.User, req.State)
+		},
+		contract.VerbResume: func(ctx context.Context, req contract.SvcRequest) (any, error) {
+			if err := requireUser(req); err != nil {
+				return nil, err
+			}
+			return e.Resume(ctx, req.User, req.State)
+		},
+		contract.VerbApply: func(ctx context.Context, req contract.SvcRequest) (any, error) {
+			if err := requireUser(req); err != nil {
+				return nil, err
+			}
+			return e.Apply(ctx, req.User, req.State)
+		},
+		contract.VerbRecompute: func(ctx context.Context, req contract.SvcRequest) (any, error) {
+			if len(req.Args) == 0 {
+				return nil, errArgs
+			}
+			args, err := contract.DecodeStrict[contract.RecomputeArgs](req.Args)
+			if err != nil {
+				return nil, err
+			}
+			if args.Series.User == "" {
+				args.Series.User = req.User
+			}
+			return e.Recompute(ctx, args.Series)
+		},
+		contract.VerbForget: func(ctx context.Context, req contract.SvcRequest) (any, error) {
+			if len(req.Args) == 0 {
+				return nil, errArgs
+			}
+			args, err := contract.DecodeStrict[contract.ForgetArgs](req.Args)
+			if err != nil {
+				return nil, err
+			}
+			return e.Forget(ctx, args)
+		},
+	}
+	for _, verb := range []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbRecompute, contract.VerbForget} {
+		if err := svc.Handle(verb, verbs[verb]); err != nil {
+			return fmt.Errorf("verb %s: %w", verb, err)
+		}
+	}
+	return nil
 }

@@ -1,0 +1,501 @@
+// Package engine is the state of one vigil-indicators instance: the users'
+// desired state, the indicator series of the candle series this instance
+// owns, and what happens to them on a candle update, an order-book
+// snapshot, an ownership change and each control verb.
+//
+// Redis is the source of truth: a series this instance gains (at start,
+// on failover, resume, recompute, a parameter change, or after forget) is
+// rebuilt from the candles stored there, and every value is written there
+// (versioned, add-if-newer) before it is published as a
+// contract.IndicatorUpdate on JetStream.
+//
+// All state is guarded by one mutex that a candle update holds from its
+// arrival to its last write, so a control verb waits for the update in
+// flight and never interleaves with it.
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/redisstore"
+	"vigil.dev/pkg/telemetry"
+	"vigil.dev/services/indicators/internal/catalog"
+)
+
+// Errors of the engine, wrapped with details.
+var (
+	// ErrConfig reports a missing part of Config.
+	ErrConfig = errors.New("engine config")
+	// ErrState reports a desired state the engine cannot run.
+	ErrState = errors.New("desired state")
+)
+
+// InstanceHeader is the NATS header naming the instance that published an
+// IndicatorUpdate, for tracing and for checking ownership.
+const InstanceHeader = "Vigil-Instance"
+
+// ForgetGrace is how long after forget the matching series are rebuilt
+// from Redis on every candle instead of being updated in place: the
+// clear-cache that follows forget deletes their keys within it, so state
+// read before the deletion is never carried past it.
+const ForgetGrace = time.Minute
+
+// Owner tells which keys this instance owns; *membership.Group is one.
+type Owner interface {
+	// Owns reports whether this instance owns key.
+	Owns(key string) bool
+	// Members lists the live instances.
+	Members() []string
+}
+
+// Config is what an Engine needs.
+type Config struct {
+	Store    *redisstore.Store
+	JS       jetstream.JetStream
+	Owner    Owner
+	Instance string
+	Log      *slog.Logger
+}
+
+// Engine is one instance's indicator state. Its methods are safe for
+// concurrent use.
+type Engine struct {
+	store    *redisstore.Store
+	js       jetstream.JetStream
+	owner    Owner
+	instance string
+	log      *slog.Logger
+	metrics  metrics
+
+	mu        sync.Mutex
+	users     map[string]*user
+	series    map[contract.SeriesID]*series
+	books     map[contract.SeriesID]*book
+	forgotten []forgotten
+}
+
+// user is one user's desired state as this instance knows it.
+type user struct {
+	state contract.DesiredState
+	plan  catalog.Plan
+	// lastCandle is when this instance last processed a candle of the
+	// user; lag how long after the candle's observation that was.
+	lastCandle time.Time
+	lag        time.Duration
+}
+
+// forgotten is a forget's selector and when its grace ends.
+type forgotten struct {
+	sel   contract.CacheSelector
+	until time.Time
+}
+
+// New returns an engine without users; SetState adds them.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Store == nil || cfg.JS == nil || cfg.Owner == nil || cfg.Log == nil || cfg.Instance == "" {
+		return nil, fmt.Errorf("%w: store, jetstream, owner, log and instance are required", ErrConfig)
+	}
+	m, err := newMetrics()
+	if err != nil {
+		return nil, err
+	}
+	return &Engine{store: cfg.Store, js: cfg.JS, owner: cfg.Owner, instance: cfg.Instance, log: cfg.Log, metrics: m,
+		users: map[string]*user{}, series: map[contract.SeriesID]*series{}, books: map[contract.SeriesID]*book{}}, nil
+}
+
+// mode is the user's mode (the settings' when the state has none).
+func (u *user) mode() contract.Mode {
+	if u.state.Mode != "" {
+		return u.state.Mode
+	}
+	return u.state.Settings.Mode
+}
+
+// symbols are the user's symbols (the settings' when the state has none).
+func (u *user) symbols() []string {
+	if u.state.Symbols != nil {
+		return u.state.Symbols
+	}
+	return u.state.Settings.Symbols
+}
+
+// inPlan reports whether id is one of the user's series: their account,
+// one of their symbols and a timeframe of their mode.
+func (u *user) inPlan(id contract.SeriesID) bool {
+	return id.User == u.state.User && id.UserID == u.state.UserID && id.ExchangeID == u.state.ExchangeID &&
+		slices.Contains(u.symbols(), id.Symbol) && slices.Contains(u.mode().Timeframes(), id.Timeframe)
+}
+
+// seriesIDs are every series of the user's plan.
+func (u *user) seriesIDs() []contract.SeriesID {
+	var ids []contract.SeriesID
+	for _, sym := range u.symbols() {
+		for _, tf := range u.mode().Timeframes() {
+			ids = append(ids, contract.SeriesID{User: u.state.User, UserID: u.state.UserID, ExchangeID: u.state.ExchangeID, Symbol: sym, Timeframe: tf})
+		}
+	}
+	return ids
+}
+
+// runsSeries reports whether this instance should keep candle series id
+// now: its user runs, it is in their plan, the plan has candle indicators
+// and this instance owns it.
+func (e *Engine) runsSeries(id contract.SeriesID) (*user, bool) {
+	u := e.users[id.User]
+	if u == nil || u.state.Paused || len(u.plan.Candle) == 0 || !u.inPlan(id) || !e.owner.Owns(id.String()) {
+		return u, false
+	}
+	return u, true
+}
+
+// runsBook is runsSeries for the order-book indicators of series id.
+func (e *Engine) runsBook(id contract.SeriesID) (*user, bool) {
+	u := e.users[id.User]
+	if u == nil || u.state.Paused || u.plan.Book == nil || !u.inPlan(id) || !e.owner.Owns(id.String()) {
+		return u, false
+	}
+	return u, true
+}
+
+// isForgotten reports whether id is within the grace of a forget, and
+// drops expired forgets.
+func (e *Engine) isForgotten(id contract.SeriesID) bool {
+	now := time.Now()
+	e.forgotten = slices.DeleteFunc(e.forgotten, func(f forgotten) bool { return now.After(f.until) })
+	return slices.ContainsFunc(e.forgotten, func(f forgotten) bool { return f.sel.Matches(id) })
+}
+
+// Change counts what converging a user's series did on this instance.
+type Change struct {
+	// Series is how many of the user's series (candle and order book)
+	// this instance runs afterwards.
+	Series int `json:"series"`
+	// Warming is how many of those have an indicator still warming up.
+	Warming int `json:"warming"`
+	// Added, Removed and Recomputed count series built, dropped, and
+	// rebuilt for new parameters.
+	Added      int `json:"added"`
+	Removed    int `json:"removed"`
+	Recomputed int `json:"recomputed"`
+}
+
+// validateState checks the parts of a desired state the engine uses.
+func validateState(st contract.DesiredState) error {
+	err := errors.Join(contract.ValidateUserToken(st.User), contract.ValidateID("user_id", st.UserID),
+		contract.ValidateID("exchange_id", st.ExchangeID))
+	if st.Mode != "" || st.Settings.Mode != "" {
+		err = errors.Join(err, (&user{state: st}).mode().Validate())
+	}
+	if err != nil {
+		return fmt.Errorf("%w of %q: %w", ErrState, st.User, err)
+	}
+	return nil
+}
+
+// SetState makes st the user's desired state and converges this
+// instance's series of the user to it. A state older (by UpdatedAt) than
+// the one known is ignored.
+func (e *Engine) SetState(ctx context.Context, st contract.DesiredState) (Change, error) {
+	if err := validateState(st); err != nil {
+		return Change{}, err
+	}
+	e.mu.Lock()
+	if cur := e.users[st.User]; cur != nil && st.UpdatedAt.Before(cur.state.UpdatedAt) {
+		e.mu.Unlock()
+		return e.Converge(ctx, st.User), nil
+	}
+	u := &user{state: st}
+	if cur := e.users[st.User]; cur != nil {
+		u.lastCandle, u.lag = cur.lastCandle, cur.lag
+	}
+	var err error
+	if u.plan, err = catalog.For(u.mode(), st.Settings.Indicators.WithDefaults()); err != nil {
+		e.log.WarnContext(ctx, "indicators left out of the plan", "user", st.User, "err", err)
+	}
+	e.users[st.User] = u
+	e.mu.Unlock()
+	return e.Converge(ctx, st.User), nil
+}
+
+// updateState changes the known state of a user with f and converges;
+// false when the user is unknown.
+func (e *Engine) updateState(ctx context.Context, token string, f func(*contract.DesiredState)) (Change, bool) {
+	e.mu.Lock()
+	u := e.users[token]
+	if u != nil {
+		f(&u.state)
+	}
+	e.mu.Unlock()
+	if u == nil {
+		return Change{}, false
+	}
+	return e.Converge(ctx, token), true
+}
+
+// RemoveUser drops a user whose desired state was deleted.
+func (e *Engine) RemoveUser(ctx context.Context, token string) {
+	e.mu.Lock()
+	delete(e.users, token)
+	e.mu.Unlock()
+	e.Converge(ctx, token)
+}
+
+// ConvergeAll converges every user, after the live instances changed.
+func (e *Engine) ConvergeAll(ctx context.Context) {
+	e.mu.Lock()
+	tokens := make([]string, 0, len(e.users))
+	for token := range e.users {
+		tokens = append(tokens, token)
+	}
+	e.dropUnowned(ctx, "")
+	e.mu.Unlock()
+	for _, token := range tokens {
+		e.Converge(ctx, token)
+	}
+}
+
+// dropUnowned drops the series (of user token, or of everyone when token
+// is empty) that this instance should not run any more, and returns how
+// many of each kind it dropped. The caller holds e.mu.
+func (e *Engine) dropUnowned(ctx context.Context, token string) (removed, replanned int) {
+	for id, s := range e.series {
+		if token != "" && id.User != token {
+			continue
+		}
+		u, runs := e.runsSeries(id)
+		switch {
+		case !runs:
+			delete(e.series, id)
+			removed++
+		case !slices.Equal(s.specs, u.plan.Candle):
+			delete(e.series, id)
+			replanned++
+		}
+	}
+	for id := range e.books {
+		if token != "" && id.User != token {
+			continue
+		}
+		if _, runs := e.runsBook(id); !runs {
+			delete(e.books, id)
+			removed++
+		}
+	}
+	if removed+replanned > 0 {
+		e.log.DebugContext(ctx, "series dropped", "user", token, "dropped", removed, "replanned", replanned)
+	}
+	return removed, replanned
+}
+
+// Converge makes this instance run exactly the user's series it should:
+// it drops the others and rebuilds the missing ones from Redis (except
+// those within a forget's grace, which rebuild on their next candle).
+func (e *Engine) Converge(ctx context.Context, token string) Change {
+	var c Change
+	e.mu.Lock()
+	removed, replanned := e.dropUnowned(ctx, token)
+	c.Removed = removed
+	var missing []contract.SeriesID
+	if u := e.users[token]; u != nil {
+		for _, id := range u.seriesIDs() {
+			if _, runs := e.runsSeries(id); runs && e.series[id] == nil && !e.isForgotten(id) {
+				missing = append(missing, id)
+			}
+		}
+	}
+	e.mu.Unlock()
+	for _, id := range missing {
+		e.mu.Lock()
+		if u, runs := e.runsSeries(id); runs && e.series[id] == nil && !e.isForgotten(id) {
+			if _, err := e.rebuild(ctx, u, id, writeNew); err != nil {
+				e.log.ErrorContext(ctx, "rebuild failed; the next candle retries", "series", id.String(), "err", err)
+			} else if replanned > 0 {
+				c.Recomputed++
+				replanned--
+			} else {
+				c.Added++
+			}
+		}
+		e.mu.Unlock()
+	}
+	e.mu.Lock()
+	c.Series, c.Warming = e.countUser(token)
+	e.mu.Unlock()
+	return c
+}
+
+// countUser counts the user's running series and the warming ones. The
+// caller holds e.mu.
+func (e *Engine) countUser(token string) (running, warming int) {
+	for id, s := range e.series {
+		if id.User == token {
+			running++
+			if s.warming > 0 {
+				warming++
+			}
+		}
+	}
+	for id := range e.books {
+		if id.User == token {
+			running++
+		}
+	}
+	return running, warming
+}
+
+// rebuildWrites says which rebuilt values are written to Redis.
+type rebuildWrites int
+
+const (
+	// writeNew writes each indicator's bars from its newest stored point
+	// on: what a previous owner left unwritten, without rewriting history.
+	writeNew rebuildWrites = iota
+	// writeAll writes every bar (recompute after the candles changed).
+	writeAll
+)
+
+// rebuild replaces the state of series id with one built from the candles
+// in Redis, writes its values, publishes the newest bar's update and
+// returns the number of bars. On error the series is left out (the next
+// candle rebuilds it). The caller holds e.mu.
+func (e *Engine) rebuild(ctx context.Context, u *user, id contract.SeriesID, writes rebuildWrites) (int, error) {
+	delete(e.series, id)
+	s, err := newSeries(id, u.plan.Candle)
+	if err != nil {
+		return 0, err
+	}
+	candles, err := e.store.Candles(ctx, id, 0, 0)
+	if err != nil {
+		return 0, err
+	}
+	began := time.Now()
+	ups, skipped := s.rebuild(candles)
+	e.metrics.observeCompute(ctx, time.Since(began), "rebuild")
+	e.metrics.countRebuild(ctx)
+	if skipped > 0 {
+		e.log.WarnContext(ctx, "stored candles skipped in rebuild", "series", id.String(), "skipped", skipped)
+	}
+	if len(ups) == 0 {
+		e.series[id] = s
+		return 0, nil
+	}
+	latest := ups[len(ups)-1]
+	if writes == writeNew {
+		if ups, err = e.unwritten(ctx, id, ups); err != nil {
+			return 0, err
+		}
+	}
+	for _, up := range ups {
+		if err := e.store.WriteIndicators(ctx, up); err != nil {
+			return 0, fmt.Errorf("write %s: %w", id, err)
+		}
+	}
+	if err := e.publish(ctx, latest); err != nil {
+		return 0, err
+	}
+	e.series[id] = s
+	e.log.DebugContext(ctx, "series rebuilt", "series", id.String(), "bars", len(candles)-skipped, "written", len(ups))
+	return len(candles) - skipped, nil
+}
+
+// unwritten keeps, of each update, the indicators whose newest stored
+// point is not after the update's bar.
+func (e *Engine) unwritten(ctx context.Context, id contract.SeriesID, ups []contract.IndicatorUpdate) ([]contract.IndicatorUpdate, error) {
+	names := make([]string, 0, len(ups[len(ups)-1].Values)+len(ups[len(ups)-1].Warming))
+	for name := range ups[len(ups)-1].Values {
+		names = append(names, name)
+	}
+	names = append(names, ups[len(ups)-1].Warming...)
+	pipe := e.store.Client().Pipeline()
+	cmds := make([]*redis.ZSliceCmd, len(names))
+	for i, name := range names {
+		cmds[i] = pipe.ZRevRangeWithScores(ctx, contract.IndicatorKey(id, name), 0, 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read newest indicator points of %s: %w", id, err)
+	}
+	newest := make(map[string]int64, len(names))
+	for i, name := range names {
+		if z := cmds[i].Val(); len(z) > 0 {
+			newest[name] = int64(z[0].Score)
+		}
+	}
+	out := ups[:0]
+	for _, up := range ups {
+		kept := up
+		kept.Values = make(map[string]contract.Fields, len(up.Values))
+		for name, f := range up.Values {
+			if up.Start >= newest[name] {
+				kept.Values[name] = f
+			}
+		}
+		if len(kept.Values) > 0 {
+			out = append(out, kept)
+		}
+	}
+	return out, nil
+}
+
+// msgID is the Nats-Msg-Id of an update: "<series>:<start>:<version>".
+func msgID(u contract.IndicatorUpdate) string {
+	return u.SeriesID.String() + ":" + strconv.FormatInt(u.Start, 10) + ":" + strconv.FormatInt(u.Version, 10)
+}
+
+// publish sends u on its vigil.indicator subject (JetStream, deduplicated
+// by msgID) with ctx's trace context.
+func (e *Engine) publish(ctx context.Context, u contract.IndicatorUpdate) error {
+	u.ComputedAt = time.Now().UTC()
+	data, err := json.Marshal(u)
+	if err != nil {
+		return fmt.Errorf("encode update of %s: %w", u.SeriesID, err)
+	}
+	msg := nats.NewMsg(contract.IndicatorSubject(u.SeriesID))
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, msgID(u))
+	msg.Header.Set(InstanceHeader, e.instance)
+	telemetry.Inject(ctx, msg)
+	if _, err := e.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("publish update of %s: %w", u.SeriesID, err)
+	}
+	e.metrics.countUpdate(ctx, u.Closed)
+	return nil
+}
+
+// emit writes the updates to Redis, then publishes them.
+func (e *Engine) emit(ctx context.Context, ups []contract.IndicatorUpdate) error {
+	for _, up := range ups {
+		if err := e.store.WriteIndicators(ctx, up); err != nil {
+			return fmt.Errorf("write %s: %w", up.SeriesID, err)
+		}
+	}
+	for _, up := range ups {
+		if err := e.publish(ctx, up); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ResetAll drops every series and order book and rebuilds the series this
+// instance runs from Redis, after this instance may have missed candles
+// (a lost consumer, a reconnect).
+func (e *Engine) ResetAll(ctx context.Context) {
+	e.mu.Lock()
+	clear(e.series)
+	clear(e.books)
+	e.mu.Unlock()
+	e.ConvergeAll(ctx)
+}

@@ -1,0 +1,190 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"vigil.dev/pkg/contract"
+)
+
+// SeriesResult is the result of pause, resume and forget on one instance.
+type SeriesResult struct {
+	// Owner is true when this instance ran (pause, forget) or runs
+	// (resume) some of the user's series.
+	Owner bool `json:"owner"`
+	// Series counts those series.
+	Series int `json:"series"`
+	// Warming counts the resumed series with an indicator still warming.
+	Warming int `json:"warming,omitempty"`
+}
+
+// ApplyResult is the result of apply on one instance.
+type ApplyResult struct {
+	Owner bool `json:"owner"`
+	Change
+}
+
+// RecomputeResult is the result of recompute on one instance.
+type RecomputeResult struct {
+	// Owner is true on the instance that owns the series.
+	Owner bool `json:"owner"`
+	// Bars is the number of candles the series was rebuilt from.
+	Bars int `json:"bars"`
+}
+
+// Pause stops the user's series on this instance, after the candle update
+// in flight: the user's state becomes st (or the known state marked
+// paused), their series are dropped and their candles ignored until
+// resume.
+func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredState) (SeriesResult, error) {
+	e.mu.Lock() // waits for the candle update in flight
+	before, _ := e.countUser(token)
+	e.mu.Unlock()
+	var err error
+	if st != nil {
+		paused := *st
+		paused.Paused = true
+		_, err = e.SetState(ctx, paused)
+	} else {
+		e.updateState(ctx, token, func(s *contract.DesiredState) { s.Paused = true })
+	}
+	return SeriesResult{Owner: before > 0, Series: before}, err
+}
+
+// Resume starts the user's series this instance owns, rebuilding each from
+// Redis: the user's state becomes st (or the known state marked running).
+// Series already running are kept.
+func (e *Engine) Resume(ctx context.Context, token string, st *contract.DesiredState) (SeriesResult, error) {
+	var c Change
+	var err error
+	if st != nil {
+		running := *st
+		running.Paused = false
+		c, err = e.SetState(ctx, running)
+	} else {
+		c, _ = e.updateState(ctx, token, func(s *contract.DesiredState) { s.Paused = false })
+	}
+	return SeriesResult{Owner: c.Series > 0, Series: c.Series, Warming: c.Warming}, err
+}
+
+// Apply makes st the user's state: series whose indicator set changed are
+// rebuilt from Redis, series of timeframes or symbols no longer in the
+// plan dropped, new ones built. Without st it converges to the known
+// state.
+func (e *Engine) Apply(ctx context.Context, token string, st *contract.DesiredState) (ApplyResult, error) {
+	var c Change
+	var err error
+	if st != nil {
+		c, err = e.SetState(ctx, *st)
+	} else {
+		c = e.Converge(ctx, token)
+	}
+	return ApplyResult{Owner: c.Series+c.Removed > 0, Change: c}, err
+}
+
+// Recompute rebuilds series id from the candles in Redis, rewrites all its
+// values and publishes the newest, if this instance owns it. The series
+// keeps running unless its user is paused.
+func (e *Engine) Recompute(ctx context.Context, id contract.SeriesID) (RecomputeResult, error) {
+	if err := id.Validate(); err != nil {
+		return RecomputeResult{}, fmt.Errorf("series: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.owner.Owns(id.String()) {
+		return RecomputeResult{}, nil
+	}
+	u := e.users[id.User]
+	if u == nil || len(u.plan.Candle) == 0 || !u.inPlan(id) {
+		return RecomputeResult{Owner: true}, nil
+	}
+	bars, err := e.rebuild(ctx, u, id, writeAll)
+	if err != nil {
+		return RecomputeResult{Owner: true}, fmt.Errorf("recompute %s: %w", id, err)
+	}
+	if _, runs := e.runsSeries(id); !runs || e.isForgotten(id) {
+		delete(e.series, id)
+	}
+	return RecomputeResult{Owner: true, Bars: bars}, nil
+}
+
+// Forget drops the in-memory state of the series matching args (candle
+// and order book) and, for ForgetGrace, rebuilds matching series from
+// Redis on each candle, so nothing read before the clear-cache that
+// follows is written back after it.
+func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (SeriesResult, error) {
+	sel := args.Selector()
+	if err := sel.Validate(); err != nil {
+		return SeriesResult{}, err
+	}
+	e.mu.Lock() // waits for the candle update in flight
+	defer e.mu.Unlock()
+	n := 0
+	for id := range e.series {
+		if sel.Matches(id) {
+			delete(e.series, id)
+			n++
+		}
+	}
+	for id := range e.books {
+		if sel.Matches(id) {
+			delete(e.books, id)
+			n++
+		}
+	}
+	e.forgotten = append(e.forgotten, forgotten{sel: sel, until: time.Now().Add(ForgetGrace)})
+	e.log.InfoContext(ctx, "series forgotten", "user_id", args.UserID, "exchange_id", args.ExchangeID, "scope", args.Scope, "series", n)
+	return SeriesResult{Owner: n > 0, Series: n}, nil
+}
+
+// UserStatus is one user's part of Status.
+type UserStatus struct {
+	Paused   bool          `json:"paused"`
+	Mode     contract.Mode `json:"mode"`
+	Revision int64         `json:"revision"`
+	// Series counts the user's series this instance runs (candle and
+	// order book); Warming those with an indicator still warming up.
+	Series  int `json:"series"`
+	Warming int `json:"warming"`
+	// LastCandle is when this instance last processed a candle of the
+	// user; LagMs how long after the candle's observation that was.
+	LastCandle *time.Time `json:"last_candle,omitempty"`
+	LagMs      float64    `json:"lag_ms,omitempty"`
+}
+
+// Status is the answer of the status verb.
+type Status struct {
+	Instance string   `json:"instance"`
+	Members  []string `json:"members"`
+	// Series counts the series this instance runs, Warming those with an
+	// indicator still warming up.
+	Series  int                   `json:"series"`
+	Warming int                   `json:"warming"`
+	Users   map[string]UserStatus `json:"users"`
+}
+
+// Status reports the series this instance runs, per user and in total.
+// With a user token it reports only that user.
+func (e *Engine) Status(token string) Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := Status{Instance: e.instance, Members: e.owner.Members(), Users: map[string]UserStatus{}}
+	for t, u := range e.users {
+		if token != "" && t != token {
+			continue
+		}
+		us := UserStatus{Paused: u.state.Paused, Mode: u.mode(), Revision: u.state.Revision}
+		us.Series, us.Warming = e.countUser(t)
+		if !u.lastCandle.IsZero() {
+			last := u.lastCandle.UTC()
+			us.LastCandle, us.LagMs = &last, float64(u.lag.Microseconds())/1000
+		}
+		st.Series += us.Series
+		st.Warming += us.Warming
+		st.Users[t] = us
+	}
+	slices.Sort(st.Members)
+	return st
+}
