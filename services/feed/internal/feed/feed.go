@@ -1,26 +1,75 @@
 // Package feed is the vigil-feed service: it turns market data from a
 // source (simulator, Coinbase, replay) into versioned candles of every
 // user's symbols and timeframes, stored in Redis and published on
-// JetStream.
+// JetStream, and order-book snapshots for users in the scalper-orderbook
+// mode.
+//
+// Users are split between the feed instances by pkg/membership (group
+// vigil-feed, key the user token). Each instance watches KV VIGIL_STATE and
+// converges to the desired state of the users it owns: a user who is owned
+// and not paused has their symbols attached to the engine (one upstream
+// subscription per product however many users watch it) and, whenever that
+// starts (start, failover, resume), the gap since their last stored candle
+// of each series filled from history. The vigil.svc.feed.* verbs (pause,
+// resume, apply, backfill, status) act at once and answer with their result;
+// instances that do not own the user answer {"owner":false}.
 package feed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"time"
 
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/service"
+	"vigil.dev/services/feed/internal/cbsource"
+	"vigil.dev/services/feed/internal/coinbase"
+	"vigil.dev/services/feed/internal/engine"
+	"vigil.dev/services/feed/internal/market"
+	"vigil.dev/services/feed/internal/replay"
+	"vigil.dev/services/feed/internal/sim"
 )
+
+// MembershipGroup is the pkg/membership service name of the feed.
+const MembershipGroup = "vigil-feed"
 
 // Config is vigil-feed's configuration.
 type Config struct {
 	config.NATS
 	config.Service
 	config.Redis
-	Source string `env:"VIGIL_FEED_SOURCE" envDefault:"sim" help:"market data source: sim, coinbase or replay"`
+	Source        string        `env:"VIGIL_FEED_SOURCE" envDefault:"sim" help:"market data source: sim, coinbase or replay"`
+	Retention     int           `env:"VIGIL_CANDLE_RETENTION" envDefault:"1000" help:"candles kept per series in Redis"`
+	FlushInterval time.Duration `env:"VIGIL_FEED_FLUSH_INTERVAL" envDefault:"100ms" help:"how often bar updates are written and published"`
+	GapFillBars   int           `env:"VIGIL_GAP_FILL_BARS" envDefault:"300" help:"most bars per series read from history when a user starts (start, failover, resume) or after a reconnect"`
+	BookDepth     int           `env:"VIGIL_BOOK_DEPTH" envDefault:"50" help:"levels per side in order-book snapshots (scalper-orderbook)"`
+	BookInterval  time.Duration `env:"VIGIL_BOOK_INTERVAL" envDefault:"250ms" help:"least time between two order-book snapshots of a product"`
+	BackfillMax   time.Duration `env:"VIGIL_BACKFILL_TIMEOUT" envDefault:"10m" help:"longest a backfill job may run"`
+
+	SimSeed   uint64        `env:"VIGIL_SIM_SEED" envDefault:"1" help:"sim: random walk seed"`
+	SimSpeed  float64       `env:"VIGIL_SIM_SPEED" envDefault:"60" help:"sim: sim seconds per wall second (60: a 1m bar closes every second)"`
+	SimAnchor string        `env:"VIGIL_SIM_ANCHOR" help:"sim: RFC 3339 instant where sim time equals wall time (default: UTC midnight of the start day; pin it when instances start on different days)"`
+	SimTick   time.Duration `env:"VIGIL_SIM_TICK" envDefault:"50ms" help:"sim: wall time between two emissions"`
+
+	ReplayFile   string  `env:"VIGIL_REPLAY_FILE" help:"replay: CSV of 1h bars (start,open,high,low,close,volume)"`
+	ReplaySpeed  float64 `env:"VIGIL_REPLAY_SPEED" envDefault:"0" help:"replay: bars per second, 0 = as fast as possible"`
+	ReplaySymbol string  `env:"VIGIL_REPLAY_SYMBOL" envDefault:"BTC-USD" help:"replay: the product the file's bars belong to"`
+
+	CoinbaseWSURL          string        `env:"VIGIL_COINBASE_WS_URL" envDefault:"wss://advanced-trade-ws.coinbase.com" help:"coinbase: market data WebSocket"`
+	CoinbaseRESTURL        string        `env:"VIGIL_COINBASE_REST_URL" envDefault:"https://api.coinbase.com" help:"coinbase: REST origin"`
+	CoinbaseKeyName        string        `env:"VIGIL_COINBASE_KEY_NAME" help:"coinbase: CDP key name organizations/{org}/apiKeys/{id} (with KEY_FILE: private endpoint and signed messages)"`
+	CoinbaseKeyFile        string        `env:"VIGIL_COINBASE_KEY_FILE" secret:"true" help:"coinbase: file holding the CDP key's EC private key (PEM)"`
+	CoinbasePublicRPS      float64       `env:"VIGIL_COINBASE_PUBLIC_RPS" envDefault:"10" help:"coinbase: REST requests per second without a key (per IP)"`
+	CoinbasePrivateRPS     float64       `env:"VIGIL_COINBASE_PRIVATE_RPS" envDefault:"30" help:"coinbase: REST requests per second with a key"`
+	CoinbaseSilenceTimeout time.Duration `env:"VIGIL_COINBASE_SILENCE_TIMEOUT" envDefault:"10s" help:"coinbase: reconnect after this long without any frame"`
+	CoinbaseReconcileDelay time.Duration `env:"VIGIL_COINBASE_RECONCILE_DELAY" envDefault:"5s" help:"coinbase: wait after a bar closes before reading it back from REST"`
 }
 
 // Validate checks every part of the configuration.
@@ -28,11 +77,65 @@ func (c Config) Validate() error {
 	if err := config.ValidateAll(c.NATS, c.Service, c.Redis); err != nil {
 		return err
 	}
-	switch c.Source {
-	case "sim", "coinbase", "replay":
-		return nil
+	positive := []struct {
+		name string
+		ok   bool
+	}{
+		{"VIGIL_CANDLE_RETENTION", c.Retention > 0},
+		{"VIGIL_FEED_FLUSH_INTERVAL", c.FlushInterval > 0},
+		{"VIGIL_GAP_FILL_BARS", c.GapFillBars > 0},
+		{"VIGIL_BOOK_DEPTH", c.BookDepth > 0 && c.BookDepth <= contract.MaxBookLevels},
+		{"VIGIL_BOOK_INTERVAL", c.BookInterval > 0},
+		{"VIGIL_BACKFILL_TIMEOUT", c.BackfillMax > 0},
 	}
-	return fmt.Errorf("VIGIL_FEED_SOURCE: %q is not one of sim, coinbase, replay", c.Source)
+	for _, p := range positive {
+		if !p.ok {
+			return fmt.Errorf("%s: must be positive (book depth at most %d)", p.name, contract.MaxBookLevels)
+		}
+	}
+	switch c.Source {
+	case "sim":
+		if c.SimSpeed < 1 || c.SimSpeed > sim.MaxSpeed {
+			return fmt.Errorf("VIGIL_SIM_SPEED: %v must be between 1 and %d", c.SimSpeed, sim.MaxSpeed)
+		}
+		if c.SimAnchor != "" {
+			if _, err := time.Parse(time.RFC3339, c.SimAnchor); err != nil {
+				return fmt.Errorf("VIGIL_SIM_ANCHOR: %q is not an RFC 3339 time", c.SimAnchor)
+			}
+		}
+		if c.SimTick <= 0 {
+			return errors.New("VIGIL_SIM_TICK: must be positive")
+		}
+	case "replay":
+		if c.ReplayFile == "" {
+			return errors.New("VIGIL_REPLAY_FILE: is required with VIGIL_FEED_SOURCE=replay")
+		}
+		if c.ReplaySpeed < 0 {
+			return fmt.Errorf("VIGIL_REPLAY_SPEED: %v is negative", c.ReplaySpeed)
+		}
+		if err := contract.ValidateSymbol(c.ReplaySymbol); err != nil {
+			return fmt.Errorf("VIGIL_REPLAY_SYMBOL: %w", err)
+		}
+	case "coinbase":
+		if err := config.CheckURL("VIGIL_COINBASE_WS_URL", c.CoinbaseWSURL, "ws", "wss"); err != nil {
+			return err
+		}
+		if err := config.CheckURL("VIGIL_COINBASE_REST_URL", c.CoinbaseRESTURL, "http", "https"); err != nil {
+			return err
+		}
+		if (c.CoinbaseKeyName == "") != (c.CoinbaseKeyFile == "") {
+			return errors.New("VIGIL_COINBASE_KEY_NAME and VIGIL_COINBASE_KEY_FILE: set both or neither")
+		}
+		if c.CoinbasePublicRPS <= 0 || c.CoinbasePrivateRPS <= 0 {
+			return errors.New("VIGIL_COINBASE_PUBLIC_RPS and VIGIL_COINBASE_PRIVATE_RPS: must be positive")
+		}
+		if c.CoinbaseSilenceTimeout <= 0 || c.CoinbaseReconcileDelay <= 0 {
+			return errors.New("VIGIL_COINBASE_SILENCE_TIMEOUT and VIGIL_COINBASE_RECONCILE_DELAY: must be positive")
+		}
+	default:
+		return fmt.Errorf("VIGIL_FEED_SOURCE: %q is not one of sim, coinbase, replay", c.Source)
+	}
+	return nil
 }
 
 // Run runs vigil-feed until ctx ends.
@@ -46,17 +149,92 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer rt.Close(context.Background())
-	started := time.Now()
-	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcFeed, Name: contract.ServiceFeed,
-		Description: "vigil feed: market data to versioned candles", Instance: rt.Instance}, rt.Log,
-		func(context.Context) any {
-			return map[string]any{"instance": rt.Instance, "source": cfg.Source, "started_at": started}
-		})
+	rdb, err := redisstore.NewClient(ctx, cfg.Redis.URL)
 	if err != nil {
 		return err
 	}
-	rt.Log.Info("running", "id", svc.ID())
+	defer rdb.Close()
+	metrics, err := engine.NewMetrics()
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	writer := engine.NewWriter(redisstore.New(rdb, cfg.Retention), rt.JS, rt.Log, metrics)
+	eng, err := engine.New(engine.Config{
+		Writer: writer, NC: rt.NC, Log: rt.Log, Metrics: metrics, FlushInterval: cfg.FlushInterval,
+		BookInterval: cfg.BookInterval, BookDepth: cfg.BookDepth, GapFillBars: cfg.GapFillBars,
+	}, func(sink market.Sink) (market.Source, error) { return newSource(cfg, sink, rt) })
+	if err != nil {
+		return err
+	}
+	if cb, ok := eng.Source().(*cbsource.Source); ok {
+		if err := metrics.Observe("vigil.feed.coinbase", "Coinbase stream frames and REST requests (rest_requests, rest_429, malformed, ...)", cb.Counters); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	f := newFeed(cfg, rt.Log, rt.JS, writer, eng, metrics)
+	started := time.Now()
+	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcFeed, Name: contract.ServiceFeed,
+		Description: "vigil feed: market data to versioned candles", Instance: rt.Instance}, rt.Log,
+		func(context.Context) any { return f.status(started) })
+	if err != nil {
+		return err
+	}
+	group, err := membership.Join(ctx, rt.JS, MembershipGroup, svc.ID(), membership.Options{})
+	if err != nil {
+		return errors.Join(err, svc.Shutdown(cfg.ShutdownTimeout))
+	}
+	f.group = group
+	if err := f.register(svc); err != nil {
+		return errors.Join(err, group.Leave(context.Background()), svc.Shutdown(cfg.ShutdownTimeout))
+	}
+	engCtx, stopEngine := context.WithCancel(context.Background())
+	engDone := make(chan error, 1)
+	go func() { engDone <- eng.Run(engCtx) }()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); f.watch(watchCtx, rt.JS) }()
+	rt.Log.Info("running", "id", svc.ID(), "source", cfg.Source)
+
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
-	return svc.Shutdown(cfg.ShutdownTimeout)
+	stopWatch()
+	<-watchDone
+	leaveCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	errs := []error{group.Leave(leaveCtx)}
+	f.stopAll()
+	stopEngine()
+	errs = append(errs, <-engDone, svc.Shutdown(cfg.ShutdownTimeout))
+	return errors.Join(errs...)
+}
+
+// newSource builds the configured source.
+func newSource(cfg Config, sink market.Sink, rt *service.Runtime) (market.Source, error) {
+	switch cfg.Source {
+	case "replay":
+		return replay.New(replay.Config{File: cfg.ReplayFile, Speed: cfg.ReplaySpeed, Symbol: cfg.ReplaySymbol}, sink)
+	case "coinbase":
+		cbCfg := cbsource.Config{
+			WebSocketURL: cfg.CoinbaseWSURL, RESTURL: cfg.CoinbaseRESTURL, RequestsPerSecond: cfg.CoinbasePublicRPS,
+			SilenceTimeout: cfg.CoinbaseSilenceTimeout, ReconcileDelay: cfg.CoinbaseReconcileDelay, Log: rt.Log,
+		}
+		if cfg.CoinbaseKeyName != "" {
+			pem, err := os.ReadFile(cfg.CoinbaseKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("VIGIL_COINBASE_KEY_FILE: %w", err)
+			}
+			creds, err := coinbase.NewCredentials(cfg.CoinbaseKeyName, pem)
+			if err != nil {
+				return nil, fmt.Errorf("VIGIL_COINBASE_KEY_FILE: %w", err)
+			}
+			cbCfg.Credentials, cbCfg.RequestsPerSecond = creds, cfg.CoinbasePrivateRPS
+		}
+		return cbsource.New(cbCfg, sink)
+	default:
+		var anchor time.Time
+		if cfg.SimAnchor != "" {
+			anchor, _ = time.Parse(time.RFC3339, strings.TrimSpace(cfg.SimAnchor)) // validated in Config.Validate
+		}
+		return sim.New(sim.Config{Seed: cfg.SimSeed, Speed: cfg.SimSpeed, Anchor: anchor, Tick: cfg.SimTick}, sink)
+	}
 }

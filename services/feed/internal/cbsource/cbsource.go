@@ -1,0 +1,252 @@
+// Package cbsource is the feed's Coinbase Advanced Trade source: it adapts
+// the coinbase package's WebSocket Stream and REST client to market.Source.
+//
+// Bars are built as Coinbase offers them: the 1m bar from market_trades,
+// the 5m bar from the candles channel (Coinbase's own five-minute buckets),
+// 15m, 1h, 4h and 1d aggregated from those buckets; every bar is re-read
+// from REST once it closes (after ReconcileDelay, since the exchange needs a
+// moment to finish its bucket) and Coinbase's bucket wins. History is REST
+// candles, one request per page of at most 300 buckets, through one rate
+// limiter per credential. A sequence gap or a reconnect becomes a
+// market.Gap of exactly the interval without data.
+package cbsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/services/feed/internal/coinbase"
+	"vigil.dev/services/feed/internal/market"
+)
+
+// Defaults of Config.
+const (
+	DefaultReconcileDelay = 5 * time.Second
+	DefaultClockInterval  = 100 * time.Millisecond
+)
+
+// Config configures a Source.
+type Config struct {
+	WebSocketURL string
+	RESTURL      string
+	// Credentials, when set, sign REST requests (private endpoint) and
+	// WebSocket messages.
+	Credentials *coinbase.Credentials
+	// RequestsPerSecond is the REST limit of the credential in use
+	// (Coinbase: 10 public, 30 private).
+	RequestsPerSecond float64
+	SilenceTimeout    time.Duration
+	ReconnectBase     time.Duration
+	ReconnectMax      time.Duration
+	ReconcileDelay    time.Duration
+	// ClockInterval is how often bars are checked for closing.
+	ClockInterval time.Duration
+	Log           *slog.Logger
+}
+
+// Source is the Coinbase market data source.
+type Source struct {
+	cfg    Config
+	sink   market.Sink
+	stream *coinbase.Stream
+	rest   *coinbase.RESTClient
+
+	mu   sync.Mutex
+	gaps map[string]uint64
+}
+
+// New builds the stream and the REST client; nothing connects before Run.
+func New(cfg Config, sink market.Sink) (*Source, error) {
+	if cfg.ReconcileDelay <= 0 {
+		cfg.ReconcileDelay = DefaultReconcileDelay
+	}
+	if cfg.ClockInterval <= 0 {
+		cfg.ClockInterval = DefaultClockInterval
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	s := &Source{cfg: cfg, sink: sink, gaps: map[string]uint64{}}
+	var err error
+	s.stream, err = coinbase.NewStream(coinbase.StreamConfig{
+		URL: cfg.WebSocketURL, Handler: coinbase.HandlerFunc(s.handle), Credentials: cfg.Credentials, Logger: cfg.Log,
+		SilenceTimeout: cfg.SilenceTimeout, ReconnectBase: cfg.ReconnectBase, ReconnectMax: cfg.ReconnectMax,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.rest, err = coinbase.NewRESTClient(coinbase.RESTConfig{
+		BaseURL: cfg.RESTURL, Credentials: cfg.Credentials, RequestsPerSecond: cfg.RequestsPerSecond, Logger: cfg.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Name implements market.Source.
+func (s *Source) Name() string { return "coinbase" }
+
+// Caps implements market.Source.
+func (s *Source) Caps() market.Caps {
+	return market.Caps{
+		TradeTimeframes: []contract.Timeframe{contract.TF1m},
+		CandleTimeframe: contract.TF5m,
+		Timeframes:      contract.Timeframes,
+		Reconcile:       true,
+		ReconcileDelay:  s.cfg.ReconcileDelay,
+	}
+}
+
+// Now implements market.Source: the wall clock.
+func (s *Source) Now() time.Time { return time.Now().UTC() }
+
+// Run implements market.Source: the stream, plus a clock that closes bars.
+func (s *Source) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		tick := time.NewTicker(s.cfg.ClockInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				s.sink.Clock(now.UTC())
+			}
+		}
+	})
+	return s.stream.Run(ctx)
+}
+
+// channels are the stream channels behind a market channel.
+func channels(ch market.Channel) ([]coinbase.Channel, error) {
+	switch ch {
+	case market.ChannelBars:
+		return []coinbase.Channel{coinbase.ChannelCandles, coinbase.ChannelMarketTrades}, nil
+	case market.ChannelBook:
+		return []coinbase.Channel{coinbase.ChannelLevel2}, nil
+	}
+	return nil, fmt.Errorf("%w: %q", coinbase.ErrInvalidChannel, ch)
+}
+
+// Subscribe implements market.Source (the stream counts references).
+func (s *Source) Subscribe(ch market.Channel, product string) error {
+	chs, err := channels(ch)
+	if err != nil {
+		return err
+	}
+	for _, c := range chs {
+		if err := s.stream.Subscribe(c, product); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Unsubscribe implements market.Source.
+func (s *Source) Unsubscribe(ch market.Channel, product string) error {
+	chs, err := channels(ch)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range chs {
+		errs = append(errs, s.stream.Unsubscribe(c, product))
+	}
+	return errors.Join(errs...)
+}
+
+// History implements market.Source: REST candles of [tf.BarStart(from), to).
+func (s *Source) History(ctx context.Context, product string, tf contract.Timeframe, from, to time.Time) ([]market.Bar, error) {
+	g, err := coinbase.GranularityForTimeframe(string(tf))
+	if err != nil {
+		return nil, err
+	}
+	if now := s.Now(); to.After(now) {
+		to = now
+	}
+	candles, err := s.rest.Candles(ctx, product, g, tf.BarStart(from), to)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]market.Bar, len(candles))
+	for i, c := range candles {
+		out[i] = bar(c, tf)
+	}
+	return out, nil
+}
+
+func bar(c coinbase.Candle, tf contract.Timeframe) market.Bar {
+	return market.Bar{Product: c.Product, Timeframe: tf, Start: c.Start, Open: c.Open, High: c.High, Low: c.Low, Close: c.Close, Volume: c.Volume}
+}
+
+// Status implements market.Source.
+func (s *Source) Status() any {
+	s.mu.Lock()
+	gaps := map[string]uint64{}
+	for k, v := range s.gaps {
+		gaps[k] = v
+	}
+	s.mu.Unlock()
+	return map[string]any{"stream": s.stream.Stats(), "freshness": s.stream.Freshness(), "rest": s.rest.Stats(), "gaps": gaps,
+		"authenticated": s.cfg.Credentials != nil}
+}
+
+// Counters are the stream's and REST client's counters for metrics.
+func (s *Source) Counters() map[string]int64 {
+	st, rs := s.stream.Stats(), s.rest.Stats()
+	return map[string]int64{
+		"frames": int64(st.Frames), "malformed": int64(st.Malformed), "oversized": int64(st.Oversized),
+		"unknown_channel": int64(st.UnknownChannel), "error_frames": int64(st.ErrorFrames), "gaps": int64(st.Gaps),
+		"reconnects": int64(st.Reconnects), "silence_timeouts": int64(st.SilenceTimeouts),
+		"rest_requests": int64(rs.Requests), "rest_429": int64(rs.Throttled), "rest_401": int64(rs.Unauthorized), "rest_retries": int64(rs.Retries),
+	}
+}
+
+// handle turns stream events into sink calls.
+func (s *Source) handle(ev coinbase.Event) {
+	switch e := ev.(type) {
+	case *coinbase.CandlesEvent:
+		for _, c := range e.Candles {
+			s.sink.Candle(bar(c, contract.TF5m))
+		}
+	case *coinbase.TradesEvent:
+		for _, t := range e.Trades {
+			s.sink.Trade(market.Trade{Product: t.Product, Price: t.Price, Size: t.Size, Time: t.Time.UTC()})
+		}
+	case *coinbase.Level2Event:
+		u := market.BookUpdate{Product: e.Product, Snapshot: e.Snapshot, Time: e.Timestamp}
+		for _, l := range e.Updates {
+			level := market.Level{Price: l.Price, Quantity: l.Quantity}
+			if l.Side == coinbase.SideBid {
+				u.Bids = append(u.Bids, level)
+			} else {
+				u.Asks = append(u.Asks, level)
+			}
+		}
+		s.sink.Book(u)
+	case *coinbase.GapEvent:
+		s.countGap("sequence")
+		s.sink.Gap(market.Gap{From: e.From, To: e.To, Cause: "sequence"})
+	case *coinbase.ReconnectedEvent:
+		cause := "reconnect"
+		if errors.Is(e.Cause, coinbase.ErrSilence) {
+			cause = "silence"
+		}
+		s.countGap(cause)
+		s.sink.Gap(market.Gap{From: e.From, To: e.To, Cause: cause})
+	}
+}
+
+func (s *Source) countGap(cause string) {
+	s.mu.Lock()
+	s.gaps[cause]++
+	s.mu.Unlock()
+}

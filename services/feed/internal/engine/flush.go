@@ -1,0 +1,184 @@
+package engine
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"maps"
+	"slices"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/services/feed/internal/market"
+)
+
+// flushTimeout bounds one flush's Redis writes and publishes.
+const flushTimeout = 30 * time.Second
+
+// flushLoop writes dirty bars and publishes due book snapshots every
+// FlushInterval, and once more when ctx ends.
+func (e *Engine) flushLoop(ctx context.Context) {
+	tick := time.NewTicker(e.cfg.FlushInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+			e.Flush(fctx)
+			cancel()
+			return
+		case <-tick.C:
+			fctx, cancel := context.WithTimeout(ctx, flushTimeout)
+			e.Flush(fctx)
+			cancel()
+		}
+	}
+}
+
+// Flush writes every dirty bar to the series of every subscriber of its
+// product and publishes the written versions, then publishes the book
+// snapshots that are due. The flush loop calls it; tests may too.
+func (e *Engine) Flush(ctx context.Context) {
+	candles, books := e.collect()
+	if len(candles) > 0 {
+		ctx, span := e.tracer.Start(ctx, "feed flush", trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(attribute.Int("vigil.candles", len(candles))))
+		written, err := e.cfg.Writer.Write(ctx, candles)
+		span.End()
+		n := 0
+		for _, w := range written {
+			if w {
+				n++
+			}
+		}
+		e.mu.Lock()
+		e.stats.CandlesWritten += uint64(n)
+		if err != nil {
+			e.stats.WriteErrors++
+		}
+		e.mu.Unlock()
+		if err != nil {
+			e.log.WarnContext(ctx, "writing candles failed", "candles", len(candles), "err", err)
+		}
+	}
+	for _, b := range books {
+		data, err := json.Marshal(b)
+		if err != nil {
+			continue
+		}
+		if err := e.cfg.NC.Publish(contract.BookSubject(b.User, b.ExchangeID, b.Symbol), data); err != nil {
+			e.log.WarnContext(ctx, "book publish failed", "symbol", b.Symbol, "err", err)
+		}
+	}
+}
+
+// collect takes the dirty bars as candles of every subscriber, prunes bars
+// no longer needed, and builds the due book snapshots.
+func (e *Engine) collect() ([]contract.Candle, []contract.BookSnapshot) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var candles []contract.Candle
+	var books []contract.BookSnapshot
+	now := time.Now()
+	keepFrom := e.bucketHorizon()
+	for _, p := range e.products {
+		subs := slices.SortedFunc(maps.Values(p.subs), func(a, b Subscriber) int {
+			return cmp.Or(cmp.Compare(a.User, b.User), cmp.Compare(a.ExchangeID, b.ExchangeID))
+		})
+		for tf, series := range p.series {
+			for start, b := range series {
+				if b.dirty {
+					b.dirty = false
+					for _, sub := range subs {
+						candles = append(candles, e.candleOf(sub, b))
+					}
+				}
+				if b.closed && !(tf == e.caps.CandleTimeframe && start >= keepFrom(p)) {
+					delete(series, start)
+				}
+			}
+		}
+		if p.bookDirty && p.bookSubs > 0 && now.Sub(p.bookPublished) >= e.cfg.BookInterval {
+			bids, asks := p.book.top(e.cfg.BookDepth)
+			for _, sub := range subs {
+				if sub.Book {
+					books = append(books, contract.BookSnapshot{User: sub.User, ExchangeID: sub.ExchangeID, Symbol: sub.Symbol, Time: now.UTC(), Bids: bids, Asks: asks})
+				}
+			}
+			e.stats.BooksPublished += uint64(len(books))
+			p.bookDirty = false
+			p.bookPublished = now
+		}
+	}
+	return candles, books
+}
+
+// bucketHorizon returns, per product, the oldest candle bucket still needed
+// by an open aggregated bar.
+func (e *Engine) bucketHorizon() func(*product) int64 {
+	aggregated := e.caps.Aggregated()
+	return func(p *product) int64 {
+		horizon := int64(1<<62 - 1)
+		for _, tf := range aggregated {
+			horizon = min(horizon, p.closedBefore[tf])
+		}
+		return horizon
+	}
+}
+
+func (e *Engine) candleOf(sub Subscriber, b *bar) contract.Candle {
+	return contract.Candle{
+		SeriesID: sub.Series(b.Timeframe),
+		Start:    b.Start.Unix(),
+		Open:     b.Open, High: b.High, Low: b.Low, Close: b.Close, Volume: b.Volume,
+		Closed:  b.closed,
+		Version: b.version,
+		Source:  b.source,
+	}
+}
+
+// orderBook is a product's level2 book: absolute quantity by price.
+type orderBook struct {
+	bids, asks map[float64]float64
+}
+
+func newOrderBook() orderBook {
+	return orderBook{bids: map[float64]float64{}, asks: map[float64]float64{}}
+}
+
+func (b *orderBook) apply(u market.BookUpdate) {
+	if u.Snapshot {
+		clear(b.bids)
+		clear(b.asks)
+	}
+	for _, side := range []struct {
+		levels []market.Level
+		book   map[float64]float64
+	}{{u.Bids, b.bids}, {u.Asks, b.asks}} {
+		for _, l := range side.levels {
+			if l.Quantity == 0 {
+				delete(side.book, l.Price)
+			} else {
+				side.book[l.Price] = l.Quantity
+			}
+		}
+	}
+}
+
+// top returns the best n levels of each side, best first.
+func (b *orderBook) top(n int) (bids, asks []contract.BookLevel) {
+	pick := func(side map[float64]float64, better func(a, b float64) int) []contract.BookLevel {
+		prices := slices.SortedFunc(maps.Keys(side), better)
+		prices = prices[:min(n, len(prices))]
+		out := make([]contract.BookLevel, len(prices))
+		for i, p := range prices {
+			out[i] = contract.BookLevel{p, side[p]}
+		}
+		return out
+	}
+	bids = pick(b.bids, func(x, y float64) int { return cmp.Compare(y, x) })
+	asks = pick(b.asks, func(x, y float64) int { return cmp.Compare(x, y) })
+	return bids, asks
+}

@@ -1,0 +1,105 @@
+package engine
+
+import (
+	"context"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// MeterName is the OpenTelemetry meter of the feed.
+const MeterName = "vigil.dev/services/feed"
+
+// Metrics are the feed's OpenTelemetry instruments. A nil *Metrics records
+// nothing.
+type Metrics struct {
+	meter           metric.Meter
+	candlesWritten  metric.Int64Counter
+	malformedFrames metric.Int64Counter
+	publishFailures metric.Int64Counter
+	backfillPages   metric.Int64Counter
+	lateUpdates     metric.Int64Counter
+	gapFills        metric.Int64Counter
+	gapFillSeconds  metric.Float64Histogram
+}
+
+// NewMetrics creates the instruments on the global meter provider.
+func NewMetrics() (*Metrics, error) {
+	m := &Metrics{meter: otel.Meter(MeterName)}
+	var err error
+	counters := []struct {
+		dst         *metric.Int64Counter
+		name, desc  string
+		unit        string
+	}{
+		{&m.candlesWritten, "vigil.feed.candles.written", "candle versions written to Redis and published (rate = candles/s)", "{candle}"},
+		{&m.malformedFrames, "vigil.feed.malformed", "malformed market data dropped, by kind", "{item}"},
+		{&m.publishFailures, "vigil.feed.publish.failures", "candle publishes JetStream did not acknowledge", "{message}"},
+		{&m.backfillPages, "vigil.feed.backfill.pages", "history pages fetched by backfill jobs and gap fills", "{page}"},
+		{&m.lateUpdates, "vigil.feed.late", "live updates for bars already closed (REST reconciles them)", "{update}"},
+		{&m.gapFills, "vigil.feed.gap_fills", "live-data gaps backfilled after a reconnect or sequence jump", "{gap}"},
+	}
+	for _, c := range counters {
+		if *c.dst, err = m.meter.Int64Counter(c.name, metric.WithDescription(c.desc), metric.WithUnit(c.unit)); err != nil {
+			return nil, err
+		}
+	}
+	if m.gapFillSeconds, err = m.meter.Float64Histogram("vigil.feed.gap_fill.duration", metric.WithDescription("reconnect to gap filled"), metric.WithUnit("s")); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Observe registers callbacks for counters kept elsewhere (REST requests and
+// 429s, stream frames), read at each collection.
+func (m *Metrics) Observe(name, desc string, read func() map[string]int64) error {
+	if m == nil {
+		return nil
+	}
+	_, err := m.meter.Int64ObservableCounter(name, metric.WithDescription(desc), metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+		for kind, v := range read() {
+			o.Observe(v, metric.WithAttributes(attribute.String("kind", kind)))
+		}
+		return nil
+	}))
+	return err
+}
+
+func (m *Metrics) written(ctx context.Context, n int) {
+	if m != nil && n > 0 {
+		m.candlesWritten.Add(ctx, int64(n))
+	}
+}
+
+func (m *Metrics) malformed(ctx context.Context, kind string) {
+	if m != nil {
+		m.malformedFrames.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
+	}
+}
+
+func (m *Metrics) publishFailed(ctx context.Context, n int) {
+	if m != nil {
+		m.publishFailures.Add(ctx, int64(n))
+	}
+}
+
+// BackfillPage counts one history page.
+func (m *Metrics) BackfillPage(ctx context.Context, job string) {
+	if m != nil {
+		m.backfillPages.Add(ctx, 1, metric.WithAttributes(attribute.String("job", job)))
+	}
+}
+
+func (m *Metrics) late(ctx context.Context) {
+	if m != nil {
+		m.lateUpdates.Add(ctx, 1)
+	}
+}
+
+func (m *Metrics) gapFilled(ctx context.Context, seconds float64) {
+	if m != nil {
+		m.gapFills.Add(ctx, 1)
+		m.gapFillSeconds.Record(ctx, seconds)
+	}
+}

@@ -1,0 +1,339 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/services/feed/internal/engine"
+)
+
+// reconvergeEvery re-checks every user's ownership and state even when no
+// change was seen (a missed watch update, a lost membership notification).
+const reconvergeEvery = 5 * time.Second
+
+// feed holds the users this instance knows and runs their jobs.
+type feed struct {
+	cfg     Config
+	log     *slog.Logger
+	js      jetstream.JetStream
+	writer  *engine.Writer
+	eng     *engine.Engine
+	metrics *engine.Metrics
+	group   *membership.Group
+
+	mu    sync.Mutex
+	users map[string]*user
+	jobID int
+}
+
+// user is one user's desired state and what this instance does for them.
+type user struct {
+	state contract.DesiredState
+	known bool // a desired state arrived (KV or verb)
+	// attached are the subscribers this instance has in the engine, by symbol.
+	attached map[string]engine.Subscriber
+	// diff is the symbol change of the latest state revision (apply's result).
+	diff symbolDiff
+	// fill is the gap fill started when the user last became active.
+	fill *fillJob
+	// jobs cancel the user's running gap fills and backfills.
+	jobs map[int]context.CancelFunc
+}
+
+type symbolDiff struct {
+	revision       int64
+	added, removed []string
+}
+
+// fillJob is a running or finished gap fill of some of a user's symbols.
+type fillJob struct {
+	done   chan struct{}
+	result map[string]map[contract.Timeframe]int
+	errs   []string
+}
+
+func newFeed(cfg Config, log *slog.Logger, js jetstream.JetStream, writer *engine.Writer, eng *engine.Engine, metrics *engine.Metrics) *feed {
+	return &feed{cfg: cfg, log: log, js: js, writer: writer, eng: eng, metrics: metrics, users: map[string]*user{}}
+}
+
+// userLocked returns the user of token, creating an unknown one.
+func (f *feed) userLocked(token string) *user {
+	u := f.users[token]
+	if u == nil {
+		u = &user{attached: map[string]engine.Subscriber{}, jobs: map[int]context.CancelFunc{}}
+		f.users[token] = u
+	}
+	return u
+}
+
+// validateState checks a desired state as the feed uses it.
+func validateState(token string, s contract.DesiredState) error {
+	if s.User != token {
+		return contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the user %q", s.User, token)}
+	}
+	if err := contract.ValidateID("state.user_id", s.UserID); err != nil {
+		return err
+	}
+	if err := contract.ValidateID("state.exchange_id", s.ExchangeID); err != nil {
+		return err
+	}
+	if s.Mode != "" {
+		if err := s.Mode.Validate(); err != nil {
+			return err
+		}
+	}
+	for i, sym := range s.Symbols {
+		if err := contract.ValidateSymbol(sym); err != nil {
+			return contract.FieldError{Field: fmt.Sprintf("state.symbols[%d]", i), Problem: err.Error()}
+		}
+	}
+	return nil
+}
+
+// setStateLocked records a new desired state and the symbol diff it makes.
+func (f *feed) setStateLocked(u *user, s contract.DesiredState) {
+	old := u.state.Symbols
+	if !u.known {
+		old = nil
+	}
+	added, removed := diffSymbols(old, s.Symbols)
+	if len(added) > 0 || len(removed) > 0 {
+		u.diff = symbolDiff{revision: s.Revision, added: added, removed: removed}
+	}
+	s.Symbols = uniqueSymbols(s.Symbols)
+	u.state, u.known = s, true
+}
+
+func uniqueSymbols(in []string) []string {
+	out := make([]string, 0, len(in))
+	for _, s := range in {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// diffSymbols lists the symbols of next not in prev and of prev not in next.
+func diffSymbols(prev, next []string) (added, removed []string) {
+	added, removed = []string{}, []string{}
+	for _, s := range next {
+		if !slices.Contains(prev, s) && !slices.Contains(added, s) {
+			added = append(added, s)
+		}
+	}
+	for _, s := range prev {
+		if !slices.Contains(next, s) && !slices.Contains(removed, s) {
+			removed = append(removed, s)
+		}
+	}
+	return added, removed
+}
+
+// owns reports whether this instance owns token.
+func (f *feed) owns(token string) bool { return f.group != nil && f.group.Owns(token) }
+
+// convergeLocked brings the engine in line with token's desired state and
+// ownership: attach or detach symbols, switch the book, start a gap fill
+// when the user becomes active or gains symbols, cancel jobs when the user
+// stops here.
+func (f *feed) convergeLocked(token string) {
+	u := f.users[token]
+	if u == nil {
+		return
+	}
+	want := u.known && !u.state.Paused && f.owns(token)
+	if !want {
+		f.stopLocked(token, u)
+		if !u.known {
+			delete(f.users, token)
+		}
+		return
+	}
+	wasActive := len(u.attached) > 0
+	book := u.state.Mode.UsesOrderBook()
+	var added []string
+	for sym, sub := range u.attached {
+		if !slices.Contains(u.state.Symbols, sym) || sub.UserID != u.state.UserID || sub.ExchangeID != u.state.ExchangeID {
+			f.eng.Detach(sub.User, sub.ExchangeID, sym)
+			delete(u.attached, sym)
+		}
+	}
+	for _, sym := range u.state.Symbols {
+		sub := engine.Subscriber{User: token, UserID: u.state.UserID, ExchangeID: u.state.ExchangeID, Symbol: sym, Book: book}
+		old, had := u.attached[sym]
+		if had && old == sub {
+			continue
+		}
+		if err := f.eng.Attach(sub); err != nil {
+			f.log.Warn("attach failed", "user", token, "symbol", sym, "err", err)
+			continue
+		}
+		u.attached[sym] = sub
+		if !had {
+			added = append(added, sym)
+		}
+	}
+	switch {
+	case !wasActive && len(u.attached) > 0:
+		u.fill = f.startFillLocked(token, u, u.state.Symbols)
+		f.log.Info("user started", "user", token, "symbols", u.state.Symbols, "mode", u.state.Mode)
+	case len(added) > 0:
+		f.startFillLocked(token, u, added)
+	}
+}
+
+// stopLocked detaches every symbol of the user and cancels their jobs.
+func (f *feed) stopLocked(token string, u *user) {
+	if len(u.attached) > 0 {
+		f.log.Info("user stopped", "user", token, "paused", u.state.Paused, "owner", f.owns(token))
+	}
+	for sym, sub := range u.attached {
+		f.eng.Detach(sub.User, sub.ExchangeID, sym)
+	}
+	clear(u.attached)
+	for id, cancel := range u.jobs {
+		cancel()
+		delete(u.jobs, id)
+	}
+}
+
+// stopAll stops every user (shutdown).
+func (f *feed) stopAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for token, u := range f.users {
+		f.stopLocked(token, u)
+	}
+}
+
+// addJobLocked registers a cancellable job of the user.
+func (f *feed) addJobLocked(u *user, parent context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(parent)
+	f.jobID++
+	id := f.jobID
+	u.jobs[id] = cancel
+	return ctx, func() {
+		cancel()
+		f.mu.Lock()
+		delete(u.jobs, id)
+		f.mu.Unlock()
+	}
+}
+
+// startFillLocked starts filling the gap of symbols since their last stored
+// candles, in the background.
+func (f *feed) startFillLocked(token string, u *user, symbols []string) *fillJob {
+	job := &fillJob{done: make(chan struct{})}
+	ctx, done := f.addJobLocked(u, context.Background())
+	subs := make([]engine.Subscriber, 0, len(symbols))
+	for _, sym := range symbols {
+		subs = append(subs, u.attached[sym])
+	}
+	go func() {
+		defer close(job.done)
+		defer done()
+		job.result, job.errs = f.fillGaps(ctx, subs)
+		if len(job.errs) > 0 {
+			f.log.Warn("gap fill incomplete", "user", token, "errors", job.errs)
+		}
+	}()
+	return job
+}
+
+// watch follows KV VIGIL_STATE and the membership until ctx ends, converging
+// every user on each change.
+func (f *feed) watch(ctx context.Context, js jetstream.JetStream) {
+	changes := f.group.Changes()
+	tick := time.NewTicker(reconvergeEvery)
+	defer tick.Stop()
+	for ctx.Err() == nil {
+		kv, err := js.KeyValue(ctx, contract.BucketState)
+		var w jetstream.KeyWatcher
+		if err == nil {
+			w, err = kv.Watch(ctx, "user.*")
+		}
+		if err != nil {
+			f.log.Warn("watching the desired state failed, retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+				continue
+			}
+		}
+		f.follow(ctx, w, changes, tick.C)
+		_ = w.Stop()
+	}
+}
+
+// follow handles one watcher's updates until it ends or ctx does.
+func (f *feed) follow(ctx context.Context, w jetstream.KeyWatcher, changes <-chan struct{}, tick <-chan time.Time) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e != nil {
+				f.onStateEntry(e)
+			}
+		case <-changes:
+			f.convergeAll()
+		case <-tick:
+			f.convergeAll()
+		}
+	}
+}
+
+// onStateEntry applies one KV update.
+func (f *feed) onStateEntry(e jetstream.KeyValueEntry) {
+	token, err := contract.UserFromStateKey(e.Key())
+	if err != nil {
+		f.log.Warn("ignoring desired state key", "key", e.Key(), "err", err)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		if u := f.users[token]; u != nil {
+			u.known = false
+			f.convergeLocked(token)
+		}
+		return
+	}
+	var s contract.DesiredState
+	if err := json.Unmarshal(e.Value(), &s); err != nil {
+		f.log.Warn("ignoring undecodable desired state", "user", token, "err", err)
+		return
+	}
+	if err := validateState(token, s); err != nil {
+		f.log.Warn("ignoring invalid desired state", "user", token, "err", err)
+		return
+	}
+	u := f.userLocked(token)
+	if u.known && s.UpdatedAt.Before(u.state.UpdatedAt) {
+		return // a verb already brought a newer state
+	}
+	f.setStateLocked(u, s)
+	f.convergeLocked(token)
+}
+
+// convergeAll converges every known user (membership changed).
+func (f *feed) convergeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for token := range f.users {
+		f.convergeLocked(token)
+	}
+}

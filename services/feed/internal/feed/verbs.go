@@ -1,0 +1,344 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/service"
+	"vigil.dev/services/feed/internal/engine"
+)
+
+// notOwner is every verb's answer from an instance that does not own the user.
+var notOwner = map[string]any{"owner": false}
+
+// ErrNoState means a verb that needs the user's desired state got none and
+// the instance knows none.
+var ErrNoState = errors.New("no desired state for the user")
+
+// register adds the control verbs.
+func (f *feed) register(svc *service.Service) error {
+	handlers := map[contract.Verb]service.Handler{
+		contract.VerbPause:    f.pause,
+		contract.VerbResume:   f.resume,
+		contract.VerbApply:    f.apply,
+		contract.VerbBackfill: f.backfill,
+	}
+	for _, verb := range []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbBackfill} {
+		if err := svc.Handle(verb, handlers[verb]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// takeStateLocked records req.State (validated) when present, or applies
+// change to the known state; it errors when neither gives a state.
+func (f *feed) takeStateLocked(req contract.SvcRequest, change func(*contract.DesiredState)) (*user, error) {
+	if err := contract.ValidateUserToken(req.User); err != nil {
+		return nil, err
+	}
+	u := f.userLocked(req.User)
+	switch {
+	case req.State != nil:
+		if err := validateState(req.User, *req.State); err != nil {
+			return nil, err
+		}
+		f.setStateLocked(u, *req.State)
+	case u.known:
+		s := u.state
+		change(&s)
+		f.setStateLocked(u, s)
+	default:
+		if change != nil {
+			return nil, fmt.Errorf("%w %q: the request has no state", ErrNoState, req.User)
+		}
+	}
+	return u, nil
+}
+
+// pause stops the user's symbols, boundary REST and jobs.
+func (f *feed) pause(_ context.Context, req contract.SvcRequest) (any, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u, err := f.takeStateLocked(req, func(s *contract.DesiredState) { s.Paused = true })
+	if errors.Is(err, ErrNoState) {
+		err = nil // nothing runs for an unknown user: paused already
+		u = f.userLocked(req.User)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !f.owns(req.User) {
+		f.convergeLocked(req.User)
+		return notOwner, nil
+	}
+	if req.State == nil {
+		u.state.Paused = true
+	}
+	f.convergeLocked(req.User)
+	return map[string]any{"owner": true, "paused": true, "symbols": u.state.Symbols}, nil
+}
+
+// resume resubscribes State.Symbols and answers once the gap since the last
+// stored candles is filled.
+func (f *feed) resume(ctx context.Context, req contract.SvcRequest) (any, error) {
+	f.mu.Lock()
+	u, err := f.takeStateLocked(req, func(s *contract.DesiredState) { s.Paused = false })
+	if err != nil {
+		f.mu.Unlock()
+		return nil, err
+	}
+	if !f.owns(req.User) {
+		f.convergeLocked(req.User)
+		f.mu.Unlock()
+		return notOwner, nil
+	}
+	if u.state.Paused {
+		f.mu.Unlock()
+		return nil, &contract.Error{Code: contract.CodeConflict, Message: "the desired state of " + req.User + " is paused"}
+	}
+	f.convergeLocked(req.User)
+	job, symbols := u.fill, slices.Clone(u.state.Symbols)
+	f.mu.Unlock()
+	out := map[string]any{"owner": true, "symbols": symbols, "gap_filled": map[string]any{}}
+	if job == nil {
+		return out, nil
+	}
+	select {
+	case <-job.done:
+	case <-ctx.Done():
+		return nil, &contract.Error{Code: contract.CodeTimeout, Message: "gap fill did not finish: " + ctx.Err().Error()}
+	}
+	out["gap_filled"] = job.result
+	if len(job.errs) > 0 {
+		out["gap_fill_errors"] = job.errs
+	}
+	return out, nil
+}
+
+// apply takes a new configuration revision: symbol diff and book channel.
+func (f *feed) apply(_ context.Context, req contract.SvcRequest) (any, error) {
+	if req.State == nil {
+		return nil, contract.FieldError{Field: "state", Problem: "is required"}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u, err := f.takeStateLocked(req, nil)
+	if err != nil {
+		return nil, err
+	}
+	f.convergeLocked(req.User)
+	if !f.owns(req.User) {
+		return notOwner, nil
+	}
+	added, removed := []string{}, []string{}
+	if u.diff.revision == req.State.Revision {
+		added, removed = u.diff.added, u.diff.removed
+	}
+	return map[string]any{"owner": true, "added": added, "removed": removed, "symbols": u.state.Symbols,
+		"book": u.state.Mode.UsesOrderBook() && !u.state.Paused, "paused": u.state.Paused}, nil
+}
+
+// backfill runs a backfill job for the owner: history pages of each
+// timeframe, versioned writes, a progress event per page.
+func (f *feed) backfill(ctx context.Context, req contract.SvcRequest) (any, error) {
+	args, err := contract.DecodeStrict[contract.BackfillArgs](orEmpty(req.Args))
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	if req.State != nil {
+		if _, err := f.takeStateLocked(req, nil); err != nil {
+			f.mu.Unlock()
+			return nil, err
+		}
+	}
+	if !f.owns(req.User) {
+		f.mu.Unlock()
+		return notOwner, nil
+	}
+	plan, err := f.planBackfill(req.User, args)
+	if err != nil {
+		f.mu.Unlock()
+		return nil, err
+	}
+	u := f.userLocked(req.User)
+	jobCtx, done := f.addJobLocked(u, ctx)
+	f.mu.Unlock()
+	defer done()
+	jobCtx, cancel := context.WithTimeout(jobCtx, f.cfg.BackfillMax)
+	defer cancel()
+	return f.runBackfill(jobCtx, req, plan)
+}
+
+func orEmpty(b json.RawMessage) []byte {
+	if len(b) == 0 {
+		return []byte("{}")
+	}
+	return b
+}
+
+// backfillPlan is a validated backfill: the series and the range per timeframe.
+type backfillPlan struct {
+	sub      engine.Subscriber
+	progress string
+	ranges   []tfRange
+	pages    int
+}
+
+type tfRange struct {
+	tf       contract.Timeframe
+	from, to time.Time
+}
+
+// planBackfill validates the args and computes the ranges and page count.
+func (f *feed) planBackfill(token string, a contract.BackfillArgs) (backfillPlan, error) {
+	var problems contract.FieldErrors
+	add := func(field, format string, args ...any) {
+		problems = append(problems, contract.FieldError{Field: field, Problem: fmt.Sprintf(format, args...)})
+	}
+	sub := engine.Subscriber{User: token, UserID: a.UserID, ExchangeID: a.ExchangeID, Symbol: a.Symbol}
+	if err := sub.Series(contract.TF1m).Validate(); err != nil {
+		var fes contract.FieldErrors
+		if errors.As(err, &fes) {
+			problems = append(problems, fes...)
+		} else {
+			add("args", "%v", err)
+		}
+	}
+	prefix := contract.ProgressSubject(token, "")
+	if !strings.HasPrefix(a.ProgressSubject, prefix) || strings.ContainsAny(a.ProgressSubject[min(len(prefix), len(a.ProgressSubject)):], "*> \t\r\n.") || len(a.ProgressSubject) == len(prefix) {
+		add("progress_subject", "%q is not %s<id>", a.ProgressSubject, prefix)
+	}
+	src := f.eng.Source()
+	tfs := a.Timeframes
+	if len(tfs) == 0 {
+		tfs = src.Caps().Timeframes
+	}
+	to := a.To
+	if to.IsZero() {
+		to = src.Now()
+	}
+	plan := backfillPlan{sub: sub, progress: a.ProgressSubject}
+	for i, tf := range tfs {
+		if err := tf.Validate(); err != nil {
+			add(fmt.Sprintf("timeframes[%d]", i), "%v", err)
+			continue
+		}
+		if !slices.Contains(src.Caps().Timeframes, tf) {
+			add(fmt.Sprintf("timeframes[%d]", i), "the %s source has no %s bars", src.Name(), tf)
+			continue
+		}
+		from := a.From
+		if from.IsZero() {
+			from = to.Add(-time.Duration(f.cfg.Retention) * tf.Duration())
+		}
+		if !from.Before(to) {
+			add("from", "%v is not before to %v", from, to)
+			break
+		}
+		bars := int(to.Sub(tf.BarStart(from))/tf.Duration()) + 1
+		if bars > contract.MaxBackfillBars {
+			add("from", "range is %d bars of %s, the limit is %d", bars, tf, contract.MaxBackfillBars)
+			continue
+		}
+		plan.ranges = append(plan.ranges, tfRange{tf: tf, from: from, to: to})
+		plan.pages += (bars + pageBars - 1) / pageBars
+	}
+	if len(problems) > 0 {
+		return plan, problems
+	}
+	return plan, nil
+}
+
+// runBackfill fetches, writes and reports every page of the plan.
+func (f *feed) runBackfill(ctx context.Context, req contract.SvcRequest, plan backfillPlan) (any, error) {
+	candles := map[contract.Timeframe]int{}
+	done := 0
+	for _, r := range plan.ranges {
+		candles[r.tf] = 0
+		err := f.pages(ctx, plan.sub, r.tf, r.from, r.to, "backfill", func(cs []contract.Candle, _ []bool) {
+			candles[r.tf] += len(cs)
+			done++
+			msg := fmt.Sprintf("%s %s %s", plan.sub.Symbol, r.tf, time.Now().UTC().Format(time.RFC3339))
+			if len(cs) > 0 {
+				msg = fmt.Sprintf("%s %s %s", plan.sub.Symbol, r.tf, cs[0].StartTime().Format(time.RFC3339))
+			}
+			f.publishProgress(ctx, plan.progress, contract.Progress{ID: req.CommandID, Done: min(done, plan.pages), Total: plan.pages, Unit: "pages", Message: msg})
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, &contract.Error{Code: contract.CodeTimeout, Message: fmt.Sprintf("backfill of %s cancelled after %d of %d pages: %v", plan.sub.Symbol, done, plan.pages, context.Cause(ctx))}
+			}
+			return nil, &contract.Error{Code: contract.CodeUnavailable, Message: fmt.Sprintf("backfill of %s %s: %v", plan.sub.Symbol, r.tf, err)}
+		}
+	}
+	return map[string]any{"owner": true, "symbol": plan.sub.Symbol, "candles": candles, "pages": done}, nil
+}
+
+// publishProgress publishes one progress event on JetStream; a failure is
+// logged, the job goes on.
+func (f *feed) publishProgress(ctx context.Context, subject string, p contract.Progress) {
+	data, err := json.Marshal(p)
+	if err == nil {
+		_, err = f.js.Publish(ctx, subject, data)
+	}
+	if err != nil && ctx.Err() == nil {
+		f.log.Warn("progress publish failed", "subject", subject, "err", err)
+	}
+}
+
+// status describes this instance: users, products, freshness, counters.
+func (f *feed) status(started time.Time) any {
+	f.mu.Lock()
+	products := f.eng.Products()
+	users := map[string]any{}
+	for token, u := range f.users {
+		fresh := map[string]any{}
+		for sym := range u.attached {
+			if p, ok := products[sym]; ok {
+				fresh[sym] = map[string]any{"lag_ms": p.LagMs, "last_trade": p.LastTrade, "last_candle": p.LastCandle, "last_book": p.LastBook, "syncing": p.Syncing}
+			}
+		}
+		entry := map[string]any{
+			"owner": f.owns(token), "active": len(u.attached) > 0, "paused": u.state.Paused, "mode": u.state.Mode,
+			"symbols": u.state.Symbols, "subscribed": sortedKeys(u.attached), "book": u.state.Mode.UsesOrderBook() && len(u.attached) > 0,
+			"revision": u.state.Revision, "jobs": len(u.jobs), "freshness": fresh,
+		}
+		if u.fill != nil {
+			select {
+			case <-u.fill.done:
+				entry["gap_filled"] = u.fill.result
+			default:
+				entry["gap_filling"] = true
+			}
+		}
+		users[token] = entry
+	}
+	var members []string
+	if f.group != nil {
+		members = f.group.Members()
+	}
+	f.mu.Unlock()
+	stats := f.eng.Stats()
+	return map[string]any{
+		"source": f.eng.Source().Name(), "started_at": started, "members": members, "users": users, "products": products,
+		"engine": stats, "last_gap_fill_ms": stats.LastGapFill.Milliseconds(), "max_gap_fill_ms": stats.MaxGapFill.Milliseconds(),
+		"source_status": f.eng.Source().Status(),
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
