@@ -405,12 +405,12 @@ func nextVersion(current, observed int64) int64 {
 // Engine itself.
 type sink struct{ e *Engine }
 
-func (s sink) Trade(t market.Trade)      { s.e.onTrade(t) }
-func (s sink) Candle(b market.Bar)       { s.e.onCandle(b) }
-func (s sink) Book(u market.BookUpdate)  { s.e.onBook(u) }
-func (s sink) Clock(now time.Time)       { s.e.onClock(now) }
-func (s sink) Gap(g market.Gap)          { s.e.onGap(g) }
-func (s sink) Malformed(err error)       { s.e.onMalformed("frame", err) }
+func (s sink) Trade(t market.Trade)     { s.e.onTrade(t) }
+func (s sink) Candle(b market.Bar)      { s.e.onCandle(b) }
+func (s sink) Book(u market.BookUpdate) { s.e.onBook(u) }
+func (s sink) Clock(now time.Time)      { s.e.onClock(now) }
+func (s sink) Gap(g market.Gap)         { s.e.onGap(g) }
+func (s sink) Malformed(err error)      { s.e.onMalformed("frame", err) }
 func (e *Engine) onMalformed(kind string, err error) {
 	e.mu.Lock()
 	e.stats.Malformed++

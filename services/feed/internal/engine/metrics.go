@@ -29,9 +29,9 @@ func NewMetrics() (*Metrics, error) {
 	m := &Metrics{meter: otel.Meter(MeterName)}
 	var err error
 	counters := []struct {
-		dst         *metric.Int64Counter
-		name, desc  string
-		unit        string
+		dst        *metric.Int64Counter
+		name, desc string
+		unit       string
 	}{
 		{&m.candlesWritten, "vigil.feed.candles.written", "candle versions written to Redis and published (rate = candles/s)", "{candle}"},
 		{&m.malformedFrames, "vigil.feed.malformed", "malformed market data dropped, by kind", "{item}"},

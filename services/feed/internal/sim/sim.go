@@ -70,9 +70,9 @@ type Sim struct {
 	cfg  Config
 	sink market.Sink
 
-	mu     sync.Mutex
-	refs   map[market.Channel]map[string]int
-	cursor time.Time // live trades up to here were emitted
+	mu         sync.Mutex
+	refs       map[market.Channel]map[string]int
+	cursor     time.Time // live trades up to here were emitted
 	tradeCount uint64
 	bookCount  uint64
 }
