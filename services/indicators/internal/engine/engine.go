@@ -63,10 +63,13 @@ type Owner interface {
 
 // Config is what an Engine needs.
 type Config struct {
-	Store    *redisstore.Store
-	JS       jetstream.JetStream
-	Owner    Owner
+	Store *redisstore.Store
+	JS    jetstream.JetStream
+	Owner Owner
+	// Instance is this instance's id in the membership (the micro
+	// service id); Name its configured name, shown in status.
 	Instance string
+	Name     string
 	Log      *slog.Logger
 }
 
@@ -77,6 +80,7 @@ type Engine struct {
 	js       jetstream.JetStream
 	owner    Owner
 	instance string
+	name     string
 	log      *slog.Logger
 	metrics  metrics
 
@@ -112,7 +116,7 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{store: cfg.Store, js: cfg.JS, owner: cfg.Owner, instance: cfg.Instance, log: cfg.Log, metrics: m,
+	return &Engine{store: cfg.Store, js: cfg.JS, owner: cfg.Owner, instance: cfg.Instance, name: cfg.Name, log: cfg.Log, metrics: m,
 		users: map[string]*user{}, series: map[contract.SeriesID]*series{}, books: map[contract.SeriesID]*book{}}, nil
 }
 

@@ -156,7 +156,10 @@ type UserStatus struct {
 
 // Status is the answer of the status verb.
 type Status struct {
+	// Instance is the instance id (as $SRV.PING reports it), Name its
+	// configured name; Members the live instances' ids.
 	Instance string   `json:"instance"`
+	Name     string   `json:"name"`
 	Members  []string `json:"members"`
 	// Series counts the series this instance runs, Warming those with an
 	// indicator still warming up.
@@ -170,7 +173,7 @@ type Status struct {
 func (e *Engine) Status(token string) Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := Status{Instance: e.instance, Members: e.owner.Members(), Users: map[string]UserStatus{}}
+	st := Status{Instance: e.instance, Name: e.name, Members: e.owner.Members(), Users: map[string]UserStatus{}}
 	for t, u := range e.users {
 		if token != "" && t != token {
 			continue

@@ -92,7 +92,7 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 		return err
 	}
 	svc.OnShutdown(members.Leave)
-	e, err := engine.New(engine.Config{Store: redisstore.New(rdb, cfg.Retention), JS: rt.JS, Owner: members, Instance: id, Log: rt.Log})
+	e, err := engine.New(engine.Config{Store: redisstore.New(rdb, cfg.Retention), JS: rt.JS, Owner: members, Instance: id, Name: rt.Instance, Log: rt.Log})
 	if err != nil {
 		return err
 	}

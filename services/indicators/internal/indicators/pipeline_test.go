@@ -1,0 +1,156 @@
+package indicators_test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/services/indicators/internal/engine"
+)
+
+// positionMonitor is the indicator set of position-monitor with the
+// default parameters.
+var positionMonitor = []string{"ema_20", "ema_50", "rsi_14", "macd_12_26_9", "atr_14", "bb_20_2"}
+
+// TestCandlesToIndicators feeds the whole reference data set like the feed
+// does (Redis first, then VIGIL_CANDLES), with in-progress updates before
+// some bars close and a corrected closed candle, and checks the values in
+// Redis and on NATS against go-talib.
+func TestCandlesToIndicators(t *testing.T) {
+	h := newHarness(t)
+	h.startInstance("solo")
+	h.waitMembers(1)
+	pm := contract.SeriesID{User: "tester", UserID: 7, ExchangeID: 3, Symbol: "BTC-USD", Timeframe: contract.TF1h}
+	mv := contract.SeriesID{User: "scalper", UserID: 8, ExchangeID: 4, Symbol: "ETH-USD", Timeframe: contract.TF1m}
+	h.putState(contract.DesiredState{User: pm.User, UserID: pm.UserID, ExchangeID: pm.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{pm.Symbol}})
+	h.putState(contract.DesiredState{User: mv.User, UserID: mv.UserID, ExchangeID: mv.ExchangeID, Mode: contract.ModeScalperMACDV, Symbols: []string{mv.Symbol}})
+	eventually(t, 10*time.Second, func() error {
+		return statusHasUsers(h.statuses(1)[0], pm.User, mv.User)
+	})
+
+	all := candles(t, pm, 5000, 1)
+	macdv := candles(t, mv, 300, 0.05)
+	const corrected = 1500 // this bar is corrected after the next one closed
+	var inProgress []int   // bars with in-progress updates before they close
+	for i := range all {
+		if i%97 == 50 {
+			inProgress = append(inProgress, i)
+			partial := all[i]
+			partial.Closed = false
+			partial.Close = (partial.Open + partial.Close) / 2
+			partial.High, partial.Low = max(partial.Open, partial.Close), min(partial.Open, partial.Close)
+			partial.Version -= 1_800_000_000 // half a bar earlier
+			h.feed(partial)
+		}
+		h.feed(all[i])
+		if i < len(macdv) {
+			h.feed(macdv[i])
+		}
+		if i == corrected+1 {
+			fixed := all[corrected]
+			fixed.Close *= 1.01
+			fixed.High = max(fixed.High, fixed.Close)
+			fixed.Version = all[corrected+1].Version + 1_000_000 // a REST reconcile after the next close
+			fixed.Source = "rest"
+			all[corrected] = fixed
+			h.feed(fixed)
+		}
+	}
+	last := all[len(all)-1]
+	h.waitUpdate(pm, last.Start, true)
+	h.waitUpdate(mv, macdv[len(macdv)-1].Start, true)
+
+	t.Run("stored values match go-talib", func(t *testing.T) {
+		for _, name := range positionMonitor {
+			worst := h.checkStored(pm, name, all)
+			t.Logf("%s: %d bars, largest scaled error %.3g", name, len(all), worst)
+		}
+		worst := h.checkStored(mv, "macdv_12_26_9", macdv)
+		t.Logf("macdv_12_26_9 (1m): %d bars, largest scaled error %.3g", len(macdv), worst)
+	})
+
+	t.Run("published values match go-talib", func(t *testing.T) {
+		for _, name := range positionMonitor {
+			want := oracle(t, name, all)
+			for i, c := range all {
+				if i == corrected || i < len(all)-50 && i%10 != 0 {
+					continue // the corrected bar is checked below; sample the rest
+				}
+				rs := h.received(func(r received) bool { return r.SeriesID == pm && r.Start == c.Start && r.Closed })
+				if len(rs) == 0 {
+					t.Fatalf("bar %d: no closed update published", i)
+				}
+				u := rs[len(rs)-1].IndicatorUpdate
+				if want[i] == nil {
+					if !slices.Contains(u.Warming, name) || u.Values[name] != nil {
+						t.Fatalf("bar %d: %s should be warming: %+v", i, name, u)
+					}
+					continue
+				}
+				if d := diff(u.Values[name], want[i]); d > relTolerance {
+					t.Fatalf("bar %d: %s published %v, go-talib %v", i, name, u.Values[name], want[i])
+				}
+				if u.Close != c.Close || u.Version < c.Version {
+					t.Fatalf("bar %d: close %v version %d, candle %v %d", i, u.Close, u.Version, c.Close, c.Version)
+				}
+			}
+		}
+	})
+
+	t.Run("in-progress updates", func(t *testing.T) {
+		for _, i := range inProgress {
+			rs := h.received(func(r received) bool { return r.SeriesID == pm && r.Start == all[i].Start && !r.Closed })
+			if len(rs) != 1 {
+				t.Fatalf("bar %d: %d in-progress updates, want 1", i, len(rs))
+			}
+			partial := slices.Clone(all[:i+1])
+			partial[i].Close = (all[i].Open + all[i].Close) / 2
+			partial[i].High, partial[i].Low = max(partial[i].Open, partial[i].Close), min(partial[i].Open, partial[i].Close)
+			for _, name := range []string{"ema_20", "rsi_14", "atr_14"} {
+				want := oracle(t, name, partial)[i]
+				got := rs[0].Values[name]
+				if want == nil {
+					continue
+				}
+				if d := diff(got, want); d > relTolerance {
+					t.Fatalf("bar %d in progress: %s %v, go-talib %v", i, name, got, want)
+				}
+			}
+			closed := h.received(func(r received) bool { return r.SeriesID == pm && r.Start == all[i].Start && r.Closed })
+			if len(closed) == 0 || closed[0].Version <= rs[0].Version {
+				t.Fatalf("bar %d: closed update must follow with a higher version", i)
+			}
+		}
+	})
+
+	t.Run("corrected candle", func(t *testing.T) {
+		// The correction republishes the bar and the one after it with
+		// values of the corrected data and a higher version.
+		for _, i := range []int{corrected, corrected + 1} {
+			rs := h.received(func(r received) bool { return r.SeriesID == pm && r.Start == all[i].Start && r.Closed })
+			if len(rs) != 2 {
+				t.Fatalf("bar %d: %d closed updates, want the original and the corrected", i, len(rs))
+			}
+			if rs[1].Version <= rs[0].Version {
+				t.Fatalf("bar %d: corrected version %d not above %d", i, rs[1].Version, rs[0].Version)
+			}
+			for _, name := range positionMonitor {
+				if d := diff(rs[1].Values[name], oracle(t, name, all)[i]); d > relTolerance {
+					t.Fatalf("bar %d: corrected %s %v differs from go-talib by %.3g", i, name, rs[1].Values[name], d)
+				}
+			}
+		}
+	})
+}
+
+// statusHasUsers checks that a status lists the users.
+func statusHasUsers(st engine.Status, users ...string) error {
+	for _, u := range users {
+		if _, ok := st.Users[u]; !ok {
+			return fmt.Errorf("status of %s does not list %s: %+v", st.Instance, u, st.Users)
+		}
+	}
+	return nil
+}
