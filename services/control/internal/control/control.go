@@ -2,16 +2,40 @@
 // plane: it takes the runtime commands on vigil.cmd.<user>.<command>, acks
 // them once durably recorded and runs each as an ordered sequence across the
 // instances of the other services.
+//
+// The parts: intake (validate, record, ACK), ledger (the durable queue in
+// Postgres command_log), executor (per-user queues on the owning instance,
+// background jobs, results), sequences (the six commands), fanout (one step
+// answered by every instance), desired (KV VIGIL_STATE) and directory
+// (user lookup).
 package control
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/redis/go-redis/v9"
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/service"
+	"vigil.dev/services/control/internal/desired"
+	"vigil.dev/services/control/internal/directory"
+	"vigil.dev/services/control/internal/executor"
+	"vigil.dev/services/control/internal/fanout"
+	"vigil.dev/services/control/internal/intake"
+	"vigil.dev/services/control/internal/ledger"
+	"vigil.dev/services/control/internal/sequences"
 )
 
 // Config is vigil-control's configuration.
@@ -20,14 +44,59 @@ type Config struct {
 	config.Service
 	config.Redis
 	config.Postgres
+	Settings
+}
+
+// Settings are control's own settings.
+type Settings struct {
+	QueueLimit      int           `env:"VIGIL_QUEUE_LIMIT" envDefault:"32" help:"queued commands per user; one more is rejected busy"`
+	StepTimeout     time.Duration `env:"VIGIL_STEP_TIMEOUT" envDefault:"5s" help:"how long a sequence step waits for every instance"`
+	BackfillTimeout time.Duration `env:"VIGIL_BACKFILL_TIMEOUT" envDefault:"10m" help:"how long force-backfill waits for the feed, per timeframe"`
+	BackfillBars    int           `env:"VIGIL_BACKFILL_BARS" envDefault:"1000" help:"force-backfill's default range, in bars of each timeframe"`
+	PingWait        time.Duration `env:"VIGIL_PING_WAIT" envDefault:"1s" help:"how long a step waits for the first $SRV.PING answer"`
+	PingStall       time.Duration `env:"VIGIL_PING_STALL" envDefault:"100ms" help:"a step stops discovering instances after this long without a new $SRV.PING answer"`
+	SweepInterval   time.Duration `env:"VIGIL_SWEEP_INTERVAL" envDefault:"2s" help:"how often the command log is searched for work of dead or silent instances"`
+	MaxJobs         int           `env:"VIGIL_MAX_JOBS_PER_USER" envDefault:"2" help:"force-backfill jobs running at once per user"`
+	MaxSymbols      int           `env:"VIGIL_MAX_SYMBOLS" envDefault:"50" help:"symbols per user"`
+	MaxRules        int           `env:"VIGIL_MAX_RULES" envDefault:"200" help:"alert rules per user"`
+	UserCacheTTL    time.Duration `env:"VIGIL_USER_CACHE_TTL" envDefault:"1m" help:"how long a user lookup is cached (reload-settings refreshes it)"`
+	MaxInFlight     int           `env:"VIGIL_MAX_INFLIGHT" envDefault:"64" help:"operator requests handled at once"`
+	Migrate         bool          `env:"VIGIL_DB_MIGRATE" envDefault:"true" help:"apply the database migrations at start"`
+	SeedStates      bool          `env:"VIGIL_SEED_STATES" envDefault:"true" help:"at start, write the initial desired state of every user that has none"`
+}
+
+// Validate checks control's settings.
+func (s Settings) Validate() error {
+	for _, v := range []struct {
+		name string
+		ok   bool
+	}{
+		{"VIGIL_QUEUE_LIMIT", s.QueueLimit > 0}, {"VIGIL_STEP_TIMEOUT", s.StepTimeout > 0},
+		{"VIGIL_BACKFILL_TIMEOUT", s.BackfillTimeout > 0},
+		{"VIGIL_BACKFILL_BARS", s.BackfillBars > 0 && s.BackfillBars <= contract.MaxBackfillBars},
+		{"VIGIL_PING_WAIT", s.PingWait > 0}, {"VIGIL_PING_STALL", s.PingStall > 0},
+		{"VIGIL_SWEEP_INTERVAL", s.SweepInterval > 0}, {"VIGIL_MAX_JOBS_PER_USER", s.MaxJobs > 0},
+		{"VIGIL_MAX_SYMBOLS", s.MaxSymbols > 0}, {"VIGIL_MAX_RULES", s.MaxRules > 0},
+		{"VIGIL_USER_CACHE_TTL", s.UserCacheTTL > 0}, {"VIGIL_MAX_INFLIGHT", s.MaxInFlight > 0},
+	} {
+		if !v.ok {
+			return fmt.Errorf("%s: must be positive (and VIGIL_BACKFILL_BARS at most %d)", v.name, contract.MaxBackfillBars)
+		}
+	}
+	return nil
+}
+
+// Limits are the contract limits of these settings.
+func (s Settings) Limits() contract.Limits {
+	return contract.Limits{MaxSymbols: s.MaxSymbols, MaxRules: s.MaxRules}
 }
 
 // Validate checks every part of the configuration.
 func (c Config) Validate() error {
-	return config.ValidateAll(c.NATS, c.Service, c.Redis, c.Postgres)
+	return config.ValidateAll(c.NATS, c.Service, c.Redis, c.Postgres, c.Settings)
 }
 
-// Run runs vigil-control until ctx ends.
+// Run runs vigil-control until ctx ends, then shuts down cleanly.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	var cfg Config
 	if err := config.Load(&cfg, contract.ServiceControl, "the operator's control plane", args, stdout); err != nil {
@@ -38,17 +107,162 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer rt.Close(context.Background())
-	started := time.Now()
-	svc, err := service.Start(rt.NC, service.Config{Svc: "", Name: contract.ServiceControl,
-		Description: "vigil control: the operator's control plane", Instance: rt.Instance}, rt.Log,
-		func(context.Context) any {
-			return map[string]any{"instance": rt.Instance, "started_at": started}
-		})
+	pool, err := db.NewPool(ctx, cfg.Postgres.URL)
 	if err != nil {
 		return err
 	}
-	rt.Log.Info("running", "id", svc.ID())
+	defer pool.Close()
+	if cfg.Migrate {
+		if err := db.Migrate(ctx, pool); err != nil {
+			return err
+		}
+	}
+	rdb, err := redisstore.NewClient(ctx, cfg.Redis.URL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	inst, err := Start(context.WithoutCancel(ctx), cfg.Settings, Deps{
+		NC: rt.NC, JS: rt.JS, Pool: pool, Redis: rdb, Log: rt.Log, Instance: rt.Instance,
+	})
+	if err != nil {
+		return err
+	}
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
-	return svc.Shutdown(cfg.ShutdownTimeout)
+	return inst.Shutdown(cfg.ShutdownTimeout)
+}
+
+// Deps are the connections an instance runs on.
+type Deps struct {
+	NC    *nats.Conn
+	JS    jetstream.JetStream
+	Pool  *pgxpool.Pool
+	Redis redis.UniversalClient
+	Log   *slog.Logger
+	// Instance is the configured instance name (metadata and logs).
+	Instance string
+	// Membership tunes this instance's heartbeats (defaults when zero).
+	Membership membership.Options
+	// ServiceTimeout is when another service's instance counts as dead
+	// after its last heartbeat (membership.DefaultTimeout when zero).
+	ServiceTimeout time.Duration
+}
+
+// Instance is a running vigil-control instance.
+type Instance struct {
+	svc     *service.Service
+	group   *membership.Group
+	members *fanout.Members
+	exec    *executor.Executor
+	ledger  *ledger.Ledger
+	log     *slog.Logger
+	started time.Time
+}
+
+// Start starts an instance on d: the micro service with the command and
+// status endpoints, membership, and the executor. It runs until Shutdown;
+// when ctx ends it stops at once without writing anything more, as if the
+// process had crashed (tests use this to kill an instance).
+func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
+	inst := &Instance{ledger: ledger.New(d.Pool), log: d.Log, started: time.Now().UTC()}
+	svc, err := service.Start(d.NC, service.Config{Name: contract.ServiceControl,
+		Description: "vigil control: the operator's control plane", Instance: d.Instance}, d.Log, nil)
+	if err != nil {
+		return nil, err
+	}
+	inst.svc = svc
+	fail := func(err error) (*Instance, error) {
+		return nil, errors.Join(err, svc.Shutdown(5*time.Second))
+	}
+	if inst.group, err = membership.Join(ctx, d.JS, contract.ServiceControl, svc.ID(), d.Membership); err != nil {
+		return fail(err)
+	}
+	svc.OnShutdown(inst.group.Leave)
+	if inst.members, err = fanout.WatchMembers(ctx, d.JS, d.ServiceTimeout); err != nil {
+		return fail(err)
+	}
+	svc.OnShutdown(func(context.Context) error { inst.members.Stop(); return nil })
+	states, err := desired.Open(ctx, d.JS)
+	if err != nil {
+		return fail(err)
+	}
+	users := directory.New(d.Pool, s.UserCacheTTL)
+	out := streams{js: d.JS}
+	runner := sequences.New(sequences.Deps{
+		Steps:    fanout.NewCaller(d.NC, inst.members, fanout.Options{PingWait: s.PingWait, PingStall: s.PingStall}),
+		States:   states,
+		Users:    users,
+		Cache:    redisstore.New(d.Redis, 0),
+		Progress: out,
+		Log:      d.Log,
+	}, sequences.Config{Limits: s.Limits(), StepTimeout: s.StepTimeout, BackfillTimeout: s.BackfillTimeout, BackfillBars: s.BackfillBars})
+	exec, err := executor.New(executor.Config{Limits: s.Limits(), MaxJobs: s.MaxJobs, MaxAttempts: 3, SweepInterval: s.SweepInterval},
+		inst.ledger, runner, inst.group, out, d.NC, d.Log)
+	if err != nil {
+		return fail(err)
+	}
+	inst.exec = exec
+	if err := exec.Start(ctx); err != nil {
+		return fail(err)
+	}
+	svc.OnShutdown(exec.Stop)
+	in, err := intake.New(intake.Config{Limits: s.Limits(), QueueLimit: s.QueueLimit, MaxInFlight: s.MaxInFlight}, inst.ledger, users, exec, d.Log)
+	if err != nil {
+		return fail(err)
+	}
+	if err := inst.registerMetrics(); err != nil {
+		return fail(err)
+	}
+	m := svc.Micro()
+	if err := m.AddEndpoint("command", micro.HandlerFunc(in.Handle),
+		micro.WithEndpointSubject(contract.CommandSubjects), micro.WithEndpointQueueGroup(contract.ServiceControl),
+		micro.WithEndpointMetadata(map[string]string{"description": "operator commands: pause, resume, reload-settings, switch-mode, force-backfill, clear-cache"})); err != nil {
+		return fail(fmt.Errorf("command endpoint: %w", err))
+	}
+	if err := m.AddEndpoint("status", micro.HandlerFunc(inst.status),
+		micro.WithEndpointSubject(StatusSubject), micro.WithEndpointQueueGroupDisabled()); err != nil {
+		return fail(fmt.Errorf("status endpoint: %w", err))
+	}
+	if err := d.NC.Flush(); err != nil {
+		return fail(fmt.Errorf("flush: %w", err))
+	}
+	if s.SeedStates {
+		go inst.seed(ctx, users, runner)
+	}
+	d.Log.Info("running", "id", svc.ID(), "members", inst.group.Members())
+	return inst, nil
+}
+
+// ID is the instance's micro service id, its name in membership and in
+// command_log.control_instance.
+func (i *Instance) ID() string { return i.svc.ID() }
+
+// Shutdown stops the instance cleanly within timeout: the endpoints stop,
+// running jobs go back to the queue, running commands finish (or fail when
+// the time is up), the instance leaves the group and the connection drains.
+func (i *Instance) Shutdown(timeout time.Duration) error {
+	return i.svc.Shutdown(timeout)
+}
+
+// seed writes the initial desired state of every user without one.
+func (i *Instance) seed(ctx context.Context, users *directory.Directory, runner *sequences.Runner) {
+	tokens, err := users.Tokens(ctx)
+	if err != nil {
+		i.log.Warn("desired states not seeded", "err", err)
+		return
+	}
+	for _, t := range tokens {
+		if contract.ValidateUserToken(t) != nil {
+			i.log.Warn("user token unusable in subjects; not seeded", "token", t)
+			continue
+		}
+		wrote, err := runner.Seed(ctx, t)
+		switch {
+		case err != nil:
+			i.log.Warn("desired state not seeded", "user", t, "err", err)
+		case wrote:
+			i.log.Info("desired state seeded from users.settings", "user", t)
+		}
+	}
 }

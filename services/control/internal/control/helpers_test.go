@@ -1,0 +1,381 @@
+package control_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/propagation"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/redisstore"
+	"vigil.dev/pkg/testenv"
+	"vigil.dev/services/control/internal/control"
+	"vigil.dev/services/control/internal/desired"
+	"vigil.dev/services/control/internal/testpeer"
+)
+
+// spans and metrics record what every test's instances emit.
+var (
+	spans   = tracetest.NewInMemoryExporter()
+	metrics = sdkmetric.NewManualReader()
+)
+
+func TestMain(m *testing.M) {
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans)))
+	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(metrics)))
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+	os.Exit(testenv.Run(m))
+}
+
+// waitTimeout bounds every wait for a condition.
+const waitTimeout = 20 * time.Second
+
+// validSettings is a users.settings document that validates.
+const validSettings = `{"mode":"position-monitor","symbols":["BTC-USD","ETH-USD"],
+ "indicators":{"ema":[20,50]},
+ "rules":{"position-monitor":[{"id":"r1","symbol":"BTC-USD","timeframe":"1h","kind":"threshold","indicator":"rsi_14","op":"above","value":70}]}}`
+
+// env is one test's world: its own NATS server, database and Redis
+// database, stand-ins for the three services, and control instances.
+type env struct {
+	t     *testing.T
+	url   string
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	pool  *pgxpool.Pool
+	rdb   *redis.Client
+	rec   *testpeer.Recorder
+	peers map[contract.Svc][]*testpeer.Peer
+	users map[string]user
+}
+
+type user struct{ id, exchange int64 }
+
+// newEnv starts the world with instances stand-ins of each service (the
+// first of each owns every user) and the users alice and bob.
+func newEnv(t *testing.T, instances int) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := testenv.StartNATS(t)
+	e := &env{t: t, url: srv.URL(), rec: &testpeer.Recorder{}, peers: map[contract.Svc][]*testpeer.Peer{}, users: map[string]user{}}
+	var err error
+	if e.nc, err = nats.Connect(e.url, nats.Name("test operator")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.nc.Close)
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		t.Fatal(err)
+	}
+	if err := natsx.EnsureStreams(ctx, e.js); err != nil {
+		t.Fatal(err)
+	}
+	e.pool = testenv.PostgresPool(t)
+	if e.rdb, err = redisstore.NewClient(ctx, testenv.Redis(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.rdb.Close() })
+	for _, token := range []string{"alice", "bob"} {
+		e.addUser(token, validSettings)
+	}
+	for _, svc := range []contract.Svc{contract.SvcFeed, contract.SvcIndicators, contract.SvcAlerts} {
+		for i := range instances {
+			e.peers[svc] = append(e.peers[svc], testpeer.Start(t, e.url, svc, e.rec, testpeer.Options{
+				Owner: i == 0, BackfillPages: 2,
+				GapFilled: map[string]map[string]int{"BTC-USD": {"1m": 3}},
+			}))
+		}
+	}
+	return e
+}
+
+func (e *env) addUser(token, settings string) user {
+	e.t.Helper()
+	uid, ex, err := db.NewUsers(e.pool).SeedUser(context.Background(), "test", token, json.RawMessage(settings), "coinbase")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.users[token] = user{uid, ex}
+	return e.users[token]
+}
+
+// testSettings are control settings for fast tests.
+func testSettings() control.Settings {
+	return control.Settings{
+		QueueLimit: 32, StepTimeout: 2 * time.Second, BackfillTimeout: 20 * time.Second, BackfillBars: 1000,
+		PingWait: 500 * time.Millisecond, PingStall: 50 * time.Millisecond, SweepInterval: 200 * time.Millisecond,
+		MaxJobs: 2, MaxSymbols: 50, MaxRules: 200, UserCacheTTL: time.Minute, MaxInFlight: 16,
+	}
+}
+
+// controlInstance is a control instance of a test.
+type controlInstance struct {
+	*control.Instance
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+// Kill stops the instance like a crash: its context ends and its
+// connection closes, nothing is written any more.
+func (c *controlInstance) Kill() {
+	c.once.Do(func() {
+		c.cancel()
+		c.nc.Close()
+	})
+}
+
+// startControl starts a control instance named name.
+func (e *env) startControl(name string, s control.Settings, serviceTimeout time.Duration) *controlInstance {
+	e.t.Helper()
+	nc, err := nats.Connect(e.url, nats.Name("vigil-control "+name))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	inst, err := control.Start(ctx, s, control.Deps{
+		NC: nc, JS: js, Pool: e.pool, Redis: e.rdb, Log: testLogger(e.t, name), Instance: name,
+		Membership:     membership.Options{Interval: 200 * time.Millisecond, Timeout: time.Second},
+		ServiceTimeout: serviceTimeout,
+	})
+	if err != nil {
+		cancel()
+		e.t.Fatal(err)
+	}
+	c := &controlInstance{Instance: inst, nc: nc, cancel: cancel}
+	e.t.Cleanup(func() {
+		c.once.Do(func() {
+			if err := inst.Shutdown(10 * time.Second); err != nil {
+				e.t.Errorf("shutdown %s: %v", name, err)
+			}
+			cancel()
+		})
+	})
+	return c
+}
+
+// testLogger logs into a buffer that is printed when the test fails.
+func testLogger(t *testing.T, name string) *slog.Logger {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("log of %s:\n%s", name, buf.String())
+			mu.Unlock()
+		}
+	})
+	return slog.New(slog.NewJSONHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type lockedWriter struct {
+	mu  *sync.Mutex
+	buf *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+// send sends a command and returns its ACK and the reply headers.
+func (e *env) send(token, command, body string, hdr nats.Header) (contract.Ack, nats.Header) {
+	e.t.Helper()
+	msg := &nats.Msg{Subject: "vigil.cmd." + token + "." + command, Data: []byte(body), Header: hdr}
+	resp, err := e.nc.RequestMsg(msg, 10*time.Second)
+	if err != nil {
+		e.t.Fatalf("request %s: %v", msg.Subject, err)
+	}
+	var ack contract.Ack
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		e.t.Fatalf("ack of %s is not JSON: %v: %s", msg.Subject, err, resp.Data)
+	}
+	return ack, resp.Header
+}
+
+// accept sends a command that must be accepted and returns its ACK.
+func (e *env) accept(token, command, body string) contract.Ack {
+	e.t.Helper()
+	ack, _ := e.send(token, command, body, nil)
+	if !ack.Accepted || ack.ID == "" {
+		e.t.Fatalf("%s %s %s: not accepted: %+v %+v", token, command, body, ack, ack.Error)
+	}
+	return ack
+}
+
+// result waits for the result of command id in VIGIL_RESULTS.
+func (e *env) result(token, id string) contract.Result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	stream, err := e.js.Stream(ctx, contract.StreamResults)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var r contract.Result
+	waitFor(e.t, "result of "+id, func() bool {
+		msg, err := stream.GetLastMsgForSubject(ctx, contract.ResultSubject(token, id))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false
+		}
+		if err != nil {
+			e.t.Fatalf("get result %s: %v", id, err)
+		}
+		if err := json.Unmarshal(msg.Data, &r); err != nil {
+			e.t.Fatalf("result %s is not JSON: %v", id, err)
+		}
+		return true
+	})
+	return r
+}
+
+// resultCount is how many results of user are in the stream.
+func (e *env) resultCount(token string) int {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := e.js.Stream(ctx, contract.StreamResults)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter("vigil.result."+token+".>"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n := 0
+	for _, c := range info.State.Subjects {
+		n += int(c)
+	}
+	return n
+}
+
+// progress returns the progress events of command id.
+func (e *env) progress(token, id string) []contract.Progress {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cons, err := e.js.OrderedConsumer(ctx, contract.StreamResults, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{contract.ProgressSubject(token, id)}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []contract.Progress
+	for {
+		msgs, err := cons.FetchNoWait(100)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		n := 0
+		for m := range msgs.Messages() {
+			n++
+			var p contract.Progress
+			if err := json.Unmarshal(m.Data(), &p); err != nil {
+				e.t.Fatal(err)
+			}
+			out = append(out, p)
+		}
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+// logRow is a command_log row.
+type logRow struct {
+	Status, Operator, Instance, Command string
+	Published                           bool
+	Started, Finished                   *time.Time
+}
+
+func (e *env) logRow(id string) (logRow, bool) {
+	e.t.Helper()
+	var r logRow
+	err := e.pool.QueryRow(context.Background(), `
+		SELECT status, operator, coalesce(control_instance, ''), command, published_at IS NOT NULL, started_at, finished_at
+		FROM command_log WHERE id = $1`, id).Scan(&r.Status, &r.Operator, &r.Instance, &r.Command, &r.Published, &r.Started, &r.Finished)
+	if err != nil {
+		return r, false
+	}
+	return r, true
+}
+
+// logCount counts command_log rows.
+func (e *env) logCount() int {
+	e.t.Helper()
+	var n int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM command_log`).Scan(&n); err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+// state reads the desired state of token.
+func (e *env) state(token string) desired.Entry {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := desired.Open(ctx, e.js)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	st, err := s.Get(ctx, token)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
+// waitFor polls cond until it holds or waitTimeout passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// callsOf returns the calls of command id for verb.
+func (e *env) callsOf(id string, verb contract.Verb) []testpeer.Call {
+	var out []testpeer.Call
+	for _, c := range e.rec.For(id) {
+		if c.Verb == verb {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// decode unmarshals a result object.
+func decode[T any](t *testing.T, raw json.RawMessage) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Fatalf("decode %s: %v", raw, err)
+	}
+	return v
+}

@@ -1,0 +1,139 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/services/control/internal/ledger"
+)
+
+// StatusSubject is the status verb of control, answered by every instance.
+const StatusSubject = "vigil.svc.control.status"
+
+// Status is one instance's answer on StatusSubject.
+type Status struct {
+	Instance  string    `json:"instance"`
+	StartedAt time.Time `json:"started_at"`
+	// Members are the live control instances.
+	Members []string `json:"members"`
+	// Users are the users with unfinished commands (all of them, or the
+	// one asked for), with the instance that owns each.
+	Users map[string]UserStatus `json:"users"`
+	// RunningHere are the command ids this instance runs, by user.
+	RunningHere map[string][]string `json:"running_here"`
+}
+
+// UserStatus is a user's queue.
+type UserStatus struct {
+	ledger.Depth
+	Owner string `json:"owner"`
+}
+
+// status answers StatusSubject with a contract.SvcReply whose result is a
+// Status; a request {"user":"alice"} narrows it to alice.
+func (i *Instance) status(r micro.Request) {
+	reply := contract.SvcReply{Service: contract.ServiceControl, Instance: i.ID(), OK: true}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := i.snapshot(ctx, r.Data())
+	if err == nil {
+		reply.Result, err = json.Marshal(st)
+	}
+	if err != nil {
+		reply.OK, reply.Error = false, contract.ErrorFrom(err, contract.CodeUnavailable)
+	}
+	if err := r.RespondJSON(reply); err != nil {
+		i.log.Warn("status reply failed", "err", err)
+	}
+}
+
+func (i *Instance) snapshot(ctx context.Context, body []byte) (Status, error) {
+	req := contract.SvcRequest{}
+	if len(body) > 0 {
+		var err error
+		if req, err = contract.DecodeStrict[contract.SvcRequest](body); err != nil {
+			return Status{}, err
+		}
+	}
+	depths, err := i.ledger.Depths(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{Instance: i.ID(), StartedAt: i.started, Members: i.group.Members(),
+		Users: map[string]UserStatus{}, RunningHere: i.exec.Running()}
+	for user, d := range depths {
+		if req.User == "" || req.User == user {
+			st.Users[user] = UserStatus{Depth: d, Owner: i.group.Owner(user)}
+		}
+	}
+	if req.User != "" {
+		if _, ok := st.Users[req.User]; !ok {
+			st.Users[req.User] = UserStatus{Owner: i.group.Owner(req.User)}
+		}
+	}
+	return st, nil
+}
+
+// registerMetrics reports the queue depth of the users this instance owns
+// (summed over the instances it is the whole queue).
+func (i *Instance) registerMetrics() error {
+	meter := otel.Meter("vigil.dev/services/control")
+	_, err := meter.Int64ObservableGauge("vigil.control.queue.depth",
+		metric.WithDescription("queued commands of the users this instance owns"),
+		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
+			depths, err := i.ledger.Depths(ctx)
+			if err != nil {
+				return err
+			}
+			queued := 0
+			for user, d := range depths {
+				if i.group.Owns(user) {
+					queued += d.Queued
+				}
+			}
+			o.Observe(int64(queued))
+			return nil
+		}))
+	if err != nil {
+		return fmt.Errorf("queue depth metric: %w", err)
+	}
+	return nil
+}
+
+// streams publishes results and progress events to VIGIL_RESULTS.
+type streams struct {
+	js jetstream.JetStream
+}
+
+// PublishResult publishes r on vigil.result.<user>.<id> with Nats-Msg-Id =
+// the command id, so a republished result is dropped as a duplicate.
+func (s streams) PublishResult(ctx context.Context, r contract.Result) error {
+	return s.publish(ctx, contract.ResultSubject(r.User, r.ID), r.ID, r)
+}
+
+// PublishProgress publishes p on vigil.progress.<user>.<id>.
+func (s streams) PublishProgress(ctx context.Context, user string, p contract.Progress) error {
+	return s.publish(ctx, contract.ProgressSubject(user, p.ID), fmt.Sprintf("%s:control:%d", p.ID, p.Done), p)
+}
+
+func (s streams) publish(ctx context.Context, subject, msgID string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", subject, err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = b
+	msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}

@@ -1,0 +1,530 @@
+// Package executor works through the users' command queues: the instance
+// that owns a user (membership group vigil-control, key user token) claims
+// the user's commands from the ledger one at a time, highest priority first,
+// runs each as a sequence and records and publishes its result. Background
+// jobs (force-backfill) are claimed from the same queue but run beside it.
+//
+// Owners learn about new work from a core NATS notification on
+// vigil.ctl.wake.<user> (sent by the instance that recorded a command, and
+// after every finished command), from a periodic sweep of the ledger, and
+// from membership changes. A pause cancels the user's jobs on every
+// instance with vigil.ctl.cancel.<user>.
+//
+// Crash semantics: when the context given to Start ends, the executor stops
+// at once and writes nothing more, like a crashed process; its running
+// commands are then failed (jobs re-run) by the user's next owner. Stop is
+// the clean shutdown: it requeues running jobs, lets the running commands
+// finish until its context ends, then fails them.
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/telemetry"
+	"vigil.dev/services/control/internal/ledger"
+	"vigil.dev/services/control/internal/sequences"
+)
+
+// Internal subjects between control instances.
+const (
+	// WakeSubjects tells a user's owner that the user has work:
+	// vigil.ctl.wake.<user>, no body.
+	WakeSubjects = "vigil.ctl.wake.*"
+	// CancelSubjects cancels a user's background jobs on every instance:
+	// vigil.ctl.cancel.<user>, body = the id of the pause.
+	CancelSubjects = "vigil.ctl.cancel.*"
+)
+
+// WakeSubject is vigil.ctl.wake.<user>.
+func WakeSubject(user string) string { return "vigil.ctl.wake." + user }
+
+// CancelSubject is vigil.ctl.cancel.<user>.
+func CancelSubject(user string) string { return "vigil.ctl.cancel." + user }
+
+// errShutdown is the cancel cause of commands stopped by a clean shutdown.
+var errShutdown = errors.New("control instance is shutting down")
+
+// Ledger is the durable command queue (ledger.Ledger).
+type Ledger interface {
+	Claim(ctx context.Context, user string, opts ledger.ClaimOptions) (ledger.Claimed, error)
+	Finish(ctx context.Context, id, self string, o ledger.Outcome) (contract.Result, bool, error)
+	FinishQueued(ctx context.Context, user string, cmd contract.Command, beforeSeq int64, o ledger.Outcome) ([]contract.Result, error)
+	Requeue(ctx context.Context, id, self string) error
+	Unpublished(ctx context.Context, user string) ([]contract.Result, error)
+	MarkPublished(ctx context.Context, id string) error
+	UsersWithWork(ctx context.Context) ([]string, error)
+}
+
+// Runner runs one command (sequences.Runner).
+type Runner interface {
+	Run(ctx context.Context, cmd sequences.Command) sequences.Outcome
+}
+
+// Membership is this instance's view of the live control instances
+// (membership.Group).
+type Membership interface {
+	Self() string
+	Owns(key string) bool
+	Members() []string
+	Changes() <-chan struct{}
+}
+
+// Publisher publishes results.
+type Publisher interface {
+	PublishResult(ctx context.Context, r contract.Result) error
+}
+
+// Config tunes the executor.
+type Config struct {
+	Limits contract.Limits
+	// MaxJobs bounds a user's concurrently running background jobs.
+	MaxJobs int
+	// MaxAttempts bounds how often a job orphaned by a dead executor runs.
+	MaxAttempts int
+	// SweepInterval is how often the ledger is searched for work.
+	SweepInterval time.Duration
+}
+
+// Executor runs the queues of the users this instance owns.
+type Executor struct {
+	cfg     Config
+	ledger  Ledger
+	runner  Runner
+	members Membership
+	pub     Publisher
+	nc      *nats.Conn
+	log     *slog.Logger
+	tracer  trace.Tracer
+	latency metric.Float64Histogram
+
+	ctx  context.Context // ends on a crash
+	wg   sync.WaitGroup
+	subs []*nats.Subscription
+
+	mu       sync.Mutex
+	loops    map[string]bool // user → kicked again while its loop runs
+	tasks    map[string]*task
+	stopping bool
+}
+
+// task is a command this instance runs.
+type task struct {
+	entry  ledger.Entry
+	cancel context.CancelCauseFunc
+}
+
+// New returns an executor; Start starts it.
+func New(cfg Config, l Ledger, r Runner, m Membership, pub Publisher, nc *nats.Conn, log *slog.Logger) (*Executor, error) {
+	latency, err := otel.Meter("vigil.dev/services/control").Float64Histogram("vigil.control.command.duration",
+		metric.WithUnit("s"), metric.WithDescription("time from a command's ACK to its result, by command and status"))
+	if err != nil {
+		return nil, fmt.Errorf("executor: metric: %w", err)
+	}
+	return &Executor{cfg: cfg, ledger: l, runner: r, members: m, pub: pub, nc: nc, log: log,
+		tracer: otel.Tracer("vigil.dev/services/control/executor"), latency: latency,
+		loops: map[string]bool{}, tasks: map[string]*task{}}, nil
+}
+
+// Start subscribes to the internal subjects and starts the sweeps. The
+// executor runs until Stop, or stops at once (crash) when ctx ends.
+func (e *Executor) Start(ctx context.Context) error {
+	e.ctx = ctx
+	wake, err := e.nc.Subscribe(WakeSubjects, func(m *nats.Msg) {
+		if user, ok := userOf(m.Subject); ok {
+			e.Kick(user)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("executor: subscribe %s: %w", WakeSubjects, err)
+	}
+	cancel, err := e.nc.Subscribe(CancelSubjects, func(m *nats.Msg) {
+		if user, ok := userOf(m.Subject); ok {
+			e.cancelLocalJobs(user, &sequences.CancelledError{By: string(m.Data)})
+		}
+	})
+	if err != nil {
+		_ = wake.Unsubscribe()
+		return fmt.Errorf("executor: subscribe %s: %w", CancelSubjects, err)
+	}
+	e.subs = []*nats.Subscription{wake, cancel}
+	if err := e.nc.Flush(); err != nil {
+		return fmt.Errorf("executor: flush: %w", err)
+	}
+	e.wg.Add(1)
+	go e.sweeper()
+	return nil
+}
+
+func userOf(subject string) (string, bool) {
+	i := strings.LastIndexByte(subject, '.')
+	user := subject[i+1:]
+	return user, contract.ValidateUserToken(user) == nil
+}
+
+// Notify tells the owner of user (maybe this instance) that it has work.
+func (e *Executor) Notify(user string) {
+	if err := e.nc.Publish(WakeSubject(user), nil); err != nil {
+		e.log.Warn("wake not sent; the sweep will find the work", "user", user, "err", err)
+	}
+}
+
+func (e *Executor) sweeper() {
+	defer e.wg.Done()
+	tick := time.NewTicker(e.cfg.SweepInterval)
+	defer tick.Stop()
+	changes := e.members.Changes()
+	for {
+		e.sweep()
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-tick.C:
+		case <-changes:
+		}
+		if e.isStopping() {
+			return
+		}
+	}
+}
+
+// sweep kicks every owned user with work in the ledger.
+func (e *Executor) sweep() {
+	users, err := e.ledger.UsersWithWork(e.ctx)
+	if err != nil {
+		if e.ctx.Err() == nil {
+			e.log.Warn("sweep failed", "err", err)
+		}
+		return
+	}
+	for _, u := range users {
+		e.Kick(u)
+	}
+}
+
+func (e *Executor) isStopping() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stopping || e.ctx.Err() != nil
+}
+
+// Kick makes sure the queue of user runs here if this instance owns it.
+func (e *Executor) Kick(user string) {
+	if !e.members.Owns(user) {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopping || e.ctx.Err() != nil {
+		return
+	}
+	_, running := e.loops[user]
+	e.loops[user] = true
+	if !running {
+		e.wg.Add(1)
+		go e.loop(user)
+	}
+}
+
+// loop drains user's queue until no kick came in meanwhile.
+func (e *Executor) loop(user string) {
+	defer e.wg.Done()
+	for {
+		e.mu.Lock()
+		if !e.loops[user] || e.stopping || e.ctx.Err() != nil {
+			delete(e.loops, user)
+			e.mu.Unlock()
+			return
+		}
+		e.loops[user] = false
+		e.mu.Unlock()
+		e.drain(user)
+	}
+}
+
+// drain publishes user's pending results, then claims and runs commands
+// while this instance owns the user.
+func (e *Executor) drain(user string) {
+	pending, err := e.ledger.Unpublished(e.ctx, user)
+	if err != nil {
+		e.logErr("unpublished results not read", err, "user", user)
+	}
+	for _, r := range pending {
+		e.publish(r)
+	}
+	for !e.isStopping() {
+		if !e.members.Owns(user) {
+			e.Notify(user) // the new owner takes over
+			return
+		}
+		c, err := e.ledger.Claim(e.ctx, user, ledger.ClaimOptions{
+			Self: e.members.Self(), Alive: e.alive, MaxJobs: e.cfg.MaxJobs, MaxAttempts: e.cfg.MaxAttempts,
+			OrphanError: func(en ledger.Entry) contract.Error {
+				return contract.Error{Code: contract.CodeUnavailable, Message: fmt.Sprintf(
+					"executor %s died while running the command; its outcome is unknown (the desired state converges), send it again to confirm", en.Instance)}
+			},
+		})
+		if err != nil {
+			e.logErr("claim failed; the sweep retries", err, "user", user)
+			return
+		}
+		for _, r := range c.Orphans {
+			e.log.Warn("failed the command of a dead executor", "user", user, "id", r.ID)
+			e.publish(r)
+		}
+		for _, id := range c.Requeued {
+			e.log.Warn("requeued the job of a dead executor", "user", user, "id", id)
+		}
+		if c.Next == nil {
+			return
+		}
+		if c.Next.IsJob() {
+			e.startJob(*c.Next)
+			continue
+		}
+		e.execute(*c.Next)
+	}
+}
+
+// alive reports whether the executor of running command id lives: for this
+// instance, whether it runs the command; for others, membership.
+func (e *Executor) alive(instance, id string) bool {
+	if instance == e.members.Self() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		_, ok := e.tasks[id]
+		return ok
+	}
+	return slices.Contains(e.members.Members(), instance)
+}
+
+// execute runs a queued command to its end here. A pause first cancels
+// the user's background jobs.
+func (e *Executor) execute(en ledger.Entry) {
+	ctx, t := e.register(en)
+	if en.Command == contract.CmdPause {
+		if err := e.cancelJobs(ctx, en); err != nil {
+			e.logErr("queued jobs not cancelled; the pause goes on", err, "user", en.User, "id", en.ID)
+		}
+	}
+	out, traceID := e.run(ctx, en)
+	if errors.Is(context.Cause(ctx), errShutdown) {
+		out = sequences.Outcome{Status: contract.StatusFailed, Steps: out.Steps, Error: &contract.Error{Code: contract.CodeUnavailable,
+			Message: fmt.Sprintf("control instance %s shut down during the command; send it again to confirm", e.members.Self())}}
+	}
+	e.finish(t, out, traceID)
+}
+
+// startJob runs a background job beside the queue.
+func (e *Executor) startJob(en ledger.Entry) {
+	ctx, t := e.register(en)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		out, traceID := e.run(ctx, en)
+		if errors.Is(context.Cause(ctx), errShutdown) && e.ctx.Err() == nil {
+			if err := e.ledger.Requeue(e.ctx, en.ID, e.members.Self()); err != nil {
+				e.logErr("job not requeued; the next owner re-runs it", err, "id", en.ID)
+			}
+			e.unregister(t)
+			e.Notify(en.User)
+			return
+		}
+		e.finish(t, out, traceID)
+	}()
+}
+
+func (e *Executor) register(en ledger.Entry) (context.Context, *task) {
+	ctx, cancel := context.WithCancelCause(e.ctx)
+	t := &task{entry: en, cancel: cancel}
+	e.mu.Lock()
+	e.tasks[en.ID] = t
+	e.mu.Unlock()
+	return ctx, t
+}
+
+func (e *Executor) unregister(t *task) {
+	t.cancel(nil)
+	e.mu.Lock()
+	delete(e.tasks, t.entry.ID)
+	e.mu.Unlock()
+}
+
+// run decodes and runs en as one trace, continuing the accepting span's,
+// and returns the outcome and the trace id.
+func (e *Executor) run(ctx context.Context, en ledger.Entry) (sequences.Outcome, string) {
+	ctx = otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier{"traceparent": en.TraceParent})
+	ctx, span := e.tracer.Start(ctx, "vigil-control "+string(en.Command), trace.WithAttributes(
+		attribute.String("vigil.user", en.User), attribute.String("vigil.command", string(en.Command)),
+		attribute.String("vigil.command_id", en.ID), attribute.Int("vigil.attempt", en.Attempts)))
+	defer span.End()
+	log := e.log.With("user", en.User, "command", en.Command, "id", en.ID)
+	log.InfoContext(ctx, "command started", "attempt", en.Attempts)
+	var out sequences.Outcome
+	payload, err := contract.DecodePayload(en.Command, en.Payload, e.cfg.Limits)
+	if err != nil {
+		out = sequences.Outcome{Status: contract.StatusFailed, Error: contract.ErrorFrom(err, contract.CodeInvalidPayload)}
+	} else {
+		out = e.runner.Run(ctx, sequences.Command{ID: en.ID, User: en.User, Name: en.Command, Payload: payload})
+	}
+	span.SetAttributes(attribute.String("vigil.status", string(out.Status)))
+	if out.Error != nil {
+		span.SetStatus(codes.Error, out.Error.Message)
+		log.WarnContext(ctx, "command ended", "status", out.Status, "code", out.Error.Code, "err", out.Error.Message)
+	} else {
+		log.InfoContext(ctx, "command ended", "status", out.Status)
+	}
+	return out, telemetry.TraceID(ctx)
+}
+
+// finish records the outcome (retrying until the ledger answers or the
+// executor crashes) and publishes the result.
+func (e *Executor) finish(t *task, out sequences.Outcome, traceID string) {
+	defer func() {
+		e.unregister(t)
+		if e.ctx.Err() == nil {
+			e.Notify(t.entry.User)
+		}
+	}()
+	lo := ledger.Outcome{Status: out.Status, Error: out.Error, Steps: out.Steps, TraceID: traceID}
+	if out.Result != nil {
+		b, err := json.Marshal(out.Result)
+		if err != nil {
+			lo.Status, lo.Error = contract.StatusFailed, &contract.Error{Code: contract.CodeInternal, Message: "result not encodable: " + err.Error()}
+		}
+		lo.Result = b
+	}
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		res, ok, err := e.ledger.Finish(e.ctx, t.entry.ID, e.members.Self(), lo)
+		if err == nil {
+			if !ok {
+				e.log.Warn("result dropped: another instance finished the command (this one was taken for dead)", "id", t.entry.ID)
+				return
+			}
+			e.latency.Record(e.ctx, res.FinishedAt.Sub(res.AcceptedAt).Seconds(), metric.WithAttributes(
+				attribute.String("command", string(res.Command)), attribute.String("status", string(res.Status))))
+			e.publish(res)
+			return
+		}
+		if e.ctx.Err() != nil {
+			return
+		}
+		e.log.Error("result not recorded; retrying", "id", t.entry.ID, "err", err)
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// publish publishes a recorded result and marks it published; a failure
+// leaves it to the next drain of the user.
+func (e *Executor) publish(r contract.Result) {
+	if err := e.pub.PublishResult(e.ctx, r); err != nil {
+		e.logErr("result not published; retried later", err, "id", r.ID)
+		return
+	}
+	if err := e.ledger.MarkPublished(e.ctx, r.ID); err != nil {
+		e.logErr("result not marked published; it is published again later", err, "id", r.ID)
+	}
+}
+
+func (e *Executor) logErr(msg string, err error, args ...any) {
+	if e.ctx.Err() == nil {
+		e.log.Warn(msg, append(args, "err", err)...)
+	}
+}
+
+// cancelJobs cancels the user's background jobs for pause: the running ones
+// on every instance, and the queued ones accepted before the pause.
+func (e *Executor) cancelJobs(ctx context.Context, pause ledger.Entry) error {
+	e.cancelLocalJobs(pause.User, &sequences.CancelledError{By: pause.ID})
+	if err := e.nc.Publish(CancelSubject(pause.User), []byte(pause.ID)); err != nil {
+		return fmt.Errorf("executor: cancel jobs of %s: %w", pause.User, err)
+	}
+	result, _ := json.Marshal(map[string]any{"backfilled": false, "cancelled_by": pause.ID})
+	results, err := e.ledger.FinishQueued(ctx, pause.User, contract.CmdForceBackfill, pause.Seq,
+		ledger.Outcome{Status: contract.StatusCancelled, Result: result})
+	if err != nil {
+		return err
+	}
+	for _, r := range results {
+		e.publish(r)
+	}
+	return nil
+}
+
+func (e *Executor) cancelLocalJobs(user string, cause error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, t := range e.tasks {
+		if t.entry.User == user && t.entry.IsJob() {
+			t.cancel(cause)
+		}
+	}
+}
+
+// Running lists the ids of the commands and jobs this instance runs.
+func (e *Executor) Running() map[string][]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string][]string{}
+	for id, t := range e.tasks {
+		out[t.entry.User] = append(out[t.entry.User], id)
+	}
+	return out
+}
+
+// Stop shuts down cleanly: no new claims, running jobs go back to the queue
+// for the next owner, running commands may finish until ctx ends and are
+// then failed.
+func (e *Executor) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	e.stopping = true
+	for _, t := range e.tasks {
+		if t.entry.IsJob() {
+			t.cancel(errShutdown)
+		}
+	}
+	e.mu.Unlock()
+	for _, s := range e.subs {
+		_ = s.Unsubscribe()
+	}
+	done := make(chan struct{})
+	go func() {
+		e.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	e.mu.Lock()
+	for _, t := range e.tasks {
+		t.cancel(errShutdown)
+	}
+	e.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(2 * time.Second):
+		return fmt.Errorf("executor: commands still running at shutdown: %w", ctx.Err())
+	}
+}

@@ -1,0 +1,281 @@
+// Package intake answers the operator's requests on
+// vigil.cmd.<user>.<command>: it validates the subject, the payload and the
+// user first, records the command durably (ledger) and only then replies
+// with the ACK, and finally wakes the user's executor. Rejected requests
+// get an ACK with accepted:false plus the micro service error headers, and
+// nothing is recorded.
+package intake
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/oklog/ulid/v2"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/telemetry"
+	"vigil.dev/services/control/internal/directory"
+	"vigil.dev/services/control/internal/ledger"
+)
+
+// Request headers read by the intake.
+const (
+	// MsgIDHeader makes a request idempotent (as in JetStream).
+	MsgIDHeader = "Nats-Msg-Id"
+	// OperatorHeader names the operator for the audit log when the server
+	// does not (Nats-Request-Info).
+	OperatorHeader = "Vigil-Operator"
+	// RequestInfoHeader is set by nats-server on requests that cross
+	// accounts through a service import; its "user" names the sender.
+	RequestInfoHeader = "Nats-Request-Info"
+)
+
+// requestTimeout bounds the work of answering one request.
+const requestTimeout = 10 * time.Second
+
+// maxOperatorLen bounds the recorded operator name.
+const maxOperatorLen = 128
+
+// Recorder stores accepted commands (ledger.Ledger).
+type Recorder interface {
+	Record(ctx context.Context, e ledger.Entry, queueLimit int) (contract.Ack, bool, error)
+}
+
+// Users resolves user tokens (directory.Directory).
+type Users interface {
+	Lookup(ctx context.Context, token string) (directory.User, error)
+}
+
+// Notifier wakes a user's executor.
+type Notifier interface {
+	Notify(user string)
+}
+
+// Config tunes the intake.
+type Config struct {
+	Limits contract.Limits
+	// QueueLimit bounds a user's queued commands.
+	QueueLimit int
+	// MaxInFlight bounds the requests handled at once.
+	MaxInFlight int
+}
+
+// Intake is the handler of vigil.cmd.*.*.
+type Intake struct {
+	cfg      Config
+	rec      Recorder
+	users    Users
+	notify   Notifier
+	log      *slog.Logger
+	tracer   trace.Tracer
+	rejected metric.Int64Counter
+	slots    chan struct{}
+}
+
+// New returns the intake.
+func New(cfg Config, rec Recorder, users Users, notify Notifier, log *slog.Logger) (*Intake, error) {
+	rejected, err := otel.Meter("vigil.dev/services/control").Int64Counter("vigil.control.commands.rejected",
+		metric.WithDescription("commands rejected before they were queued, by error code"))
+	if err != nil {
+		return nil, fmt.Errorf("intake: metric: %w", err)
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1
+	}
+	return &Intake{cfg: cfg, rec: rec, users: users, notify: notify, log: log,
+		tracer: otel.Tracer("vigil.dev/services/control/intake"), rejected: rejected,
+		slots: make(chan struct{}, cfg.MaxInFlight)}, nil
+}
+
+// Handle implements micro.Handler: each request is answered on its own
+// goroutine, at most MaxInFlight at once.
+func (in *Intake) Handle(r micro.Request) {
+	in.slots <- struct{}{}
+	go func() {
+		defer func() { <-in.slots }()
+		in.serve(r)
+	}()
+}
+
+func (in *Intake) serve(r micro.Request) {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	ctx = telemetry.Extract(ctx, nats.Header(r.Headers()))
+	ctx, span := in.tracer.Start(ctx, "vigil.cmd accept", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("messaging.destination.name", r.Subject())))
+	defer span.End()
+	ack, err := in.accept(ctx, r)
+	span.SetAttributes(attribute.String("vigil.command_id", ack.ID), attribute.String("vigil.user", ack.User),
+		attribute.String("vigil.command", string(ack.Command)), attribute.Bool("vigil.accepted", ack.Accepted))
+	if err != nil {
+		ack.Accepted, ack.Position = false, 0
+		ack.Error = errorOf(err)
+		span.SetStatus(codes.Error, err.Error())
+		in.rejected.Add(ctx, 1, metric.WithAttributes(attribute.String("code", string(ack.Error.Code))))
+		in.log.InfoContext(ctx, "command rejected", "subject", r.Subject(), "id", ack.ID, "code", ack.Error.Code, "err", ack.Error.Message)
+		body, _ := json.Marshal(ack)
+		if err := r.Error(microCode(ack.Error.Code), headerText(string(ack.Error.Code)+": "+ack.Error.Message), body); err != nil {
+			in.log.WarnContext(ctx, "reply failed", "subject", r.Subject(), "err", err)
+		}
+		return
+	}
+	if err := r.RespondJSON(ack); err != nil {
+		in.log.WarnContext(ctx, "reply failed; the command is recorded and runs", "id", ack.ID, "err", err)
+	}
+	in.notify.Notify(ack.User)
+}
+
+// errNotYourExchange reports a clear-cache for another user's exchange.
+var errNotYourExchange = errors.New("not an exchange account of the user")
+
+// accept validates and records the request; the ACK carries what is known
+// even when err is set.
+func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, error) {
+	var ack contract.Ack
+	if parts := strings.Split(r.Subject(), "."); len(parts) == 4 {
+		ack.User, ack.Command = parts[2], contract.Command(parts[3])
+	}
+	user, cmd, err := contract.ParseCommandSubject(r.Subject())
+	if err != nil {
+		return ack, err
+	}
+	headerID := r.Headers().Get(MsgIDHeader)
+	if headerID != "" {
+		ack.ID = headerID
+		if err := contract.ValidateCommandID(headerID); err != nil {
+			fe := contract.FieldError{Field: MsgIDHeader, Problem: err.Error()}
+			errors.As(err, &fe)
+			fe.Field = MsgIDHeader
+			return ack, fe
+		}
+	}
+	payload, err := contract.DecodePayload(cmd, r.Data(), in.cfg.Limits)
+	if err != nil {
+		return ack, err
+	}
+	switch pid := payload.CommandID(); {
+	case headerID != "" && pid != "" && pid != headerID:
+		return ack, contract.FieldError{Field: "id", Problem: fmt.Sprintf("%q differs from the %s header %q", pid, MsgIDHeader, headerID)}
+	case headerID == "" && pid != "":
+		ack.ID = pid
+	case headerID == "":
+		ack.ID = ulid.Make().String()
+	}
+	u, err := in.users.Lookup(ctx, user)
+	if err != nil {
+		return ack, err
+	}
+	if p, ok := payload.(contract.ClearCachePayload); ok && p.Exchange != 0 && !u.HasExchange(p.Exchange) {
+		return ack, contract.FieldError{Field: "exchange", Problem: fmt.Sprintf("%d is %s of %s", p.Exchange, errNotYourExchange, user)}
+	}
+	stored, err := json.Marshal(payload)
+	if err != nil {
+		return ack, fmt.Errorf("encode payload: %w", err)
+	}
+	carrier := propagation.MapCarrier{}
+	otel.GetTextMapPropagator().Inject(ctx, carrier)
+	first, duplicate, err := in.rec.Record(ctx, ledger.Entry{
+		ID: ack.ID, User: user, UserID: u.ID, Command: cmd, Payload: stored, Operator: operator(r.Headers()),
+		Priority: cmd.Priority(), TraceParent: carrier.Get("traceparent"), TraceID: telemetry.TraceID(ctx),
+	}, in.cfg.QueueLimit)
+	if err != nil {
+		return ack, err
+	}
+	if duplicate {
+		in.log.InfoContext(ctx, "duplicate command id: first ACK returned", "id", ack.ID, "user", user)
+	} else {
+		in.log.InfoContext(ctx, "command accepted", "id", ack.ID, "user", user, "command", cmd, "position", first.Position)
+	}
+	return first, nil
+}
+
+// operator names who sent the request: the server-set Nats-Request-Info
+// user when present, else the Vigil-Operator header (as claimed by the
+// client), trimmed to printable characters.
+func operator(h micro.Headers) string {
+	name := h.Get(OperatorHeader)
+	if info := h.Get(RequestInfoHeader); info != "" {
+		var ci struct {
+			User    string `json:"user"`
+			Account string `json:"acc"`
+		}
+		if json.Unmarshal([]byte(info), &ci) == nil && ci.User != "" {
+			name = ci.User
+		}
+	}
+	name = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return -1
+	}, name)
+	if len(name) > maxOperatorLen {
+		name = name[:maxOperatorLen]
+	}
+	return strings.ToValidUTF8(name, "")
+}
+
+// errorOf maps an intake error to the ACK's error object.
+func errorOf(err error) *contract.Error {
+	switch {
+	case errors.Is(err, db.ErrUnknownUser):
+		return &contract.Error{Code: contract.CodeUnknownUser, Message: err.Error()}
+	case errors.Is(err, db.ErrAmbiguousToken), errors.Is(err, ledger.ErrIDConflict):
+		return &contract.Error{Code: contract.CodeConflict, Message: err.Error()}
+	case errors.Is(err, ledger.ErrBusy):
+		return &contract.Error{Code: contract.CodeBusy, Message: err.Error()}
+	case errors.Is(err, ledger.ErrStore), errors.Is(err, context.DeadlineExceeded):
+		return &contract.Error{Code: contract.CodeUnavailable, Message: err.Error()}
+	}
+	return contract.ErrorFrom(err, contract.CodeInternal)
+}
+
+// microCode is the Nats-Service-Error-Code of a contract error code, in the
+// HTTP-like numbers micro clients expect.
+func microCode(c contract.ErrorCode) string {
+	switch c {
+	case contract.CodeInvalidPayload:
+		return "400"
+	case contract.CodeForbidden:
+		return "403"
+	case contract.CodeUnknownCommand, contract.CodeUnknownUser:
+		return "404"
+	case contract.CodeConflict:
+		return "409"
+	case contract.CodeBusy:
+		return "429"
+	case contract.CodeUnavailable:
+		return "503"
+	case contract.CodeTimeout:
+		return "504"
+	}
+	return "500"
+}
+
+// headerText makes s safe as a header value: one line, bounded.
+func headerText(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > 512 {
+		s = strings.ToValidUTF8(s[:512], "")
+	}
+	return s
+}

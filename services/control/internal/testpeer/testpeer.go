@@ -1,0 +1,293 @@
+// Package testpeer runs stand-ins for vigil-feed, vigil-indicators and
+// vigil-alerts in control's tests: real NATS micro services (pkg/service)
+// that answer the vigil.svc verbs the way docs/design.md describes, join
+// membership like the real services, record every call in a shared
+// Recorder, and can be told to fail, hang or disappear.
+package testpeer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/service"
+)
+
+// Call is one request a peer received.
+type Call struct {
+	// Seq orders the calls of every peer sharing the recorder.
+	Seq       int
+	Service   contract.Svc
+	Instance  string
+	Verb      contract.Verb
+	User      string
+	CommandID string
+	State     *contract.DesiredState
+	Args      json.RawMessage
+	// TraceID is the trace the request carried.
+	TraceID string
+	At      time.Time
+}
+
+// Recorder collects the calls of several peers in arrival order.
+type Recorder struct {
+	mu    sync.Mutex
+	calls []Call
+}
+
+func (r *Recorder) add(c Call) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c.Seq = len(r.calls)
+	r.calls = append(r.calls, c)
+}
+
+// Calls returns the calls so far.
+func (r *Recorder) Calls() []Call {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Call(nil), r.calls...)
+}
+
+// For returns the calls of one command, in order.
+func (r *Recorder) For(commandID string) []Call {
+	var out []Call
+	for _, c := range r.Calls() {
+		if c.CommandID == commandID {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Behaviour is how a peer answers a verb.
+type Behaviour int
+
+// The behaviours.
+const (
+	// Answer answers ok like the real service.
+	Answer Behaviour = iota
+	// Fail answers ok:false with an internal error.
+	Fail
+	// Hang does not answer until Release (or the end of the test).
+	Hang
+)
+
+// Options configure a peer.
+type Options struct {
+	// Owner makes the peer the owner of every user: it answers with
+	// results, the others with {"owner":false}.
+	Owner bool
+	// GapFilled is feed.resume's gap_filled result.
+	GapFilled map[string]map[string]int
+	// BackfillPages is how many progress events feed.backfill publishes.
+	BackfillPages int
+}
+
+// Peer is one instance of a stand-in service.
+type Peer struct {
+	Svc  contract.Svc
+	opts Options
+	rec  *Recorder
+	nc   *nats.Conn
+	svc  *service.Service
+	grp  *membership.Group
+
+	mu        sync.Mutex
+	behaviour map[contract.Verb]Behaviour
+	gate      chan struct{}
+	backfills map[string][]context.CancelFunc // user → running backfills
+	gone      bool
+}
+
+// Start starts a peer of svc on the NATS server at url, recording into rec.
+// It is shut down at the end of the test.
+func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Options) *Peer {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.Name("testpeer "+string(svc)))
+	if err != nil {
+		t.Fatalf("testpeer: connect: %v", err)
+	}
+	p := &Peer{Svc: svc, opts: opts, rec: rec, nc: nc, behaviour: map[contract.Verb]Behaviour{},
+		gate: make(chan struct{}), backfills: map[string][]context.CancelFunc{}}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p.svc, err = service.Start(nc, service.Config{Svc: svc, Name: svc.MicroName(), Description: "test stand-in", Instance: "peer"}, log,
+		func(context.Context) any { return map[string]any{"peer": true} })
+	if err != nil {
+		t.Fatalf("testpeer: start %s: %v", svc, err)
+	}
+	for _, v := range []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply,
+		contract.VerbBackfill, contract.VerbRecompute, contract.VerbForget} {
+		if err := p.svc.Handle(v, p.handler(v)); err != nil {
+			t.Fatalf("testpeer: handle %s: %v", v, err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatalf("testpeer: flush: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("testpeer: jetstream: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if p.grp, err = membership.Join(ctx, js, svc.MicroName(), p.svc.ID(), membership.Options{}); err != nil {
+		t.Fatalf("testpeer: join: %v", err)
+	}
+	t.Cleanup(p.stop)
+	return p
+}
+
+// ID is the peer's micro service id, as $SRV.PING reports it.
+func (p *Peer) ID() string { return p.svc.ID() }
+
+// Set makes the peer answer verb with b.
+func (p *Peer) Set(verb contract.Verb, b Behaviour) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.behaviour[verb] = b
+}
+
+// Release lets every hanging call answer and makes hanging verbs answer
+// again.
+func (p *Peer) Release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for v, b := range p.behaviour {
+		if b == Hang {
+			p.behaviour[v] = Answer
+		}
+	}
+	close(p.gate)
+	p.gate = make(chan struct{})
+}
+
+// Disappear closes the peer's connection at once, as if the process died:
+// it stops answering and heartbeating without leaving the group.
+func (p *Peer) Disappear() {
+	p.mu.Lock()
+	p.gone = true
+	p.mu.Unlock()
+	p.nc.Close()
+}
+
+func (p *Peer) stop() {
+	p.mu.Lock()
+	gone := p.gone
+	p.gone = true
+	close(p.gate)
+	p.gate = make(chan struct{})
+	p.mu.Unlock()
+	if gone {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = p.grp.Leave(ctx)
+	_ = p.svc.Shutdown(5 * time.Second)
+}
+
+// errFailing is the error of a peer told to fail.
+var errFailing = errors.New("told to fail")
+
+func (p *Peer) handler(verb contract.Verb) service.Handler {
+	return func(ctx context.Context, req contract.SvcRequest) (any, error) {
+		c := Call{Service: p.Svc, Instance: p.ID(), Verb: verb, User: req.User, CommandID: req.CommandID,
+			State: req.State, Args: req.Args, At: time.Now()}
+		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+			c.TraceID = sc.TraceID().String()
+		}
+		p.rec.add(c)
+		p.mu.Lock()
+		b, gate := p.behaviour[verb], p.gate
+		p.mu.Unlock()
+		switch {
+		case b == Fail:
+			return nil, fmt.Errorf("%s %s: %w", p.Svc, verb, errFailing)
+		case p.opts.Owner && p.Svc == contract.SvcFeed && verb == contract.VerbBackfill:
+			return p.backfill(ctx, req, b == Hang, gate)
+		case b == Hang:
+			<-gate
+		}
+		return p.answer(verb, req)
+	}
+}
+
+// answer is what the real services answer (docs/design.md).
+func (p *Peer) answer(verb contract.Verb, req contract.SvcRequest) (any, error) {
+	if !p.opts.Owner {
+		if verb == contract.VerbPause && p.Svc == contract.SvcFeed {
+			p.cancelBackfills(req.User)
+		}
+		return map[string]any{"owner": false}, nil
+	}
+	switch {
+	case p.Svc == contract.SvcFeed && verb == contract.VerbPause:
+		p.cancelBackfills(req.User)
+	case p.Svc == contract.SvcFeed && verb == contract.VerbResume:
+		var symbols []string
+		if req.State != nil {
+			symbols = req.State.Symbols
+		}
+		return map[string]any{"symbols": symbols, "gap_filled": p.opts.GapFilled}, nil
+	case p.Svc == contract.SvcIndicators && verb == contract.VerbRecompute:
+		return map[string]any{"bars": 42}, nil
+	}
+	return map[string]any{"owner": true}, nil
+}
+
+// backfill publishes page progress, then (after the gate opens when it
+// hangs) answers the bars of the range; a feed.pause of the user cancels
+// it.
+func (p *Peer) backfill(ctx context.Context, req contract.SvcRequest, hang bool, gate <-chan struct{}) (any, error) {
+	args, err := contract.DecodeStrict[contract.BackfillArgs](req.Args)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p.mu.Lock()
+	p.backfills[req.User] = append(p.backfills[req.User], cancel)
+	p.mu.Unlock()
+	for page := 1; page <= p.opts.BackfillPages; page++ {
+		ev := contract.Progress{ID: req.CommandID, Done: page, Total: p.opts.BackfillPages, Unit: "pages", Message: string(args.Timeframes[0])}
+		b, _ := json.Marshal(ev)
+		if err := p.nc.Publish(args.ProgressSubject, b); err != nil {
+			return nil, err
+		}
+	}
+	if hang {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+	}
+	if ctx.Err() != nil {
+		return nil, &contract.Error{Code: contract.CodeConflict, Message: "backfill cancelled by pause"}
+	}
+	candles := map[contract.Timeframe]int{}
+	for _, tf := range args.Timeframes {
+		candles[tf] = int(args.To.Sub(args.From) / tf.Duration())
+	}
+	return map[string]any{"candles": candles}, nil
+}
+
+func (p *Peer) cancelBackfills(user string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, cancel := range p.backfills[user] {
+		cancel()
+	}
+	delete(p.backfills, user)
+}
