@@ -3,7 +3,10 @@ package feed
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/services/feed/internal/engine"
@@ -15,10 +18,11 @@ import (
 const pageBars = 300
 
 // fillGaps writes, for every subscriber and timeframe, the bars since the
-// last stored candle (at most GapFillBars back) read from history. It
-// returns how many bars each series gained (bars after the last stored
-// one) and the problems met; it stops when ctx ends.
-func (f *feed) fillGaps(ctx context.Context, subs []engine.Subscriber) (map[string]map[contract.Timeframe]int, []string) {
+// last candle stored before the user became active at source time
+// activated (at most GapFillBars back), read from history. It returns how
+// many closed bars each series was missing and got, and the problems met;
+// it stops when ctx ends.
+func (f *feed) fillGaps(ctx context.Context, subs []engine.Subscriber, activated time.Time) (map[string]map[contract.Timeframe]int, []string) {
 	result := map[string]map[contract.Timeframe]int{}
 	var errs []string
 	src := f.eng.Source()
@@ -28,7 +32,7 @@ func (f *feed) fillGaps(ctx context.Context, subs []engine.Subscriber) (map[stri
 			if ctx.Err() != nil {
 				return result, append(errs, ctx.Err().Error())
 			}
-			n, err := f.fillSeries(ctx, sub, tf)
+			n, err := f.fillSeries(ctx, sub, tf, activated)
 			result[sub.Symbol][tf] = n
 			if err != nil {
 				errs = append(errs, fmt.Sprintf("%s %s: %v", sub.Symbol, tf, err))
@@ -38,28 +42,41 @@ func (f *feed) fillGaps(ctx context.Context, subs []engine.Subscriber) (map[stri
 	return result, errs
 }
 
-// fillSeries fills one series' gap and returns how many new bars it got.
-func (f *feed) fillSeries(ctx context.Context, sub engine.Subscriber, tf contract.Timeframe) (int, error) {
-	series := sub.Series(tf)
-	last, stored, err := f.writer.Store().LastCandle(ctx, series)
+// fillSeries fills one series' gap and returns how many missing closed
+// bars it wrote. The gap starts at the last bar stored before the bar that
+// was open at activated: live writes may already have stored that one.
+func (f *feed) fillSeries(ctx context.Context, sub engine.Subscriber, tf contract.Timeframe, activated time.Time) (int, error) {
+	open := tf.BarStart(activated).Unix()
+	last, stored, err := f.lastBefore(ctx, sub.Series(tf), open)
 	if err != nil {
 		return 0, err
 	}
-	src := f.eng.Source()
-	now := src.Now()
+	now := f.eng.Source().Now()
 	from := tf.BarStart(now.Add(-time.Duration(f.cfg.GapFillBars-1) * tf.Duration()))
-	if stored && last.StartTime().After(from) {
-		from = last.StartTime()
+	if stored && time.Unix(last, 0).After(from) {
+		from = time.Unix(last, 0).UTC()
 	}
 	gained := 0
 	err = f.pages(ctx, sub, tf, from, now, "gap", func(cs []contract.Candle, written []bool) {
 		for i, c := range cs {
-			if written[i] && (!stored || c.Start > last.Start) {
+			if written[i] && (!stored || c.Start > last) && c.Start < open {
 				gained++
 			}
 		}
 	})
 	return gained, err
+}
+
+// lastBefore is the start of the newest stored bar of series that starts
+// before bound (UNIX seconds).
+func (f *feed) lastBefore(ctx context.Context, series contract.SeriesID, bound int64) (int64, bool, error) {
+	scores, err := f.writer.Store().Client().ZRevRangeByScoreWithScores(ctx, contract.CandleKey(series), &redis.ZRangeBy{
+		Max: "(" + strconv.FormatInt(bound, 10), Min: "-inf", Count: 1,
+	}).Result()
+	if err != nil || len(scores) == 0 {
+		return 0, false, err
+	}
+	return int64(scores[0].Score), true, nil
 }
 
 // pages reads [from, to) of sub's symbol at tf from history in pages of at

@@ -234,6 +234,7 @@ func (f *feed) addJobLocked(u *user, parent context.Context) (context.Context, f
 func (f *feed) startFillLocked(token string, u *user, symbols []string) *fillJob {
 	job := &fillJob{done: make(chan struct{})}
 	ctx, done := f.addJobLocked(u, context.Background())
+	activated := f.eng.Source().Now()
 	subs := make([]engine.Subscriber, 0, len(symbols))
 	for _, sym := range symbols {
 		subs = append(subs, u.attached[sym])
@@ -241,7 +242,7 @@ func (f *feed) startFillLocked(token string, u *user, symbols []string) *fillJob
 	go func() {
 		defer close(job.done)
 		defer done()
-		job.result, job.errs = f.fillGaps(ctx, subs)
+		job.result, job.errs = f.fillGaps(ctx, subs, activated)
 		if len(job.errs) > 0 {
 			f.log.Warn("gap fill incomplete", "user", token, "errors", job.errs)
 		}
