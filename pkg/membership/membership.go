@@ -56,7 +56,7 @@ type Group struct {
 var ErrInvalidName = errors.New("membership: invalid name")
 
 // Join starts heartbeating as instance self of service and watching the
-// other members. Leave stops it.
+// other members. ctx bounds the join only; Leave stops the group.
 func Join(ctx context.Context, js jetstream.JetStream, service, self string, opts Options) (*Group, error) {
 	if !validKeyPart(service) || !validKeyPart(self) {
 		return nil, fmt.Errorf("%w: %q/%q", ErrInvalidName, service, self)
@@ -81,11 +81,14 @@ func Join(ctx context.Context, js jetstream.JetStream, service, self string, opt
 	if err := g.beat(ctx); err != nil {
 		return nil, err
 	}
-	watcher, err := kv.Watch(ctx, service+".*")
+	// The watcher lives until Leave, not until ctx ends: ctx only bounds
+	// the join.
+	runCtx, cancel := context.WithCancel(context.Background())
+	watcher, err := kv.Watch(runCtx, service+".*")
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("membership watch: %w", err)
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
 	// Take in the current members before returning, so Owner is right at once.
 	for e := range watcher.Updates() {

@@ -120,6 +120,26 @@ func TestGroupFailover(t *testing.T) {
 	}
 }
 
+func TestGroupOutlivesTheJoinContext(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	opts := membership.Options{Interval: 100 * time.Millisecond, Timeout: 500 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := membership.Join(ctx, connect(t, srv.URL()), "vigil-test", "a", opts)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := membership.Join(context.Background(), connect(t, srv.URL()), "vigil-test", "b", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a to see b after its join context ended", func() bool { return slices.Equal(a.Members(), []string{"a", "b"}) })
+	if err := b.Leave(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a to see b leave", func() bool { return slices.Equal(a.Members(), []string{"a"}) })
+}
+
 func TestDeadMemberIsNotRevived(t *testing.T) {
 	srv := testenv.StartNATS(t)
 	ctx := context.Background()
