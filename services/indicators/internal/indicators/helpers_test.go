@@ -61,9 +61,20 @@ type harness struct {
 	js    jetstream.JetStream
 	kv    jetstream.KeyValue
 	store *redisstore.Store
+	seen  *updateLog
+}
 
+// updateLog is every IndicatorUpdate seen on vigil.indicator.>.
+type updateLog struct {
 	mu      sync.Mutex
 	updates []received
+}
+
+// sub is h for subtest t (failures end t, not its parent).
+func (h *harness) sub(t *testing.T) *harness {
+	c := *h
+	c.t = t
+	return &c
 }
 
 // received is one IndicatorUpdate seen on vigil.indicator.> and the
@@ -76,7 +87,7 @@ type received struct {
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	srv := testenv.StartNATS(t)
-	h := &harness{t: t, url: srv.URL(), redis: testenv.Redis(t)}
+	h := &harness{t: t, url: srv.URL(), redis: testenv.Redis(t), seen: &updateLog{}}
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	nc, err := natsx.Connect(ctx, config.NATS{URL: h.url}, "test", log)
@@ -109,9 +120,9 @@ func newHarness(t *testing.T) *harness {
 		if want := msg.Header.Get(jetstream.MsgIDHeader); want != fmt.Sprintf("%s:%d:%d", u.SeriesID, u.Start, u.Version) {
 			t.Errorf("update %s %d has Nats-Msg-Id %q", u.SeriesID, u.Start, want)
 		}
-		h.mu.Lock()
-		h.updates = append(h.updates, received{u, msg.Header.Get(engine.InstanceHeader)})
-		h.mu.Unlock()
+		h.seen.mu.Lock()
+		h.seen.updates = append(h.seen.updates, received{u, msg.Header.Get(engine.InstanceHeader)})
+		h.seen.mu.Unlock()
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -306,10 +317,10 @@ func (h *harness) feed(cs ...contract.Candle) {
 
 // received returns the updates seen so far that match keep.
 func (h *harness) received(keep func(received) bool) []received {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.seen.mu.Lock()
+	defer h.seen.mu.Unlock()
 	var out []received
-	for _, r := range h.updates {
+	for _, r := range h.seen.updates {
 		if keep(r) {
 			out = append(out, r)
 		}

@@ -63,6 +63,7 @@ func TestCandlesToIndicators(t *testing.T) {
 	h.waitUpdate(mv, macdv[len(macdv)-1].Start, true)
 
 	t.Run("stored values match go-talib", func(t *testing.T) {
+		h := h.sub(t)
 		for _, name := range positionMonitor {
 			worst := h.checkStored(pm, name, all)
 			t.Logf("%s: %d bars, largest scaled error %.3g", name, len(all), worst)
@@ -72,6 +73,7 @@ func TestCandlesToIndicators(t *testing.T) {
 	})
 
 	t.Run("published values match go-talib", func(t *testing.T) {
+		h := h.sub(t)
 		for _, name := range positionMonitor {
 			want := oracle(t, name, all)
 			for i, c := range all {
@@ -100,6 +102,7 @@ func TestCandlesToIndicators(t *testing.T) {
 	})
 
 	t.Run("in-progress updates", func(t *testing.T) {
+		h := h.sub(t)
 		for _, i := range inProgress {
 			rs := h.received(func(r received) bool { return r.SeriesID == pm && r.Start == all[i].Start && !r.Closed })
 			if len(rs) != 1 {
@@ -126,6 +129,7 @@ func TestCandlesToIndicators(t *testing.T) {
 	})
 
 	t.Run("corrected candle", func(t *testing.T) {
+		h := h.sub(t)
 		// The correction republishes the bar and the one after it with
 		// values of the corrected data and a higher version.
 		for _, i := range []int{corrected, corrected + 1} {
