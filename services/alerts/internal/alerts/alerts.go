@@ -79,6 +79,8 @@ type options struct {
 	now func() time.Time
 	// membership tunes the heartbeat (the package defaults when zero).
 	membership membership.Options
+	// metrics replaces the instruments on the global meter provider.
+	metrics *metrics.Metrics
 }
 
 // instance is one running vigil-alerts.
@@ -129,8 +131,10 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 			_ = rt.Close(context.Background())
 		}
 	}()
-	if in.metrics, err = metrics.New(nil); err != nil {
-		return nil, err
+	if in.metrics = opts.metrics; in.metrics == nil {
+		if in.metrics, err = metrics.New(nil); err != nil {
+			return nil, err
+		}
 	}
 	if in.pool, err = db.NewPool(ctx, cfg.Postgres.URL); err != nil {
 		return nil, err

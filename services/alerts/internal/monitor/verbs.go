@@ -110,29 +110,42 @@ func (m *Monitor) Resume(ctx context.Context, user string, st *contract.DesiredS
 // Apply installs the rules of st's mode (st defaults to the desired state
 // held). Invalid rules are rejected as a whole with an error that wraps
 // contract.ErrInvalid and names each rule and field; the running rules
-// stay.
+// stay, and so does the desired state held before.
 func (m *Monitor) Apply(ctx context.Context, user string, st *contract.DesiredState) (VerbResult, error) {
 	if st == nil && m.lookup(user) == nil {
 		return VerbResult{}, contract.FieldError{Field: "state", Problem: "is required: no desired state is known for " + user}
 	}
-	us, err := m.verbUser(user, st)
+	us, err := m.verbUser(user, nil)
 	if err != nil {
 		return VerbResult{}, err
 	}
 	defer us.mu.Unlock()
+	before := us.desired
+	if st != nil {
+		if st.User != user {
+			return VerbResult{}, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, user)}
+		}
+		if us.accept(*st) {
+			us.desired = *st
+		}
+	}
 	if !m.deps.Ownership.Owns(user) {
 		m.loseLocked(us, "owned by another instance")
 		return VerbResult{}, nil
 	}
 	want := desiredRules(us.desired)
 	if !us.active {
-		if err := m.gainLocked(ctx, us, !us.desired.Paused); err != nil {
-			return VerbResult{}, err
+		err = m.gainLocked(ctx, us, !us.desired.Paused)
+		if err == nil && us.rulesErr != nil {
+			err = fmt.Errorf("rules of mode %s, revision %d: %w", want.mode, want.revision, us.rulesErr)
 		}
-		if us.rulesErr != nil {
-			return VerbResult{}, fmt.Errorf("rules of mode %s, revision %d: %w", want.mode, want.revision, us.rulesErr)
-		}
-	} else if err := m.applyLocked(ctx, us, want); err != nil {
+	} else {
+		err = m.applyLocked(ctx, us, want)
+	}
+	if err != nil {
+		// A refused state does not become the desired one, so that a later
+		// gain does not start with rules that were rejected.
+		us.desired = before
 		return VerbResult{}, err
 	}
 	n := len(us.applied.rules)
