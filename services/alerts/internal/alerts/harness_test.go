@@ -91,10 +91,10 @@ type env struct {
 	cfg     Config
 	metrics *metrics.Metrics
 	counted *metricstest.Reader
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	store *redisstore.Store
-	pool  *pgxpool.Pool
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	store   *redisstore.Store
+	pool    *pgxpool.Pool
 
 	mu        sync.Mutex
 	instances []*instance
