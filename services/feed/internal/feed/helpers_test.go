@@ -89,14 +89,20 @@ func (i *instance) stop(t *testing.T) {
 // VIGIL_TEST_LOG is set.
 func startFeed(t *testing.T, s *stack, env map[string]string) *instance {
 	t.Helper()
+	var out io.Writer = io.Discard
+	if os.Getenv("VIGIL_TEST_LOG") != "" {
+		out = testWriter{t}
+	}
+	return startFeedLogging(t, s, env, out)
+}
+
+// startFeedLogging is startFeed with the instance's log going to out.
+func startFeedLogging(t *testing.T, s *stack, env map[string]string, out io.Writer) *instance {
+	t.Helper()
 	t.Setenv("NATS_URL", s.natsURL)
 	t.Setenv("REDIS_URL", s.redisURL)
 	for k, v := range env {
 		t.Setenv(k, v)
-	}
-	var out io.Writer = io.Discard
-	if os.Getenv("VIGIL_TEST_LOG") != "" {
-		out = testWriter{t}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	inst := &instance{cancel: cancel, done: make(chan error, 1)}
@@ -226,7 +232,7 @@ type statusView struct {
 	} `json:"products"`
 	Engine struct {
 		Malformed, Late, CandlesWritten, GapFills, GapFillErrors, Reconciles uint64
-		LastGapFill, MaxGapFill                                            time.Duration
+		LastGapFill, MaxGapFill                                              time.Duration
 	} `json:"engine"`
 	SourceStatus json.RawMessage `json:"source_status"`
 }

@@ -116,7 +116,7 @@ func TestSimCandlesMatchTheSimulatorsHistory(t *testing.T) {
 				if !ok {
 					t.Fatalf("bar %d is not in the simulator's history", got.Start)
 				}
-				if got.Open != w.Open || got.High != w.High || got.Low != w.Low || got.Close != w.Close || !close(got.Volume, w.Volume) {
+				if got.Open != w.Open || got.High != w.High || got.Low != w.Low || got.Close != w.Close || !sameVolume(got.Volume, w.Volume) {
 					t.Errorf("bar %d (%s): stored %v/%v/%v/%v/%v, history %v/%v/%v/%v/%v", got.Start, got.Source,
 						got.Open, got.High, got.Low, got.Close, got.Volume, w.Open, w.High, w.Low, w.Close, w.Volume)
 				}
@@ -177,8 +177,8 @@ func cmpFloat(a, b float64) int {
 	return 0
 }
 
-// close reports whether two volumes agree up to float summation order.
-func close(a, b float64) bool {
+// sameVolume reports whether two volumes agree up to float summation order.
+func sameVolume(a, b float64) bool {
 	d := a - b
 	if d < 0 {
 		d = -d
