@@ -238,6 +238,9 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 // command_log.control_instance.
 func (i *Instance) ID() string { return i.svc.ID() }
 
+// Members are the live control instances as this instance sees them.
+func (i *Instance) Members() []string { return i.group.Members() }
+
 // Shutdown stops the instance cleanly within timeout: the endpoints stop,
 // running jobs go back to the queue, running commands finish (or fail when
 // the time is up), the instance leaves the group and the connection drains.

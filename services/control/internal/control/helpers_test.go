@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -16,10 +17,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
-	"go.opentelemetry.io/otel/propagation"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/membership"
@@ -378,4 +379,19 @@ func decode[T any](t *testing.T, raw json.RawMessage) T {
 		t.Fatalf("decode %s: %v", raw, err)
 	}
 	return v
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// publishedRow waits until command id's result is marked published and
+// returns its command_log row.
+func (e *env) publishedRow(id string) logRow {
+	e.t.Helper()
+	var row logRow
+	waitFor(e.t, "result of "+id+" marked published", func() bool {
+		var ok bool
+		row, ok = e.logRow(id)
+		return ok && row.Published
+	})
+	return row
 }

@@ -1,0 +1,156 @@
+package control_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"vigil.dev/pkg/contract"
+)
+
+// TestRejections sends requests that must be rejected before anything is
+// queued: the ACK says accepted:false with the contract's code and the
+// fields at fault, the micro error headers are set, and neither
+// command_log, the services nor VIGIL_RESULTS see anything.
+func TestRejections(t *testing.T) {
+	e := newEnv(t, 1)
+	e.startControl("c1", testSettings(), 0)
+	tests := []struct {
+		name, user, command, body string
+		header                    nats.Header
+		code                      contract.ErrorCode
+		microCode                 string
+		fields                    []string
+	}{
+		{"unknown command", "alice", "explode", "{}", nil, contract.CodeUnknownCommand, "404", nil},
+		{"unknown user", "mallory", "pause", "{}", nil, contract.CodeUnknownUser, "404", nil},
+		{"bad mode", "alice", "switch-mode", `{"mode":"turbo"}`, nil, contract.CodeInvalidPayload, "400", []string{"mode"}},
+		{"missing mode", "alice", "switch-mode", `{}`, nil, contract.CodeInvalidPayload, "400", []string{"mode"}},
+		{"bad symbol and timeframe", "alice", "force-backfill", `{"symbol":"btc","timeframes":["2h"]}`, nil,
+			contract.CodeInvalidPayload, "400", []string{"symbol", "timeframes[0]"}},
+		{"unknown field", "alice", "pause", `{"bogus":1}`, nil, contract.CodeInvalidPayload, "400", []string{"bogus"}},
+		{"wrong type", "alice", "resume", `{"symbols":"BTC-USD"}`, nil, contract.CodeInvalidPayload, "400", []string{"symbols"}},
+		{"not JSON", "alice", "pause", `{"id":`, nil, contract.CodeInvalidPayload, "400", []string{"payload"}},
+		{"trailing data", "alice", "pause", `{} {}`, nil, contract.CodeInvalidPayload, "400", []string{"payload"}},
+		{"oversized", "alice", "resume", `{"symbols":["` + strings.Repeat("A", contract.MaxPayloadBytes) + `"]}`, nil,
+			contract.CodeInvalidPayload, "400", []string{"payload"}},
+		{"bad payload id", "alice", "pause", `{"id":"no spaces allowed"}`, nil, contract.CodeInvalidPayload, "400", []string{"id"}},
+		{"bad Nats-Msg-Id", "alice", "pause", `{}`, nats.Header{"Nats-Msg-Id": []string{"a.b"}}, contract.CodeInvalidPayload, "400", []string{"Nats-Msg-Id"}},
+		{"ids differ", "alice", "pause", `{"id":"one"}`, nats.Header{"Nats-Msg-Id": []string{"two"}}, contract.CodeInvalidPayload, "400", []string{"id"}},
+		{"clear-cache glob", "alice", "clear-cache", `{"scope":"symbol","symbol":"BTC-*"}`, nil, contract.CodeInvalidPayload, "400", []string{"symbol"}},
+		{"clear-cache of another user's exchange", "alice", "clear-cache", `{"scope":"all","exchange":` + itoa(e.users["bob"].exchange) + `}`, nil,
+			contract.CodeInvalidPayload, "400", []string{"exchange"}},
+		{"too many symbols", "alice", "resume", `{"symbols":[` + strings.Repeat(`"BTC-USD",`, 60) + `"ETH-USD"]}`, nil,
+			contract.CodeInvalidPayload, "400", []string{"symbols"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ack, hdr := e.send(tc.user, tc.command, tc.body, tc.header)
+			if ack.Accepted || ack.Error == nil {
+				t.Fatalf("accepted: %+v", ack)
+			}
+			if ack.Error.Code != tc.code {
+				t.Errorf("code = %s (%s), want %s", ack.Error.Code, ack.Error.Message, tc.code)
+			}
+			if ack.User != tc.user || string(ack.Command) != tc.command {
+				t.Errorf("ack names %s/%s, want %s/%s", ack.User, ack.Command, tc.user, tc.command)
+			}
+			var fields []string
+			for _, f := range ack.Error.Fields {
+				fields = append(fields, f.Field)
+			}
+			for _, f := range tc.fields {
+				if !slices.Contains(fields, f) {
+					t.Errorf("fields %v lack %q (%s)", fields, f, ack.Error.Message)
+				}
+			}
+			if got := hdr.Get("Nats-Service-Error-Code"); got != tc.microCode {
+				t.Errorf("Nats-Service-Error-Code = %q, want %q", got, tc.microCode)
+			}
+			if got := hdr.Get("Nats-Service-Error"); !strings.HasPrefix(got, string(tc.code)+": ") {
+				t.Errorf("Nats-Service-Error = %q", got)
+			}
+		})
+	}
+	if n := e.logCount(); n != 0 {
+		t.Errorf("command_log has %d rows after rejections only", n)
+	}
+	if calls := e.rec.Calls(); len(calls) != 0 {
+		t.Errorf("the services got %d calls, first %+v", len(calls), calls[0])
+	}
+	if n := e.resultCount("alice"); n != 0 {
+		t.Errorf("%d results published", n)
+	}
+}
+
+// TestDuplicateIDs sends the same command id twice, as Nats-Msg-Id and as
+// payload id: the second request gets the first ACK and the command runs
+// once. The same id for another command is a conflict.
+func TestDuplicateIDs(t *testing.T) {
+	e := newEnv(t, 3)
+	e.startControl("c1", testSettings(), 0)
+	tests := []struct {
+		name, body string
+		header     nats.Header
+		id         string
+	}{
+		{"Nats-Msg-Id", "", nats.Header{"Nats-Msg-Id": []string{"dup-header"}}, "dup-header"},
+		{"payload id", `{"id":"dup-payload"}`, nil, "dup-payload"},
+		{"both", `{"id":"dup-both"}`, nats.Header{"Nats-Msg-Id": []string{"dup-both"}}, "dup-both"},
+	}
+	seeded := e.accept("alice", "pause", "")
+	e.result("alice", seeded.ID)
+	revision := e.state("alice").State.Revision
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			first, _ := e.send("alice", "reload-settings", tc.body, tc.header)
+			if !first.Accepted || first.ID != tc.id {
+				t.Fatalf("first ack = %+v %+v", first, first.Error)
+			}
+			r := e.result("alice", tc.id)
+			second, _ := e.send("alice", "reload-settings", tc.body, tc.header)
+			if second != first {
+				t.Errorf("second ack = %+v, want the first %+v", second, first)
+			}
+			if r.Status != contract.StatusSucceeded {
+				t.Fatalf("status %s %+v", r.Status, r.Error)
+			}
+			revision++
+			// Give a wrongly queued second run the chance to show up.
+			again, _ := e.send("alice", "reload-settings", "", nil)
+			e.result("alice", again.ID)
+			revision++
+			if n := len(e.rec.For(tc.id)); n != 9 {
+				t.Errorf("%d service calls for %s, want 9 (3 steps x 3 instances)", n, tc.id)
+			}
+			if got := e.state("alice").State.Revision; got != revision {
+				t.Errorf("revision = %d, want %d", got, revision)
+			}
+		})
+	}
+	t.Run("same id, other command", func(t *testing.T) {
+		ack, hdr := e.send("alice", "pause", "", nats.Header{"Nats-Msg-Id": []string{"dup-header"}})
+		if ack.Accepted || ack.Error == nil || ack.Error.Code != contract.CodeConflict || hdr.Get("Nats-Service-Error-Code") != "409" {
+			t.Errorf("ack = %+v %+v", ack, ack.Error)
+		}
+	})
+	t.Run("same id, other user", func(t *testing.T) {
+		ack, _ := e.send("bob", "reload-settings", `{"id":"dup-payload"}`, nil)
+		if ack.Accepted || ack.Error == nil || ack.Error.Code != contract.CodeConflict {
+			t.Errorf("ack = %+v %+v", ack, ack.Error)
+		}
+	})
+	t.Run("operator recorded", func(t *testing.T) {
+		ack, _ := e.send("alice", "pause", "", nats.Header{"Vigil-Operator": []string{"ops-oncall"}})
+		e.result("alice", ack.ID)
+		if row, _ := e.logRow(ack.ID); row.Operator != "ops-oncall" {
+			t.Errorf("operator = %q", row.Operator)
+		}
+	})
+	var n int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM command_log WHERE id LIKE 'dup-%'`).Scan(&n); err != nil || n != 3 {
+		t.Errorf("command_log has %d dup rows (%v), want 3", n, err)
+	}
+}
