@@ -1,6 +1,7 @@
 package alerts
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -525,4 +526,93 @@ func TestControlVerbs(t *testing.T) {
 	if n, err := e.counted.Sum("vigil.alerts.fired", attribute.String("kind", string(contract.RuleCross))); err != nil || n != 2 {
 		t.Fatalf("vigil.alerts.fired{kind=cross} = %d (%v), want 2", n, err)
 	}
+}
+
+func TestRecordingIsRetriedInOrderUntilPostgresIsBack(t *testing.T) {
+	e := newEnv(t)
+	alice := userState("alice", 1, rsiHot)
+	e.putState(alice)
+	in := e.start("a")
+	e.closeBar(alice, rsiBar(0, 60, 1))
+	e.settle()
+	ctx := context.Background()
+	if _, err := e.pool.Exec(ctx, `ALTER TABLE alert_events RENAME TO alert_events_away`); err != nil {
+		t.Fatal(err)
+	}
+	// Bar 1 fires while Postgres cannot store it; bars 2 and 3 wait behind
+	// it, and bar 3 fires once bar 2 has been seen.
+	e.closeBar(alice, rsiBar(1, 75, 1))
+	e.waitFor("failed attempts to record the alert", func() (bool, error) {
+		n, err := e.counted.Sum("vigil.alerts.delivery.errors")
+		return n >= 3, err
+	})
+	e.closeBar(alice, rsiBar(2, 60, 1))
+	e.closeBar(alice, rsiBar(3, 75, 1))
+	began := time.Now()
+	if s := in.monitor.Status()["alice"]; s.AlertsFired != 0 || time.Since(began) > time.Second {
+		t.Fatalf("status while recording is retried: %+v after %s", s, time.Since(began))
+	}
+	if _, err := e.pool.Exec(ctx, `ALTER TABLE alert_events_away RENAME TO alert_events`); err != nil {
+		t.Fatal(err)
+	}
+	e.waitAlerts(id("alice", rsiHot, 1), id("alice", rsiHot, 3))
+	e.settle()
+	if s := in.monitor.Status()["alice"]; s.AlertsFired != 2 || s.Evaluations != 4 {
+		t.Fatalf("status: %+v, want 4 evaluations and 2 alerts", s)
+	}
+}
+
+func TestDesiredStateConverges(t *testing.T) {
+	e := newEnv(t)
+	alice := userState("alice", 1, rsiHot)
+	e.putState(alice)
+	in := e.start("a")
+	waitStatus := func(what string, cond func(s monitor.UserStatus, ok bool) bool) {
+		t.Helper()
+		e.waitFor(what, func() (bool, error) {
+			s, ok := in.monitor.Status()["alice"]
+			return cond(s, ok), nil
+		})
+	}
+	e.closeBar(alice, rsiBar(0, 60, 1))
+	e.settle()
+	paused := alice
+	paused.Paused = true
+	e.putState(paused)
+	waitStatus("alice paused", func(s monitor.UserStatus, _ bool) bool { return s.Paused })
+	e.closeBar(alice, rsiBar(1, 75, 1)) // not evaluated
+	e.settle()
+	e.putState(alice)
+	waitStatus("alice running", func(s monitor.UserStatus, _ bool) bool { return !s.Paused })
+	e.closeBar(alice, rsiBar(2, 60, 1))
+	e.closeBar(alice, rsiBar(3, 75, 1))
+	e.waitAlerts(id("alice", rsiHot, 3))
+
+	revised := alice
+	revised.Revision = 2
+	revised.Settings.Rules = map[contract.Mode][]contract.Rule{contract.ModePositionMonitor: {rsiHot, rsiCold}}
+	e.putState(revised)
+	waitStatus("revision 2", func(s monitor.UserStatus, _ bool) bool { return s.Revision == 2 && s.RulesLoaded == 2 })
+
+	switched := revised
+	switched.Mode, switched.Settings.Mode = contract.ModeScalperMACDV, contract.ModeScalperMACDV
+	switched.Settings.Rules[contract.ModeScalperMACDV] = []contract.Rule{{ID: "macdv-hot", Symbol: "BTC-USD", Timeframe: contract.TF1m,
+		Kind: contract.RuleMACDVZone, SeriesRef: contract.SeriesRef{Indicator: "macdv_12_26_9"}, Zone: contract.ZoneOverbought}}
+	e.putState(switched)
+	waitStatus("scalper-macdv rules", func(s monitor.UserStatus, _ bool) bool {
+		return s.Mode == contract.ModeScalperMACDV && s.RulesLoaded == 1
+	})
+
+	kv, err := e.js.KeyValue(context.Background(), contract.BucketState)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(context.Background(), contract.StateKey("alice")); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus("alice forgotten", func(_ monitor.UserStatus, ok bool) bool { return !ok })
+	e.closeBar(alice, rsiBar(4, 60, 1))
+	e.closeBar(alice, rsiBar(5, 75, 1)) // alice is unknown now: acknowledged, not evaluated
+	e.settle()
+	e.waitAlerts(id("alice", rsiHot, 3))
 }
