@@ -311,11 +311,13 @@ func TestFailoverLosesAndDuplicatesNothing(t *testing.T) {
 	// Bar 5 is in flight when the victim dies; bar 6 closes before the
 	// survivor notices.
 	closeAll(5)
+	killed := time.Now()
 	e.kill(victim)
 	closeAll(6)
 	e.waitFor("the survivor to take every user over", func() (bool, error) {
 		return len(survivor.group.Members()) == 1 && len(survivor.monitor.Status()) == len(users), nil
 	})
+	t.Logf("took over %d users %s after the kill (heartbeat timeout 1.5s)", owned(survivor), time.Since(killed).Round(time.Millisecond))
 	e.settle()
 	for i := 7; i < 9; i++ {
 		closeAll(i)

@@ -85,7 +85,7 @@ func (l *testLog) String() string {
 // env is one test's NATS server, Redis database and Postgres database, the
 // test's own connections to them, and the instances it started.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	log     *testLog
 	clock   *clock
 	cfg     Config
@@ -100,7 +100,7 @@ type env struct {
 	instances []*instance
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	log := &testLog{w: t.Output()}
 	t.Cleanup(func() {
