@@ -272,9 +272,11 @@ func (e *Engine) ConvergeAll(ctx context.Context) {
 }
 
 // dropUnowned drops the series (of user token, or of everyone when token
-// is empty) that this instance should not run any more, and returns how
-// many of each kind it dropped. The caller holds e.mu.
-func (e *Engine) dropUnowned(ctx context.Context, token string) (removed, replanned int) {
+// is empty) that this instance should not run any more. It returns how
+// many it dropped for good and the ids of those dropped because their
+// indicator set changed (to be rebuilt). The caller holds e.mu.
+func (e *Engine) dropUnowned(ctx context.Context, token string) (removed int, replanned map[contract.SeriesID]bool) {
+	replanned = map[contract.SeriesID]bool{}
 	for id, s := range e.series {
 		if token != "" && id.User != token {
 			continue
@@ -286,7 +288,7 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed, replan
 			removed++
 		case !slices.Equal(s.specs, u.plan.Candle):
 			delete(e.series, id)
-			replanned++
+			replanned[id] = true
 		}
 	}
 	for id := range e.books {
@@ -298,8 +300,8 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed, replan
 			removed++
 		}
 	}
-	if removed+replanned > 0 {
-		e.log.DebugContext(ctx, "series dropped", "user", token, "dropped", removed, "replanned", replanned)
+	if removed+len(replanned) > 0 {
+		e.log.DebugContext(ctx, "series dropped", "user", token, "dropped", removed, "replanned", len(replanned))
 	}
 	return removed, replanned
 }
@@ -324,12 +326,12 @@ func (e *Engine) Converge(ctx context.Context, token string) Change {
 	for _, id := range missing {
 		e.mu.Lock()
 		if u, runs := e.runsSeries(id); runs && e.series[id] == nil && !e.isForgotten(id) {
-			if _, err := e.rebuild(ctx, u, id, writeNew); err != nil {
+			switch _, err := e.rebuild(ctx, u, id, writeNew); {
+			case err != nil:
 				e.log.ErrorContext(ctx, "rebuild failed; the next candle retries", "series", id.String(), "err", err)
-			} else if replanned > 0 {
+			case replanned[id]:
 				c.Recomputed++
-				replanned--
-			} else {
+			default:
 				c.Added++
 			}
 		}

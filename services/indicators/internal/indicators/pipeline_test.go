@@ -1,6 +1,7 @@
 package indicators_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
@@ -34,6 +35,7 @@ func TestCandlesToIndicators(t *testing.T) {
 	macdv := candles(t, mv, 300, 0.05)
 	const corrected = 1500 // this bar is corrected after the next one closed
 	var inProgress []int   // bars with in-progress updates before they close
+	began := time.Now()
 	for i := range all {
 		if i%97 == 50 {
 			inProgress = append(inProgress, i)
@@ -61,6 +63,9 @@ func TestCandlesToIndicators(t *testing.T) {
 	last := all[len(all)-1]
 	h.waitUpdate(pm, last.Start, true)
 	h.waitUpdate(mv, macdv[len(macdv)-1].Start, true)
+	n := len(all) + len(macdv) + len(inProgress) + 1
+	t.Logf("%d candle updates fed and computed in %s (%.0f/s, bounded by the test's synchronous feed)",
+		n, time.Since(began).Round(time.Millisecond), float64(n)/time.Since(began).Seconds())
 
 	t.Run("stored values match go-talib", func(t *testing.T) {
 		h := h.sub(t)
@@ -157,4 +162,39 @@ func statusHasUsers(st engine.Status, users ...string) error {
 		}
 	}
 	return nil
+}
+
+// TestConsumerLost deletes an instance's candle consumer (as the server
+// does after a long disconnect) and checks that the instance recreates
+// it, rebuilds from Redis and keeps every bar exact.
+func TestConsumerLost(t *testing.T) {
+	h := newHarness(t)
+	h.startInstance("solo")
+	ids := h.waitMembers(1)
+	id := contract.SeriesID{User: "lost", UserID: 9, ExchangeID: 1, Symbol: "BTC-USD", Timeframe: contract.TF4h}
+	h.putState(contract.DesiredState{User: id.User, UserID: id.UserID, ExchangeID: id.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
+	eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
+	data := candles(t, id, 200, 1)
+	h.feed(data[:100]...)
+	h.waitUpdate(id, data[99].Start, true)
+	if err := h.js.DeleteConsumer(context.Background(), contract.StreamCandles, contract.ServiceIndicators+"-"+ids["solo"]); err != nil {
+		t.Fatal(err)
+	}
+	h.feed(data[100:]...)
+	// Candles published before the consumer is back reach the series
+	// through the rebuild; keep feeding the last bar's newer versions
+	// until one is delivered.
+	eventually(t, 30*time.Second, func() error {
+		if points := h.stored(id, "ema_20"); points[data[199].Start].Closed {
+			return nil
+		}
+		again := data[199]
+		again.Version++
+		data[199] = again
+		h.feed(again)
+		return fmt.Errorf("last bar not computed yet")
+	})
+	for _, name := range positionMonitor {
+		h.checkStored(id, name, data)
+	}
 }
