@@ -240,15 +240,28 @@ type statusView struct {
 // statuses asks every instance for its status, by instance id.
 func (s *stack) statuses(t *testing.T, instances int) map[string]statusView {
 	t.Helper()
+	out, err := s.tryStatuses(instances, 10*time.Second)
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	return out
+}
+
+// tryStatuses is statuses that reports failure instead of failing.
+func (s *stack) tryStatuses(instances int, timeout time.Duration) (map[string]statusView, error) {
+	replies, err := s.tryCall(contract.VerbStatus, contract.SvcRequest{}, instances, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("%d of %d replies: %w", len(replies), instances, err)
+	}
 	out := map[string]statusView{}
-	for _, r := range s.call(t, contract.VerbStatus, contract.SvcRequest{}, instances, 10*time.Second) {
+	for _, r := range replies {
 		var v statusView
 		if err := json.Unmarshal(r.Result, &v); err != nil {
-			t.Fatalf("status %s: %v", r.Result, err)
+			return nil, fmt.Errorf("status %s: %w", r.Result, err)
 		}
 		out[r.Instance] = v
 	}
-	return out
+	return out, nil
 }
 
 // series reads a stored series and checks it has no duplicate bar start.

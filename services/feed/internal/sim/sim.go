@@ -215,13 +215,21 @@ func (s *Sim) History(ctx context.Context, product string, tf contract.Timeframe
 	if now := s.Now(); to.After(now) {
 		to = now
 	}
+	w := s.walkOf(product)
 	start := tf.BarStart(from)
 	var out []market.Bar
-	for m := start.Unix() / 60; m*60 < to.Unix(); m++ {
+	toNs := to.UnixNano()
+	for m := start.Unix() / 60; m*60e9 < toNs; m++ {
 		if m%1440 == 0 && ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		for _, t := range s.minuteTrades(product, m) {
+		mb := w.minute(m)
+		if (m+1)*60e9 <= toNs {
+			// A whole minute: fold its summary in trade order.
+			out = foldMinute(out, product, tf, m, &mb)
+			continue
+		}
+		for _, t := range mb.trades(product, m) {
 			if !t.Time.Before(to) {
 				break
 			}
@@ -229,6 +237,26 @@ func (s *Sim) History(ctx context.Context, product string, tf contract.Timeframe
 		}
 	}
 	return out, nil
+}
+
+// foldMinute adds a whole minute to bars exactly as its trades would: the
+// open is the first trade, the close the last, and the volume the sizes
+// summed one by one.
+func foldMinute(bars []market.Bar, product string, tf contract.Timeframe, m int64, mb *minuteBar) []market.Bar {
+	start := tf.BarStart(time.Unix(m*60, 0))
+	n := len(bars)
+	if n == 0 || !bars[n-1].Start.Equal(start) {
+		bars = append(bars, market.Bar{Product: product, Timeframe: tf, Start: start, Open: mb.price[0], High: mb.high, Low: mb.low})
+		n++
+	}
+	b := &bars[n-1]
+	b.High = max(b.High, mb.high)
+	b.Low = min(b.Low, mb.low)
+	b.Close = mb.price[mb.n-1]
+	for j := range mb.n {
+		b.Volume += mb.size[j]
+	}
+	return bars
 }
 
 // addTrade folds t into the last bar of bars or starts a new one.
@@ -247,9 +275,11 @@ func addTrade(bars []market.Bar, product string, tf contract.Timeframe, t market
 
 // tradesBetween are the trades of product with time in (from, to], in order.
 func (s *Sim) tradesBetween(product string, from, to time.Time) []market.Trade {
+	w := s.walkOf(product)
 	var out []market.Trade
 	for m := from.Unix() / 60; m <= to.Unix()/60; m++ {
-		for _, t := range s.minuteTrades(product, m) {
+		mb := w.minute(m)
+		for _, t := range mb.trades(product, m) {
 			if t.Time.After(from) && !t.Time.After(to) {
 				out = append(out, t)
 			}
@@ -258,23 +288,66 @@ func (s *Sim) tradesBetween(product string, from, to time.Time) []market.Trade {
 	return out
 }
 
-// minuteTrades are the 4–8 trades of UNIX minute m, in time order.
-func (s *Sim) minuteTrades(product string, m int64) []market.Trade {
-	sym := symbolHash(product)
-	n := 4 + int(s.hash(sym, 1, uint64(m))%5)
-	out := make([]market.Trade, n)
-	slot := 60e9 / float64(n)
-	for j := range n {
-		u := s.unit(sym, 2, uint64(m), uint64(j))
-		ns := m*60e9 + int64((float64(j)+u)*slot)
-		t := float64(ns) / 1e9
-		jitter := 1 + 0.0004*(s.unit(sym, 3, uint64(m), uint64(j))-0.5)
-		out[j] = market.Trade{
-			Product: product,
-			Price:   roundPrice(math.Exp(s.logPrice(sym, t)) * jitter),
-			Size:    math.Round((0.001+s.unit(sym, 4, uint64(m), uint64(j))*0.5)*1e6) / 1e6,
-			Time:    time.Unix(0, ns).UTC(),
+// maxTrades is the most trades of one sim minute.
+const maxTrades = 8
+
+// minuteBar is one sim minute: its trades' prices, sizes and offsets, and
+// their high and low.
+type minuteBar struct {
+	n         int
+	price     [maxTrades]float64
+	size      [maxTrades]float64
+	offset    [maxTrades]int64 // nanoseconds into the minute
+	high, low float64
+}
+
+// minute derives UNIX minute m of a symbol from hashes alone: 4–8 trades,
+// the first at the walk's price at its time, the last at the walk's price at
+// its time, one at the high and one at the low (a little beyond the first
+// and last), the others in between.
+func (w walk) minute(m int64) minuteBar {
+	var mb minuteBar
+	mb.n = 4 + int(w.hash(1, uint64(m), 0)%5)
+	slot := 60e9 / float64(mb.n)
+	for j := range mb.n {
+		mb.offset[j] = int64((float64(j) + w.unit(2, uint64(m), uint64(j))) * slot)
+		mb.size[j] = math.Round((0.001+w.unit(4, uint64(m), uint64(j))*0.5)*1e6) / 1e6
+	}
+	first := math.Exp(w.logPrice(float64(m*60e9+mb.offset[0])/1e9))
+	last := math.Exp(w.logPrice(float64(m*60e9+mb.offset[mb.n-1])/1e9))
+	high := max(first, last) * (1 + 0.0006*w.unit(3, uint64(m), 0))
+	low := min(first, last) * (1 - 0.0006*w.unit(3, uint64(m), 1))
+	kHigh := 1 + int(w.hash(3, uint64(m), 2)%uint64(mb.n-2))
+	kLow := kHigh + 1
+	if kLow > mb.n-2 {
+		kLow = 1
+	}
+	for j := range mb.n {
+		var p float64
+		switch j {
+		case 0:
+			p = first
+		case mb.n - 1:
+			p = last
+		case kHigh:
+			p = high
+		case kLow:
+			p = low
+		default:
+			p = low + (high-low)*w.unit(3, uint64(m), uint64(j)+3)
 		}
+		mb.price[j] = w.round(p)
+	}
+	// Rounding is monotonic, so the rounded high and low still bound the rest.
+	mb.high, mb.low = w.round(high), w.round(low)
+	return mb
+}
+
+// trades are the minute's trades in time order.
+func (mb *minuteBar) trades(product string, m int64) []market.Trade {
+	out := make([]market.Trade, mb.n)
+	for j := range mb.n {
+		out[j] = market.Trade{Product: product, Price: mb.price[j], Size: mb.size[j], Time: time.Unix(0, m*60e9+mb.offset[j]).UTC()}
 	}
 	return out
 }
@@ -285,15 +358,14 @@ var octaves = []struct{ period, amp float64 }{
 }
 
 // logPrice is the log of the product's mid price at UNIX time t (seconds).
-func (s *Sim) logPrice(sym uint64, t float64) float64 {
-	// A base price per symbol between 5 and 100 000.
-	v := math.Log(5) + s.unit(sym, 5, 0, 0)*math.Log(20_000)
+func (w walk) logPrice(t float64) float64 {
+	v := w.logBase
 	for k, o := range octaves {
 		x := t / o.period
 		i := math.Floor(x)
 		f := x - i
-		a := 2*s.unit(sym, 6, uint64(k), uint64(int64(i))) - 1
-		b := 2*s.unit(sym, 6, uint64(k), uint64(int64(i)+1)) - 1
+		a := 2*w.unit(6, uint64(k), uint64(int64(i))) - 1
+		b := 2*w.unit(6, uint64(k), uint64(int64(i)+1)) - 1
 		v += o.amp * (a + (b-a)*f*f*(3-2*f))
 	}
 	return v
@@ -301,15 +373,15 @@ func (s *Sim) logPrice(sym uint64, t float64) float64 {
 
 // book is the simulated level2 book of product at sim time now.
 func (s *Sim) book(product string, now time.Time) market.BookUpdate {
-	sym := symbolHash(product)
-	mid := math.Exp(s.logPrice(sym, float64(now.UnixNano())/1e9))
+	w := s.walkOf(product)
+	mid := math.Exp(w.logPrice(float64(now.UnixNano())/1e9))
 	tick := mid * 0.0001
 	second := uint64(now.Unix())
 	u := market.BookUpdate{Product: product, Snapshot: true, Time: now}
 	for i := range s.cfg.BookLevels {
 		offset := tick/2 + float64(i)*tick
-		u.Bids = append(u.Bids, market.Level{Price: roundPrice(mid - offset), Quantity: quantity(s.unit(sym, 7, second, uint64(i)), i)})
-		u.Asks = append(u.Asks, market.Level{Price: roundPrice(mid + offset), Quantity: quantity(s.unit(sym, 8, second, uint64(i)), i)})
+		u.Bids = append(u.Bids, market.Level{Price: w.round(mid - offset), Quantity: quantity(w.unit(7, second, uint64(i)), i)})
+		u.Asks = append(u.Asks, market.Level{Price: w.round(mid + offset), Quantity: quantity(w.unit(8, second, uint64(i)), i)})
 	}
 	return u
 }
@@ -318,33 +390,37 @@ func quantity(u float64, level int) float64 {
 	return math.Round((0.05+u*(1+float64(level)*0.1))*1e6) / 1e6
 }
 
-// roundPrice keeps 6 significant digits.
-func roundPrice(p float64) float64 {
-	if p <= 0 {
-		return p
-	}
-	scale := math.Pow(10, 5-math.Floor(math.Log10(p)))
-	return math.Round(p*scale) / scale
+// round keeps about 6 significant digits of the symbol's price level.
+func (w walk) round(p float64) float64 { return math.Round(p*w.scale) / w.scale }
+
+// walk is one symbol's deterministic price walk.
+type walk struct {
+	key     uint64  // seed and symbol mixed
+	logBase float64 // log of the base price
+	scale   float64 // rounding scale: about 6 significant digits
 }
 
-func symbolHash(product string) uint64 {
+// walkOf derives the walk of product from the seed.
+func (s *Sim) walkOf(product string) walk {
 	h := fnv.New64a()
 	h.Write([]byte(product))
-	return h.Sum64()
+	w := walk{key: mix(s.cfg.Seed ^ mix(h.Sum64()))}
+	// A base price per symbol between 5 and 100 000.
+	w.logBase = math.Log(5) + w.unit(5, 0, 0)*math.Log(20_000)
+	w.scale = math.Pow(10, 5-math.Floor(w.logBase/math.Ln10))
+	return w
 }
 
-// hash mixes the seed, the symbol and the parts into 64 bits (splitmix64).
-func (s *Sim) hash(sym uint64, parts ...uint64) uint64 {
-	x := mix(s.cfg.Seed ^ mix(sym))
-	for _, p := range parts {
-		x = mix(x ^ mix(p+0x9e3779b97f4a7c15))
-	}
-	return x
+// hash mixes the walk's key with three parts (splitmix64).
+func (w walk) hash(a, b, c uint64) uint64 {
+	x := mix(w.key ^ mix(a+0x9e3779b97f4a7c15))
+	x = mix(x ^ mix(b+0x7f4a7c159e3779b9))
+	return mix(x ^ c)
 }
 
 // unit is hash mapped to [0, 1).
-func (s *Sim) unit(sym uint64, parts ...uint64) float64 {
-	return float64(s.hash(sym, parts...)>>11) / (1 << 53)
+func (w walk) unit(a, b, c uint64) float64 {
+	return float64(w.hash(a, b, c)>>11) / (1 << 53)
 }
 
 func mix(x uint64) uint64 {
