@@ -313,8 +313,8 @@ func (w walk) minute(m int64) minuteBar {
 		mb.offset[j] = int64((float64(j) + w.unit(2, uint64(m), uint64(j))) * slot)
 		mb.size[j] = math.Round((0.001+w.unit(4, uint64(m), uint64(j))*0.5)*1e6) / 1e6
 	}
-	first := math.Exp(w.logPrice(float64(m*60e9+mb.offset[0])/1e9))
-	last := math.Exp(w.logPrice(float64(m*60e9+mb.offset[mb.n-1])/1e9))
+	first := math.Exp(w.logPrice(float64(m*60e9+mb.offset[0]) / 1e9))
+	last := math.Exp(w.logPrice(float64(m*60e9+mb.offset[mb.n-1]) / 1e9))
 	high := max(first, last) * (1 + 0.0006*w.unit(3, uint64(m), 0))
 	low := min(first, last) * (1 - 0.0006*w.unit(3, uint64(m), 1))
 	kHigh := 1 + int(w.hash(3, uint64(m), 2)%uint64(mb.n-2))
@@ -374,7 +374,7 @@ func (w walk) logPrice(t float64) float64 {
 // book is the simulated level2 book of product at sim time now.
 func (s *Sim) book(product string, now time.Time) market.BookUpdate {
 	w := s.walkOf(product)
-	mid := math.Exp(w.logPrice(float64(now.UnixNano())/1e9))
+	mid := math.Exp(w.logPrice(float64(now.UnixNano()) / 1e9))
 	tick := mid * 0.0001
 	second := uint64(now.Unix())
 	u := market.BookUpdate{Product: product, Snapshot: true, Time: now}
