@@ -27,8 +27,12 @@ export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
 deps:
 	bash deploy/scripts/deps.sh
 
+# Built, then run directly, so Ctrl-C and SIGTERM reach it (go run does not
+# forward them). make run TRACING=1 also runs Jaeger.
 run: deps
-	$(GO) run ./deploy/devstack
+	@mkdir -p bin
+	$(GO) build -o bin/devstack ./deploy/devstack
+	bin/devstack
 
 build:
 	@mkdir -p bin

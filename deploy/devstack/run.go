@@ -33,6 +33,7 @@ type devConfig struct {
 	PostgresPort int           `env:"VIGIL_DEV_POSTGRES_PORT" envDefault:"5433" help:"port of the private PostgreSQL"`
 	FeedSource   string        `env:"VIGIL_FEED_SOURCE" envDefault:"sim" help:"market data source passed to vigil-feed (sim, coinbase, replay)"`
 	StopGrace    time.Duration `env:"VIGIL_DEV_STOP_GRACE" envDefault:"15s" help:"how long a service may take to stop after SIGTERM before it is killed"`
+	Tracing      bool          `env:"TRACING" envDefault:"false" help:"1 also runs Jaeger (OTLP on 4317/4318, UI on 16686) and points the services at it"`
 }
 
 // Validate checks the ports and the grace period.
@@ -135,12 +136,27 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	)
 	out := &syncWriter{out: os.Stdout}
 	var wg sync.WaitGroup
+	if cfg.Tracing {
+		jaeger, err := jaegerBinary(ctx, root)
+		if err != nil {
+			return err
+		}
+		env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
+			// Jaeger takes traces only.
+			"OTEL_METRICS_EXPORTER=none")
+		wg.Go(func() {
+			supervise(ctx, child{name: "jaeger", path: jaeger, env: os.Environ(), out: io.Discard, grace: cfg.StopGrace, log: log})
+		})
+	}
 	for _, b := range binaries {
 		wg.Go(func() {
 			supervise(ctx, child{name: b.name, path: b.path, env: env, out: out, grace: cfg.StopGrace, log: log})
 		})
 	}
 	printBanner(out, natsSrv.URL(), redisSrv.URL(), pg.URL(), runDir, binaries)
+	if cfg.Tracing {
+		fmt.Fprintf(out, "tracing: Jaeger UI at http://127.0.0.1:16686 (OTLP http://127.0.0.1:4318)\n\n")
+	}
 
 	<-ctx.Done()
 	log.Info("stopping the dev stack")
@@ -240,6 +256,18 @@ func goBuild(ctx context.Context, log *slog.Logger, root, output, pkg string) er
 		return fmt.Errorf("%w: go build %s: %w\n%s", ErrBuild, pkg, err, out)
 	}
 	return nil
+}
+
+// jaegerBinary is the cached Jaeger all-in-one binary, built by
+// deploy/scripts/jaeger.sh on first use.
+func jaegerBinary(ctx context.Context, root string) (string, error) {
+	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, "deploy", "scripts", "jaeger.sh"))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("devstack: jaeger: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 // printBanner tells what runs where and a few commands to try.

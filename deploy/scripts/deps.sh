@@ -110,4 +110,10 @@ fi
 go_tool nats "github.com/nats-io/natscli/nats@$NATS_CLI_VERSION"
 go_tool staticcheck "honnef.co/go/tools/cmd/staticcheck@latest"
 
-log "ok: redis-server and the PostgreSQL server are installed"
+# Jaeger v2 for the tracing test and `make run TRACING=1`: built once from
+# the Go module proxy and cached (a few minutes the first time).
+if ! jaeger=$(bash "$(dirname "$0")/jaeger.sh"); then
+	echo "deps: could not build Jaeger (deploy/scripts/jaeger.sh)" >&2
+	exit 1
+fi
+log "ok: redis-server and the PostgreSQL server are installed, Jaeger at $jaeger"

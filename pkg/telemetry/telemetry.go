@@ -6,16 +6,17 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 )
 
 // Enabled reports whether an OTLP endpoint is configured; without one the
@@ -30,7 +31,8 @@ func Enabled() bool {
 }
 
 // Setup installs the W3C propagator and, when an OTLP endpoint is set,
-// OTLP/HTTP tracer and meter providers for service (OTEL_SERVICE_NAME and
+// OTLP/HTTP tracer and meter providers (no meter provider when
+// OTEL_METRICS_EXPORTER=none) for service (OTEL_SERVICE_NAME and
 // OTEL_RESOURCE_ATTRIBUTES override and extend the resource). The returned
 // function flushes and stops them.
 func Setup(ctx context.Context, service, version, instance string) (shutdown func(context.Context) error, err error) {
@@ -38,35 +40,37 @@ func Setup(ctx context.Context, service, version, instance string) (shutdown fun
 	if !Enabled() {
 		return func(context.Context) error { return nil }, nil
 	}
-	res, err := resource.Merge(resource.Default(), resource.NewWithAttributes(semconv.SchemaURL,
-		semconv.ServiceName(service), semconv.ServiceVersion(version), semconv.ServiceInstanceID(instance)))
+	// Attributes from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES come last
+	// and win. No schema URL, so detectors of other semconv versions merge.
+	res, err := resource.New(ctx,
+		resource.WithTelemetrySDK(),
+		resource.WithHost(),
+		resource.WithAttributes(
+			attribute.String("service.name", service),
+			attribute.String("service.version", version),
+			attribute.String("service.instance.id", instance),
+		),
+		resource.WithFromEnv(),
+	)
 	if err != nil {
-		// A schema URL conflict still leaves a usable merged resource.
-		res = resource.Default()
+		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}
-	res, _ = resource.Merge(res, envResource(ctx))
 	traceExp, err := otlptracehttp.New(ctx)
 	if err != nil {
 		return nil, err
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(traceExp), sdktrace.WithResource(res))
+	otel.SetTracerProvider(tp)
+	if os.Getenv("OTEL_METRICS_EXPORTER") == "none" {
+		return tp.Shutdown, nil
+	}
 	metricExp, err := otlpmetrichttp.New(ctx)
 	if err != nil {
 		return nil, errors.Join(err, tp.Shutdown(ctx))
 	}
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewPeriodicReader(metricExp)), sdkmetric.WithResource(res))
-	otel.SetTracerProvider(tp)
 	otel.SetMeterProvider(mp)
 	return func(ctx context.Context) error {
 		return errors.Join(tp.Shutdown(ctx), mp.Shutdown(ctx))
 	}, nil
-}
-
-// envResource reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
-func envResource(ctx context.Context) *resource.Resource {
-	r, err := resource.New(ctx, resource.WithFromEnv())
-	if err != nil {
-		return resource.Empty()
-	}
-	return r
 }
