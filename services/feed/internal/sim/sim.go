@@ -19,10 +19,13 @@
 //
 // The price is a function of sim time alone: the log price is a sum of
 // value-noise octaves (30 s to 3 days) hashed from (seed, symbol, octave,
-// lattice point). Each sim minute has 4–8 trades at times, prices and sizes
-// hashed from (seed, symbol, minute, index). History therefore rebuilds any
-// interval exactly as the live simulator produced it, and backfills, gap
-// fills and live bars agree to the last digit.
+// lattice point). Each sim minute has 4–8 trades whose times, sizes and
+// prices are hashed from (seed, symbol, minute, index): the first and the
+// last trade sit on the walk, one trade is the minute's high and one its
+// low, the others lie between. History folds whole minutes from these
+// summaries (constant work per minute) and the trades of a partial minute,
+// summing volumes in trade order, so backfills, gap fills and live bars of
+// the same interval agree to the last digit.
 package sim
 
 import (

@@ -1,0 +1,206 @@
+package sim_test
+
+import (
+	"context"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/services/feed/internal/market"
+	"vigil.dev/services/feed/internal/sim"
+)
+
+// recorder is a market.Sink that keeps trades and the last clock.
+type recorder struct {
+	mu     sync.Mutex
+	trades []market.Trade
+	books  []market.BookUpdate
+	clock  time.Time
+}
+
+func (r *recorder) Trade(t market.Trade) { r.mu.Lock(); r.trades = append(r.trades, t); r.mu.Unlock() }
+func (r *recorder) Candle(market.Bar)    {}
+func (r *recorder) Book(u market.BookUpdate) {
+	r.mu.Lock()
+	r.books = append(r.books, u)
+	r.mu.Unlock()
+}
+func (r *recorder) Clock(now time.Time) { r.mu.Lock(); r.clock = now; r.mu.Unlock() }
+func (r *recorder) Gap(market.Gap)      {}
+func (r *recorder) Malformed(error)     {}
+
+func (r *recorder) snapshot() ([]market.Trade, time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]market.Trade(nil), r.trades...), r.clock
+}
+
+// aggregate builds bars of tf from trades in order, as the feed's engine does.
+func aggregate(trades []market.Trade, tf contract.Timeframe) []market.Bar {
+	var out []market.Bar
+	for _, t := range trades {
+		start := tf.BarStart(t.Time)
+		if n := len(out); n > 0 && out[n-1].Start.Equal(start) {
+			b := &out[n-1]
+			b.High = max(b.High, t.Price)
+			b.Low = min(b.Low, t.Price)
+			b.Close = t.Price
+			b.Volume += t.Size
+			continue
+		}
+		out = append(out, market.Bar{Product: t.Product, Timeframe: tf, Start: start, Open: t.Price, High: t.Price, Low: t.Price, Close: t.Price, Volume: t.Size})
+	}
+	return out
+}
+
+func TestHistoryEqualsWhatTheLiveSimulatorEmitted(t *testing.T) {
+	rec := &recorder{}
+	s, err := sim.New(sim.Config{Seed: 3, Speed: 3600, Tick: 5 * time.Millisecond}, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Subscribe(market.ChannelBars, "ETH-USD"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		trades, _ := rec.snapshot()
+		if len(trades) > 0 && trades[len(trades)-1].Time.Sub(trades[0].Time) > 40*time.Minute {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the simulator emitted less than 40 sim minutes of trades in 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	trades, clock := rec.snapshot()
+	for i := 1; i < len(trades); i++ {
+		if !trades[i].Time.After(trades[i-1].Time) {
+			t.Fatalf("trade %d at %v is not after trade %d at %v", i, trades[i].Time, i-1, trades[i-1].Time)
+		}
+	}
+	for _, tf := range []contract.Timeframe{contract.TF1m, contract.TF5m, contract.TF15m} {
+		t.Run(string(tf), func(t *testing.T) {
+			live := aggregate(trades, tf)
+			// Compare the bars whose whole span the live trades cover.
+			first := tf.BarStart(trades[0].Time).Add(tf.Duration())
+			want, err := s.History(context.Background(), "ETH-USD", tf, first, tf.BarStart(clock))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(want) == 0 {
+				t.Fatal("no complete bar to compare")
+			}
+			byStart := map[time.Time]market.Bar{}
+			for _, b := range live {
+				byStart[b.Start] = b
+			}
+			for _, w := range want {
+				if err := w.Validate(); err != nil {
+					t.Errorf("history bar: %v", err)
+				}
+				if got := byStart[w.Start]; got != w {
+					t.Errorf("bar %v: live %+v, history %+v", w.Start, got, w)
+				}
+			}
+		})
+	}
+}
+
+func TestHistoryOfAPartialBarStopsAtTo(t *testing.T) {
+	s, err := sim.New(sim.Config{Seed: 3, Speed: 60}, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := contract.TF1h.BarStart(s.Now()).Add(-37*time.Minute - 12*time.Second)
+	part, err := s.History(context.Background(), "BTC-USD", contract.TF1h, to.Add(-time.Minute), to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mins, err := s.History(context.Background(), "BTC-USD", contract.TF1m, contract.TF1h.BarStart(to), to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(part) != 1 || len(mins) != 23 {
+		t.Fatalf("%d hour bars and %d minute bars, want 1 and 23 (22 whole minutes and a partial one)", len(part), len(mins))
+	}
+	h := market.Aggregate("BTC-USD", contract.TF1h, mins)[0]
+	if h.Open != part[0].Open || h.High != part[0].High || h.Low != part[0].Low || h.Close != part[0].Close || math.Abs(h.Volume-part[0].Volume) > 1e-9 {
+		t.Errorf("partial hour %+v, its minutes give %+v", part[0], h)
+	}
+}
+
+func TestSimTimeRunsAheadOfTheWallClock(t *testing.T) {
+	wall := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+	now := wall
+	s, err := sim.New(sim.Config{Speed: 60, Wall: func() time.Time { return now }}, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	midnight := time.Date(2026, 3, 4, 0, 0, 0, 0, time.UTC)
+	if got, want := s.Now(), midnight.Add(600*time.Hour); !got.Equal(want) {
+		t.Errorf("sim time at 10:00 with the midnight anchor = %v, want %v", got, want)
+	}
+	before := s.Now()
+	now = now.Add(time.Second)
+	if got := s.Now().Sub(before); got != time.Minute {
+		t.Errorf("one wall second moved sim time by %v, want one minute", got)
+	}
+	if s.Now().Before(now) {
+		t.Error("sim time is behind the wall clock")
+	}
+	pinned, err := sim.New(sim.Config{Speed: 60, Anchor: wall, Wall: func() time.Time { return wall }}, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pinned.Now().Equal(wall) {
+		t.Errorf("at the anchor sim time is %v, want the wall time %v", pinned.Now(), wall)
+	}
+}
+
+func TestNewChecksTheSpeed(t *testing.T) {
+	for _, tc := range []struct {
+		speed float64
+		ok    bool
+	}{{0, true}, {1, true}, {60, true}, {sim.MaxSpeed, true}, {0.5, false}, {sim.MaxSpeed + 1, false}, {math.NaN(), false}} {
+		_, err := sim.New(sim.Config{Speed: tc.speed}, &recorder{})
+		if (err == nil) != tc.ok {
+			t.Errorf("speed %v: err %v, want ok %v", tc.speed, err, tc.ok)
+		}
+	}
+}
+
+func TestSameSeedSameMarket(t *testing.T) {
+	anchor := time.Now().UTC().Truncate(time.Hour)
+	a, _ := sim.New(sim.Config{Seed: 9, Anchor: anchor}, &recorder{})
+	b, _ := sim.New(sim.Config{Seed: 9, Anchor: anchor}, &recorder{})
+	c, _ := sim.New(sim.Config{Seed: 10, Anchor: anchor}, &recorder{})
+	to := contract.TF1d.BarStart(a.Now())
+	from := to.Add(-10 * 24 * time.Hour)
+	ha, _ := a.History(context.Background(), "SOL-USD", contract.TF4h, from, to)
+	hb, _ := b.History(context.Background(), "SOL-USD", contract.TF4h, from, to)
+	hc, _ := c.History(context.Background(), "SOL-USD", contract.TF4h, from, to)
+	if len(ha) != 60 || len(hb) != 60 {
+		t.Fatalf("%d and %d 4h bars over 10 days, want 60", len(ha), len(hb))
+	}
+	for i := range ha {
+		if ha[i] != hb[i] {
+			t.Fatalf("bar %d differs between two simulators with the same seed", i)
+		}
+		if err := ha[i].Validate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ha[0] == hc[0] {
+		t.Error("a different seed gave the same market")
+	}
+}
