@@ -159,10 +159,15 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 		Description: description, Instance: rt.Instance}, rt.Log, in.status); err != nil {
 		return nil, err
 	}
+	// Shutdown runs these in reverse: stop evaluating, leave, send the
+	// queued webhooks. Each is registered once its part runs, so that the
+	// error path below stops exactly what started.
+	in.svc.OnShutdown(in.closeHooks)
 	in.log = rt.Log.With("id", in.svc.ID())
 	if in.group, err = membership.Join(ctx, rt.JS, contract.ServiceAlerts, in.svc.ID(), opts.membership); err != nil {
 		return nil, err
 	}
+	in.svc.OnShutdown(in.leave)
 	if in.monitor, err = monitor.New(monitor.Deps{
 		Recorder:  record.New(rt.JS, in.pool),
 		Snapshots: snaps,
@@ -191,6 +196,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	in.loops.Add(2)
 	go in.watchDesiredStates(watcher)
 	go in.reconcileLoop()
+	in.svc.OnShutdown(in.stopEvaluating)
 	for verb, h := range map[contract.Verb]service.Handler{
 		contract.VerbPause: in.pause, contract.VerbResume: in.resume, contract.VerbApply: in.apply,
 	} {
@@ -198,9 +204,6 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 			return nil, err
 		}
 	}
-	in.svc.OnShutdown(in.closeHooks)
-	in.svc.OnShutdown(in.leave)
-	in.svc.OnShutdown(in.stopEvaluating)
 	in.ready.Store(true)
 	in.log.Info("running", "members", in.group.Members())
 	return in, nil
@@ -215,8 +218,9 @@ func (in *instance) shutdown(timeout time.Duration) error {
 	return errors.Join(err, in.rt.Close(context.Background()))
 }
 
-// stopEvaluating ends the loops, stops consuming and waits for the updates
-// in progress; when ctx ends first they are cancelled (and rolled back).
+// stopEvaluating ends the loops, stops consuming, waits for the updates
+// in progress (when ctx ends first they are cancelled and rolled back) and
+// deletes the consumer.
 func (in *instance) stopEvaluating(ctx context.Context) error {
 	in.stopLoops()
 	in.consume.Stop()
@@ -231,6 +235,9 @@ func (in *instance) stopEvaluating(ctx context.Context) error {
 	}
 	in.stopWork()
 	in.loops.Wait()
+	if derr := in.rt.JS.DeleteConsumer(ctx, contract.StreamIndicators, in.consumerName()); derr != nil {
+		in.log.Warn("deleting the consumer failed; the server drops it when inactive", "err", derr)
+	}
 	return err
 }
 

@@ -143,33 +143,46 @@ func TestStaleValuesWarmUpAndGapsSuppressAlerts(t *testing.T) {
 	alice := userState("alice", 1, rsiHot)
 	e.putState(alice)
 	e.start("a")
+	otherAccount := alice
+	otherAccount.ExchangeID = 99
 	steps := []struct {
 		name string
 		b    bar
 		// age is how long after the bar's end it is evaluated (1s when 0).
 		age time.Duration
+		// st is the state whose series the bar is of (alice's when empty).
+		st contract.DesiredState
 	}{
-		{"stale bar", rsiBar(0, 60, 1), 3 * time.Hour},
-		{"stale crossing", rsiBar(1, 75, 1), 2*time.Hour + time.Second},
-		{"warming", bar{i: 10, close: 1, warming: []string{"rsi_14"}}, 0},
-		{"first warm value, already above", rsiBar(11, 75, 1), 0},
-		{"still above", rsiBar(12, 76, 1), 0},
-		{"below", rsiBar(13, 60, 1), 0},
-		{"crossing: fires", rsiBar(14, 75, 1), 0},
-		{"below again", rsiBar(20, 60, 1), 0},
-		{"crossing after a missing bar", rsiBar(22, 75, 1), 0},
-		{"below once more", rsiBar(23, 60, 1), 0},
-		{"crossing exactly two bars late: fires", rsiBar(24, 75, 1), 2 * time.Hour},
+		{name: "stale bar", b: rsiBar(0, 60, 1), age: 3 * time.Hour},
+		{name: "stale crossing", b: rsiBar(1, 75, 1), age: 2*time.Hour + time.Second},
+		{name: "warming", b: bar{i: 10, close: 1, warming: []string{"rsi_14"}}},
+		{name: "first warm value, already above", b: rsiBar(11, 75, 1)},
+		{name: "still above", b: rsiBar(12, 76, 1)},
+		{name: "below", b: rsiBar(13, 60, 1)},
+		{name: "crossing on another exchange account", b: rsiBar(14, 75, 1), st: otherAccount},
+		{name: "crossing: fires", b: rsiBar(14, 75, 1)},
+		{name: "below again", b: rsiBar(20, 60, 1)},
+		{name: "crossing after a missing bar", b: rsiBar(22, 75, 1)},
+		{name: "below once more", b: rsiBar(23, 60, 1)},
+		{name: "crossing exactly two bars late: fires", b: rsiBar(24, 75, 1), age: 2 * time.Hour},
 	}
 	for _, s := range steps {
 		age := s.age
 		if age == 0 {
 			age = time.Second
 		}
-		e.closeBarAt(alice, s.b, time.Unix(s.b.start()+3600, 0).Add(age), nil)
+		st := s.st
+		if st.User == "" {
+			st = alice
+		}
+		e.closeBarAt(st, s.b, time.Unix(s.b.start()+3600, 0).Add(age), nil)
 		e.settle()
 	}
-	e.waitAlerts(id("alice", rsiHot, 14), id("alice", rsiHot, 24))
+	for _, a := range e.waitAlerts(id("alice", rsiHot, 14), id("alice", rsiHot, 24)) {
+		if a.ExchangeID != alice.ExchangeID {
+			t.Errorf("alert %s on exchange account %d, want %d", a.ID, a.ExchangeID, alice.ExchangeID)
+		}
+	}
 }
 
 func TestRedeliveredAndReplayedUpdatesFireNothingTwice(t *testing.T) {

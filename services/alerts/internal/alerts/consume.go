@@ -29,7 +29,7 @@ const retryDelay = time.Second
 // ephemeral, named vigil-alerts-<id>, new updates only (a gained user
 // catches up from Redis instead), explicit acks.
 func (in *instance) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	name := contract.ServiceAlerts + "-" + in.svc.ID()
+	name := in.consumerName()
 	cons, err := in.rt.JS.CreateOrUpdateConsumer(ctx, contract.StreamIndicators, jetstream.ConsumerConfig{
 		Name:              name,
 		Description:       "vigil-alerts instance " + in.rt.Instance,
@@ -46,6 +46,9 @@ func (in *instance) createConsumer(ctx context.Context) (jetstream.Consumer, err
 	}
 	return cons, nil
 }
+
+// consumerName is vigil-alerts-<id>.
+func (in *instance) consumerName() string { return contract.ServiceAlerts + "-" + in.svc.ID() }
 
 // route is the consumer's callback: it acknowledges the updates of users
 // this instance does not run at once and queues the others on their

@@ -248,7 +248,7 @@ func (e *env) settle() {
 	ctx := context.Background()
 	e.waitFor("the updates to be acknowledged", func() (bool, error) {
 		for _, in := range e.running() {
-			cons, err := e.js.Consumer(ctx, contract.StreamIndicators, contract.ServiceAlerts+"-"+in.svc.ID())
+			cons, err := e.js.Consumer(ctx, contract.StreamIndicators, in.consumerName())
 			if err != nil {
 				return false, err
 			}

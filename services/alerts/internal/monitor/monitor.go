@@ -300,8 +300,9 @@ func (m *Monitor) Wants(user string) bool {
 	return us != nil && m.deps.Ownership.Owns(user)
 }
 
-// Handle evaluates u for its user when this instance owns the user and the
-// user is not paused, records the alerts and saves the engine memory. When
+// Handle evaluates u for its user when this instance owns the user, the
+// user is not paused and u is a series of the desired state's exchange
+// account, records the alerts and saves the engine memory. When
 // it returns nil, u may be acknowledged; an error means u must be delivered
 // again (the engine memory is as if u had not been seen).
 func (m *Monitor) Handle(ctx context.Context, u contract.IndicatorUpdate) error {
@@ -323,10 +324,17 @@ func (m *Monitor) Handle(ctx context.Context, u contract.IndicatorUpdate) error 
 			return err
 		}
 	}
-	if us.paused {
+	if us.paused || !us.watches(u.SeriesID) {
 		return nil
 	}
 	return m.evaluateLocked(ctx, us, u)
+}
+
+// watches reports whether the user's rules apply to series: the rules
+// name no exchange, so they apply to the exchange account of the desired
+// state (to any account when the state names none).
+func (us *user) watches(series contract.SeriesID) bool {
+	return us.desired.ExchangeID == 0 || series.ExchangeID == us.desired.ExchangeID
 }
 
 // convergeLocked brings the user to its desired state.
