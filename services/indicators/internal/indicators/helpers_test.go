@@ -315,6 +315,26 @@ func (h *harness) feed(cs ...contract.Candle) {
 	}
 }
 
+// feedFlush does what one vigil-feed flush does with several candle
+// updates: write them all to Redis, then publish them in the given order
+// (the feed's order within a flush is not by bar).
+func (h *harness) feedFlush(cs ...contract.Candle) {
+	h.t.Helper()
+	ctx := context.Background()
+	if _, err := h.store.WriteCandles(ctx, cs); err != nil {
+		h.t.Fatal(err)
+	}
+	for _, c := range cs {
+		data, err := json.Marshal(c)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if _, err := h.js.Publish(ctx, contract.CandleSubject(c.SeriesID), data, jetstream.WithMsgID(c.MsgID())); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
 // received returns the updates seen so far that match keep.
 func (h *harness) received(keep func(received) bool) []received {
 	h.seen.mu.Lock()

@@ -35,18 +35,20 @@ func TestCandlesToIndicators(t *testing.T) {
 	macdv := candles(t, mv, 300, 0.05)
 	const corrected = 1500 // this bar is corrected after the next one closed
 	var inProgress []int   // bars with in-progress updates before they close
+	var reordered []int    // bars whose close is published after the next bar's first update
 	began := time.Now()
 	for i := range all {
-		if i%97 == 50 {
+		switch {
+		case i%89 == 30 && i+1 < len(all):
+			reordered = append(reordered, i)
+			inProgress = append(inProgress, i+1)
+			h.feedFlush(partialOf(all[i+1]), all[i])
+		case i%97 == 50 && !slices.Contains(reordered, i-1):
 			inProgress = append(inProgress, i)
-			partial := all[i]
-			partial.Closed = false
-			partial.Close = (partial.Open + partial.Close) / 2
-			partial.High, partial.Low = max(partial.Open, partial.Close), min(partial.Open, partial.Close)
-			partial.Version -= 1_800_000_000 // half a bar earlier
-			h.feed(partial)
+			h.feed(partialOf(all[i]), all[i])
+		default:
+			h.feed(all[i])
 		}
-		h.feed(all[i])
 		if i < len(macdv) {
 			h.feed(macdv[i])
 		}
@@ -114,8 +116,7 @@ func TestCandlesToIndicators(t *testing.T) {
 				t.Fatalf("bar %d: %d in-progress updates, want 1", i, len(rs))
 			}
 			partial := slices.Clone(all[:i+1])
-			partial[i].Close = (all[i].Open + all[i].Close) / 2
-			partial[i].High, partial[i].Low = max(partial[i].Open, partial[i].Close), min(partial[i].Open, partial[i].Close)
+			partial[i] = partialOf(all[i])
 			for _, name := range []string{"ema_20", "rsi_14", "atr_14"} {
 				want := oracle(t, name, partial)[i]
 				got := rs[0].Values[name]
@@ -129,6 +130,21 @@ func TestCandlesToIndicators(t *testing.T) {
 			closed := h.received(func(r received) bool { return r.SeriesID == pm && r.Start == all[i].Start && r.Closed })
 			if len(closed) == 0 || closed[0].Version <= rs[0].Version {
 				t.Fatalf("bar %d: closed update must follow with a higher version", i)
+			}
+		}
+	})
+
+	t.Run("close published after the next bar's first update", func(t *testing.T) {
+		h := h.sub(t)
+		for _, i := range reordered {
+			rs := h.received(func(r received) bool { return r.SeriesID == pm && r.Start == all[i].Start && r.Closed })
+			if len(rs) != 1 || rs[0].Version != all[i].Version {
+				t.Fatalf("bar %d: closed updates %+v, want one of version %d", i, rs, all[i].Version)
+			}
+			for _, name := range positionMonitor {
+				if want := oracle(t, name, all)[i]; want != nil && diff(rs[0].Values[name], want) > relTolerance {
+					t.Fatalf("bar %d: %s %v, go-talib %v", i, name, rs[0].Values[name], want)
+				}
 			}
 		}
 	})
@@ -152,6 +168,17 @@ func TestCandlesToIndicators(t *testing.T) {
 			}
 		}
 	})
+}
+
+// partialOf is an in-progress version of closed candle c, observed half a
+// bar before its close: close halfway from the open, range to match.
+func partialOf(c contract.Candle) contract.Candle {
+	p := c
+	p.Closed = false
+	p.Close = (c.Open + c.Close) / 2
+	p.High, p.Low = max(p.Open, p.Close), min(p.Open, p.Close)
+	p.Version -= int64(c.Timeframe.Duration()/time.Microsecond) / 2
+	return p
 }
 
 // statusHasUsers checks that a status lists the users.
