@@ -185,6 +185,8 @@ type Stats struct {
 	LastGapFill time.Duration
 	// MaxGapFill is the longest such time.
 	MaxGapFill time.Duration
+	// PendingReconciles is how many closed bars wait to be read back.
+	PendingReconciles int
 }
 
 type reconcileJob struct {
@@ -339,7 +341,9 @@ func (e *Engine) Subscribers(symbol string) []Subscriber {
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.stats
+	st := e.stats
+	st.PendingReconciles = len(e.reconciles)
+	return st
 }
 
 // ProductStatus is one product's state for the status verb.

@@ -1,0 +1,266 @@
+package engine_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/redisstore"
+	"vigil.dev/pkg/testenv"
+	"vigil.dev/services/feed/internal/engine"
+	"vigil.dev/services/feed/internal/market"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+
+// exchangeSource is a market.Source whose clock the test moves and whose
+// history is a map the test fills: the exchange's own record of each bar.
+type exchangeSource struct {
+	sink market.Sink
+
+	mu       sync.Mutex
+	now      time.Time
+	history  map[contract.Timeframe]map[int64]market.Bar
+	subs     map[market.Channel]int
+	requests []contract.Timeframe
+}
+
+func (x *exchangeSource) Name() string { return "coinbase" }
+func (x *exchangeSource) Caps() market.Caps {
+	return market.Caps{TradeTimeframes: []contract.Timeframe{contract.TF1m}, CandleTimeframe: contract.TF5m,
+		Timeframes: contract.Timeframes, Reconcile: true, ReconcileDelay: 300 * time.Millisecond}
+}
+func (x *exchangeSource) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+func (x *exchangeSource) Subscribe(ch market.Channel, _ string) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.subs[ch]++
+	return nil
+}
+func (x *exchangeSource) Unsubscribe(ch market.Channel, _ string) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.subs[ch]--
+	return nil
+}
+func (x *exchangeSource) Now() time.Time {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.now
+}
+func (x *exchangeSource) Status() any { return nil }
+func (x *exchangeSource) History(_ context.Context, _ string, tf contract.Timeframe, from, to time.Time) ([]market.Bar, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.requests = append(x.requests, tf)
+	var out []market.Bar
+	for start, b := range x.history[tf] {
+		if start >= tf.BarStart(from).Unix() && start < to.Unix() {
+			out = append(out, b)
+		}
+	}
+	slices.SortFunc(out, func(a, b market.Bar) int { return a.Start.Compare(b.Start) })
+	return out, nil
+}
+
+func (x *exchangeSource) set(b market.Bar) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.history[b.Timeframe] == nil {
+		x.history[b.Timeframe] = map[int64]market.Bar{}
+	}
+	x.history[b.Timeframe][b.Start.Unix()] = b
+}
+
+// advance moves the clock and tells the engine.
+func (x *exchangeSource) advance(to time.Time) {
+	x.mu.Lock()
+	x.now = to
+	x.mu.Unlock()
+	x.sink.Clock(to)
+}
+
+func bar(tf contract.Timeframe, start time.Time, o, h, l, c, v float64) market.Bar {
+	return market.Bar{Product: "BTC-USD", Timeframe: tf, Start: start, Open: o, High: h, Low: l, Close: c, Volume: v}
+}
+
+func newEngine(t *testing.T) (*engine.Engine, *exchangeSource, *redisstore.Store) {
+	t.Helper()
+	srv := testenv.StartNATS(t)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := natsx.EnsureStreams(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	rdb, err := redisstore.NewClient(ctx, testenv.Redis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	store := redisstore.New(rdb, 0)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	x := &exchangeSource{history: map[contract.Timeframe]map[int64]market.Bar{}, subs: map[market.Channel]int{}}
+	e, err := engine.New(engine.Config{Writer: engine.NewWriter(store, js, log, nil), NC: nc, Log: log, FlushInterval: 10 * time.Millisecond},
+		func(s market.Sink) (market.Source, error) { x.sink = s; return x, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return e, x, store
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func stored(t *testing.T, store *redisstore.Store, id contract.SeriesID, start time.Time) (contract.Candle, bool) {
+	t.Helper()
+	cs, err := store.Candles(context.Background(), id, start.Unix(), start.Unix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) == 0 {
+		return contract.Candle{}, false
+	}
+	return cs[0], true
+}
+
+func sameBar(c contract.Candle, b market.Bar) bool {
+	return c.Open == b.Open && c.High == b.High && c.Low == b.Low && c.Close == b.Close && math.Abs(c.Volume-b.Volume) < 1e-9
+}
+
+func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
+	e, x, store := newEngine(t)
+	day := time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
+	t0 := day.Add(10*time.Hour + 2*time.Minute + 30*time.Second)
+	x.now = t0
+	// The exchange's record: 5m buckets of the day up to 10:00 and the
+	// minute in progress.
+	for i := range 121 {
+		start := day.Add(time.Duration(i) * 5 * time.Minute)
+		p := 100 + float64(i)
+		x.set(bar(contract.TF5m, start, p, p+2, p-1, p+1, 10))
+	}
+	x.set(bar(contract.TF1m, day.Add(10*time.Hour+2*time.Minute), 220, 221, 219, 220.5, 3))
+	sub := engine.Subscriber{User: "ann", UserID: 1, ExchangeID: 2, Symbol: "BTC-USD"}
+	if err := e.Attach(sub); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Attach(sub); err != nil { // the same subscriber again changes nothing
+		t.Fatal(err)
+	}
+	waitFor(t, "seeding", func() bool { p := e.Products()["BTC-USD"]; return !p.Syncing })
+	if x.subs[market.ChannelBars] != 1 || e.Products()["BTC-USD"].Subscribers != 1 {
+		t.Fatalf("upstream subscriptions %v, subscribers %d; want one of each", x.subs, e.Products()["BTC-USD"].Subscribers)
+	}
+
+	minute := day.Add(10*time.Hour + 2*time.Minute)
+	src := sinkOf(x)
+	src.Trade(market.Trade{Product: "BTC-USD", Price: 230, Size: 1, Time: t0.Add(10 * time.Second)})
+	src.Trade(market.Trade{Product: "BTC-USD", Price: 218, Size: 2, Time: t0.Add(20 * time.Second)})
+	src.Trade(market.Trade{Product: "BTC-USD", Price: 225, Size: 0.5, Time: t0.Add(-time.Second)}) // before the seed: in it already
+	src.Trade(market.Trade{Product: "BTC-USD", Price: math.NaN(), Size: 1, Time: t0})               // malformed
+	live := bar(contract.TF5m, day.Add(10*time.Hour), 221, 240, 215, 230, 7)
+	src.Candle(live)
+	id := contract.SeriesID{User: "ann", UserID: 1, ExchangeID: 2, Symbol: "BTC-USD"}
+	with := func(tf contract.Timeframe) contract.SeriesID { id.Timeframe = tf; return id }
+
+	// The seeded minute merged with the live trades after the seed.
+	waitFor(t, "the live 1m bar", func() bool {
+		c, ok := stored(t, store, with(contract.TF1m), minute)
+		return ok && sameBar(c, bar(contract.TF1m, minute, 220, 230, 218, 218, 6)) && !c.Closed
+	})
+	// Aggregates: the day's buckets with the live 10:00 one.
+	var buckets []market.Bar
+	for i := range 120 {
+		buckets = append(buckets, x.history[contract.TF5m][day.Add(time.Duration(i)*5*time.Minute).Unix()])
+	}
+	buckets = append(buckets, live)
+	for _, tc := range []struct {
+		tf    contract.Timeframe
+		start time.Time
+	}{{contract.TF15m, day.Add(10 * time.Hour)}, {contract.TF1h, day.Add(10 * time.Hour)}, {contract.TF4h, day.Add(8 * time.Hour)}, {contract.TF1d, day}} {
+		var in []market.Bar
+		for _, b := range buckets {
+			if !b.Start.Before(tc.start) && b.Start.Before(tc.start.Add(tc.tf.Duration())) {
+				in = append(in, b)
+			}
+		}
+		want := market.Aggregate("BTC-USD", tc.tf, in)[0]
+		waitFor(t, string(tc.tf)+" aggregate", func() bool {
+			c, ok := stored(t, store, with(tc.tf), tc.start)
+			return ok && sameBar(c, want) && !c.Closed
+		})
+	}
+
+	// The minute closes; the exchange's final record then wins.
+	liveClosed := contract.Candle{}
+	x.advance(minute.Add(time.Minute))
+	waitFor(t, "the closed live 1m bar", func() bool {
+		c, ok := stored(t, store, with(contract.TF1m), minute)
+		liveClosed = c
+		return ok && c.Closed
+	})
+	final := bar(contract.TF1m, minute, 220, 231, 217, 219, 9)
+	x.set(final)
+	src.Trade(market.Trade{Product: "BTC-USD", Price: 1000, Size: 1, Time: minute.Add(59 * time.Second)}) // late
+	waitFor(t, "the reconciled 1m bar", func() bool {
+		c, ok := stored(t, store, with(contract.TF1m), minute)
+		return ok && c.Closed && sameBar(c, final) && c.Version > liveClosed.Version && c.Source == "rest"
+	})
+	st := e.Stats()
+	if st.Malformed != 1 || st.Late != 1 || st.Reconciles == 0 {
+		t.Errorf("stats %+v: want 1 malformed, 1 late trade, reconciles", st)
+	}
+
+	// The last subscriber leaves: upstream unsubscribed, and the boundary
+	// REST of its closing bars is dropped.
+	x.advance(minute.Add(5 * time.Minute)) // closes bars: reconciles queue up
+	if e.Stats().PendingReconciles == 0 {
+		t.Fatal("closing bars queued no reconcile")
+	}
+	e.Detach("ann", 2, "BTC-USD")
+	if x.subs[market.ChannelBars] != 0 || len(e.Products()) != 0 || e.Stats().PendingReconciles != 0 {
+		t.Errorf("after detach: upstream %v, products %v, %d reconciles pending", x.subs, e.Products(), e.Stats().PendingReconciles)
+	}
+	x.advance(minute.Add(time.Hour))
+	if n := e.Stats().PendingReconciles; n != 0 {
+		t.Errorf("%d reconciles queued for a product nobody watches", n)
+	}
+}
+
+// sinkOf returns the engine's sink as the source got it.
+func sinkOf(x *exchangeSource) market.Sink { return x.sink }
