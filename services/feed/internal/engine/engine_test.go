@@ -192,7 +192,7 @@ func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
 	src.Trade(market.Trade{Product: "BTC-USD", Price: 230, Size: 1, Time: t0.Add(10 * time.Second)})
 	src.Trade(market.Trade{Product: "BTC-USD", Price: 218, Size: 2, Time: t0.Add(20 * time.Second)})
 	src.Trade(market.Trade{Product: "BTC-USD", Price: 225, Size: 0.5, Time: t0.Add(-time.Second)}) // before the seed: in it already
-	src.Trade(market.Trade{Product: "BTC-USD", Price: math.NaN(), Size: 1, Time: t0})               // malformed
+	src.Trade(market.Trade{Product: "BTC-USD", Price: math.NaN(), Size: 1, Time: t0})              // malformed
 	live := bar(contract.TF5m, day.Add(10*time.Hour), 221, 240, 215, 230, 7)
 	src.Candle(live)
 	id := contract.SeriesID{User: "ann", UserID: 1, ExchangeID: 2, Symbol: "BTC-USD"}
