@@ -20,8 +20,6 @@ import (
 
 // Errors of the dev stack.
 var (
-	// ErrNoRepoRoot reports a working directory outside the repository.
-	ErrNoRepoRoot = errors.New("devstack: no go.work in the working directory or its parents")
 	// ErrBuild reports a service that does not compile.
 	ErrBuild = errors.New("devstack: build failed")
 )
@@ -82,7 +80,7 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	if err := config.Load(&cfg, "devstack", "Runs the vigil dev stack (make run).", args, os.Stdout); err != nil {
 		return err
 	}
-	root, err := repoRoot()
+	root, err := localstack.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -171,25 +169,6 @@ func stopServer(log *slog.Logger, name string, stop func() error) {
 		return
 	}
 	log.Info("stopped", "server", name)
-}
-
-// repoRoot is the nearest directory up from the working directory that
-// holds go.work.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("devstack: working directory: %w", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", ErrNoRepoRoot
-		}
-		dir = parent
-	}
 }
 
 // prepareDatabase migrates the database and seeds the demo user with the

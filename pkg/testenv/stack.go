@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"vigil.dev/pkg/localstack"
 )
 
 // Binaries are the vigil service binaries a Stack runs, by service name.
@@ -32,32 +33,13 @@ var build struct {
 	err  error
 }
 
-// RepoRoot is the directory holding go.work, found by walking up from the
-// working directory.
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("testenv: no go.work above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // BuildBinaries builds every binary of Binaries that exists into
 // <repo>/bin/test once per test package (go build is incremental) and
 // returns that directory.
 func BuildBinaries(t testing.TB) string {
 	t.Helper()
 	build.once.Do(func() {
-		root, err := RepoRoot()
+		root, err := localstack.RepoRoot()
 		if err != nil {
 			build.err = err
 			return
