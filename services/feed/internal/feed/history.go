@@ -2,8 +2,8 @@ package feed
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -17,22 +17,61 @@ import (
 // more than 350 buckets per request; 300 is safe).
 const pageBars = 300
 
-// fillGaps writes, for every subscriber and timeframe, the bars since the
-// last candle stored before the user became active at source time
-// activated (at most GapFillBars back), read from history. It returns how
-// many closed bars each series was missing and got, and the problems met;
-// it stops when ctx ends.
-func (f *feed) fillGaps(ctx context.Context, subs []engine.Subscriber, activated time.Time) (map[string]map[contract.Timeframe]int, []string) {
+// marks are, per symbol and timeframe, the start of the newest bar stored
+// for a user before their symbols were attached: where each gap begins.
+// A series with no stored bar has no entry.
+type marks map[string]map[contract.Timeframe]int64
+
+// readMarks reads the marks of sub's series in one pipeline. It runs before
+// the symbols are attached, so live writes cannot hide the gap.
+func (f *feed) readMarks(subs []engine.Subscriber) (marks, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), markTimeout)
+	defer cancel()
+	pipe := f.writer.Store().Client().Pipeline()
+	type read struct {
+		symbol string
+		tf     contract.Timeframe
+		cmd    *redis.ZSliceCmd
+	}
+	var reads []read
+	for _, sub := range subs {
+		for _, tf := range f.eng.Source().Caps().Timeframes {
+			reads = append(reads, read{sub.Symbol, tf, pipe.ZRevRangeWithScores(ctx, contract.CandleKey(sub.Series(tf)), 0, 0)})
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return marks{}, fmt.Errorf("reading the last stored candles: %w", err)
+	}
+	out := marks{}
+	for _, r := range reads {
+		if zs := r.cmd.Val(); len(zs) > 0 {
+			if out[r.symbol] == nil {
+				out[r.symbol] = map[contract.Timeframe]int64{}
+			}
+			out[r.symbol][r.tf] = int64(zs[0].Score)
+		}
+	}
+	return out, nil
+}
+
+// markTimeout bounds reading the marks.
+const markTimeout = 2 * time.Second
+
+// fillGaps writes, for every subscriber and timeframe, the bars since its
+// mark (at most GapFillBars back) read from history. It returns how many
+// closed bars each series was missing and got, and the problems met; it
+// stops when ctx ends.
+func (f *feed) fillGaps(ctx context.Context, subs []engine.Subscriber, from marks) (map[string]map[contract.Timeframe]int, []string) {
 	result := map[string]map[contract.Timeframe]int{}
 	var errs []string
-	src := f.eng.Source()
 	for _, sub := range subs {
 		result[sub.Symbol] = map[contract.Timeframe]int{}
-		for _, tf := range src.Caps().Timeframes {
+		for _, tf := range f.eng.Source().Caps().Timeframes {
 			if ctx.Err() != nil {
 				return result, append(errs, ctx.Err().Error())
 			}
-			n, err := f.fillSeries(ctx, sub, tf, activated)
+			mark, stored := from[sub.Symbol][tf]
+			n, err := f.fillSeries(ctx, sub, tf, mark, stored)
 			result[sub.Symbol][tf] = n
 			if err != nil {
 				errs = append(errs, fmt.Sprintf("%s %s: %v", sub.Symbol, tf, err))
@@ -42,41 +81,23 @@ func (f *feed) fillGaps(ctx context.Context, subs []engine.Subscriber, activated
 	return result, errs
 }
 
-// fillSeries fills one series' gap and returns how many missing closed
-// bars it wrote. The gap starts at the last bar stored before the bar that
-// was open at activated: live writes may already have stored that one.
-func (f *feed) fillSeries(ctx context.Context, sub engine.Subscriber, tf contract.Timeframe, activated time.Time) (int, error) {
-	open := tf.BarStart(activated).Unix()
-	last, stored, err := f.lastBefore(ctx, sub.Series(tf), open)
-	if err != nil {
-		return 0, err
-	}
+// fillSeries fills one series from its mark and returns how many closed
+// bars after the mark it wrote.
+func (f *feed) fillSeries(ctx context.Context, sub engine.Subscriber, tf contract.Timeframe, mark int64, stored bool) (int, error) {
 	now := f.eng.Source().Now()
 	from := tf.BarStart(now.Add(-time.Duration(f.cfg.GapFillBars-1) * tf.Duration()))
-	if stored && time.Unix(last, 0).After(from) {
-		from = time.Unix(last, 0).UTC()
+	if stored && time.Unix(mark, 0).After(from) {
+		from = time.Unix(mark, 0).UTC()
 	}
 	gained := 0
-	err = f.pages(ctx, sub, tf, from, now, "gap", func(cs []contract.Candle, written []bool) {
+	err := f.pages(ctx, sub, tf, from, now, "gap", func(cs []contract.Candle, written []bool) {
 		for i, c := range cs {
-			if written[i] && (!stored || c.Start > last) && c.Start < open {
+			if written[i] && c.Closed && (!stored || c.Start > mark) {
 				gained++
 			}
 		}
 	})
 	return gained, err
-}
-
-// lastBefore is the start of the newest stored bar of series that starts
-// before bound (UNIX seconds).
-func (f *feed) lastBefore(ctx context.Context, series contract.SeriesID, bound int64) (int64, bool, error) {
-	scores, err := f.writer.Store().Client().ZRevRangeByScoreWithScores(ctx, contract.CandleKey(series), &redis.ZRangeBy{
-		Max: "(" + strconv.FormatInt(bound, 10), Min: "-inf", Count: 1,
-	}).Result()
-	if err != nil || len(scores) == 0 {
-		return 0, false, err
-	}
-	return int64(scores[0].Score), true, nil
 }
 
 // pages reads [from, to) of sub's symbol at tf from history in pages of at

@@ -160,34 +160,48 @@ func (f *feed) convergeLocked(token string) {
 	}
 	wasActive := len(u.attached) > 0
 	book := u.state.Mode.UsesOrderBook()
-	var added []string
 	for sym, sub := range u.attached {
 		if !slices.Contains(u.state.Symbols, sym) || sub.UserID != u.state.UserID || sub.ExchangeID != u.state.ExchangeID {
 			f.eng.Detach(sub.User, sub.ExchangeID, sym)
 			delete(u.attached, sym)
 		}
 	}
+	var fresh []engine.Subscriber
 	for _, sym := range u.state.Symbols {
 		sub := engine.Subscriber{User: token, UserID: u.state.UserID, ExchangeID: u.state.ExchangeID, Symbol: sym, Book: book}
-		old, had := u.attached[sym]
-		if had && old == sub {
+		if old, had := u.attached[sym]; had {
+			if old != sub {
+				if err := f.eng.Attach(sub); err != nil {
+					f.log.Warn("book switch failed", "user", token, "symbol", sym, "err", err)
+					continue
+				}
+				u.attached[sym] = sub
+			}
 			continue
 		}
-		if err := f.eng.Attach(sub); err != nil {
-			f.log.Warn("attach failed", "user", token, "symbol", sym, "err", err)
-			continue
-		}
-		u.attached[sym] = sub
-		if !had {
-			added = append(added, sym)
-		}
+		fresh = append(fresh, sub)
 	}
-	switch {
-	case !wasActive && len(u.attached) > 0:
-		u.fill = f.startFillLocked(token, u, u.state.Symbols)
+	if len(fresh) == 0 {
+		return
+	}
+	// Where each gap starts, read before live writes reach the series.
+	from, err := f.readMarks(fresh)
+	if err != nil {
+		f.log.Warn("gap fill starts from the fill depth", "user", token, "err", err)
+	}
+	var added []engine.Subscriber
+	for _, sub := range fresh {
+		if err := f.eng.Attach(sub); err != nil {
+			f.log.Warn("attach failed", "user", token, "symbol", sub.Symbol, "err", err)
+			continue
+		}
+		u.attached[sub.Symbol] = sub
+		added = append(added, sub)
+	}
+	job := f.startFillLocked(token, u, added, from)
+	if !wasActive {
+		u.fill = job
 		f.log.Info("user started", "user", token, "symbols", u.state.Symbols, "mode", u.state.Mode)
-	case len(added) > 0:
-		f.startFillLocked(token, u, added)
 	}
 }
 
@@ -229,20 +243,15 @@ func (f *feed) addJobLocked(u *user, parent context.Context) (context.Context, f
 	}
 }
 
-// startFillLocked starts filling the gap of symbols since their last stored
-// candles, in the background.
-func (f *feed) startFillLocked(token string, u *user, symbols []string) *fillJob {
+// startFillLocked starts filling the gaps of subs from their marks, in the
+// background.
+func (f *feed) startFillLocked(token string, u *user, subs []engine.Subscriber, from marks) *fillJob {
 	job := &fillJob{done: make(chan struct{})}
 	ctx, done := f.addJobLocked(u, context.Background())
-	activated := f.eng.Source().Now()
-	subs := make([]engine.Subscriber, 0, len(symbols))
-	for _, sym := range symbols {
-		subs = append(subs, u.attached[sym])
-	}
 	go func() {
 		defer close(job.done)
 		defer done()
-		job.result, job.errs = f.fillGaps(ctx, subs, activated)
+		job.result, job.errs = f.fillGaps(ctx, subs, from)
 		if len(job.errs) > 0 {
 			f.log.Warn("gap fill incomplete", "user", token, "errors", job.errs)
 		}
