@@ -85,11 +85,7 @@ func (s *Store) WriteCandles(ctx context.Context, cs []contract.Candle) (int, er
 	if len(cs) == 0 {
 		return 0, nil
 	}
-	if err := upsertScript.Load(ctx, s.rdb).Err(); err != nil {
-		return 0, err
-	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, 0, len(cs))
+	writes := make([]upsertArgs, 0, len(cs))
 	for _, c := range cs {
 		if err := c.Validate(); err != nil {
 			return 0, fmt.Errorf("candle %s %d: %w", c.SeriesID, c.Start, err)
@@ -98,9 +94,10 @@ func (s *Store) WriteCandles(ctx context.Context, cs []contract.Candle) (int, er
 		if err != nil {
 			return 0, err
 		}
-		cmds = append(cmds, upsertScript.EvalSha(ctx, pipe, []string{contract.CandleKey(c.SeriesID)}, c.Start, c.Version, member, s.retention))
+		writes = append(writes, upsertArgs{contract.CandleKey(c.SeriesID), c.Start, c.Version, member})
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	cmds, err := s.upsertMany(ctx, writes)
+	if err != nil {
 		return 0, fmt.Errorf("write candles: %w", err)
 	}
 	written := 0
@@ -163,10 +160,7 @@ func (s *Store) WriteIndicators(ctx context.Context, u contract.IndicatorUpdate)
 	if len(u.Values) == 0 {
 		return nil
 	}
-	if err := upsertScript.Load(ctx, s.rdb).Err(); err != nil {
-		return err
-	}
-	pipe := s.rdb.Pipeline()
+	writes := make([]upsertArgs, 0, len(u.Values))
 	for name, fields := range u.Values {
 		if err := contract.ValidateIndicatorName(name); err != nil {
 			return err
@@ -175,10 +169,41 @@ func (s *Store) WriteIndicators(ctx context.Context, u contract.IndicatorUpdate)
 		if err != nil {
 			return err
 		}
-		upsertScript.EvalSha(ctx, pipe, []string{contract.IndicatorKey(u.SeriesID, name)}, u.Start, u.Version, member, s.retention)
+		writes = append(writes, upsertArgs{contract.IndicatorKey(u.SeriesID, name), u.Start, u.Version, member})
 	}
-	_, err := pipe.Exec(ctx)
+	_, err := s.upsertMany(ctx, writes)
 	return err
+}
+
+// upsertArgs are one versioned write of upsertScript.
+type upsertArgs struct {
+	key            string
+	start, version int64
+	member         []byte
+}
+
+// upsertMany runs upsertScript for every write in one pipeline by its SHA.
+// Only when Redis does not know the script (first use, or after a restart
+// or SCRIPT FLUSH) does it load it and run the pipeline again, which is
+// harmless: the writes are idempotent.
+func (s *Store) upsertMany(ctx context.Context, writes []upsertArgs) ([]*redis.Cmd, error) {
+	run := func() ([]*redis.Cmd, error) {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(writes))
+		for i, w := range writes {
+			cmds[i] = upsertScript.EvalSha(ctx, pipe, []string{w.key}, w.start, w.version, w.member, s.retention)
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err := upsertScript.Load(ctx, s.rdb).Err(); err != nil {
+			return nil, err
+		}
+		cmds, err = run()
+	}
+	return cmds, err
 }
 
 // Indicator returns the stored points of one indicator series with start in

@@ -223,3 +223,22 @@ func TestClearManyKeysInBatches(t *testing.T) {
 		t.Fatalf("%d keys left, want the other user's 2500", left)
 	}
 }
+
+func TestPipelinedWritesSurviveScriptFlush(t *testing.T) {
+	store, rdb := newStore(t, 0)
+	ctx := context.Background()
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := store.WriteCandles(ctx, []contract.Candle{candle(60, 1, 1), candle(120, 1, 2)}); err != nil || n != 2 {
+		t.Fatalf("WriteCandles after SCRIPT FLUSH = %d, %v", n, err)
+	}
+	rdb.ScriptFlush(ctx)
+	u := contract.IndicatorUpdate{SeriesID: series, Start: 60, Version: 1, Values: map[string]contract.Fields{"ema_20": {"value": 1}}}
+	if err := store.WriteIndicators(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	if pts, _ := store.Indicator(ctx, series, "ema_20", 0, 0); len(pts) != 1 {
+		t.Fatalf("indicator not written after SCRIPT FLUSH: %v", pts)
+	}
+}
