@@ -266,8 +266,18 @@ type statusReply struct {
 	StartedAt time.Time `json:"started_at"`
 	// Members are the live instances of vigil-alerts as this one sees them.
 	Members []string `json:"members"`
+	// Consumer is this instance's backlog on VIGIL_INDICATORS.
+	Consumer *consumerStatus `json:"consumer,omitempty"`
 	// Users are the users this instance runs.
 	Users map[string]userStatus `json:"users"`
+}
+
+// consumerStatus is the backlog of the instance's consumer.
+type consumerStatus struct {
+	// Pending updates are not delivered yet; AckPending ones are delivered
+	// and not acknowledged yet (in evaluation or waiting for a worker).
+	Pending    uint64 `json:"pending"`
+	AckPending int    `json:"ack_pending"`
 }
 
 // userStatus is the monitor's status of a user plus its webhook queue.
@@ -277,12 +287,19 @@ type userStatus struct {
 }
 
 // status answers the status verb.
-func (in *instance) status(context.Context) any {
+func (in *instance) status(ctx context.Context) any {
 	reply := statusReply{Instance: in.rt.Instance, StartedAt: in.started, Users: map[string]userStatus{}}
 	if !in.ready.Load() {
 		return reply
 	}
 	reply.Members = in.group.Members()
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if cons, err := in.rt.JS.Consumer(ctx, contract.StreamIndicators, in.consumerName()); err == nil {
+		if info, err := cons.Info(ctx); err == nil {
+			reply.Consumer = &consumerStatus{Pending: info.NumPending, AckPending: info.NumAckPending}
+		}
+	}
 	for user, s := range in.monitor.Status() {
 		reply.Users[user] = userStatus{UserStatus: s, WebhookPending: in.hooks.Pending(user)}
 	}

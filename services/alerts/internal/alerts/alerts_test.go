@@ -458,10 +458,15 @@ func TestControlVerbs(t *testing.T) {
 		var found []monitor.UserStatus
 		for _, r := range replies {
 			var s struct {
-				Users map[string]monitor.UserStatus `json:"users"`
+				Members  []string                      `json:"members"`
+				Consumer *consumerStatus               `json:"consumer"`
+				Users    map[string]monitor.UserStatus `json:"users"`
 			}
 			if err := json.Unmarshal(r.Result, &s); err != nil {
 				t.Fatal(err)
+			}
+			if len(s.Members) != 2 || s.Consumer == nil {
+				t.Fatalf("status of %s: %s, want both members and the consumer's backlog", r.Instance, r.Result)
 			}
 			if u, ok := s.Users["alice"]; ok {
 				found = append(found, u)
@@ -479,7 +484,8 @@ func TestControlVerbs(t *testing.T) {
 	e.settle()
 	verb(contract.VerbPause, &paused, monitor.StatusPaused, monitor.StatusAlreadyPaused)
 	verb(contract.VerbPause, &paused, monitor.StatusAlreadyPaused)
-	if s := status(); !s.Paused || s.RulesLoaded != 1 || s.Evaluations != 1 || s.LastEvaluation == nil {
+	if s := status(); !s.Paused || s.RulesLoaded != 1 || s.Evaluations != 1 || s.LastEvaluation == nil ||
+		s.LastBar == nil || !s.LastBar.Equal(time.Unix(base, 0)) {
 		t.Fatalf("status while paused: %+v", s)
 	}
 	// Not evaluated while paused: it would fire.

@@ -188,6 +188,7 @@ type user struct {
 	evaluations atomic.Int64
 	fired       atomic.Int64
 	lastEval    atomic.Int64 // UNIX nanoseconds, 0 before the first
+	lastBar     atomic.Int64 // start of the newest bar evaluated, 0 before the first
 }
 
 // ruleSet is the rules of one mode at one settings revision.
@@ -474,6 +475,9 @@ func (m *Monitor) evaluateLocked(ctx context.Context, us *user, u contract.Indic
 	alerts := us.engine.Evaluate(u)
 	us.evaluations.Add(1)
 	us.lastEval.Store(m.opts.Now().UnixNano())
+	if u.Start > us.lastBar.Load() {
+		us.lastBar.Store(u.Start)
+	}
 	m.opts.Metrics.Evaluations.Add(ctx, 1)
 	if err := m.recordLocked(ctx, us, alerts); err != nil {
 		us.engine.Restore(before)

@@ -163,6 +163,8 @@ type UserStatus struct {
 	Evaluations    int64      `json:"evaluations"`
 	AlertsFired    int64      `json:"alerts_fired"`
 	LastEvaluation *time.Time `json:"last_evaluation,omitempty"`
+	// LastBar is the start of the newest bar evaluated.
+	LastBar *time.Time `json:"last_bar,omitempty"`
 }
 
 // publishInfo refreshes the user's status mirror; call it under us.mu
@@ -196,6 +198,10 @@ func (m *Monitor) Status() map[string]UserStatus {
 		if ns := us.lastEval.Load(); ns != 0 {
 			t := time.Unix(0, ns).UTC()
 			s.LastEvaluation = &t
+		}
+		if start := us.lastBar.Load(); start != 0 {
+			t := time.Unix(start, 0).UTC()
+			s.LastBar = &t
 		}
 		out[us.token] = s
 	}
