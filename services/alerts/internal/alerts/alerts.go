@@ -191,6 +191,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	in.dispatch = newDispatcher(cfg.Workers, in.process)
 	if in.consume, err = cons.Consume(in.route, jetstream.PullMaxMessages(256)); err != nil {
 		_ = watcher.Stop()
+		_ = in.dispatch.close(context.Background())
 		return nil, fmt.Errorf("consume %s: %w", contract.StreamIndicators, err)
 	}
 	in.loops.Add(2)
