@@ -538,6 +538,10 @@ func (e *Engine) applyTrade(p *product, t market.Trade, observed int64) {
 			continue
 		}
 		b := p.barOf(tf, start)
+		if b != nil && b.closed {
+			e.lateLocked(p)
+			continue
+		}
 		if b == nil {
 			b = &bar{Bar: market.Bar{Product: p.name, Timeframe: tf, Start: startT, Open: t.Price, High: t.Price, Low: t.Price, Close: t.Price}, source: e.src.Name()}
 			p.put(b)
@@ -561,6 +565,10 @@ func (e *Engine) applyCandle(p *product, c market.Bar, observed int64) {
 		return
 	}
 	b := p.barOf(c.Timeframe, start)
+	if b != nil && b.closed {
+		e.lateLocked(p)
+		return
+	}
 	if b == nil {
 		b = &bar{Bar: c}
 		p.put(b)
@@ -598,8 +606,11 @@ func (e *Engine) recompute(p *product, tf contract.Timeframe, start int64) {
 	if len(parts) == 0 {
 		return
 	}
-	agg := market.Aggregate(p.name, tf, parts)[0]
 	b := p.barOf(tf, start)
+	if b != nil && b.closed {
+		return // closed aggregates change only by history
+	}
+	agg := market.Aggregate(p.name, tf, parts)[0]
 	if b == nil {
 		b = &bar{Bar: agg}
 		p.put(b)
@@ -639,11 +650,12 @@ func (e *Engine) applyClock(p *product, now time.Time, observed int64) {
 	}
 }
 
-// applyHistory makes bars read from history at fetched (UNIX µs) the
-// product's state where they are newer than what it holds: the source's
-// own record wins over live aggregation. Aggregated bars still open are
-// rebuilt from their buckets instead.
-func (e *Engine) applyHistory(p *product, bars []market.Bar, fetched int64, source string) {
+// applyHistory makes bars read from history at fetched (UNIX µs), when
+// the source's clock said now, the product's state where they are newer
+// than what it holds: the source's own record wins over live aggregation.
+// A bar that ended by now is closed; aggregated bars still open are rebuilt
+// from their buckets instead.
+func (e *Engine) applyHistory(p *product, bars []market.Bar, fetched int64, source string, now time.Time) {
 	aggregated := e.caps.Aggregated()
 	touched := map[contract.Timeframe]map[int64]bool{}
 	for _, hb := range bars {
@@ -654,7 +666,7 @@ func (e *Engine) applyHistory(p *product, bars []market.Bar, fetched int64, sour
 			continue
 		}
 		start := hb.Start.Unix()
-		closed := start < p.closedBefore[hb.Timeframe]
+		closed := !hb.End().After(now)
 		if !closed && slices.Contains(aggregated, hb.Timeframe) {
 			continue
 		}
@@ -681,7 +693,7 @@ func (e *Engine) applyHistory(p *product, bars []market.Bar, fetched int64, sour
 	}
 	for tf, starts := range touched {
 		for start := range starts {
-			if start >= p.closedBefore[tf] {
+			if start >= p.closedBefore[tf] && time.Unix(start, 0).Add(tf.Duration()).After(now) {
 				e.recompute(p, tf, start)
 			}
 		}
@@ -727,12 +739,8 @@ func (e *Engine) seed(p *product) {
 		}
 		bars = append(bars, got...)
 	}
-	e.finishSync(p, at, func() {
-		for _, tf := range e.caps.Timeframes {
-			p.closedBefore[tf] = max(p.closedBefore[tf], tf.BarStart(at).Unix())
-		}
-		e.applyHistory(p, bars, fetched, "history")
-	})
+	// The held-back clock events close the seeded bars that end meanwhile.
+	e.finishSync(p, at, func() { e.applyHistory(p, bars, fetched, "history", at) })
 }
 
 // finishSync applies history under the lock, replays the held-back events
@@ -816,7 +824,7 @@ func (e *Engine) fillGap(p *product, g market.Gap) {
 		bars = append(bars, got...)
 	}
 	e.finishSync(p, at, func() {
-		e.applyHistory(p, bars, fetched, "rest")
+		e.applyHistory(p, bars, fetched, "rest", at)
 		if failed != nil {
 			e.stats.GapFillErrors++
 			if e.ctx.Err() == nil {
@@ -885,6 +893,6 @@ func (e *Engine) reconcile(ctx context.Context, job reconcileJob) {
 	}
 	e.stats.Reconciles++
 	if p := e.products[job.product]; p != nil {
-		e.applyHistory(p, bars, fetched, "rest")
+		e.applyHistory(p, bars, fetched, "rest", e.src.Now())
 	}
 }

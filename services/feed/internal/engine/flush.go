@@ -112,6 +112,12 @@ func (e *Engine) collect() ([]contract.Candle, []contract.BookSnapshot) {
 			p.bookPublished = now
 		}
 	}
+	// In series and time order, so a bar's close goes out before the next
+	// bar's first update.
+	slices.SortFunc(candles, func(a, b contract.Candle) int {
+		return cmp.Or(cmp.Compare(a.User, b.User), cmp.Compare(a.ExchangeID, b.ExchangeID), cmp.Compare(a.Symbol, b.Symbol),
+			cmp.Compare(a.Timeframe.Duration(), b.Timeframe.Duration()), cmp.Compare(a.Start, b.Start))
+	})
 	return candles, books
 }
 

@@ -98,6 +98,9 @@ func TestReplayPublishesTheFileAndItsAggregates(t *testing.T) {
 	series := contract.SeriesID{User: "rita", UserID: 3, ExchangeID: 1, Symbol: "BTC-USD"}
 	last := rows[len(rows)-1].start
 	waitFor(t, 30*time.Second, "the whole file in the 1h, 4h and 1d series", func() bool {
+		if n, err := s.rdb.ZCard(t.Context(), contract.CandleKey(with(series, contract.TF1h))).Result(); err != nil || n != int64(len(rows)) {
+			return false
+		}
 		for _, tf := range []contract.Timeframe{contract.TF1h, contract.TF4h, contract.TF1d} {
 			c, ok, err := s.store.LastCandle(t.Context(), with(series, tf))
 			if err != nil || !ok || c.Start != last-last%int64(tf.Duration()/time.Second) {
