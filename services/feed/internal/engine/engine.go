@@ -691,10 +691,19 @@ func (e *Engine) applyHistory(p *product, bars []market.Bar, fetched int64, sour
 			}
 		}
 	}
+	// Aggregates over the touched buckets: those not yet emitted closed are
+	// rebuilt, and closed if they ended by now (a seed's earlier bars of
+	// the day).
 	for tf, starts := range touched {
 		for start := range starts {
-			if start >= p.closedBefore[tf] && time.Unix(start, 0).Add(tf.Duration()).After(now) {
-				e.recompute(p, tf, start)
+			if start < p.closedBefore[tf] {
+				continue
+			}
+			e.recompute(p, tf, start)
+			if b := p.barOf(tf, start); b != nil && !b.closed && !b.End().After(now) {
+				b.closed = true
+				b.version = nextVersion(b.version, fetched)
+				b.dirty = true
 			}
 		}
 	}

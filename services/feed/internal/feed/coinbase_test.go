@@ -167,7 +167,8 @@ func TestCoinbaseGapsAreBackfilledWithoutHolesOrOlderVersions(t *testing.T) {
 	x := newExchange(t, []string{"BTC-USD"})
 	s := newStack(t, 0)
 	log := s.recordCandles(t)
-	startFeed(t, s, coinbaseEnv(x, nil))
+	// Coinbase's public limit, so the gap-fill times are the real ones.
+	startFeed(t, s, coinbaseEnv(x, map[string]string{"VIGIL_COINBASE_PUBLIC_RPS": "10"}))
 	s.putState(t, contract.DesiredState{User: "carl", UserID: 4, ExchangeID: 2, Mode: contract.ModeScalperMACDV, Symbols: []string{"BTC-USD"}})
 	series := contract.SeriesID{User: "carl", UserID: 4, ExchangeID: 2, Symbol: "BTC-USD"}
 	waitFor(t, 20*time.Second, "the user's history and the upstream subscriptions", func() bool {
