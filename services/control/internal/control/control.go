@@ -211,7 +211,7 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if err := inst.registerMetrics(); err != nil {
+	if err := inst.registerMetrics(ctx); err != nil {
 		return fail(err)
 	}
 	m := svc.Micro()

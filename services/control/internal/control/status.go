@@ -83,28 +83,37 @@ func (i *Instance) snapshot(ctx context.Context, body []byte) (Status, error) {
 }
 
 // registerMetrics reports the queue depth of the users this instance owns
-// (summed over the instances it is the whole queue).
-func (i *Instance) registerMetrics() error {
+// (summed over the instances it is the whole queue) until the instance
+// stops or ctx ends.
+func (i *Instance) registerMetrics(ctx context.Context) error {
 	meter := otel.Meter("vigil.dev/services/control")
-	_, err := meter.Int64ObservableGauge("vigil.control.queue.depth",
-		metric.WithDescription("queued commands of the users this instance owns"),
-		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
-			depths, err := i.ledger.Depths(ctx)
-			if err != nil {
-				return err
-			}
-			queued := 0
-			for user, d := range depths {
-				if i.group.Owns(user) {
-					queued += d.Queued
-				}
-			}
-			o.Observe(int64(queued))
-			return nil
-		}))
+	depth, err := meter.Int64ObservableGauge("vigil.control.queue.depth",
+		metric.WithDescription("queued commands of the users this instance owns"))
 	if err != nil {
 		return fmt.Errorf("queue depth metric: %w", err)
 	}
+	reg, err := meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		depths, err := i.ledger.Depths(ctx)
+		if err != nil {
+			return err
+		}
+		queued := 0
+		for user, d := range depths {
+			if i.group.Owns(user) {
+				queued += d.Queued
+			}
+		}
+		o.ObserveInt64(depth, int64(queued))
+		return nil
+	}, depth)
+	if err != nil {
+		return fmt.Errorf("queue depth metric: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = reg.Unregister() })
+	i.svc.OnShutdown(func(context.Context) error {
+		stop()
+		return reg.Unregister()
+	})
 	return nil
 }
 
