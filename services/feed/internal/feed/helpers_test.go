@@ -231,8 +231,8 @@ type statusView struct {
 		Book        bool `json:"book"`
 	} `json:"products"`
 	Engine struct {
-		Malformed, Late, CandlesWritten, GapFills, GapFillErrors, Reconciles uint64
-		LastGapFill, MaxGapFill                                              time.Duration
+		Malformed, Late, CandlesWritten, WriteErrors, GapFills, GapFillErrors, Reconciles uint64
+		LastGapFill, MaxGapFill                                                           time.Duration
 	} `json:"engine"`
 	SourceStatus json.RawMessage `json:"source_status"`
 }
