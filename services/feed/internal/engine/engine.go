@@ -326,17 +326,6 @@ func (e *Engine) dropBookLocked(p *product) {
 	}
 }
 
-// Subscribers lists the subscribers of symbol.
-func (e *Engine) Subscribers(symbol string) []Subscriber {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	p := e.products[symbol]
-	if p == nil {
-		return nil
-	}
-	return slices.Collect(maps.Values(p.subs))
-}
-
 // Stats returns the counters.
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()

@@ -220,7 +220,7 @@ func Aggregate(product string, tf contract.Timeframe, bars []Bar) []Bar {
 	for _, b := range sorted {
 		start := tf.BarStart(b.Start)
 		if n := len(out); n > 0 && out[n-1].Start.Equal(start) {
-			out[n-1] = Merge(out[n-1], b)
+			out[n-1] = merge(out[n-1], b)
 			continue
 		}
 		out = append(out, Bar{Product: product, Timeframe: tf, Start: start, Open: b.Open, High: b.High, Low: b.Low, Close: b.Close, Volume: b.Volume})
@@ -228,8 +228,8 @@ func Aggregate(product string, tf contract.Timeframe, bars []Bar) []Bar {
 	return out
 }
 
-// Merge combines an earlier part of a bar with a later one.
-func Merge(earlier, later Bar) Bar {
+// merge combines an earlier part of a bar with a later one.
+func merge(earlier, later Bar) Bar {
 	earlier.High = max(earlier.High, later.High)
 	earlier.Low = min(earlier.Low, later.Low)
 	earlier.Close = later.Close

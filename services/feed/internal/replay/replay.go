@@ -153,9 +153,6 @@ func parseRow(rec []string, symbol string) (market.Bar, error) {
 	return b, b.Validate()
 }
 
-// Rows are the file's valid rows, oldest first.
-func (r *Replay) Rows() []market.Bar { return slices.Clone(r.rows) }
-
 // Name implements market.Source.
 func (r *Replay) Name() string { return "replay" }
 
