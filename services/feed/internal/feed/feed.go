@@ -110,6 +110,9 @@ func (c Config) Validate() error {
 		if c.ReplayFile == "" {
 			return errors.New("VIGIL_REPLAY_FILE: is required with VIGIL_FEED_SOURCE=replay")
 		}
+		if _, err := os.Stat(c.ReplayFile); err != nil {
+			return fmt.Errorf("VIGIL_REPLAY_FILE: %w", err)
+		}
 		if c.ReplaySpeed < 0 {
 			return fmt.Errorf("VIGIL_REPLAY_SPEED: %v is negative", c.ReplaySpeed)
 		}
@@ -125,6 +128,11 @@ func (c Config) Validate() error {
 		}
 		if (c.CoinbaseKeyName == "") != (c.CoinbaseKeyFile == "") {
 			return errors.New("VIGIL_COINBASE_KEY_NAME and VIGIL_COINBASE_KEY_FILE: set both or neither")
+		}
+		if c.CoinbaseKeyFile != "" {
+			if _, err := os.Stat(c.CoinbaseKeyFile); err != nil {
+				return errors.New("VIGIL_COINBASE_KEY_FILE: the file cannot be read") // its path is a secret too
+			}
 		}
 		if c.CoinbasePublicRPS <= 0 || c.CoinbasePrivateRPS <= 0 {
 			return errors.New("VIGIL_COINBASE_PUBLIC_RPS and VIGIL_COINBASE_PRIVATE_RPS: must be positive")
