@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/localstack"
 	"vigil.dev/pkg/testenv"
 )
 
@@ -63,7 +64,7 @@ func TestOperators(t *testing.T) {
 
 	t.Run("docs", func(t *testing.T) {
 		t.Parallel()
-		root, err := testenv.RepoRoot()
+		root, err := localstack.RepoRoot()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +126,7 @@ func (o *operatorStack) seedUsers(t *testing.T) {
 	}
 	t.Cleanup(pool.Close)
 	o.db = db.NewUsers(pool)
-	root, err := testenv.RepoRoot()
+	root, err := localstack.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,8 +146,10 @@ func (o *operatorStack) seedUsers(t *testing.T) {
 }
 
 // demoSettings are the dev stack's demo settings plus a live price rule
-// in the modes the recipes use, so that alerts fire within seconds of a
-// resume.
+// with a reminder cooldown in the modes the recipes use ("price above 1"
+// always holds), so that alerts fire within seconds of a resume: the 1m
+// rule on its second fresh bar (a sim minute is a wall second), then every
+// ten sim minutes.
 func demoSettings(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -157,10 +160,10 @@ func demoSettings(path string) ([]byte, error) {
 		return nil, err
 	}
 	one := 1.0
-	for mode, tf := range map[contract.Mode]contract.Timeframe{contract.ModePositionMonitor: contract.TF1h, contract.ModeScalperMACDV: contract.TF5m} {
+	for mode, tf := range map[contract.Mode]contract.Timeframe{contract.ModePositionMonitor: contract.TF1h, contract.ModeScalperMACDV: contract.TF1m} {
 		s.Rules[mode] = append(s.Rules[mode], contract.Rule{ID: "btc-price-watch-" + string(tf), Symbol: "BTC-USD", Timeframe: tf,
 			Kind: contract.RuleThreshold, SeriesRef: contract.SeriesRef{Indicator: "price"}, Op: contract.OpAbove, Value: &one,
-			Evaluate: contract.OnLive})
+			Evaluate: contract.OnLive, Cooldown: (10 * tf.Duration()).String()})
 	}
 	out, err := json.Marshal(s)
 	if err != nil {

@@ -288,7 +288,7 @@ func testVigilctl(t *testing.T, o *operatorStack) {
 			t.Errorf("ops in status: %+v, want running position-monitor BTC-USD,ETH-USD with a revision", u)
 		}
 		if u.Queue == nil {
-			t.Errorf("ops has no queue in status: vigil-control's status (vigil.svc.control.status) did not list the user")
+			t.Errorf("ops has no queue in status: no vigil-control instance answered vigil.svc.control.status")
 		}
 		if lag, ok := u.LagMs["BTC-USD"]; !ok || lag < 0 {
 			t.Errorf("ops has no freshness for BTC-USD in status (lag_ms %v): vigil-feed's status must report users.ops.freshness.BTC-USD.lag_ms (docs/design.md, Status replies)", u.LagMs)

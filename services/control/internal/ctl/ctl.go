@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -101,8 +102,13 @@ func Main(ctx context.Context, args []string, sys IO) int {
 		// cobra rejected the command line before any subcommand ran.
 		err = fmt.Errorf("%w: %w (see vigilctl --help)", ErrUsage, err)
 	}
-	fmt.Fprintf(sys.Stderr, "vigilctl: %v\n", err)
+	fmt.Fprintf(sys.Stderr, "vigilctl: %s\n", oneLine(err))
 	return ExitCode(err)
+}
+
+// oneLine is err's message on one line (driver errors may span several).
+func oneLine(err error) string {
+	return strings.NewReplacer("\n\t", "; ", "\n", "; ").Replace(strings.TrimSpace(err.Error()))
 }
 
 // ExitCode is the exit code for err: 0 for nil, 2 for a rejection or

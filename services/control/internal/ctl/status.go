@@ -54,8 +54,8 @@ type UserStatus struct {
 	Symbols   []string  `json:"symbols"`
 	Revision  int64     `json:"revision"`
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
-	// Queue is the user's queue at vigil-control; nil when control
-	// reported nothing.
+	// Queue is the user's queue at vigil-control; nil when no control
+	// instance answered.
 	Queue *QueueStatus `json:"queue,omitempty"`
 	// LagMs is, per symbol, how long ago its last live data arrived at the
 	// owning feed instance (-1: none yet); nil when no feed instance
@@ -77,9 +77,12 @@ type StatusReport struct {
 }
 
 // feedStatus is the part of a vigil-feed status result that status reads
-// (docs/design.md, "Status replies").
+// (docs/design.md, "Operator tools"): per user whether this instance owns
+// it and, per symbol, how long ago live data last arrived.
 type feedStatus struct {
 	Users map[string]struct {
+		// Owner is nil in replies that do not say; they count as owner.
+		Owner     *bool `json:"owner"`
 		Freshness map[string]struct {
 			LagMs *int64 `json:"lag_ms"`
 		} `json:"freshness"`
@@ -214,7 +217,7 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 			continue
 		}
 		for token, u := range fs.Users {
-			if u.Freshness == nil {
+			if u.Freshness == nil || (u.Owner != nil && !*u.Owner) {
 				continue
 			}
 			if lags[token] == nil {
@@ -230,6 +233,7 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 		}
 	}
 	queues := map[string]QueueStatus{}
+	controlAnswered := len(svcResults(controls)) > 0
 	for _, reply := range svcResults(controls) {
 		var cs controlStatus
 		if json.Unmarshal(reply, &cs) != nil {
@@ -242,7 +246,9 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 	for _, st := range states {
 		u := UserStatus{User: st.User, Paused: st.Paused, Mode: string(st.Mode), Symbols: st.Symbols,
 			Revision: st.Revision, UpdatedAt: st.UpdatedAt, LagMs: lags[st.User]}
-		if q, ok := queues[st.User]; ok {
+		// Control lists only users with unfinished commands: the others
+		// are idle, if control answered at all.
+		if q, ok := queues[st.User]; ok || controlAnswered {
 			u.Queue = &q
 		}
 		report.Users = append(report.Users, u)
@@ -423,10 +429,18 @@ func freshnessText(u UserStatus) string {
 		case lag < 0:
 			parts = append(parts, s+" no data")
 		default:
-			parts = append(parts, s+" "+(time.Duration(lag)*time.Millisecond).Round(100*time.Millisecond).String())
+			parts = append(parts, s+" "+formatLag(time.Duration(lag)*time.Millisecond))
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// formatLag is "120ms" below a second, else "3.4s" or "2m5s".
+func formatLag(d time.Duration) string {
+	if d < time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(100 * time.Millisecond).String()
 }
 
 func shortRevision(rev string) string {

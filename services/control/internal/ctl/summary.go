@@ -73,7 +73,9 @@ func (p printer) result(r contract.Result, raw []byte) {
 	if r.Error != nil {
 		fmt.Fprintf(tw, "  error\t%s\n", r.Error.Error())
 		for _, f := range r.Error.Fields {
-			fmt.Fprintf(tw, "  \t%s\n", f.Error())
+			if !strings.Contains(r.Error.Message, f.Error()) {
+				fmt.Fprintf(tw, "  \t%s\n", f.Error())
+			}
 		}
 	}
 	label := "result"
