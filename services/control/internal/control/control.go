@@ -211,6 +211,7 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	if err != nil {
 		return fail(err)
 	}
+	svc.OnShutdown(in.Drain)
 	if err := inst.registerMetrics(ctx); err != nil {
 		return fail(err)
 	}

@@ -42,6 +42,10 @@ func TestRejections(t *testing.T) {
 		{"clear-cache glob", "alice", "clear-cache", `{"scope":"symbol","symbol":"BTC-*"}`, nil, contract.CodeInvalidPayload, "400", []string{"symbol"}},
 		{"clear-cache of another user's exchange", "alice", "clear-cache", `{"scope":"all","exchange":` + itoa(e.users["bob"].exchange) + `}`, nil,
 			contract.CodeInvalidPayload, "400", []string{"exchange"}},
+		{"open backfill range too long", "alice", "force-backfill", `{"symbol":"BTC-USD","from":"2000-01-01T00:00:00Z"}`, nil,
+			contract.CodeInvalidPayload, "400", []string{"from"}},
+		{"backfill range in the future", "alice", "force-backfill", `{"symbol":"BTC-USD","to":"2999-01-01T00:00:00Z"}`, nil,
+			contract.CodeInvalidPayload, "400", []string{"to"}},
 		{"too many symbols", "alice", "resume", `{"symbols":[` + strings.Repeat(`"BTC-USD",`, 60) + `"ETH-USD"]}`, nil,
 			contract.CodeInvalidPayload, "400", []string{"symbols"}},
 	}
@@ -139,6 +143,16 @@ func TestDuplicateIDs(t *testing.T) {
 	t.Run("same id, other user", func(t *testing.T) {
 		ack, _ := e.send("bob", "reload-settings", `{"id":"dup-payload"}`, nil)
 		if ack.Accepted || ack.Error == nil || ack.Error.Code != contract.CodeConflict {
+			t.Errorf("ack = %+v %+v", ack, ack.Error)
+		}
+	})
+	t.Run("same id after the dedupe window", func(t *testing.T) {
+		if _, err := e.pool.Exec(context.Background(),
+			`UPDATE command_log SET accepted_at = accepted_at - interval '11 minutes' WHERE id = 'dup-header'`); err != nil {
+			t.Fatal(err)
+		}
+		ack, _ := e.send("alice", "reload-settings", "", nats.Header{"Nats-Msg-Id": []string{"dup-header"}})
+		if ack.Accepted || ack.Error == nil || ack.Error.Code != contract.CodeConflict || !strings.Contains(ack.Error.Message, "10m0s ago") {
 			t.Errorf("ack = %+v %+v", ack, ack.Error)
 		}
 	})

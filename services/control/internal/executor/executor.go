@@ -114,6 +114,7 @@ type Executor struct {
 	latency metric.Float64Histogram
 
 	ctx  context.Context // ends on a crash
+	stop chan struct{}   // closed by Stop
 	wg   sync.WaitGroup
 	subs []*nats.Subscription
 
@@ -138,7 +139,7 @@ func New(cfg Config, l Ledger, r Runner, m Membership, pub Publisher, nc *nats.C
 	}
 	return &Executor{cfg: cfg, ledger: l, runner: r, members: m, pub: pub, nc: nc, log: log,
 		tracer: otel.Tracer("vigil.dev/services/control/executor"), latency: latency,
-		loops: map[string]bool{}, tasks: map[string]*task{}}, nil
+		stop: make(chan struct{}), loops: map[string]bool{}, tasks: map[string]*task{}}, nil
 }
 
 // Start subscribes to the internal subjects and starts the sweeps. The
@@ -194,11 +195,10 @@ func (e *Executor) sweeper() {
 		select {
 		case <-e.ctx.Done():
 			return
+		case <-e.stop:
+			return
 		case <-tick.C:
 		case <-changes:
-		}
-		if e.isStopping() {
-			return
 		}
 	}
 }
@@ -323,7 +323,7 @@ func (e *Executor) execute(en ledger.Entry) {
 		}
 	}
 	out, traceID := e.run(ctx, en)
-	if errors.Is(context.Cause(ctx), errShutdown) {
+	if errors.Is(context.Cause(ctx), errShutdown) && out.Status != contract.StatusSucceeded {
 		out = sequences.Outcome{Status: contract.StatusFailed, Steps: out.Steps, Error: &contract.Error{Code: contract.CodeUnavailable,
 			Message: fmt.Sprintf("control instance %s shut down during the command; send it again to confirm", e.members.Self())}}
 	}
@@ -337,7 +337,7 @@ func (e *Executor) startJob(en ledger.Entry) {
 	go func() {
 		defer e.wg.Done()
 		out, traceID := e.run(ctx, en)
-		if errors.Is(context.Cause(ctx), errShutdown) && e.ctx.Err() == nil {
+		if errors.Is(context.Cause(ctx), errShutdown) && out.Status != contract.StatusSucceeded && e.ctx.Err() == nil {
 			if err := e.ledger.Requeue(e.ctx, en.ID, e.members.Self()); err != nil {
 				e.logErr("job not requeued; the next owner re-runs it", err, "id", en.ID)
 			}
@@ -496,6 +496,9 @@ func (e *Executor) Running() map[string][]string {
 // then failed.
 func (e *Executor) Stop(ctx context.Context) error {
 	e.mu.Lock()
+	if !e.stopping {
+		close(e.stop)
+	}
 	e.stopping = true
 	for _, t := range e.tasks {
 		if t.entry.IsJob() {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -84,6 +85,7 @@ type Intake struct {
 	tracer   trace.Tracer
 	rejected metric.Int64Counter
 	slots    chan struct{}
+	inFlight sync.WaitGroup
 }
 
 // New returns the intake.
@@ -105,10 +107,26 @@ func New(cfg Config, rec Recorder, users Users, notify Notifier, log *slog.Logge
 // goroutine, at most MaxInFlight at once.
 func (in *Intake) Handle(r micro.Request) {
 	in.slots <- struct{}{}
-	go func() {
+	in.inFlight.Go(func() {
 		defer func() { <-in.slots }()
 		in.serve(r)
+	})
+}
+
+// Drain waits until the requests being answered are answered (call it after
+// the endpoint stopped), or until ctx ends.
+func (in *Intake) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		in.inFlight.Wait()
+		close(done)
 	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("intake: requests still in flight: %w", ctx.Err())
+	}
 }
 
 func (in *Intake) serve(r micro.Request) {
@@ -166,6 +184,11 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 	payload, err := contract.DecodePayload(cmd, r.Data(), in.cfg.Limits)
 	if err != nil {
 		return ack, err
+	}
+	if p, ok := payload.(contract.ForceBackfillPayload); ok {
+		if err := checkOpenRange(p, time.Now()); err != nil {
+			return ack, err
+		}
 	}
 	switch pid := payload.CommandID(); {
 	case headerID != "" && pid != "" && pid != headerID:
@@ -278,4 +301,22 @@ func headerText(s string) string {
 		s = strings.ToValidUTF8(s[:512], "")
 	}
 	return s
+}
+
+// checkOpenRange bounds a force-backfill range given by from alone (to is
+// then now), which the payload's own validation cannot see.
+func checkOpenRange(p contract.ForceBackfillPayload, now time.Time) error {
+	from, to := p.Range()
+	if from.IsZero() || !to.IsZero() {
+		return nil
+	}
+	if !from.Before(now) {
+		return contract.FieldError{Field: "from", Problem: "must be in the past"}
+	}
+	for _, tf := range p.BackfillTimeframes() {
+		if bars := now.Sub(from) / tf.Duration(); bars > contract.MaxBackfillBars {
+			return contract.FieldError{Field: "from", Problem: fmt.Sprintf("range is %d bars of %s, the limit is %d", bars, tf, contract.MaxBackfillBars)}
+		}
+	}
+	return nil
 }
