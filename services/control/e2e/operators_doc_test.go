@@ -33,6 +33,10 @@ import (
 // recipe keeps running while the recipes after it run; its expectations
 // are checked at the end of the document, then it is stopped. A tty
 // recipe runs on a pseudo-terminal (nats stream view needs one).
+//
+// "nats sub" prints "Subscribing on ..." right before it subscribes; the
+// recipe after it is a new process that connects and sends a request
+// before anything is published, so the subscription is in place by then.
 type recipe struct {
 	Name       string
 	Line       int

@@ -92,7 +92,7 @@ func readHistory(ctx context.Context, url, user string, limit int) ([]HistoryEnt
 		       coalesce(trace_id, ''), accepted_at, finished_at
 		FROM command_log
 		WHERE user_token = $1
-		ORDER BY accepted_at DESC, id DESC
+		ORDER BY accepted_at DESC, seq DESC
 		LIMIT $2`, user, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read command_log: %w", err)
