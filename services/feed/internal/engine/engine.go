@@ -166,6 +166,7 @@ type Engine struct {
 	mu         sync.Mutex
 	products   map[string]*product
 	reconciles []reconcileJob
+	retry      []contract.Candle // candles Redis refused, for the next flush
 	stats      Stats
 }
 

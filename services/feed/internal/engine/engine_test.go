@@ -264,3 +264,31 @@ func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
 
 // sinkOf returns the engine's sink as the source got it.
 func sinkOf(x *exchangeSource) market.Sink { return x.sink }
+
+func TestFlushRetriesWhatRedisRefused(t *testing.T) {
+	e, x, store := newEngine(t)
+	minute := time.Date(2026, 2, 2, 12, 30, 0, 0, time.UTC)
+	x.now = minute.Add(10 * time.Second)
+	sub := engine.Subscriber{User: "bea", UserID: 9, ExchangeID: 1, Symbol: "BTC-USD"}
+	if err := e.Attach(sub); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "seeding", func() bool { return !e.Products()["BTC-USD"].Syncing })
+	rdb := store.Client()
+	ctx := context.Background()
+	// A real refusal: Redis rejects writes without enough replicas.
+	if err := rdb.ConfigSet(ctx, "min-replicas-to-write", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.ConfigSet(context.Background(), "min-replicas-to-write", "0") })
+	x.sink.Trade(market.Trade{Product: "BTC-USD", Price: 42, Size: 1, Time: minute.Add(20 * time.Second)})
+	waitFor(t, "a refused write", func() bool { return e.Stats().WriteErrors > 0 })
+	if err := rdb.ConfigSet(ctx, "min-replicas-to-write", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	id := sub.Series(contract.TF1m)
+	waitFor(t, "the refused bar written once Redis takes writes again", func() bool {
+		c, ok := stored(t, store, id, minute)
+		return ok && c.Close == 42
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"slices"
 	"time"
@@ -16,6 +17,9 @@ import (
 
 // flushTimeout bounds one flush's Redis writes and publishes.
 const flushTimeout = 30 * time.Second
+
+// maxRetry bounds the candles kept for the next flush after Redis failed.
+const maxRetry = 100_000
 
 // flushLoop writes dirty bars and publishes due book snapshots every
 // FlushInterval, and once more when ctx ends.
@@ -42,6 +46,12 @@ func (e *Engine) flushLoop(ctx context.Context) {
 // snapshots that are due. The flush loop calls it; tests may too.
 func (e *Engine) Flush(ctx context.Context) {
 	candles, books := e.collect()
+	e.mu.Lock()
+	if len(e.retry) > 0 {
+		candles = append(e.retry, candles...)
+		e.retry = nil
+	}
+	e.mu.Unlock()
 	if len(candles) > 0 {
 		ctx, span := e.tracer.Start(ctx, "feed flush", trace.WithSpanKind(trace.SpanKindProducer),
 			trace.WithAttributes(attribute.Int("vigil.candles", len(candles))))
@@ -57,6 +67,11 @@ func (e *Engine) Flush(ctx context.Context) {
 		e.stats.CandlesWritten += uint64(n)
 		if err != nil {
 			e.stats.WriteErrors++
+		}
+		if errors.Is(err, ErrStore) {
+			// Redis did not take them: try again next flush (a versioned
+			// write of what was stored meanwhile changes nothing).
+			e.retry = append(e.retry, candles[max(0, len(candles)-maxRetry):]...)
 		}
 		e.mu.Unlock()
 		if err != nil {

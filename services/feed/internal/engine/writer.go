@@ -22,9 +22,15 @@ const writeBatch = 500
 // ackTimeout bounds the wait for one batch's JetStream acknowledgements.
 const ackTimeout = 10 * time.Second
 
-// ErrPublish means candles were stored but JetStream did not acknowledge
-// every publish.
-var ErrPublish = errors.New("candle publish failed")
+// Sentinel errors of Write.
+var (
+	// ErrStore means Redis did not take the candles; nothing after the
+	// failed batch was written.
+	ErrStore = errors.New("candle store failed")
+	// ErrPublish means candles were stored but JetStream did not
+	// acknowledge every publish (Redis stays the source of truth).
+	ErrPublish = errors.New("candle publish failed")
+)
 
 // Writer stores candles in Redis (versioned add-if-newer) and then
 // publishes the versions that Redis kept on JetStream VIGIL_CANDLES, with
@@ -65,7 +71,7 @@ func (w *Writer) Write(ctx context.Context, cs []contract.Candle) ([]bool, error
 		hi := min(lo+writeBatch, len(valid))
 		ok, err := w.store.WriteCandlesEach(ctx, valid[lo:hi])
 		if err != nil {
-			return written, fmt.Errorf("store candles: %w", err)
+			return written, fmt.Errorf("%w: %w", ErrStore, err)
 		}
 		var toPublish []contract.Candle
 		for j, kept := range ok {

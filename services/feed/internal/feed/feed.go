@@ -210,8 +210,9 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	leaveCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	errs := []error{group.Leave(leaveCtx)}
-	f.stopAll()
-	stopEngine()
+	f.cancelJobs()
+	stopEngine() // its last flush writes what it holds
+
 	errs = append(errs, <-engDone, svc.Shutdown(cfg.ShutdownTimeout))
 	return errors.Join(errs...)
 }

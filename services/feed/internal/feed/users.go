@@ -220,12 +220,16 @@ func (f *feed) stopLocked(token string, u *user) {
 	}
 }
 
-// stopAll stops every user (shutdown).
-func (f *feed) stopAll() {
+// cancelJobs cancels every user's gap fills and backfills (shutdown; the
+// engine's last flush still writes the bars it holds).
+func (f *feed) cancelJobs() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for token, u := range f.users {
-		f.stopLocked(token, u)
+	for _, u := range f.users {
+		for id, cancel := range u.jobs {
+			cancel()
+			delete(u.jobs, id)
+		}
 	}
 }
 
