@@ -56,7 +56,7 @@ const validSettings = `{"mode":"position-monitor","symbols":["BTC-USD","ETH-USD"
 // env is one test's world: its own NATS server, database and Redis
 // database, stand-ins for the three services, and control instances.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	url   string
 	nc    *nats.Conn
 	js    jetstream.JetStream
@@ -71,7 +71,7 @@ type user struct{ id, exchange int64 }
 
 // newEnv starts the world with instances stand-ins of each service (the
 // first of each owns every user) and the users alice and bob.
-func newEnv(t *testing.T, instances int) *env {
+func newEnv(t testing.TB, instances int) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -177,7 +177,7 @@ func (e *env) startControl(name string, s control.Settings, serviceTimeout time.
 }
 
 // testLogger logs into a buffer that is printed when the test fails.
-func testLogger(t *testing.T, name string) *slog.Logger {
+func testLogger(t testing.TB, name string) *slog.Logger {
 	var mu sync.Mutex
 	var buf bytes.Buffer
 	t.Cleanup(func() {
@@ -349,7 +349,7 @@ func (e *env) state(token string) desired.Entry {
 }
 
 // waitFor polls cond until it holds or waitTimeout passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for !cond() {
@@ -372,7 +372,7 @@ func (e *env) callsOf(id string, verb contract.Verb) []testpeer.Call {
 }
 
 // decode unmarshals a result object.
-func decode[T any](t *testing.T, raw json.RawMessage) T {
+func decode[T any](t testing.TB, raw json.RawMessage) T {
 	t.Helper()
 	var v T
 	if err := json.Unmarshal(raw, &v); err != nil {

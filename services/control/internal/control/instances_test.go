@@ -164,11 +164,13 @@ func TestExecutorKilled(t *testing.T) {
 	waitFor(t, "the reload to reach alerts", func() bool { return len(e.callsOf(running.ID, contract.VerbApply)) == 3 })
 	queued := e.accept("alice", "switch-mode", `{"mode":"scalper-macdv"}`)
 
+	killed := time.Now()
 	owner.Kill()
 	alerts.Release()
 	feed.Release()
 
 	r := e.result("alice", running.ID)
+	t.Logf("the interrupted command's result came %v after the kill (membership timeout 1s, sweep 200ms)", time.Since(killed))
 	if r.Status != contract.StatusFailed || r.Error == nil || r.Error.Code != contract.CodeUnavailable ||
 		!strings.Contains(r.Error.Message, owner.ID()) || !strings.Contains(r.Error.Message, "died") {
 		t.Errorf("interrupted reload-settings: %s %+v", r.Status, r.Error)

@@ -107,3 +107,21 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestRunBadConfig fails at start with one line naming the variable.
+func TestRunBadConfig(t *testing.T) {
+	t.Setenv("NATS_URL", "nats://127.0.0.1:1")
+	t.Setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+	t.Setenv("DATABASE_URL", "postgres://vigil@127.0.0.1:1/vigil")
+	for _, tc := range []struct{ name, value string }{
+		{"VIGIL_QUEUE_LIMIT", "0"}, {"VIGIL_STEP_TIMEOUT", "-1s"}, {"VIGIL_BACKFILL_BARS", "1000000"}, {"VIGIL_PING_STALL", "soon"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(tc.name, tc.value)
+			err := control.Run(context.Background(), nil, &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), tc.name) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("err = %v", err)
+			}
+		})
+	}
+}
