@@ -1,0 +1,373 @@
+package figures
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"vigil.dev/bench/internal/report"
+	"vigil.dev/bench/internal/stack"
+	"vigil.dev/bench/internal/stats"
+	"vigil.dev/pkg/contract"
+)
+
+// controlStack is the stack ack and sequence share: every service (the
+// feed on its simulator), one instance each until sequence adds two more,
+// and the users both figures command.
+type controlStack struct {
+	*benchStack
+	cmd       *commander
+	ackUsers  []string
+	seqUsers  []string
+	instances int
+}
+
+// stackServices are the services of a full stack, in start order.
+var stackServices = []string{stack.Feed, stack.Indicators, stack.Alerts, stack.Control}
+
+// commandUserSettings are the settings of the users ack and sequence
+// command: the demo's position-monitor user with one symbol.
+func commandUserSettings(int) contract.Settings {
+	seventy := 70.0
+	return contract.Settings{Mode: contract.ModePositionMonitor, Symbols: []string{"BTC-USD"},
+		Rules: map[contract.Mode][]contract.Rule{contract.ModePositionMonitor: {
+			{ID: "rsi-high", Symbol: "BTC-USD", Timeframe: contract.TF1h, Kind: contract.RuleThreshold,
+				SeriesRef: contract.SeriesRef{Indicator: "rsi_14"}, Op: contract.OpAbove, Value: &seventy},
+		}}}
+}
+
+// sharedStack starts the shared stack on first use.
+func (e *Env) sharedStack(ctx context.Context) (*controlStack, error) {
+	if e.shared != nil {
+		return e.shared, nil
+	}
+	e.Log.Info("starting the command stack (NATS, Redis, PostgreSQL, one instance of each service)")
+	s, err := e.newStack(ctx, "command")
+	if err != nil {
+		return nil, err
+	}
+	cs := &controlStack{benchStack: s}
+	for i := range 8 {
+		cs.ackUsers = append(cs.ackUsers, fmt.Sprintf("ack-%d", i))
+	}
+	for i := range 3 {
+		cs.seqUsers = append(cs.seqUsers, fmt.Sprintf("seq-%d", i))
+	}
+	users := append(append([]string(nil), cs.ackUsers...), cs.seqUsers...)
+	if _, err := s.seed(ctx, users, commandUserSettings); err == nil {
+		_, err = s.start(ctx, stackServices, 1, 1)
+		if err == nil {
+			err = s.waitStates(ctx, users)
+		}
+		if err == nil {
+			cs.cmd, err = newCommander(s.nc)
+		}
+		if err != nil {
+			return nil, errors.Join(err, s.Close())
+		}
+	} else {
+		return nil, errors.Join(err, s.Close())
+	}
+	cs.instances = 1
+	e.shared = cs
+	return cs, nil
+}
+
+// Close stops the shared stack.
+func (cs *controlStack) Close() error {
+	if cs.cmd != nil {
+		cs.cmd.close()
+	}
+	return cs.benchStack.Close()
+}
+
+// ackReply is what the bare responder answers: an ACK-sized body.
+var ackReply = []byte(`{"id":"01JD00000000000000000000000","user":"ack-0","command":"pause","accepted":true,"position":0}`)
+
+// Ack measures figure 1: the ACK latency of pause and resume commands
+// sent alternately to a user (round robin over eight users; a user's next
+// command waits for its previous result, so no queue builds up), each
+// interleaved with a bare NATS request to a trivial responder on the same
+// server.
+func Ack(ctx context.Context, env *Env, out *Output) error {
+	cs, err := env.sharedStack(ctx)
+	if err != nil {
+		return err
+	}
+	responder, err := nats.Connect(cs.servers.NATSURL(), nats.Name("bench-responder"))
+	if err != nil {
+		return err
+	}
+	defer responder.Close()
+	if _, err := responder.Subscribe("bench.rtt", func(m *nats.Msg) { _ = m.Respond(ackReply) }); err != nil {
+		return err
+	}
+	if err := responder.Flush(); err != nil {
+		return err
+	}
+	const warmup = 20
+	n := env.Opts.AckIterations
+	env.Log.Info("ack: commands and bare requests", "iterations", n)
+	var vigil, bare []time.Duration
+	pending := map[string]string{}
+	paused := map[string]bool{}
+	failed := map[string]int{}
+	var waitProfile func()
+	for i := range warmup + n {
+		if i == warmup {
+			control := cs.procs(stack.Control)
+			waitProfile = env.profile(ctx, "ack", control, 10*time.Second, out)
+		}
+		began := time.Now()
+		if _, err := cs.nc.Request("bench.rtt", nil, 5*time.Second); err != nil {
+			return fmt.Errorf("bare request: %w", err)
+		}
+		rtt := time.Since(began)
+		user := cs.ackUsers[i%len(cs.ackUsers)]
+		if id := pending[user]; id != "" {
+			res, _, err := cs.cmd.wait(ctx, id, time.Minute)
+			if err != nil {
+				return err
+			}
+			if res.Status != contract.StatusSucceeded {
+				failed[string(res.Command)+": "+errText(res.Error)]++
+			}
+		}
+		cmd := contract.CmdPause
+		if paused[user] {
+			cmd = contract.CmdResume
+		}
+		ack, ackRTT, err := cs.cmd.send(ctx, user, cmd, nil)
+		if err != nil {
+			return err
+		}
+		pending[user], paused[user] = ack.ID, !paused[user]
+		if i >= warmup {
+			bare, vigil = append(bare, rtt), append(vigil, ackRTT)
+		}
+	}
+	for _, id := range pending {
+		if _, _, err := cs.cmd.wait(ctx, id, time.Minute); err != nil {
+			return err
+		}
+	}
+	waitProfile()
+	row := report.Row{Number: 1, Figure: "ack", Name: "command ACK latency p50/p99", Unit: "ms",
+		Value: report.Times(stats.Summarize(stats.Millis(vigil))), Target: "≤ 2×"}
+	row.Compare("bare NATS request-reply RTT", report.Times(stats.Summarize(stats.Millis(bare))), false)
+	row.SetMet(row.Ratio != nil && row.Ratio.Median <= 2 && row.Ratio.Tail <= 2)
+	row.Note = fmt.Sprintf("%d commands over %d users, pause/resume alternating", n, len(cs.ackUsers))
+	out.add("ack", map[string]any{"commands": n, "users": len(cs.ackUsers), "failed_results": failed,
+		"vigil_ms": stats.Summarize(stats.Millis(vigil)), "bare_ms": stats.Summarize(stats.Millis(bare))}, row)
+	return nil
+}
+
+// errText is a contract error's code and message, or "".
+func errText(e *contract.Error) string {
+	if e == nil {
+		return ""
+	}
+	return string(e.Code) + " " + e.Message
+}
+
+// procs are the running processes of service.
+func (s *benchStack) procs(service string) []*stack.Proc {
+	var out []*stack.Proc
+	for _, p := range s.launcher.Procs() {
+		if p.Service == service {
+			if !p.Exited() {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// sgRequest is the body the trivial responder group gets: the size of a
+// vigil.svc request carrying a desired state.
+var sgRequest = []byte(`{"command_id":"01JD00000000000000000000000","user":"seq-0","state":{"user":"seq-0","user_id":1,"exchange_id":1,"paused":true,"mode":"position-monitor","symbols":["BTC-USD"],"revision":1,"settings":{"mode":"position-monitor","symbols":["BTC-USD"],"indicators":{},"rules":{"position-monitor":[{"id":"rsi-high","symbol":"BTC-USD","timeframe":"1h","kind":"threshold","indicator":"rsi_14","op":"above","value":70}]}},"command_id":"01JD00000000000000000000000","updated_at":"2026-01-01T00:00:00Z"}}`)
+
+// sgReply is what each responder answers: the size of a vigil.svc reply.
+var sgReply = []byte(`{"service":"vigil-alerts","instance":"NBENCH00000000000000000","ok":true,"result":{"owner":true,"status":"paused"}}`)
+
+// responderGroup is n trivial responders on their own connections, each
+// answering every request on bench.sg (no queue group), like the
+// instances of a service answer vigil.svc.
+type responderGroup struct {
+	conns []*nats.Conn
+	n     int
+}
+
+func startResponders(url string, n int) (*responderGroup, error) {
+	g := &responderGroup{n: n}
+	for i := range n {
+		nc, err := nats.Connect(url, nats.Name(fmt.Sprintf("bench-sg-%d", i)))
+		if err != nil {
+			g.close()
+			return nil, err
+		}
+		g.conns = append(g.conns, nc)
+		if _, err := nc.Subscribe("bench.sg", func(m *nats.Msg) { _ = m.Respond(sgReply) }); err != nil {
+			g.close()
+			return nil, err
+		}
+		if err := nc.Flush(); err != nil {
+			g.close()
+			return nil, err
+		}
+	}
+	return g, nil
+}
+
+func (g *responderGroup) close() {
+	for _, nc := range g.conns {
+		nc.Close()
+	}
+}
+
+// scatterGather sends one request on a fresh inbox and waits for all n
+// answers.
+func (g *responderGroup) scatterGather(nc *nats.Conn) error {
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe() //nolint:errcheck // best effort
+	if err := nc.PublishRequest("bench.sg", inbox, sgRequest); err != nil {
+		return err
+	}
+	for range g.n {
+		if _, err := sub.NextMsg(5 * time.Second); err != nil {
+			return fmt.Errorf("scatter-gather over %d responders: %w", g.n, err)
+		}
+	}
+	return nil
+}
+
+// sequenceRun is the measurement of one command kind at one instance count.
+type sequenceRun struct {
+	e2e, steps, baseline []time.Duration
+	statuses             map[string]int
+}
+
+// Sequence measures figure 2: pause and resume from request to result
+// with 1 and then 3 instances of every service, each interleaved with the
+// baseline, three sequential scatter-gathers over a trivial responder
+// group of as many instances.
+func Sequence(ctx context.Context, env *Env, out *Output) error {
+	cs, err := env.sharedStack(ctx)
+	if err != nil {
+		return err
+	}
+	details := map[string]any{}
+	for _, n := range []int{1, 3} {
+		if cs.instances < n {
+			env.Log.Info("sequence: starting more instances", "per_service", n)
+			if _, err := cs.start(ctx, stackServices, cs.instances+1, n); err != nil {
+				return err
+			}
+			cs.instances = n
+			if err := cs.waitSteps(ctx, n); err != nil {
+				return err
+			}
+		}
+		group, err := startResponders(cs.servers.NATSURL(), n)
+		if err != nil {
+			return err
+		}
+		runs := map[contract.Command]*sequenceRun{contract.CmdPause: {statuses: map[string]int{}}, contract.CmdResume: {statuses: map[string]int{}}}
+		env.Log.Info("sequence: pause and resume", "instances", n, "iterations", env.Opts.SequenceIterations)
+		waitProfile := env.profile(ctx, fmt.Sprintf("sequence%d", n), cs.procs(stack.Control)[:1], 10*time.Second, out)
+		for i := range env.Opts.SequenceIterations {
+			user := cs.seqUsers[i%len(cs.seqUsers)]
+			for _, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume} {
+				began := time.Now()
+				for range 3 {
+					if err := group.scatterGather(cs.nc); err != nil {
+						group.close()
+						return err
+					}
+				}
+				base := time.Since(began)
+				res, elapsed, err := cs.cmd.run(ctx, user, cmd, nil, time.Minute)
+				if err != nil {
+					group.close()
+					return err
+				}
+				r := runs[cmd]
+				r.statuses[resultStatus(res)]++
+				r.e2e, r.baseline = append(r.e2e, elapsed), append(r.baseline, base)
+				r.steps = append(r.steps, time.Duration(stepsMs(res)*float64(time.Millisecond)))
+			}
+		}
+		waitProfile()
+		group.close()
+		for _, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume} {
+			r := runs[cmd]
+			row := report.Row{Number: 2, Figure: "sequence", Name: fmt.Sprintf("%s end to end, %d instance(s)/service", cmd, n), Unit: "ms",
+				Value: report.Times(stats.Summarize(stats.Millis(r.e2e))), Target: "≤ 3×"}
+			row.Compare(fmt.Sprintf("3 scatter-gathers over %d responders", n), report.Times(stats.Summarize(stats.Millis(r.baseline))), false)
+			row.SetMet(row.Ratio != nil && row.Ratio.Median <= 3 && row.Ratio.Tail <= 3)
+			stepSum := stats.Summarize(stats.Millis(r.steps))
+			row.Note = fmt.Sprintf("steps' own ms: median %.1f; results %s", stepSum.Median, joinStatuses(r.statuses))
+			out.add("", nil, row)
+			details[fmt.Sprintf("%s_%d", cmd, n)] = map[string]any{"e2e_ms": stats.Summarize(stats.Millis(r.e2e)),
+				"steps_ms": stepSum, "baseline_ms": stats.Summarize(stats.Millis(r.baseline)), "results": r.statuses}
+		}
+	}
+	out.add("sequence", details)
+	return env.Close()
+}
+
+// resultStatus is "succeeded:<result status>" or "<status>:<error code>".
+func resultStatus(r contract.Result) string {
+	if r.Status != contract.StatusSucceeded {
+		return string(r.Status) + ":" + errText(r.Error)
+	}
+	var body struct {
+		Status string `json:"status"`
+	}
+	_ = json.Unmarshal(r.Result, &body)
+	return string(r.Status) + ":" + body.Status
+}
+
+// waitSteps waits until a pause and a resume of a sequence user are
+// confirmed by n instances of every service at every step: the new
+// instances joined and control sees them.
+func (cs *controlStack) waitSteps(ctx context.Context, n int) error {
+	user := cs.seqUsers[0]
+	return poll(ctx, 60*time.Second, fmt.Sprintf("steps confirmed by %d instances", n), func() (bool, error) {
+		for _, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume} {
+			res, _, err := cs.cmd.run(ctx, user, cmd, nil, time.Minute)
+			if err != nil {
+				return false, err
+			}
+			if res.Status != contract.StatusSucceeded || len(res.Steps) != 3 {
+				return false, nil
+			}
+			for _, s := range res.Steps {
+				if s.Instances != n || s.Acked != n {
+					return false, nil
+				}
+			}
+		}
+		return true, nil
+	})
+}
+
+// joinStatuses renders a status count map in a stable order.
+func joinStatuses(m map[string]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s×%d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,181 @@
+package figures
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"vigil.dev/bench/internal/report"
+	"vigil.dev/bench/internal/stats"
+)
+
+// taPackage is the indicators' incremental TA package, whose benchmarks
+// figures 4 and 7 run.
+const taPackage = "./services/indicators/internal/ta/"
+
+// benchResult is one line of go test -bench output: the metrics by unit.
+type benchResult struct {
+	Name    string
+	Metrics map[string]float64
+}
+
+// benchLine matches "BenchmarkX/sub-2   123   45.6 ns/op   0 B/op ...".
+var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+(.+)$`)
+
+// parseBench reads go test -bench output.
+func parseBench(out []byte) []benchResult {
+	var results []benchResult
+	s := bufio.NewScanner(bytes.NewReader(out))
+	for s.Scan() {
+		m := benchLine.FindStringSubmatch(strings.TrimSpace(s.Text()))
+		if m == nil {
+			continue
+		}
+		r := benchResult{Name: m[1], Metrics: map[string]float64{}}
+		f := strings.Fields(m[3])
+		for i := 0; i+1 < len(f); i += 2 {
+			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
+				r.Metrics[f[i+1]] = v
+			}
+		}
+		results = append(results, r)
+	}
+	return results
+}
+
+// goTest runs go test in the repository root and returns its output.
+func (e *Env) goTest(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "go", append([]string{"test"}, args...)...)
+	cmd.Dir = e.Root
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	e.Log.Info("go test " + strings.Join(args, " "))
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("go test %s: %w\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.Bytes(), nil
+}
+
+// metricSamples groups one metric of the results by benchmark name.
+func metricSamples(results []benchResult, unit string) map[string][]float64 {
+	out := map[string][]float64{}
+	for _, r := range results {
+		if v, ok := r.Metrics[unit]; ok {
+			out[r.Name] = append(out[r.Name], v)
+		}
+	}
+	return out
+}
+
+// TA measures figure 4: BenchmarkUpdate/<indicator> (one closed candle
+// applied to a warm Series) against BenchmarkTalibRecompute/<indicator>
+// (go-talib over the last 1000 candles), -count times each.
+func TA(ctx context.Context, env *Env, out *Output) error {
+	output, err := env.goTest(ctx, "-run", "^$", "-bench", "^(BenchmarkUpdate|BenchmarkTalibRecompute)$", "-benchmem",
+		"-count", strconv.Itoa(env.Opts.BenchCount), "-benchtime", env.Opts.BenchTime, taPackage)
+	if err != nil {
+		return err
+	}
+	results := parseBench(output)
+	ns, allocs := metricSamples(results, "ns/op"), metricSamples(results, "allocs/op")
+	var missed []string
+	details := map[string]any{}
+	for _, name := range slices.Sorted(maps.Keys(ns)) {
+		updates := ns[name]
+		indicator, ok := strings.CutPrefix(name, "BenchmarkUpdate/")
+		if !ok {
+			continue
+		}
+		details[name] = map[string]any{"ns_op": stats.Summarize(updates), "allocs_op": stats.Summarize(allocs[name])}
+		talib, ok := ns["BenchmarkTalibRecompute/"+indicator]
+		if !ok {
+			continue
+		}
+		details["BenchmarkTalibRecompute/"+indicator] = map[string]any{"ns_op": stats.Summarize(talib),
+			"allocs_op": stats.Summarize(allocs["BenchmarkTalibRecompute/"+indicator])}
+		maxAllocs := stats.Summarize(allocs[name]).Max
+		row := report.Row{Number: 4, Figure: "ta", Name: "indicator update " + indicator, Unit: "ns/op",
+			Value: report.Times(stats.Summarize(updates)), Target: "≥ 100× faster, 0 allocs"}
+		row.Compare("go-talib recompute over 1000 candles", report.Times(stats.Summarize(talib)), true)
+		row.SetMet(row.Ratio != nil && row.Ratio.Median >= 100 && maxAllocs == 0)
+		row.Note = fmt.Sprintf("%g allocs/op (talib %g)", maxAllocs, stats.Summarize(allocs["BenchmarkTalibRecompute/"+indicator]).Max)
+		if !*row.Met {
+			missed = append(missed, indicator)
+		}
+		out.add("", nil, row)
+	}
+	out.add("ta", details)
+	if len(missed) > 0 && env.ProfileDir != "" {
+		return env.profileBench(ctx, "ta", "^BenchmarkUpdate$/^("+strings.Join(missed, "|")+")$", out)
+	}
+	return nil
+}
+
+// profileBench runs the benchmarks matching pattern with -cpuprofile and
+// stores the profile's pprof -top.
+func (e *Env) profileBench(ctx context.Context, figure, pattern string, out *Output) error {
+	raw := filepath.Join(e.Work, figure+"-bench.pb.gz")
+	if _, err := e.goTest(ctx, "-run", "^$", "-bench", pattern, "-benchmem", "-benchtime", "2s",
+		"-cpuprofile", raw, "-o", filepath.Join(e.Work, figure+".test"), taPackage); err != nil {
+		return err
+	}
+	top, err := pprofTop(ctx, raw)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(e.ProfileDir, figure+"-benchmarks.txt")
+	header := fmt.Sprintf("# %s: go test -bench '%s' -cpuprofile, go tool pprof -top\n", figure, pattern)
+	if err := os.WriteFile(path, append([]byte(header), top...), 0o644); err != nil {
+		return err
+	}
+	out.mu.Lock()
+	out.Profiles = append(out.Profiles, path)
+	out.mu.Unlock()
+	return nil
+}
+
+// Memory measures the first half of figure 7: the heap held by one
+// Series of a mode's default indicators (runtime.MemStats delta over 200
+// live series, after 1200 bars), with BenchmarkSeriesMemory added to the
+// ta package by the overlay (stack.Overlay). The RSS half comes from
+// Pipeline.
+func Memory(ctx context.Context, env *Env, out *Output) error {
+	output, err := env.goTest(ctx, "-overlay", env.Overlay, "-run", "^$", "-bench", "^BenchmarkSeriesMemory$",
+		"-benchtime", "2x", "-count", "3", taPackage)
+	if err != nil {
+		return err
+	}
+	results := parseBench(output)
+	perSeries := metricSamples(results, "B/series")
+	indicators := metricSamples(results, "indicators")
+	details := map[string]any{}
+	for _, name := range slices.Sorted(maps.Keys(perSeries)) {
+		mode := strings.TrimPrefix(name, "BenchmarkSeriesMemory/")
+		s := stats.Summarize(perSeries[name])
+		details[mode] = map[string]any{"bytes_per_series": s, "indicators": stats.Summarize(indicators[name]).Median}
+		row := report.Row{Number: 7, Figure: "memory", Name: "indicator state per series, " + mode + " defaults", Unit: "KiB",
+			Value: report.Worst(stats.Summarize(scale(perSeries[name], 1.0/1024))), Target: "reported",
+			Note: fmt.Sprintf("%g indicators, replay depth 1000; ×10k series = %.2f GiB", stats.Summarize(indicators[name]).Median, s.Median*10_000/(1<<30))}
+		out.add("", nil, row)
+	}
+	out.add("memory", details)
+	return nil
+}
+
+// scale multiplies every sample by f.
+func scale(xs []float64, f float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = x * f
+	}
+	return out
+}
