@@ -60,7 +60,6 @@ type Settings struct {
 	MaxSymbols      int           `env:"VIGIL_MAX_SYMBOLS" envDefault:"50" help:"symbols per user"`
 	MaxRules        int           `env:"VIGIL_MAX_RULES" envDefault:"200" help:"alert rules per user"`
 	UserCacheTTL    time.Duration `env:"VIGIL_USER_CACHE_TTL" envDefault:"1m" help:"how long a user lookup is cached (reload-settings refreshes it)"`
-	MaxInFlight     int           `env:"VIGIL_MAX_INFLIGHT" envDefault:"64" help:"operator requests handled at once"`
 	Migrate         bool          `env:"VIGIL_DB_MIGRATE" envDefault:"true" help:"apply the database migrations at start"`
 	SeedStates      bool          `env:"VIGIL_SEED_STATES" envDefault:"true" help:"at start, write the initial desired state of every user that has none"`
 }
@@ -77,7 +76,7 @@ func (s Settings) Validate() error {
 		{"VIGIL_PING_WAIT", s.PingWait > 0}, {"VIGIL_PING_STALL", s.PingStall > 0},
 		{"VIGIL_SWEEP_INTERVAL", s.SweepInterval > 0}, {"VIGIL_MAX_JOBS_PER_USER", s.MaxJobs > 0},
 		{"VIGIL_MAX_SYMBOLS", s.MaxSymbols > 0}, {"VIGIL_MAX_RULES", s.MaxRules > 0},
-		{"VIGIL_USER_CACHE_TTL", s.UserCacheTTL > 0}, {"VIGIL_MAX_INFLIGHT", s.MaxInFlight > 0},
+		{"VIGIL_USER_CACHE_TTL", s.UserCacheTTL > 0},
 	} {
 		if !v.ok {
 			return fmt.Errorf("%s: must be positive (and VIGIL_BACKFILL_BARS at most %d)", v.name, contract.MaxBackfillBars)
@@ -207,11 +206,10 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 		return fail(err)
 	}
 	svc.OnShutdown(exec.Stop)
-	in, err := intake.New(intake.Config{Limits: s.Limits(), QueueLimit: s.QueueLimit, MaxInFlight: s.MaxInFlight}, inst.ledger, users, exec, d.Log)
+	in, err := intake.New(intake.Config{Limits: s.Limits(), QueueLimit: s.QueueLimit}, inst.ledger, users, exec, d.Log)
 	if err != nil {
 		return fail(err)
 	}
-	svc.OnShutdown(in.Drain)
 	if err := inst.registerMetrics(ctx); err != nil {
 		return fail(err)
 	}

@@ -122,7 +122,7 @@ func testSettings() control.Settings {
 	return control.Settings{
 		QueueLimit: 32, StepTimeout: 2 * time.Second, BackfillTimeout: 20 * time.Second, BackfillBars: 1000,
 		PingWait: 500 * time.Millisecond, PingStall: 50 * time.Millisecond, SweepInterval: 200 * time.Millisecond,
-		MaxJobs: 2, MaxSymbols: 50, MaxRules: 200, UserCacheTTL: time.Minute, MaxInFlight: 16,
+		MaxJobs: 2, MaxSymbols: 50, MaxRules: 200, UserCacheTTL: time.Minute,
 	}
 }
 

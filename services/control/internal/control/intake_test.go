@@ -2,11 +2,14 @@ package control_test
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"vigil.dev/pkg/contract"
 )
 
@@ -80,6 +83,19 @@ func TestRejections(t *testing.T) {
 	}
 	if n := e.logCount(); n != 0 {
 		t.Errorf("command_log has %d rows after rejections only", n)
+	}
+	resp, err := e.nc.Request("$SRV.STATS.vigil-control", nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stats micro.Stats
+	if err := json.Unmarshal(resp.Data, &stats); err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range stats.Endpoints {
+		if ep.Name == "command" && (ep.NumRequests != len(tests) || ep.NumErrors != len(tests)) {
+			t.Errorf("micro stats: %d requests, %d errors, want %d of each", ep.NumRequests, ep.NumErrors, len(tests))
+		}
 	}
 	if calls := e.rec.Calls(); len(calls) != 0 {
 		t.Errorf("the services got %d calls, first %+v", len(calls), calls[0])
