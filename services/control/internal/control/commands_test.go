@@ -10,6 +10,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"go.opentelemetry.io/otel/trace"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/redisstore"
 )
@@ -130,6 +131,21 @@ func TestCommandsSucceed(t *testing.T) {
 			}
 			if r.TraceID == "" {
 				t.Error("result has no trace id")
+			}
+			var spanNames []string
+			for _, sp := range spans.GetSpans() {
+				if sp.SpanContext.TraceID().String() == r.TraceID && sp.SpanKind != trace.SpanKindServer {
+					spanNames = append(spanNames, sp.Name)
+				}
+			}
+			wantSpans := []string{"vigil-control " + tc.command}
+			for _, s := range tc.steps {
+				wantSpans = append(wantSpans, "vigil.svc."+s)
+			}
+			for _, w := range wantSpans {
+				if !slices.Contains(spanNames, w) {
+					t.Errorf("trace %s lacks span %q: %v", r.TraceID, w, spanNames)
+				}
 			}
 			for _, c := range e.rec.For(ack.ID) {
 				if c.TraceID != r.TraceID {

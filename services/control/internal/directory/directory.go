@@ -7,6 +7,7 @@ package directory
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -16,6 +17,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"vigil.dev/pkg/db"
 )
+
+// ErrStore reports a database failure (not an unknown user).
+var ErrStore = errors.New("directory: user store unavailable")
 
 // User is a user with their exchange accounts.
 type User struct {
@@ -91,16 +95,19 @@ func (d *Directory) Refresh(ctx context.Context, token string) (User, error) {
 
 func (d *Directory) read(ctx context.Context, token string) (User, error) {
 	row, err := d.users.UserByToken(ctx, token)
-	if err != nil {
+	if errors.Is(err, db.ErrUnknownUser) || errors.Is(err, db.ErrAmbiguousToken) {
 		return User{}, err
+	}
+	if err != nil {
+		return User{}, fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	u := User{ID: row.ID, Token: row.Token, Settings: row.Settings}
 	rows, err := d.pool.Query(ctx, `SELECT id FROM exchange_accounts WHERE user_id = $1 ORDER BY id`, u.ID)
 	if err != nil {
-		return User{}, fmt.Errorf("directory: exchange accounts of %q: %w", token, err)
+		return User{}, fmt.Errorf("%w: exchange accounts of %q: %w", ErrStore, token, err)
 	}
 	if u.Exchanges, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
-		return User{}, fmt.Errorf("directory: exchange accounts of %q: %w", token, err)
+		return User{}, fmt.Errorf("%w: exchange accounts of %q: %w", ErrStore, token, err)
 	}
 	return u, nil
 }
@@ -109,11 +116,11 @@ func (d *Directory) read(ctx context.Context, token string) (User, error) {
 func (d *Directory) Tokens(ctx context.Context) ([]string, error) {
 	rows, err := d.pool.Query(ctx, `SELECT DISTINCT identity_sub FROM users ORDER BY identity_sub`)
 	if err != nil {
-		return nil, fmt.Errorf("directory: list users: %w", err)
+		return nil, fmt.Errorf("%w: list users: %w", ErrStore, err)
 	}
 	tokens, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return nil, fmt.Errorf("directory: list users: %w", err)
+		return nil, fmt.Errorf("%w: list users: %w", ErrStore, err)
 	}
 	return tokens, nil
 }

@@ -230,7 +230,7 @@ func errorOf(err error) *contract.Error {
 		return &contract.Error{Code: contract.CodeConflict, Message: err.Error()}
 	case errors.Is(err, ledger.ErrBusy):
 		return &contract.Error{Code: contract.CodeBusy, Message: err.Error()}
-	case errors.Is(err, ledger.ErrStore), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, ledger.ErrStore), errors.Is(err, directory.ErrStore), errors.Is(err, context.DeadlineExceeded):
 		return &contract.Error{Code: contract.CodeUnavailable, Message: err.Error()}
 	}
 	return contract.ErrorFrom(err, contract.CodeInternal)

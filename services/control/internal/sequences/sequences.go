@@ -492,7 +492,7 @@ func errorOf(err error) *contract.Error {
 		return &contract.Error{Code: contract.CodeConflict, Message: err.Error()}
 	case errors.Is(err, ErrNotYourExchange):
 		return &contract.Error{Code: contract.CodeForbidden, Message: err.Error()}
-	case errors.Is(err, desired.ErrStore):
+	case errors.Is(err, desired.ErrStore), errors.Is(err, directory.ErrStore):
 		return &contract.Error{Code: contract.CodeUnavailable, Message: err.Error()}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &contract.Error{Code: contract.CodeTimeout, Message: err.Error()}
