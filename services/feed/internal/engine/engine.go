@@ -163,6 +163,7 @@ type Engine struct {
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
+	flushing   sync.Mutex // held by Flush
 	mu         sync.Mutex
 	products   map[string]*product
 	reconciles []reconcileJob
@@ -327,6 +328,16 @@ func (e *Engine) dropBookLocked(p *product) {
 	}
 }
 
+// attachedLocked reports whether the series' user still subscribes its symbol.
+func (e *Engine) attachedLocked(s contract.SeriesID) bool {
+	p := e.products[s.Symbol]
+	if p == nil {
+		return false
+	}
+	sub, ok := p.subs[subKey{s.User, s.ExchangeID}]
+	return ok && sub.UserID == s.UserID
+}
+
 // Stats returns the counters.
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
@@ -399,12 +410,24 @@ func nextVersion(current, observed int64) int64 {
 // Engine itself.
 type sink struct{ e *Engine }
 
-func (s sink) Trade(t market.Trade)     { s.e.onTrade(t) }
-func (s sink) Candle(b market.Bar)      { s.e.onCandle(b) }
+// Trade implements market.Sink.
+func (s sink) Trade(t market.Trade) { s.e.onTrade(t) }
+
+// Candle implements market.Sink.
+func (s sink) Candle(b market.Bar) { s.e.onCandle(b) }
+
+// Book implements market.Sink.
 func (s sink) Book(u market.BookUpdate) { s.e.onBook(u) }
-func (s sink) Clock(now time.Time)      { s.e.onClock(now) }
-func (s sink) Gap(g market.Gap)         { s.e.onGap(g) }
-func (s sink) Malformed(err error)      { s.e.onMalformed("frame", err) }
+
+// Clock implements market.Sink.
+func (s sink) Clock(now time.Time) { s.e.onClock(now) }
+
+// Gap implements market.Sink.
+func (s sink) Gap(g market.Gap) { s.e.onGap(g) }
+
+// Malformed implements market.Sink.
+func (s sink) Malformed(err error) { s.e.onMalformed("frame", err) }
+
 func (e *Engine) onMalformed(kind string, err error) {
 	e.mu.Lock()
 	e.stats.Malformed++

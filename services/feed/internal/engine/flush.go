@@ -45,6 +45,8 @@ func (e *Engine) flushLoop(ctx context.Context) {
 // product and publishes the written versions, then publishes the book
 // snapshots that are due. The flush loop calls it; tests may too.
 func (e *Engine) Flush(ctx context.Context) {
+	e.flushing.Lock()
+	defer e.flushing.Unlock()
 	candles, books := e.collect()
 	e.mu.Lock()
 	if len(e.retry) > 0 {
@@ -87,6 +89,17 @@ func (e *Engine) Flush(ctx context.Context) {
 			e.log.WarnContext(ctx, "book publish failed", "symbol", b.Symbol, "err", err)
 		}
 	}
+}
+
+// Quiesce waits for the flush in progress, if any: after Detach and
+// Quiesce nothing more is written for the detached subscriber.
+func (e *Engine) Quiesce() {
+	e.flushing.Lock()
+	defer e.flushing.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	// Candles kept for a retry belong to subscribers that may be gone.
+	e.retry = slices.DeleteFunc(e.retry, func(c contract.Candle) bool { return !e.attachedLocked(c.SeriesID) })
 }
 
 // collect takes the dirty bars as candles of every subscriber, prunes bars

@@ -44,8 +44,8 @@ type user struct {
 	diff symbolDiff
 	// fill is the gap fill started when the user last became active.
 	fill *fillJob
-	// jobs cancel the user's running gap fills and backfills.
-	jobs map[int]context.CancelFunc
+	// jobs are the user's running gap fills and backfills.
+	jobs map[int]*job
 }
 
 type symbolDiff struct {
@@ -68,7 +68,7 @@ func newFeed(cfg Config, log *slog.Logger, js jetstream.JetStream, writer *engin
 func (f *feed) userLocked(token string) *user {
 	u := f.users[token]
 	if u == nil {
-		u = &user{attached: map[string]engine.Subscriber{}, jobs: map[int]context.CancelFunc{}}
+		u = &user{attached: map[string]engine.Subscriber{}, jobs: map[int]*job{}}
 		f.users[token] = u
 	}
 	return u
@@ -214,8 +214,8 @@ func (f *feed) stopLocked(token string, u *user) {
 		f.eng.Detach(sub.User, sub.ExchangeID, sym)
 	}
 	clear(u.attached)
-	for id, cancel := range u.jobs {
-		cancel()
+	for id, j := range u.jobs {
+		j.cancel()
 		delete(u.jobs, id)
 	}
 }
@@ -226,25 +226,44 @@ func (f *feed) cancelJobs() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, u := range f.users {
-		for id, cancel := range u.jobs {
-			cancel()
+		for id, j := range u.jobs {
+			j.cancel()
 			delete(u.jobs, id)
 		}
 	}
 }
 
-// addJobLocked registers a cancellable job of the user.
+// job is a running gap fill or backfill: cancel stops it, done closes when
+// it has returned (and written nothing more).
+type job struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// addJobLocked registers a cancellable job of the user; the job calls the
+// returned finish when it returns.
 func (f *feed) addJobLocked(u *user, parent context.Context) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(parent)
 	f.jobID++
 	id := f.jobID
-	u.jobs[id] = cancel
+	j := &job{cancel: cancel, done: make(chan struct{})}
+	u.jobs[id] = j
 	return ctx, func() {
 		cancel()
+		close(j.done)
 		f.mu.Lock()
 		delete(u.jobs, id)
 		f.mu.Unlock()
 	}
+}
+
+// runningJobsLocked are the done channels of the user's jobs.
+func runningJobsLocked(u *user) []chan struct{} {
+	out := make([]chan struct{}, 0, len(u.jobs))
+	for _, j := range u.jobs {
+		out = append(out, j.done)
+	}
+	return out
 }
 
 // startFillLocked starts filling the gaps of subs from their marks, in the

@@ -62,27 +62,40 @@ func (f *feed) takeStateLocked(req contract.SvcRequest, change func(*contract.De
 	return u, nil
 }
 
-// pause stops the user's symbols, boundary REST and jobs.
-func (f *feed) pause(_ context.Context, req contract.SvcRequest) (any, error) {
+// pause stops the user's symbols, boundary REST and jobs, and answers once
+// nothing more is written for the user (the flush in progress and the
+// cancelled jobs have returned).
+func (f *feed) pause(ctx context.Context, req contract.SvcRequest) (any, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	u, err := f.takeStateLocked(req, func(s *contract.DesiredState) { s.Paused = true })
 	if errors.Is(err, ErrNoState) {
 		err = nil // nothing runs for an unknown user: paused already
 		u = f.userLocked(req.User)
 	}
 	if err != nil {
+		f.mu.Unlock()
 		return nil, err
 	}
-	if !f.owns(req.User) {
-		f.convergeLocked(req.User)
-		return notOwner, nil
-	}
+	owner := f.owns(req.User)
 	if req.State == nil {
 		u.state.Paused = true
 	}
+	jobs := runningJobsLocked(u)
+	symbols := slices.Clone(u.state.Symbols)
 	f.convergeLocked(req.User)
-	return map[string]any{"owner": true, "paused": true, "symbols": u.state.Symbols}, nil
+	f.mu.Unlock()
+	if !owner {
+		return notOwner, nil
+	}
+	f.eng.Quiesce()
+	for _, done := range jobs {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, &contract.Error{Code: contract.CodeTimeout, Message: "cancelled jobs did not stop: " + ctx.Err().Error()}
+		}
+	}
+	return map[string]any{"owner": true, "paused": true, "symbols": symbols}, nil
 }
 
 // resume resubscribes State.Symbols and answers once the gap since the last
@@ -152,13 +165,9 @@ func (f *feed) backfill(ctx context.Context, req contract.SvcRequest) (any, erro
 	if err != nil {
 		return nil, err
 	}
+	// The args say everything the job needs; the desired state, if sent,
+	// arrives through the KV watch like any other change.
 	f.mu.Lock()
-	if req.State != nil {
-		if _, err := f.takeStateLocked(req, nil); err != nil {
-			f.mu.Unlock()
-			return nil, err
-		}
-	}
 	if !f.owns(req.User) {
 		f.mu.Unlock()
 		return notOwner, nil
