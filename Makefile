@@ -52,10 +52,13 @@ build:
 test: deps
 	$(GO) test $(PARALLEL) -race -count=1 -timeout 14m $(GOTESTFLAGS) $(PACKAGES)
 
+# Extra flags for the benchmark runner, e.g. make bench BENCHFLAGS="-only ack,pipeline -profile".
+BENCHFLAGS ?=
+
 bench:
 	@if [ -d bench/cmd/bench ]; then \
-		echo "$(GO) run ./bench/cmd/bench"; \
-		$(GO) run ./bench/cmd/bench; \
+		echo "$(GO) run ./bench/cmd/bench $(BENCHFLAGS)"; \
+		$(GO) run ./bench/cmd/bench $(BENCHFLAGS); \
 	else \
 		echo "$(GO) test -run '^$$' -bench . -benchmem $(PACKAGES)"; \
 		$(GO) test $(PARALLEL) -run '^$$' -bench . -benchmem $(PACKAGES); \

@@ -84,9 +84,18 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 		return f, err
 	}
 	if f.quick {
-		f.opts = figures.Options{AckIterations: 100, SequenceIterations: 4, PipelineUpdates: 4000, ClearKeys: 100_000,
-			ClearUsers: 10, BackfillPages: 8, BenchCount: 2, BenchTime: "50ms"}
-		f.series = "200,1000"
+		// Small sizes for the flags not given explicitly.
+		set := map[string]bool{}
+		fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+		quick := map[string]string{"ack-iterations": "100", "sequence-iterations": "4", "pipeline-updates": "4000",
+			"pipeline-series": "200,1000", "clear-keys": "100000", "backfill-pages": "8", "bench-count": "2", "benchtime": "50ms"}
+		for name, value := range quick {
+			if !set[name] {
+				if err := fs.Set(name, value); err != nil {
+					return f, err
+				}
+			}
+		}
 	}
 	for _, s := range strings.Split(f.series, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
