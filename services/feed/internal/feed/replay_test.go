@@ -109,10 +109,14 @@ func TestReplayPublishesTheFileAndItsAggregates(t *testing.T) {
 		}
 		return true
 	})
-	elapsed := time.Since(begin)
+	// The engine counts a flush once its publishes are acknowledged.
 	var written uint64
+	waitFor(t, 10*time.Second, "the flush's count", func() bool {
+		written = engineStats(t, s).Engine.CandlesWritten
+		return written >= uint64(len(rows))
+	})
+	elapsed := time.Since(begin)
 	for _, st := range s.statuses(t, 1) {
-		written = st.Engine.CandlesWritten
 		if st.Engine.Malformed != 0 {
 			t.Errorf("%d malformed items in a clean file", st.Engine.Malformed)
 		}
