@@ -230,8 +230,12 @@ func (f *feed) planBackfill(token string, a contract.BackfillArgs) (backfillPlan
 	if len(tfs) == 0 {
 		tfs = src.Caps().Timeframes
 	}
-	to := a.To
-	if to.IsZero() {
+	// The args are wall-clock times; a source whose clock runs apart
+	// (sim ahead, replay behind) reads them shifted by the difference, so
+	// "the last N bars" means its last N bars.
+	shift := clockShift(src.Now(), time.Now())
+	to := a.To.Add(shift)
+	if a.To.IsZero() {
 		to = src.Now()
 	}
 	plan := backfillPlan{sub: sub, progress: a.ProgressSubject}
@@ -244,8 +248,8 @@ func (f *feed) planBackfill(token string, a contract.BackfillArgs) (backfillPlan
 			add(fmt.Sprintf("timeframes[%d]", i), "the %s source has no %s bars", src.Name(), tf)
 			continue
 		}
-		from := a.From
-		if from.IsZero() {
+		from := a.From.Add(shift)
+		if a.From.IsZero() {
 			from = to.Add(-time.Duration(f.cfg.Retention) * tf.Duration())
 		}
 		if !from.Before(to) {
@@ -264,6 +268,16 @@ func (f *feed) planBackfill(token string, a contract.BackfillArgs) (backfillPlan
 		return plan, problems
 	}
 	return plan, nil
+}
+
+// clockShift is how far the source's clock is from the wall clock, zero
+// when they agree within a minute (Coinbase).
+func clockShift(source, wall time.Time) time.Duration {
+	d := source.Sub(wall)
+	if d.Abs() < time.Minute {
+		return 0
+	}
+	return d
 }
 
 // runBackfill fetches, writes and reports every page of the plan.
