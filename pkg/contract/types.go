@@ -226,7 +226,7 @@ type ForgetArgs struct {
 
 // Selector is the cache selector of these args.
 func (a ForgetArgs) Selector() CacheSelector {
-	return CacheSelector{UserID: a.UserID, ExchangeID: a.ExchangeID, Scope: a.Scope, Symbol: a.Symbol, Timeframe: a.Timeframe}
+	return CacheSelector(a)
 }
 
 // Limits are the configurable bounds of ARCHITECTURE.md §9.

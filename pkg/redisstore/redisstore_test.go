@@ -180,7 +180,7 @@ func TestClearDeletesExactlyTheScope(t *testing.T) {
 				"indicator:1:2:BTC-USD:1h:rsi_14", "indicator:1:2:ETH-USD:1m:ema_20", "candles:1:2:BTC-USDC:1m"}},
 	}
 	for _, tt := range tests {
-		t.Run(fmt.Sprintf("%s", tt.sel.Scope), func(t *testing.T) {
+		t.Run(string(tt.sel.Scope), func(t *testing.T) {
 			rdb.FlushDB(ctx)
 			reset()
 			n, err := store.Clear(ctx, tt.sel)
