@@ -56,7 +56,7 @@ func (f *feed) takeStateLocked(req contract.SvcRequest, change func(*contract.De
 		f.setStateLocked(u, s)
 	default:
 		if change != nil {
-			return nil, fmt.Errorf("%w %q: the request has no state", ErrNoState, req.User)
+			return nil, fmt.Errorf("%w: %w", ErrNoState, contract.FieldError{Field: "state", Problem: "is required: no desired state of " + req.User + " is known"})
 		}
 	}
 	return u, nil
