@@ -459,3 +459,91 @@ func TestBadFramesNeverCrashNorWriteACandle(t *testing.T) {
 	}
 	t.Logf("%d bad frames counted", malformed)
 }
+
+func TestCoinbaseOneSubscriptionPerProductAndBooksForOrderbookUsers(t *testing.T) {
+	x := newExchange(t, []string{"BTC-USD"})
+	x.fake.SetBook("BTC-USD",
+		fakecoinbase.Level{Side: "bid", Price: 99, Quantity: 1}, fakecoinbase.Level{Side: "bid", Price: 98, Quantity: 2},
+		fakecoinbase.Level{Side: "offer", Price: 101, Quantity: 3}, fakecoinbase.Level{Side: "offer", Price: 102, Quantity: 4})
+	s := newStack(t, 0)
+	books := make(chan *nats.Msg, 64)
+	sub, err := s.nc.ChanSubscribe(contract.BookSubjects, books)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	startFeed(t, s, coinbaseEnv(x, nil))
+	scalper := contract.DesiredState{User: "gus", UserID: 8, ExchangeID: 1, Mode: contract.ModeScalperOrderbook, Symbols: []string{"BTC-USD"}, Revision: 1}
+	s.putState(t, scalper)
+	s.putState(t, contract.DesiredState{User: "hal", UserID: 9, ExchangeID: 1, Mode: contract.ModePositionMonitor, Symbols: []string{"BTC-USD"}, Revision: 1})
+	waitFor(t, 20*time.Second, "both users on the product", func() bool {
+		v, err := s.tryStatuses(1, time.Second)
+		if err != nil {
+			return false
+		}
+		for _, st := range v {
+			return st.Products["BTC-USD"].Subscribers == 2 && x.fake.Subscribed("level2", "BTC-USD") == 1 &&
+				x.fake.Subscribed("candles", "BTC-USD") == 1 && x.fake.Subscribed("market_trades", "BTC-USD") == 1
+		}
+		return false
+	})
+	for _, ch := range []string{"candles", "market_trades", "level2"} {
+		if n := requestCount(x.fake, "subscribe", ch, "BTC-USD"); n != 1 {
+			t.Errorf("%d subscribe messages for %s BTC-USD, want one for both users", n, ch)
+		}
+	}
+	next := func(what string, ok func(contract.BookSnapshot) bool) contract.BookSnapshot {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case m := <-books:
+				var b contract.BookSnapshot
+				if err := json.Unmarshal(m.Data, &b); err != nil {
+					t.Fatal(err)
+				}
+				if m.Subject != contract.BookSubject("gus", 1, "BTC-USD") {
+					t.Fatalf("book on %s; only gus is in scalper-orderbook", m.Subject)
+				}
+				if ok(b) {
+					return b
+				}
+			case <-deadline:
+				t.Fatalf("no book with %s", what)
+			}
+		}
+	}
+	first := next("the snapshot", func(b contract.BookSnapshot) bool { return len(b.Bids) == 2 })
+	if first.Bids[0] != (contract.BookLevel{99, 1}) || first.Asks[0] != (contract.BookLevel{101, 3}) || first.Asks[1] != (contract.BookLevel{102, 4}) {
+		t.Errorf("snapshot book %+v", first)
+	}
+	x.fake.PushLevel2("BTC-USD", fakecoinbase.Level{Side: "bid", Price: 99, Quantity: 0}, fakecoinbase.Level{Side: "offer", Price: 100.5, Quantity: 7})
+	updated := next("the update", func(b contract.BookSnapshot) bool { return len(b.Asks) == 3 })
+	if updated.Bids[0] != (contract.BookLevel{98, 2}) || updated.Asks[0] != (contract.BookLevel{100.5, 7}) || len(updated.Bids) != 1 {
+		t.Errorf("updated book %+v", updated)
+	}
+
+	// Leaving the orderbook mode drops level2 upstream; the bars stay.
+	scalper.Mode, scalper.Revision = contract.ModeScalperMACDV, 2
+	s.putState(t, scalper)
+	waitFor(t, 10*time.Second, "level2 unsubscribed", func() bool { return x.fake.Subscribed("level2", "BTC-USD") == 0 })
+	if x.fake.Subscribed("candles", "BTC-USD") != 1 || x.fake.Subscribed("market_trades", "BTC-USD") != 1 {
+		t.Error("the bar channels went with level2")
+	}
+}
+
+// requestCount counts the fake's subscribe log entries of typ on channel naming product.
+func requestCount(fake *fakecoinbase.Server, typ, channel, product string) int {
+	n := 0
+	for _, r := range fake.SubscribeRequests() {
+		if r.Type != typ || r.Channel != channel {
+			continue
+		}
+		for _, p := range r.Products {
+			if p == product {
+				n++
+			}
+		}
+	}
+	return n
+}
