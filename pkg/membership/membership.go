@@ -40,16 +40,16 @@ type Options struct {
 
 // Group is this instance's view of its service's live members.
 type Group struct {
-	kv       jetstream.KeyValue
-	service  string
-	self     string
-	opts     Options
-	cancel   context.CancelFunc
-	done     chan struct{}
-	mu       sync.Mutex
-	lastSeen map[string]time.Time
-	members  []string
-	changes  []chan struct{}
+	kv      jetstream.KeyValue
+	service string
+	self    string
+	opts    Options
+	roster  *Roster
+	cancel  context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	members []string
+	changes []chan struct{}
 }
 
 // ErrInvalidName reports a service or instance name unusable as a KV key.
@@ -67,38 +67,23 @@ func Join(ctx context.Context, js jetstream.JetStream, service, self string, opt
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "vigil live service instances (key <service>.<instance>)",
-		History:     1,
-		TTL:         time.Minute,
-		Storage:     jetstream.MemoryStorage,
-	})
+	kv, err := js.CreateOrUpdateKeyValue(ctx, bucketConfig)
 	if err != nil {
 		return nil, fmt.Errorf("membership kv: %w", err)
 	}
-	g := &Group{kv: kv, service: service, self: self, opts: opts, lastSeen: map[string]time.Time{}, done: make(chan struct{})}
+	g := &Group{kv: kv, service: service, self: self, opts: opts, done: make(chan struct{})}
 	if err := g.beat(ctx); err != nil {
 		return nil, err
 	}
-	// The watcher lives until Leave, not until ctx ends: ctx only bounds
-	// the join.
-	runCtx, cancel := context.WithCancel(context.Background())
-	watcher, err := kv.Watch(runCtx, service+".*")
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("membership watch: %w", err)
-	}
-	g.cancel = cancel
-	// Take in the current members before returning, so Owner is right at once.
-	for e := range watcher.Updates() {
-		if e == nil {
-			break
-		}
-		g.observe(e, e.Created())
+	// The roster takes in the current members before returning, so Owner
+	// is right at once, and lives until Leave, not until ctx ends.
+	if g.roster, err = watchRoster(ctx, js, service+".*", opts.Timeout, g.recompute); err != nil {
+		return nil, err
 	}
 	g.recompute()
-	go g.loop(runCtx, watcher)
+	runCtx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	go g.loop(runCtx)
 	return g, nil
 }
 
@@ -123,23 +108,10 @@ func (g *Group) beat(ctx context.Context) error {
 	return nil
 }
 
-// observe records a heartbeat seen at seen: the server's timestamp for
-// entries that existed before Join (a dead member's last beat must not look
-// fresh), the local receive time for live updates (host clocks may differ).
-func (g *Group) observe(e jetstream.KeyValueEntry, seen time.Time) {
-	instance := e.Key()[len(g.service)+1:]
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if e.Operation() != jetstream.KeyValuePut {
-		delete(g.lastSeen, instance)
-		return
-	}
-	g.lastSeen[instance] = seen
-}
-
-func (g *Group) loop(ctx context.Context, watcher jetstream.KeyWatcher) {
+// loop heartbeats and re-derives the members, so a member whose beats
+// stopped drops out after the timeout even when nothing else changes.
+func (g *Group) loop(ctx context.Context) {
 	defer close(g.done)
-	defer watcher.Stop()
 	beat := time.NewTicker(g.opts.Interval)
 	defer beat.Stop()
 	check := time.NewTicker(g.opts.Interval / 2)
@@ -148,14 +120,6 @@ func (g *Group) loop(ctx context.Context, watcher jetstream.KeyWatcher) {
 		select {
 		case <-ctx.Done():
 			return
-		case e, ok := <-watcher.Updates():
-			if !ok {
-				return
-			}
-			if e != nil {
-				g.observe(e, time.Now())
-				g.recompute()
-			}
 		case <-beat.C:
 			bctx, cancel := context.WithTimeout(ctx, g.opts.Interval)
 			_ = g.beat(bctx) // a missed beat is retried at the next tick
@@ -168,16 +132,13 @@ func (g *Group) loop(ctx context.Context, watcher jetstream.KeyWatcher) {
 
 // recompute derives the live member list and notifies watchers on change.
 func (g *Group) recompute() {
+	live := g.roster.Live(g.service)
+	if !slices.Contains(live, g.self) {
+		live = append(live, g.self)
+		slices.Sort(live)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := time.Now()
-	live := []string{g.self}
-	for m, seen := range g.lastSeen {
-		if m != g.self && now.Sub(seen) <= g.opts.Timeout {
-			live = append(live, m)
-		}
-	}
-	slices.Sort(live)
 	if slices.Equal(live, g.members) {
 		return
 	}
@@ -225,6 +186,7 @@ func (g *Group) Changes() <-chan struct{} {
 func (g *Group) Leave(ctx context.Context) error {
 	g.cancel()
 	<-g.done
+	g.roster.Stop()
 	return g.kv.Delete(ctx, g.key(g.self))
 }
 

@@ -165,3 +165,34 @@ func TestDeadMemberIsNotRevived(t *testing.T) {
 		t.Fatal("a name with a dot must be rejected")
 	}
 }
+
+func TestRosterFollowsEveryService(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	ctx := context.Background()
+	opts := membership.Options{Interval: 100 * time.Millisecond, Timeout: 500 * time.Millisecond}
+	jsFeed := connect(t, srv.URL())
+	if _, err := membership.Join(ctx, jsFeed, "vigil-feed", "f1", opts); err != nil {
+		t.Fatal(err)
+	}
+	alerts, err := membership.Join(ctx, connect(t, srv.URL()), "vigil-alerts", "a1", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roster, err := membership.WatchRoster(ctx, connect(t, srv.URL()), opts.Timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer roster.Stop()
+	if !slices.Equal(roster.Live("vigil-feed"), []string{"f1"}) || !slices.Equal(roster.Live("vigil-alerts"), []string{"a1"}) {
+		t.Fatalf("roster: feed %v alerts %v", roster.Live("vigil-feed"), roster.Live("vigil-alerts"))
+	}
+	if len(roster.Live("vigil")) != 0 {
+		t.Fatal("a service name prefix must not match other services")
+	}
+	if err := alerts.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a1 gone", func() bool { return len(roster.Live("vigil-alerts")) == 0 })
+	jsFeed.Conn().Close() // f1 dies without leaving
+	waitFor(t, "f1 timed out", func() bool { return len(roster.Live("vigil-feed")) == 0 })
+}

@@ -152,7 +152,7 @@ type Deps struct {
 type Instance struct {
 	svc     *service.Service
 	group   *membership.Group
-	members *fanout.Members
+	members *membership.Roster
 	exec    *executor.Executor
 	ledger  *ledger.Ledger
 	log     *slog.Logger
@@ -178,7 +178,7 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 		return fail(err)
 	}
 	svc.OnShutdown(inst.group.Leave)
-	if inst.members, err = fanout.WatchMembers(ctx, d.JS, d.ServiceTimeout); err != nil {
+	if inst.members, err = membership.WatchRoster(ctx, d.JS, d.ServiceTimeout); err != nil {
 		return fail(err)
 	}
 	svc.OnShutdown(func(context.Context) error { inst.members.Stop(); return nil })

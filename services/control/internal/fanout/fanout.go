@@ -3,7 +3,7 @@
 //
 // The instances expected to answer are those that answer $SRV.PING.<micro
 // name>, sent at the same moment as the request, together with those whose
-// membership heartbeats are live (see Members) and any instance that answers
+// membership heartbeats are live (membership.Roster) and any instance that answers
 // the request. Ping answers are collected until every live member has
 // answered, or else until PingStall passes without a new one (PingWait for
 // the first). The step is confirmed when every expected instance answered

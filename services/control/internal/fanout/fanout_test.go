@@ -50,7 +50,7 @@ func TestCall(t *testing.T) {
 	for i := range 3 {
 		peers = append(peers, testpeer.Start(t, url, contract.SvcFeed, rec, testpeer.Options{Owner: i == 0}))
 	}
-	members, err := fanout.WatchMembers(context.Background(), js, 0)
+	members, err := membership.WatchRoster(context.Background(), js, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
