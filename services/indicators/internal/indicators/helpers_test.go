@@ -3,15 +3,12 @@ package indicators_test
 import (
 	"bytes"
 	"context"
-	"encoding/csv"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -394,72 +391,22 @@ func eventually(t *testing.T, timeout time.Duration, check func() error) {
 	}
 }
 
-// bar is one row of the reference data.
-type bar struct {
-	start                          int64
-	open, high, low, close, volume float64
-}
-
-var loadBTC = sync.OnceValues(func() ([]bar, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return nil, err
-	}
-	for {
-		path := filepath.Join(dir, "shared", "data", "btcusd_1h.csv")
-		if _, err := os.Stat(path); err == nil {
-			return readBars(path)
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return nil, errors.New("shared/data/btcusd_1h.csv not found above the package directory")
-		}
-		dir = parent
-	}
-})
-
-func readBars(path string) ([]bar, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]bar, 0, len(rows))
-	for n, row := range rows[1:] {
-		var v [6]float64
-		for i := range v {
-			if v[i], err = strconv.ParseFloat(row[i], 64); err != nil {
-				return nil, fmt.Errorf("%s row %d: %w", path, n+2, err)
-			}
-		}
-		out = append(out, bar{int64(v[0]), v[1], v[2], v[3], v[4], v[5]})
-	}
-	return out, nil
-}
-
 // candles turns the first n reference bars into closed candles of series
 // id, re-timed to its timeframe from the first bar's start and prices
 // scaled by scale. Versions are the bar's end in microseconds.
 func candles(t *testing.T, id contract.SeriesID, n int, scale float64) []contract.Candle {
 	t.Helper()
-	bars, err := loadBTC()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bars := testenv.BTCUSD1h(t)
 	if n > len(bars) {
 		n = len(bars)
 	}
 	step := int64(id.Timeframe.Duration() / time.Second)
-	first := bars[0].start / step * step
+	first := bars[0].Start / step * step
 	out := make([]contract.Candle, n)
 	for i, b := range bars[:n] {
 		start := first + int64(i)*step
-		out[i] = contract.Candle{SeriesID: id, Start: start, Open: b.open * scale, High: b.high * scale, Low: b.low * scale,
-			Close: b.close * scale, Volume: b.volume, Closed: true, Version: (start + step) * 1_000_000, Source: "test"}
+		out[i] = contract.Candle{SeriesID: id, Start: start, Open: b.Open * scale, High: b.High * scale, Low: b.Low * scale,
+			Close: b.Close * scale, Volume: b.Volume, Closed: true, Version: (start + step) * 1_000_000, Source: "test"}
 	}
 	return out
 }

@@ -1,78 +1,23 @@
 package ta
 
 import (
-	"encoding/csv"
-	"errors"
-	"fmt"
 	"math"
-	"os"
-	"path/filepath"
-	"strconv"
-	"sync"
 	"testing"
 
 	talib "github.com/markcheno/go-talib"
+	"vigil.dev/pkg/testenv"
 )
 
 // relTolerance is the largest accepted error against go-talib: relative, or
 // absolute for values of magnitude below 1.
 const relTolerance = 1e-9
 
-// loadBTC returns the candles of shared/data/btcusd_1h.csv, found by
-// walking up from the package directory.
-var loadBTC = sync.OnceValues(func() ([]Candle, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return nil, err
-	}
-	for {
-		path := filepath.Join(dir, "shared", "data", "btcusd_1h.csv")
-		if _, err := os.Stat(path); err == nil {
-			return readCandles(path)
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return nil, errors.New("shared/data/btcusd_1h.csv not found above the package directory")
-		}
-		dir = parent
-	}
-})
-
-func readCandles(path string) ([]Candle, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		return nil, err
-	}
-	candles := make([]Candle, 0, len(rows))
-	for n, row := range rows[1:] {
-		if len(row) != 6 {
-			return nil, fmt.Errorf("%s row %d: %d columns, want 6", path, n+2, len(row))
-		}
-		start, err := strconv.ParseInt(row[0], 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("%s row %d: %w", path, n+2, err)
-		}
-		var v [5]float64
-		for i := range v {
-			if v[i], err = strconv.ParseFloat(row[i+1], 64); err != nil {
-				return nil, fmt.Errorf("%s row %d: %w", path, n+2, err)
-			}
-		}
-		candles = append(candles, Candle{Start: start, Open: v[0], High: v[1], Low: v[2], Close: v[3], Volume: v[4]})
-	}
-	return candles, nil
-}
-
 func btcCandles(t testing.TB) []Candle {
 	t.Helper()
-	candles, err := loadBTC()
-	if err != nil {
-		t.Fatalf("load test data: %v", err)
+	bars := testenv.BTCUSD1h(t)
+	candles := make([]Candle, len(bars))
+	for i, b := range bars {
+		candles[i] = Candle{Start: b.Start, Open: b.Open, High: b.High, Low: b.Low, Close: b.Close, Volume: b.Volume}
 	}
 	return candles
 }
