@@ -74,7 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	fs.IntVar(&f.opts.AckIterations, "ack-iterations", 1000, "ack: commands sent (and as many bare requests)")
 	fs.IntVar(&f.opts.SequenceIterations, "sequence-iterations", 30, "sequence: pauses and as many resumes per instance count")
 	fs.StringVar(&f.series, "pipeline-series", "1000,10000", "pipeline: series counts")
-	fs.IntVar(&f.opts.PipelineUpdates, "pipeline-updates", 40000, fmt.Sprintf("pipeline: candle updates per series count (at least %d bars per series)", figures.PipelineMinBars))
+	fs.IntVar(&f.opts.PipelineUpdates, "pipeline-updates", 50000, fmt.Sprintf("pipeline: candle updates per series count (at least %d bars per series)", figures.PipelineMinBars))
 	fs.IntVar(&f.opts.ClearKeys, "clear-keys", 1_000_000, "clear: keys in Redis")
 	fs.IntVar(&f.opts.ClearUsers, "clear-users", 10, "clear: users the keys belong to")
 	fs.IntVar(&f.opts.BackfillPages, "backfill-pages", 40, "backfill: REST pages of 300 1m candles")

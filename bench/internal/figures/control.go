@@ -115,7 +115,7 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 	const warmup = 20
 	n := env.Opts.AckIterations
 	env.Log.Info("ack: commands and bare requests", "iterations", n)
-	var vigil, bare []time.Duration
+	var vigil, bare, pg []time.Duration
 	pending := map[string]string{}
 	paused := map[string]bool{}
 	failed := map[string]int{}
@@ -130,6 +130,11 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 			return fmt.Errorf("bare request: %w", err)
 		}
 		rtt := time.Since(began)
+		began = time.Now()
+		if _, err := cs.pool.Exec(ctx, "SELECT 1"); err != nil {
+			return fmt.Errorf("postgres round trip: %w", err)
+		}
+		pgRTT := time.Since(began)
 		user := cs.ackUsers[i%len(cs.ackUsers)]
 		if id := pending[user]; id != "" {
 			res, _, err := cs.cmd.wait(ctx, id, time.Minute)
@@ -150,7 +155,7 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 		}
 		pending[user], paused[user] = ack.ID, !paused[user]
 		if i >= warmup {
-			bare, vigil = append(bare, rtt), append(vigil, ackRTT)
+			bare, vigil, pg = append(bare, rtt), append(vigil, ackRTT), append(pg, pgRTT)
 		}
 	}
 	for _, id := range pending {
@@ -163,9 +168,10 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 		Value: report.Times(stats.Summarize(stats.Millis(vigil))), Target: "≤ 2×"}
 	row.Compare("bare NATS request-reply RTT", report.Times(stats.Summarize(stats.Millis(bare))), false)
 	row.SetMet(row.Ratio != nil && row.Ratio.Median <= 2 && row.Ratio.Tail <= 2)
-	row.Note = fmt.Sprintf("%d commands over %d users, pause/resume alternating", n, len(cs.ackUsers))
+	pgSum := stats.Summarize(stats.Millis(pg))
+	row.Note = fmt.Sprintf("%d commands over %d users, pause/resume alternating; Postgres SELECT 1 round trip %.2f / %.2f ms", n, len(cs.ackUsers), pgSum.Median, pgSum.P99)
 	out.add("ack", map[string]any{"commands": n, "users": len(cs.ackUsers), "failed_results": failed,
-		"vigil_ms": stats.Summarize(stats.Millis(vigil)), "bare_ms": stats.Summarize(stats.Millis(bare))}, row)
+		"vigil_ms": stats.Summarize(stats.Millis(vigil)), "bare_ms": stats.Summarize(stats.Millis(bare)), "postgres_select1_ms": pgSum}, row)
 	return nil
 }
 
@@ -256,6 +262,8 @@ func (g *responderGroup) scatterGather(nc *nats.Conn) error {
 type sequenceRun struct {
 	e2e, steps, baseline []time.Duration
 	statuses             map[string]int
+	// perStep are the durations of each step ("vigil-feed resume"), in ms.
+	perStep map[string][]float64
 }
 
 // Sequence measures figure 2: pause and resume from request to result
@@ -283,7 +291,10 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 		if err != nil {
 			return err
 		}
-		runs := map[contract.Command]*sequenceRun{contract.CmdPause: {statuses: map[string]int{}}, contract.CmdResume: {statuses: map[string]int{}}}
+		runs := map[contract.Command]*sequenceRun{}
+		for _, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume} {
+			runs[cmd] = &sequenceRun{statuses: map[string]int{}, perStep: map[string][]float64{}}
+		}
 		env.Log.Info("sequence: pause and resume", "instances", n, "iterations", env.Opts.SequenceIterations)
 		waitProfile := env.profile(ctx, fmt.Sprintf("sequence%d", n), cs.procs(stack.Control)[:1], 10*time.Second, out)
 		for i := range env.Opts.SequenceIterations {
@@ -306,6 +317,10 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 				r.statuses[resultStatus(res)]++
 				r.e2e, r.baseline = append(r.e2e, elapsed), append(r.baseline, base)
 				r.steps = append(r.steps, time.Duration(stepsMs(res)*float64(time.Millisecond)))
+				for _, st := range res.Steps {
+					name := st.Service + " " + string(st.Verb)
+					r.perStep[name] = append(r.perStep[name], st.Ms)
+				}
 			}
 		}
 		waitProfile()
@@ -317,10 +332,16 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 			row.Compare(fmt.Sprintf("3 scatter-gathers over %d responders", n), report.Times(stats.Summarize(stats.Millis(r.baseline))), false)
 			row.SetMet(row.Ratio != nil && row.Ratio.Median <= 3 && row.Ratio.Tail <= 3)
 			stepSum := stats.Summarize(stats.Millis(r.steps))
-			row.Note = fmt.Sprintf("steps' own ms: median %.1f; results %s", stepSum.Median, joinStatuses(r.statuses))
+			perStep := map[string]stats.Summary{}
+			var medians []string
+			for _, name := range slices.Sorted(maps.Keys(r.perStep)) {
+				perStep[name] = stats.Summarize(r.perStep[name])
+				medians = append(medians, fmt.Sprintf("%s %.1f", strings.TrimPrefix(name, "vigil-"), perStep[name].Median))
+			}
+			row.Note = fmt.Sprintf("step medians ms: %s (sum %.1f); results %s", strings.Join(medians, ", "), stepSum.Median, joinStatuses(r.statuses))
 			out.add("", nil, row)
 			details[fmt.Sprintf("%s_%d", cmd, n)] = map[string]any{"e2e_ms": stats.Summarize(stats.Millis(r.e2e)),
-				"steps_ms": stepSum, "baseline_ms": stats.Summarize(stats.Millis(r.baseline)), "results": r.statuses}
+				"steps_ms": stepSum, "per_step_ms": perStep, "baseline_ms": stats.Summarize(stats.Millis(r.baseline)), "results": r.statuses}
 		}
 	}
 	out.add("sequence", details)

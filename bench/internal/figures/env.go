@@ -51,7 +51,7 @@ type Options struct {
 }
 
 // PipelineMinBars is the fewest closed bars pipeline sends per series.
-const PipelineMinBars = 8
+const PipelineMinBars = 10
 
 // Env is what the figures share.
 type Env struct {

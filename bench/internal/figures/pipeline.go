@@ -182,7 +182,8 @@ func pipelineAt(ctx context.Context, env *Env, out *Output, series int, withRSS 
 	}
 	row := report.Row{Number: 3, Figure: "pipeline", Name: fmt.Sprintf("pipeline candle updates/s, %d series", series), Unit: "updates/s",
 		Value: report.Rates(stats.Summarize(run.rates)), Target: "≥ 0.5×",
-		Note: fmt.Sprintf("overall %.0f vs %.0f updates/s = %.3f×; %d updates, %d evaluations", run.overall, baseTotal, run.overall/baseTotal, total, run.evaluations)}
+		Note: fmt.Sprintf("overall %.0f vs %.0f updates/s = %.3f×; %d updates, %d evaluations, alerts at most %d behind; runner as feed alone %.0f/s",
+			run.overall, baseTotal, run.overall/baseTotal, total, run.evaluations, run.alertsLag, run.feedRate)}
 	row.Compare("raw Redis EVALSHA pipelines, one client", report.Rates(stats.Summarize(baseRates)), false)
 	row.SetMet(row.Ratio != nil && row.Ratio.Median >= 0.5 && run.overall/baseTotal >= 0.5)
 	out.add("", nil, row)
@@ -198,7 +199,7 @@ func pipelineAt(ctx context.Context, env *Env, out *Output, series int, withRSS 
 	return map[string]any{"series": series, "users": users, "symbols_per_user": symbols, "bars": bars, "updates": total,
 		"pipeline_rate_samples": stats.Summarize(run.rates), "pipeline_overall_per_s": run.overall,
 		"indicator_updates_per_s": run.indicatorRate, "feed_side_per_s": run.feedRate, "pipeline_s": run.elapsed.Seconds(),
-		"alerts_evaluations": run.evaluations, "indicator_updates": run.indicatorUpdates,
+		"alerts_evaluations": run.evaluations, "indicator_updates": run.indicatorUpdates, "alerts_max_lag": run.alertsLag,
 		"redis_rate_samples": stats.Summarize(baseRates), "redis_overall_per_s": baseTotal,
 		"rss_idle_bytes": idle, "rss_bytes": rss}, nil
 }
@@ -298,6 +299,9 @@ type pipelineRun struct {
 	elapsed                time.Duration
 	evaluations            int64
 	indicatorUpdates       int64
+	// alertsLag is the most indicator updates published but not yet
+	// evaluated at a poll: how far the alerts fell behind the indicators.
+	alertsLag int64
 }
 
 // runPipeline writes and publishes every bar of every series like the
@@ -362,6 +366,11 @@ func runPipeline(ctx context.Context, env *Env, out *Output, s *benchStack, stor
 		if evals, err = evaluations(); err != nil {
 			return run, err
 		}
+		seq, err := indicatorSeq()
+		if err != nil {
+			return run, err
+		}
+		run.alertsLag = max(run.alertsLag, int64(seq-seq0)-(evals-eval0))
 		now := time.Now()
 		if evals > lastEval {
 			// An interval that began before the first evaluation is not
