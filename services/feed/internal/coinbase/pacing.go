@@ -2,7 +2,9 @@ package coinbase
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -43,5 +45,50 @@ func sleepContext(ctx context.Context, d time.Duration) bool {
 		return false
 	case <-timer.C:
 		return true
+	}
+}
+
+// windowMargin widens the one-second window that sendWindow keeps: a
+// request recorded as sent may reach the exchange this much later than the
+// one N requests after it (goroutine scheduling, a busy machine) without
+// the exchange counting N+1 requests in one second.
+const windowMargin = 100 * time.Millisecond
+
+// sendWindow is a sliding-window log of the last requests' send times: at
+// most limit requests within any one second plus windowMargin. The token
+// bucket spaces requests evenly; the window holds the limit even when
+// requests that passed the bucket on time leave it late and bunch up.
+type sendWindow struct {
+	mu    sync.Mutex
+	limit int
+	sent  []time.Time // the last limit send times, oldest first
+}
+
+// newSendWindow allows floor(perSecond) requests (at least one) per window.
+func newSendWindow(perSecond float64) *sendWindow {
+	return &sendWindow{limit: max(1, int(math.Floor(perSecond)))}
+}
+
+// wait blocks until one more request keeps the window within its limit,
+// then records the request as sent now.
+func (w *sendWindow) wait(ctx context.Context) error {
+	for {
+		w.mu.Lock()
+		now := time.Now()
+		if len(w.sent) < w.limit {
+			w.sent = append(w.sent, now)
+			w.mu.Unlock()
+			return nil
+		}
+		free := w.sent[0].Add(time.Second + windowMargin)
+		if !now.Before(free) {
+			w.sent = append(w.sent[1:], now)
+			w.mu.Unlock()
+			return nil
+		}
+		w.mu.Unlock()
+		if !sleepContext(ctx, free.Sub(now)) {
+			return ctx.Err()
+		}
 	}
 }

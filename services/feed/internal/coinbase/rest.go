@@ -55,7 +55,9 @@ type RESTConfig struct {
 	// fresh JWT per request; otherwise the public endpoint is used.
 	Credentials *Credentials
 	// RequestsPerSecond is the limit; default 10 public, 30 private. Requests
-	// are paced evenly 5 % below it, so no one-second window exceeds it.
+	// are paced evenly 5 % below it, and a sliding window of their send
+	// times keeps at most that many within any 1.1 s, so no one-second
+	// window at the exchange exceeds it even when sends bunch up late.
 	RequestsPerSecond float64
 	// Limiter, when set, is used instead of one built from RequestsPerSecond,
 	// so several clients can share one budget.
@@ -113,6 +115,7 @@ type RESTClient struct {
 	cfg     RESTConfig
 	base    *url.URL
 	limiter *rate.Limiter
+	window  *sendWindow
 	log     *slog.Logger
 
 	requests, throttled, unauthorized, retries atomic.Uint64
@@ -167,6 +170,7 @@ func NewRESTClient(cfg RESTConfig) (*RESTClient, error) {
 		cfg:     cfg,
 		base:    base,
 		limiter: limiter,
+		window:  newSendWindow(cfg.RequestsPerSecond),
 		log:     cfg.Logger.With("component", "coinbase-rest", "private", cfg.Credentials != nil),
 	}, nil
 }
@@ -263,6 +267,9 @@ func (c *RESTClient) fetchPage(ctx context.Context, product string, granularity 
 
 	for attempt := 1; ; attempt++ {
 		if err := c.limiter.Wait(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.window.wait(ctx); err != nil {
 			return nil, err
 		}
 		status, header, body, err := c.get(ctx, &u)
