@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/redis/go-redis/v9"
 	"vigil.dev/pkg/contract"
 )
 
@@ -18,7 +17,7 @@ func (s *Store) WriteCandlesEach(ctx context.Context, cs []contract.Candle) ([]b
 	if len(cs) == 0 {
 		return nil, nil
 	}
-	members := make([][]byte, len(cs))
+	writes := make([]upsertArgs, len(cs))
 	for i, c := range cs {
 		if err := c.Validate(); err != nil {
 			return nil, fmt.Errorf("candle %s %d: %w", c.SeriesID, c.Start, err)
@@ -27,17 +26,10 @@ func (s *Store) WriteCandlesEach(ctx context.Context, cs []contract.Candle) ([]b
 		if err != nil {
 			return nil, err
 		}
-		members[i] = member
+		writes[i] = upsertArgs{contract.CandleKey(c.SeriesID), c.Start, c.Version, member}
 	}
-	if err := upsertScript.Load(ctx, s.rdb).Err(); err != nil {
-		return nil, err
-	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(cs))
-	for i, c := range cs {
-		cmds[i] = upsertScript.EvalSha(ctx, pipe, []string{contract.CandleKey(c.SeriesID)}, c.Start, c.Version, members[i], s.retention)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	cmds, err := s.upsertMany(ctx, writes)
+	if err != nil {
 		return nil, fmt.Errorf("write candles: %w", err)
 	}
 	written := make([]bool, len(cs))
