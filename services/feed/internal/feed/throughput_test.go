@@ -8,7 +8,7 @@ import (
 	"vigil.dev/pkg/contract"
 )
 
-// TestThroughputManyUsers measures candles written per second with 20
+// TestThroughputManyUsers measures candles written per second with 10
 // users on 4 shared products and the simulator at one sim hour per wall
 // second: each 50 ms flush carries every timeframe's open bar and the bars
 // that closed since, for every user of each product.
@@ -19,7 +19,7 @@ func TestThroughputManyUsers(t *testing.T) {
 	env["VIGIL_GAP_FILL_BARS"] = "5"
 	startFeed(t, s, env)
 	symbols := []string{"BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD"}
-	const users = 20
+	const users = 10
 	for i := range users {
 		s.putState(t, contract.DesiredState{User: fmt.Sprintf("load%d", i), UserID: int64(100 + i), ExchangeID: 1,
 			Mode: contract.ModeScalperMACDV, Symbols: symbols})
@@ -36,7 +36,7 @@ func TestThroughputManyUsers(t *testing.T) {
 	})
 	first := engineStats(t, s).Engine.CandlesWritten
 	begin := time.Now()
-	const want = 10_000
+	const want = 5_000
 	var last statusView
 	waitFor(t, 60*time.Second, fmt.Sprintf("%d more candles written", want), func() bool {
 		last = engineStats(t, s)
