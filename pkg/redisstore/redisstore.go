@@ -82,31 +82,14 @@ func (s *Store) WriteCandle(ctx context.Context, c contract.Candle) (bool, error
 // WriteCandles stores many candles in one pipeline and returns how many were
 // written (newer than what was stored).
 func (s *Store) WriteCandles(ctx context.Context, cs []contract.Candle) (int, error) {
-	if len(cs) == 0 {
-		return 0, nil
-	}
-	writes := make([]upsertArgs, 0, len(cs))
-	for _, c := range cs {
-		if err := c.Validate(); err != nil {
-			return 0, fmt.Errorf("candle %s %d: %w", c.SeriesID, c.Start, err)
-		}
-		member, err := json.Marshal(c)
-		if err != nil {
-			return 0, err
-		}
-		writes = append(writes, upsertArgs{contract.CandleKey(c.SeriesID), c.Start, c.Version, member})
-	}
-	cmds, err := s.upsertMany(ctx, writes)
-	if err != nil {
-		return 0, fmt.Errorf("write candles: %w", err)
-	}
+	each, err := s.WriteCandlesEach(ctx, cs)
 	written := 0
-	for _, cmd := range cmds {
-		if n, _ := cmd.Int(); n == 1 {
+	for _, ok := range each {
+		if ok {
 			written++
 		}
 	}
-	return written, nil
+	return written, err
 }
 
 func (s *Store) upsert(ctx context.Context, key string, start, version int64, v any) (bool, error) {
