@@ -60,9 +60,13 @@ type Service struct {
 	drains []func(context.Context) error
 }
 
+// StatusFunc answers vigil.svc.<svc>.status: the instance's state, for one
+// user when user is not empty (the request's "user"), else for all.
+type StatusFunc func(ctx context.Context, user string) any
+
 // Start registers the micro service on nc. Its status endpoint answers with
-// status(ctx) on vigil.svc.<svc>.status; further verbs are added with Handle.
-func Start(nc *nats.Conn, cfg Config, log *slog.Logger, status func(ctx context.Context) any) (*Service, error) {
+// status on vigil.svc.<svc>.status; further verbs are added with Handle.
+func Start(nc *nats.Conn, cfg Config, log *slog.Logger, status StatusFunc) (*Service, error) {
 	if cfg.Name == "" || cfg.Description == "" {
 		return nil, errors.New("service: name and description are required")
 	}
@@ -84,8 +88,8 @@ func Start(nc *nats.Conn, cfg Config, log *slog.Logger, status func(ctx context.
 	s := &Service{cfg: cfg, nc: nc, micro: svc, log: log, tracer: otel.Tracer("vigil.dev/pkg/service")}
 	if cfg.Svc != "" {
 		s.group = svc.AddGroup("vigil.svc."+string(cfg.Svc), micro.WithGroupQueueGroupDisabled())
-		if err := s.Handle(contract.VerbStatus, func(ctx context.Context, _ contract.SvcRequest) (any, error) {
-			return status(ctx), nil
+		if err := s.Handle(contract.VerbStatus, func(ctx context.Context, req contract.SvcRequest) (any, error) {
+			return status(ctx, req.User), nil
 		}); err != nil {
 			return nil, err
 		}

@@ -156,7 +156,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 		return nil, err
 	}
 	if in.svc, err = service.Start(rt.NC, service.Config{Svc: contract.SvcAlerts, Name: contract.ServiceAlerts,
-		Description: description, Instance: rt.Instance}, rt.Log, in.status); err != nil {
+		Description: description, Instance: rt.Instance}, rt.Log, func(ctx context.Context, _ string) any { return in.status(ctx) }); err != nil {
 		return nil, err
 	}
 	// Shutdown runs these in reverse: stop evaluating, leave, send the

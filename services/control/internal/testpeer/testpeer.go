@@ -123,7 +123,7 @@ func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Optio
 		gate: make(chan struct{}), backfills: map[string][]context.CancelFunc{}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p.svc, err = service.Start(nc, service.Config{Svc: svc, Name: svc.MicroName(), Description: "test stand-in", Instance: "peer"}, log,
-		func(context.Context) any { return map[string]any{"peer": true} })
+		func(context.Context, string) any { return map[string]any{"peer": true} })
 	if err != nil {
 		t.Fatalf("testpeer: start %s: %v", svc, err)
 	}

@@ -183,7 +183,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	started := time.Now()
 	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcFeed, Name: contract.ServiceFeed,
 		Description: "vigil feed: market data to versioned candles", Instance: rt.Instance}, rt.Log,
-		func(context.Context) any { return f.status(started) })
+		func(context.Context, string) any { return f.status(started) })
 	if err != nil {
 		return err
 	}

@@ -71,9 +71,9 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	var eng atomic.Pointer[engine.Engine]
 	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcIndicators, Name: contract.ServiceIndicators,
 		Description: "vigil indicators: keeps incremental indicator series per candle series", Instance: rt.Instance}, rt.Log,
-		func(context.Context) any {
+		func(_ context.Context, user string) any {
 			if e := eng.Load(); e != nil {
-				return e.Status("")
+				return e.Status(user)
 			}
 			return map[string]any{"instance": rt.Instance, "starting": true}
 		})
