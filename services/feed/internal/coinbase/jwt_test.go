@@ -128,7 +128,11 @@ func TestCredentialsTokens(t *testing.T) {
 
 func TestCredentialsNeverPrintTheSecret(t *testing.T) {
 	creds, key := newCredentials(t, "organizations/o/apiKeys/k")
-	secret := key.D.String()
+	raw, err := key.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := fmt.Sprintf("%x", raw)
 	var logged bytes.Buffer
 	slog.New(slog.NewJSONHandler(&logged, nil)).Info("config", "credentials", creds)
 	outputs := map[string]string{
@@ -138,7 +142,7 @@ func TestCredentialsNeverPrintTheSecret(t *testing.T) {
 		"slog": logged.String(),
 	}
 	for format, out := range outputs {
-		if strings.Contains(out, secret) || strings.Contains(out, key.D.Text(16)) || !strings.Contains(out, "organizations/o/apiKeys/k") {
+		if strings.Contains(out, secret) || strings.Contains(out, fmt.Sprintf("%X", raw)) || !strings.Contains(out, "organizations/o/apiKeys/k") {
 			t.Errorf("%s output %q leaks the secret or lacks the key name", format, out)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -342,12 +341,6 @@ func (l *candleLog) maxVersions(id contract.SeriesID) map[int64]contract.Candle 
 	return out
 }
 
-func (l *candleLog) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.all)
-}
-
 // checkNewestKept checks that every stored bar is the newest version
 // published for it, so no older version replaced a newer one. published
 // must be taken before stored was read.
@@ -365,14 +358,4 @@ func checkNewestKept(t *testing.T, stored []contract.Candle, published map[int64
 			t.Errorf("%s bar %d: stored %+v differs from published %+v of the same version", c.SeriesID, c.Start, c, p)
 		}
 	}
-}
-
-func timeframesOf(cs []contract.Candle) []contract.Timeframe {
-	var out []contract.Timeframe
-	for _, c := range cs {
-		if !slices.Contains(out, c.Timeframe) {
-			out = append(out, c.Timeframe)
-		}
-	}
-	return out
 }
