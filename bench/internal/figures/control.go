@@ -69,6 +69,9 @@ func (e *Env) sharedStack(ctx context.Context) (*controlStack, error) {
 		if err == nil {
 			cs.cmd, err = newCommander(s.nc)
 		}
+		if err == nil {
+			err = cs.settle(ctx, users)
+		}
 		if err != nil {
 			return nil, errors.Join(err, s.Close())
 		}
@@ -78,6 +81,24 @@ func (e *Env) sharedStack(ctx context.Context) (*controlStack, error) {
 	cs.instances = 1
 	e.shared = cs
 	return cs, nil
+}
+
+// settle pauses and resumes every user once, one after the other: the
+// feed's start-up gap fills end (a pause cancels them, the resume fills
+// the gap before it answers), so the figures start on a quiet stack.
+func (cs *controlStack) settle(ctx context.Context, users []string) error {
+	for _, u := range users {
+		for _, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume} {
+			res, _, err := cs.cmd.run(ctx, u, cmd, nil, time.Minute)
+			if err != nil {
+				return err
+			}
+			if res.Status != contract.StatusSucceeded {
+				return fmt.Errorf("%w: %s of %s while settling: %s", ErrFigure, cmd, u, errText(res.Error))
+			}
+		}
+	}
+	return nil
 }
 
 // Close stops the shared stack.
@@ -260,8 +281,8 @@ func (g *responderGroup) scatterGather(nc *nats.Conn) error {
 
 // sequenceRun is the measurement of one command kind at one instance count.
 type sequenceRun struct {
-	e2e, steps, baseline []time.Duration
-	statuses             map[string]int
+	e2e, acks, steps, baseline []time.Duration
+	statuses                   map[string]int
 	// perStep are the durations of each step ("vigil-feed resume"), in ms.
 	perStep map[string][]float64
 }
@@ -296,7 +317,11 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 			runs[cmd] = &sequenceRun{statuses: map[string]int{}, perStep: map[string][]float64{}}
 		}
 		env.Log.Info("sequence: pause and resume", "instances", n, "iterations", env.Opts.SequenceIterations)
-		waitProfile := env.profile(ctx, fmt.Sprintf("sequence%d", n), cs.procs(stack.Control)[:1], 10*time.Second, out)
+		var profiled []*stack.Proc
+		for _, svc := range []string{stack.Control, stack.Indicators} {
+			profiled = append(profiled, cs.procs(svc)[0])
+		}
+		waitProfile := env.profile(ctx, fmt.Sprintf("sequence%d", n), profiled, 10*time.Second, out)
 		for i := range env.Opts.SequenceIterations {
 			user := cs.seqUsers[i%len(cs.seqUsers)]
 			for _, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume} {
@@ -308,12 +333,20 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 					}
 				}
 				base := time.Since(began)
-				res, elapsed, err := cs.cmd.run(ctx, user, cmd, nil, time.Minute)
+				sent := time.Now()
+				ack, ackRTT, err := cs.cmd.send(ctx, user, cmd, nil)
 				if err != nil {
 					group.close()
 					return err
 				}
+				res, arrived, err := cs.cmd.wait(ctx, ack.ID, time.Minute)
+				if err != nil {
+					group.close()
+					return err
+				}
+				elapsed := arrived.Sub(sent)
 				r := runs[cmd]
+				r.acks = append(r.acks, ackRTT)
 				r.statuses[resultStatus(res)]++
 				r.e2e, r.baseline = append(r.e2e, elapsed), append(r.baseline, base)
 				r.steps = append(r.steps, time.Duration(stepsMs(res)*float64(time.Millisecond)))
@@ -338,10 +371,11 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 				perStep[name] = stats.Summarize(r.perStep[name])
 				medians = append(medians, fmt.Sprintf("%s %.1f", strings.TrimPrefix(name, "vigil-"), perStep[name].Median))
 			}
-			row.Note = fmt.Sprintf("step medians ms: %s (sum %.1f); results %s", strings.Join(medians, ", "), stepSum.Median, joinStatuses(r.statuses))
+			ackSum := stats.Summarize(stats.Millis(r.acks))
+			row.Note = fmt.Sprintf("medians ms: ACK %.1f, steps %s (sum %.1f); results %s", ackSum.Median, strings.Join(medians, ", "), stepSum.Median, joinStatuses(r.statuses))
 			out.add("", nil, row)
 			details[fmt.Sprintf("%s_%d", cmd, n)] = map[string]any{"e2e_ms": stats.Summarize(stats.Millis(r.e2e)),
-				"steps_ms": stepSum, "per_step_ms": perStep, "baseline_ms": stats.Summarize(stats.Millis(r.baseline)), "results": r.statuses}
+				"ack_ms": ackSum, "steps_ms": stepSum, "per_step_ms": perStep, "baseline_ms": stats.Summarize(stats.Millis(r.baseline)), "results": r.statuses}
 		}
 	}
 	out.add("sequence", details)

@@ -169,6 +169,10 @@ func pipelineAt(ctx context.Context, env *Env, out *Output, series int, withRSS 
 		return nil, err
 	}
 
+	jsRate, err := jetStreamBaseline(ctx, s.js, accounts, symbols, bars)
+	if err != nil {
+		return nil, err
+	}
 	env.Log.Info("pipeline: candles through feed → Redis → indicators → alerts", "updates", total)
 	run, err := runPipeline(ctx, env, out, s, redisstore.New(rdb, 0), accounts, symbols, bars)
 	if err != nil {
@@ -182,8 +186,8 @@ func pipelineAt(ctx context.Context, env *Env, out *Output, series int, withRSS 
 	}
 	row := report.Row{Number: 3, Figure: "pipeline", Name: fmt.Sprintf("pipeline candle updates/s, %d series", series), Unit: "updates/s",
 		Value: report.Rates(stats.Summarize(run.rates)), Target: "≥ 0.5×",
-		Note: fmt.Sprintf("overall %.0f vs %.0f updates/s = %.3f×; %d updates, %d evaluations, alerts at most %d behind; runner as feed alone %.0f/s",
-			run.overall, baseTotal, run.overall/baseTotal, total, run.evaluations, run.alertsLag, run.feedRate)}
+		Note: fmt.Sprintf("overall %.0f vs %.0f updates/s = %.3f×; %d updates, %d evaluations, alerts at most %d behind; runner as feed %.0f/s; JetStream publish alone %.0f/s",
+			run.overall, baseTotal, run.overall/baseTotal, total, run.evaluations, run.alertsLag, run.feedRate, jsRate)}
 	row.Compare("raw Redis EVALSHA pipelines, one client", report.Rates(stats.Summarize(baseRates)), false)
 	row.SetMet(row.Ratio != nil && row.Ratio.Median >= 0.5 && run.overall/baseTotal >= 0.5)
 	out.add("", nil, row)
@@ -200,7 +204,7 @@ func pipelineAt(ctx context.Context, env *Env, out *Output, series int, withRSS 
 		"pipeline_rate_samples": stats.Summarize(run.rates), "pipeline_overall_per_s": run.overall,
 		"indicator_updates_per_s": run.indicatorRate, "feed_side_per_s": run.feedRate, "pipeline_s": run.elapsed.Seconds(),
 		"alerts_evaluations": run.evaluations, "indicator_updates": run.indicatorUpdates, "alerts_max_lag": run.alertsLag,
-		"redis_rate_samples": stats.Summarize(baseRates), "redis_overall_per_s": baseTotal,
+		"redis_rate_samples": stats.Summarize(baseRates), "redis_overall_per_s": baseTotal, "jetstream_publish_per_s": jsRate,
 		"rss_idle_bytes": idle, "rss_bytes": rss}, nil
 }
 
@@ -289,6 +293,55 @@ func redisBaseline(ctx context.Context, store *redisstore.Store, accounts []acco
 		}
 	}
 	return rates, float64(n) / time.Since(began).Seconds(), nil
+}
+
+// jetStreamBaseline publishes the pipeline's candles, as the feed does
+// (asynchronously, waiting for the acknowledgements of every batch of
+// pipelineBatch), on a stream of their own configured like VIGIL_CANDLES,
+// and returns the rate: the ceiling the JetStream hop alone puts on the
+// pipeline.
+func jetStreamBaseline(ctx context.Context, js jetstream.JetStream, accounts []account, symbols, bars int) (float64, error) {
+	cfg := jetstream.StreamConfig{Name: "BENCH_CANDLES", Subjects: []string{"bench.candle.>"}, Storage: jetstream.FileStorage,
+		MaxMsgsPerSubject: 10_000, Duplicates: 2 * time.Minute}
+	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		return 0, err
+	}
+	defer js.DeleteStream(context.WithoutCancel(ctx), cfg.Name) //nolint:errcheck // best effort
+	src := newCandleSource(accounts, symbols, bars)
+	n := 0
+	began := time.Now()
+	for j := range bars {
+		candles := src.bar(j)
+		for lo := 0; lo < len(candles); lo += pipelineBatch {
+			batch := candles[lo:min(lo+pipelineBatch, len(candles))]
+			futures := make([]jetstream.PubAckFuture, 0, len(batch))
+			for _, c := range batch {
+				data, err := json.Marshal(c)
+				if err != nil {
+					return 0, err
+				}
+				msg := nats.NewMsg("bench.candle." + c.User + "." + c.Symbol + "." + string(c.Timeframe))
+				msg.Data = data
+				msg.Header.Set(jetstream.MsgIDHeader, c.MsgID())
+				f, err := js.PublishMsgAsync(msg)
+				if err != nil {
+					return 0, err
+				}
+				futures = append(futures, f)
+			}
+			for _, f := range futures {
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					return 0, err
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				}
+			}
+			n += len(batch)
+		}
+	}
+	return float64(n) / time.Since(began).Seconds(), nil
 }
 
 // pipelineRun is what one pipeline run measured.
