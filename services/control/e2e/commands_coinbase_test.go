@@ -216,7 +216,7 @@ func testForceBackfill(t *testing.T, s *cmdStack, fake fakeExchange, from, to ti
 	}
 	hourly := a.series(backfillUser, "BTC-USD", contract.TF1h)
 	indicators := []string{"ema_20", "rsi_14", "macd_12_26_9", "atr_14", "bb_20_2"}
-	pointsInRange := func(name string) map[int64]bool {
+	pointsInRange := func(t *testing.T, name string) map[int64]bool {
 		out := map[int64]bool{}
 		for _, p := range s.indicator(t, hourly, name) {
 			if p.Start >= from.Unix() && p.Start < to.Unix() {
@@ -232,7 +232,7 @@ func testForceBackfill(t *testing.T, s *cmdStack, fake fakeExchange, from, to ti
 		}
 	}
 	for _, name := range indicators {
-		if n := len(pointsInRange(name)); n != 0 {
+		if n := len(pointsInRange(t, name)); n != 0 {
 			t.Fatalf("%d 1h %s points in the range before the backfill", n, name)
 		}
 	}
@@ -309,7 +309,7 @@ func testForceBackfill(t *testing.T, s *cmdStack, fake fakeExchange, from, to ti
 		// Every indicator is warm after 34 bars (MACD 26 + 9 - 1), so
 		// the last 14 bars of the range all have every value.
 		for _, name := range indicators {
-			have := pointsInRange(name)
+			have := pointsInRange(t, name)
 			for at := from.Add(34 * time.Hour); at.Before(to); at = at.Add(time.Hour) {
 				if !have[at.Unix()] {
 					t.Errorf("1h %s has no point at %s after the recompute (%d points in the range)", name, at.Format(time.RFC3339), len(have))
@@ -331,7 +331,7 @@ func testPauseDuringBackfill(t *testing.T, s *cmdStack, fake fakeExchange) {
 	payload := fmt.Sprintf(`{"symbol":"ETH-USD","timeframes":["1m"],"from":%q,"to":%q}`, from.Format(time.RFC3339), to.Format(time.RFC3339))
 	backfill := s.accept(t, longBackfillUser, contract.CmdForceBackfill, payload)
 	progress := contract.ProgressSubject(longBackfillUser, backfill.ID)
-	feedPages := func() []contract.Progress {
+	feedPages := func(t *testing.T) []contract.Progress {
 		var out []contract.Progress
 		for _, m := range s.published(t, contract.StreamResults, progress, 0) {
 			var p contract.Progress
@@ -341,7 +341,7 @@ func testPauseDuringBackfill(t *testing.T, s *cmdStack, fake fakeExchange) {
 		}
 		return out
 	}
-	testenv.WaitFor(t, 30*time.Second, "the first page of the backfill", func() bool { return len(feedPages()) > 0 })
+	testenv.WaitFor(t, 30*time.Second, "the first page of the backfill", func() bool { return len(feedPages(t)) > 0 })
 
 	pause := s.accept(t, longBackfillUser, contract.CmdPause, "{}")
 	if pause.Position != 0 {
@@ -364,7 +364,7 @@ func testPauseDuringBackfill(t *testing.T, s *cmdStack, fake fakeExchange) {
 	if bf.Status != contract.StatusCancelled || r.Backfilled || r.CancelledBy != pause.ID {
 		t.Errorf("backfill result %s, want cancelled by %s", resultString(bf), pause.ID)
 	}
-	done := feedPages()
+	done := feedPages(t)
 	if last := done[len(done)-1]; last.Total != totalPages || last.Done >= last.Total {
 		t.Errorf("last page progress %d/%d, want fewer than %d pages done when the pause cancelled it", last.Done, last.Total, totalPages)
 	}

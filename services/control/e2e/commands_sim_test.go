@@ -219,7 +219,7 @@ func testReloadSettings(t *testing.T, s *cmdStack) {
 			} `json:"symbols"`
 		} `json:"changes"`
 	}
-	check := func(res contract.Result, revision int64, added, removed, symbols []string) {
+	check := func(t *testing.T, res contract.Result, revision int64, added, removed, symbols []string) {
 		t.Helper()
 		var r reload
 		decodeResult(t, res, &r)
@@ -235,7 +235,7 @@ func testReloadSettings(t *testing.T, s *cmdStack) {
 	t.Run("add", func(t *testing.T) {
 		s.setSettings(t, reloadUser, `{"mode":"position-monitor","symbols":["BTC-USD","SOL-USD"]}`)
 		res := s.run(t, reloadUser, contract.CmdReloadSettings, "{}")
-		check(res, before.Revision+1, []string{"SOL-USD"}, []string{}, []string{"BTC-USD", "SOL-USD"})
+		check(t, res, before.Revision+1, []string{"SOL-USD"}, []string{}, []string{"BTC-USD", "SOL-USD"})
 		sol1h := a.series(reloadUser, "SOL-USD", contract.TF1h)
 		testenv.WaitFor(t, 30*time.Second, "SOL-USD candles and indicators of "+reloadUser, func() bool {
 			return s.lastCandle(t, sol).Start > 0 && len(s.indicator(t, sol1h, "rsi_14")) > 0 &&
@@ -247,7 +247,7 @@ func testReloadSettings(t *testing.T, s *cmdStack) {
 		s.setSettings(t, reloadUser, `{"mode":"position-monitor","symbols":["SOL-USD"]}`)
 		res := s.run(t, reloadUser, contract.CmdReloadSettings, "{}")
 		after := s.seqs(t)
-		check(res, before.Revision+2, []string{}, []string{"BTC-USD"}, []string{"SOL-USD"})
+		check(t, res, before.Revision+2, []string{}, []string{"BTC-USD"}, []string{"SOL-USD"})
 		btcKeys := []string{"candles:" + itoa(a.UserID) + ":" + itoa(a.ExchangeID) + ":BTC-USD:*", "indicator:" + itoa(a.UserID) + ":" + itoa(a.ExchangeID) + ":BTC-USD:*"}
 		stored := s.snapshot(t, btcKeys)
 		solLast := s.lastCandle(t, sol)
@@ -359,7 +359,7 @@ func testSwitchMode(t *testing.T, s *cmdStack) {
 	messages := tap(t, s.Conn(), contract.BookSubject(switchUser, a.ExchangeID, ">"), "vigil.result."+switchUser+".>")
 	bookPrefix := "vigil.book." + switchUser + "."
 	testenv.WaitFor(t, 60*time.Second, "BTC-USD bars of "+switchUser, func() bool { return s.lastCandle(t, bars).Start > 0 })
-	checkAlerts := func(mode contract.Mode, rules int) {
+	checkAlerts := func(t *testing.T, mode contract.Mode, rules int) {
 		t.Helper()
 		st, _, _ := s.state(switchUser)
 		var found bool
@@ -381,8 +381,8 @@ func testSwitchMode(t *testing.T, s *cmdStack) {
 			t.Errorf("no alerts instance reports %s", switchUser)
 		}
 	}
-	checkAlerts(contract.ModePositionMonitor, 1)
-	switchTo := func(from, to contract.Mode) contract.Result {
+	checkAlerts(t, contract.ModePositionMonitor, 1)
+	switchTo := func(t *testing.T, from, to contract.Mode) contract.Result {
 		t.Helper()
 		res := s.run(t, switchUser, contract.CmdSwitchMode, fmt.Sprintf(`{"mode":%q}`, to))
 		var r struct {
@@ -400,17 +400,19 @@ func testSwitchMode(t *testing.T, s *cmdStack) {
 		}
 		return res
 	}
-	points := func(tf contract.Timeframe, name string) int { return len(s.indicator(t, a.series(switchUser, "BTC-USD", tf), name)) }
+	points := func(t *testing.T, tf contract.Timeframe, name string) int {
+		return len(s.indicator(t, a.series(switchUser, "BTC-USD", tf), name))
+	}
 
 	t.Run("scalper-orderbook", func(t *testing.T) {
 		if books, _ := messages.after("", bookPrefix); len(books) != 0 {
 			t.Fatalf("%d book snapshots of %s in position-monitor", len(books), switchUser)
 		}
-		switchTo(contract.ModePositionMonitor, contract.ModeScalperOrderbook)
-		checkAlerts(contract.ModeScalperOrderbook, 3)
+		switchTo(t, contract.ModePositionMonitor, contract.ModeScalperOrderbook)
+		checkAlerts(t, contract.ModeScalperOrderbook, 3)
 		testenv.WaitFor(t, 30*time.Second, "book snapshots and ob_* indicators of "+switchUser, func() bool {
 			books, _ := messages.after("", bookPrefix)
-			return len(books) >= 2 && points(contract.TF1m, "ob_imbalance") > 0 && points(contract.TF1m, "ob_spread") > 0 && points(contract.TF1m, "ob_depth") > 0
+			return len(books) >= 2 && points(t, contract.TF1m, "ob_imbalance") > 0 && points(t, contract.TF1m, "ob_spread") > 0 && points(t, contract.TF1m, "ob_depth") > 0
 		})
 		books, _ := messages.after("", bookPrefix)
 		var b contract.BookSnapshot
@@ -425,11 +427,11 @@ func testSwitchMode(t *testing.T, s *cmdStack) {
 	})
 
 	t.Run("scalper-macdv", func(t *testing.T) {
-		res := switchTo(contract.ModeScalperOrderbook, contract.ModeScalperMACDV)
-		checkAlerts(contract.ModeScalperMACDV, 2)
+		res := switchTo(t, contract.ModeScalperOrderbook, contract.ModeScalperMACDV)
+		checkAlerts(t, contract.ModeScalperMACDV, 2)
 		last := s.lastCandle(t, bars)
 		testenv.WaitFor(t, 30*time.Second, "macdv of 1m and 5m and 3 more 1m bars of "+switchUser, func() bool {
-			return points(contract.TF1m, "macdv_12_26_9") > 0 && points(contract.TF5m, "macdv_12_26_9") > 0 && s.lastCandle(t, bars).Start >= last.Start+3*60
+			return points(t, contract.TF1m, "macdv_12_26_9") > 0 && points(t, contract.TF5m, "macdv_12_26_9") > 0 && s.lastCandle(t, bars).Start >= last.Start+3*60
 		})
 		for _, tf := range []contract.Timeframe{contract.TF1m, contract.TF5m} {
 			ps := s.indicator(t, a.series(switchUser, "BTC-USD", tf), "macdv_12_26_9")
@@ -500,7 +502,7 @@ func testClearCache(t *testing.T, s *cmdStack, kraken int64) {
 	if len(otherKeys) == 0 {
 		t.Fatalf("%s has no candle keys", bystander)
 	}
-	universe := func() map[string]string { return s.snapshot(t, userKeys(a), planted...) }
+	universe := func(t *testing.T) map[string]string { return s.snapshot(t, userKeys(a), planted...) }
 	// inScope is the model of a selector: well-formed keys of the user's
 	// exchange account within scope.
 	inScope := func(key string, exchange int64, scope, symbol, tf string) bool {
@@ -518,7 +520,7 @@ func testClearCache(t *testing.T, s *cmdStack, kraken int64) {
 	}
 
 	t.Run("rejected", func(t *testing.T) {
-		before := universe()
+		before := universe(t)
 		for _, tc := range []struct{ payload, field string }{
 			{`{"scope":"symbol","symbol":"*"}`, "symbol"},
 			{`{"scope":"symbol","symbol":"BTC-*"}`, "symbol"},
@@ -535,7 +537,7 @@ func testClearCache(t *testing.T, s *cmdStack, kraken int64) {
 				t.Errorf("clear-cache %s: ACK %s, want rejected invalid_payload naming %s", tc.payload, ackString(ack), tc.field)
 			}
 		}
-		if d := diffSnapshots(before, universe()); d != "" {
+		if d := diffSnapshots(before, universe(t)); d != "" {
 			t.Errorf("rejected clear-caches changed keys: %s", d)
 		}
 		for _, r := range s.commandRows(t, cacheUser) {
@@ -556,7 +558,7 @@ func testClearCache(t *testing.T, s *cmdStack, kraken int64) {
 		{"all", `{"scope":"all"}`, a.ExchangeID, "all", "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := universe()
+			before := universe(t)
 			var want []string
 			for k := range before {
 				if inScope(k, tc.exchange, tc.scope, tc.symbol, tc.frame) {
@@ -578,7 +580,7 @@ func testClearCache(t *testing.T, s *cmdStack, kraken int64) {
 				t.Errorf("clear-cache %s: result %s, want cleared %s of exchange %d with deletedCount %d", tc.payload, res.Result, tc.scope, tc.exchange, len(want))
 			}
 			checkSteps(t, res, 1, "vigil-indicators forget")
-			after := universe()
+			after := universe(t)
 			for k, v := range before {
 				w, kept := after[k]
 				switch {
@@ -619,7 +621,7 @@ func testDuplicateIDs(t *testing.T, s *cmdStack) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	key := "candles:" + itoa(a.UserID) + ":" + itoa(a.ExchangeID) + ":DUP-USD:1m"
-	plant := func() {
+	plant := func(t *testing.T) {
 		t.Helper()
 		if err := s.rdb.ZAdd(ctx, key, redisZ(key)).Err(); err != nil {
 			t.Fatal(err)
@@ -629,7 +631,7 @@ func testDuplicateIDs(t *testing.T, s *cmdStack) {
 	// fence runs one more clear-cache of another symbol: the user's
 	// commands of one priority run in order, so any duplicate execution
 	// queued before it has run when its result arrives.
-	fence := func() {
+	fence := func(t *testing.T) {
 		t.Helper()
 		s.run(t, dupUser, contract.CmdClearCache, `{"scope":"symbol","symbol":"FENCE-USD"}`)
 		if n, err := s.rdb.Exists(ctx, key).Result(); err != nil || n != 1 {
@@ -637,7 +639,7 @@ func testDuplicateIDs(t *testing.T, s *cmdStack) {
 		}
 	}
 	// sendAll sends n copies at once and checks that every ACK is the first.
-	sendAll := func(n int, payload, msgID string, first contract.Ack) {
+	sendAll := func(t *testing.T, n int, payload, msgID string, first contract.Ack) {
 		t.Helper()
 		acks := make([]contract.Ack, n)
 		errs := make([]error, n)
@@ -655,7 +657,7 @@ func testDuplicateIDs(t *testing.T, s *cmdStack) {
 			}
 		}
 	}
-	check := func(id string) {
+	check := func(t *testing.T, id string) {
 		t.Helper()
 		res := s.waitResult(t, dupUser, id, 30*time.Second)
 		var r struct {
@@ -668,30 +670,30 @@ func testDuplicateIDs(t *testing.T, s *cmdStack) {
 	}
 
 	t.Run("Nats-Msg-Id", func(t *testing.T) {
-		plant()
+		plant(t)
 		first := s.send(t, dupUser, contract.CmdClearCache, clear, "dup-header")
 		if !first.Accepted || first.ID != "dup-header" {
 			t.Fatalf("ACK %s, want accepted with id dup-header", ackString(first))
 		}
-		sendAll(4, clear, "dup-header", first)
-		check("dup-header")
-		plant()
-		sendAll(3, clear, "dup-header", first)
-		fence()
+		sendAll(t, 4, clear, "dup-header", first)
+		check(t, "dup-header")
+		plant(t)
+		sendAll(t, 3, clear, "dup-header", first)
+		fence(t)
 	})
 	t.Run("payload id", func(t *testing.T) {
-		plant()
+		plant(t)
 		payload := `{"id":"dup-payload","scope":"symbol","symbol":"DUP-USD"}`
 		first := s.send(t, dupUser, contract.CmdClearCache, payload, "")
 		if !first.Accepted || first.ID != "dup-payload" {
 			t.Fatalf("ACK %s, want accepted with id dup-payload", ackString(first))
 		}
-		sendAll(4, payload, "", first)
-		sendAll(1, payload, "dup-payload", first) // the same id in both places is the same id
-		check("dup-payload")
-		plant()
-		sendAll(2, payload, "", first)
-		fence()
+		sendAll(t, 4, payload, "", first)
+		sendAll(t, 1, payload, "dup-payload", first) // the same id in both places is the same id
+		check(t, "dup-payload")
+		plant(t)
+		sendAll(t, 2, payload, "", first)
+		fence(t)
 	})
 	t.Run("one result and one row each", func(t *testing.T) {
 		for _, id := range []string{"dup-header", "dup-payload"} {
