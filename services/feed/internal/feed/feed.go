@@ -191,7 +191,9 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return errors.Join(err, svc.Shutdown(cfg.ShutdownTimeout))
 	}
-	f.group = group
+	f.mu.Lock()
+	f.group = group // status, served since Start, reads it under f.mu
+	f.mu.Unlock()
 	if err := f.register(svc); err != nil {
 		return errors.Join(err, group.Leave(context.Background()), svc.Shutdown(cfg.ShutdownTimeout))
 	}
