@@ -160,14 +160,15 @@ func Backfill(ctx context.Context, env *Env, out *Output) error {
 	if len(during) < 2 {
 		return fmt.Errorf("%w: force-backfill made %d REST requests", ErrFigure, len(during))
 	}
-	var rates []float64
+	var rates, intervals []float64
 	throttled := 0
 	for i, r := range during {
 		if r.status == http.StatusTooManyRequests {
 			throttled++
 		}
 		if i > 0 {
-			rates = append(rates, 1/r.at.Sub(during[i-1].at).Seconds())
+			gap := r.at.Sub(during[i-1].at).Seconds()
+			rates, intervals = append(rates, 1/gap), append(intervals, gap*1000)
 		}
 	}
 	span := during[len(during)-1].at.Sub(during[0].at)
@@ -188,7 +189,7 @@ func Backfill(ctx context.Context, env *Env, out *Output) error {
 		Value: report.Single(float64(throttled)), Target: "0", Note: fmt.Sprintf("%d in the whole run, start-up gap fill included", throttledTotal)}
 	tooMany.SetMet(throttled == 0)
 	out.add("backfill", map[string]any{"pages": pages, "requests": len(during), "span_s": span.Seconds(), "used_rps": used,
-		"allowed_rps": coinbasePublicRPS, "rate_samples": stats.Summarize(rates), "throttled": throttled,
+		"allowed_rps": coinbasePublicRPS, "rate_samples": stats.Summarize(rates), "intervals_ms": intervals, "throttled": throttled,
 		"throttled_total": throttledTotal, "requests_total": len(all), "command_s": elapsed.Seconds(), "result": string(res.Result)},
 		rate, tooMany)
 	return nil

@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -188,8 +190,8 @@ func (r *Run) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%d\t%s (%s)\t%s\t%s\t%s\t%s\t%s\t%s\n", row.Number, row.Name, row.Unit, pair(row.Value), base, ratio, row.Target, met, row.Note)
 	}
-	for fig, err := range r.Errors {
-		fmt.Fprintf(tw, "-\t%s\tnot measured: %s\t\t\t\t\t\n", fig, strings.ReplaceAll(err, "\n", " "))
+	for _, fig := range slices.Sorted(maps.Keys(r.Errors)) {
+		fmt.Fprintf(tw, "-\t%s\tnot measured: %s\t\t\t\t\t\n", fig, strings.ReplaceAll(r.Errors[fig], "\n", " "))
 	}
 	return tw.Flush()
 }
