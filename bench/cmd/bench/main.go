@@ -209,7 +209,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := env.Close(); err != nil {
 		log.Warn("stopping the stack", "err", err)
 	}
-	result.Rows, result.Details, result.Profiles = out.Rows, out.Details, out.Profiles
+	result.Rows, result.Details = out.Rows, out.Details
+	for _, p := range out.Profiles {
+		if rel, err := filepath.Rel(root, p); err == nil {
+			p = rel
+		}
+		result.Profiles = append(result.Profiles, p)
+	}
+	slices.Sort(result.Profiles)
 	slices.SortStableFunc(result.Rows, func(a, b report.Row) int { return a.Number - b.Number })
 	result.FinishedAt = time.Now().UTC()
 	result.Machine.LoadAtEnd = report.LoadAverage()

@@ -156,6 +156,7 @@ func Clear(ctx context.Context, env *Env, out *Output) error {
 		"ping_idle_as_long_as_vigil_ms": stats.Summarize(stats.Millis(idleLong)),
 		"latency_vigil":                 vigilLatency.events, "latency_keys_del": baseLatency.events,
 		"slowlog_vigil": vigilLatency.slowest, "slowlog_keys_del": baseLatency.slowest,
+		"slowlog_counts_vigil": vigilLatency.slowCounts, "slowlog_counts_keys_del": baseLatency.slowCounts,
 	}, duration, stall, server)
 	for token, n := range deleted {
 		if n != perUser {
@@ -292,12 +293,15 @@ func slower(ds []time.Duration, limit time.Duration) int {
 
 // latency is what Redis's latency monitor recorded: the longest latency
 // in ms of each event (command, fast-command, expire-cycle, ...), and the
-// slowest commands of the slow log (2 ms or more).
+// five slowest commands of the slow log (2 ms or more, all kept).
 type latency struct {
 	events  map[string]int64
 	max     int64
 	worst   string
 	slowest []string
+	// slowCounts counts the slow log's entries by command and bound
+	// ("scan ≥ 10ms").
+	slowCounts map[string]int
 }
 
 func (l latency) String() string {
@@ -313,8 +317,10 @@ func resetLatency(ctx context.Context, rdb *redis.Client) error {
 	if err := rdb.ConfigSet(ctx, "latency-monitor-threshold", "1").Err(); err != nil {
 		return fmt.Errorf("latency monitor: %w", err)
 	}
-	if err := rdb.ConfigSet(ctx, "slowlog-log-slower-than", "2000").Err(); err != nil {
-		return fmt.Errorf("slowlog: %w", err)
+	for name, value := range map[string]string{"slowlog-log-slower-than": "2000", "slowlog-max-len": "100000"} {
+		if err := rdb.ConfigSet(ctx, name, value).Err(); err != nil {
+			return fmt.Errorf("slowlog: %w", err)
+		}
 	}
 	if err := rdb.SlowLogReset(ctx).Err(); err != nil {
 		return fmt.Errorf("slowlog: %w", err)
@@ -341,9 +347,17 @@ func latestLatency(ctx context.Context, rdb *redis.Client) (latency, error) {
 			l.max, l.worst = most, name
 		}
 	}
-	slow, err := rdb.SlowLogGet(ctx, 128).Result()
+	slow, err := rdb.SlowLogGet(ctx, -1).Result()
 	if err != nil {
 		return l, fmt.Errorf("slowlog: %w", err)
+	}
+	l.slowCounts = map[string]int{}
+	for _, e := range slow {
+		for _, bound := range []time.Duration{2 * time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond} {
+			if e.Duration >= bound && len(e.Args) > 0 {
+				l.slowCounts[fmt.Sprintf("%s ≥ %s", strings.ToLower(e.Args[0]), bound)]++
+			}
+		}
 	}
 	slices.SortFunc(slow, func(a, b redis.SlowLog) int { return cmp.Compare(b.Duration, a.Duration) })
 	for _, e := range slow[:min(5, len(slow))] {
