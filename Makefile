@@ -18,6 +18,8 @@ GOTESTFLAGS ?=
 PACKAGES := ./pkg/... ./services/feed/... ./services/indicators/... \
 	./services/alerts/... ./services/control/... ./deploy/...
 SERVICES := feed indicators alerts control
+# The commit the binaries report in their micro service metadata.
+LDFLAGS := -X vigil.dev/pkg/service.Revision=$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 
 # Tools that deps installs with go install land here.
 export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
@@ -39,7 +41,7 @@ build:
 	@for s in $(SERVICES); do \
 		if [ "$$($(GO) list -f '{{.Name}}' ./services/$$s 2>/dev/null)" = main ]; then \
 			echo "$(GO) build -o bin/vigil-$$s ./services/$$s"; \
-			$(GO) build $(PARALLEL) -o bin/vigil-$$s ./services/$$s || exit 1; \
+			$(GO) build $(PARALLEL) -ldflags "$(LDFLAGS)" -o bin/vigil-$$s ./services/$$s || exit 1; \
 		else \
 			echo "build: services/$$s has no main package yet, skipped"; \
 		fi; \

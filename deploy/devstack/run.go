@@ -229,7 +229,7 @@ func isMainPackage(ctx context.Context, root, pkg string) bool {
 
 func goBuild(ctx context.Context, log *slog.Logger, root, output, pkg string) error {
 	log.Info("building", "package", pkg, "output", output)
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", output, pkg)
+	cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X vigil.dev/pkg/service.Revision="+gitRevision(ctx, root), "-o", output, pkg)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%w: go build %s: %w\n%s", ErrBuild, pkg, err, out)
@@ -247,6 +247,18 @@ func jaegerBinary(ctx context.Context, root string) (string, error) {
 		return "", fmt.Errorf("devstack: jaeger: %w", err)
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// gitRevision is the short commit of root's checkout, "dev" outside git;
+// the binaries report it in their micro service metadata.
+func gitRevision(ctx context.Context, root string) string {
+	cmd := exec.CommandContext(ctx, "git", "rev-parse", "--short", "HEAD")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return "dev"
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // printBanner tells what runs where and a few commands to try.

@@ -215,8 +215,13 @@ func readRange[T any](ctx context.Context, rdb redis.UniversalClient, key string
 	return out, nil
 }
 
-// ClearBatch is how many keys one SCAN step asks for and one UNLINK deletes.
-const ClearBatch = 500
+// Clear's batch sizes: how many keys one SCAN step walks (larger steps mean
+// fewer round trips over a big keyspace, each still a short stall) and how
+// many keys one UNLINK deletes.
+const (
+	ClearScanCount = 5000
+	ClearBatch     = 500
+)
 
 // Clear deletes the candle and indicator keys of sel with SCAN + UNLINK in
 // batches (never KEYS), and returns how many keys were deleted. The
@@ -228,7 +233,7 @@ func (s *Store) Clear(ctx context.Context, sel contract.CacheSelector) (int, err
 	}
 	deleted := 0
 	for _, pattern := range patterns {
-		iter := s.rdb.Scan(ctx, 0, pattern, ClearBatch).Iterator()
+		iter := s.rdb.Scan(ctx, 0, pattern, ClearScanCount).Iterator()
 		batch := make([]string, 0, ClearBatch)
 		flush := func() error {
 			if len(batch) == 0 {
