@@ -124,7 +124,7 @@ func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contr
 		tag, err := tx.Exec(ctx, `
 			INSERT INTO command_log (id, user_token, user_id, command, payload, operator, status,
 			                         priority, trace_id, trace_parent, accepted_at, ack)
-			VALUES ($1, $2, $3, $4, $5, $6, 'accepted', $7, $8, $9, now(), $10)
+			VALUES ($1, $2, $3, $4, $5, $6, 'accepted', $7, $8, $9, clock_timestamp(), $10)
 			ON CONFLICT (id) DO NOTHING`,
 			e.ID, e.User, e.UserID, string(e.Command), string(e.Payload), e.Operator,
 			e.Priority, e.TraceID, e.TraceParent, string(ackJSON))
@@ -267,7 +267,7 @@ func (l *Ledger) Claim(ctx context.Context, user string, opts ClaimOptions) (Cla
 		}
 		e := next[0]
 		if err := tx.QueryRow(ctx, `
-			UPDATE command_log SET status = 'running', control_instance = $2, started_at = now(), attempts = attempts + 1
+			UPDATE command_log SET status = 'running', control_instance = $2, started_at = clock_timestamp(), attempts = attempts + 1
 			WHERE id = $1 RETURNING attempts`, e.ID, opts.Self).Scan(&e.Attempts); err != nil {
 			return err
 		}
@@ -367,7 +367,7 @@ func finishRow(ctx context.Context, q execer, key, where string, extra []any, o 
 		UPDATE command_log
 		SET status = $2, result = $3, error = $4, steps = $5,
 		    trace_id = coalesce(nullif($6, ''), trace_id),
-		    started_at = coalesce(started_at, now()), finished_at = now()
+		    started_at = coalesce(started_at, clock_timestamp()), finished_at = clock_timestamp()
 		WHERE `+where+`
 		RETURNING `+resultColumns, args...)
 	if err != nil {
@@ -435,7 +435,7 @@ func (l *Ledger) Unpublished(ctx context.Context, user string) ([]contract.Resul
 
 // MarkPublished records that the result of id reached its stream.
 func (l *Ledger) MarkPublished(ctx context.Context, id string) error {
-	if _, err := l.pool.Exec(ctx, `UPDATE command_log SET published_at = now() WHERE id = $1`, id); err != nil {
+	if _, err := l.pool.Exec(ctx, `UPDATE command_log SET published_at = clock_timestamp() WHERE id = $1`, id); err != nil {
 		return fmt.Errorf("%w: mark %s published: %w", ErrStore, id, err)
 	}
 	return nil
