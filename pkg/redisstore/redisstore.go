@@ -219,8 +219,8 @@ func readRange[T any](ctx context.Context, rdb redis.UniversalClient, key string
 // fewer round trips over a big keyspace, each still a short stall) and how
 // many keys one UNLINK deletes.
 const (
-	ClearScanCount = 5000
-	ClearBatch     = 500
+	ClearScanCount = 1000
+	ClearBatch     = 200
 )
 
 // Clear deletes the candle and indicator keys of sel with SCAN + UNLINK in
