@@ -16,7 +16,7 @@ PARALLEL := -p 2
 GOTESTFLAGS ?=
 # Every module of go.work.
 PACKAGES := ./pkg/... ./services/feed/... ./services/indicators/... \
-	./services/alerts/... ./services/control/... ./deploy/...
+	./services/alerts/... ./services/control/... ./deploy/... ./bench/...
 SERVICES := feed indicators alerts control
 # The commit the binaries report in their micro service metadata.
 LDFLAGS := -X vigil.dev/pkg/service.Revision=$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)

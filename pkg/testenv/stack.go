@@ -1,20 +1,16 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"vigil.dev/pkg/localstack"
 )
 
@@ -111,136 +107,41 @@ func (s *Stack) Environ(extra ...string) []string {
 
 // Proc is one running service instance.
 type Proc struct {
-	Service  string
-	Instance string
-	cmd      *exec.Cmd
-	log      string
-	done     chan struct{}
-	exitErr  error
+	*localstack.ServiceProcess
 }
 
 // Start runs one instance of service (vigil-feed, ...) named instance and
-// waits until it answers $SRV.PING. extra adds environment variables.
+// waits until it answers $SRV.PING. extra adds environment variables. The
+// process is stopped at the end of the test, and its log shown if the test
+// failed.
 func (s *Stack) Start(service, instance string, extra ...string) *Proc {
 	s.t.Helper()
-	logPath := filepath.Join(s.t.TempDir(), instance+".log")
-	logFile, err := os.Create(logPath)
+	sp, err := localstack.StartService(context.Background(), s.nc, localstack.ServiceOptions{
+		Binary: s.Bin(service), Service: service, Instance: instance,
+		Env: s.Environ(extra...), LogPath: filepath.Join(s.t.TempDir(), instance+".log"),
+		RegisterTimeout: 60 * time.Second,
+	})
 	if err != nil {
-		s.t.Fatal(err)
+		s.t.Fatalf("testenv: %v", err)
 	}
-	cmd := exec.Command(s.Bin(service))
-	cmd.Env = s.Environ(append([]string{"VIGIL_INSTANCE=" + instance}, extra...)...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("testenv: start %s: %v", service, err)
-	}
-	p := &Proc{Service: service, Instance: instance, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.exitErr = cmd.Wait()
-		logFile.Close()
-		close(p.done)
-	}()
+	p := &Proc{sp}
 	s.t.Cleanup(func() {
 		p.Stop()
 		if s.t.Failed() {
 			s.t.Logf("--- %s log (last lines) ---\n%s", instance, p.Tail(40))
 		}
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for !s.answers(service, instance) {
-		select {
-		case <-p.done:
-			s.t.Fatalf("testenv: %s exited at start: %v\n%s", instance, p.exitErr, p.Tail(40))
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("testenv: %s did not register within 60s\n%s", instance, p.Tail(40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	return p
 }
 
 // Instances lists the micro service ids of service's live instances, by
 // instance name (metadata "instance").
 func (s *Stack) Instances(service string) map[string]string {
-	out := map[string]string{}
-	inbox := nats.NewInbox()
-	sub, err := s.nc.SubscribeSync(inbox)
-	if err != nil {
-		return out
-	}
-	defer sub.Unsubscribe()
-	if err := s.nc.PublishRequest("$SRV.PING."+service, inbox, nil); err != nil {
-		return out
-	}
-	for {
-		msg, err := sub.NextMsg(250 * time.Millisecond)
-		if err != nil {
-			return out
-		}
-		var ping micro.Ping
-		if json.Unmarshal(msg.Data, &ping) == nil {
-			out[ping.Metadata["instance"]] = ping.ID
-		}
-	}
-}
-
-func (s *Stack) answers(service, instance string) bool {
-	_, ok := s.Instances(service)[instance]
-	return ok
+	return localstack.ServiceInstances(s.nc, service)
 }
 
 // Stop sends SIGTERM and waits for the process to exit (SIGKILL after 15 s).
-func (p *Proc) Stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		p.Kill()
-	}
-}
-
-// Kill kills the process at once (no clean shutdown) and waits for it.
-func (p *Proc) Kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
-
-// Exited reports whether the process has ended, with its exit error.
-func (p *Proc) Exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.exitErr
-	default:
-		return false, nil
-	}
-}
-
-// Tail is the last n lines of the process's output.
-func (p *Proc) Tail(n int) string {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return err.Error()
-	}
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
-
-// Log is the whole output of the process so far.
-func (p *Proc) Log() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
-}
+func (p *Proc) Stop() { _ = p.ServiceProcess.Stop(15 * time.Second) }
 
 // WaitFor polls cond every 50 ms until it is true or timeout passes, then
 // fails the test naming what it waited for.

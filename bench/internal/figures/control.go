@@ -209,7 +209,7 @@ func (s *benchStack) procs(service string) []*stack.Proc {
 	var out []*stack.Proc
 	for _, p := range s.launcher.Procs() {
 		if p.Service == service {
-			if !p.Exited() {
+			if exited, _ := p.Exited(); !exited {
 				out = append(out, p)
 			}
 		}

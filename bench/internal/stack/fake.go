@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"vigil.dev/pkg/localstack"
 )
 
 // FakeExchange is the fake Coinbase server (the feed's fakecoinbase
@@ -60,7 +62,7 @@ func StartFakeExchange(ctx context.Context, bins *Binaries, dir string, args ...
 		var urls struct{ REST, WS string }
 		if !ok || json.Unmarshal([]byte(line), &urls) != nil || urls.REST == "" {
 			f.Stop()
-			return nil, fmt.Errorf("%w: fake exchange printed %q; see %s", ErrStart, line, logFile.Name())
+			return nil, fmt.Errorf("%w: fake exchange printed %q; see %s", localstack.ErrServiceStart, line, logFile.Name())
 		}
 		f.RESTURL, f.WebSocketURL = urls.REST, urls.WS
 		return f, nil
@@ -68,7 +70,7 @@ func StartFakeExchange(ctx context.Context, bins *Binaries, dir string, args ...
 	case <-ctx.Done():
 	}
 	f.Stop()
-	return nil, fmt.Errorf("%w: fake exchange did not print its URLs within a minute", ErrStart)
+	return nil, fmt.Errorf("%w: fake exchange did not print its URLs within a minute", localstack.ErrServiceStart)
 }
 
 // Stop ends the fake with SIGTERM and waits for it.

@@ -104,7 +104,7 @@ func TestStackRunsAProfiledServiceAndStopsIt(t *testing.T) {
 	if err := l.StopAll(); err != nil {
 		t.Fatalf("StopAll: %v", err)
 	}
-	if !p.Exited() {
+	if exited, _ := p.Exited(); !exited {
 		t.Fatal("the service still runs after StopAll")
 	}
 	fake, err := StartFakeExchange(ctx, bins, work, "-minutes", "10", "-bars", "5")
