@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +26,7 @@ func TestRun(t *testing.T) {
 	t.Setenv("VIGIL_INSTANCE", "run-test")
 	t.Setenv("VIGIL_STEP_TIMEOUT", "2s")
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out testenv.Buffer
 	done, returned := make(chan error, 1), make(chan struct{})
 	go func() {
 		done <- control.Run(ctx, nil, &out)
@@ -88,24 +87,6 @@ func databaseURL(t *testing.T, e *env) string {
 	t.Helper()
 	cfg := e.pool.Config().ConnConfig
 	return "postgres://" + cfg.User + "@" + cfg.Host + ":" + itoa(int64(cfg.Port)) + "/" + cfg.Database + "?sslmode=disable"
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestRunBadConfig fails at start with one line naming the variable.

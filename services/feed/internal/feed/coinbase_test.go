@@ -1,7 +1,6 @@
 package feed_test
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/feed/internal/coinbase"
 	"vigil.dev/services/feed/internal/fakecoinbase"
 )
@@ -319,24 +319,6 @@ func TestCoinbaseRateLimitIsKeptAnd429Honoured(t *testing.T) {
 	t.Logf("backfill of 8 pages with 3×429 took %v; at most %d requests in any second (limit %d)", took, x.fake.MaxRequestsPerWindow(time.Second), rps)
 }
 
-// syncBuffer is a bytes.Buffer safe for the feed's logger and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestCoinbaseJWTIsVerifiedByTheExchange(t *testing.T) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -354,7 +336,7 @@ func TestCoinbaseJWTIsVerifiedByTheExchange(t *testing.T) {
 	const keyName = "organizations/org-1/apiKeys/key-1"
 	x := newExchange(t, []string{"BTC-USD"}, fakecoinbase.WithAuth(keyName, &key.PublicKey))
 	s := newStack(t, 0)
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	startFeedLogging(t, s, coinbaseEnv(x, map[string]string{
 		"VIGIL_COINBASE_KEY_NAME": keyName,
 		"VIGIL_COINBASE_KEY_FILE": keyFile,
