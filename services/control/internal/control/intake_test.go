@@ -84,18 +84,31 @@ func TestRejections(t *testing.T) {
 	if n := e.logCount(); n != 0 {
 		t.Errorf("command_log has %d rows after rejections only", n)
 	}
-	resp, err := e.nc.Request("$SRV.STATS.vigil-control", nil, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stats micro.Stats
-	if err := json.Unmarshal(resp.Data, &stats); err != nil {
-		t.Fatal(err)
-	}
-	for _, ep := range stats.Endpoints {
-		if ep.Name == "command" && (ep.NumRequests != len(tests) || ep.NumErrors != len(tests)) {
-			t.Errorf("micro stats: %d requests, %d errors, want %d of each", ep.NumRequests, ep.NumErrors, len(tests))
+	// micro counts a request after its handler returned, which may be after
+	// the reply reached us: poll until the last one is counted.
+	var requests, errs int
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := e.nc.Request("$SRV.STATS.vigil-control", nil, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
 		}
+		var stats micro.Stats
+		if err := json.Unmarshal(resp.Data, &stats); err != nil {
+			t.Fatal(err)
+		}
+		for _, ep := range stats.Endpoints {
+			if ep.Name == "command" {
+				requests, errs = ep.NumRequests, ep.NumErrors
+			}
+		}
+		if (requests == len(tests) && errs == len(tests)) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if requests != len(tests) || errs != len(tests) {
+		t.Errorf("micro stats: %d requests, %d errors, want %d of each", requests, errs, len(tests))
 	}
 	if calls := e.rec.Calls(); len(calls) != 0 {
 		t.Errorf("the services got %d calls, first %+v", len(calls), calls[0])
