@@ -221,17 +221,25 @@ func TestPauseIsOneTrace(t *testing.T) {
 
 	want := []string{"vigil-control", "vigil-alerts", "vigil-feed", "vigil-indicators"}
 	var spans []span
-	testenv.WaitFor(t, 30*time.Second, "spans of all four services in Jaeger", func() bool {
+	// Spans reach Jaeger in batches from four processes, control's own
+	// (which end last) possibly after the others': wait for all four
+	// services and for every parent to be in the trace.
+	testenv.WaitFor(t, 30*time.Second, "a complete trace of all four services in Jaeger", func() bool {
 		spans, err = fetchTrace(queryURL, result.TraceID)
 		if err != nil {
 			return false
 		}
-		seen := map[string]bool{}
+		seen, ids := map[string]bool{}, map[string]bool{}
 		for _, s := range spans {
-			seen[s.service] = true
+			seen[s.service], ids[s.id] = true, true
 		}
 		for _, w := range want {
 			if !seen[w] {
+				return false
+			}
+		}
+		for _, s := range spans {
+			if s.parent != "" && !ids[s.parent] {
 				return false
 			}
 		}
