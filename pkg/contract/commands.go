@@ -297,17 +297,17 @@ func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
 	var err error
 	switch cmd {
 	case CmdPause:
-		p, err = decodeStrict[PausePayload](body)
+		p, err = DecodeStrict[PausePayload](body)
 	case CmdResume:
-		p, err = decodeStrict[ResumePayload](body)
+		p, err = DecodeStrict[ResumePayload](body)
 	case CmdReloadSettings:
-		p, err = decodeStrict[ReloadSettingsPayload](body)
+		p, err = DecodeStrict[ReloadSettingsPayload](body)
 	case CmdSwitchMode:
-		p, err = decodeStrict[SwitchModePayload](body)
+		p, err = DecodeStrict[SwitchModePayload](body)
 	case CmdForceBackfill:
-		p, err = decodeStrict[ForceBackfillPayload](body)
+		p, err = DecodeStrict[ForceBackfillPayload](body)
 	case CmdClearCache:
-		p, err = decodeStrict[ClearCachePayload](body)
+		p, err = DecodeStrict[ClearCachePayload](body)
 	default:
 		return nil, fmt.Errorf("command %q: %w", cmd, ErrUnknownCommand)
 	}
@@ -317,9 +317,10 @@ func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
 	return p, p.Validate(l)
 }
 
-// decodeStrict decodes one JSON object into T, rejecting unknown fields and
-// trailing data, and names the field of a type mismatch.
-func decodeStrict[T any](body []byte) (T, error) {
+// DecodeStrict decodes one JSON object into T, rejecting unknown fields and
+// trailing data, and names the field of a type mismatch: the strictness of
+// command payloads, also used for settings and vigil.svc requests.
+func DecodeStrict[T any](body []byte) (T, error) {
 	var v T
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -352,8 +353,3 @@ func jsonFieldError(err error) error {
 	}
 	return FieldError{"payload", err.Error()}
 }
-
-// DecodeStrict decodes body into T with the same strictness as command
-// payloads (unknown fields, trailing data and type mismatches are field
-// errors). Services use it for vigil.svc.* requests and settings.
-func DecodeStrict[T any](body []byte) (T, error) { return decodeStrict[T](body) }

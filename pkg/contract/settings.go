@@ -541,7 +541,7 @@ func (s Settings) Validate(l Limits) error {
 
 // ParseSettings decodes a settings document strictly and validates it.
 func ParseSettings(doc []byte, l Limits) (Settings, error) {
-	s, err := decodeStrict[Settings](doc)
+	s, err := DecodeStrict[Settings](doc)
 	if err != nil {
 		return Settings{}, err
 	}
