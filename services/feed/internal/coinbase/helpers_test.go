@@ -118,22 +118,6 @@ func (h *streamHarness) subscribe(t *testing.T, channel coinbase.Channel, produc
 	})
 }
 
-// requestCount counts the fake's subscribe log entries of typ on channel naming product.
-func requestCount(fake *fakecoinbase.Server, typ, channel, product string) int {
-	n := 0
-	for _, r := range fake.SubscribeRequests() {
-		if r.Type != typ || r.Channel != channel {
-			continue
-		}
-		for _, p := range r.Products {
-			if p == product {
-				n++
-			}
-		}
-	}
-	return n
-}
-
 // newKeyPEM makes a P-256 key and returns it with its SEC 1 PEM.
 func newKeyPEM(t *testing.T) (*ecdsa.PrivateKey, []byte) {
 	t.Helper()

@@ -146,7 +146,7 @@ func TestStreamReferenceCountsSubscriptions(t *testing.T) {
 	// A later subscription works as a barrier: the reconciler has seen the
 	// second reference by the time ETH-USD is upstream.
 	h.subscribe(t, coinbase.ChannelCandles, "ETH-USD")
-	if n := requestCount(h.fake, "subscribe", "candles", product); n != 1 {
+	if n := h.fake.SubscribeCount("subscribe", "candles", product); n != 1 {
 		t.Fatalf("two subscribers sent %d upstream subscribes, want 1", n)
 	}
 
@@ -154,7 +154,7 @@ func TestStreamReferenceCountsSubscriptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.subscribe(t, coinbase.ChannelCandles, "SOL-USD")
-	if n := requestCount(h.fake, "unsubscribe", "candles", product); n != 0 || h.fake.Subscribed("candles", product) != 1 {
+	if n := h.fake.SubscribeCount("unsubscribe", "candles", product); n != 0 || h.fake.Subscribed("candles", product) != 1 {
 		t.Fatalf("after one of two unsubscribes: %d upstream unsubscribes, subscribed=%d; want 0 and 1", n, h.fake.Subscribed("candles", product))
 	}
 
@@ -162,7 +162,7 @@ func TestStreamReferenceCountsSubscriptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "upstream unsubscribe", func() bool { return h.fake.Subscribed("candles", product) == 0 })
-	if n := requestCount(h.fake, "unsubscribe", "candles", product); n != 1 {
+	if n := h.fake.SubscribeCount("unsubscribe", "candles", product); n != 1 {
 		t.Fatalf("upstream unsubscribes = %d, want 1", n)
 	}
 	if h.fake.Subscribed("candles", "ETH-USD") != 1 {
@@ -278,8 +278,8 @@ func TestStreamReportsSequenceGapAndResubscribes(t *testing.T) {
 		t.Errorf("gap interval [%v, %v], want the last frame to now", gap.From, gap.To)
 	}
 	waitFor(t, 5*time.Second, "unsubscribe and resubscribe after the gap", func() bool {
-		return requestCount(h.fake, "unsubscribe", "candles", "BTC-USD") == 1 &&
-			requestCount(h.fake, "subscribe", "candles", "BTC-USD") == 2 &&
+		return h.fake.SubscribeCount("unsubscribe", "candles", "BTC-USD") == 1 &&
+			h.fake.SubscribeCount("subscribe", "candles", "BTC-USD") == 2 &&
 			h.fake.Subscribed("candles", "BTC-USD") == 1
 	})
 	waitFor(t, 5*time.Second, "heartbeats after the gap", func() bool {

@@ -169,6 +169,18 @@ func (s *Server) SubscribeRequests() []SubscribeRequest {
 	return slices.Clone(s.subscribeLog)
 }
 
+// SubscribeCount counts the logged subscribe requests of typ (subscribe or
+// unsubscribe) on channel that name product.
+func (s *Server) SubscribeCount(typ, channel, product string) int {
+	n := 0
+	for _, r := range s.SubscribeRequests() {
+		if r.Type == typ && r.Channel == channel && slices.Contains(r.Products, product) {
+			n++
+		}
+	}
+	return n
+}
+
 // Subscribed returns how many open connections are subscribed to product on
 // channel (use product "heartbeats" for the heartbeats channel).
 func (s *Server) Subscribed(channel, product string) int {

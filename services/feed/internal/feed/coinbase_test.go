@@ -470,7 +470,7 @@ func TestCoinbaseOneSubscriptionPerProductAndBooksForOrderbookUsers(t *testing.T
 		return false
 	})
 	for _, ch := range []string{"candles", "market_trades", "level2"} {
-		if n := requestCount(x.fake, "subscribe", ch, "BTC-USD"); n != 1 {
+		if n := x.fake.SubscribeCount("subscribe", ch, "BTC-USD"); n != 1 {
 			t.Errorf("%d subscribe messages for %s BTC-USD, want one for both users", n, ch)
 		}
 	}
@@ -512,20 +512,4 @@ func TestCoinbaseOneSubscriptionPerProductAndBooksForOrderbookUsers(t *testing.T
 	if x.fake.Subscribed("candles", "BTC-USD") != 1 || x.fake.Subscribed("market_trades", "BTC-USD") != 1 {
 		t.Error("the bar channels went with level2")
 	}
-}
-
-// requestCount counts the fake's subscribe log entries of typ on channel naming product.
-func requestCount(fake *fakecoinbase.Server, typ, channel, product string) int {
-	n := 0
-	for _, r := range fake.SubscribeRequests() {
-		if r.Type != typ || r.Channel != channel {
-			continue
-		}
-		for _, p := range r.Products {
-			if p == product {
-				n++
-			}
-		}
-	}
-	return n
 }
