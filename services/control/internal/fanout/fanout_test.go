@@ -24,15 +24,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 func setup(t *testing.T) (*nats.Conn, jetstream.JetStream, string) {
 	t.Helper()
 	srv := testenv.StartNATS(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := testenv.Connect(t, srv.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	g, err := membership.Join(ctx, js, "vigil-control", "caller", membership.Options{})

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
@@ -97,15 +95,7 @@ func bar(tf contract.Timeframe, start time.Time, o, h, l, c, v float64) market.B
 func newEngine(t *testing.T) (*engine.Engine, *exchangeSource, *redisstore.Store) {
 	t.Helper()
 	srv := testenv.StartNATS(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := testenv.Connect(t, srv.URL())
 	ctx := context.Background()
 	if err := natsx.EnsureStreams(ctx, js); err != nil {
 		t.Fatal(err)
