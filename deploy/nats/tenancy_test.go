@@ -5,45 +5,90 @@ package nats
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
 var passwords = map[string]string{
 	"VIGIL_NATS_ADMIN_PASSWORD":   "admin-pw",
-	"VIGIL_NATS_SERVICE_PASSWORD": "service-pw",
+	"VIGIL_NATS_FEED_PASSWORD":       "feed-pw",
+	"VIGIL_NATS_INDICATORS_PASSWORD": "indicators-pw",
+	"VIGIL_NATS_ALERTS_PASSWORD":     "alerts-pw",
+	"VIGIL_NATS_CONTROL_PASSWORD":    "control-pw",
 	"VIGIL_NATS_ALICE_PASSWORD":   "alice-pw",
 	"VIGIL_NATS_BOB_PASSWORD":     "bob-pw",
 }
 
+// server is vigil.conf running on a random port with its store in a
+// temp dir.
+type server struct {
+	url string
+	log *violationLog
+}
+
+// violations are the permission violations the server logged.
+func (s server) violations() []string { return s.log.lines() }
+
+// violationLog is a nats-server logger that keeps the permission
+// violations.
+type violationLog struct {
+	mu    sync.Mutex
+	found []string
+}
+
+func (l *violationLog) keep(format string, v ...any) {
+	line := fmt.Sprintf(format, v...)
+	if strings.Contains(line, " Violation - ") {
+		l.mu.Lock()
+		l.found = append(l.found, line)
+		l.mu.Unlock()
+	}
+}
+
+func (l *violationLog) lines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.found)
+}
+
+func (l *violationLog) Noticef(format string, v ...any) { l.keep(format, v...) }
+func (l *violationLog) Warnf(format string, v ...any)   { l.keep(format, v...) }
+func (l *violationLog) Fatalf(format string, v ...any)  { l.keep(format, v...) }
+func (l *violationLog) Errorf(format string, v ...any)  { l.keep(format, v...) }
+func (l *violationLog) Debugf(format string, v ...any)  { l.keep(format, v...) }
+func (l *violationLog) Tracef(format string, v ...any)  { l.keep(format, v...) }
+
 // startServer runs vigil.conf on a random port with its store in a temp dir.
-func startServer(t *testing.T) string {
+func startServer(t *testing.T) server {
 	t.Helper()
 	for k, v := range passwords {
 		t.Setenv(k, v)
 	}
-	opts, err := server.ProcessConfigFile("vigil.conf")
+	opts, err := natsserver.ProcessConfigFile("vigil.conf")
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts.Port = -1
 	opts.StoreDir = t.TempDir()
-	opts.NoLog, opts.NoSigs = true, true
-	srv, err := server.NewServer(opts)
+	opts.NoSigs = true
+	srv, err := natsserver.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	log := &violationLog{}
+	srv.SetLoggerV2(log, false, false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready")
 	}
 	t.Cleanup(srv.Shutdown)
-	return srv.ClientURL()
+	return server{url: srv.ClientURL(), log: log}
 }
 
 // client connects as user and records permission errors.
@@ -96,9 +141,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestTenantsAreIsolated(t *testing.T) {
-	url := startServer(t)
+	url := startServer(t).url
 	// A stand-in control: answers every command and publishes its result.
-	control := connect(t, url, "vigil-service", "service-pw", "")
+	control := connect(t, url, "vigil-control", "control-pw", "")
 	var mu sync.Mutex
 	var commands []string
 	if _, err := control.QueueSubscribe("vigil.cmd.*.*", "vigil-control", func(m *nats.Msg) {

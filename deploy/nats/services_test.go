@@ -1,0 +1,221 @@
+package nats
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/localstack"
+	"vigil.dev/pkg/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+
+// serviceUsers are the services' NATS users in vigil.conf, by binary.
+var serviceUsers = map[string]string{
+	"vigil-feed":       "vigil-feed",
+	"vigil-indicators": "vigil-indicators",
+	"vigil-alerts":     "vigil-alerts",
+	"vigil-control":    "vigil-control",
+}
+
+// liveSettings watch BTC-USD on the simulator with a live price rule that
+// always holds, so alice gets candles, indicator updates and alerts about
+// once a wall second.
+const liveSettings = `{"mode":"scalper-macdv","symbols":["BTC-USD"],"rules":{"scalper-macdv":[
+	{"id":"price-live","symbol":"BTC-USD","timeframe":"1m","kind":"threshold","indicator":"price","op":"above","value":1,"evaluate":"live","cooldown":"1m"}]}}`
+
+// serviceURL is the server's URL with the credentials of user.
+func serviceURL(t *testing.T, server, user string) string {
+	t.Helper()
+	u, err := url.Parse(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(user, passwords[passwordVar(user)])
+	return u.String()
+}
+
+// passwordVar is the environment variable of user's password in vigil.conf.
+func passwordVar(user string) string {
+	return "VIGIL_NATS_" + strings.ToUpper(strings.NewReplacer("vigil-", "", "-", "_").Replace(user)) + "_PASSWORD"
+}
+
+// TestServicesRunOnTheirOwnCredentials runs the four real services, each
+// with its own NATS user of vigil.conf, and alice commanding them with
+// hers: commands are acked and answered, data flows to alerts, and the
+// server logs no permission violation.
+func TestServicesRunOnTheirOwnCredentials(t *testing.T) {
+	srv := startServer(t)
+	bin := testenv.BuildBinaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dbURL := testenv.Postgres(t)
+	pool, err := db.NewPool(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, _, err := db.NewUsers(pool).SeedUser(ctx, "test", "alice", json.RawMessage(liveSettings), "coinbase"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if v := srv.violations(); t.Failed() && len(v) > 0 {
+			t.Logf("permission violations:\n%s", strings.Join(v[:min(len(v), 20)], "\n"))
+		}
+	})
+	admin := connect(t, srv.url, "admin", "admin-pw", "")
+	env := append(os.Environ(), "REDIS_URL="+testenv.Redis(t), "DATABASE_URL="+dbURL,
+		"VIGIL_FEED_SOURCE=sim", "VIGIL_LOG_LEVEL=debug", "VIGIL_SHUTDOWN_TIMEOUT=5s")
+	for _, svc := range []string{"vigil-feed", "vigil-indicators", "vigil-alerts", "vigil-control"} {
+		p, err := localstack.StartService(ctx, admin.Conn, localstack.ServiceOptions{
+			Binary: filepath.Join(bin, svc), Service: svc, Instance: svc + "-1",
+			Env:     append(env, "NATS_URL="+serviceURL(t, srv.url, serviceUsers[svc])),
+			LogPath: filepath.Join(t.TempDir(), svc+".log"), RegisterTimeout: time.Minute,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = p.Stop(15 * time.Second)
+			if t.Failed() {
+				t.Logf("--- %s log (last lines) ---\n%s", svc, p.Tail(30))
+			}
+		})
+	}
+
+	js, err := jetstream.New(admin.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := connect(t, srv.url, "alice", "alice-pw", "_INBOX_alice")
+	results, err := alice.SubscribeSync("vigil.result.alice.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	progress, err := alice.SubscribeSync("vigil.progress.alice.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cmd     contract.Command
+		payload string
+		steps   int
+	}{
+		{contract.CmdPause, `{}`, 3},
+		{contract.CmdResume, `{}`, 3},
+		{contract.CmdReloadSettings, `{}`, 3},
+		{contract.CmdSwitchMode, `{"mode":"scalper-orderbook"}`, 4},
+		{contract.CmdClearCache, `{"scope":"timeframe","symbol":"BTC-USD","timeframe":"1m"}`, 2},
+		{contract.CmdForceBackfill, `{"symbol":"BTC-USD","timeframes":["1h"]}`, 2},
+		{contract.CmdSwitchMode, `{"mode":"scalper-macdv"}`, 4},
+	} {
+		res := command(t, alice, results, c.cmd, c.payload)
+		if res.Status != contract.StatusSucceeded || len(res.Steps) < 1 {
+			t.Fatalf("%s: result %+v, want succeeded", c.cmd, res)
+		}
+	}
+	if _, err := progress.NextMsg(10 * time.Second); err != nil {
+		t.Fatalf("alice got no progress of her force-backfill: %v", err)
+	}
+	after := map[string]uint64{}
+	for _, stream := range []string{contract.StreamCandles, contract.StreamIndicators, contract.StreamAlerts} {
+		after[stream] = lastSeq(ctx, t, js, stream)
+	}
+	testenv.WaitFor(t, time.Minute, "alice's candles, indicator updates and alerts after resume", func() bool {
+		for stream, seq := range after {
+			if lastSeq(ctx, t, js, stream) <= seq {
+				return false
+			}
+		}
+		return true
+	})
+	if v := srv.violations(); len(v) > 0 {
+		t.Fatalf("the server logged %d permission violations of the services, e.g.:\n%s", len(v), strings.Join(v[:min(len(v), 20)], "\n"))
+	}
+}
+
+// command sends cmd with payload for alice and returns its result.
+func command(t *testing.T, alice *client, results *nats.Subscription, cmd contract.Command, payload string) contract.Result {
+	t.Helper()
+	reply, err := alice.Request(contract.CommandSubject("alice", cmd), []byte(payload), 10*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	var ack contract.Ack
+	if err := json.Unmarshal(reply.Data, &ack); err != nil || !ack.Accepted {
+		t.Fatalf("%s: ACK %s (%v)", cmd, reply.Data, err)
+	}
+	for {
+		m, err := results.NextMsg(30 * time.Second)
+		if err != nil {
+			t.Fatalf("%s: no result: %v", cmd, err)
+		}
+		var res contract.Result
+		if err := json.Unmarshal(m.Data, &res); err != nil {
+			t.Fatalf("%s: result %s: %v", cmd, m.Data, err)
+		}
+		if res.ID == ack.ID {
+			return res
+		}
+	}
+}
+
+// lastSeq is the last sequence of stream.
+func lastSeq(ctx context.Context, t *testing.T, js jetstream.JetStream, stream string) uint64 {
+	t.Helper()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// TestServicesCannotActAsEachOther checks, per service user, subjects that
+// belong to another service (or to nobody) are refused by the server.
+func TestServicesCannotActAsEachOther(t *testing.T) {
+	srv := startServer(t)
+	denied := map[string][]string{
+		"vigil-feed": {"vigil.indicator.alice.1.BTC-USD.1m", "vigil.alert.alice.r1", "vigil.result.alice.c1",
+			"vigil.cmd.alice.pause", "$KV.VIGIL_STATE.user.alice", "$JS.API.STREAM.DELETE.VIGIL_CANDLES", "vigil.svc.alerts.pause"},
+		"vigil-indicators": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.alert.alice.r1", "vigil.progress.alice.c1",
+			"$KV.VIGIL_STATE.user.alice", "$JS.API.STREAM.PURGE.VIGIL_INDICATORS", "vigil.svc.feed.pause"},
+		"vigil-alerts": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.indicator.alice.1.BTC-USD.1m", "vigil.result.alice.c1",
+			"$KV.VIGIL_STATE.user.alice", "$JS.API.STREAM.DELETE.VIGIL_ALERTS", "vigil.svc.indicators.pause"},
+		"vigil-control": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.indicator.alice.1.BTC-USD.1m", "vigil.alert.alice.r1",
+			"$KV.VIGIL_ALERT_STATE.alice", "$JS.API.STREAM.DELETE.VIGIL_RESULTS"},
+	}
+	for svc, subjects := range denied {
+		t.Run(svc, func(t *testing.T) {
+			c := connect(t, srv.url, serviceUsers[svc], passwords[passwordVar(serviceUsers[svc])], "")
+			for _, subject := range subjects {
+				if err := c.Publish(subject, []byte(`{}`)); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, fmt.Sprintf("%s publishing %s denied", svc, subject), func() bool { return c.deniedContains(subject) })
+				logged := slices.ContainsFunc(srv.violations(), func(line string) bool { return strings.Contains(line, subject) })
+				if !logged {
+					t.Errorf("the server did not log the violation of %s publishing %s", svc, subject)
+				}
+			}
+		})
+	}
+}
