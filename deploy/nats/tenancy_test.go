@@ -16,13 +16,13 @@ import (
 )
 
 var passwords = map[string]string{
-	"VIGIL_NATS_ADMIN_PASSWORD":   "admin-pw",
+	"VIGIL_NATS_ADMIN_PASSWORD":      "admin-pw",
 	"VIGIL_NATS_FEED_PASSWORD":       "feed-pw",
 	"VIGIL_NATS_INDICATORS_PASSWORD": "indicators-pw",
 	"VIGIL_NATS_ALERTS_PASSWORD":     "alerts-pw",
 	"VIGIL_NATS_CONTROL_PASSWORD":    "control-pw",
-	"VIGIL_NATS_ALICE_PASSWORD":   "alice-pw",
-	"VIGIL_NATS_BOB_PASSWORD":     "bob-pw",
+	"VIGIL_NATS_ALICE_PASSWORD":      "alice-pw",
+	"VIGIL_NATS_BOB_PASSWORD":        "bob-pw",
 }
 
 // server is vigil.conf running on a random port with its store in a
