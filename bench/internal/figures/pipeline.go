@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"time"
@@ -15,13 +16,14 @@ import (
 	"vigil.dev/bench/internal/report"
 	"vigil.dev/bench/internal/stack"
 	"vigil.dev/bench/internal/stats"
+	"vigil.dev/pkg/candlewriter"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/redisstore"
 )
 
 // pipelineBatch is how many candles one Redis pipeline and one round of
 // JetStream publishes carry, as in the feed's writer.
-const pipelineBatch = 500
+const pipelineBatch = candlewriter.Batch
 
 // pipelinePoll is how often the pipeline's progress is sampled.
 const pipelinePoll = 250 * time.Millisecond
@@ -460,45 +462,14 @@ func runPipeline(ctx context.Context, env *Env, out *Output, s *benchStack, stor
 	return run, nil
 }
 
-// feedCandles does what vigil-feed's writer does with every bar: store a
-// batch in Redis (versioned add-if-newer), then publish the written
-// candles on JetStream with Nats-Msg-Id and wait for the acknowledgements.
+// feedCandles writes every bar as vigil-feed does, through
+// pkg/candlewriter: a batch stored in Redis (versioned add-if-newer), the
+// written candles published on JetStream with Nats-Msg-Id.
 func feedCandles(ctx context.Context, js jetstream.JetStream, store *redisstore.Store, src *candleSource, bars int) error {
+	w := candlewriter.New(store, js, slog.New(slog.DiscardHandler), nil)
 	for j := range bars {
-		candles := src.bar(j)
-		for lo := 0; lo < len(candles); lo += pipelineBatch {
-			batch := candles[lo:min(lo+pipelineBatch, len(candles))]
-			written, err := store.WriteCandlesEach(ctx, batch)
-			if err != nil {
-				return fmt.Errorf("feed: store: %w", err)
-			}
-			futures := make([]jetstream.PubAckFuture, 0, len(batch))
-			for i, c := range batch {
-				if !written[i] {
-					continue
-				}
-				data, err := json.Marshal(c)
-				if err != nil {
-					return err
-				}
-				msg := nats.NewMsg(contract.CandleSubject(c.SeriesID))
-				msg.Data = data
-				msg.Header.Set(jetstream.MsgIDHeader, c.MsgID())
-				f, err := js.PublishMsgAsync(msg)
-				if err != nil {
-					return fmt.Errorf("feed: publish: %w", err)
-				}
-				futures = append(futures, f)
-			}
-			for _, f := range futures {
-				select {
-				case <-f.Ok():
-				case err := <-f.Err():
-					return fmt.Errorf("feed: publish %s: %w", f.Msg().Subject, err)
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
+		if _, err := w.Write(ctx, src.bar(j)); err != nil {
+			return fmt.Errorf("feed: %w", err)
 		}
 	}
 	return nil

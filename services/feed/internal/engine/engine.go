@@ -38,6 +38,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
+	"vigil.dev/pkg/candlewriter"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/services/feed/internal/market"
 )
@@ -63,7 +64,7 @@ var (
 // Config configures an Engine.
 type Config struct {
 	// Writer stores and publishes candles; required.
-	Writer *Writer
+	Writer *candlewriter.Writer
 	// NC publishes order-book snapshots; required.
 	NC  *nats.Conn
 	Log *slog.Logger
@@ -432,7 +433,7 @@ func (e *Engine) onMalformed(kind string, err error) {
 	e.mu.Lock()
 	e.stats.Malformed++
 	e.mu.Unlock()
-	e.cfg.Metrics.malformed(e.ctx, kind)
+	e.cfg.Metrics.Malformed(e.ctx, kind)
 	e.log.Warn("malformed market data dropped", "kind", kind, "err", err)
 }
 
@@ -674,7 +675,7 @@ func (e *Engine) applyHistory(p *product, bars []market.Bar, fetched int64, sour
 	for _, hb := range bars {
 		if err := hb.Validate(); err != nil {
 			e.stats.Malformed++
-			e.cfg.Metrics.malformed(e.ctx, "history")
+			e.cfg.Metrics.Malformed(e.ctx, "history")
 			e.log.Warn("malformed history bar dropped", "err", err)
 			continue
 		}

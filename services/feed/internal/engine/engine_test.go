@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"vigil.dev/pkg/candlewriter"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
@@ -108,7 +109,7 @@ func newEngine(t *testing.T) (*engine.Engine, *exchangeSource, *redisstore.Store
 	store := redisstore.New(rdb, 0)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	x := &exchangeSource{history: map[contract.Timeframe]map[int64]market.Bar{}, subs: map[market.Channel]int{}}
-	e, err := engine.New(engine.Config{Writer: engine.NewWriter(store, js, log, nil), NC: nc, Log: log, FlushInterval: 10 * time.Millisecond},
+	e, err := engine.New(engine.Config{Writer: candlewriter.New(store, js, log, nil), NC: nc, Log: log, FlushInterval: 10 * time.Millisecond},
 		func(s market.Sink) (market.Source, error) { x.sink = s; return x, nil })
 	if err != nil {
 		t.Fatal(err)

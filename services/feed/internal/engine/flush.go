@@ -11,6 +11,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"vigil.dev/pkg/candlewriter"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/services/feed/internal/market"
 )
@@ -70,7 +71,7 @@ func (e *Engine) Flush(ctx context.Context) {
 		if err != nil {
 			e.stats.WriteErrors++
 		}
-		if errors.Is(err, ErrStore) {
+		if errors.Is(err, candlewriter.ErrStore) {
 			// Redis did not take them: try again next flush (a versioned
 			// write of what was stored meanwhile changes nothing).
 			e.retry = append(e.retry, candles[max(0, len(candles)-maxRetry):]...)

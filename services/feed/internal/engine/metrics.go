@@ -66,19 +66,25 @@ func (m *Metrics) Observe(name, desc string, read func() map[string]int64) error
 	return err
 }
 
-func (m *Metrics) written(ctx context.Context, n int) {
+// Written counts candle versions written and published
+// (candlewriter.Observer).
+func (m *Metrics) Written(ctx context.Context, n int) {
 	if m != nil && n > 0 {
 		m.candlesWritten.Add(ctx, int64(n))
 	}
 }
 
-func (m *Metrics) malformed(ctx context.Context, kind string) {
+// Malformed counts one dropped malformed item of kind
+// (candlewriter.Observer).
+func (m *Metrics) Malformed(ctx context.Context, kind string) {
 	if m != nil {
 		m.malformedFrames.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
 	}
 }
 
-func (m *Metrics) publishFailed(ctx context.Context, n int) {
+// PublishFailed counts candle publishes JetStream did not acknowledge
+// (candlewriter.Observer).
+func (m *Metrics) PublishFailed(ctx context.Context, n int) {
 	if m != nil {
 		m.publishFailures.Add(ctx, int64(n))
 	}

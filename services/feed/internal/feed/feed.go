@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"vigil.dev/pkg/candlewriter"
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/membership"
@@ -166,7 +167,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	writer := engine.NewWriter(redisstore.New(rdb, cfg.Retention), rt.JS, rt.Log, metrics)
+	writer := candlewriter.New(redisstore.New(rdb, cfg.Retention), rt.JS, rt.Log, metrics)
 	eng, err := engine.New(engine.Config{
 		Writer: writer, NC: rt.NC, Log: rt.Log, Metrics: metrics, FlushInterval: cfg.FlushInterval,
 		BookInterval: cfg.BookInterval, BookDepth: cfg.BookDepth, GapFillBars: cfg.GapFillBars,

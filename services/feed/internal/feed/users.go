@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/candlewriter"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/membership"
 	"vigil.dev/services/feed/internal/engine"
@@ -24,7 +25,7 @@ type feed struct {
 	cfg     Config
 	log     *slog.Logger
 	js      jetstream.JetStream
-	writer  *engine.Writer
+	writer  *candlewriter.Writer
 	eng     *engine.Engine
 	metrics *engine.Metrics
 	group   *membership.Group
@@ -60,7 +61,7 @@ type fillJob struct {
 	errs   []string
 }
 
-func newFeed(cfg Config, log *slog.Logger, js jetstream.JetStream, writer *engine.Writer, eng *engine.Engine, metrics *engine.Metrics) *feed {
+func newFeed(cfg Config, log *slog.Logger, js jetstream.JetStream, writer *candlewriter.Writer, eng *engine.Engine, metrics *engine.Metrics) *feed {
 	return &feed{cfg: cfg, log: log, js: js, writer: writer, eng: eng, metrics: metrics, users: map[string]*user{}}
 }
 
