@@ -140,19 +140,32 @@ func (s *Store) WriteIndicator(ctx context.Context, series contract.SeriesID, na
 // WriteIndicators stores the values of one update (all indicators of one
 // bar) in one pipeline.
 func (s *Store) WriteIndicators(ctx context.Context, u contract.IndicatorUpdate) error {
-	if len(u.Values) == 0 {
+	return s.WriteIndicatorUpdates(ctx, []contract.IndicatorUpdate{u})
+}
+
+// WriteIndicatorUpdates stores the values of many updates (of any series,
+// in order) in one pipeline, each versioned like WriteIndicators. Every
+// indicator name is validated before anything is written.
+func (s *Store) WriteIndicatorUpdates(ctx context.Context, ups []contract.IndicatorUpdate) error {
+	n := 0
+	for _, u := range ups {
+		n += len(u.Values)
+	}
+	if n == 0 {
 		return nil
 	}
-	writes := make([]upsertArgs, 0, len(u.Values))
-	for name, fields := range u.Values {
-		if err := contract.ValidateIndicatorName(name); err != nil {
-			return err
+	writes := make([]upsertArgs, 0, n)
+	for _, u := range ups {
+		for name, fields := range u.Values {
+			if err := contract.ValidateIndicatorName(name); err != nil {
+				return err
+			}
+			member, err := json.Marshal(IndicatorPoint{Start: u.Start, Version: u.Version, Closed: u.Closed, Fields: fields})
+			if err != nil {
+				return err
+			}
+			writes = append(writes, upsertArgs{contract.IndicatorKey(u.SeriesID, name), u.Start, u.Version, member})
 		}
-		member, err := json.Marshal(IndicatorPoint{Start: u.Start, Version: u.Version, Closed: u.Closed, Fields: fields})
-		if err != nil {
-			return err
-		}
-		writes = append(writes, upsertArgs{contract.IndicatorKey(u.SeriesID, name), u.Start, u.Version, member})
 	}
 	_, err := s.upsertMany(ctx, writes)
 	return err

@@ -8,67 +8,137 @@ import (
 	"vigil.dev/pkg/contract"
 )
 
-// HandleCandle processes one candle update from VIGIL_CANDLES. Candles of
-// series this instance does not run (another owner, a paused user, a
-// timeframe outside the mode) are ignored. Otherwise the series' values
-// are computed, written to Redis and published before it returns; a
-// candle that does not fit the state (out of order, too old for replay, a
-// gap that Redis can fill) rebuilds the series from Redis instead. An
-// error means the candle should be delivered again; the series is then
-// dropped so that the next delivery rebuilds it.
-func (e *Engine) HandleCandle(ctx context.Context, c contract.Candle) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	id := c.SeriesID
-	u, runs := e.runsSeries(id)
-	if !runs {
-		delete(e.series, id)
-		return nil
-	}
-	err := e.handleCandle(ctx, u, c)
-	if err != nil {
-		delete(e.series, id)
-		return err
-	}
-	now := time.Now()
-	u.lastCandle, u.lag = now, now.Sub(time.UnixMicro(c.Version))
-	return nil
+// TracedCandle is a candle update with the context it arrived in, which
+// carries the trace the feed started: everything done for the candle (its
+// reads, its updates' messages) continues that trace.
+type TracedCandle struct {
+	Ctx    context.Context
+	Candle contract.Candle
 }
 
-func (e *Engine) handleCandle(ctx context.Context, u *user, c contract.Candle) error {
+// HandleCandles processes a batch of candle updates from VIGIL_CANDLES, in
+// their order (so candles of one series stay in stream order). Candles of
+// series this instance does not run (another owner, a paused user, a
+// timeframe outside the mode) are ignored. Otherwise each candle's values
+// are computed, and the values of the whole batch are written to Redis in
+// one pipeline and published, the stream's acknowledgements awaited,
+// before it returns; a candle that does not fit the state (out of order,
+// too old for replay, a gap that Redis can fill) rebuilds the series from
+// Redis instead, after the updates computed before it were sent.
+//
+// The result has one error per candle: nil when the candle is done (ack
+// it), otherwise the candle should be delivered again and its series is
+// dropped, so that the next candle of the series rebuilds it from Redis.
+// ctx bounds the batch's writes and publishes; control verbs wait for the
+// whole batch.
+func (e *Engine) HandleCandles(ctx context.Context, batch []TracedCandle) []error {
+	errs := make([]error, len(batch))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	o := &outbox{batch: batch, errs: errs}
+	var handled []int
+	for i, tc := range batch {
+		id := tc.Candle.SeriesID
+		u, runs := e.runsSeries(id)
+		if !runs {
+			delete(e.series, id)
+			continue
+		}
+		if err := e.handleCandle(ctx, u, i, o); err != nil {
+			errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, err)
+			delete(e.series, id)
+			continue
+		}
+		handled = append(handled, i)
+	}
+	e.flush(ctx, o)
+	now := time.Now()
+	for _, i := range handled {
+		if c := batch[i].Candle; errs[i] == nil {
+			u := e.users[c.User]
+			u.lastCandle, u.lag = now, now.Sub(time.UnixMicro(c.Version))
+		}
+	}
+	return errs
+}
+
+// outbox holds the updates of a batch of candles until they are sent.
+type outbox struct {
+	batch []TracedCandle
+	// errs are the batch's results, set for the candles whose updates
+	// could not be sent.
+	errs    []error
+	pending []outgoing
+	// from are the indexes of the candles with updates in pending.
+	from []int
+}
+
+// add queues the updates of candle i.
+func (o *outbox) add(i int, ups []contract.IndicatorUpdate) {
+	if len(ups) == 0 {
+		return
+	}
+	for _, up := range ups {
+		o.pending = append(o.pending, outgoing{ctx: o.batch[i].Ctx, update: up})
+	}
+	o.from = append(o.from, i)
+}
+
+// flush sends the queued updates. When that fails, every candle they came
+// from gets the error and its series is dropped (it is rebuilt from Redis
+// on its next candle, so nothing computed but unsent is lost). The
+// caller holds e.mu.
+func (e *Engine) flush(ctx context.Context, o *outbox) {
+	if err := e.send(ctx, o.pending); err != nil {
+		for _, i := range o.from {
+			c := o.batch[i].Candle
+			o.errs[i] = fmt.Errorf("candle %s %d: %w", c.SeriesID, c.Start, err)
+			delete(e.series, c.SeriesID)
+		}
+	}
+	o.pending, o.from = o.pending[:0], o.from[:0]
+}
+
+// handleCandle computes candle i of the batch and queues its updates in
+// o, or rebuilds its series. The caller holds e.mu.
+func (e *Engine) handleCandle(ctx context.Context, u *user, i int, o *outbox) error {
+	cctx, c := o.batch[i].Ctx, o.batch[i].Candle
 	id := c.SeriesID
 	s := e.series[id]
 	if s != nil && e.isForgotten(id) {
 		s = nil
 	}
 	if s == nil {
-		_, err := e.rebuild(ctx, u, id, writeNew)
-		return err
+		return e.rebuildInBatch(ctx, u, i, o)
 	}
-	filled, ok, err := e.fillGap(ctx, s, c)
+	filled, ok, err := e.fillGap(cctx, s, c)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		_, err := e.rebuild(ctx, u, id, writeNew)
-		return err
+		return e.rebuildInBatch(ctx, u, i, o)
 	}
 	began := time.Now()
 	ups, rebuild, err := s.apply(c)
-	e.metrics.observeCompute(ctx, time.Since(began), "update")
+	e.metrics.observeCompute(cctx, time.Since(began), "update")
 	switch {
 	case err != nil:
-		e.log.WarnContext(ctx, "candle rejected", "series", id.String(), "start", c.Start, "err", err)
+		e.log.WarnContext(cctx, "candle rejected", "series", id.String(), "start", c.Start, "err", err)
 		ups = nil
 	case rebuild:
-		_, err := e.rebuild(ctx, u, id, writeNew)
-		return err
+		return e.rebuildInBatch(ctx, u, i, o)
 	}
-	ups = append(filled, ups...)
-	if err := e.emit(ctx, ups); err != nil {
-		return fmt.Errorf("candle %s %d: %w", id, c.Start, err)
-	}
+	o.add(i, append(filled, ups...))
 	return nil
+}
+
+// rebuildInBatch rebuilds the series of candle i from Redis after sending
+// the updates queued before it, so that the series' updates stay in
+// order. The caller holds e.mu.
+func (e *Engine) rebuildInBatch(ctx context.Context, u *user, i int, o *outbox) error {
+	e.flush(ctx, o)
+	_, err := e.rebuild(o.batch[i].Ctx, u, o.batch[i].Candle.SeriesID, writeNew)
+	return err
 }
 
 // fillGap closes the bars between the last closed bar of s and candle c

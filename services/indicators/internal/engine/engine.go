@@ -9,9 +9,9 @@
 // (versioned, add-if-newer) before it is published as a
 // contract.IndicatorUpdate on JetStream.
 //
-// All state is guarded by one mutex that a candle update holds from its
-// arrival to its last write, so a control verb waits for the update in
-// flight and never interleaves with it.
+// All state is guarded by one mutex that a batch of candle updates holds
+// from its arrival to its last write and publish, so a control verb waits
+// for the batch in flight and never interleaves with it.
 package engine
 
 import (
@@ -461,18 +461,13 @@ func msgID(u contract.IndicatorUpdate) string {
 }
 
 // publish sends u on its vigil.indicator subject (JetStream, deduplicated
-// by msgID) with ctx's trace context.
+// by msgID) with ctx's trace context and waits for the stream's
+// acknowledgement.
 func (e *Engine) publish(ctx context.Context, u contract.IndicatorUpdate) error {
-	u.ComputedAt = time.Now().UTC()
-	data, err := json.Marshal(u)
+	msg, err := e.updateMsg(ctx, u)
 	if err != nil {
-		return fmt.Errorf("encode update of %s: %w", u.SeriesID, err)
+		return err
 	}
-	msg := nats.NewMsg(contract.IndicatorSubject(u.SeriesID))
-	msg.Data = data
-	msg.Header.Set(jetstream.MsgIDHeader, msgID(u))
-	msg.Header.Set(InstanceHeader, e.instance)
-	telemetry.Inject(ctx, msg)
 	if _, err := e.js.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("publish update of %s: %w", u.SeriesID, err)
 	}
@@ -480,16 +475,74 @@ func (e *Engine) publish(ctx context.Context, u contract.IndicatorUpdate) error 
 	return nil
 }
 
-// emit writes the updates to Redis, then publishes them.
+// updateMsg is the message of update u on its vigil.indicator subject,
+// stamped with the time it was computed, deduplicated by msgID and
+// carrying ctx's trace context.
+func (e *Engine) updateMsg(ctx context.Context, u contract.IndicatorUpdate) (*nats.Msg, error) {
+	u.ComputedAt = time.Now().UTC()
+	data, err := json.Marshal(u)
+	if err != nil {
+		return nil, fmt.Errorf("encode update of %s: %w", u.SeriesID, err)
+	}
+	msg := nats.NewMsg(contract.IndicatorSubject(u.SeriesID))
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, msgID(u))
+	msg.Header.Set(InstanceHeader, e.instance)
+	telemetry.Inject(ctx, msg)
+	return msg, nil
+}
+
+// emit writes the updates to Redis, then publishes them, all with ctx's
+// trace context.
 func (e *Engine) emit(ctx context.Context, ups []contract.IndicatorUpdate) error {
-	for _, up := range ups {
-		if err := e.store.WriteIndicators(ctx, up); err != nil {
-			return fmt.Errorf("write %s: %w", up.SeriesID, err)
+	out := make([]outgoing, len(ups))
+	for i, up := range ups {
+		out[i] = outgoing{ctx: ctx, update: up}
+	}
+	return e.send(ctx, out)
+}
+
+// outgoing is an update to write and publish, with the context of the
+// candle it came from (its trace).
+type outgoing struct {
+	ctx    context.Context
+	update contract.IndicatorUpdate
+}
+
+// send writes the updates to Redis in one pipeline, then publishes them
+// in order without waiting for each (updates of one series keep their
+// order on the stream) and waits for every acknowledgement of the stream.
+// When it returns nil, Redis and the stream hold every update; ctx bounds
+// the whole.
+func (e *Engine) send(ctx context.Context, out []outgoing) error {
+	if len(out) == 0 {
+		return nil
+	}
+	ups := make([]contract.IndicatorUpdate, len(out))
+	for i, o := range out {
+		ups[i] = o.update
+	}
+	if err := e.store.WriteIndicatorUpdates(ctx, ups); err != nil {
+		return fmt.Errorf("write %d indicator updates: %w", len(ups), err)
+	}
+	acks := make([]jetstream.PubAckFuture, len(out))
+	for i, o := range out {
+		msg, err := e.updateMsg(o.ctx, o.update)
+		if err != nil {
+			return err
+		}
+		if acks[i], err = e.js.PublishMsgAsync(msg); err != nil {
+			return fmt.Errorf("publish update of %s: %w", o.update.SeriesID, err)
 		}
 	}
-	for _, up := range ups {
-		if err := e.publish(ctx, up); err != nil {
-			return err
+	for i, ack := range acks {
+		select {
+		case <-ack.Ok():
+			e.metrics.countUpdate(out[i].ctx, out[i].update.Closed)
+		case err := <-ack.Err():
+			return fmt.Errorf("publish update of %s: %w", out[i].update.SeriesID, err)
+		case <-ctx.Done():
+			return fmt.Errorf("publish update of %s: %w", out[i].update.SeriesID, ctx.Err())
 		}
 	}
 	return nil

@@ -31,20 +31,37 @@ const (
 	// consumerInactive is how long the server keeps the consumer of an
 	// instance that stopped pulling (crashed or cut off).
 	consumerInactive = 2 * time.Minute
-	// handleTimeout bounds the Redis and NATS work of one candle.
+	// handleTimeout bounds the Redis and NATS work of one batch of
+	// candles.
 	handleTimeout = 20 * time.Second
 	// retryDelay is how long a failed candle waits before redelivery.
 	retryDelay = time.Second
+	// pullMessages is how many candles the client pulls ahead.
+	pullMessages = 256
+	// maxBatch is the most candles handled as one batch: one Redis
+	// pipeline and one round of publishes. With the pulled candles and
+	// those waiting for the batch loop, at most pullMessages + 2*maxBatch
+	// + 1 candles are delivered and not yet acked, below MaxAckPending.
+	maxBatch = 256
 )
 
-// ErrCandle reports a candle message that is not a valid contract.Candle
-// for its subject.
-var ErrCandle = errors.New("bad candle message")
+// Errors of the candle consumer.
+var (
+	// ErrCandle reports a candle message that is not a valid
+	// contract.Candle for its subject.
+	ErrCandle = errors.New("bad candle message")
+	// errConsumerStopped reports that the consumer was stopped for good
+	// (shutdown), so it is not recreated.
+	errConsumerStopped = errors.New("candle consumer stopped")
+)
 
 // candleConsumer is this instance's consumer of VIGIL_CANDLES (named
-// vigil-indicators-<instance>, ephemeral): it sees every candle, hands it
-// to the engine, which ignores the series this instance does not run, and
-// acks after the engine's writes.
+// vigil-indicators-<instance>, ephemeral): it sees every candle and hands
+// them in batches to the engine, which ignores the series this instance
+// does not run, and acks each candle after the engine's writes and
+// publishes. Consume's callback only passes each candle on to the batch
+// loop, which takes whatever arrived while it handled the previous batch:
+// one candle at a time when they trickle in, up to maxBatch under load.
 type candleConsumer struct {
 	rt     *service.Runtime
 	engine *engine.Engine
@@ -54,9 +71,17 @@ type candleConsumer struct {
 	// delivered, reported as the consumer lag gauge.
 	pending atomic.Int64
 
+	// delivered takes the candles from Consume's callback to the batch
+	// loop; closed by stop after the last callback. batched is closed
+	// when the batch loop has handled the last candle.
+	delivered chan jetstream.Msg
+	batched   chan struct{}
+
 	mu       sync.Mutex
 	consumer jetstream.Consumer
 	consume  jetstream.ConsumeContext
+	// stopped is set by stop: no Consume starts after it.
+	stopped bool
 	// lost is signalled when the consumer disappeared or the connection
 	// was re-established: candles may have been missed.
 	lost chan struct{}
@@ -64,7 +89,8 @@ type candleConsumer struct {
 
 func newCandleConsumer(ctx context.Context, rt *service.Runtime, e *engine.Engine, instance string) (*candleConsumer, error) {
 	c := &candleConsumer{rt: rt, engine: e, name: contract.ServiceIndicators + "-" + instance,
-		tracer: otel.Tracer(engine.MeterName), lost: make(chan struct{}, 1)}
+		tracer: otel.Tracer(engine.MeterName), lost: make(chan struct{}, 1),
+		delivered: make(chan jetstream.Msg, maxBatch), batched: make(chan struct{})}
 	if err := c.create(ctx); err != nil {
 		return nil, err
 	}
@@ -107,6 +133,7 @@ func (c *candleConsumer) start(ctx context.Context) error {
 	if err := c.consume1(); err != nil {
 		return err
 	}
+	go c.handleBatches()
 	reconnected := c.rt.NC.Opts.ReconnectedCB
 	c.rt.NC.SetReconnectHandler(func(nc *nats.Conn) {
 		if reconnected != nil {
@@ -129,7 +156,10 @@ func (c *candleConsumer) signalLost() {
 func (c *candleConsumer) consume1() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cc, err := c.consumer.Consume(c.handle, jetstream.PullMaxMessages(256),
+	if c.stopped {
+		return errConsumerStopped
+	}
+	cc, err := c.consumer.Consume(func(msg jetstream.Msg) { c.delivered <- msg }, jetstream.PullMaxMessages(pullMessages),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 				c.signalLost()
@@ -164,6 +194,9 @@ func (c *candleConsumer) recover(ctx context.Context) {
 			if err == nil {
 				break
 			}
+			if errors.Is(err, errConsumerStopped) {
+				return
+			}
 			c.rt.Log.Error("recreating the candle consumer failed", "consumer", c.name, "err", err)
 			select {
 			case <-ctx.Done():
@@ -175,17 +208,24 @@ func (c *candleConsumer) recover(ctx context.Context) {
 	}
 }
 
-// stop drains the consumer: the candle in flight is finished and acked.
+// stop drains the consumer: the candles delivered are handled and acked.
 func (c *candleConsumer) stop(ctx context.Context) error {
 	c.mu.Lock()
+	c.stopped = true
 	cc := c.consume
 	c.mu.Unlock()
 	cc.Drain()
 	select {
-	case <-cc.Closed():
-		return nil
+	case <-cc.Closed(): // after the last callback
 	case <-ctx.Done():
 		cc.Stop()
+		return fmt.Errorf("drain %s: %w", c.name, ctx.Err())
+	}
+	close(c.delivered)
+	select {
+	case <-c.batched:
+		return nil
+	case <-ctx.Done():
 		return fmt.Errorf("drain %s: %w", c.name, ctx.Err())
 	}
 }
@@ -199,35 +239,85 @@ func (c *candleConsumer) delete(ctx context.Context) error {
 	return err
 }
 
-// handle processes one candle message: it continues the feed's trace,
-// and acks after the engine wrote and published, naks (for a retry) when
-// that failed, and terminates a message that is not a valid candle.
-func (c *candleConsumer) handle(msg jetstream.Msg) {
-	ctx := telemetry.Extract(context.Background(), nats.Header(msg.Headers()))
-	ctx, span := c.tracer.Start(ctx, "vigil-indicators candle", trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject())))
-	defer span.End()
-	if md, err := msg.Metadata(); err == nil {
+// handleBatches handles the delivered candles in batches until stop
+// closes delivered: each batch is the candle that arrived first and those
+// that arrived while the previous batch was handled, up to maxBatch.
+func (c *candleConsumer) handleBatches() {
+	defer close(c.batched)
+	batch := make([]jetstream.Msg, 0, maxBatch)
+	for msg := range c.delivered {
+		batch = append(batch[:0], msg)
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case msg, ok := <-c.delivered:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, msg)
+			default:
+				break fill
+			}
+		}
+		c.handle(batch)
+	}
+}
+
+// handle processes a batch of candle messages: each candle continues the
+// feed's trace in a span of its own, and the batch's writes and publishes
+// run in a span linked to them. It acks each candle after the engine wrote
+// and published, naks it (for a retry) when that failed, and terminates a
+// message that is not a valid candle.
+func (c *candleConsumer) handle(msgs []jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), handleTimeout)
+	defer cancel()
+	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
 		c.pending.Store(int64(md.NumPending))
 	}
-	candle, err := decodeCandle(msg.Subject(), msg.Data())
-	if err != nil {
-		c.rt.Log.WarnContext(ctx, "candle message dropped", "subject", msg.Subject(), "err", err)
-		span.SetStatus(codes.Error, err.Error())
-		_ = msg.Term()
+	candles := make([]engine.TracedCandle, 0, len(msgs))
+	acks := make([]jetstream.Msg, 0, len(msgs))
+	spans := make([]trace.Span, 0, len(msgs))
+	links := make([]trace.Link, 0, len(msgs))
+	for _, msg := range msgs {
+		mctx := telemetry.Extract(ctx, nats.Header(msg.Headers()))
+		mctx, span := c.tracer.Start(mctx, "vigil-indicators candle", trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject())))
+		candle, err := decodeCandle(msg.Subject(), msg.Data())
+		if err != nil {
+			c.rt.Log.WarnContext(mctx, "candle message dropped", "subject", msg.Subject(), "err", err)
+			span.SetStatus(codes.Error, err.Error())
+			span.End()
+			_ = msg.Term()
+			continue
+		}
+		candles = append(candles, engine.TracedCandle{Ctx: mctx, Candle: candle})
+		acks = append(acks, msg)
+		spans = append(spans, span)
+		links = append(links, trace.LinkFromContext(mctx))
+	}
+	if len(candles) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, handleTimeout)
-	defer cancel()
-	if err := c.engine.HandleCandle(ctx, candle); err != nil {
-		c.rt.Log.ErrorContext(ctx, "candle failed; retrying", "series", candle.SeriesID.String(), "start", candle.Start, "err", err)
-		span.SetStatus(codes.Error, err.Error())
-		_ = msg.NakWithDelay(retryDelay)
-		return
+	bctx, batchSpan := c.tracer.Start(ctx, "vigil-indicators candle batch", trace.WithLinks(links...),
+		trace.WithAttributes(attribute.Int("messaging.batch.message_count", len(candles))))
+	errs := c.engine.HandleCandles(bctx, candles)
+	failed := 0
+	for i, err := range errs {
+		tc, msg, span := candles[i], acks[i], spans[i]
+		if err != nil {
+			failed++
+			c.rt.Log.ErrorContext(tc.Ctx, "candle failed; retrying", "series", tc.Candle.SeriesID.String(), "start", tc.Candle.Start, "err", err)
+			span.SetStatus(codes.Error, err.Error())
+			_ = msg.NakWithDelay(retryDelay)
+		} else if err := msg.Ack(); err != nil {
+			c.rt.Log.WarnContext(tc.Ctx, "candle ack failed", "subject", msg.Subject(), "err", err)
+		}
+		span.End()
 	}
-	if err := msg.Ack(); err != nil {
-		c.rt.Log.WarnContext(ctx, "candle ack failed", "subject", msg.Subject(), "err", err)
+	if failed > 0 {
+		batchSpan.SetStatus(codes.Error, fmt.Sprintf("%d of %d candles failed", failed, len(candles)))
 	}
+	batchSpan.End()
 }
 
 // decodeCandle decodes and validates a candle and checks that it belongs
