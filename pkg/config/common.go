@@ -12,9 +12,13 @@ import (
 type NATS struct {
 	URL   string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222" help:"NATS server URLs, comma separated"`
 	Creds string `env:"NATS_CREDS" help:"path of a NATS credentials file"`
+	// StreamReplicas is how many servers of a JetStream cluster hold each
+	// vigil stream and KV bucket (0 counts as 1).
+	StreamReplicas int `env:"VIGIL_STREAM_REPLICAS" envDefault:"1" help:"replicas of vigil's JetStream streams and KV buckets: 1, or 3 (up to 5) in a cluster of that many servers"`
 }
 
-// Validate checks the URLs and that the credentials file exists.
+// Validate checks the URLs, that the credentials file exists and the
+// number of replicas.
 func (n NATS) Validate() error {
 	for _, u := range splitComma(n.URL) {
 		if err := CheckURL("NATS_URL", u, "nats", "tls", "ws", "wss"); err != nil {
@@ -25,6 +29,9 @@ func (n NATS) Validate() error {
 		if _, err := os.Stat(n.Creds); err != nil {
 			return fmt.Errorf("NATS_CREDS: %v", err)
 		}
+	}
+	if n.StreamReplicas < 0 || n.StreamReplicas > 5 {
+		return fmt.Errorf("VIGIL_STREAM_REPLICAS: %d is not between 1 and 5", n.StreamReplicas)
 	}
 	return nil
 }

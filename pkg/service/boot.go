@@ -53,9 +53,11 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 	if rt.NC, err = natsx.Connect(ctx, nc, name+" "+rt.Instance, rt.Log); err != nil {
 		return nil, errors.Join(err, rt.stopTelemetry(ctx))
 	}
-	if rt.JS, err = jetstream.New(rt.NC); err != nil {
+	js, err := jetstream.New(rt.NC)
+	if err != nil {
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
+	rt.JS = natsx.WithReplicas(js, nc.StreamReplicas)
 	if err = natsx.EnsureStreams(ctx, rt.JS); err != nil {
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
