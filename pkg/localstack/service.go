@@ -30,6 +30,9 @@ type ServiceOptions struct {
 	LogPath string
 	// RegisterTimeout bounds the wait for $SRV.PING (default 90 s).
 	RegisterTimeout time.Duration
+	// NetNS, when set, runs the binary in that network namespace
+	// (ip netns exec), as on another host.
+	NetNS string
 }
 
 // ServiceProcess is a running vigil service instance, as tests and the
@@ -56,6 +59,9 @@ func StartService(ctx context.Context, nc *nats.Conn, opts ServiceOptions) (*Ser
 		return nil, fmt.Errorf("localstack: %w", err)
 	}
 	cmd := exec.Command(opts.Binary)
+	if opts.NetNS != "" {
+		cmd = exec.Command("ip", "netns", "exec", opts.NetNS, opts.Binary)
+	}
 	cmd.Env = append(opts.Env, "VIGIL_INSTANCE="+opts.Instance)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
