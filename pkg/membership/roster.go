@@ -20,6 +20,10 @@ var bucketConfig = jetstream.KeyValueConfig{
 	Storage:     jetstream.MemoryStorage,
 }
 
+// stallFactor bounds, in timeouts, how long a roster that receives no
+// heartbeat at all keeps its members alive.
+const stallFactor = 2
+
 // Roster follows the heartbeats in Bucket without joining: it knows which
 // instances of every service are live. Control uses it to expect an answer
 // from an instance that died moments ago (and no longer answers $SRV.PING)
@@ -101,12 +105,31 @@ func (r *Roster) observe(e jetstream.KeyValueEntry, seen time.Time) {
 	r.lastSeen[e.Key()] = seen
 }
 
+// clock is the roster's "now": the newest heartbeat it has seen, but at
+// most stallFactor timeouts behind the wall clock. Time moves on with the
+// heartbeats, so while the bucket delivers none at all (the leader
+// election of a replicated bucket after a server died, a reconnect)
+// nobody is declared dead for lack of beats; a member whose beats stop
+// while the others' go on still drops out after the timeout, and one that
+// stopped when everybody else had is declared dead after the stall too.
+// The caller holds r.mu.
+func (r *Roster) clock() time.Time {
+	newest := time.Now().Add(-stallFactor * r.timeout)
+	for _, seen := range r.lastSeen {
+		if seen.After(newest) {
+			newest = seen
+		}
+	}
+	return newest
+}
+
 // Live lists the live instances of service (its micro service name),
-// sorted.
+// sorted. An instance is live when its last heartbeat is at most the
+// timeout older than the roster's clock.
 func (r *Roster) Live(service string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := time.Now()
+	now := r.clock()
 	var out []string
 	for key, seen := range r.lastSeen {
 		instance, ok := strings.CutPrefix(key, service+".")
