@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/membership"
@@ -31,6 +33,10 @@ type Config struct {
 	// Retention is how many bars each indicator series keeps in Redis.
 	Retention int `env:"VIGIL_INDICATOR_RETENTION" envDefault:"1000" help:"bars kept per indicator series in Redis"`
 }
+
+// publishAckTimeout is how long a published indicator update waits for the
+// stream's acknowledgement before its candle counts as failed.
+const publishAckTimeout = 5 * time.Second
 
 // ErrRetention reports a retention out of range.
 var ErrRetention = errors.New("VIGIL_INDICATOR_RETENTION: must be between 10 and 100000")
@@ -92,7 +98,13 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 		return err
 	}
 	svc.OnShutdown(members.Leave)
-	e, err := engine.New(engine.Config{Store: redisstore.New(rdb, cfg.Retention), JS: rt.JS, Owner: members, Instance: id, Name: rt.Instance, Log: rt.Log})
+	// The engine publishes on a JetStream context of its own whose
+	// asynchronous publishes give up when unacknowledged for long.
+	updates, err := jetstream.New(rt.NC, jetstream.WithPublishAsyncTimeout(publishAckTimeout))
+	if err != nil {
+		return fmt.Errorf("jetstream for indicator updates: %w", err)
+	}
+	e, err := engine.New(engine.Config{Store: redisstore.New(rdb, cfg.Retention), JS: updates, Owner: members, Instance: id, Name: rt.Instance, Log: rt.Log})
 	if err != nil {
 		return err
 	}
