@@ -509,37 +509,30 @@ type outgoing struct {
 	update contract.IndicatorUpdate
 }
 
-// sendChunk is how many updates one Redis pipeline of send carries: the
-// stream stores a chunk's updates while Redis writes the next chunk.
-const sendChunk = 64
-
-// send writes the updates to Redis, a pipeline per sendChunk of them, and
-// publishes each chunk once Redis has it, without waiting for the stream
-// (updates of one series keep their order on the stream); then it waits
-// for every acknowledgement of the stream. When it returns nil, Redis and
-// the stream hold every update; ctx bounds the whole.
+// send writes the updates to Redis in one pipeline, then publishes them
+// in order without waiting for each (updates of one series keep their
+// order on the stream) and waits for every acknowledgement of the stream.
+// When it returns nil, Redis and the stream hold every update; ctx bounds
+// the whole.
 func (e *Engine) send(ctx context.Context, out []outgoing) error {
-	acks := make([]jetstream.PubAckFuture, 0, len(out))
-	ups := make([]contract.IndicatorUpdate, 0, min(len(out), sendChunk))
-	for from := 0; from < len(out); from += sendChunk {
-		chunk := out[from:min(from+sendChunk, len(out))]
-		ups = ups[:0]
-		for _, o := range chunk {
-			ups = append(ups, o.update)
+	if len(out) == 0 {
+		return nil
+	}
+	ups := make([]contract.IndicatorUpdate, len(out))
+	for i, o := range out {
+		ups[i] = o.update
+	}
+	if err := e.store.WriteIndicatorUpdates(ctx, ups); err != nil {
+		return fmt.Errorf("write %d indicator updates: %w", len(ups), err)
+	}
+	acks := make([]jetstream.PubAckFuture, len(out))
+	for i, o := range out {
+		msg, err := e.updateMsg(o.ctx, o.update)
+		if err != nil {
+			return err
 		}
-		if err := e.store.WriteIndicatorUpdates(ctx, ups); err != nil {
-			return fmt.Errorf("write %d indicator updates: %w", len(ups), err)
-		}
-		for _, o := range chunk {
-			msg, err := e.updateMsg(o.ctx, o.update)
-			if err != nil {
-				return err
-			}
-			ack, err := e.js.PublishMsgAsync(msg)
-			if err != nil {
-				return fmt.Errorf("publish update of %s: %w", o.update.SeriesID, err)
-			}
-			acks = append(acks, ack)
+		if acks[i], err = e.js.PublishMsgAsync(msg); err != nil {
+			return fmt.Errorf("publish update of %s: %w", o.update.SeriesID, err)
 		}
 	}
 	for i, ack := range acks {
