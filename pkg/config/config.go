@@ -141,11 +141,29 @@ func display(v reflect.Value, secret bool) string {
 	return MaskURL(s)
 }
 
-// MaskURL replaces the password of a URL with ***; anything that is not a
-// URL with a password is returned as it is.
+// MaskURL replaces the password of a URL, or of each URL of a
+// comma-separated list (NATS_URL), with ***. A part that does not parse
+// but has user information (an @ after ://) loses all of it; anything
+// else is returned as it is.
 func MaskURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		parts[i] = maskOne(p)
+	}
+	return strings.Join(parts, ",")
+}
+
+// maskOne is MaskURL of one URL.
+func maskOne(s string) string {
 	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
+	if err != nil {
+		scheme, rest, ok := strings.Cut(s, "://")
+		if at := strings.LastIndex(rest, "@"); ok && at >= 0 {
+			return scheme + "://***" + rest[at:]
+		}
+		return s
+	}
+	if u.User == nil {
 		return s
 	}
 	if _, ok := u.User.Password(); !ok {

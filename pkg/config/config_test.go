@@ -134,6 +134,8 @@ func TestMaskURL(t *testing.T) {
 		"nats://user@h:4222":      "nats://user@h:4222",
 		"not a url at all %zz":    "not a url at all %zz",
 		"rediss://:token@h:6380/": "rediss://:***@h:6380/",
+		"nats://a:pw1@h1:4222,nats://a:pw2@h2:4222,nats://h3:4222": "nats://a:***@h1:4222,nats://a:***@h2:4222,nats://h3:4222",
+		"postgres://u:p%zz@h/db":                                   "postgres://***@h/db",
 	}
 	for in, want := range tests {
 		if got := MaskURL(in); got != want {
