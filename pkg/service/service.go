@@ -40,6 +40,25 @@ type Config struct {
 	Name        string
 	Description string
 	Instance    string
+	// Verbs are the control verbs the service answers besides status.
+	// Their endpoints exist from Start on, so an instance that $SRV.PING
+	// finds never lets a verb go unanswered while it is still starting: a
+	// request that arrives before Handle gave the verb its handler waits
+	// for it, at most StartupWait.
+	Verbs []contract.Verb
+	// StartupWait bounds how long a request for a declared verb waits for
+	// its handler before it is answered with code unavailable
+	// (DefaultStartupWait when zero).
+	StartupWait time.Duration
+}
+
+// DefaultStartupWait is Config.StartupWait when zero.
+const DefaultStartupWait = 30 * time.Second
+
+// pendingVerb is a declared verb whose handler is set once, by Handle.
+type pendingVerb struct {
+	ready   chan struct{}
+	handler Handler
 }
 
 // Handler answers one control verb for this instance. The returned value is
@@ -56,8 +75,9 @@ type Service struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 
-	mu     sync.Mutex
-	drains []func(context.Context) error
+	mu       sync.Mutex
+	drains   []func(context.Context) error
+	declared map[contract.Verb]*pendingVerb
 }
 
 // StatusFunc answers vigil.svc.<svc>.status: the instance's state, for one
@@ -93,6 +113,16 @@ func Start(nc *nats.Conn, cfg Config, log *slog.Logger, status StatusFunc) (*Ser
 		}); err != nil {
 			return nil, err
 		}
+		s.declared = map[contract.Verb]*pendingVerb{}
+		for _, verb := range cfg.Verbs {
+			p := &pendingVerb{ready: make(chan struct{})}
+			s.declared[verb] = p
+			if err := s.group.AddEndpoint(string(verb), micro.HandlerFunc(func(r micro.Request) {
+				s.servePending(verb, p, r)
+			}), micro.WithEndpointQueueGroupDisabled()); err != nil {
+				return nil, err
+			}
+		}
 	}
 	// Flush so that a $SRV.PING right after Start finds this instance.
 	if err := nc.Flush(); err != nil {
@@ -107,15 +137,47 @@ func (s *Service) ID() string { return s.micro.Info().ID }
 // Micro is the underlying micro service, for endpoints outside vigil.svc.
 func (s *Service) Micro() micro.Service { return s.micro }
 
-// Handle adds vigil.svc.<svc>.<verb>, answered by every instance. The
-// request body is a contract.SvcRequest; the reply a contract.SvcReply.
+// Handle answers vigil.svc.<svc>.<verb> with h on every instance: a verb
+// of Config.Verbs gets its handler (requests that waited for it are served
+// now), any other verb is added as a new endpoint. The request body is a
+// contract.SvcRequest; the reply a contract.SvcReply.
 func (s *Service) Handle(verb contract.Verb, h Handler) error {
 	if s.group == nil {
 		return fmt.Errorf("service %s has no vigil.svc group", s.cfg.Name)
 	}
+	if p, ok := s.declared[verb]; ok {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if p.handler != nil {
+			return fmt.Errorf("service %s: verb %s has a handler already", s.cfg.Name, verb)
+		}
+		p.handler = h
+		close(p.ready)
+		return nil
+	}
 	return s.group.AddEndpoint(string(verb), micro.HandlerFunc(func(r micro.Request) {
 		s.serve(verb, h, r)
 	}), micro.WithEndpointQueueGroupDisabled())
+}
+
+// servePending serves a declared verb once its handler is set, or answers
+// unavailable when the instance is still starting after the startup wait.
+func (s *Service) servePending(verb contract.Verb, p *pendingVerb, r micro.Request) {
+	wait := s.cfg.StartupWait
+	if wait <= 0 {
+		wait = DefaultStartupWait
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-p.ready:
+		s.serve(verb, p.handler, r)
+	case <-timer.C:
+		s.serve(verb, func(context.Context, contract.SvcRequest) (any, error) {
+			return nil, &contract.Error{Code: contract.CodeUnavailable,
+				Message: fmt.Sprintf("%s is still starting: no %s handler after %s", s.cfg.Instance, verb, wait)}
+		}, r)
+	}
 }
 
 func (s *Service) serve(verb contract.Verb, h Handler, r micro.Request) {

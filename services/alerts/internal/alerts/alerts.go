@@ -156,7 +156,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 		return nil, err
 	}
 	if in.svc, err = service.Start(rt.NC, service.Config{Svc: contract.SvcAlerts, Name: contract.ServiceAlerts,
-		Description: description, Instance: rt.Instance}, rt.Log, func(ctx context.Context, _ string) any { return in.status(ctx) }); err != nil {
+		Description: description, Instance: rt.Instance, Verbs: verbs}, rt.Log, func(ctx context.Context, _ string) any { return in.status(ctx) }); err != nil {
 		return nil, err
 	}
 	// Shutdown runs these in reverse: stop evaluating, leave, send the
@@ -198,10 +198,9 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	go in.watchDesiredStates(watcher)
 	go in.reconcileLoop()
 	in.svc.OnShutdown(in.stopEvaluating)
-	for verb, h := range map[contract.Verb]service.Handler{
-		contract.VerbPause: in.pause, contract.VerbResume: in.resume, contract.VerbApply: in.apply,
-	} {
-		if err = in.svc.Handle(verb, h); err != nil {
+	handlers := map[contract.Verb]service.Handler{contract.VerbPause: in.pause, contract.VerbResume: in.resume, contract.VerbApply: in.apply}
+	for _, verb := range verbs {
+		if err = in.svc.Handle(verb, handlers[verb]); err != nil {
 			return nil, err
 		}
 	}
@@ -209,6 +208,11 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	in.log.Info("running", "members", in.group.Members())
 	return in, nil
 }
+
+// verbs are the control verbs of alerts (besides status): their endpoints
+// exist from the start and wait for the handlers, set once the instance
+// runs.
+var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply}
 
 // shutdown stops the instance gracefully: no more updates, the ones in
 // progress finish, the membership is left so others take over at once,

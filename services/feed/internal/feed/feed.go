@@ -183,7 +183,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	f := newFeed(cfg, rt.Log, rt.JS, writer, eng, metrics)
 	started := time.Now()
 	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcFeed, Name: contract.ServiceFeed,
-		Description: "vigil feed: market data to versioned candles", Instance: rt.Instance}, rt.Log,
+		Description: "vigil feed: market data to versioned candles", Instance: rt.Instance, Verbs: verbs}, rt.Log,
 		func(context.Context, string) any { return f.status(started) })
 	if err != nil {
 		return err

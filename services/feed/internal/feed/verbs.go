@@ -21,7 +21,10 @@ var notOwner = map[string]any{"owner": false}
 // the instance knows none.
 var ErrNoState = errors.New("no desired state for the user")
 
-// register adds the control verbs.
+// verbs are the control verbs of the feed (besides status).
+var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbBackfill}
+
+// register gives the control verbs their handlers.
 func (f *feed) register(svc *service.Service) error {
 	handlers := map[contract.Verb]service.Handler{
 		contract.VerbPause:    f.pause,
@@ -29,7 +32,7 @@ func (f *feed) register(svc *service.Service) error {
 		contract.VerbApply:    f.apply,
 		contract.VerbBackfill: f.backfill,
 	}
-	for _, verb := range []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbBackfill} {
+	for _, verb := range verbs {
 		if err := svc.Handle(verb, handlers[verb]); err != nil {
 			return err
 		}

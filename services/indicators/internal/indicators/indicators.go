@@ -76,7 +76,8 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 
 	var eng atomic.Pointer[engine.Engine]
 	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcIndicators, Name: contract.ServiceIndicators,
-		Description: "vigil indicators: keeps incremental indicator series per candle series", Instance: rt.Instance}, rt.Log,
+		Description: "vigil indicators: keeps incremental indicator series per candle series", Instance: rt.Instance,
+		Verbs: verbs}, rt.Log,
 		func(_ context.Context, user string) any {
 			if e := eng.Load(); e != nil {
 				return e.Status(user)
@@ -176,8 +177,11 @@ func closeMinutes(ctx context.Context, rt *service.Runtime, e *engine.Engine) {
 // errArgs reports missing verb arguments.
 var errArgs = contract.FieldError{Field: "args", Problem: "is required"}
 
-// handleVerbs registers the control verbs (status is registered by
-// service.Start).
+// verbs are the control verbs of indicators (besides status).
+var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbRecompute, contract.VerbForget}
+
+// handleVerbs gives the control verbs their handlers (status is answered
+// by service.Start).
 func handleVerbs(svc *service.Service, e *engine.Engine) error {
 	requireUser := func(req contract.SvcRequest) error {
 		if req.User == "" {
@@ -185,7 +189,7 @@ func handleVerbs(svc *service.Service, e *engine.Engine) error {
 		}
 		return nil
 	}
-	verbs := map[contract.Verb]service.Handler{
+	handlers := map[contract.Verb]service.Handler{
 		contract.VerbPause: func(ctx context.Context, req contract.SvcRequest) (any, error) {
 			if err := requireUser(req); err != nil {
 				return nil, err
@@ -228,8 +232,8 @@ func handleVerbs(svc *service.Service, e *engine.Engine) error {
 			return e.Forget(ctx, args)
 		},
 	}
-	for _, verb := range []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbRecompute, contract.VerbForget} {
-		if err := svc.Handle(verb, verbs[verb]); err != nil {
+	for _, verb := range verbs {
+		if err := svc.Handle(verb, handlers[verb]); err != nil {
 			return fmt.Errorf("verb %s: %w", verb, err)
 		}
 	}

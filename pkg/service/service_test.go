@@ -1,0 +1,72 @@
+package service_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/service"
+	"vigil.dev/pkg/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+
+// TestDeclaredVerbsWaitForTheirHandler: a request for a declared verb that
+// arrives while the instance is still starting is answered once Handle
+// sets the handler; a declared verb that never gets one is answered
+// unavailable after the startup wait; $SRV.PING finds the instance from
+// Start on.
+func TestDeclaredVerbsWaitForTheirHandler(t *testing.T) {
+	nc, _ := testenv.Connect(t, testenv.StartNATS(t).URL())
+	svc, err := service.Start(nc, service.Config{Svc: contract.SvcFeed, Name: contract.ServiceFeed, Description: "test",
+		Instance: "f1", Verbs: []contract.Verb{contract.VerbPause, contract.VerbResume}, StartupWait: 300 * time.Millisecond},
+		slog.New(slog.NewTextHandler(io.Discard, nil)), func(context.Context, string) any { return "up" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Shutdown(5 * time.Second) })
+	if _, err := nc.Request("$SRV.PING."+contract.ServiceFeed, nil, 2*time.Second); err != nil {
+		t.Fatalf("the instance is not found while starting: %v", err)
+	}
+
+	request := func(verb contract.Verb) chan contract.SvcReply {
+		out := make(chan contract.SvcReply, 1)
+		go func() {
+			var reply contract.SvcReply
+			m, err := nc.Request("vigil.svc.feed."+string(verb), []byte(`{"user":"alice"}`), 5*time.Second)
+			if err == nil {
+				err = json.Unmarshal(m.Data, &reply)
+			}
+			if err != nil {
+				reply.Error = &contract.Error{Code: contract.CodeInternal, Message: err.Error()}
+			}
+			out <- reply
+		}()
+		return out
+	}
+	early := request(contract.VerbPause)
+	select {
+	case r := <-early:
+		t.Fatalf("a verb without its handler was answered: %+v", r)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := svc.Handle(contract.VerbPause, func(_ context.Context, req contract.SvcRequest) (any, error) {
+		return map[string]string{"paused": req.User}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-early; !r.OK || string(r.Result) != `{"paused":"alice"}` {
+		t.Fatalf("the early pause got %+v, want ok with the handler's result", r)
+	}
+	if err := svc.Handle(contract.VerbPause, nil); err == nil {
+		t.Fatal("a second handler for pause was accepted")
+	}
+	if r := <-request(contract.VerbResume); r.OK || r.Error == nil || r.Error.Code != contract.CodeUnavailable {
+		t.Fatalf("a verb that never got a handler: %+v, want code unavailable", r)
+	}
+}
