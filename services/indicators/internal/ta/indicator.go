@@ -54,32 +54,32 @@ func newIndicator(s Spec, off int) indicator {
 
 func emaK(period int) float64 { return 2.0 / float64(period+1) }
 
-// step folds bar i (0-based since the series start), whose candle is c, into
-// the state vector st and returns the bar's output; ok is false while the
-// indicator warms up. Earlier bars are read from past, which must hold at
-// least spec.window() bars before i.
-func (ind *indicator) step(st []float64, past *history, i int, c Candle) (f Fields, ok bool) {
+// step folds bar i (0-based since the series start), whose prices are c,
+// into the state vector st and returns the bar's output; ok is false while
+// the indicator warms up. Earlier bars are read from past, which must hold
+// at least spec.window() bars before i.
+func (ind *indicator) step(st []float64, past *history, i int, c pastBar) (f Fields, ok bool) {
 	s := &ind.spec
 	st = st[ind.off : ind.off+s.stateLen()]
 	switch s.Kind {
 	case KindSMA:
-		return smaStep(st, past, i, c.Close, s.Period)
+		return smaStep(st, past, i, c.close, s.Period)
 	case KindEMA:
-		f.Value, ok = emaStep(&st[0], c.Close, i, s.Period, ind.k)
+		f.Value, ok = emaStep(&st[0], c.close, i, s.Period, ind.k)
 		return f, ok
 	case KindRSI:
-		return rsiStep(st, past, i, c.Close, s.Period)
+		return rsiStep(st, past, i, c.close, s.Period)
 	case KindATR:
 		var tr float64
 		if i > 0 {
-			tr = trueRange(c, past.at(i-1).Close)
+			tr = trueRange(c, past.at(i-1).close)
 		}
 		f.Value, ok = atrStep(&st[0], tr, i, s.Period)
 		return f, ok
 	case KindBBands:
-		return bbandsStep(st, past, i, c.Close, s.Period, s.StdDev)
+		return bbandsStep(st, past, i, c.close, s.Period, s.StdDev)
 	case KindMACD:
-		return ind.macdStep(st, i, c.Close)
+		return ind.macdStep(st, i, c.close)
 	case KindMACDV:
 		return ind.macdvStep(st, past, i, c)
 	}
@@ -92,7 +92,7 @@ func trailing(past *history, j, i int, x float64) float64 {
 	if j == i {
 		return x
 	}
-	return past.at(j).Close
+	return past.at(j).close
 }
 
 // smaStep is go-talib's Sma: a running total that gains the new close and,
@@ -129,7 +129,7 @@ func rsiStep(st []float64, past *history, i int, x float64, n int) (f Fields, ok
 		return f, false
 	}
 	gain, loss := &st[0], &st[1]
-	diff := x - past.at(i-1).Close
+	diff := x - past.at(i-1).close
 	periods := float64(n)
 	if i > n {
 		*loss *= float64(n - 1)
@@ -151,14 +151,14 @@ func rsiStep(st []float64, past *history, i int, x float64, n int) (f Fields, ok
 	return f, true
 }
 
-// trueRange is TA-Lib's TRANGE of candle c after a bar that closed at
+// trueRange is TA-Lib's TRANGE of bar c after a bar that closed at
 // prevClose.
-func trueRange(c Candle, prevClose float64) float64 {
-	greatest := c.High - c.Low
-	if v := math.Abs(prevClose - c.High); v > greatest {
+func trueRange(c pastBar, prevClose float64) float64 {
+	greatest := c.high - c.low
+	if v := math.Abs(prevClose - c.high); v > greatest {
 		greatest = v
 	}
-	if v := math.Abs(prevClose - c.Low); v > greatest {
+	if v := math.Abs(prevClose - c.low); v > greatest {
 		greatest = v
 	}
 	return greatest
@@ -232,13 +232,13 @@ func (ind *indicator) macdStep(st []float64, i int, x float64) (f Fields, ok boo
 
 // macdvStep is MACD-V: st holds the fast EMA, slow EMA, ATR(Slow) and the
 // signal EMA, which starts at the first MACD-V value (bar Slow).
-func (ind *indicator) macdvStep(st []float64, past *history, i int, c Candle) (f Fields, ok bool) {
+func (ind *indicator) macdvStep(st []float64, past *history, i int, c pastBar) (f Fields, ok bool) {
 	s := &ind.spec
-	fast, _ := emaStep(&st[0], c.Close, i, s.Fast, ind.k)
-	slow, _ := emaStep(&st[1], c.Close, i, s.Slow, ind.kSlow)
+	fast, _ := emaStep(&st[0], c.close, i, s.Fast, ind.k)
+	slow, _ := emaStep(&st[1], c.close, i, s.Slow, ind.kSlow)
 	var tr float64
 	if i > 0 {
-		tr = trueRange(c, past.at(i-1).Close)
+		tr = trueRange(c, past.at(i-1).close)
 	}
 	atr, warm := atrStep(&st[2], tr, i, s.Slow)
 	if !warm {

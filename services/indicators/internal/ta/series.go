@@ -91,28 +91,67 @@ func WithReplayDepth(bars int) Option {
 	}
 }
 
-// history is a ring of the latest closed candles, addressed by bar index.
-type history struct {
-	candles []Candle
+// pastBar is what a Series keeps of a closed candle: the numbers the
+// indicators read (open and volume are read by none).
+type pastBar struct {
+	start            int64
+	high, low, close float64
 }
 
-func (h *history) at(i int) Candle { return h.candles[i%len(h.candles)] }
+func toPastBar(c Candle) pastBar {
+	return pastBar{start: c.Start, high: c.High, low: c.Low, close: c.Close}
+}
 
-func (h *history) set(i int, c Candle) { h.candles[i%len(h.candles)] = c }
+// history is a ring of the latest size closed bars, addressed by bar
+// index. Its storage grows with the bars seen, up to size.
+type history struct {
+	bars []pastBar
+	size int
+}
+
+func (h *history) at(i int) pastBar { return h.bars[i%h.size] }
+
+// set stores bar i, which is at most one past the newest stored bar.
+func (h *history) set(i int, b pastBar) {
+	if i >= len(h.bars) && i < h.size {
+		h.bars = extend(h.bars, 1, h.size)
+	}
+	h.bars[i%h.size] = b
+}
+
+// extend returns s lengthened by n elements. When the capacity does not
+// suffice it at least doubles, but never beyond limit elements, so a ring
+// that is still filling allocates O(log limit) times and never more than
+// it will hold.
+func extend[T any](s []T, n, limit int) []T {
+	if len(s)+n > cap(s) {
+		grown := make([]T, len(s), min(limit, max(2*cap(s), len(s)+n, 16)))
+		copy(grown, s)
+		s = grown
+	}
+	return s[:len(s)+n]
+}
+
+// checkpointEvery is how many bars apart the Series stores checkpoints: a
+// correction rolls back to the checkpoint at or before the corrected bar
+// and replays up to checkpointEvery-1 unchanged bars before it. Sparse
+// checkpoints keep the memory of a Series mostly its bar history.
+const checkpointEvery = 16
 
 // Series computes the indicators of one candle series (one user, exchange,
 // symbol and timeframe) incrementally.
 //
 // Its state advances only on closed candles. An in-progress candle is
 // evaluated against the state of the last closed bar without changing it.
-// Before each closed bar the Series stores a checkpoint of its state, so a
-// corrected candle for one of the last replay-depth bars rolls back to the
-// checkpoint before that bar and replays the bars after it.
+// Every checkpointEvery bars the Series stores a checkpoint of its state,
+// so a corrected candle for one of the last replay-depth bars rolls back
+// to the checkpoint at or before that bar and replays the bars after it.
 //
-// Memory: (replay depth + longest window) candles of 48 bytes plus as many
-// checkpoints of 8 bytes per state slot (1 to 4 per indicator); about
-// 170 KB for sma_50, ema_20, rsi_14, atr_14, bb_20_2, macd_12_26_9 and
-// macdv_12_26_9 with a depth of 1000.
+// Memory grows with the bars seen, up to (replay depth + longest window +
+// 16) bars of 32 bytes (start, high, low, close) and a checkpoint of 8
+// bytes per state slot (1 to 4 per indicator) every 16 bars: about 38 KB
+// for ema_20, ema_50, rsi_14, macd_12_26_9, atr_14 and bb_20_2 with a
+// depth of 1000.
 //
 // A Series is not safe for concurrent use.
 type Series struct {
@@ -120,8 +159,10 @@ type Series struct {
 	depth       int       // how many latest bars may be corrected
 	state       []float64 // indicator states after the last closed bar
 	scratch     []float64 // state copy for in-progress bars
-	past        history   // latest closed candles, ring
-	checkpoints []float64 // ring parallel to past: state before each bar
+	past        history   // latest closed bars, ring
+	last        Candle    // the last closed candle as given
+	checkpoints []float64 // ring: state before every checkpointEvery-th bar
+	slots       int       // checkpoints the ring holds
 	bars        int       // closed bars since the start
 	values      []Value   // result buffer of one bar
 	replayed    []Value   // result buffer of a correction
@@ -154,11 +195,12 @@ func NewSeries(specs []Spec, opts ...Option) (*Series, error) {
 		stateLen += spec.stateLen()
 		window = max(window, spec.window())
 	}
-	size := s.depth + window
+	// A correction of the oldest correctable bar replays from up to
+	// checkpointEvery-1 bars before it, reading window bars before those.
+	s.past.size = s.depth + window + checkpointEvery
+	s.slots = (s.past.size+checkpointEvery-1)/checkpointEvery + 1
 	s.state = make([]float64, stateLen)
 	s.scratch = make([]float64, stateLen)
-	s.past.candles = make([]Candle, size)
-	s.checkpoints = make([]float64, size*stateLen)
 	s.values = make([]Value, len(specs))
 	return s, nil
 }
@@ -177,7 +219,7 @@ func (s *Series) LastClosed() (Candle, bool) {
 	if s.bars == 0 {
 		return Candle{}, false
 	}
-	return s.past.at(s.bars - 1), true
+	return s.last, true
 }
 
 // Reset forgets every candle and all indicator state.
@@ -208,17 +250,16 @@ func (s *Series) Apply(c Candle, closed bool) ([]Value, error) {
 		return nil, err
 	}
 	if s.bars > 0 {
-		last := s.past.at(s.bars - 1)
-		if c.Start <= last.Start {
+		if c.Start <= s.last.Start {
 			if !closed {
-				return nil, fmt.Errorf("%w: in-progress candle %d is not newer than the last closed candle %d", ErrOutOfOrder, c.Start, last.Start)
+				return nil, fmt.Errorf("%w: in-progress candle %d is not newer than the last closed candle %d", ErrOutOfOrder, c.Start, s.last.Start)
 			}
 			return s.correct(c)
 		}
 	}
 	if !closed {
 		copy(s.scratch, s.state)
-		s.compute(s.values, s.scratch, s.bars, c, false)
+		s.compute(s.values, s.scratch, s.bars, toPastBar(c), false)
 		return s.values, nil
 	}
 	s.advance(c, s.values)
@@ -238,6 +279,9 @@ func (s *Series) Rebuild(candles []Candle) ([]Value, error) {
 		}
 	}
 	s.Reset()
+	if want := min(len(candles), s.past.size); want > len(s.past.bars) {
+		s.past.bars = extend(s.past.bars, want-len(s.past.bars), s.past.size)
+	}
 	n := len(s.indicators)
 	out := make([]Value, len(candles)*n)
 	for i, c := range candles {
@@ -250,55 +294,75 @@ func (s *Series) Rebuild(candles []Candle) ([]Value, error) {
 // out.
 func (s *Series) advance(c Candle, out []Value) {
 	i := s.bars
-	copy(s.checkpoint(i), s.state)
-	s.past.set(i, c)
-	s.compute(out, s.state, i, c, true)
+	if i%checkpointEvery == 0 {
+		copy(s.checkpoint(i), s.state)
+	}
+	b := toPastBar(c)
+	s.past.set(i, b)
+	s.last = c
+	s.compute(out, s.state, i, b, true)
 	s.bars++
 }
 
-// correct replaces the stored closed candle with the start of c and replays
-// from there.
+// correct replaces the stored closed bar with the start of c and replays
+// from the checkpoint at or before it.
 func (s *Series) correct(c Candle) ([]Value, error) {
 	oldest := max(0, s.bars-s.depth)
-	if first := s.past.at(oldest); c.Start < first.Start {
+	if first := s.past.at(oldest); c.Start < first.start {
 		if oldest == 0 {
-			return nil, fmt.Errorf("%w: closed candle %d is older than the first bar %d", ErrOutOfOrder, c.Start, first.Start)
+			return nil, fmt.Errorf("%w: closed candle %d is older than the first bar %d", ErrOutOfOrder, c.Start, first.start)
 		}
-		return nil, fmt.Errorf("%w: candle %d is before %d, the oldest of the last %d bars", ErrTooOld, c.Start, first.Start, s.depth)
+		return nil, fmt.Errorf("%w: candle %d is before %d, the oldest of the last %d bars", ErrTooOld, c.Start, first.start, s.depth)
 	}
 	n := s.bars - oldest
-	k := oldest + sort.Search(n, func(k int) bool { return s.past.at(oldest+k).Start >= c.Start })
-	if k == s.bars || s.past.at(k).Start != c.Start {
-		return nil, fmt.Errorf("%w: closed candle %d is older than the last closed candle %d and matches no earlier bar", ErrOutOfOrder, c.Start, s.past.at(s.bars-1).Start)
+	k := oldest + sort.Search(n, func(k int) bool { return s.past.at(oldest+k).start >= c.Start })
+	if k == s.bars || s.past.at(k).start != c.Start {
+		return nil, fmt.Errorf("%w: closed candle %d is older than the last closed candle %d and matches no earlier bar", ErrOutOfOrder, c.Start, s.past.at(s.bars-1).start)
 	}
-	if s.past.at(k) == c {
+	if k == s.bars-1 {
+		s.last = c
+	}
+	b := toPastBar(c)
+	if s.past.at(k) == b {
 		return nil, nil
 	}
-	copy(s.state, s.checkpoint(k))
-	s.past.set(k, c)
+	from := k - k%checkpointEvery
+	copy(s.state, s.checkpoint(from))
+	s.past.set(k, b)
 	width := len(s.indicators)
 	s.replayed = slices.Grow(s.replayed[:0], (s.bars-k)*width)[:(s.bars-k)*width]
-	for i := k; i < s.bars; i++ {
-		copy(s.checkpoint(i), s.state)
-		out := s.replayed[(i-k)*width : (i-k+1)*width]
+	for i := from; i < s.bars; i++ {
+		if i%checkpointEvery == 0 {
+			copy(s.checkpoint(i), s.state)
+		}
+		// The bars before k only bring the state up to k; their values
+		// are unchanged and dropped.
+		out := s.values
+		if i >= k {
+			out = s.replayed[(i-k)*width : (i-k+1)*width]
+		}
 		s.compute(out, s.state, i, s.past.at(i), true)
 	}
 	return s.replayed, nil
 }
 
-// checkpoint is the slot holding the state before bar i.
+// checkpoint is the slot holding the state before bar i, a multiple of
+// checkpointEvery; the ring grows to hold it while it fills.
 func (s *Series) checkpoint(i int) []float64 {
 	n := len(s.state)
-	slot := i % len(s.past.candles)
+	slot := i / checkpointEvery % s.slots
+	if end := (slot + 1) * n; end > len(s.checkpoints) {
+		s.checkpoints = extend(s.checkpoints, end-len(s.checkpoints), s.slots*n)
+	}
 	return s.checkpoints[slot*n : (slot+1)*n]
 }
 
 // compute steps every indicator over bar i with state st and writes the
 // values to out.
-func (s *Series) compute(out []Value, st []float64, i int, c Candle, closed bool) {
+func (s *Series) compute(out []Value, st []float64, i int, b pastBar, closed bool) {
 	for j := range s.indicators {
 		ind := &s.indicators[j]
-		f, ok := ind.step(st, &s.past, i, c)
-		out[j] = Value{Name: ind.spec.Name, Kind: ind.spec.Kind, Start: c.Start, Closed: closed, Warming: !ok, Fields: f}
+		f, ok := ind.step(st, &s.past, i, b)
+		out[j] = Value{Name: ind.spec.Name, Kind: ind.spec.Kind, Start: b.start, Closed: closed, Warming: !ok, Fields: f}
 	}
 }

@@ -397,3 +397,99 @@ func TestSeriesApplyDoesNotAllocate(t *testing.T) {
 		t.Fatalf("allocations per Apply: closed %v, in progress %v; want 0", closedAllocs, inProgressAllocs)
 	}
 }
+
+// TestSeriesCorrectionMatchesRebuild corrects every correctable bar of a
+// Series whose rings have wrapped, one at a time, and checks the replayed
+// values and the values of the next bar against a Rebuild over the
+// corrected candles: a correction replays from the checkpoint at or before
+// its bar, whatever its distance to that checkpoint.
+func TestSeriesCorrectionMatchesRebuild(t *testing.T) {
+	candles := btcCandles(t)[:300]
+	specs := []Spec{SMA(7), EMA(5), RSI(3), ATR(4), BBands(9, 2), MACD(3, 6, 2), MACDV(3, 6, 2)}
+	const depth = 40
+	tests := []struct {
+		name string
+		fed  int // closed bars fed before the correction
+	}{
+		{"rings filling", 30},
+		{"rings wrapped", 250},
+		{"rings wrapped off a checkpoint", 250 + checkpointEvery/2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for back := 0; back < min(depth, tt.fed); back++ {
+				s, err := NewSeries(specs, WithReplayDepth(depth))
+				if err != nil {
+					t.Fatalf("NewSeries: %v", err)
+				}
+				if _, err := s.Rebuild(candles[:tt.fed]); err != nil {
+					t.Fatalf("Rebuild: %v", err)
+				}
+				k := tt.fed - 1 - back
+				corrected := slices.Clone(candles[:tt.fed+1])
+				corrected[k].Close *= 0.98
+				corrected[k].Low = min(corrected[k].Low, corrected[k].Close)
+				reference, err := NewSeries(specs, WithReplayDepth(depth))
+				if err != nil {
+					t.Fatalf("NewSeries: %v", err)
+				}
+				want, err := reference.Rebuild(corrected)
+				if err != nil {
+					t.Fatalf("Rebuild: %v", err)
+				}
+				width := len(specs)
+				got, err := s.Apply(corrected[k], true)
+				if err != nil {
+					t.Fatalf("correcting bar %d: %v", k, err)
+				}
+				if !slices.Equal(got, want[k*width:tt.fed*width]) {
+					t.Fatalf("correcting bar %d (%d back): replayed values differ from a rebuild", k, back)
+				}
+				next, err := s.Apply(corrected[tt.fed], true)
+				if err != nil {
+					t.Fatalf("bar %d after correcting bar %d: %v", tt.fed, k, err)
+				}
+				if !slices.Equal(next, want[tt.fed*width:]) {
+					t.Fatalf("bar %d after correcting bar %d: values differ from a rebuild", tt.fed, k)
+				}
+			}
+		})
+	}
+}
+
+// TestSeriesMemoryGrowsWithBars checks that a Series holds memory for the
+// bars it has seen, up to its replay depth plus window, not for the whole
+// depth from the start.
+func TestSeriesMemoryGrowsWithBars(t *testing.T) {
+	candles := btcCandles(t)[:1300]
+	specs := []Spec{EMA(20), RSI(14), MACD(12, 26, 9), ATR(14), BBands(20, 2)}
+	tests := []struct {
+		bars     int
+		maxBars  int // capacity of the bar ring
+		maxSlots int // checkpoints held
+	}{
+		{0, 0, 0},
+		{10, 16, 1},
+		{100, 200, 7},
+		{1300, DefaultReplayDepth + 19 + checkpointEvery, (DefaultReplayDepth+19+checkpointEvery)/checkpointEvery + 2},
+	}
+	for _, tt := range tests {
+		t.Run(strconv.Itoa(tt.bars), func(t *testing.T) {
+			s, err := NewSeries(specs)
+			if err != nil {
+				t.Fatalf("NewSeries: %v", err)
+			}
+			for i, c := range candles[:tt.bars] {
+				if _, err := s.Apply(c, true); err != nil {
+					t.Fatalf("Apply bar %d: %v", i, err)
+				}
+			}
+			if got := cap(s.past.bars); got > tt.maxBars {
+				t.Errorf("bar ring holds %d bars after %d, want at most %d", got, tt.bars, tt.maxBars)
+			}
+			if got := cap(s.checkpoints) / len(s.state); got > tt.maxSlots {
+				t.Errorf("%d checkpoints after %d bars, want at most %d", got, tt.bars, tt.maxSlots)
+			}
+		})
+	}
+}
