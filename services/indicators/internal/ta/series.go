@@ -79,8 +79,9 @@ type seriesOptions struct {
 }
 
 // WithReplayDepth sets how many of the latest closed bars can be corrected
-// (default DefaultReplayDepth). The Series keeps that many candles and
-// per-bar checkpoints, plus the candles its longest window reads.
+// (default DefaultReplayDepth). The Series keeps that many bars, plus the
+// bars its longest window reads and up to 16 more to replay from a
+// checkpoint.
 func WithReplayDepth(bars int) Option {
 	return func(o *seriesOptions) error {
 		if bars < 1 || bars > MaxReplayDepth {
@@ -239,8 +240,8 @@ func (s *Series) Reset() {
 //   - A closed candle with the start of one of the last replay-depth closed
 //     bars is a correction: the Series rolls back to before that bar,
 //     replays it and every later bar, and returns their values, oldest bar
-//     first. A candle equal to the stored one changes nothing and returns no
-//     values.
+//     first. A candle with the stored high, low and close changes no value
+//     (no indicator reads the open or the volume) and returns no values.
 //
 // Apply returns ErrInvalidCandle for bad numbers, ErrTooOld for a
 // correction beyond the replay depth and ErrOutOfOrder for any other older

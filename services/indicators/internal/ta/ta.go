@@ -6,7 +6,7 @@
 // A Series holds the indicators of one candle series (one user, exchange,
 // symbol and timeframe). It advances on closed candles only, computes
 // in-progress values without changing its state, and replays corrected past
-// candles from per-bar checkpoints. Every update is O(1) in the indicator
+// candles from checkpoints taken every few bars. Every update is O(1) in the indicator
 // periods and allocates nothing in steady state.
 //
 // Nothing in this package does I/O; it is not safe for concurrent use.
