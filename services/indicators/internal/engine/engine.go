@@ -283,6 +283,8 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed int, re
 		}
 		u, runs := e.runsSeries(id)
 		switch {
+		case !runs && e.keepsPaused(id, s):
+			s.kept = true
 		case !runs:
 			delete(e.series, id)
 			removed++
@@ -307,13 +309,16 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed int, re
 }
 
 // Converge makes this instance run exactly the user's series it should:
-// it drops the others and rebuilds the missing ones from Redis (except
-// those within a forget's grace, which rebuild on their next candle).
+// it drops the others, catches up the series it kept over a pause with
+// the newer candles in Redis, and rebuilds the missing ones from Redis
+// (except those within a forget's grace, which rebuild on their next
+// candle).
 func (e *Engine) Converge(ctx context.Context, token string) Change {
 	var c Change
 	e.mu.Lock()
 	removed, replanned := e.dropUnowned(ctx, token)
 	c.Removed = removed
+	e.catchUp(ctx, token)
 	var missing []contract.SeriesID
 	if u := e.users[token]; u != nil {
 		for _, id := range u.seriesIDs() {
@@ -343,11 +348,11 @@ func (e *Engine) Converge(ctx context.Context, token string) Change {
 	return c
 }
 
-// countUser counts the user's running series and the warming ones. The
-// caller holds e.mu.
+// countUser counts the user's running series and the warming ones (a
+// paused user's kept series do not run). The caller holds e.mu.
 func (e *Engine) countUser(token string) (running, warming int) {
 	for id, s := range e.series {
-		if id.User == token {
+		if id.User == token && !s.kept {
 			running++
 			if s.warming > 0 {
 				warming++
@@ -404,10 +409,8 @@ func (e *Engine) rebuild(ctx context.Context, u *user, id contract.SeriesID, wri
 			return 0, err
 		}
 	}
-	for _, up := range ups {
-		if err := e.store.WriteIndicators(ctx, up); err != nil {
-			return 0, fmt.Errorf("write %s: %w", id, err)
-		}
+	if err := e.store.WriteIndicatorUpdates(ctx, ups); err != nil {
+		return 0, fmt.Errorf("write %s: %w", id, err)
 	}
 	if err := e.publish(ctx, latest); err != nil {
 		return 0, err
@@ -418,7 +421,9 @@ func (e *Engine) rebuild(ctx context.Context, u *user, id contract.SeriesID, wri
 }
 
 // unwritten keeps, of each update, the indicators whose newest stored
-// point is not after the update's bar.
+// point is not after the update's bar, or has an older version than the
+// update: a candle corrected since that point was written (versions only
+// grow from bar to bar) changed the values of the bars from it on.
 func (e *Engine) unwritten(ctx context.Context, id contract.SeriesID, ups []contract.IndicatorUpdate) ([]contract.IndicatorUpdate, error) {
 	names := make([]string, 0, len(ups[len(ups)-1].Values)+len(ups[len(ups)-1].Warming))
 	for name := range ups[len(ups)-1].Values {
@@ -433,18 +438,25 @@ func (e *Engine) unwritten(ctx context.Context, id contract.SeriesID, ups []cont
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read newest indicator points of %s: %w", id, err)
 	}
-	newest := make(map[string]int64, len(names))
+	newest := make(map[string]redisstore.IndicatorPoint, len(names))
 	for i, name := range names {
-		if z := cmds[i].Val(); len(z) > 0 {
-			newest[name] = int64(z[0].Score)
+		z := cmds[i].Val()
+		if len(z) == 0 {
+			continue
 		}
+		member, _ := z[0].Member.(string)
+		var p redisstore.IndicatorPoint
+		if err := json.Unmarshal([]byte(member), &p); err != nil {
+			return nil, fmt.Errorf("read newest %s point of %s: %w", name, id, err)
+		}
+		newest[name] = p
 	}
 	out := ups[:0]
 	for _, up := range ups {
 		kept := up
 		kept.Values = make(map[string]contract.Fields, len(up.Values))
 		for name, f := range up.Values {
-			if up.Start >= newest[name] {
+			if p := newest[name]; up.Start >= p.Start || up.Version > p.Version {
 				kept.Values[name] = f
 			}
 		}

@@ -42,6 +42,9 @@ type series struct {
 	open bar
 	// warming is how many indicators warmed up at the latest bar computed.
 	warming int
+	// kept is true while the series is kept over its user's pause
+	// (Engine.keepsPaused); resume catches it up.
+	kept bool
 }
 
 func newSeries(id contract.SeriesID, specs []ta.Spec) (*series, error) {
@@ -238,4 +241,26 @@ func (s *series) rebuild(candles []contract.Candle) (ups []contract.IndicatorUpd
 		}
 	}
 	return ups, skipped
+}
+
+// catchUp applies the stored candles of a kept series from its last closed
+// bar on, oldest first, every one but the newest as closed (as rebuild
+// counts them), and returns the updates of the bars they changed; a
+// candle equal to what the series holds changes nothing. Candles ta
+// rejects are skipped, as rebuild skips them. ok is false when a candle
+// does not fit the state: the series must be rebuilt.
+func (s *series) catchUp(candles []contract.Candle) (ups []contract.IndicatorUpdate, ok bool) {
+	for i, c := range candles {
+		if i < len(candles)-1 {
+			c.Closed = true
+		}
+		applied, rebuild, err := s.apply(c)
+		switch {
+		case rebuild:
+			return nil, false
+		case err == nil:
+			ups = append(ups, applied...)
+		}
+	}
+	return ups, true
 }

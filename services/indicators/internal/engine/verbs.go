@@ -2,9 +2,14 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"vigil.dev/pkg/contract"
 )
@@ -36,8 +41,9 @@ type RecomputeResult struct {
 
 // Pause stops the user's series on this instance, after the candle update
 // in flight: the user's state becomes st (or the known state marked
-// paused), their series are dropped and their candles ignored until
-// resume.
+// paused) and their candles are ignored until resume. The indicator state
+// of their candle series is kept (see keepsPaused) unless a candle of the
+// series arrives while paused, which drops it; order books are dropped.
 func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredState) (SeriesResult, error) {
 	e.mu.Lock() // waits for the candle update in flight
 	before, _ := e.countUser(token)
@@ -53,9 +59,10 @@ func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredSt
 	return SeriesResult{Owner: before > 0, Series: before}, err
 }
 
-// Resume starts the user's series this instance owns, rebuilding each from
-// Redis: the user's state becomes st (or the known state marked running).
-// Series already running are kept.
+// Resume starts the user's series this instance owns: the user's state
+// becomes st (or the known state marked running). A series kept over the
+// pause catches up with the candles Redis holds from its last closed bar
+// on; the others are rebuilt from Redis. Series already running are kept.
 func (e *Engine) Resume(ctx context.Context, token string, st *contract.DesiredState) (SeriesResult, error) {
 	var c Change
 	var err error
@@ -67,6 +74,100 @@ func (e *Engine) Resume(ctx context.Context, token string, st *contract.DesiredS
 		c, _ = e.updateState(ctx, token, func(s *contract.DesiredState) { s.Paused = false })
 	}
 	return SeriesResult{Owner: c.Series > 0, Series: c.Series, Warming: c.Warming}, err
+}
+
+// keepsPaused reports whether series s, which does not run, is kept in
+// memory because its user is paused: the user is known and paused, the
+// series is in their plan with the same indicators, and this instance owns
+// it. A kept series stays exact: every candle of it stored in Redis
+// meanwhile is either delivered while the user is paused, which drops the
+// series (HandleCandles), or after the resume, in stream order like for
+// any running series. Resume also reads the bars from the last closed one
+// on (catchUp), as fillGap does for a running series. The caller holds
+// e.mu.
+func (e *Engine) keepsPaused(id contract.SeriesID, s *series) bool {
+	u := e.users[id.User]
+	return u != nil && u.state.Paused && len(u.plan.Candle) > 0 && u.inPlan(id) && e.owner.Owns(id.String()) &&
+		slices.Equal(s.specs, u.plan.Candle)
+}
+
+// catchUp resumes the user's kept series that run again: it reads, in one
+// Redis pipeline, every series' stored candles from its last closed bar
+// on, applies them (every one but the newest as closed, like a rebuild)
+// and writes and publishes the updates. A series whose stored candles do
+// not fit its state, or whose updates could not be sent, is dropped, for
+// Converge or its next candle to rebuild it. The caller holds e.mu.
+func (e *Engine) catchUp(ctx context.Context, token string) {
+	var kept []*series
+	for id, s := range e.series {
+		if id.User != token || !s.kept {
+			continue
+		}
+		if _, runs := e.runsSeries(id); runs {
+			s.kept = false
+			kept = append(kept, s)
+		}
+	}
+	if len(kept) == 0 {
+		return
+	}
+	stored, err := e.storedSince(ctx, kept)
+	if err != nil {
+		e.log.ErrorContext(ctx, "catching up resumed series failed; rebuilding them", "user", token, "err", err)
+		for _, s := range kept {
+			delete(e.series, s.id)
+		}
+		return
+	}
+	var ups []contract.IndicatorUpdate
+	var sent []*series
+	for i, s := range kept {
+		caught, ok := s.catchUp(stored[i])
+		if !ok {
+			e.log.InfoContext(ctx, "stored candles do not fit the resumed series; rebuilding it", "series", s.id.String())
+			delete(e.series, s.id)
+			continue
+		}
+		if len(caught) > 0 {
+			ups = append(ups, caught...)
+			sent = append(sent, s)
+		}
+	}
+	if err := e.emit(ctx, ups); err != nil {
+		e.log.ErrorContext(ctx, "sending the updates of resumed series failed; their next candle rebuilds them", "user", token, "err", err)
+		for _, s := range sent {
+			delete(e.series, s.id)
+		}
+	}
+}
+
+// storedSince reads, in one Redis pipeline, the stored candles of each
+// series from the start of its last closed bar on (all of them when it
+// has none), oldest first.
+func (e *Engine) storedSince(ctx context.Context, list []*series) ([][]contract.Candle, error) {
+	pipe := e.store.Client().Pipeline()
+	cmds := make([]*redis.StringSliceCmd, len(list))
+	for i, s := range list {
+		var from int64
+		if last, ok := s.lastClosed(); ok {
+			from = last.start
+		}
+		cmds[i] = pipe.ZRangeByScore(ctx, contract.CandleKey(s.id), &redis.ZRangeBy{Min: strconv.FormatInt(from, 10), Max: "+inf"})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read newest candles: %w", err)
+	}
+	out := make([][]contract.Candle, len(list))
+	for i, cmd := range cmds {
+		members := cmd.Val()
+		out[i] = make([]contract.Candle, len(members))
+		for j, m := range members {
+			if err := json.Unmarshal([]byte(m), &out[i][j]); err != nil {
+				return nil, fmt.Errorf("read %s: candle %d: %w", contract.CandleKey(list[i].id), j, err)
+			}
+		}
+	}
+	return out, nil
 }
 
 // Apply makes st the user's state: series whose indicator set changed are
@@ -104,8 +205,14 @@ func (e *Engine) Recompute(ctx context.Context, id contract.SeriesID) (Recompute
 	if err != nil {
 		return RecomputeResult{Owner: true}, fmt.Errorf("recompute %s: %w", id, err)
 	}
-	if _, runs := e.runsSeries(id); !runs || e.isForgotten(id) {
-		delete(e.series, id)
+	if s := e.series[id]; s != nil {
+		_, runs := e.runsSeries(id)
+		switch {
+		case e.isForgotten(id) || (!runs && !e.keepsPaused(id, s)):
+			delete(e.series, id)
+		case !runs:
+			s.kept = true
+		}
 	}
 	return RecomputeResult{Owner: true, Bars: bars}, nil
 }
