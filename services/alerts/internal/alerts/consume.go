@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/telemetry"
+	"vigil.dev/services/alerts/internal/monitor"
 )
 
 // ErrBadUpdate reports an indicator update that cannot be evaluated; it is
@@ -68,38 +69,59 @@ func (in *instance) route(msg jetstream.Msg) {
 	in.dispatch.send(series.User, msg)
 }
 
-// process evaluates one update on a worker, continuing the trace of the
-// message, and acknowledges it once its alerts are recorded; on failure
-// it is delivered again after retryDelay.
-func (in *instance) process(msg jetstream.Msg) {
+// process evaluates a batch of updates on a worker in one span that links
+// the updates' trace contexts, and acknowledges each update once its
+// alerts are recorded; an update whose evaluation failed is delivered
+// again after retryDelay.
+func (in *instance) process(msgs []jetstream.Msg) {
 	if in.workCtx.Err() != nil {
 		return // stopping: left for redelivery
 	}
 	began := time.Now()
-	ctx := telemetry.Extract(in.workCtx, msg.Headers())
-	ctx, span := in.tracer.Start(ctx, contract.ServiceAlerts+" evaluate", trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject()), attribute.String("vigil.instance", in.svc.ID())))
-	defer span.End()
-	u, err := decodeUpdate(msg)
-	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
-		in.log.WarnContext(ctx, "bad indicator update dropped", "subject", msg.Subject(), "err", err)
-		_ = msg.Term()
-		return
-	}
-	span.SetAttributes(attribute.String("vigil.user", u.User), attribute.Int64("vigil.bar_start", u.Start), attribute.Bool("vigil.closed", u.Closed))
-	stop := keepInProgress(msg, in.cfg.AckWait/3)
-	err = in.monitor.Handle(ctx, u)
-	stop()
-	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
-		if in.workCtx.Err() == nil {
-			in.log.WarnContext(ctx, "evaluation failed, update delivered again", "user", u.User, "series", u.SeriesID.String(), "start", u.Start, "err", err)
-			_ = msg.NakWithDelay(retryDelay)
+	updates := make([]monitor.Update, 0, len(msgs))
+	good := make([]jetstream.Msg, 0, len(msgs))
+	links := make([]trace.Link, 0, len(msgs))
+	for _, msg := range msgs {
+		u, err := decodeUpdate(msg)
+		if err != nil {
+			in.log.WarnContext(in.workCtx, "bad indicator update dropped", "subject", msg.Subject(), "err", err)
+			_ = msg.Term()
+			continue
 		}
+		sc := trace.SpanContextFromContext(telemetry.Extract(in.workCtx, msg.Headers()))
+		updates = append(updates, monitor.Update{IndicatorUpdate: u, Trace: sc})
+		good = append(good, msg)
+		if sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	if len(good) == 0 {
 		return
 	}
-	_ = msg.Ack()
+	ctx, span := in.tracer.Start(in.workCtx, contract.ServiceAlerts+" evaluate", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithLinks(links...), trace.WithAttributes(attribute.String("messaging.destination.name", contract.StreamIndicators),
+			attribute.Int("messaging.batch.message_count", len(good)), attribute.String("vigil.instance", in.svc.ID())))
+	defer span.End()
+	stop := keepInProgress(good, in.cfg.AckWait/3)
+	errs := in.monitor.Handle(ctx, updates...)
+	stop()
+	failed := 0
+	for i, msg := range good {
+		if errs != nil && errs[i] != nil {
+			failed++
+			if in.workCtx.Err() == nil {
+				u := updates[i]
+				in.log.WarnContext(ctx, "evaluation failed, update delivered again", "user", u.User, "series", u.SeriesID.String(), "start", u.Start, "err", errs[i])
+				_ = msg.NakWithDelay(retryDelay)
+			}
+			continue
+		}
+		_ = msg.Ack()
+	}
+	if failed > 0 {
+		span.SetStatus(codes.Error, fmt.Sprintf("%d of %d updates delivered again", failed, len(good)))
+		return
+	}
 	in.metrics.EvaluationDuration.Record(ctx, float64(time.Since(began).Microseconds())/1000)
 }
 
@@ -123,10 +145,10 @@ func decodeUpdate(msg jetstream.Msg) (contract.IndicatorUpdate, error) {
 	return u, nil
 }
 
-// keepInProgress tells the server every interval that msg is still being
-// worked on, until the returned stop is called, so that a long retry does
-// not make it redelivered.
-func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
+// keepInProgress tells the server every interval that msgs are still
+// being worked on, until the returned stop is called, so that a long retry
+// does not make them redelivered.
+func keepInProgress(msgs []jetstream.Msg, every time.Duration) (stop func()) {
 	var mu sync.Mutex
 	stopped := false
 	var timer *time.Timer
@@ -136,7 +158,9 @@ func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
 		if stopped {
 			return
 		}
-		_ = msg.InProgress()
+		for _, msg := range msgs {
+			_ = msg.InProgress()
+		}
 		timer.Reset(every)
 	})
 	return func() {
@@ -147,22 +171,26 @@ func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
 	}
 }
 
+// maxBatch is the most updates a worker evaluates together.
+const maxBatch = 256
+
 // dispatcher runs one worker per shard of users; a user's updates always
-// go to the same worker and are processed in order.
+// go to the same worker and are processed in order. A worker takes what
+// its shard holds, up to maxBatch updates, as one batch.
 type dispatcher struct {
 	shards    []chan jetstream.Msg
-	process   func(jetstream.Msg)
+	process   func([]jetstream.Msg)
 	stopping  chan struct{}
 	closeOnce sync.Once
 	done      chan struct{}
 }
 
 // newDispatcher starts n workers running process.
-func newDispatcher(n int, process func(jetstream.Msg)) *dispatcher {
+func newDispatcher(n int, process func([]jetstream.Msg)) *dispatcher {
 	d := &dispatcher{process: process, stopping: make(chan struct{}), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for range n {
-		shard := make(chan jetstream.Msg, 64)
+		shard := make(chan jetstream.Msg, maxBatch)
 		d.shards = append(d.shards, shard)
 		wg.Add(1)
 		go func() {
@@ -188,23 +216,37 @@ func (d *dispatcher) send(user string, msg jetstream.Msg) {
 	}
 }
 
-// work processes a shard until close, then what is still queued.
+// work processes a shard in batches until close, then what is still
+// queued.
 func (d *dispatcher) work(shard <-chan jetstream.Msg) {
 	for {
 		select {
 		case msg := <-shard:
-			d.process(msg)
+			d.process(takeQueued(shard, []jetstream.Msg{msg}))
 		case <-d.stopping:
 			for {
-				select {
-				case msg := <-shard:
-					d.process(msg)
-				default:
+				batch := takeQueued(shard, nil)
+				if len(batch) == 0 {
 					return
 				}
+				d.process(batch)
 			}
 		}
 	}
+}
+
+// takeQueued appends to batch the messages queued on shard, without
+// waiting, until it holds maxBatch.
+func takeQueued(shard <-chan jetstream.Msg, batch []jetstream.Msg) []jetstream.Msg {
+	for len(batch) < maxBatch {
+		select {
+		case msg := <-shard:
+			batch = append(batch, msg)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 // close stops accepting messages and waits for the workers until ctx ends.

@@ -19,13 +19,15 @@
 // The engine fires at most once per rule and bar and names each alert
 // deterministically, so an event evaluated twice (redelivery, two owners
 // during a handover, a catch-up over bars evaluated before) yields the same
-// alert id, which the Recorder stores once. For each update the monitor
-// evaluates, records every alert (retrying until it succeeds, ctx ends or
-// the user moves to another instance), then saves the engine memory when it
-// changed; only then may the update be acknowledged. When recording fails
-// for good the engine memory is rolled back, so a redelivery fires again.
-// A new alert (the first record of its id) is counted and sent to the
-// user's webhook, if any.
+// alert id, which the Recorder stores once. Handle takes a batch of
+// updates: it evaluates them in order per user, records every alert of the
+// batch in one go (retrying until it succeeds, ctx ends or the user moves
+// to another instance), then saves each touched user's engine memory once,
+// when it changed; only then may the updates be acknowledged. When
+// recording fails for good for a user, that user's engine memory is rolled
+// back to before the batch, so a redelivery fires again. A new alert (the
+// first record of its id) is counted and sent to the user's webhook, if
+// any.
 //
 // # Pause, resume, apply
 //
@@ -45,6 +47,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,15 +55,26 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/services/alerts/internal/metrics"
+	"vigil.dev/services/alerts/internal/record"
 	"vigil.dev/services/alerts/internal/rules"
 )
 
-// Recorder makes an alert durable; fresh is false when the alert id was
-// recorded before.
+// Recorder makes a batch of alerts durable; fresh[i] is false when the id
+// of alerts[i] was recorded before. On error none of them counts as
+// recorded, and recording them again must be safe.
 type Recorder interface {
-	Record(ctx context.Context, a contract.Alert) (fresh bool, err error)
+	Record(ctx context.Context, alerts []record.Alert) (fresh []bool, err error)
+}
+
+// Update is an indicator update to evaluate and the trace it arrived with.
+type Update struct {
+	contract.IndicatorUpdate
+	// Trace is the span context of the update's producer; the alerts the
+	// update fires continue it.
+	Trace trace.SpanContext
 }
 
 // Snapshots keeps users' engine memory across instances.
@@ -301,34 +315,104 @@ func (m *Monitor) Wants(user string) bool {
 	return us != nil && m.deps.Ownership.Owns(user)
 }
 
-// Handle evaluates u for its user when this instance owns the user, the
-// user is not paused and u is a series of the desired state's exchange
-// account, records the alerts and saves the engine memory. When
-// it returns nil, u may be acknowledged; an error means u must be delivered
-// again (the engine memory is as if u had not been seen).
-func (m *Monitor) Handle(ctx context.Context, u contract.IndicatorUpdate) error {
-	us := m.lookup(u.User)
-	if us == nil {
-		return nil
+// Handle evaluates updates, in order per user, for the users this
+// instance owns that are not paused, each update only when it is a series
+// of the desired state's exchange account; it records the alerts of the
+// whole batch together and saves each touched user's engine memory once.
+// It returns nil when every update may be acknowledged. Otherwise errs
+// has one entry per update: an update with an error must be delivered
+// again (its user's engine memory is as if none of the user's updates in
+// the batch had been seen), one without may be acknowledged.
+func (m *Monitor) Handle(ctx context.Context, updates ...Update) (errs []error) {
+	passes := m.lockUsers(updates)
+	defer func() {
+		for _, p := range passes {
+			p.us.mu.Unlock()
+		}
+	}()
+	for _, p := range passes {
+		m.evaluatePass(ctx, p, updates)
 	}
-	us.mu.Lock()
-	defer us.mu.Unlock()
+	m.commitLocked(ctx, passes)
+	for _, p := range passes {
+		if p.err == nil {
+			continue
+		}
+		if errs == nil {
+			errs = make([]error, len(updates))
+		}
+		for _, i := range p.updates {
+			errs[i] = p.err
+		}
+	}
+	return errs
+}
+
+// pass is the work of one Handle or catch-up on one user.
+type pass struct {
+	us *user
+	// updates are the indices of the user's updates in the batch, in order.
+	updates []int
+	// evaluated is set once the engine has seen an update; before is its
+	// memory until then.
+	evaluated bool
+	before    rules.Snapshot
+	// alerts are the alerts fired, in order.
+	alerts []record.Alert
+	// err, when set, means the user's updates must be delivered again.
+	err error
+}
+
+// lockUsers groups updates by known user and locks those users, in the
+// order of their tokens so that two batches never wait for each other.
+func (m *Monitor) lockUsers(updates []Update) []*pass {
+	byUser := map[string]*pass{}
+	var passes []*pass
+	for i, u := range updates {
+		p, ok := byUser[u.User]
+		if !ok {
+			us := m.lookup(u.User)
+			if us == nil {
+				continue
+			}
+			p = &pass{us: us}
+			byUser[u.User] = p
+			passes = append(passes, p)
+		}
+		p.updates = append(p.updates, i)
+	}
+	slices.SortFunc(passes, func(a, b *pass) int { return strings.Compare(a.us.token, b.us.token) })
+	for _, p := range passes {
+		p.us.mu.Lock()
+	}
+	return passes
+}
+
+// evaluatePass evaluates the user's updates of the batch unless the user
+// is unknown, owned elsewhere or paused; it gains an owned user first.
+func (m *Monitor) evaluatePass(ctx context.Context, p *pass, updates []Update) {
+	us := p.us
 	if !us.known {
-		return nil
+		return
 	}
 	if !m.deps.Ownership.Owns(us.token) {
 		m.loseLocked(us, "owned by another instance")
-		return nil
+		return
 	}
 	if !us.active {
 		if err := m.gainLocked(ctx, us, !us.desired.Paused); err != nil {
-			return err
+			p.err = err
+			return
 		}
 	}
-	if us.paused || !us.watches(u.SeriesID) {
-		return nil
+	if us.paused {
+		return
 	}
-	return m.evaluateLocked(ctx, us, u)
+	for _, i := range p.updates {
+		if us.watches(updates[i].SeriesID) {
+			m.evaluateLocked(ctx, p, updates[i])
+		}
+	}
 }
 
 // watches reports whether the user's rules apply to series: the rules
@@ -402,7 +486,7 @@ func (m *Monitor) gainLocked(ctx context.Context, us *user, catchUp bool) error 
 // still fire, oldest first.
 func (m *Monitor) catchUpLocked(ctx context.Context, us *user) error {
 	now := m.opts.Now()
-	evaluated := 0
+	p := &pass{us: us}
 	for _, in := range seriesInputs(us.applied.rules) {
 		series := contract.SeriesID{User: us.token, UserID: us.desired.UserID, ExchangeID: us.desired.ExchangeID,
 			Symbol: in.symbol, Timeframe: in.tf}
@@ -417,13 +501,15 @@ func (m *Monitor) catchUpLocked(ctx context.Context, us *user) error {
 			return err
 		}
 		for _, u := range updates {
-			if err := m.evaluateLocked(ctx, us, u); err != nil {
-				return err
-			}
-			evaluated++
+			m.evaluateLocked(ctx, p, Update{IndicatorUpdate: u})
+			p.updates = append(p.updates, len(p.updates))
 		}
 	}
-	m.opts.Log.InfoContext(ctx, "caught up", "user", us.token, "bars", evaluated)
+	m.commitLocked(ctx, []*pass{p})
+	if p.err != nil {
+		return p.err
+	}
+	m.opts.Log.InfoContext(ctx, "caught up", "user", us.token, "bars", len(p.updates))
 	return nil
 }
 
@@ -468,61 +554,108 @@ func (m *Monitor) loseLocked(us *user, why string) {
 	m.publishInfo(us)
 }
 
-// evaluateLocked evaluates u, records its alerts and saves the memory; on
-// a recording error the memory is rolled back.
-func (m *Monitor) evaluateLocked(ctx context.Context, us *user, u contract.IndicatorUpdate) error {
-	before := us.engine.Snapshot()
-	alerts := us.engine.Evaluate(u)
+// evaluateLocked evaluates u on the pass's user, keeping the engine
+// memory from before the pass's first evaluation and the alerts fired.
+func (m *Monitor) evaluateLocked(ctx context.Context, p *pass, u Update) {
+	us := p.us
+	if !p.evaluated {
+		p.before, p.evaluated = us.engine.Snapshot(), true
+	}
+	for _, a := range us.engine.Evaluate(u.IndicatorUpdate) {
+		p.alerts = append(p.alerts, record.Alert{Alert: a, Trace: u.Trace})
+	}
 	us.evaluations.Add(1)
 	us.lastEval.Store(m.opts.Now().UnixNano())
 	if u.Start > us.lastBar.Load() {
 		us.lastBar.Store(u.Start)
 	}
 	m.opts.Metrics.Evaluations.Add(ctx, 1)
-	if err := m.recordLocked(ctx, us, alerts); err != nil {
-		us.engine.Restore(before)
-		return err
-	}
-	m.saveLocked(ctx, us)
-	return nil
 }
 
-// recordLocked records each alert, retrying until it succeeds, ctx ends or
-// the user moves away, and notifies the webhook of the new ones.
-func (m *Monitor) recordLocked(ctx context.Context, us *user, alerts []contract.Alert) error {
-	for _, a := range alerts {
-		exp := backoff.NewExponentialBackOff()
-		exp.InitialInterval, exp.MaxInterval = m.opts.RetryBackoff, m.opts.MaxRetryBackoff
-		attempt := func() (bool, error) {
-			fresh, err := m.deps.Recorder.Record(ctx, a)
-			if err == nil {
-				return fresh, nil
-			}
-			m.opts.Metrics.DeliveryErrors.Add(ctx, 1)
-			if !m.deps.Ownership.Owns(us.token) {
-				return false, backoff.Permanent(fmt.Errorf("%w: %w", ErrNotOwner, err))
-			}
-			return false, err
-		}
-		notify := func(err error, wait time.Duration) {
-			m.opts.Log.WarnContext(ctx, "recording an alert failed, retrying", "user", us.token, "alert", a.ID, "wait", wait, "err", err)
-		}
-		fresh, err := backoff.Retry(ctx, attempt, backoff.WithBackOff(exp), backoff.WithMaxElapsedTime(0), backoff.WithNotify(notify))
-		if err != nil {
-			return fmt.Errorf("record alert %s: %w", a.ID, err)
-		}
-		if !fresh {
-			m.opts.Log.DebugContext(ctx, "alert recorded before", "user", us.token, "alert", a.ID)
-			continue
-		}
-		us.fired.Add(1)
-		m.opts.Metrics.Fired.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", string(a.Kind))))
-		m.opts.Log.InfoContext(ctx, "alert fired", "user", us.token, "alert", a.ID, "rule", a.RuleID, "message", a.Message)
-		if hook := us.desired.Settings.Webhook; hook != nil && hook.URL != "" {
-			_ = m.deps.Notifier.Notify(ctx, *hook, a) // a full queue is counted and logged by the notifier
+// commitLocked records the alerts of every pass together, retrying until
+// it succeeds, ctx ends or a pass's user moves away (that pass fails, the
+// others are retried), and notifies the webhooks of the new ones. Then it
+// saves the engine memory of each pass that succeeded and rolls back the
+// memory of each that failed.
+func (m *Monitor) commitLocked(ctx context.Context, passes []*pass) {
+	var pending []*pass
+	for _, p := range passes {
+		if p.err == nil && len(p.alerts) > 0 {
+			pending = append(pending, p)
 		}
 	}
-	return nil
+	if len(pending) > 0 {
+		m.recordLocked(ctx, pending)
+	}
+	for _, p := range passes {
+		switch {
+		case p.err != nil && p.evaluated:
+			p.us.engine.Restore(p.before)
+		case p.err == nil && p.evaluated:
+			m.saveLocked(ctx, p.us)
+		}
+	}
+}
+
+// recordLocked records the alerts of pending, whose errors it sets on
+// failure, and counts and notifies the new alerts.
+func (m *Monitor) recordLocked(ctx context.Context, pending []*pass) {
+	exp := backoff.NewExponentialBackOff()
+	exp.InitialInterval, exp.MaxInterval = m.opts.RetryBackoff, m.opts.MaxRetryBackoff
+	var alerts []record.Alert
+	attempt := func() ([]bool, error) {
+		alerts = alerts[:0]
+		for _, p := range pending {
+			alerts = append(alerts, p.alerts...)
+		}
+		fresh, err := m.deps.Recorder.Record(ctx, alerts)
+		if err == nil {
+			return fresh, nil
+		}
+		m.opts.Metrics.DeliveryErrors.Add(ctx, 1)
+		pending = slices.DeleteFunc(pending, func(p *pass) bool {
+			if m.deps.Ownership.Owns(p.us.token) {
+				return false
+			}
+			p.err = fmt.Errorf("record %d alerts of user %s: %w: %w", len(p.alerts), p.us.token, ErrNotOwner, err)
+			return true
+		})
+		if len(pending) == 0 {
+			return nil, backoff.Permanent(err)
+		}
+		return nil, err
+	}
+	notify := func(err error, wait time.Duration) {
+		m.opts.Log.WarnContext(ctx, "recording alerts failed, retrying", "alerts", len(alerts), "first", alerts[0].ID, "wait", wait, "err", err)
+	}
+	fresh, err := backoff.Retry(ctx, attempt, backoff.WithBackOff(exp), backoff.WithMaxElapsedTime(0), backoff.WithNotify(notify))
+	if err != nil {
+		for _, p := range pending {
+			p.err = fmt.Errorf("record %d alerts of user %s: %w", len(p.alerts), p.us.token, err)
+		}
+		return
+	}
+	i := 0
+	for _, p := range pending {
+		for _, a := range p.alerts {
+			m.firedLocked(ctx, p.us, a.Alert, fresh[i])
+			i++
+		}
+	}
+}
+
+// firedLocked counts and notifies a recorded alert when it is new.
+func (m *Monitor) firedLocked(ctx context.Context, us *user, a contract.Alert, fresh bool) {
+	if !fresh {
+		m.opts.Log.DebugContext(ctx, "alert recorded before", "user", us.token, "alert", a.ID)
+		return
+	}
+	us.fired.Add(1)
+	m.opts.Metrics.Fired.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", string(a.Kind))))
+	m.opts.Log.InfoContext(ctx, "alert fired", "user", us.token, "alert", a.ID, "rule", a.RuleID, "message", a.Message)
+	if hook := us.desired.Settings.Webhook; hook != nil && hook.URL != "" {
+		_ = m.deps.Notifier.Notify(ctx, *hook, a) // a full queue is counted and logged by the notifier
+	}
 }
 
 // saveLocked saves the engine memory when it changed since the last load

@@ -12,6 +12,7 @@ import (
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/services/alerts/internal/monitor"
+	"vigil.dev/services/alerts/internal/record"
 	"vigil.dev/services/alerts/internal/rules"
 )
 
@@ -31,15 +32,18 @@ type recorder struct {
 	ids      map[string]bool
 }
 
-func (r *recorder) Record(_ context.Context, a contract.Alert) (bool, error) {
+func (r *recorder) Record(_ context.Context, alerts []record.Alert) ([]bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.attempts++
 	if r.down {
-		return false, errDown
+		return nil, errDown
 	}
-	fresh := !r.ids[a.ID]
-	r.ids[a.ID] = true
+	fresh := make([]bool, len(alerts))
+	for i, a := range alerts {
+		fresh[i] = !r.ids[a.ID]
+		r.ids[a.ID] = true
+	}
 	return fresh, nil
 }
 
@@ -125,25 +129,25 @@ func TestAFailedRecordingIsRolledBack(t *testing.T) {
 			if err := m.SetState(ctx, st); err != nil {
 				t.Fatal(err)
 			}
-			update := func(bar int, rsi float64) contract.IndicatorUpdate {
-				return contract.IndicatorUpdate{SeriesID: contract.SeriesID{User: "alice", UserID: 1, ExchangeID: 2, Symbol: "BTC-USD", Timeframe: contract.TF1h},
-					Start: base + int64(bar)*3600, Closed: true, Version: 1, Values: map[string]contract.Fields{"rsi_14": {"value": rsi}}}
+			update := func(bar int, rsi float64) monitor.Update {
+				return monitor.Update{IndicatorUpdate: contract.IndicatorUpdate{SeriesID: contract.SeriesID{User: "alice", UserID: 1, ExchangeID: 2, Symbol: "BTC-USD", Timeframe: contract.TF1h},
+					Start: base + int64(bar)*3600, Closed: true, Version: 1, Values: map[string]contract.Fields{"rsi_14": {"value": rsi}}}}
 			}
-			if err := m.Handle(ctx, update(0, 60)); err != nil {
-				t.Fatal(err)
+			if errs := m.Handle(ctx, update(0, 60)); errs != nil {
+				t.Fatal(errs)
 			}
 			saved := mem.snaps["alice"]
 			rec.set(true)
 			work, cancel := context.WithCancel(ctx)
 			defer cancel()
-			done := make(chan error, 1)
+			done := make(chan []error, 1)
 			go func() { done <- m.Handle(work, update(1, 75)) }()
 			for rec.tries() < 3 {
 				time.Sleep(time.Millisecond)
 			}
 			tc.abandon(cancel, own)
-			if err := <-done; !errors.Is(err, tc.want) {
-				t.Fatalf("Handle: %v, want %v", err, tc.want)
+			if errs := <-done; len(errs) != 1 || !errors.Is(errs[0], tc.want) {
+				t.Fatalf("Handle: %v, want %v", errs, tc.want)
 			}
 			if got := mem.snaps["alice"]; got.Rules["rsi-hot"] != saved.Rules["rsi-hot"] {
 				t.Fatalf("the memory of an unrecorded firing was saved: %+v, want %+v", got, saved)
@@ -151,8 +155,8 @@ func TestAFailedRecordingIsRolledBack(t *testing.T) {
 			// Delivered again once the recorder is back, the update fires.
 			rec.set(false)
 			own.owns.Store(true)
-			if err := m.Handle(ctx, update(1, 75)); err != nil {
-				t.Fatal(err)
+			if errs := m.Handle(ctx, update(1, 75)); errs != nil {
+				t.Fatal(errs)
 			}
 			if id := contract.AlertID("alice", "rsi-hot", base+3600); !rec.ids[id] {
 				t.Fatalf("alert %s was lost after the failed recording (recorded %v)", id, rec.ids)
