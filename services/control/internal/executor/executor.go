@@ -7,8 +7,11 @@
 // Owners learn about new work from a core NATS notification on
 // vigil.ctl.wake.<user> (sent by the instance that recorded a command, and
 // after every finished command), from a periodic sweep of the ledger, and
-// from membership changes. A pause cancels the user's jobs on every
-// instance with vigil.ctl.cancel.<user>.
+// from membership changes. Only sweeps and membership changes look for
+// results recorded but not published (the outbox); a wake goes straight to
+// the claim, so a command's path from ACK to result has two round trips to
+// Postgres: the claim and the finish. A pause cancels the user's jobs on
+// every instance with vigil.ctl.cancel.<user>.
 //
 // Crash semantics: when the context given to Start ends, the executor stops
 // at once and writes nothing more, like a crashed process; its running
@@ -23,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -119,9 +121,19 @@ type Executor struct {
 	subs []*nats.Subscription
 
 	mu       sync.Mutex
-	loops    map[string]bool // user → kicked again while its loop runs
+	loops    map[string]kick // user → work asked for while its loop runs
 	tasks    map[string]*task
 	stopping bool
+}
+
+// kick is what a user's loop is asked to do on its next round.
+type kick struct {
+	// again asks for one more drain.
+	again bool
+	// outbox asks the drain to publish the user's unpublished results
+	// first (sweeps and membership changes; a wake after a new command
+	// does not, so the command's path has no outbox query).
+	outbox bool
 }
 
 // task is a command this instance runs.
@@ -139,7 +151,7 @@ func New(cfg Config, l Ledger, r Runner, m Membership, pub Publisher, nc *nats.C
 	}
 	return &Executor{cfg: cfg, ledger: l, runner: r, members: m, pub: pub, nc: nc, log: log,
 		tracer: otel.Tracer("vigil.dev/services/control/executor"), latency: latency,
-		stop: make(chan struct{}), loops: map[string]bool{}, tasks: map[string]*task{}}, nil
+		stop: make(chan struct{}), loops: map[string]kick{}, tasks: map[string]*task{}}, nil
 }
 
 // Start subscribes to the internal subjects and starts the sweeps. The
@@ -203,7 +215,7 @@ func (e *Executor) sweeper() {
 	}
 }
 
-// sweep kicks every owned user with work in the ledger.
+// sweep kicks every owned user with work in the ledger, outbox included.
 func (e *Executor) sweep() {
 	users, err := e.ledger.UsersWithWork(e.ctx)
 	if err != nil {
@@ -213,7 +225,7 @@ func (e *Executor) sweep() {
 		return
 	}
 	for _, u := range users {
-		e.Kick(u)
+		e.kick(u, true)
 	}
 }
 
@@ -224,7 +236,10 @@ func (e *Executor) isStopping() bool {
 }
 
 // Kick makes sure the queue of user runs here if this instance owns it.
-func (e *Executor) Kick(user string) {
+func (e *Executor) Kick(user string) { e.kick(user, false) }
+
+// kick is Kick, and with outbox also publishes user's unpublished results.
+func (e *Executor) kick(user string, outbox bool) {
 	if !e.members.Owns(user) {
 		return
 	}
@@ -233,8 +248,8 @@ func (e *Executor) Kick(user string) {
 	if e.stopping || e.ctx.Err() != nil {
 		return
 	}
-	_, running := e.loops[user]
-	e.loops[user] = true
+	k, running := e.loops[user]
+	e.loops[user] = kick{again: true, outbox: k.outbox || outbox}
 	if !running {
 		e.wg.Add(1)
 		go e.loop(user)
@@ -246,26 +261,29 @@ func (e *Executor) loop(user string) {
 	defer e.wg.Done()
 	for {
 		e.mu.Lock()
-		if !e.loops[user] || e.stopping || e.ctx.Err() != nil {
+		k := e.loops[user]
+		if !k.again || e.stopping || e.ctx.Err() != nil {
 			delete(e.loops, user)
 			e.mu.Unlock()
 			return
 		}
-		e.loops[user] = false
+		e.loops[user] = kick{}
 		e.mu.Unlock()
-		e.drain(user)
+		e.drain(user, k.outbox)
 	}
 }
 
-// drain publishes user's pending results, then claims and runs commands
-// while this instance owns the user.
-func (e *Executor) drain(user string) {
-	pending, err := e.ledger.Unpublished(e.ctx, user)
-	if err != nil {
-		e.logErr("unpublished results not read", err, "user", user)
-	}
-	for _, r := range pending {
-		e.publish(r)
+// drain publishes user's pending results when outbox is set, then claims
+// and runs commands while this instance owns the user.
+func (e *Executor) drain(user string, outbox bool) {
+	if outbox {
+		pending, err := e.ledger.Unpublished(e.ctx, user)
+		if err != nil {
+			e.logErr("unpublished results not read", err, "user", user)
+		}
+		for _, r := range pending {
+			e.publish(r)
+		}
 	}
 	for !e.isStopping() {
 		if !e.members.Owns(user) {
@@ -273,7 +291,8 @@ func (e *Executor) drain(user string) {
 			return
 		}
 		c, err := e.ledger.Claim(e.ctx, user, ledger.ClaimOptions{
-			Self: e.members.Self(), Alive: e.alive, MaxJobs: e.cfg.MaxJobs, MaxAttempts: e.cfg.MaxAttempts,
+			Self: e.members.Self(), SelfRunning: e.runningIDs(), Members: e.members.Members(),
+			MaxJobs: e.cfg.MaxJobs, MaxAttempts: e.cfg.MaxAttempts,
 			OrphanError: func(en ledger.Entry) contract.Error {
 				return contract.Error{Code: contract.CodeUnavailable, Message: fmt.Sprintf(
 					"executor %s died while running the command; its outcome is unknown (the desired state converges), send it again to confirm", en.Instance)}
@@ -301,16 +320,15 @@ func (e *Executor) drain(user string) {
 	}
 }
 
-// alive reports whether the executor of running command id lives: for this
-// instance, whether it runs the command; for others, membership.
-func (e *Executor) alive(instance, id string) bool {
-	if instance == e.members.Self() {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		_, ok := e.tasks[id]
-		return ok
+// runningIDs are the ids of the commands and jobs this instance runs.
+func (e *Executor) runningIDs() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ids := make([]string, 0, len(e.tasks))
+	for id := range e.tasks {
+		ids = append(ids, id)
 	}
-	return slices.Contains(e.members.Members(), instance)
+	return ids
 }
 
 // execute runs a queued command to its end here. A pause first cancels

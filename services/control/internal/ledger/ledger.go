@@ -9,7 +9,10 @@
 // exists no other command of the user is claimed. force-backfill rows run
 // as background jobs beside the queue. All changes to a user's rows happen
 // in transactions that hold a per-user advisory lock, so several control
-// instances never claim two commands of one user at once.
+// instances never claim two commands of one user at once. Record and the
+// usual Claim are one round trip each: the database functions
+// vigil_record_command and vigil_claim_command (migration 00003) run the
+// whole transaction server side.
 //
 // Results follow the outbox pattern: Finish stores the result, the caller
 // publishes it and then calls MarkPublished; a result stored but not
@@ -22,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -94,98 +98,48 @@ func lockUser(ctx context.Context, tx pgx.Tx, user string) error {
 // and ErrIDConflict otherwise. A user with queueLimit queued commands gets
 // ErrBusy and nothing is stored.
 func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contract.Ack, duplicate bool, err error) {
-	err = pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		if err := lockUser(ctx, tx, e.User); err != nil {
-			return err
-		}
-		var found bool
-		if ack, found, err = firstAck(ctx, tx, e); err != nil || found {
-			duplicate = found
-			return err
-		}
-		var queued, ahead, running int
-		err := tx.QueryRow(ctx, `
-			SELECT count(*) FILTER (WHERE status = 'accepted'),
-			       count(*) FILTER (WHERE status = 'accepted' AND priority >= $2),
-			       count(*) FILTER (WHERE status = 'running' AND command <> 'force-backfill')
-			FROM command_log
-			WHERE user_token = $1 AND status IN ('accepted', 'running')`, e.User, e.Priority).Scan(&queued, &ahead, &running)
-		if err != nil {
-			return err
-		}
-		if queued >= queueLimit {
-			return fmt.Errorf("%w: %s has %d queued commands, the limit is %d", ErrBusy, e.User, queued, queueLimit)
-		}
-		ack = contract.Ack{ID: e.ID, User: e.User, Command: e.Command, Accepted: true, Position: ahead + running}
-		ackJSON, err := json.Marshal(ack)
-		if err != nil {
-			return err
-		}
-		tag, err := tx.Exec(ctx, `
-			INSERT INTO command_log (id, user_token, user_id, command, payload, operator, status,
-			                         priority, trace_id, trace_parent, accepted_at, ack)
-			VALUES ($1, $2, $3, $4, $5, $6, 'accepted', $7, $8, $9, clock_timestamp(), $10)
-			ON CONFLICT (id) DO NOTHING`,
-			e.ID, e.User, e.UserID, string(e.Command), string(e.Payload), e.Operator,
-			e.Priority, e.TraceID, e.TraceParent, string(ackJSON))
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			// Taken meanwhile by a command of another user (whose lock we
-			// do not hold): answer as for any known id.
-			ack, duplicate, err = firstAck(ctx, tx, e)
-			if err == nil && !duplicate {
-				err = fmt.Errorf("%w: %q", ErrIDConflict, e.ID)
-			}
-		}
-		return err
-	})
-	if err != nil && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrIDConflict) {
+	template, err := json.Marshal(contract.Ack{ID: e.ID, User: e.User, Command: e.Command, Accepted: true})
+	if err != nil {
 		return contract.Ack{}, false, fmt.Errorf("%w: record %s: %w", ErrStore, e.ID, err)
 	}
-	return ack, duplicate, err
-}
-
-// firstAck looks e.ID up: found is true with the stored ACK when it is a
-// duplicate of e within DedupeWindow; a different user or command, or an
-// older command, is ErrIDConflict.
-func firstAck(ctx context.Context, tx pgx.Tx, e Entry) (contract.Ack, bool, error) {
-	var user, command string
+	var outcome, knownUser, knownCommand string
 	var ackJSON []byte
+	var queued int
 	var recent bool
-	err := tx.QueryRow(ctx, `
-		SELECT user_token, command, ack, accepted_at > now() - make_interval(secs => $2)
-		FROM command_log WHERE id = $1`, e.ID, DedupeWindow.Seconds()).Scan(&user, &command, &ackJSON, &recent)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return contract.Ack{}, false, nil
-	}
+	err = l.pool.QueryRow(ctx, `SELECT * FROM vigil_record_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		e.ID, e.User, e.UserID, string(e.Command), string(e.Payload), e.Operator, e.Priority, e.TraceID, e.TraceParent,
+		string(template), queueLimit, DedupeWindow.Seconds()).Scan(&outcome, &ackJSON, &queued, &knownUser, &knownCommand, &recent)
 	if err != nil {
-		return contract.Ack{}, false, err
+		return contract.Ack{}, false, fmt.Errorf("%w: record %s: %w", ErrStore, e.ID, err)
 	}
-	switch {
-	case user != e.User || command != string(e.Command):
-		return contract.Ack{}, false, fmt.Errorf("%w: %q is the id of %s for %s", ErrIDConflict, e.ID, command, user)
-	case !recent:
-		return contract.Ack{}, false, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
+	switch outcome {
+	case "busy":
+		return contract.Ack{}, false, fmt.Errorf("%w: %s has %d queued commands, the limit is %d", ErrBusy, e.User, queued, queueLimit)
+	case "known":
+		switch {
+		case knownUser != e.User || knownCommand != string(e.Command):
+			return contract.Ack{}, false, fmt.Errorf("%w: %q is the id of %s for %s", ErrIDConflict, e.ID, knownCommand, knownUser)
+		case !recent:
+			return contract.Ack{}, false, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
+		}
+		duplicate = true
 	}
-	var ack contract.Ack
 	if err := json.Unmarshal(ackJSON, &ack); err != nil {
-		return contract.Ack{}, false, fmt.Errorf("stored ack of %s: %w", e.ID, err)
+		return contract.Ack{}, false, fmt.Errorf("%w: stored ack of %s: %w", ErrStore, e.ID, err)
 	}
-	return ack, true, nil
+	return ack, duplicate, nil
 }
-
-// Alive reports whether the executor instance of running command id is
-// still alive.
-type Alive func(instance, id string) bool
 
 // ClaimOptions tune Claim.
 type ClaimOptions struct {
 	// Self is the claiming instance.
 	Self string
-	// Alive tells live executors from dead ones.
-	Alive Alive
+	// SelfRunning are the ids of the commands and jobs Self runs: a
+	// running row of Self's that is not among them is an orphan.
+	SelfRunning []string
+	// Members are the live control instances; a running row of another
+	// instance that is not among them is an orphan.
+	Members []string
 	// MaxJobs bounds the user's running background jobs.
 	MaxJobs int
 	// MaxAttempts bounds how often an orphaned job is re-run.
@@ -206,12 +160,71 @@ type Claimed struct {
 	Requeued []string
 }
 
+// alive reports whether the executor of running command id lives.
+func (o ClaimOptions) alive(instance, id string) bool {
+	if instance == o.Self {
+		return slices.Contains(o.SelfRunning, id)
+	}
+	return slices.Contains(o.Members, instance)
+}
+
 // Claim takes the next command of user's queue: it first fails the
 // commands whose executor died (jobs are requeued while attempts remain),
 // then, unless another live executor is running one of the user's queued
 // commands, marks the highest-priority queued command running for
 // opts.Self. Background jobs are claimed only while fewer than MaxJobs run.
+//
+// The usual case, no dead executor, is one round trip (the function
+// vigil_claim_command); only when it reports an orphan does Claim settle
+// the orphans and claim in a transaction of its own.
 func (l *Ledger) Claim(ctx context.Context, user string, opts ClaimOptions) (Claimed, error) {
+	next, dead, err := l.claimFast(ctx, user, opts)
+	if err != nil {
+		return Claimed{}, fmt.Errorf("%w: claim for %s: %w", ErrStore, user, err)
+	}
+	if !dead {
+		return Claimed{Next: next}, nil
+	}
+	return l.claimSettlingOrphans(ctx, user, opts)
+}
+
+// claimFast claims without touching orphans: dead is true (and nothing
+// changed) when a running command of user has a dead executor.
+func (l *Ledger) claimFast(ctx context.Context, user string, opts ClaimOptions) (next *Entry, dead bool, err error) {
+	var outcome string
+	var e Entry
+	var id, token, command, operator, traceParent, traceID, status, instance *string
+	var userID, seq *int64
+	var priority, attempts *int
+	var acceptedAt *time.Time
+	selfRunning, members := opts.SelfRunning, opts.Members
+	if selfRunning == nil {
+		selfRunning = []string{}
+	}
+	if members == nil {
+		members = []string{}
+	}
+	err = l.pool.QueryRow(ctx, `SELECT * FROM vigil_claim_command($1, $2, $3, $4, $5)`,
+		user, opts.Self, selfRunning, members, opts.MaxJobs).Scan(&outcome, &id, &token, &userID, &command,
+		&e.Payload, &operator, &priority, &traceParent, &traceID, &status, &instance, &attempts, &seq, &acceptedAt)
+	if err != nil {
+		return nil, false, err
+	}
+	switch outcome {
+	case "dead":
+		return nil, true, nil
+	case "claimed":
+		e.ID, e.User, e.UserID, e.Command, e.Operator = *id, *token, *userID, contract.Command(*command), *operator
+		e.Priority, e.TraceParent, e.TraceID, e.Status, e.Instance = *priority, *traceParent, *traceID, *status, *instance
+		e.Attempts, e.Seq, e.AcceptedAt = *attempts, *seq, *acceptedAt
+		return &e, false, nil
+	}
+	return nil, false, nil
+}
+
+// claimSettlingOrphans is Claim in a client-side transaction that fails or
+// requeues the commands of dead executors first.
+func (l *Ledger) claimSettlingOrphans(ctx context.Context, user string, opts ClaimOptions) (Claimed, error) {
 	var out Claimed
 	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		out = Claimed{}
@@ -228,7 +241,7 @@ func (l *Ledger) Claim(ctx context.Context, user string, opts ClaimOptions) (Cla
 		}
 		queueBusy, jobs := false, 0
 		for _, e := range running {
-			if opts.Alive(e.Instance, e.ID) {
+			if opts.alive(e.Instance, e.ID) {
 				if e.IsJob() {
 					jobs++
 				} else {
