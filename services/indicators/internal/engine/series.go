@@ -34,7 +34,7 @@ type series struct {
 	specs []ta.Spec
 	calc  *ta.Series
 	// closed are the closed bars in calc, oldest first: at least the last
-	// replayDepth of them, at most twice that.
+	// replayDepth of them, at most closedSlack more.
 	closed []bar
 	// baseDep is the dep of the newest bar dropped from closed.
 	baseDep int64
@@ -75,13 +75,26 @@ func (s *series) lastClosed() (bar, bool) {
 	return bar{}, false
 }
 
-// push appends a closed bar and drops the oldest beyond 2*replayDepth.
+// closedSlack is how many closed bars beyond replayDepth a series keeps
+// before it drops the oldest, so that it moves its bars once every
+// closedSlack bars rather than on every bar.
+const closedSlack = replayDepth / 8
+
+// push appends a closed bar; beyond replayDepth+closedSlack bars it drops
+// the oldest, down to replayDepth, in place. The bars' storage grows with
+// the bars seen up to that bound, and no further.
 func (s *series) push(b bar) {
-	s.closed = append(s.closed, b)
-	if n := len(s.closed); n > 2*replayDepth {
-		s.baseDep = s.closed[n-replayDepth-1].dep
-		s.closed = append(s.closed[:0:0], s.closed[n-replayDepth:]...)
+	const limit = replayDepth + closedSlack
+	if n := len(s.closed); n == limit {
+		s.baseDep = s.closed[n-replayDepth].dep
+		s.closed = s.closed[:copy(s.closed, s.closed[n-replayDepth+1:])]
 	}
+	if len(s.closed) == cap(s.closed) {
+		grown := make([]bar, len(s.closed), min(limit, max(2*cap(s.closed), 16)))
+		copy(grown, s.closed)
+		s.closed = grown
+	}
+	s.closed = append(s.closed, b)
 }
 
 // update turns one bar's ta values into an IndicatorUpdate: warm values

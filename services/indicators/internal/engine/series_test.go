@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"slices"
+	"strconv"
 	"testing"
 
 	"vigil.dev/pkg/contract"
@@ -125,5 +126,48 @@ func TestSeriesRebuild(t *testing.T) {
 	next, rebuild, err := s.apply(candle(5, 107, true, 60))
 	if err != nil || rebuild || len(next) != 1 || next[0].Values["sma_2"]["value"] != 105.5 || next[0].Version != 60 {
 		t.Fatalf("after rebuild: %+v %v %v", next, rebuild, err)
+	}
+}
+
+// TestSeriesKeepsReplayDepthBars feeds bars and checks that a series keeps
+// between replayDepth and replayDepth+closedSlack closed bars in storage
+// that never grows beyond that, and corrects exactly the last replayDepth
+// bars in place (an older correction rebuilds).
+func TestSeriesKeepsReplayDepthBars(t *testing.T) {
+	const limit = replayDepth + closedSlack
+	for _, bars := range []int{10, replayDepth, limit, limit + 1, 3*replayDepth + 7} {
+		t.Run(strconv.Itoa(bars), func(t *testing.T) {
+			s, err := newSeries(testID, []ta.Spec{ta.SMA(2)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for h := int64(1); h <= int64(bars); h++ {
+				if _, rebuild, err := s.apply(candle(h, float64(100+h%50), true, h*10)); err != nil || rebuild {
+					t.Fatalf("bar %d: %v %v", h, err, rebuild)
+				}
+			}
+			if n := len(s.closed); n < min(bars, replayDepth) || n > limit || cap(s.closed) > limit {
+				t.Fatalf("%d closed bars kept in storage for %d, want %d to %d", n, cap(s.closed), min(bars, replayDepth), limit)
+			}
+			if last, _ := s.lastClosed(); last.start != int64(bars)*3600 || s.lastDep() != int64(bars)*10 {
+				t.Fatalf("last closed bar %+v, dep %d", last, s.lastDep())
+			}
+			oldest := int64(max(1, bars-replayDepth+1))
+			const version = 1_000_000
+			ups, rebuild, err := s.apply(candle(oldest, 99, true, version))
+			if err != nil || rebuild || len(ups) != bars-int(oldest)+1 {
+				t.Fatalf("correcting the oldest correctable bar: %d updates, rebuild %v, %v", len(ups), rebuild, err)
+			}
+			for _, u := range ups {
+				if u.Version != version {
+					t.Fatalf("update of %d after the correction has version %d, want %d", u.Start, u.Version, version)
+				}
+			}
+			if oldest > 1 {
+				if _, rebuild, err := s.apply(candle(oldest-1, 99, true, version)); err != nil || !rebuild {
+					t.Fatalf("correcting a bar beyond the replay depth: rebuild %v, %v", rebuild, err)
+				}
+			}
+		})
 	}
 }
