@@ -4,10 +4,12 @@
 // snapshot, an ownership change and each control verb.
 //
 // Redis is the source of truth: a series this instance gains (at start,
-// on failover, resume, recompute, a parameter change, or after forget) is
-// rebuilt from the candles stored there, and every value is written there
+// on failover, recompute, a parameter change, or after forget) is rebuilt
+// from the candles stored there, and every value is written there
 // (versioned, add-if-newer) before it is published as a
-// contract.IndicatorUpdate on JetStream.
+// contract.IndicatorUpdate on JetStream. A paused user's series are kept
+// in memory and, on resume, catch up with the newer bars stored meanwhile
+// instead of being rebuilt.
 //
 // All state is guarded by one mutex that a batch of candle updates holds
 // from its arrival to its last write and publish, so a control verb waits
