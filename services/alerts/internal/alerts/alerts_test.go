@@ -637,3 +637,50 @@ func TestDesiredStateConverges(t *testing.T) {
 	e.settle()
 	e.waitAlerts(id("alice", rsiHot, 3))
 }
+
+func TestABatchLeftUnrecordedByAKilledInstanceIsRecordedOnceByItsSuccessor(t *testing.T) {
+	e := newEnv(t)
+	var states []contract.DesiredState
+	var want []string
+	for i, user := range []string{"alice", "bob", "carol"} {
+		st := userState(user, int64(i+1), rsiHot, price100k)
+		states = append(states, st)
+		e.putState(st)
+		want = append(want, id(user, rsiHot, 1), id(user, price100k, 1))
+	}
+	first := e.start("a")
+	for _, st := range states {
+		e.closeBar(st, rsiBar(0, 60, 99_000))
+	}
+	e.settle()
+	ctx := context.Background()
+	if _, err := e.pool.Exec(ctx, `ALTER TABLE alert_events RENAME TO alert_events_away`); err != nil {
+		t.Fatal(err)
+	}
+	// Bar 1 fires both rules of every user: the stream takes the alerts,
+	// Postgres cannot, and the batches are retried until the instance dies.
+	for _, st := range states {
+		e.closeBar(st, rsiBar(1, 75, 100_500))
+	}
+	e.waitFor("failed attempts to record the alerts", func() (bool, error) {
+		n, err := e.counted.Sum("vigil.alerts.delivery.errors")
+		return n >= 2, err
+	})
+	e.kill(first)
+	if _, err := e.pool.Exec(ctx, `ALTER TABLE alert_events_away RENAME TO alert_events`); err != nil {
+		t.Fatal(err)
+	}
+	// The successor gains the users once the victim's heartbeats stop and
+	// catches up from Redis: bar 1 fires again with the same alert ids.
+	second := e.start("b")
+	e.waitAlerts(want...)
+	e.settle()
+	if n, err := e.counted.Sum("vigil.alerts.fired"); err != nil || n != int64(len(want)) {
+		t.Fatalf("vigil.alerts.fired = %d (%v), want %d: each alert counted once", n, err, len(want))
+	}
+	for _, st := range states {
+		if s := second.monitor.Status()[st.User]; s.AlertsFired != 2 {
+			t.Errorf("%s: successor's status %+v, want 2 alerts fired", st.User, s)
+		}
+	}
+}

@@ -575,8 +575,8 @@ func (m *Monitor) evaluateLocked(ctx context.Context, p *pass, u Update) {
 // commitLocked records the alerts of every pass together, retrying until
 // it succeeds, ctx ends or a pass's user moves away (that pass fails, the
 // others are retried), and notifies the webhooks of the new ones. Then it
-// saves the engine memory of each pass that succeeded and rolls back the
-// memory of each that failed.
+// saves the engine memory of the passes that succeeded, concurrently, and
+// rolls back the memory of each that failed.
 func (m *Monitor) commitLocked(ctx context.Context, passes []*pass) {
 	var pending []*pass
 	for _, p := range passes {
@@ -587,14 +587,16 @@ func (m *Monitor) commitLocked(ctx context.Context, passes []*pass) {
 	if len(pending) > 0 {
 		m.recordLocked(ctx, pending)
 	}
+	var saves sync.WaitGroup
 	for _, p := range passes {
 		switch {
 		case p.err != nil && p.evaluated:
 			p.us.engine.Restore(p.before)
 		case p.err == nil && p.evaluated:
-			m.saveLocked(ctx, p.us)
+			saves.Go(func() { m.saveLocked(ctx, p.us) })
 		}
 	}
+	saves.Wait()
 }
 
 // recordLocked records the alerts of pending, whose errors it sets on
