@@ -5,8 +5,8 @@
 // An instance joins the membership group vigil-alerts (pkg/membership)
 // and owns the users that rendezvous hashing gives it. It watches KV
 // VIGIL_STATE for each user's desired state (paused, mode, settings),
-// consumes VIGIL_INDICATORS with a consumer of its own (vigil-alerts-<id>,
-// ephemeral), acknowledges the updates of users it does not own at once,
+// consumes VIGIL_INDICATORS with a consumer of its own (durable
+// vigil-alerts-<id> with an inactivity threshold), acknowledges the updates of users it does not own at once,
 // and hands the others to internal/monitor, one worker per shard of users
 // so that each user's updates stay in order. The monitor records alerts in
 // the VIGIL_ALERTS stream and Postgres alert_events, keeps each user's

@@ -2,7 +2,7 @@ package alerts
 
 import (
 	"context"
-	"encoding/json"
+	json "github.com/goccy/go-json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -27,12 +27,14 @@ var ErrBadUpdate = errors.New("alerts: bad indicator update")
 const retryDelay = time.Second
 
 // createConsumer creates this instance's consumer on VIGIL_INDICATORS:
-// ephemeral, named vigil-alerts-<id>, new updates only (a gained user
+// durable vigil-alerts-<id>, so that the server replicates it like the
+// stream (an ephemeral one lives on one server and is lost with it),
+// removed once the instance is inactive; new updates only (a gained user
 // catches up from Redis instead), explicit acks.
 func (in *instance) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	name := in.consumerName()
 	cons, err := in.rt.JS.CreateOrUpdateConsumer(ctx, contract.StreamIndicators, jetstream.ConsumerConfig{
-		Name:              name,
+		Durable:           name,
 		Description:       "vigil-alerts instance " + in.rt.Instance,
 		FilterSubject:     contract.IndicatorSubjects,
 		DeliverPolicy:     jetstream.DeliverNewPolicy,
@@ -66,23 +68,31 @@ func (in *instance) route(msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
-	in.dispatch.send(series.User, msg)
+	in.dispatch.send(delivery{msg: msg, series: series})
+}
+
+// delivery is an update as the consumer delivered it and the series its
+// subject names.
+type delivery struct {
+	msg    jetstream.Msg
+	series contract.SeriesID
 }
 
 // process evaluates a batch of updates on a worker in one span that links
 // the updates' trace contexts, and acknowledges each update once its
 // alerts are recorded; an update whose evaluation failed is delivered
 // again after retryDelay.
-func (in *instance) process(msgs []jetstream.Msg) {
+func (in *instance) process(batch []delivery) {
 	if in.workCtx.Err() != nil {
 		return // stopping: left for redelivery
 	}
 	began := time.Now()
-	updates := make([]monitor.Update, 0, len(msgs))
-	good := make([]jetstream.Msg, 0, len(msgs))
-	links := make([]trace.Link, 0, len(msgs))
-	for _, msg := range msgs {
-		u, err := decodeUpdate(msg)
+	updates := make([]monitor.Update, 0, len(batch))
+	good := make([]jetstream.Msg, 0, len(batch))
+	links := make([]trace.Link, 0, len(batch))
+	for _, d := range batch {
+		msg := d.msg
+		u, err := decodeUpdate(d.series, msg.Data())
 		if err != nil {
 			in.log.WarnContext(in.workCtx, "bad indicator update dropped", "subject", msg.Subject(), "err", err)
 			_ = msg.Term()
@@ -125,15 +135,11 @@ func (in *instance) process(msgs []jetstream.Msg) {
 	in.metrics.EvaluationDuration.Record(ctx, float64(time.Since(began).Microseconds())/1000)
 }
 
-// decodeUpdate decodes msg and checks that it names the series of its
-// subject.
-func decodeUpdate(msg jetstream.Msg) (contract.IndicatorUpdate, error) {
+// decodeUpdate decodes data, an update on the subject of series s, and
+// checks that it names s.
+func decodeUpdate(s contract.SeriesID, data []byte) (contract.IndicatorUpdate, error) {
 	var u contract.IndicatorUpdate
-	if err := json.Unmarshal(msg.Data(), &u); err != nil {
-		return u, fmt.Errorf("%w: %w", ErrBadUpdate, err)
-	}
-	_, s, err := contract.ParseSeriesSubject(msg.Subject())
-	if err != nil {
+	if err := json.Unmarshal(data, &u); err != nil {
 		return u, fmt.Errorf("%w: %w", ErrBadUpdate, err)
 	}
 	if err := u.SeriesID.Validate(); err != nil {
@@ -178,19 +184,19 @@ const maxBatch = 256
 // go to the same worker and are processed in order. A worker takes what
 // its shard holds, up to maxBatch updates, as one batch.
 type dispatcher struct {
-	shards    []chan jetstream.Msg
-	process   func([]jetstream.Msg)
+	shards    []chan delivery
+	process   func([]delivery)
 	stopping  chan struct{}
 	closeOnce sync.Once
 	done      chan struct{}
 }
 
 // newDispatcher starts n workers running process.
-func newDispatcher(n int, process func([]jetstream.Msg)) *dispatcher {
+func newDispatcher(n int, process func([]delivery)) *dispatcher {
 	d := &dispatcher{process: process, stopping: make(chan struct{}), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for range n {
-		shard := make(chan jetstream.Msg, maxBatch)
+		shard := make(chan delivery, maxBatch)
 		d.shards = append(d.shards, shard)
 		wg.Add(1)
 		go func() {
@@ -205,24 +211,24 @@ func newDispatcher(n int, process func([]jetstream.Msg)) *dispatcher {
 	return d
 }
 
-// send queues msg on user's worker, waiting while it is full; after close
-// the message is left unacknowledged.
-func (d *dispatcher) send(user string, msg jetstream.Msg) {
+// send queues an update on its user's worker, waiting while it is full;
+// after close the message is left unacknowledged.
+func (d *dispatcher) send(u delivery) {
 	h := fnv.New32a()
-	h.Write([]byte(user))
+	h.Write([]byte(u.series.User))
 	select {
-	case d.shards[h.Sum32()%uint32(len(d.shards))] <- msg:
+	case d.shards[h.Sum32()%uint32(len(d.shards))] <- u:
 	case <-d.stopping:
 	}
 }
 
 // work processes a shard in batches until close, then what is still
 // queued.
-func (d *dispatcher) work(shard <-chan jetstream.Msg) {
+func (d *dispatcher) work(shard <-chan delivery) {
 	for {
 		select {
-		case msg := <-shard:
-			d.process(takeQueued(shard, []jetstream.Msg{msg}))
+		case u := <-shard:
+			d.process(takeQueued(shard, []delivery{u}))
 		case <-d.stopping:
 			for {
 				batch := takeQueued(shard, nil)
@@ -235,13 +241,13 @@ func (d *dispatcher) work(shard <-chan jetstream.Msg) {
 	}
 }
 
-// takeQueued appends to batch the messages queued on shard, without
+// takeQueued appends to batch the updates queued on shard, without
 // waiting, until it holds maxBatch.
-func takeQueued(shard <-chan jetstream.Msg, batch []jetstream.Msg) []jetstream.Msg {
+func takeQueued(shard <-chan delivery, batch []delivery) []delivery {
 	for len(batch) < maxBatch {
 		select {
-		case msg := <-shard:
-			batch = append(batch, msg)
+		case u := <-shard:
+			batch = append(batch, u)
 		default:
 			return batch
 		}

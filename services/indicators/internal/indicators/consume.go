@@ -55,11 +55,11 @@ var (
 	errConsumerStopped = errors.New("candle consumer stopped")
 )
 
-// candleConsumer is this instance's consumer of VIGIL_CANDLES (named
-// vigil-indicators-<instance>, ephemeral): it sees every candle and hands
-// them in batches to the engine, which ignores the series this instance
-// does not run, and acks each candle after the engine's writes and
-// publishes. Consume's callback only passes each candle on to the batch
+// candleConsumer is this instance's consumer of VIGIL_CANDLES (durable
+// vigil-indicators-<instance>, removed by the server once the instance is
+// gone): it sees every candle and hands them in batches to the engine,
+// which ignores the series this instance does not run, and acks each
+// candle after the engine's writes and publishes. Consume's callback only passes each candle on to the batch
 // loop, which takes whatever arrived while it handled the previous batch:
 // one candle at a time when they trickle in, up to maxBatch under load.
 type candleConsumer struct {
@@ -107,8 +107,12 @@ func newCandleConsumer(ctx context.Context, rt *service.Runtime, e *engine.Engin
 
 // create creates the consumer, or finds it unchanged.
 func (c *candleConsumer) create(ctx context.Context) error {
+	// Durable, so the server replicates it like the stream: an ephemeral
+	// consumer lives on one server, and when that server dies its pull
+	// requests find no responders for good (seen on a 3-node cluster).
+	// InactiveThreshold still removes it once this instance is gone.
 	cons, err := c.rt.JS.CreateOrUpdateConsumer(ctx, contract.StreamCandles, jetstream.ConsumerConfig{
-		Name:              c.name,
+		Durable:           c.name,
 		Description:       "vigil-indicators instance: every candle, processes the series it owns",
 		FilterSubject:     contract.CandleSubjects,
 		DeliverPolicy:     jetstream.DeliverNewPolicy,
