@@ -2,9 +2,9 @@ package alerts
 
 import (
 	"context"
-	json "github.com/goccy/go-json"
 	"errors"
 	"fmt"
+	json "github.com/goccy/go-json"
 	"hash/fnv"
 	"sync"
 	"time"
