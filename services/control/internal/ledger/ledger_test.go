@@ -271,3 +271,42 @@ func TestClaimConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRecord records one command per iteration, each of its own user
+// so no queue fills: the latency an ACK waits for.
+func BenchmarkRecord(b *testing.B) {
+	ctx := context.Background()
+	l := ledger.New(testenv.PostgresPool(b))
+	i := 0
+	for b.Loop() {
+		i++
+		if _, _, err := l.Record(ctx, entry(fmt.Sprintf("r%d", i), fmt.Sprintf("u%d", i%64), contract.CmdPause), 1<<20); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkClaimFinish claims a recorded command and finishes it: the
+// executor's Postgres work per command.
+func BenchmarkClaimFinish(b *testing.B) {
+	ctx := context.Background()
+	l := ledger.New(testenv.PostgresPool(b))
+	opts := ledger.ClaimOptions{Self: "a", Members: []string{"a"}, MaxJobs: 1, MaxAttempts: 1,
+		OrphanError: func(ledger.Entry) contract.Error { return contract.Error{} }}
+	i := 0
+	for b.Loop() {
+		i++
+		b.StopTimer()
+		if _, _, err := l.Record(ctx, entry(fmt.Sprintf("c%d", i), "u", contract.CmdPause), 1<<20); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		c, err := l.Claim(ctx, "u", opts)
+		if err != nil || c.Next == nil {
+			b.Fatalf("claim: %+v %v", c, err)
+		}
+		if _, ok, err := l.Finish(ctx, c.Next.ID, "a", ledger.Outcome{Status: contract.StatusSucceeded}); err != nil || !ok {
+			b.Fatalf("finish: %v %v", ok, err)
+		}
+	}
+}
