@@ -574,27 +574,31 @@ func (m *Monitor) evaluateLocked(ctx context.Context, p *pass, u Update) {
 
 // commitLocked records the alerts of every pass together, retrying until
 // it succeeds, ctx ends or a pass's user moves away (that pass fails, the
-// others are retried), and notifies the webhooks of the new ones. Then it
-// saves the engine memory of the passes that succeeded, concurrently, and
-// rolls back the memory of each that failed.
+// others are retried), and notifies the webhooks of the new ones. It saves
+// the engine memory of each pass that succeeded, concurrently (those that
+// fired nothing while the alerts are recorded), and rolls back the memory
+// of each that failed.
 func (m *Monitor) commitLocked(ctx context.Context, passes []*pass) {
+	var saves sync.WaitGroup
 	var pending []*pass
 	for _, p := range passes {
-		if p.err == nil && len(p.alerts) > 0 {
+		switch {
+		case p.err != nil || !p.evaluated:
+		case len(p.alerts) > 0:
 			pending = append(pending, p)
+		default:
+			saves.Go(func() { m.saveLocked(ctx, p.us) })
 		}
 	}
 	if len(pending) > 0 {
 		m.recordLocked(ctx, pending)
 	}
-	var saves sync.WaitGroup
-	for _, p := range passes {
-		switch {
-		case p.err != nil && p.evaluated:
+	for _, p := range pending {
+		if p.err != nil {
 			p.us.engine.Restore(p.before)
-		case p.err == nil && p.evaluated:
-			saves.Go(func() { m.saveLocked(ctx, p.us) })
+			continue
 		}
+		saves.Go(func() { m.saveLocked(ctx, p.us) })
 	}
 	saves.Wait()
 }
@@ -602,6 +606,7 @@ func (m *Monitor) commitLocked(ctx context.Context, passes []*pass) {
 // recordLocked records the alerts of pending, whose errors it sets on
 // failure, and counts and notifies the new alerts.
 func (m *Monitor) recordLocked(ctx context.Context, pending []*pass) {
+	pending = slices.Clone(pending) // the retries drop the passes of users that moved away
 	exp := backoff.NewExponentialBackOff()
 	exp.InitialInterval, exp.MaxInterval = m.opts.RetryBackoff, m.opts.MaxRetryBackoff
 	var alerts []record.Alert
