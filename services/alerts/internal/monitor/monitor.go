@@ -325,15 +325,13 @@ func (m *Monitor) Wants(user string) bool {
 // the batch had been seen), one without may be acknowledged.
 func (m *Monitor) Handle(ctx context.Context, updates ...Update) (errs []error) {
 	passes := m.lockUsers(updates)
-	defer func() {
-		for _, p := range passes {
-			p.us.mu.Unlock()
-		}
-	}()
 	for _, p := range passes {
 		m.evaluatePass(ctx, p, updates)
 	}
-	m.commitLocked(ctx, passes)
+	// A user that fired nothing is unlocked as soon as its memory is saved,
+	// so that verbs and desired states for it do not wait for the others'
+	// alerts to be recorded.
+	m.commitLocked(ctx, passes, func(p *pass) { p.us.mu.Unlock() })
 	for _, p := range passes {
 		if p.err == nil {
 			continue
@@ -505,7 +503,7 @@ func (m *Monitor) catchUpLocked(ctx context.Context, us *user) error {
 			p.updates = append(p.updates, len(p.updates))
 		}
 	}
-	m.commitLocked(ctx, []*pass{p})
+	m.commitLocked(ctx, []*pass{p}, func(*pass) {})
 	if p.err != nil {
 		return p.err
 	}
@@ -577,17 +575,25 @@ func (m *Monitor) evaluateLocked(ctx context.Context, p *pass, u Update) {
 // others are retried), and notifies the webhooks of the new ones. It saves
 // the engine memory of each pass that succeeded, concurrently (those that
 // fired nothing while the alerts are recorded), and rolls back the memory
-// of each that failed.
-func (m *Monitor) commitLocked(ctx context.Context, passes []*pass) {
+// of each that failed. Once a pass is done, and before commitLocked
+// returns, release is called with it exactly once.
+func (m *Monitor) commitLocked(ctx context.Context, passes []*pass, release func(*pass)) {
 	var saves sync.WaitGroup
+	save := func(p *pass) {
+		saves.Go(func() {
+			m.saveLocked(ctx, p.us)
+			release(p)
+		})
+	}
 	var pending []*pass
 	for _, p := range passes {
 		switch {
 		case p.err != nil || !p.evaluated:
+			release(p)
 		case len(p.alerts) > 0:
 			pending = append(pending, p)
 		default:
-			saves.Go(func() { m.saveLocked(ctx, p.us) })
+			save(p)
 		}
 	}
 	if len(pending) > 0 {
@@ -596,9 +602,10 @@ func (m *Monitor) commitLocked(ctx context.Context, passes []*pass) {
 	for _, p := range pending {
 		if p.err != nil {
 			p.us.engine.Restore(p.before)
+			release(p)
 			continue
 		}
-		saves.Go(func() { m.saveLocked(ctx, p.us) })
+		save(p)
 	}
 	saves.Wait()
 }

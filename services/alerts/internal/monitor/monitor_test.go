@@ -334,3 +334,65 @@ func TestAFailedBatchIsDeliveredAgainAndRecordedOnce(t *testing.T) {
 		})
 	}
 }
+
+func TestAUserWithoutAlertsIsNotHeldByAnotherUsersRecording(t *testing.T) {
+	rec := &recorder{ids: map[string]bool{}}
+	mem := &memory{snaps: map[string]rules.Snapshot{}}
+	own := &owner{}
+	own.owns.Store(true)
+	now := time.Unix(base+2*3600+1, 0)
+	m, err := monitor.New(monitor.Deps{Recorder: rec, Snapshots: mem, History: noHistory{}, Notifier: noHooks{}, Ownership: own},
+		monitor.Options{Now: func() time.Time { return now }, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			RetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	level := 70.0
+	rule := contract.Rule{ID: "rsi-hot", Symbol: "BTC-USD", Timeframe: contract.TF1h, Kind: contract.RuleCross,
+		SeriesRef: contract.SeriesRef{Indicator: "rsi_14"}, Op: contract.OpCrossesAbove, Value: &level}
+	state := func(user string, paused bool) contract.DesiredState {
+		return contract.DesiredState{User: user, UserID: 1, ExchangeID: 2, Mode: contract.ModePositionMonitor, Paused: paused,
+			Settings: contract.Settings{Rules: map[contract.Mode][]contract.Rule{contract.ModePositionMonitor: {rule}}}}
+	}
+	update := func(user string, bar int, rsi float64) monitor.Update {
+		return monitor.Update{IndicatorUpdate: contract.IndicatorUpdate{
+			SeriesID: contract.SeriesID{User: user, UserID: 1, ExchangeID: 2, Symbol: "BTC-USD", Timeframe: contract.TF1h},
+			Start:    base + int64(bar)*3600, Closed: true, Version: 1, Values: map[string]contract.Fields{"rsi_14": {"value": rsi}}}}
+	}
+	ctx := context.Background()
+	for _, user := range []string{"alice", "bob"} {
+		if err := m.SetState(ctx, state(user, false)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.set(true, 0)
+	done := make(chan []error, 1)
+	// Alice fires on bar 1 and cannot be recorded; bob fires nothing.
+	go func() {
+		done <- m.Handle(ctx, update("alice", 0, 60), update("bob", 0, 60), update("alice", 1, 75), update("bob", 1, 65))
+	}()
+	rec.waitTries(t, 3)
+	paused := make(chan error, 1)
+	go func() { paused <- m.SetState(ctx, state("bob", true)) }()
+	select {
+	case err := <-paused:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("pausing bob waited for alice's alerts to be recorded")
+	}
+	if s := m.Status()["bob"]; !s.Paused || s.Evaluations != 2 {
+		t.Fatalf("bob's status %+v, want paused after 2 evaluations", s)
+	}
+	if mem.snaps["bob"].Rules["rsi-hot"].Last.Start != base+3600 {
+		t.Fatalf("bob's memory %+v was not saved with bar 1", mem.snaps["bob"])
+	}
+	rec.set(false, 0)
+	if errs := <-done; errs != nil {
+		t.Fatalf("Handle: %v", errs)
+	}
+	if s := m.Status()["alice"]; s.AlertsFired != 1 {
+		t.Fatalf("alice's status %+v, want 1 alert fired", s)
+	}
+}
