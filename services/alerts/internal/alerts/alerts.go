@@ -6,12 +6,15 @@
 // and owns the users that rendezvous hashing gives it. It watches KV
 // VIGIL_STATE for each user's desired state (paused, mode, settings),
 // consumes VIGIL_INDICATORS with a consumer of its own (durable
-// vigil-alerts-<id> with an inactivity threshold), acknowledges the updates of users it does not own at once,
-// and hands the others to internal/monitor, one worker per shard of users
-// so that each user's updates stay in order. The monitor records alerts in
-// the VIGIL_ALERTS stream and Postgres alert_events, keeps each user's
-// engine memory in KV VIGIL_ALERT_STATE and catches up from Redis when it
-// gains a user. Alerts also go to the user's webhook (internal/webhook).
+// vigil-alerts-<id> with an inactivity threshold), acknowledges the
+// updates of users it does not own at once, and hands the others to
+// internal/monitor, one worker per shard of users so that each user's
+// updates stay in order. A worker takes what its shard holds (up to 256
+// updates) as one batch: the batch's alerts are recorded together and each
+// user's engine memory is saved once before the updates are acknowledged.
+// The monitor records alerts in the VIGIL_ALERTS stream and Postgres
+// alert_events, keeps each user's engine memory in KV VIGIL_ALERT_STATE
+// and catches up from Redis when it gains a user. Alerts also go to the user's webhook (internal/webhook).
 // Control verbs pause, resume, apply and status are answered on
 // vigil.svc.alerts.* by every instance.
 package alerts

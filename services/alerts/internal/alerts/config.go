@@ -18,7 +18,7 @@ type Config struct {
 
 // Alerts are the settings of vigil-alerts itself.
 type Alerts struct {
-	Workers           int           `env:"VIGIL_ALERTS_WORKERS" envDefault:"4" help:"updates evaluated in parallel; each user stays on one worker, in order"`
+	Workers           int           `env:"VIGIL_ALERTS_WORKERS" envDefault:"4" help:"batches of updates evaluated in parallel; each user stays on one worker, in order"`
 	AckWait           time.Duration `env:"VIGIL_ALERTS_ACK_WAIT" envDefault:"30s" help:"redelivery delay of an update that was neither acknowledged nor reported in progress"`
 	ConsumerInactive  time.Duration `env:"VIGIL_ALERTS_CONSUMER_INACTIVE" envDefault:"1m" help:"how long the server keeps the consumer of a vanished instance"`
 	ReconcileInterval time.Duration `env:"VIGIL_ALERTS_RECONCILE_INTERVAL" envDefault:"5s" help:"how often users are converged besides membership and desired-state changes"`
