@@ -349,7 +349,8 @@ func (m *Monitor) Handle(ctx context.Context, updates ...Update) (errs []error) 
 // pass is the work of one Handle or catch-up on one user.
 type pass struct {
 	us *user
-	// updates are the indices of the user's updates in the batch, in order.
+	// updates are the indices of the user's updates in Handle's batch, in
+	// order.
 	updates []int
 	// evaluated is set once the engine has seen an update; before is its
 	// memory until then.
@@ -485,6 +486,7 @@ func (m *Monitor) gainLocked(ctx context.Context, us *user, catchUp bool) error 
 func (m *Monitor) catchUpLocked(ctx context.Context, us *user) error {
 	now := m.opts.Now()
 	p := &pass{us: us}
+	bars := 0
 	for _, in := range seriesInputs(us.applied.rules) {
 		series := contract.SeriesID{User: us.token, UserID: us.desired.UserID, ExchangeID: us.desired.ExchangeID,
 			Symbol: in.symbol, Timeframe: in.tf}
@@ -500,14 +502,14 @@ func (m *Monitor) catchUpLocked(ctx context.Context, us *user) error {
 		}
 		for _, u := range updates {
 			m.evaluateLocked(ctx, p, Update{IndicatorUpdate: u})
-			p.updates = append(p.updates, len(p.updates))
+			bars++
 		}
 	}
 	m.commitLocked(ctx, []*pass{p}, func(*pass) {})
 	if p.err != nil {
 		return p.err
 	}
-	m.opts.Log.InfoContext(ctx, "caught up", "user", us.token, "bars", len(p.updates))
+	m.opts.Log.InfoContext(ctx, "caught up", "user", us.token, "bars", bars)
 	return nil
 }
 
