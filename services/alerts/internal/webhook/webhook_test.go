@@ -116,8 +116,10 @@ func TestNotify(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// A generous attempt timeout: a loaded machine must not turn a
+			// slow 200 into a retry; retries here come from status codes.
 			n, err := webhook.New(webhook.Options{Attempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
-				LookupEnv: lookup, Log: quiet, Metrics: m})
+				Timeout: time.Minute, LookupEnv: lookup, Log: quiet, Metrics: m})
 			if err != nil {
 				t.Fatal(err)
 			}
