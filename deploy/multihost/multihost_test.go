@@ -67,10 +67,9 @@ type network struct {
 	prefix, subnet string
 }
 
-func (n network) ns(i int) string      { return fmt.Sprintf("%sh%d", n.prefix, i) }
-func (n network) ip(i int) string      { return fmt.Sprintf("%s.%d", n.subnet, i) }
-func (n network) gateway() string      { return n.subnet + ".254" }
-func (n network) natsURL(i int) string { return fmt.Sprintf("nats://%s:4222", n.ip(i)) }
+func (n network) ns(i int) string { return fmt.Sprintf("%sh%d", n.prefix, i) }
+func (n network) ip(i int) string { return fmt.Sprintf("%s.%d", n.subnet, i) }
+func (n network) gateway() string { return n.subnet + ".254" }
 
 // newNetwork creates the hosts and removes them when the test ends.
 func newNetwork(t *testing.T, script string) network {
