@@ -86,8 +86,9 @@ func withStartDeadline(ctx context.Context) (context.Context, context.CancelFunc
 	return context.WithTimeout(ctx, DefaultStartTimeout)
 }
 
-// freePort asks the kernel for a free TCP port on the loopback address.
-func freePort() (int, error) {
+// FreePort asks the kernel for a free TCP port on the loopback address
+// (free when asked: a server that takes it later may find it taken).
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(loopback, "0"))
 	if err != nil {
 		return 0, fmt.Errorf("localstack: find a free port: %w", err)
@@ -105,7 +106,7 @@ func startOnPort[T any](opts Options, start func(port int) (T, error)) (T, error
 	var zero T
 	var lastErr error
 	for range portAttempts {
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return zero, err
 		}

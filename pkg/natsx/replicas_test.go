@@ -3,7 +3,6 @@ package natsx_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"testing"
 	"time"
@@ -16,24 +15,13 @@ import (
 	"vigil.dev/pkg/testenv"
 )
 
-// freePort is a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startCluster runs a JetStream cluster of n embedded servers on loopback
 // and returns their client URLs.
 func startCluster(t *testing.T, n int) []string {
 	t.Helper()
 	ports := make([]int, n)
 	for i := range ports {
-		ports[i] = freePort(t)
+		ports[i] = testenv.FreePort(t)
 	}
 	var routes []*url.URL
 	for _, p := range ports {

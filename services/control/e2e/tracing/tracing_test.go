@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -62,16 +61,6 @@ exporters:
     trace_storage: memstore
 `
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startJaeger runs the binary built by deploy/scripts/jaeger.sh (make deps)
 // and returns its query URL and OTLP endpoint.
 func startJaeger(t *testing.T) (queryURL, otlpURL string) {
@@ -87,7 +76,7 @@ func startJaeger(t *testing.T) (queryURL, otlpURL string) {
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("Jaeger is not built (%v): run `make deps` (deploy/scripts/jaeger.sh builds and caches it)", err)
 	}
-	queryPort, grpcPort, otlpPort := freePort(t), freePort(t), freePort(t)
+	queryPort, grpcPort, otlpPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	cfg := filepath.Join(t.TempDir(), "jaeger.yaml")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, jaegerConfig, queryPort, grpcPort, otlpPort), 0o644); err != nil {
 		t.Fatal(err)
