@@ -144,21 +144,28 @@ func (f *feed) apply(_ context.Context, req contract.SvcRequest) (any, error) {
 		return nil, contract.FieldError{Field: "state", Problem: "is required"}
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	u, err := f.takeStateLocked(req, nil)
 	if err != nil {
+		f.mu.Unlock()
 		return nil, err
 	}
 	f.convergeLocked(req.User)
 	if !f.owns(req.User) {
+		f.mu.Unlock()
 		return notOwner, nil
 	}
 	added, removed := []string{}, []string{}
 	if u.diff.revision == req.State.Revision {
 		added, removed = u.diff.added, u.diff.removed
 	}
-	return map[string]any{"owner": true, "added": added, "removed": removed, "symbols": u.state.Symbols,
-		"book": u.state.Mode.UsesOrderBook() && !u.state.Paused, "paused": u.state.Paused}, nil
+	out := map[string]any{"owner": true, "added": added, "removed": removed, "symbols": slices.Clone(u.state.Symbols),
+		"book": u.state.Mode.UsesOrderBook() && !u.state.Paused, "paused": u.state.Paused}
+	f.mu.Unlock()
+	// As in pause: a flush that collected candles or book snapshots of
+	// removed symbols or of a book channel now off publishes them before
+	// the answer, never after it.
+	f.eng.Quiesce()
+	return out, nil
 }
 
 // backfill runs a backfill job for the owner: history pages of each
