@@ -1,7 +1,8 @@
 # vigil: run the dev stack, build, test, bench and lint every module of go.work.
 #
-#   make deps    install what is missing (redis-server, PostgreSQL, nats CLI, staticcheck)
-#   make run     the local dev stack (deploy/devstack): NATS, Redis, Postgres and the services
+#   make deps    install what is missing (redis-server, PostgreSQL, nats CLI, staticcheck, Jaeger)
+#   make run     the local dev stack (deploy/devstack): NATS, Redis, Postgres and the services;
+#                it installs only what it needs (Jaeger only with TRACING=1)
 #   make build   every service binary (and vigilctl) into bin/
 #   make test    every module's tests with the race detector, against real servers
 #   make bench   the benchmark runner, or every module's Go benchmarks
@@ -30,11 +31,12 @@ deps:
 	bash deploy/scripts/deps.sh
 
 # Built, then run directly, so Ctrl-C and SIGTERM reach it (go run does not
-# forward them). make run TRACING=1 also runs Jaeger.
-run: deps
+# forward them). make run TRACING=1 also builds (once) and runs Jaeger.
+run:
+	@bash deploy/scripts/deps.sh --run
 	@mkdir -p bin
-	$(GO) build -o bin/devstack ./deploy/devstack
-	bin/devstack
+	@$(GO) build -o bin/devstack ./deploy/devstack
+	@bin/devstack
 
 build:
 	@mkdir -p bin

@@ -6,7 +6,14 @@
 #     postgresql), unless initdb is on PATH or in /usr/lib/postgresql/*/bin
 #   - the nats CLI (go install), optional: a failure is only a warning
 #   - staticcheck (go install), optional: a failure is only a warning
+#   - Jaeger v2 (built once by jaeger.sh, several minutes)
 # NATS itself needs nothing: vigil embeds nats-server.
+#
+# Usage: deps.sh [--run]
+#   (no flag)  everything: make deps, make test (the tracing test needs
+#              Jaeger) and .ci/run
+#   --run      only what make run needs: redis-server, PostgreSQL and the
+#              nats CLI; Jaeger too when TRACING=1 (make run TRACING=1)
 #
 # The Debian packages would start a system redis (port 6379) and create and
 # start a PostgreSQL cluster (port 5432); vigil runs private instances
@@ -16,6 +23,20 @@
 set -euo pipefail
 
 NATS_CLI_VERSION=v0.5.1
+
+profile=all
+case "${1:-}" in
+"") ;;
+--run) profile=run ;;
+*)
+	echo "deps: unknown argument ${1}: usage: deps.sh [--run]" >&2
+	exit 2
+	;;
+esac
+tracing=false
+if [ "$profile" = all ] || [ "${TRACING:-}" = 1 ] || [ "${TRACING:-}" = true ]; then
+	tracing=true
+fi
 
 log() { echo "deps: $*"; }
 warn() { echo "deps: warning: $*" >&2; }
@@ -108,10 +129,16 @@ if ! command -v go >/dev/null 2>&1; then
 	exit 1
 fi
 go_tool nats "github.com/nats-io/natscli/nats@$NATS_CLI_VERSION"
-go_tool staticcheck "honnef.co/go/tools/cmd/staticcheck@latest"
+if [ "$profile" = all ]; then
+	go_tool staticcheck "honnef.co/go/tools/cmd/staticcheck@latest"
+fi
 
-# Jaeger v2 for the tracing test and `make run TRACING=1`: built once from
-# the Go module proxy and cached (a few minutes the first time).
+# Jaeger v2 for the tracing test and `make run TRACING=1` only: built once
+# from the Go module proxy and cached (jaeger.sh says so when it builds).
+if ! $tracing; then
+	log "ok: redis-server and the PostgreSQL server are installed (Jaeger only with TRACING=1)"
+	exit 0
+fi
 if ! jaeger=$(bash "$(dirname "$0")/jaeger.sh"); then
 	echo "deps: could not build Jaeger (deploy/scripts/jaeger.sh)" >&2
 	exit 1

@@ -27,7 +27,7 @@ package jaegerbuild
 
 import _ "github.com/jaegertracing/jaeger/cmd/jaeger"
 GO
-echo "building Jaeger $version once (a few minutes) into $bin" >&2
+echo "deps: building Jaeger $version once into $bin (for TRACING=1 and the tracing test; about 5-10 minutes on 2 cores, cached afterwards)" >&2
 GOFLAGS=-mod=mod go get "github.com/jaegertracing/jaeger@$version" >&2
 go mod tidy >&2
 mkdir -p "$(dirname "$bin")"
