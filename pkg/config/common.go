@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -38,11 +39,32 @@ func (n NATS) Validate() error {
 
 // Redis is the Redis part of a binary that uses Redis.
 type Redis struct {
-	URL string `env:"REDIS_URL,required" help:"Redis URL, e.g. redis://127.0.0.1:6379/0"`
+	URL string `env:"REDIS_URL,required" help:"Redis URL, e.g. redis://127.0.0.1:6379/0; with Sentinel: redis://sentinel1:26379/0?master_name=NAME&addr=sentinel2:26379&addr=sentinel3:26379[&password=MASTER_PASSWORD]"`
 }
 
-// Validate checks the URL.
-func (r Redis) Validate() error { return CheckURL("REDIS_URL", r.URL, "redis", "rediss", "unix") }
+// Validate checks the URL: a server URL, or a sentinel URL (IsSentinelURL)
+// over redis or rediss.
+func (r Redis) Validate() error {
+	if IsSentinelURL(r.URL) {
+		if err := CheckURL("REDIS_URL", r.URL, "redis", "rediss"); err != nil {
+			return err
+		}
+		u, _ := url.Parse(r.URL)
+		if u.Query().Get("master_name") == "" {
+			return fmt.Errorf("REDIS_URL: master_name is empty: it names the master the sentinels monitor")
+		}
+		return nil
+	}
+	return CheckURL("REDIS_URL", r.URL, "redis", "rediss", "unix")
+}
+
+// IsSentinelURL reports whether a Redis URL names Redis Sentinels (it has
+// a master_name query parameter, go-redis's failover URL form) rather
+// than a server.
+func IsSentinelURL(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.Query().Has("master_name")
+}
 
 // Postgres is the PostgreSQL part of a binary that uses Postgres.
 type Postgres struct {

@@ -143,3 +143,23 @@ func TestMaskURL(t *testing.T) {
 		}
 	}
 }
+
+func TestRedisSentinelURL(t *testing.T) {
+	for _, tc := range []struct {
+		url     string
+		wantErr string
+	}{
+		{"redis://127.0.0.1:26379/0?master_name=vigil&addr=127.0.0.1:26380", ""},
+		{"rediss://s1:26379/0?master_name=vigil", ""},
+		{"redis://127.0.0.1:26379/0?master_name=", "master_name is empty"},
+		{"unix://x?master_name=vigil", "REDIS_URL"},
+	} {
+		err := Redis{URL: tc.url}.Validate()
+		if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%s: err %v, want %q", tc.url, err, tc.wantErr)
+		}
+	}
+	if !IsSentinelURL("redis://h:26379?master_name=m") || IsSentinelURL("redis://h:6379/0") {
+		t.Error("IsSentinelURL misclassifies")
+	}
+}

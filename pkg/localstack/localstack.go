@@ -62,6 +62,9 @@ type Options struct {
 	// RedisDatabases is the number of Redis logical databases; 0 keeps the
 	// Redis default (16). Ignored by the other servers.
 	RedisDatabases int
+	// RedisReplicaOf, when set (host:port), starts Redis as a replica of
+	// that master. Ignored by the other servers.
+	RedisReplicaOf string
 }
 
 func (o Options) validate() error {

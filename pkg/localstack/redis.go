@@ -59,6 +59,13 @@ func startRedisOn(ctx context.Context, bin, dir string, port int, opts Options) 
 	} else {
 		args = append(args, "--save", "", "--appendonly", "no")
 	}
+	if opts.RedisReplicaOf != "" {
+		host, port, err := net.SplitHostPort(opts.RedisReplicaOf)
+		if err != nil {
+			return nil, fmt.Errorf("%w: RedisReplicaOf %q: %w", ErrInvalidOptions, opts.RedisReplicaOf, err)
+		}
+		args = append(args, "--replicaof", host, port)
+	}
 	if opts.RedisDatabases > 0 {
 		args = append(args, "--databases", strconv.Itoa(opts.RedisDatabases))
 	}
@@ -109,6 +116,12 @@ func (r *Redis) DatabaseURL(db int) string {
 // LogPath is the file the server writes its log to.
 func (r *Redis) LogPath() string {
 	return r.proc.logPath
+}
+
+// Kill ends the server with SIGKILL, as a crash of its host would, and
+// waits for it to exit.
+func (r *Redis) Kill() error {
+	return r.proc.stop(syscall.SIGKILL)
 }
 
 // Stop shuts the server down with SIGTERM (which saves the data when

@@ -27,12 +27,20 @@ const DefaultRetention = 1000
 
 // NewClient opens a Redis client from url with tracing and metrics, and
 // checks it with PING.
+//
+// A url with a master_name query parameter names Redis Sentinels rather
+// than a server, in go-redis's failover URL form:
+//
+//	redis://[user:pass@]sentinel1:26379/0?master_name=vigil&addr=sentinel2:26379&addr=sentinel3:26379&password=<master password>
+//
+// (userinfo is the sentinels' credential, the password parameter the
+// master's). The client then asks the sentinels for the master and
+// follows it through failovers.
 func NewClient(ctx context.Context, url string) (*redis.Client, error) {
-	opts, err := redis.ParseURL(url)
+	rdb, err := newClient(url)
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL %s: %w", config.MaskURL(url), err)
 	}
-	rdb := redis.NewClient(opts)
 	if err := errors.Join(redisotel.InstrumentTracing(rdb), redisotel.InstrumentMetrics(rdb)); err != nil {
 		rdb.Close()
 		return nil, fmt.Errorf("redis instrumentation: %w", err)
@@ -42,6 +50,22 @@ func NewClient(ctx context.Context, url string) (*redis.Client, error) {
 		return nil, fmt.Errorf("redis ping %s: %w", config.MaskURL(url), err)
 	}
 	return rdb, nil
+}
+
+// newClient builds a plain or, for a sentinel URL, a failover client.
+func newClient(url string) (*redis.Client, error) {
+	if config.IsSentinelURL(url) {
+		opts, err := redis.ParseFailoverURL(url)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewFailoverClient(opts), nil
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewClient(opts), nil
 }
 
 //go:embed upsert.lua
