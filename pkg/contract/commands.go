@@ -288,7 +288,7 @@ func validateSymbolList(f *fieldErrs, field string, symbols []string, max int) {
 // values are errors that name the field.
 func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
 	if len(body) > MaxPayloadBytes {
-		return nil, FieldError{"payload", fmt.Sprintf("is %d bytes, the limit is %d", len(body), MaxPayloadBytes)}
+		return nil, FieldError{Field: "payload", Problem: fmt.Sprintf("is %d bytes, the limit is %d", len(body), MaxPayloadBytes)}
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		body = []byte("{}")
@@ -328,7 +328,7 @@ func DecodeStrict[T any](body []byte) (T, error) {
 		return v, jsonFieldError(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return v, FieldError{"payload", "has data after the JSON object"}
+		return v, FieldError{Field: "payload", Problem: "has data after the JSON object"}
 	}
 	return v, nil
 }
@@ -344,12 +344,12 @@ func jsonFieldError(err error) error {
 		if field == "" {
 			field = "payload"
 		}
-		return FieldError{field, fmt.Sprintf("must be %s, got JSON %s", typeErr.Type, typeErr.Value)}
+		return FieldError{Field: field, Problem: fmt.Sprintf("must be %s, got JSON %s", typeErr.Type, typeErr.Value)}
 	case errors.As(err, &syntaxErr):
-		return FieldError{"payload", fmt.Sprintf("is not valid JSON at byte %d: %v", syntaxErr.Offset, err)}
+		return FieldError{Field: "payload", Problem: fmt.Sprintf("is not valid JSON at byte %d: %v", syntaxErr.Offset, err)}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return FieldError{name, "is not a known field"}
+		return FieldError{Field: name, Problem: "is not a known field"}
 	}
-	return FieldError{"payload", err.Error()}
+	return FieldError{Field: "payload", Problem: err.Error()}
 }

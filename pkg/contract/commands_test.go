@@ -135,7 +135,7 @@ func TestErrorFrom(t *testing.T) {
 	if e := ErrorFrom(fmt.Errorf("wrap: %w", busy), CodeInternal); e != busy {
 		t.Fatalf("passthrough: %+v", e)
 	}
-	if e := ErrorFrom(FieldError{"symbol", "is required"}, CodeInternal); e.Code != CodeInvalidPayload || e.Fields[0].Field != "symbol" {
+	if e := ErrorFrom(FieldError{Field: "symbol", Problem: "is required"}, CodeInternal); e.Code != CodeInvalidPayload || e.Fields[0].Field != "symbol" {
 		t.Fatalf("field: %+v", e)
 	}
 }

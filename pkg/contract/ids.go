@@ -27,13 +27,13 @@ var (
 // spaces and non-ASCII lookalikes are rejected.
 func ValidateUserToken(token string) error {
 	if token == "" {
-		return FieldError{"user", "is required"}
+		return FieldError{Field: "user", Problem: "is required"}
 	}
 	if len(token) > MaxUserTokenLen {
-		return FieldError{"user", fmt.Sprintf("is %d bytes long, the limit is %d", len(token), MaxUserTokenLen)}
+		return FieldError{Field: "user", Problem: fmt.Sprintf("is %d bytes long, the limit is %d", len(token), MaxUserTokenLen)}
 	}
 	if !userTokenRE.MatchString(token) {
-		return FieldError{"user", fmt.Sprintf("%q may contain only A-Z a-z 0-9 _ -", token)}
+		return FieldError{Field: "user", Problem: fmt.Sprintf("%q may contain only A-Z a-z 0-9 _ -", token)}
 	}
 	return nil
 }
@@ -44,13 +44,13 @@ func ValidateUserToken(token string) error {
 // widen a Redis pattern or a NATS subject.
 func ValidateSymbol(symbol string) error {
 	if symbol == "" {
-		return FieldError{"symbol", "is required"}
+		return FieldError{Field: "symbol", Problem: "is required"}
 	}
 	if len(symbol) > MaxSymbolLen {
-		return FieldError{"symbol", fmt.Sprintf("is %d bytes long, the limit is %d", len(symbol), MaxSymbolLen)}
+		return FieldError{Field: "symbol", Problem: fmt.Sprintf("is %d bytes long, the limit is %d", len(symbol), MaxSymbolLen)}
 	}
 	if !symbolRE.MatchString(symbol) {
-		return FieldError{"symbol", fmt.Sprintf("%q is not a product id like BTC-USD (uppercase A-Z 0-9 parts joined by '-')", symbol)}
+		return FieldError{Field: "symbol", Problem: fmt.Sprintf("%q is not a product id like BTC-USD (uppercase A-Z 0-9 parts joined by '-')", symbol)}
 	}
 	return nil
 }
@@ -58,7 +58,7 @@ func ValidateSymbol(symbol string) error {
 // ValidateRuleID checks an alert rule id: 1–64 characters of A-Z a-z 0-9 _ -.
 func ValidateRuleID(id string) error {
 	if !ruleIDRE.MatchString(id) {
-		return FieldError{"id", fmt.Sprintf("%q must be 1-64 characters of A-Z a-z 0-9 _ -", id)}
+		return FieldError{Field: "id", Problem: fmt.Sprintf("%q must be 1-64 characters of A-Z a-z 0-9 _ -", id)}
 	}
 	return nil
 }
@@ -67,7 +67,7 @@ func ValidateRuleID(id string) error {
 // payload's "id"): 1–64 characters of A-Z a-z 0-9 _ -.
 func ValidateCommandID(id string) error {
 	if !commandIDRE.MatchString(id) {
-		return FieldError{"id", fmt.Sprintf("%q must be 1-64 characters of A-Z a-z 0-9 _ -", id)}
+		return FieldError{Field: "id", Problem: fmt.Sprintf("%q must be 1-64 characters of A-Z a-z 0-9 _ -", id)}
 	}
 	return nil
 }
@@ -76,7 +76,7 @@ func ValidateCommandID(id string) error {
 // subjects, such as ema_20 or macd_12_26_9.
 func ValidateIndicatorName(name string) error {
 	if !indicatorNameRE.MatchString(name) {
-		return FieldError{"indicator", fmt.Sprintf("%q must be 1-40 characters of a-z 0-9 _", name)}
+		return FieldError{Field: "indicator", Problem: fmt.Sprintf("%q must be 1-40 characters of a-z 0-9 _", name)}
 	}
 	return nil
 }
@@ -85,7 +85,7 @@ func ValidateIndicatorName(name string) error {
 // exchange_accounts.id): it must be positive.
 func ValidateID(field string, id int64) error {
 	if id <= 0 {
-		return FieldError{field, fmt.Sprintf("must be a positive id, got %d", id)}
+		return FieldError{Field: field, Problem: fmt.Sprintf("must be a positive id, got %d", id)}
 	}
 	return nil
 }
@@ -115,7 +115,7 @@ var timeframeDurations = map[Timeframe]time.Duration{
 func ParseTimeframe(s string) (Timeframe, error) {
 	tf := Timeframe(s)
 	if _, ok := timeframeDurations[tf]; !ok {
-		return "", FieldError{"timeframe", fmt.Sprintf("%q is not one of 1m 5m 15m 1h 4h 1d", s)}
+		return "", FieldError{Field: "timeframe", Problem: fmt.Sprintf("%q is not one of 1m 5m 15m 1h 4h 1d", s)}
 	}
 	return tf, nil
 }

@@ -28,7 +28,7 @@ func (m Mode) Validate() error {
 	if slices.Contains(Modes, m) {
 		return nil
 	}
-	return FieldError{"mode", fmt.Sprintf("%q is not one of position-monitor, scalper-macdv, scalper-orderbook", m)}
+	return FieldError{Field: "mode", Problem: fmt.Sprintf("%q is not one of position-monitor, scalper-macdv, scalper-orderbook", m)}
 }
 
 // Timeframes are the timeframes the mode's indicators and rules run on.

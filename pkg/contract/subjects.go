@@ -70,7 +70,7 @@ func CommandSubject(user string, cmd Command) string {
 func ParseCommandSubject(subject string) (user string, cmd Command, err error) {
 	parts := strings.Split(subject, ".")
 	if len(parts) != 4 || parts[0] != "vigil" || parts[1] != "cmd" {
-		return "", "", FieldError{"subject", fmt.Sprintf("%q is not vigil.cmd.<user>.<command>", subject)}
+		return "", "", FieldError{Field: "subject", Problem: fmt.Sprintf("%q is not vigil.cmd.<user>.<command>", subject)}
 	}
 	if err := ValidateUserToken(parts[2]); err != nil {
 		return "", "", err
@@ -139,11 +139,11 @@ func BookSubject(user string, exchangeID int64, symbol string) string {
 func ParseSeriesSubject(subject string) (kind string, s SeriesID, err error) {
 	parts := strings.Split(subject, ".")
 	if len(parts) != 6 || parts[0] != "vigil" || (parts[1] != "candle" && parts[1] != "indicator") {
-		return "", s, FieldError{"subject", fmt.Sprintf("%q is not vigil.candle|indicator.<user>.<exchange>.<symbol>.<tf>", subject)}
+		return "", s, FieldError{Field: "subject", Problem: fmt.Sprintf("%q is not vigil.candle|indicator.<user>.<exchange>.<symbol>.<tf>", subject)}
 	}
 	ex, perr := strconv.ParseInt(parts[3], 10, 64)
 	if perr != nil || ex <= 0 {
-		return "", s, FieldError{"exchange_id", fmt.Sprintf("%q is not a positive id", parts[3])}
+		return "", s, FieldError{Field: "exchange_id", Problem: fmt.Sprintf("%q is not a positive id", parts[3])}
 	}
 	s = SeriesID{User: parts[2], ExchangeID: ex, Symbol: parts[4], Timeframe: Timeframe(parts[5])}
 	var f fieldErrs
@@ -166,7 +166,7 @@ func StateKey(user string) string { return "user." + user }
 func UserFromStateKey(key string) (string, error) {
 	user, ok := strings.CutPrefix(key, "user.")
 	if !ok {
-		return "", FieldError{"key", fmt.Sprintf("%q is not user.<token>", key)}
+		return "", FieldError{Field: "key", Problem: fmt.Sprintf("%q is not user.<token>", key)}
 	}
 	return user, ValidateUserToken(user)
 }

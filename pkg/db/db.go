@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
+	"vigil.dev/pkg/contract"
 )
 
 // Errors of this package, wrapped with details.
@@ -26,16 +27,16 @@ var (
 	// ErrBadURL reports a DATABASE_URL that cannot be parsed.
 	ErrBadURL = errors.New("db: bad database URL")
 	// ErrUnreachable reports a database that does not answer.
-	ErrUnreachable = errors.New("db: database unreachable")
+	ErrUnreachable = contract.NewKind(contract.ErrUnavailable, "db: database unreachable")
 	// ErrMigrate reports a failed schema migration.
 	ErrMigrate = errors.New("db: migration failed")
 	// ErrUnknownUser reports a user token that names no user.
-	ErrUnknownUser = errors.New("db: unknown user")
+	ErrUnknownUser = contract.NewKind(contract.ErrUnknownUser, "db: unknown user")
 	// ErrAmbiguousToken reports a user token that names users of several
 	// identity providers.
-	ErrAmbiguousToken = errors.New("db: user token names several users")
+	ErrAmbiguousToken = contract.NewKind(contract.ErrConflict, "db: user token names several users")
 	// ErrNoExchangeAccount reports a user without an exchange account.
-	ErrNoExchangeAccount = errors.New("db: user has no exchange account")
+	ErrNoExchangeAccount = contract.NewKind(contract.ErrConflict, "db: user has no exchange account")
 	// ErrInvalidInput reports an argument that cannot be stored.
 	ErrInvalidInput = errors.New("db: invalid input")
 )

@@ -44,7 +44,7 @@ func TestRejections(t *testing.T) {
 		{"ids differ", "alice", "pause", `{"id":"one"}`, nats.Header{"Nats-Msg-Id": []string{"two"}}, contract.CodeInvalidPayload, "400", []string{"id"}},
 		{"clear-cache glob", "alice", "clear-cache", `{"scope":"symbol","symbol":"BTC-*"}`, nil, contract.CodeInvalidPayload, "400", []string{"symbol"}},
 		{"clear-cache of another user's exchange", "alice", "clear-cache", `{"scope":"all","exchange":` + itoa(e.users["bob"].exchange) + `}`, nil,
-			contract.CodeInvalidPayload, "400", []string{"exchange"}},
+			contract.CodeForbidden, "403", []string{"exchange"}},
 		{"open backfill range too long", "alice", "force-backfill", `{"symbol":"BTC-USD","from":"2000-01-01T00:00:00Z"}`, nil,
 			contract.CodeInvalidPayload, "400", []string{"from"}},
 		{"backfill range in the future", "alice", "force-backfill", `{"symbol":"BTC-USD","to":"2999-01-01T00:00:00Z"}`, nil,

@@ -17,9 +17,9 @@ import (
 // Errors of the store.
 var (
 	// ErrChanged reports a state that changed since it was read.
-	ErrChanged = errors.New("desired: state changed since it was read")
+	ErrChanged = contract.NewKind(contract.ErrConflict, "desired: state changed since it was read")
 	// ErrStore reports a KV failure.
-	ErrStore = errors.New("desired: state store unavailable")
+	ErrStore = contract.NewKind(contract.ErrUnavailable, "desired: state store unavailable")
 )
 
 // Entry is a user's desired state with the KV revision it was read at

@@ -15,11 +15,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 )
 
 // ErrStore reports a database failure (not an unknown user).
-var ErrStore = errors.New("directory: user store unavailable")
+var ErrStore = contract.NewKind(contract.ErrUnavailable, "directory: user store unavailable")
 
 // User is a user with their exchange accounts.
 type User struct {

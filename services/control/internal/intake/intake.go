@@ -26,7 +26,6 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"vigil.dev/pkg/contract"
-	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/telemetry"
 	"vigil.dev/services/control/internal/directory"
 	"vigil.dev/services/control/internal/ledger"
@@ -110,12 +109,12 @@ func (in *Intake) Handle(r micro.Request) {
 		attribute.String("vigil.command", string(ack.Command)), attribute.Bool("vigil.accepted", ack.Accepted))
 	if err != nil {
 		ack.Accepted, ack.Position = false, 0
-		ack.Error = errorOf(err)
+		ack.Error = contract.ErrorOf(err)
 		span.SetStatus(codes.Error, err.Error())
 		in.rejected.Add(ctx, 1, metric.WithAttributes(attribute.String("code", string(ack.Error.Code))))
 		in.log.InfoContext(ctx, "command rejected", "subject", r.Subject(), "id", ack.ID, "code", ack.Error.Code, "err", ack.Error.Message)
 		body, _ := json.Marshal(ack)
-		if err := r.Error(microCode(ack.Error.Code), headerText(string(ack.Error.Code)+": "+ack.Error.Message), body); err != nil {
+		if err := r.Error(ack.Error.Code.ServiceCode(), headerText(string(ack.Error.Code)+": "+ack.Error.Message), body); err != nil {
 			in.log.WarnContext(ctx, "reply failed", "subject", r.Subject(), "err", err)
 		}
 		return
@@ -125,9 +124,6 @@ func (in *Intake) Handle(r micro.Request) {
 	}
 	in.notify.Notify(ack.User)
 }
-
-// errNotYourExchange reports a clear-cache for another user's exchange.
-var errNotYourExchange = errors.New("not an exchange account of the user")
 
 // accept validates and records the request; the ACK carries what is known
 // even when err is set.
@@ -172,7 +168,7 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 		return ack, err
 	}
 	if p, ok := payload.(contract.ClearCachePayload); ok && p.Exchange != 0 && !u.HasExchange(p.Exchange) {
-		return ack, contract.FieldError{Field: "exchange", Problem: fmt.Sprintf("%d is %s of %s", p.Exchange, errNotYourExchange, user)}
+		return ack, contract.NotYourExchange(p.Exchange, user)
 	}
 	stored, err := json.Marshal(payload)
 	if err != nil {
@@ -219,43 +215,6 @@ func operator(h micro.Headers) string {
 		name = name[:maxOperatorLen]
 	}
 	return strings.ToValidUTF8(name, "")
-}
-
-// errorOf maps an intake error to the ACK's error object.
-func errorOf(err error) *contract.Error {
-	switch {
-	case errors.Is(err, db.ErrUnknownUser):
-		return &contract.Error{Code: contract.CodeUnknownUser, Message: err.Error()}
-	case errors.Is(err, db.ErrAmbiguousToken), errors.Is(err, ledger.ErrIDConflict):
-		return &contract.Error{Code: contract.CodeConflict, Message: err.Error()}
-	case errors.Is(err, ledger.ErrBusy):
-		return &contract.Error{Code: contract.CodeBusy, Message: err.Error()}
-	case errors.Is(err, ledger.ErrStore), errors.Is(err, directory.ErrStore), errors.Is(err, context.DeadlineExceeded):
-		return &contract.Error{Code: contract.CodeUnavailable, Message: err.Error()}
-	}
-	return contract.ErrorFrom(err, contract.CodeInternal)
-}
-
-// microCode is the Nats-Service-Error-Code of a contract error code, in the
-// HTTP-like numbers micro clients expect.
-func microCode(c contract.ErrorCode) string {
-	switch c {
-	case contract.CodeInvalidPayload:
-		return "400"
-	case contract.CodeForbidden:
-		return "403"
-	case contract.CodeUnknownCommand, contract.CodeUnknownUser:
-		return "404"
-	case contract.CodeConflict:
-		return "409"
-	case contract.CodeBusy:
-		return "429"
-	case contract.CodeUnavailable:
-		return "503"
-	case contract.CodeTimeout:
-		return "504"
-	}
-	return "500"
 }
 
 // headerText makes s safe as a header value: one line, bounded.

@@ -23,7 +23,6 @@ package ledger
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -36,12 +35,12 @@ import (
 // Errors of the ledger, wrapped with details.
 var (
 	// ErrBusy reports a user whose queue is full.
-	ErrBusy = errors.New("ledger: queue is full")
+	ErrBusy = contract.NewKind(contract.ErrBusy, "ledger: queue is full")
 	// ErrIDConflict reports a command id that is already taken by another
 	// command, or by one accepted longer than DedupeWindow ago.
-	ErrIDConflict = errors.New("ledger: command id already used")
+	ErrIDConflict = contract.NewKind(contract.ErrConflict, "ledger: command id already used")
 	// ErrStore reports a database failure.
-	ErrStore = errors.New("ledger: command log unavailable")
+	ErrStore = contract.NewKind(contract.ErrUnavailable, "ledger: command log unavailable")
 )
 
 // DedupeWindow is how long a command id returns its first ACK again.

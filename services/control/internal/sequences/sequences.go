@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
-	"vigil.dev/pkg/db"
 	"vigil.dev/services/control/internal/desired"
 	"vigil.dev/services/control/internal/directory"
 	"vigil.dev/services/control/internal/fanout"
@@ -25,10 +24,12 @@ import (
 
 // Errors of the sequences, wrapped with details.
 var (
-	// ErrNoExchange reports a user without an exchange account.
-	ErrNoExchange = errors.New("user has no exchange account")
-	// ErrNotYourExchange reports an exchange account of another user.
-	ErrNotYourExchange = errors.New("exchange account does not belong to the user")
+	// ErrNoExchange reports a user without an exchange account (conflict:
+	// the command needs state the user lacks).
+	ErrNoExchange = contract.NewKind(contract.ErrConflict, "user has no exchange account")
+	// ErrNotYourExchange reports an exchange account of another user
+	// (forbidden).
+	ErrNotYourExchange = contract.ErrNotYourExchange
 )
 
 // CancelledError is the cause of a background job's context when a pause
@@ -40,6 +41,9 @@ type CancelledError struct {
 
 // Error implements error.
 func (e *CancelledError) Error() string { return "cancelled by pause " + e.By }
+
+// Unwrap makes a cancelled command a conflict (another command ended it).
+func (e *CancelledError) Unwrap() error { return contract.ErrConflict }
 
 // Steps sends one step to every instance of a service.
 type Steps interface {
@@ -263,7 +267,7 @@ func (r *Runner) write(ctx context.Context, cmd Command, next contract.DesiredSt
 func (r *Runner) pause(ctx context.Context, cmd Command) Outcome {
 	cur, err := r.current(ctx, cmd.User)
 	if err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	if cur.State.Paused {
 		return succeeded(map[string]any{"status": "already_paused"}, nil)
@@ -278,7 +282,7 @@ func (r *Runner) pause(ctx context.Context, cmd Command) Outcome {
 func (r *Runner) resume(ctx context.Context, cmd Command, p contract.ResumePayload) Outcome {
 	cur, err := r.current(ctx, cmd.User)
 	if err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	next := cur.State
 	newSymbols := p.Symbols != nil && !sameSet(p.Symbols, cur.State.Symbols)
@@ -308,20 +312,20 @@ func (r *Runner) resume(ctx context.Context, cmd Command, p contract.ResumePaylo
 func (r *Runner) reloadSettings(ctx context.Context, cmd Command) Outcome {
 	u, err := r.d.Users.Refresh(ctx, cmd.User)
 	if err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	settings, err := contract.ParseSettings(u.Settings, r.cfg.Limits)
 	if err != nil {
-		return failed(nil, errorOf(fmt.Errorf("users.settings of %s: %w", u.Token, err)))
+		return failed(nil, contract.ErrorOf(fmt.Errorf("users.settings of %s: %w", u.Token, err)))
 	}
 	cur, err := r.current(ctx, cmd.User)
 	if err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	next := cur.State
 	if !u.HasExchange(next.ExchangeID) {
 		if u.DefaultExchange() == 0 {
-			return failed(nil, errorOf(fmt.Errorf("%w: %s", ErrNoExchange, u.Token)))
+			return failed(nil, contract.ErrorOf(fmt.Errorf("%w: %s", ErrNoExchange, u.Token)))
 		}
 		next.ExchangeID = u.DefaultExchange()
 	}
@@ -337,7 +341,7 @@ func (r *Runner) reloadSettings(ctx context.Context, cmd Command) Outcome {
 func (r *Runner) switchMode(ctx context.Context, cmd Command, p contract.SwitchModePayload) Outcome {
 	cur, err := r.current(ctx, cmd.User)
 	if err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	from := cur.State.Mode
 	if from == p.Mode {
@@ -355,12 +359,12 @@ func (r *Runner) switchMode(ctx context.Context, cmd Command, p contract.SwitchM
 // replies.
 func (r *Runner) sequence(ctx context.Context, cmd Command, next contract.DesiredState, kvRev uint64, specs []stepSpec, result func([][]contract.SvcReply) any) Outcome {
 	if err := r.write(ctx, cmd, next, kvRev); err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	next.CommandID = cmd.ID
 	steps, replies, err := r.run(ctx, cmd, &next, specs, nil, r.cfg.StepTimeout)
 	if err != nil {
-		e := errorOf(err)
+		e := contract.ErrorOf(err)
 		e.Message += fmt.Sprintf(" (desired state revision %d was written; instances converge to it)", next.Revision)
 		return failed(steps, e)
 	}
@@ -370,7 +374,7 @@ func (r *Runner) sequence(ctx context.Context, cmd Command, next contract.Desire
 func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.ForceBackfillPayload) Outcome {
 	cur, err := r.current(ctx, cmd.User)
 	if err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	st := cur.State
 	from, to := p.Range()
@@ -416,7 +420,7 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 				return Outcome{Status: contract.StatusCancelled, Steps: steps,
 					Result: map[string]any{"backfilled": false, "symbol": p.Symbol, "candles": candles, "cancelled_by": c.By}}
 			}
-			return failed(steps, errorOf(err))
+			return failed(steps, contract.ErrorOf(err))
 		}
 		progress(i+1, fmt.Sprintf("%s %s: %d candles from %s", p.Symbol, tf, candles[tf], tfFrom.Format(time.RFC3339)))
 	}
@@ -426,24 +430,24 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 func (r *Runner) clearCache(ctx context.Context, cmd Command, p contract.ClearCachePayload) Outcome {
 	u, err := r.d.Users.Lookup(ctx, cmd.User)
 	if err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	exchange := p.Exchange
 	switch {
 	case exchange == 0 && u.DefaultExchange() == 0:
-		return failed(nil, errorOf(fmt.Errorf("%w: %s", ErrNoExchange, u.Token)))
+		return failed(nil, contract.ErrorOf(fmt.Errorf("%w: %s", ErrNoExchange, u.Token)))
 	case exchange == 0:
 		exchange = u.DefaultExchange()
 	case !u.HasExchange(exchange):
-		return failed(nil, errorOf(fmt.Errorf("%w: exchange %d is not an account of %s", ErrNotYourExchange, exchange, u.Token)))
+		return failed(nil, contract.ErrorOf(contract.NotYourExchange(exchange, u.Token)))
 	}
 	args := contract.ForgetArgs{UserID: u.ID, ExchangeID: exchange, Scope: p.Scope, Symbol: p.Symbol, Timeframe: p.Timeframe}
 	if err := args.Selector().Validate(); err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	cur, err := r.d.States.Get(ctx, cmd.User)
 	if err != nil {
-		return failed(nil, errorOf(err))
+		return failed(nil, contract.ErrorOf(err))
 	}
 	var st *contract.DesiredState
 	if cur.Exists() {
@@ -451,7 +455,7 @@ func (r *Runner) clearCache(ctx context.Context, cmd Command, p contract.ClearCa
 	}
 	steps, _, err := r.run(ctx, cmd, st, []stepSpec{{contract.SvcIndicators, contract.VerbForget}}, args, r.cfg.StepTimeout)
 	if err != nil {
-		return failed(steps, errorOf(err))
+		return failed(steps, contract.ErrorOf(err))
 	}
 	n, err := r.d.Cache.Clear(ctx, args.Selector())
 	result := map[string]any{"cleared": err == nil, "scope": p.Scope, "exchange": exchange, "deletedCount": n}
@@ -475,29 +479,6 @@ func succeeded(result any, steps []contract.Step) Outcome {
 
 func failed(steps []contract.Step, e *contract.Error) Outcome {
 	return Outcome{Status: contract.StatusFailed, Error: e, Steps: steps}
-}
-
-// errorOf maps an error to the contract's error object.
-func errorOf(err error) *contract.Error {
-	var ce *contract.Error
-	var cancelled *CancelledError
-	switch {
-	case errors.As(err, &ce):
-		return &contract.Error{Code: ce.Code, Message: ce.Message, Fields: ce.Fields}
-	case errors.As(err, &cancelled):
-		return &contract.Error{Code: contract.CodeConflict, Message: err.Error()}
-	case errors.Is(err, db.ErrUnknownUser):
-		return &contract.Error{Code: contract.CodeUnknownUser, Message: err.Error()}
-	case errors.Is(err, ErrNoExchange), errors.Is(err, db.ErrAmbiguousToken), errors.Is(err, desired.ErrChanged):
-		return &contract.Error{Code: contract.CodeConflict, Message: err.Error()}
-	case errors.Is(err, ErrNotYourExchange):
-		return &contract.Error{Code: contract.CodeForbidden, Message: err.Error()}
-	case errors.Is(err, desired.ErrStore), errors.Is(err, directory.ErrStore):
-		return &contract.Error{Code: contract.CodeUnavailable, Message: err.Error()}
-	case errors.Is(err, context.DeadlineExceeded):
-		return &contract.Error{Code: contract.CodeTimeout, Message: err.Error()}
-	}
-	return contract.ErrorFrom(err, contract.CodeInternal)
 }
 
 // sameSet reports whether a and b hold the same symbols.
