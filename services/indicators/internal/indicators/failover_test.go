@@ -13,7 +13,7 @@ import (
 // TestFailover runs two instances, kills one while candles flow (a
 // graceful shutdown, and a SIGKILL of a separate process), and checks that
 // its series moved to the other one within seconds, were never computed by
-// both at once, and that every closed bar has exactly go-talib's values.
+// both at once, and that every closed bar has exactly TA-Lib's values.
 func TestFailover(t *testing.T) {
 	tests := []struct {
 		name  string

@@ -18,7 +18,7 @@ var positionMonitor = []string{"ema_20", "ema_50", "rsi_14", "macd_12_26_9", "at
 // TestCandlesToIndicators feeds the whole reference data set like the feed
 // does (Redis first, then VIGIL_CANDLES), with in-progress updates before
 // some bars close and a corrected closed candle, and checks the values in
-// Redis and on NATS against go-talib.
+// Redis and on NATS against TA-Lib.
 func TestCandlesToIndicators(t *testing.T) {
 	h := newHarness(t)
 	h.startInstance("solo")
@@ -69,7 +69,7 @@ func TestCandlesToIndicators(t *testing.T) {
 	t.Logf("%d candle updates fed and computed in %s (%.0f/s, bounded by the test's synchronous feed)",
 		n, time.Since(began).Round(time.Millisecond), float64(n)/time.Since(began).Seconds())
 
-	t.Run("stored values match go-talib", func(t *testing.T) {
+	t.Run("stored values match TA-Lib", func(t *testing.T) {
 		h := h.sub(t)
 		for _, name := range positionMonitor {
 			worst := h.checkStored(pm, name, all)
@@ -79,7 +79,7 @@ func TestCandlesToIndicators(t *testing.T) {
 		t.Logf("macdv_12_26_9 (1m): %d bars, largest scaled error %.3g", len(macdv), worst)
 	})
 
-	t.Run("published values match go-talib", func(t *testing.T) {
+	t.Run("published values match TA-Lib", func(t *testing.T) {
 		h := h.sub(t)
 		for _, name := range positionMonitor {
 			want := oracle(t, name, all)
@@ -99,7 +99,7 @@ func TestCandlesToIndicators(t *testing.T) {
 					continue
 				}
 				if d := diff(u.Values[name], want[i]); d > relTolerance {
-					t.Fatalf("bar %d: %s published %v, go-talib %v", i, name, u.Values[name], want[i])
+					t.Fatalf("bar %d: %s published %v, TA-Lib %v", i, name, u.Values[name], want[i])
 				}
 				if u.Close != c.Close || u.Version < c.Version {
 					t.Fatalf("bar %d: close %v version %d, candle %v %d", i, u.Close, u.Version, c.Close, c.Version)
@@ -124,7 +124,7 @@ func TestCandlesToIndicators(t *testing.T) {
 					continue
 				}
 				if d := diff(got, want); d > relTolerance {
-					t.Fatalf("bar %d in progress: %s %v, go-talib %v", i, name, got, want)
+					t.Fatalf("bar %d in progress: %s %v, TA-Lib %v", i, name, got, want)
 				}
 			}
 			closed := h.received(func(r received) bool { return r.SeriesID == pm && r.Start == all[i].Start && r.Closed })
@@ -143,7 +143,7 @@ func TestCandlesToIndicators(t *testing.T) {
 			}
 			for _, name := range positionMonitor {
 				if want := oracle(t, name, all)[i]; want != nil && diff(rs[0].Values[name], want) > relTolerance {
-					t.Fatalf("bar %d: %s %v, go-talib %v", i, name, rs[0].Values[name], want)
+					t.Fatalf("bar %d: %s %v, TA-Lib %v", i, name, rs[0].Values[name], want)
 				}
 			}
 		}
@@ -163,7 +163,7 @@ func TestCandlesToIndicators(t *testing.T) {
 			}
 			for _, name := range positionMonitor {
 				if d := diff(rs[1].Values[name], oracle(t, name, all)[i]); d > relTolerance {
-					t.Fatalf("bar %d: corrected %s %v differs from go-talib by %.3g", i, name, rs[1].Values[name], d)
+					t.Fatalf("bar %d: corrected %s %v differs from TA-Lib by %.3g", i, name, rs[1].Values[name], d)
 				}
 			}
 		}

@@ -17,7 +17,7 @@ import (
 // TestFailedBatchIsRedelivered makes the writes of the indicator values
 // (Redis) or their publishes (JetStream) fail while candles flow, and
 // checks that the failed candles are not acked, are delivered again, and
-// that once the failure ends every bar is stored with go-talib's values
+// that once the failure ends every bar is stored with TA-Lib's values
 // and the newest bar is published.
 func TestFailedBatchIsRedelivered(t *testing.T) {
 	tests := []struct {
@@ -110,7 +110,7 @@ func TestFailedBatchIsRedelivered(t *testing.T) {
 			want := oracle(t, "ema_20", data)[len(data)-1]
 			rs := h.received(func(r received) bool { return r.SeriesID == id && r.Start == last.Start && r.Closed })
 			if got := rs[len(rs)-1].Values["ema_20"]; diff(got, want) > relTolerance {
-				t.Fatalf("newest bar published ema_20 %v, go-talib %v", got, want)
+				t.Fatalf("newest bar published ema_20 %v, TA-Lib %v", got, want)
 			}
 		})
 	}

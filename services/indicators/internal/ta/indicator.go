@@ -31,8 +31,9 @@ const flatATR = 1e-12
 // indicator is one configured indicator of a Series: its spec, where its
 // state lives in the Series state vector, and precomputed constants.
 //
-// The arithmetic of every step repeats go-talib's operations in the same
-// order, so that results agree to the last bit or nearly so.
+// The arithmetic of every step repeats C TA-Lib's operations (release
+// 0.4.0, default compatibility, unstable periods 0) in the same order, so
+// that results agree to the last bit or nearly so.
 type indicator struct {
 	spec    Spec
 	off     int     // first state slot
@@ -210,20 +211,28 @@ func bbandsStep(st []float64, past *history, i int, x float64, n int, k float64)
 	return f, true
 }
 
-// macdStep is go-talib's Macd; st holds the fast, slow and signal EMAs.
-// The MACD line fed to the signal EMA is 0 before bar Slow+Signal-3, as in
-// go-talib, and a not yet warm EMA counts as 0.
+// macdStep is C TA-Lib's MACD (TA_MACD, release 0.4.0); st holds the
+// fast, slow and signal EMAs. Both EMAs start at bar Slow-1: the slow one
+// seeded with the SMA of closes 0..Slow-1, the fast one with the SMA of the
+// Fast closes ending at bar Slow-1 (earlier closes are not read). The
+// signal EMA runs over the MACD line from bar Slow-1 on, seeded with the
+// SMA of its first Signal values, so the first output is at bar
+// Slow+Signal-2.
 func (ind *indicator) macdStep(st []float64, i int, x float64) (f Fields, ok bool) {
 	s := &ind.spec
-	fast, _ := emaStep(&st[0], x, i, s.Fast, ind.k)
-	slow, _ := emaStep(&st[1], x, i, s.Slow, ind.kSlow)
-	lookback := s.Lookback()
-	var line float64
-	if i >= lookback-1 {
-		line = fast - slow
+	first := s.Slow - s.Fast // the first close of the fast EMA's seed
+	if i < first {
+		emaStep(&st[1], x, i, s.Slow, ind.kSlow)
+		return f, false
 	}
-	signal, _ := emaStep(&st[2], line, i, s.Signal, ind.kSignal)
-	if i < lookback {
+	fast, _ := emaStep(&st[0], x, i-first, s.Fast, ind.k)
+	slow, warm := emaStep(&st[1], x, i, s.Slow, ind.kSlow)
+	if !warm {
+		return f, false
+	}
+	line := fast - slow
+	signal, ok := emaStep(&st[2], line, i-(s.Slow-1), s.Signal, ind.kSignal)
+	if !ok {
 		return f, false
 	}
 	f.MACD, f.Signal, f.Hist = line, signal, line-signal

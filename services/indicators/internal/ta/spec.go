@@ -20,7 +20,7 @@ const (
 	KindEMA
 	// KindRSI is Wilder's relative strength index of closes (TA-Lib RSI).
 	KindRSI
-	// KindMACD is TA-Lib's MACD as go-talib computes it (see Spec).
+	// KindMACD is C TA-Lib's MACD (see Spec).
 	KindMACD
 	// KindMACDV is Spiroglou's volatility-normalised MACD:
 	// (EMA(Fast) - EMA(Slow)) / ATR(Slow) * 100 with an EMA(Signal) signal.
@@ -99,12 +99,15 @@ var namePattern = regexp.MustCompile(`^[a-z0-9_]{1,40}$`)
 //   - KindMACD, KindMACDV: 1 <= Fast < Slow <= MaxPeriod, Signal in
 //     [1, MaxPeriod]. MACD-V's ATR uses the Slow period.
 //
-// KindMACD reproduces go-talib's Macd, which differs from C TA-Lib: the fast
-// EMA is seeded from the first Fast closes (not aligned to the slow EMA), and
-// the signal EMA runs over a MACD line that is zero before bar
-// Slow+Signal-3, so it starts from zero instead of from an SMA seed. The
-// difference decays geometrically (below 1e-9 relative after about 100
-// bars).
+// KindMACD is C TA-Lib's MACD (release 0.4.0): the fast EMA is seeded at
+// the slow EMA's first bar with the SMA of the Fast closes ending there,
+// and the signal EMA with the SMA of the first Signal MACD values. (The Go
+// port go-talib seeds the fast EMA from the first closes and runs the
+// signal over a zero-padded line; its values differ for the first 100-150
+// bars after warm-up.) KindMACDV uses TA-Lib's EMA and ATR; its three
+// fields are published together, from the bar where the signal EMA over
+// the MACD-V line has its first value (vigil's own convention: TA-Lib has
+// no MACD-V).
 type Spec struct {
 	// Name identifies the indicator in values and keys; it must match
 	// ^[a-z0-9_]{1,40}$ and be unique within a Series.

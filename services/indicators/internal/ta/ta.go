@@ -1,7 +1,8 @@
 // Package ta is the indicator math of vigil-indicators: incremental
 // technical indicators (SMA, EMA, RSI, MACD, MACD-V, ATR, Bollinger Bands)
-// that reproduce TA-Lib's results as computed by
-// github.com/markcheno/go-talib, and order-book metrics for a level2 book.
+// that reproduce the C TA-Lib library's results (release 0.4.0, default
+// compatibility mode, unstable periods 0), and order-book metrics for a
+// level2 book.
 //
 // A Series holds the indicators of one candle series (one user, exchange,
 // symbol and timeframe). It advances on closed candles only, computes
