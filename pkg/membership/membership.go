@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -34,50 +35,78 @@ type Options struct {
 	// Interval between heartbeats (DefaultInterval when zero).
 	Interval time.Duration
 	// Timeout after the last heartbeat at which a member counts as dead
-	// (DefaultTimeout when zero).
+	// (DefaultTimeout when zero). At least 3 × Interval: an instance
+	// stops counting itself live Timeout − Interval after the last
+	// heartbeat it saw come back, so that it has stopped owning before
+	// the others take its keys.
 	Timeout time.Duration
+	// Log receives the changes of this instance's liveness and the
+	// bucket's repairs (nothing when nil).
+	Log *slog.Logger
 }
 
 // Group is this instance's view of its service's live members.
 type Group struct {
-	kv      jetstream.KeyValue
-	service string
-	self    string
-	opts    Options
-	roster  *Roster
-	cancel  context.CancelFunc
-	done    chan struct{}
-	mu      sync.Mutex
-	members []string
-	changes []chan struct{}
+	kv          jetstream.KeyValue
+	js          jetstream.JetStream
+	service     string
+	self        string
+	opts        Options
+	selfTimeout time.Duration
+	log         *slog.Logger
+	roster      *Roster
+	cancel      context.CancelFunc
+	done        chan struct{}
+
+	mu sync.Mutex
+	// selfUntil is when this instance stops counting itself live: the
+	// send time of the newest of its heartbeats that came back through
+	// the watch, plus selfTimeout.
+	selfUntil time.Time
+	left      bool
+	lost      bool // this instance was live and then was not
+	members   []string
+	changes   []chan struct{}
 }
 
 // ErrInvalidName reports a service or instance name unusable as a KV key.
 var ErrInvalidName = errors.New("membership: invalid name")
 
+// ErrInvalidOptions reports Options that cannot keep ownership exclusive.
+var ErrInvalidOptions = errors.New("membership: invalid options")
+
 // Join starts heartbeating as instance self of service and watching the
 // other members. ctx bounds the join only; Leave stops the group.
+//
+// This instance counts itself live (is in Members, owns keys) while its
+// heartbeats come back through its watch of the bucket: a heartbeat that
+// fails, or a watch that delivers nothing, makes it drop itself
+// Timeout − Interval after the last heartbeat that came back, before the
+// others (which wait Timeout) take its keys; it counts itself live again
+// with the first heartbeat that comes back. A missing bucket is created
+// again and a watch that ended is started again.
 func Join(ctx context.Context, js jetstream.JetStream, service, self string, opts Options) (*Group, error) {
 	if !validKeyPart(service) || !validKeyPart(self) {
 		return nil, fmt.Errorf("%w: %q/%q", ErrInvalidName, service, self)
 	}
-	if opts.Interval <= 0 {
-		opts.Interval = DefaultInterval
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultTimeout
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, bucketConfig)
+	opts, err := opts.withDefaults()
 	if err != nil {
-		return nil, fmt.Errorf("membership kv: %w", err)
+		return nil, err
 	}
-	g := &Group{kv: kv, service: service, self: self, opts: opts, done: make(chan struct{})}
+	kv, err := ensureBucket(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	g := &Group{kv: kv, js: js, service: service, self: self, opts: opts, log: opts.Log,
+		selfTimeout: opts.Timeout - opts.Interval, done: make(chan struct{})}
 	if err := g.beat(ctx); err != nil {
 		return nil, err
 	}
-	// The roster takes in the current members before returning, so Owner
-	// is right at once, and lives until Leave, not until ctx ends.
-	if g.roster, err = watchRoster(ctx, js, service+".*", opts.Timeout, g.recompute); err != nil {
+	// A watch that sees none of the beats (every Interval) for two
+	// intervals is broken: started again.
+	g.roster = newRoster(js, service+".*", opts.Timeout, 2*opts.Interval, g.log)
+	g.roster.onEntry, g.roster.changed = g.heard, g.recompute
+	if err := g.roster.start(ctx); err != nil {
 		return nil, err
 	}
 	g.recompute()
@@ -85,6 +114,22 @@ func Join(ctx context.Context, js jetstream.JetStream, service, self string, opt
 	g.cancel = cancel
 	go g.loop(runCtx)
 	return g, nil
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Interval <= 0 {
+		o.Interval = DefaultInterval
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Timeout < 3*o.Interval {
+		return o, fmt.Errorf("%w: Timeout %s must be at least 3 × Interval %s", ErrInvalidOptions, o.Timeout, o.Interval)
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return o, nil
 }
 
 func validKeyPart(s string) bool {
@@ -101,6 +146,9 @@ func validKeyPart(s string) bool {
 
 func (g *Group) key(instance string) string { return g.service + "." + instance }
 
+// beat writes a heartbeat whose value is its local send time, so the
+// beat that comes back through the watch tells how long this instance
+// may count itself live.
 func (g *Group) beat(ctx context.Context) error {
 	if _, err := g.kv.Put(ctx, g.key(g.self), []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
 		return fmt.Errorf("membership heartbeat: %w", err)
@@ -108,13 +156,48 @@ func (g *Group) beat(ctx context.Context) error {
 	return nil
 }
 
+// beatOrRepair heartbeats; when that fails it creates the bucket again if
+// it is missing and heartbeats once more.
+func (g *Group) beatOrRepair(ctx context.Context) {
+	err := g.beat(ctx)
+	if err == nil {
+		return
+	}
+	g.log.Debug("membership heartbeat failed", "err", err)
+	if _, err := ensureBucket(ctx, g.js); err != nil {
+		return // NATS is unreachable: the next tick tries again
+	}
+	if err := g.beat(ctx); err == nil {
+		g.log.Info("membership heartbeat written after the bucket was created again")
+	}
+}
+
+// heard takes in a heartbeat read from the bucket: this instance's own
+// one extends its liveness.
+func (g *Group) heard(e jetstream.KeyValueEntry) {
+	if e.Key() != g.key(g.self) || e.Operation() != jetstream.KeyValuePut {
+		return
+	}
+	sent, err := time.Parse(time.RFC3339Nano, string(e.Value()))
+	if err != nil {
+		return
+	}
+	until := sent.Add(g.selfTimeout)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if until.After(g.selfUntil) {
+		g.selfUntil = until
+	}
+}
+
 // loop heartbeats and re-derives the members, so a member whose beats
-// stopped drops out after the timeout even when nothing else changes.
+// stopped drops out after the timeout even when nothing else changes, and
+// this instance drops itself when its own stopped coming back.
 func (g *Group) loop(ctx context.Context) {
 	defer close(g.done)
 	beat := time.NewTicker(g.opts.Interval)
 	defer beat.Stop()
-	check := time.NewTicker(g.opts.Interval / 2)
+	check := time.NewTicker(g.opts.Interval / 4)
 	defer check.Stop()
 	for {
 		select {
@@ -122,7 +205,7 @@ func (g *Group) loop(ctx context.Context) {
 			return
 		case <-beat.C:
 			bctx, cancel := context.WithTimeout(ctx, g.opts.Interval)
-			_ = g.beat(bctx) // a missed beat is retried at the next tick
+			g.beatOrRepair(bctx)
 			cancel()
 		case <-check.C:
 			g.recompute()
@@ -132,17 +215,39 @@ func (g *Group) loop(ctx context.Context) {
 
 // recompute derives the live member list and notifies watchers on change.
 func (g *Group) recompute() {
-	live := g.roster.Live(g.service)
-	if !slices.Contains(live, g.self) {
+	others := slices.DeleteFunc(g.roster.Live(g.service), func(m string) bool { return m == g.self })
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	live := others
+	if g.selfLiveLocked(time.Now()) {
 		live = append(live, g.self)
 		slices.Sort(live)
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.setMembersLocked(live)
+}
+
+// selfLiveLocked reports whether this instance counts itself live at now.
+// The caller holds g.mu.
+func (g *Group) selfLiveLocked(now time.Time) bool {
+	return !g.left && now.Before(g.selfUntil)
+}
+
+// setMembersLocked sets the member list and notifies watchers on change.
+// The caller holds g.mu.
+func (g *Group) setMembersLocked(live []string) {
 	if slices.Equal(live, g.members) {
 		return
 	}
+	wasLive, isLive := slices.Contains(g.members, g.self), slices.Contains(live, g.self)
 	g.members = live
+	switch {
+	case wasLive && !isLive && !g.left:
+		g.lost = true
+		g.log.Warn("membership: no heartbeat came back in time; this instance owns nothing until one does",
+			"service", g.service, "instance", g.self, "last_beat_expired", g.selfUntil)
+	case !wasLive && isLive && g.lost:
+		g.log.Info("membership: heartbeats come back; this instance is live", "service", g.service, "instance", g.self)
+	}
 	for _, ch := range g.changes {
 		select {
 		case ch <- struct{}{}:
@@ -151,28 +256,48 @@ func (g *Group) recompute() {
 	}
 }
 
+// currentLocked is the member list, without this instance once its
+// liveness expired (even between two checks of the loop). The caller
+// holds g.mu.
+func (g *Group) currentLocked() []string {
+	if slices.Contains(g.members, g.self) && !g.selfLiveLocked(time.Now()) {
+		g.setMembersLocked(slices.DeleteFunc(slices.Clone(g.members), func(m string) bool { return m == g.self }))
+	}
+	return g.members
+}
+
 // Self is this instance's name.
 func (g *Group) Self() string { return g.self }
 
-// Members is the sorted list of live members, this instance included.
+// Live reports whether this instance counts itself live, that is whether
+// its heartbeats come back. An instance that is not live owns no key.
+func (g *Group) Live() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Contains(g.currentLocked(), g.self)
+}
+
+// Members is the sorted list of live members, this instance included
+// while it is live.
 func (g *Group) Members() []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return slices.Clone(g.members)
+	return slices.Clone(g.currentLocked())
 }
 
 // Owner is the live member that owns key.
 func (g *Group) Owner(key string) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return Owner(g.members, key)
+	return Owner(g.currentLocked(), key)
 }
 
-// Owns reports whether this instance owns key.
+// Owns reports whether this instance owns key: never while it is not
+// live.
 func (g *Group) Owns(key string) bool { return g.Owner(key) == g.self }
 
 // Changes returns a channel that receives a value (coalesced) whenever the
-// member list changes.
+// member list changes, this instance's own liveness included.
 func (g *Group) Changes() <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	g.mu.Lock()
@@ -181,12 +306,17 @@ func (g *Group) Changes() <-chan struct{} {
 	return ch
 }
 
-// Leave stops heartbeating and deletes this instance's entry, so the others
-// take over its keys at once instead of after Timeout.
+// Leave stops heartbeating, stops owning and deletes this instance's
+// entry, so the others take over its keys at once instead of after
+// Timeout.
 func (g *Group) Leave(ctx context.Context) error {
 	g.cancel()
 	<-g.done
+	g.mu.Lock()
+	g.left = true
+	g.mu.Unlock()
 	g.roster.Stop()
+	g.recompute()
 	return g.kv.Delete(ctx, g.key(g.self))
 }
 

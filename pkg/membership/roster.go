@@ -3,6 +3,7 @@ package membership
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -10,15 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// bucketConfig is the configuration of Bucket.
-var bucketConfig = jetstream.KeyValueConfig{
-	Bucket:      Bucket,
-	Description: "vigil live service instances (key <service>.<instance>)",
-	History:     1,
-	TTL:         time.Minute,
-	Storage:     jetstream.MemoryStorage,
-}
 
 // stallFactor bounds, in timeouts, how long a roster that receives no
 // heartbeat at all keeps its members alive.
@@ -28,12 +20,24 @@ const stallFactor = 2
 // instances of every service are live. Control uses it to expect an answer
 // from an instance that died moments ago (and no longer answers $SRV.PING)
 // and name it as missing; Group uses it for its own service.
+//
+// The watch heals itself: when it ends or delivers nothing for a while
+// (a NATS restart lost its consumer, the bucket was deleted and created
+// anew), the roster creates the bucket if it is missing and watches it
+// again from the latest entry of every key.
 type Roster struct {
-	timeout time.Duration
-	cancel  context.CancelFunc
-	done    chan struct{}
+	js         jetstream.JetStream
+	keys       string
+	timeout    time.Duration
+	staleAfter time.Duration
+	log        *slog.Logger
+	// onEntry is called (outside the lock) with every heartbeat read,
+	// before changed.
+	onEntry func(jetstream.KeyValueEntry)
 	// changed is called (outside the lock) after every heartbeat change.
 	changed func()
+	cancel  context.CancelFunc
+	done    chan struct{}
 
 	mu       sync.Mutex
 	lastSeen map[string]time.Time // key <service>.<instance>
@@ -43,66 +47,210 @@ type Roster struct {
 // counts as dead timeout after its last heartbeat (DefaultTimeout when
 // zero). Stop ends the watch.
 func WatchRoster(ctx context.Context, js jetstream.JetStream, timeout time.Duration) (*Roster, error) {
-	return watchRoster(ctx, js, ">", timeout, nil)
-}
-
-func watchRoster(ctx context.Context, js jetstream.JetStream, keys string, timeout time.Duration, changed func()) (*Roster, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, bucketConfig)
-	if err != nil {
-		return nil, fmt.Errorf("membership kv: %w", err)
+	r := newRoster(js, ">", timeout, timeout, nil)
+	if err := r.start(ctx); err != nil {
+		return nil, err
 	}
+	return r, nil
+}
+
+// newRoster is a roster of the keys matching keys that watches again after
+// staleAfter without an update.
+func newRoster(js jetstream.JetStream, keys string, timeout, staleAfter time.Duration, log *slog.Logger) *Roster {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Roster{js: js, keys: keys, timeout: timeout, staleAfter: staleAfter, log: log, lastSeen: map[string]time.Time{}}
+}
+
+// start takes in the current heartbeats before returning, so Live is right
+// at once, and follows them until Stop, not until ctx ends.
+func (r *Roster) start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
-	watcher, err := kv.Watch(runCtx, keys)
+	watcher, err := r.watch(ctx, runCtx)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("membership watch: %w", err)
+		return err
 	}
-	r := &Roster{timeout: timeout, cancel: cancel, done: make(chan struct{}), changed: changed, lastSeen: map[string]time.Time{}}
+	r.cancel, r.done = cancel, make(chan struct{})
+	go r.loop(runCtx, watcher)
+	return nil
+}
+
+// watch creates the bucket if it is missing, starts a watch (living as
+// long as runCtx) and reads the latest heartbeat of every key. ctx bounds
+// the set-up.
+func (r *Roster) watch(ctx, runCtx context.Context) (jetstream.KeyWatcher, error) {
+	kv, err := ensureBucket(ctx, r.js)
+	if err != nil {
+		return nil, err
+	}
+	offset := serverClockOffset(ctx, r.js)
+	watcher, err := r.startWatch(ctx, runCtx, kv)
+	if err != nil {
+		return nil, err
+	}
 	// Entries from before the watch carry the server's time, so the last
 	// beat of a dead instance does not look fresh; live updates use the
 	// local receive time (host clocks may differ).
-	for e := range watcher.Updates() {
-		if e == nil {
-			break
+	for {
+		select {
+		case <-ctx.Done():
+			stopWatcher(watcher)
+			return nil, fmt.Errorf("membership watch: reading the heartbeats: %w", ctx.Err())
+		case e, ok := <-watcher.Updates():
+			if !ok {
+				return nil, fmt.Errorf("membership watch: ended while reading the heartbeats")
+			}
+			if e == nil {
+				return watcher, nil
+			}
+			seen := e.Created().Add(offset)
+			if now := time.Now(); seen.After(now) {
+				seen = now
+			}
+			r.observe(e, seen)
 		}
-		r.observe(e, e.Created())
 	}
-	go r.loop(runCtx, watcher)
-	return r, nil
+}
+
+// watchResult is what kv.Watch returned.
+type watchResult struct {
+	watcher jetstream.KeyWatcher
+	err     error
+}
+
+// startWatch starts a watch of kv living as long as runCtx, waiting at
+// most until ctx ends. kv.Watch itself waits up to the client's default
+// API timeout (5s) for a server that does not answer, far longer than a
+// heartbeat interval, and a request lost to a cut connection is not
+// answered even once the connection is back: it runs aside, and a watch
+// that comes too late is stopped.
+func (r *Roster) startWatch(ctx, runCtx context.Context, kv jetstream.KeyValue) (jetstream.KeyWatcher, error) {
+	result := make(chan watchResult, 1)
+	go func() {
+		watcher, err := kv.Watch(runCtx, r.keys)
+		result <- watchResult{watcher, err}
+	}()
+	select {
+	case <-ctx.Done():
+		go func() { stopWatcher((<-result).watcher) }()
+		return nil, fmt.Errorf("membership watch: %w", ctx.Err())
+	case res := <-result:
+		if res.err != nil {
+			return nil, fmt.Errorf("membership watch: %w", res.err)
+		}
+		return res.watcher, nil
+	}
+}
+
+// stopWatcher stops watcher aside (its unsubscribe deletes the consumer,
+// which waits for a server that may not answer) and drains what it still
+// delivers, so its delivery goroutine, blocked on a full channel, can end.
+func stopWatcher(watcher jetstream.KeyWatcher) {
+	if watcher == nil {
+		return
+	}
+	go func() { _ = watcher.Stop() }()
+	go func() {
+		for range watcher.Updates() {
+		}
+	}()
 }
 
 func (r *Roster) loop(ctx context.Context, watcher jetstream.KeyWatcher) {
 	defer close(r.done)
-	defer watcher.Stop()
+	defer func() { stopWatcher(watcher) }()
+	check := time.NewTicker(r.staleAfter / 2)
+	defer check.Stop()
+	lastUpdate := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case e, ok := <-watcher.Updates():
-			if !ok {
-				return
+			if ok && e == nil {
+				continue
 			}
-			if e != nil {
-				r.observe(e, time.Now())
-				if r.changed != nil {
-					r.changed()
-				}
+			if ok {
+				lastUpdate = time.Now()
+				r.observe(e, lastUpdate)
+				continue
 			}
+			r.log.Warn("membership watch ended; watching again")
+		case <-check.C:
+			r.prune()
+			if time.Since(lastUpdate) <= r.staleAfter {
+				continue
+			}
+			r.log.Info("membership watch delivered no heartbeat; watching again", "for", time.Since(lastUpdate).Round(time.Millisecond))
+		}
+		stopWatcher(watcher)
+		if watcher = r.rewatch(ctx); watcher == nil {
+			return
+		}
+		lastUpdate = time.Now()
+	}
+}
+
+// rewatch watches again until it succeeds (nil when ctx ends first).
+func (r *Roster) rewatch(ctx context.Context) jetstream.KeyWatcher {
+	for {
+		attempt, cancel := context.WithTimeout(ctx, r.staleAfter)
+		watcher, err := r.watch(attempt, ctx)
+		cancel()
+		if err == nil {
+			if r.changed != nil {
+				r.changed()
+			}
+			return watcher
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.log.Warn("membership watch failed; trying again", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(r.staleAfter / 2):
 		}
 	}
 }
 
+// observe takes in one heartbeat (or deletion) seen at seen. A key keeps
+// the newest time it was seen at: a watch started again reads the
+// bucket's stored beats, which must not make a member older than the
+// beats already seen. A key missing from a bucket read anew (deleted and
+// created again) keeps its time and times out as usual.
 func (r *Roster) observe(e jetstream.KeyValueEntry, seen time.Time) {
+	if r.onEntry != nil {
+		r.onEntry(e)
+	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(r.lastSeen, e.Key())
-		return
+	} else if seen.After(r.lastSeen[e.Key()]) {
+		r.lastSeen[e.Key()] = seen
 	}
-	r.lastSeen[e.Key()] = seen
+	r.mu.Unlock()
+	if r.changed != nil {
+		r.changed()
+	}
+}
+
+// prune forgets the instances whose heartbeats have expired from the
+// bucket: per-process names never come back.
+func (r *Roster) prune() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key, seen := range r.lastSeen {
+		if time.Since(seen) > bucketTTL+r.timeout {
+			delete(r.lastSeen, key)
+		}
+	}
 }
 
 // clock is the roster's "now": the newest heartbeat it has seen, but at

@@ -1,0 +1,298 @@
+package membership_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/config"
+	"vigil.dev/pkg/localstack"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/testenv"
+)
+
+// resilient are the options of the failure tests: a timeout long enough
+// for a loaded 2-core machine, short enough to keep the tests quick.
+var resilient = membership.Options{Interval: 250 * time.Millisecond, Timeout: 1500 * time.Millisecond}
+
+// member is one joined instance and its own connection.
+type member struct {
+	*membership.Group
+	nc *nats.Conn
+}
+
+// joinAll joins one instance per name, each on a connection of its own
+// to url made as the services make theirs (natsx.Connect: reconnect
+// forever).
+func joinAll(t *testing.T, url string, names ...string) []member {
+	t.Helper()
+	var out []member
+	for _, name := range names {
+		nc := dial(t, url, name)
+		g, err := membership.Join(context.Background(), mustJS(t, nc), "vigil-test", name, resilient)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = g.Leave(context.Background()) })
+		out = append(out, member{g, nc})
+	}
+	return out
+}
+
+func dial(t *testing.T, url, name string) *nats.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := natsx.Connect(ctx, config.NATS{URL: url}, name, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func mustJS(t *testing.T, nc *nats.Conn) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// ownershipKeys are the keys whose owners the tests check.
+var ownershipKeys = func() []string {
+	keys := make([]string, 300)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("user-%d", i)
+	}
+	return keys
+}()
+
+// converged is nil when every one of members counts itself live, all see
+// exactly the members want, and every key has exactly one owner, the
+// same in every member's view.
+func converged(members []member, want []string) error {
+	for _, m := range members {
+		if got := m.Members(); !slices.Equal(got, want) {
+			return fmt.Errorf("%s sees %v, want %v", m.Self(), got, want)
+		}
+	}
+	for _, key := range ownershipKeys {
+		owners := 0
+		for _, m := range members {
+			if m.Owns(key) {
+				owners++
+			}
+			if m.Owner(key) != members[0].Owner(key) {
+				return fmt.Errorf("%s and %s disagree on the owner of %s", m.Self(), members[0].Self(), key)
+			}
+		}
+		if owners != 1 {
+			return fmt.Errorf("%s has %d owners", key, owners)
+		}
+	}
+	return nil
+}
+
+// waitConverged waits until converged holds and returns how long it took.
+func waitConverged(t *testing.T, members []member, want []string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last error
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if last = converged(members, want); last == nil {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ownership did not converge: %v", last)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// requireStable checks that converged keeps holding over the next
+// heartbeats of members[0].
+func requireStable(t *testing.T, js jetstream.JetStream, members []member, want []string) {
+	t.Helper()
+	ctx := context.Background()
+	revision := func() uint64 {
+		kv, err := js.KeyValue(ctx, membership.Bucket)
+		if err != nil {
+			return 0
+		}
+		e, err := kv.Get(ctx, "vigil-test."+members[0].Self())
+		if err != nil {
+			return 0
+		}
+		return e.Revision()
+	}
+	first := revision()
+	waitFor(t, "four more heartbeats while ownership holds", func() bool {
+		if err := converged(members, want); err != nil {
+			t.Fatalf("ownership split again after converging: %v", err)
+		}
+		return revision() >= first+4*uint64(len(members))
+	})
+}
+
+func requireWithinTwoTimeouts(t *testing.T, what string, took time.Duration) {
+	t.Helper()
+	t.Logf("%s: every key had exactly one owner again after %s", what, took.Round(time.Millisecond))
+	if took > 2*resilient.Timeout {
+		t.Fatalf("%s: converged after %s, more than two heartbeat timeouts (%s)", what, took, 2*resilient.Timeout)
+	}
+}
+
+// TestOwnershipSurvivesANATSRestart stops a standalone nats-server with a
+// file store under three members and starts it again on the same port:
+// with its store (the bucket survives) and with its store lost (the
+// bucket must be created again). While the server is away nobody can
+// heartbeat, so nobody owns anything; within two heartbeat timeouts of
+// every member being reconnected, every key has exactly one owner in
+// every member's view.
+func TestOwnershipSurvivesANATSRestart(t *testing.T) {
+	for _, storeLost := range []bool{false, true} {
+		t.Run(fmt.Sprintf("store lost %v", storeLost), func(t *testing.T) {
+			dir := t.TempDir()
+			port := testenv.FreePort(t)
+			start := func() *localstack.NATS {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				srv, err := localstack.StartNATS(ctx, localstack.Options{Dir: dir, Port: port})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = srv.Stop() })
+				return srv
+			}
+			srv := start()
+			names := []string{"a", "b", "c"}
+			members := joinAll(t, srv.URL(), names...)
+			waitConverged(t, members, names)
+			info, err := mustJS(t, members[0].nc).Stream(context.Background(), "KV_"+membership.Bucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.CachedInfo().Config.Storage != jetstream.FileStorage {
+				t.Fatal("the members bucket is not file-backed")
+			}
+
+			if err := srv.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			if storeLost {
+				if err := os.RemoveAll(filepath.Join(dir, "jetstream")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "every member to stop owning while NATS is away", func() bool {
+				for _, m := range members {
+					if m.Live() || slices.Contains(m.Members(), m.Self()) || slices.ContainsFunc(ownershipKeys, m.Owns) {
+						return false
+					}
+				}
+				return true
+			})
+			start()
+			waitFor(t, "every member to reconnect", func() bool {
+				for _, m := range members {
+					if !m.nc.IsConnected() {
+						return false
+					}
+				}
+				return true
+			})
+			requireWithinTwoTimeouts(t, "NATS restart", waitConverged(t, members, names))
+			requireStable(t, mustJS(t, members[0].nc), members, names)
+		})
+	}
+}
+
+// TestBucketDeletedOrPurgedWhileMembersRun deletes, then purges, the
+// members bucket under three running members: it comes back and every
+// key again has exactly one owner within two heartbeat timeouts.
+func TestBucketDeletedOrPurgedWhileMembersRun(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	ctx := context.Background()
+	names := []string{"a", "b", "c"}
+	members := joinAll(t, srv.URL(), names...)
+	js := connect(t, srv.URL())
+	waitConverged(t, members, names)
+
+	if err := js.DeleteKeyValue(ctx, membership.Bucket); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	waitFor(t, "the bucket to be created again", func() bool {
+		_, err := js.KeyValue(ctx, membership.Bucket)
+		return err == nil
+	})
+	waitConverged(t, members, names)
+	requireWithinTwoTimeouts(t, "bucket deleted", time.Since(deleted))
+	requireStable(t, js, members, names)
+
+	s, err := js.Stream(ctx, "KV_"+membership.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	purged := time.Now()
+	waitConverged(t, members, names)
+	requireWithinTwoTimeouts(t, "bucket purged", time.Since(purged))
+	requireStable(t, js, members, names)
+}
+
+// TestCutOffMemberStopsOwningBeforeOthersTakeOver cuts one of three
+// members off the network (its connection goes silent, as in a
+// partition): it stops counting itself live before the others count it
+// dead, so no key ever has two owners; when the network is back it
+// rejoins and ownership converges within two heartbeat timeouts.
+func TestCutOffMemberStopsOwningBeforeOthersTakeOver(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	proxy := testenv.StartProxy(t, srv.Addr().String())
+	all := []string{"a", "b", "c"}
+	members := joinAll(t, srv.URL(), "a", "b")
+	members = append(members, joinAll(t, proxy.URL(), "c")...)
+	cut := members[2]
+	waitConverged(t, members, all)
+
+	proxy.Cut()
+	cutAt := time.Now()
+	var selfDropped time.Duration
+	waitFor(t, "a and b to count c dead", func() bool {
+		aSeesC := slices.Contains(members[0].Members(), "c")
+		bSeesC := slices.Contains(members[1].Members(), "c")
+		cLive := cut.Live()
+		if !cLive && selfDropped == 0 {
+			selfDropped = time.Since(cutAt)
+		}
+		if cLive && (!aSeesC || !bSeesC) {
+			t.Fatalf("c still counts itself live, but a (%v) or b (%v) took its keys", aSeesC, bSeesC)
+		}
+		return !aSeesC && !bSeesC
+	})
+	t.Logf("cut off: c stopped owning after %s, the others took over after %s", selfDropped.Round(time.Millisecond), time.Since(cutAt).Round(time.Millisecond))
+	for _, key := range ownershipKeys {
+		if cut.Owns(key) {
+			t.Fatalf("the cut-off member still owns %s", key)
+		}
+	}
+	waitConverged(t, members[:2], []string{"a", "b"})
+
+	reconnects := cut.nc.Stats().Reconnects
+	proxy.Restore()
+	waitFor(t, "c to reconnect", func() bool { return cut.nc.Stats().Reconnects > reconnects && cut.nc.IsConnected() })
+	requireWithinTwoTimeouts(t, "network back", waitConverged(t, members, all))
+}
