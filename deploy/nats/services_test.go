@@ -108,6 +108,12 @@ func TestServicesRunOnTheirOwnCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Alice follows her alerts as a core subscriber: the stream republishes
+	// what vigil-alerts recorded on its ingest subjects.
+	alerts, err := alice.SubscribeSync("vigil.alert.alice.>")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		cmd     contract.Command
 		payload string
@@ -141,6 +147,11 @@ func TestServicesRunOnTheirOwnCredentials(t *testing.T) {
 		}
 		return true
 	})
+	if m, err := alerts.NextMsg(time.Minute); err != nil {
+		t.Fatalf("alice got no alert on vigil.alert.alice.>: %v", err)
+	} else if !strings.HasPrefix(m.Subject, "vigil.alert.alice.") {
+		t.Fatalf("alice got an alert on %s", m.Subject)
+	}
 	if v := srv.violations(); len(v) > 0 {
 		t.Fatalf("the server logged %d permission violations of the services, e.g.:\n%s", len(v), strings.Join(v[:min(len(v), 20)], "\n"))
 	}
@@ -191,13 +202,15 @@ func lastSeq(ctx context.Context, t *testing.T, js jetstream.JetStream, stream s
 func TestServicesCannotActAsEachOther(t *testing.T) {
 	srv := startServer(t)
 	denied := map[string][]string{
-		"vigil-feed": {"vigil.indicator.alice.1.BTC-USD.1m", "vigil.alert.alice.r1", "vigil.result.alice.c1",
+		"vigil-feed": {"vigil.indicator.alice.1.BTC-USD.1m", "vigil.alert.alice.r1", "vigil.alertin.alice.r1", "vigil.result.alice.c1",
 			"vigil.cmd.alice.pause", "$KV.VIGIL_STATE.user.alice", "$JS.API.STREAM.DELETE.VIGIL_CANDLES", "vigil.svc.alerts.pause"},
-		"vigil-indicators": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.alert.alice.r1", "vigil.progress.alice.c1",
+		"vigil-indicators": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.alert.alice.r1", "vigil.alertin.alice.r1", "vigil.progress.alice.c1",
 			"$KV.VIGIL_STATE.user.alice", "$JS.API.STREAM.PURGE.VIGIL_INDICATORS", "vigil.svc.feed.pause"},
-		"vigil-alerts": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.indicator.alice.1.BTC-USD.1m", "vigil.result.alice.c1",
+		// vigil-alerts publishes on the ingest subjects only: what core
+		// subscribers get comes from the stream.
+		"vigil-alerts": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.indicator.alice.1.BTC-USD.1m", "vigil.alert.alice.r1", "vigil.result.alice.c1",
 			"$KV.VIGIL_STATE.user.alice", "$JS.API.STREAM.DELETE.VIGIL_ALERTS", "vigil.svc.indicators.pause"},
-		"vigil-control": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.indicator.alice.1.BTC-USD.1m", "vigil.alert.alice.r1",
+		"vigil-control": {"vigil.candle.alice.1.BTC-USD.1m", "vigil.indicator.alice.1.BTC-USD.1m", "vigil.alert.alice.r1", "vigil.alertin.alice.r1",
 			"$KV.VIGIL_ALERT_STATE.alice", "$JS.API.STREAM.DELETE.VIGIL_RESULTS"},
 	}
 	for svc, subjects := range denied {

@@ -58,6 +58,11 @@ const (
 	IndicatorSubjects = "vigil.indicator.>"
 	BookSubjects      = "vigil.book.>"
 	AlertSubjects     = "vigil.alert.>"
+	// AlertIngestSubjects is where vigil-alerts publishes alerts: only the
+	// stream VIGIL_ALERTS listens there, stores each alert id once as
+	// vigil.alert.<user>.<ruleId> and republishes what it stored on that
+	// subject for core subscribers.
+	AlertIngestSubjects = "vigil.alertin.>"
 )
 
 // CommandSubject is vigil.cmd.<user>.<command>.
@@ -158,6 +163,12 @@ func ParseSeriesSubject(subject string) (kind string, s SeriesID, err error) {
 
 // AlertSubject is vigil.alert.<user>.<ruleId>.
 func AlertSubject(user, ruleID string) string { return "vigil.alert." + user + "." + ruleID }
+
+// AlertIngestSubject is vigil.alertin.<user>.<ruleId>, where vigil-alerts
+// publishes the alert that VIGIL_ALERTS stores as AlertSubject(user, ruleID).
+func AlertIngestSubject(user, ruleID string) string {
+	return "vigil.alertin." + user + "." + ruleID
+}
 
 // StateKey is the key of a user's desired state in KV VIGIL_STATE.
 func StateKey(user string) string { return "user." + user }

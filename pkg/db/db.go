@@ -52,19 +52,31 @@ const migrationLockTimeout = 120
 // DSN), traces every query with OpenTelemetry (otelpgx, through the global
 // tracer provider) and checks that the database answers.
 func NewPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	pool, err := OpenPool(url)
+	if err != nil {
+		return nil, err
+	}
+	if err := pool.Ping(ctx); err != nil {
+		cfg := pool.Config()
+		pool.Close()
+		return nil, fmt.Errorf("%w: %s@%s:%d/%s: %w", ErrUnreachable,
+			cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, err)
+	}
+	return pool, nil
+}
+
+// OpenPool is NewPool without the check: the pool connects when first
+// used, so a service whose Postgres work can wait (a projection that
+// catches up) starts while the database is down.
+func OpenPool(url string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadURL, err)
 	}
 	cfg.ConnConfig.Tracer = otelpgx.NewTracer()
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadURL, err)
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("%w: %s@%s:%d/%s: %w", ErrUnreachable,
-			cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, err)
 	}
 	return pool, nil
 }

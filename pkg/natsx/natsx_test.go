@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -102,5 +103,80 @@ func TestDrain(t *testing.T) {
 	}
 	if err := natsx.Drain(context.Background(), nc); err != nil {
 		t.Fatal("draining a closed connection must be a no-op")
+	}
+}
+
+// TestAlertsStreamStoresAndRepublishesEachIDOnce migrates a VIGIL_ALERTS of
+// the old configuration (stored on vigil.alert.>, holding an alert) to the
+// ingest configuration, then publishes alerts on the ingest subject, one
+// id twice: core subscribers of vigil.alert.> get each stored alert once,
+// the stream keeps the old alert and stores the new ones as
+// vigil.alert.<user>.<rule>, and a consumer filtered on vigil.alert.alice.>
+// reads old and new.
+func TestAlertsStreamStoresAndRepublishesEachIDOnce(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	ctx := context.Background()
+	nc, js := testenv.Connect(t, srv.URL())
+	old := jetstream.StreamConfig{Name: contract.StreamAlerts, Subjects: []string{contract.AlertSubjects}, Storage: jetstream.FileStorage, Duplicates: time.Hour}
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, contract.AlertSubject("alice", "old"), []byte(`{"id":"alice.old.1"}`), jetstream.WithMsgID("alice.old.1")); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // a second run changes nothing
+		if err := natsx.EnsureStreams(ctx, js); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub, err := nc.SubscribeSync(contract.AlertSubjects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a1", "a2", "a1", "a3"} {
+		ack, err := js.Publish(ctx, contract.AlertIngestSubject("alice", "r1"), []byte(`{"id":"`+id+`"}`), jetstream.WithMsgID(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ack.Stream != contract.StreamAlerts {
+			t.Fatalf("stored in %s", ack.Stream)
+		}
+	}
+	var got []string
+	for len(got) < 3 {
+		m, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("republished %v, then: %v", got, err)
+		}
+		if m.Subject != contract.AlertSubject("alice", "r1") {
+			t.Errorf("republished on %s", m.Subject)
+		}
+		got = append(got, m.Header.Get(jetstream.MsgIDHeader))
+	}
+	if want := []string{"a1", "a2", "a3"}; !slices.Equal(got, want) {
+		t.Fatalf("core subscribers got %v, want %v", got, want)
+	}
+	// Nothing more arrives: the duplicate was neither stored nor republished.
+	if m, err := sub.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("extra message %s %q", m.Subject, m.Data)
+	}
+	cons, err := js.OrderedConsumer(ctx, contract.StreamAlerts, jetstream.OrderedConsumerConfig{FilterSubjects: []string{contract.AlertSubject("alice", ">")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored []string
+	for range 4 {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("stream read %v, then: %v", stored, err)
+		}
+		stored = append(stored, m.Subject()+" "+m.Headers().Get(jetstream.MsgIDHeader))
+	}
+	want := []string{"vigil.alert.alice.old alice.old.1", "vigil.alert.alice.r1 a1", "vigil.alert.alice.r1 a2", "vigil.alert.alice.r1 a3"}
+	if !slices.Equal(stored, want) {
+		t.Fatalf("stream holds %v, want %v", stored, want)
 	}
 }

@@ -37,14 +37,25 @@ var Streams = []jetstream.StreamConfig{
 		MaxMsgsPerSubject: 1_000,
 		Duplicates:        2 * time.Minute,
 	},
-	{
-		Name:        contract.StreamAlerts,
-		Description: "vigil alerts",
-		Subjects:    []string{contract.AlertSubjects},
-		Storage:     jetstream.FileStorage,
-		MaxAge:      30 * 24 * time.Hour,
-		Duplicates:  time.Hour,
-	},
+	AlertsStream,
+}
+
+// AlertsStream is VIGIL_ALERTS, the record of alerts. vigil-alerts
+// publishes on vigil.alertin.<user>.<ruleId> with Nats-Msg-Id = alert id;
+// the stream stores the message as vigil.alert.<user>.<ruleId> (subject
+// transform) unless the id is a duplicate inside the window, and
+// republishes exactly what it stored on that subject, so core subscribers
+// of vigil.alert.> see each alert id once. The stream listens only on the
+// ingest subjects, so the republished messages do not loop back into it.
+var AlertsStream = jetstream.StreamConfig{
+	Name:             contract.StreamAlerts,
+	Description:      "vigil alerts (ingest vigil.alertin.>, stored and republished as vigil.alert.>)",
+	Subjects:         []string{contract.AlertIngestSubjects},
+	SubjectTransform: &jetstream.SubjectTransformConfig{Source: contract.AlertIngestSubjects, Destination: contract.AlertSubjects},
+	RePublish:        &jetstream.RePublish{Source: contract.AlertSubjects, Destination: contract.AlertSubjects},
+	Storage:          jetstream.FileStorage,
+	MaxAge:           30 * 24 * time.Hour,
+	Duplicates:       time.Hour,
 }
 
 // StateBucket is the KV bucket of users' desired state.

@@ -106,9 +106,13 @@ type instance struct {
 	loopCtx, workCtx    context.Context
 	stopLoops, stopWork context.CancelFunc
 	loops               sync.WaitGroup
-	consume             jetstream.ConsumeContext
-	dispatch            *dispatcher
-	closeResourcesOnce  sync.Once
+	// projector writes alert_events from VIGIL_ALERTS until stopProjector.
+	projector          *record.Projector
+	stopProjector      context.CancelFunc
+	projecting         sync.WaitGroup
+	consume            jetstream.ConsumeContext
+	dispatch           *dispatcher
+	closeResourcesOnce sync.Once
 	// ready is set once start has built every part status reads.
 	ready atomic.Bool
 }
@@ -139,10 +143,9 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 			return nil, err
 		}
 	}
-	if in.pool, err = db.NewPool(ctx, cfg.Postgres.URL); err != nil {
-		return nil, err
-	}
-	if err = db.Migrate(ctx, in.pool); err != nil {
+	// Postgres only holds the projection alert_events: the instance starts
+	// and records alerts while it is down.
+	if in.pool, err = db.OpenPool(cfg.Postgres.URL); err != nil {
 		return nil, err
 	}
 	if in.rdb, err = redisstore.NewClient(ctx, cfg.Redis.URL); err != nil {
@@ -171,8 +174,10 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 		return nil, err
 	}
 	in.svc.OnShutdown(in.leave)
+	in.startProjecting()
+	in.svc.OnShutdown(in.stopProjecting)
 	if in.monitor, err = monitor.New(monitor.Deps{
-		Recorder:  record.New(rt.JS, in.pool),
+		Recorder:  record.New(rt.JS),
 		Snapshots: snaps,
 		History:   history.New(redisstore.New(in.rdb, 0)),
 		Notifier:  in.hooks,
@@ -247,6 +252,23 @@ func (in *instance) stopEvaluating(ctx context.Context) error {
 		in.log.Warn("deleting the consumer failed; the server drops it when inactive", "err", derr)
 	}
 	return err
+}
+
+// startProjecting runs the projection of VIGIL_ALERTS into alert_events.
+func (in *instance) startProjecting() {
+	in.projector = record.NewProjector(in.rt.JS, in.pool, record.ProjectorOptions{
+		RetryBackoff: in.cfg.RetryBackoff, MaxRetryBackoff: in.cfg.MaxRetryBackoff, Log: in.log})
+	ctx, cancel := context.WithCancel(context.Background())
+	in.stopProjector = cancel
+	in.projecting.Go(func() { _ = in.projector.Run(ctx) })
+}
+
+// stopProjecting stops the projection; a batch in hand is delivered again
+// to another instance.
+func (in *instance) stopProjecting(context.Context) error {
+	in.stopProjector()
+	in.projecting.Wait()
+	return nil
 }
 
 // leave leaves the membership group, so the other instances take this

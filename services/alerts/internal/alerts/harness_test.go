@@ -102,6 +102,12 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvOn(t, testenv.Postgres(t))
+}
+
+// newEnvOn is newEnv with the Postgres database at databaseURL.
+func newEnvOn(t testing.TB, databaseURL string) *env {
+	t.Helper()
 	log := &testLog{w: t.Output()}
 	t.Cleanup(func() {
 		log.mu.Lock()
@@ -114,7 +120,7 @@ func newEnv(t testing.TB) *env {
 		NATS:     config.NATS{URL: srv.URL()},
 		Service:  config.Service{LogLevel: "info", ShutdownTimeout: 10 * time.Second},
 		Redis:    config.Redis{URL: testenv.Redis(t)},
-		Postgres: config.Postgres{URL: testenv.Postgres(t)},
+		Postgres: config.Postgres{URL: databaseURL},
 		Alerts: Alerts{Workers: 2, AckWait: 30 * time.Second, ConsumerInactive: time.Minute, ReconcileInterval: time.Second,
 			RetryBackoff: 50 * time.Millisecond, MaxRetryBackoff: 500 * time.Millisecond, WebhookTimeout: 2 * time.Second,
 			WebhookAttempts: 4, WebhookBackoff: 20 * time.Millisecond, WebhookMaxBackoff: 200 * time.Millisecond, WebhookQueue: 10},
@@ -197,6 +203,7 @@ func (e *env) kill(in *instance) {
 		e.t.Errorf("kill %s: %v", in.rt.Instance, err)
 	}
 	in.loops.Wait()
+	_ = in.stopProjecting(ctx)
 	_ = in.group.Leave(ctx) // stops the heartbeat; the delete fails on the closed connection
 	expired, stop := context.WithCancel(context.Background())
 	stop()

@@ -62,9 +62,10 @@ import (
 	"vigil.dev/services/alerts/internal/rules"
 )
 
-// Recorder makes a batch of alerts durable; fresh[i] is false when the id
-// of alerts[i] was recorded before. On error none of them counts as
-// recorded, and recording them again must be safe.
+// Recorder makes a batch of alerts durable; fresh[i] is true when alerts[i]
+// was recorded now, false when its id was recorded before. On error the
+// batch must be recorded again, which must be safe; fresh, when not nil,
+// still tells which alerts that attempt recorded.
 type Recorder interface {
 	Record(ctx context.Context, alerts []record.Alert) (fresh []bool, err error)
 }
@@ -619,14 +620,22 @@ func (m *Monitor) recordLocked(ctx context.Context, pending []*pass) {
 	exp := backoff.NewExponentialBackOff()
 	exp.InitialInterval, exp.MaxInterval = m.opts.RetryBackoff, m.opts.MaxRetryBackoff
 	var alerts []record.Alert
-	attempt := func() ([]bool, error) {
+	// recorded are the ids some attempt recorded for the first time: a
+	// retry finds them recorded before, yet they are new.
+	recorded := map[string]bool{}
+	attempt := func() (struct{}, error) {
 		alerts = alerts[:0]
 		for _, p := range pending {
 			alerts = append(alerts, p.alerts...)
 		}
 		fresh, err := m.deps.Recorder.Record(ctx, alerts)
+		for i, f := range fresh {
+			if f {
+				recorded[alerts[i].ID] = true
+			}
+		}
 		if err == nil {
-			return fresh, nil
+			return struct{}{}, nil
 		}
 		m.opts.Metrics.DeliveryErrors.Add(ctx, 1)
 		pending = slices.DeleteFunc(pending, func(p *pass) bool {
@@ -637,25 +646,24 @@ func (m *Monitor) recordLocked(ctx context.Context, pending []*pass) {
 			return true
 		})
 		if len(pending) == 0 {
-			return nil, backoff.Permanent(err)
+			return struct{}{}, backoff.Permanent(err)
 		}
-		return nil, err
+		return struct{}{}, err
 	}
 	notify := func(err error, wait time.Duration) {
 		m.opts.Log.WarnContext(ctx, "recording alerts failed, retrying", "alerts", len(alerts), "first", alerts[0].ID, "wait", wait, "err", err)
 	}
-	fresh, err := backoff.Retry(ctx, attempt, backoff.WithBackOff(exp), backoff.WithMaxElapsedTime(0), backoff.WithNotify(notify))
+	_, err := backoff.Retry(ctx, attempt, backoff.WithBackOff(exp), backoff.WithMaxElapsedTime(0), backoff.WithNotify(notify))
 	if err != nil {
 		for _, p := range pending {
 			p.err = fmt.Errorf("record %d alerts of user %s: %w", len(p.alerts), p.us.token, err)
 		}
 		return
 	}
-	i := 0
 	for _, p := range pending {
 		for _, a := range p.alerts {
-			m.firedLocked(ctx, p.us, a.Alert, fresh[i])
-			i++
+			m.firedLocked(ctx, p.us, a.Alert, recorded[a.ID])
+			delete(recorded, a.ID) // a repeat later in the batch is not new
 		}
 	}
 }

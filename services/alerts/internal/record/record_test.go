@@ -3,11 +3,14 @@ package record_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -54,77 +57,73 @@ func streamIDs(t *testing.T, js jetstream.JetStream) []string {
 	return ids
 }
 
-// tableIDs are the ids in alert_events, sorted.
-func tableIDs(t *testing.T, exec func(context.Context, string) ([]string, error)) []string {
+// ids are the ids of as.
+func ids(as ...record.Alert) []string {
+	var out []string
+	for _, a := range as {
+		out = append(out, a.ID)
+	}
+	return out
+}
+
+// republished collects the ids that core subscribers of vigil.alert.> see.
+type republished struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func subscribeAlerts(t *testing.T, nc *nats.Conn) *republished {
 	t.Helper()
-	ids, err := exec(context.Background(), `SELECT id FROM alert_events ORDER BY id`)
+	r := &republished{}
+	sub, err := nc.Subscribe(contract.AlertSubjects, func(m *nats.Msg) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.ids = append(r.ids, m.Header.Get(jetstream.MsgIDHeader))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ids
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
-func TestRecordStoresEachAlertOnceAcrossFailures(t *testing.T) {
+func (r *republished) get() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.ids)
+}
+
+func TestRecordStoresAndRepublishesEachAlertOnceAcrossFailures(t *testing.T) {
 	ctx := context.Background()
-	_, js := testenv.Connect(t, testenv.StartNATS(t).URL())
+	nc, js := testenv.Connect(t, testenv.StartNATS(t).URL())
 	if err := natsx.EnsureStreams(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	pool := testenv.PostgresPool(t)
-	query := func(ctx context.Context, sql string) ([]string, error) {
-		rows, err := pool.Query(ctx, sql)
-		if err != nil {
-			return nil, err
-		}
-		var ids []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return nil, err
-			}
-			ids = append(ids, id)
-		}
-		return ids, rows.Err()
-	}
-	exec := func(sql string) {
-		t.Helper()
-		if _, err := pool.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rec := record.New(js, pool)
+	core := subscribeAlerts(t, nc)
+	rec := record.New(js)
 	traced := alert("alice", "price-100k", 0)
 	traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
 	spanID, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
 	traced.Trace = trace.NewSpanContext(trace.SpanContextConfig{TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled, Remote: true})
 	a1, a2, a3, a4 := alert("alice", "price-100k", 1), alert("bob", "price-100k", 1), alert("alice", "rsi-hot", 2), alert("bob", "rsi-hot", 3)
-	id := func(as ...record.Alert) []string {
-		var ids []string
-		for _, a := range as {
-			ids = append(ids, a.ID)
-		}
-		return ids
-	}
 	for _, step := range []struct {
 		name string
-		// fail breaks the stream or the table, repair mends it; nil when
-		// the batch is recorded at the first attempt.
+		// fail breaks the stream, repair mends it; nil when the batch is
+		// recorded at the first attempt.
 		fail, repair func()
-		wantErr      error
 		batch        []record.Alert
 		fresh        []bool
-		// stream and table are the alert ids expected afterwards.
-		stream, table []string
+		// stream is the alert ids expected in the stream afterwards, core
+		// those seen by core subscribers since the test began.
+		stream, core []string
 	}{
 		{name: "a new batch", batch: []record.Alert{traced, a1}, fresh: []bool{true, true},
-			stream: id(traced, a1), table: id(traced, a1)},
+			stream: ids(traced, a1), core: ids(traced, a1)},
 		{name: "repeats of earlier alerts and within the batch", batch: []record.Alert{a1, a2, a2}, fresh: []bool{false, true, false},
-			stream: id(traced, a1, a2), table: id(traced, a1, a2)},
-		{name: "the insert fails, then the batch is recorded again",
-			fail:    func() { exec(`ALTER TABLE alert_events RENAME TO alert_events_away`) },
-			repair:  func() { exec(`ALTER TABLE alert_events_away RENAME TO alert_events`) },
-			wantErr: record.ErrStore, batch: []record.Alert{a2, a3}, fresh: []bool{false, true},
-			stream: id(traced, a1, a2, a3), table: id(traced, a1, a2, a3)},
+			stream: ids(traced, a1, a2), core: ids(traced, a1, a2)},
 		{name: "the publish fails, then the batch is recorded again",
 			fail: func() {
 				if err := js.DeleteStream(ctx, contract.StreamAlerts); err != nil {
@@ -136,14 +135,14 @@ func TestRecordStoresEachAlertOnceAcrossFailures(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			wantErr: record.ErrPublish, batch: []record.Alert{a4, a3}, fresh: []bool{true, false},
-			stream: id(a4, a3), table: id(traced, a1, a2, a3, a4)},
+			batch: []record.Alert{a4, a3}, fresh: []bool{true, true},
+			stream: ids(a4, a3), core: ids(traced, a1, a2, a4, a3)},
 	} {
 		t.Run(step.name, func(t *testing.T) {
 			if step.fail != nil {
 				step.fail()
-				if _, err := rec.Record(ctx, step.batch); !errors.Is(err, step.wantErr) {
-					t.Fatalf("Record while broken: %v, want %v", err, step.wantErr)
+				if _, err := rec.Record(ctx, step.batch); !errors.Is(err, record.ErrPublish) {
+					t.Fatalf("Record while broken: %v, want %v", err, record.ErrPublish)
 				}
 				step.repair()
 			}
@@ -157,8 +156,11 @@ func TestRecordStoresEachAlertOnceAcrossFailures(t *testing.T) {
 			if got := streamIDs(t, js); !slices.Equal(got, step.stream) {
 				t.Errorf("stream holds %v, want %v", got, step.stream)
 			}
-			if got, want := tableIDs(t, query), slices.Sorted(slices.Values(step.table)); !slices.Equal(got, want) {
-				t.Errorf("alert_events holds %v, want %v", got, want)
+			testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("core subscribers to see %v", step.core), func() bool {
+				return len(core.get()) >= len(step.core)
+			})
+			if got := core.get(); !slices.Equal(got, step.core) {
+				t.Errorf("core subscribers saw %v, want %v", got, step.core)
 			}
 		})
 	}
