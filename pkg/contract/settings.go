@@ -379,52 +379,43 @@ func (r Rule) EvaluateOrDefault() EvaluateOn {
 	return r.Evaluate
 }
 
-// validateRule checks one rule against the mode's timeframes and indicators.
-func validateRule(f *fieldErrs, field string, r Rule, m Mode, specs []IndicatorSpec, symbols []string) {
-	if err := ValidateRuleID(r.ID); err != nil {
-		f.check(field+".id", err)
+// Validate checks what a rule means on its own, the engine's
+// preconditions: id, symbol, timeframe, indicator given, kind with its op,
+// value, other series or zone, evaluate, and a cooldown of at most 7 days.
+// How the rule fits a user's mode, symbols and indicators is checked by
+// Settings.Validate. Problems are FieldErrors named relative to the rule
+// ("op", "other.indicator").
+func (r Rule) Validate() error {
+	var f fieldErrs
+	f.check("id", ValidateRuleID(r.ID))
+	f.check("symbol", ValidateSymbol(r.Symbol))
+	f.check("timeframe", r.Timeframe.Validate())
+	if strings.TrimSpace(r.Indicator) == "" {
+		f.add("indicator", "is required")
 	}
-	if err := ValidateSymbol(r.Symbol); err != nil {
-		f.check(field+".symbol", err)
-	} else if !slices.Contains(symbols, r.Symbol) {
-		f.add(field+".symbol", "%q is not one of the user's symbols", r.Symbol)
+	r.validateKind(&f)
+	switch r.Evaluate {
+	case "", OnClose, OnLive:
+	default:
+		f.add("evaluate", "%q must be close or live", r.Evaluate)
 	}
-	if err := r.Timeframe.Validate(); err != nil {
-		f.check(field+".timeframe", err)
-	} else if !slices.Contains(m.Timeframes(), r.Timeframe) {
-		f.add(field+".timeframe", "%s is not a timeframe of mode %s %v", r.Timeframe, m, m.Timeframes())
-	}
-	checkRef := func(name string, ref SeriesRef) *IndicatorSpec {
-		if ref.IsPrice() {
-			if ref.Field != "" && ref.Field != defaultFieldName {
-				f.add(name+".field", "price has only the field value")
-			}
-			return nil
+	if r.Cooldown != "" {
+		d, err := time.ParseDuration(r.Cooldown)
+		switch {
+		case err != nil || d < 0:
+			f.add("cooldown", "%q is not a non-negative duration like \"15m\"", r.Cooldown)
+		case d > MaxCooldown:
+			f.add("cooldown", "%s is longer than 7 days", d)
 		}
-		for i := range specs {
-			if specs[i].Name == ref.Indicator {
-				if !slices.Contains(specs[i].Fields(), ref.FieldOrDefault()) {
-					f.add(name+".field", "%q is not a field of %s %v", ref.FieldOrDefault(), ref.Indicator, specs[i].Fields())
-				}
-				return &specs[i]
-			}
-		}
-		names := make([]string, len(specs))
-		for i, s := range specs {
-			names[i] = s.Name
-		}
-		f.add(name+".indicator", "%q is not price or an indicator of mode %s %v", ref.Indicator, m, names)
-		return nil
 	}
-	if r.Indicator == "" {
-		f.add(field+".indicator", "is required")
-		return
-	}
-	ref := r.SeriesRef
-	if r.Kind == RuleMACDVZone && ref.Field == "" {
-		ref.Field = "macd"
-	}
-	spec := checkRef(field, ref)
+	return f.err()
+}
+
+// MaxCooldown bounds a rule's cooldown.
+const MaxCooldown = 7 * 24 * time.Hour
+
+// validateKind checks the kind and the fields that go with it.
+func (r Rule) validateKind(f *fieldErrs) {
 	finite := func(name string, v *float64) {
 		if v == nil {
 			f.add(name, "is required")
@@ -435,56 +426,96 @@ func validateRule(f *fieldErrs, field string, r Rule, m Mode, specs []IndicatorS
 	switch r.Kind {
 	case RuleThreshold, RuleOrderBook:
 		if r.Op != OpAbove && r.Op != OpBelow {
-			f.add(field+".op", "%q must be above or below", r.Op)
+			f.add("op", "%q must be above or below", r.Op)
 		}
-		finite(field+".value", r.Value)
+		finite("value", r.Value)
 		if r.Other != nil {
-			f.add(field+".other", "is only for cross rules")
-		}
-		isOB := spec != nil && (spec.Kind == KindOBImbalance || spec.Kind == KindOBSpread || spec.Kind == KindOBDepth)
-		if r.Kind == RuleOrderBook && !isOB {
-			f.add(field+".indicator", "orderbook rules need ob_imbalance, ob_spread or ob_depth")
+			f.add("other", "is only for cross rules")
 		}
 	case RuleCross:
 		if r.Op != OpCrossesAbove && r.Op != OpCrossesBelow {
-			f.add(field+".op", "%q must be crosses_above or crosses_below", r.Op)
+			f.add("op", "%q must be crosses_above or crosses_below", r.Op)
 		}
 		switch {
 		case r.Other != nil && r.Value != nil:
-			f.add(field+".other", "give either other or value, not both")
-		case r.Other != nil:
-			checkRef(field+".other", *r.Other)
+			f.add("other", "give either other or value, not both")
+		case r.Other != nil && strings.TrimSpace(r.Other.Indicator) == "":
+			f.add("other.indicator", "is required")
+		case r.Other == nil:
+			finite("value", r.Value)
+		}
+	case RuleMACDVZone:
+		switch r.Zone {
+		case "", ZoneOverbought, ZoneBullish, ZoneRanging, ZoneBearish, ZoneOversold:
 		default:
-			finite(field+".value", r.Value)
+			f.add("zone", "%q is not one of overbought, bullish, ranging, bearish, oversold", r.Zone)
+		}
+	case "":
+		f.add("kind", "is required (threshold, cross, macdv_zone, orderbook)")
+	default:
+		f.add("kind", "%q is not one of threshold, cross, macdv_zone, orderbook", r.Kind)
+	}
+}
+
+// validateRuleFor checks one rule (Rule.Validate) and how it fits mode m:
+// one of the user's symbols, a timeframe of the mode, series that are
+// price or indicators of the mode with their fields, and the indicator
+// kind a kind of rule needs.
+func validateRuleFor(f *fieldErrs, field string, r Rule, m Mode, specs []IndicatorSpec, symbols []string) {
+	f.check(field, r.Validate())
+	if ValidateSymbol(r.Symbol) == nil && !slices.Contains(symbols, r.Symbol) {
+		f.add(field+".symbol", "%q is not one of the user's symbols", r.Symbol)
+	}
+	if r.Timeframe.Validate() == nil && !slices.Contains(m.Timeframes(), r.Timeframe) {
+		f.add(field+".timeframe", "%s is not a timeframe of mode %s %v", r.Timeframe, m, m.Timeframes())
+	}
+	if strings.TrimSpace(r.Indicator) == "" {
+		return
+	}
+	ref := r.SeriesRef
+	if r.Kind == RuleMACDVZone && ref.Field == "" {
+		ref.Field = "macd"
+	}
+	spec := checkRef(f, field, ref, m, specs)
+	switch r.Kind {
+	case RuleOrderBook:
+		if spec == nil || (spec.Kind != KindOBImbalance && spec.Kind != KindOBSpread && spec.Kind != KindOBDepth) {
+			f.add(field+".indicator", "orderbook rules need ob_imbalance, ob_spread or ob_depth")
+		}
+	case RuleCross:
+		if r.Other != nil && r.Value == nil && strings.TrimSpace(r.Other.Indicator) != "" {
+			checkRef(f, field+".other", *r.Other, m, specs)
 		}
 	case RuleMACDVZone:
 		if spec == nil || spec.Kind != KindMACDV {
 			f.add(field+".indicator", "macdv_zone rules need a macdv indicator")
 		}
-		switch r.Zone {
-		case "", ZoneOverbought, ZoneBullish, ZoneRanging, ZoneBearish, ZoneOversold:
-		default:
-			f.add(field+".zone", "%q is not one of overbought, bullish, ranging, bearish, oversold", r.Zone)
+	}
+}
+
+// checkRef checks that ref is price or an indicator of the mode with one of
+// its fields, and returns the indicator's spec (nil for price or none).
+func checkRef(f *fieldErrs, name string, ref SeriesRef, m Mode, specs []IndicatorSpec) *IndicatorSpec {
+	if ref.IsPrice() {
+		if ref.Field != "" && ref.Field != defaultFieldName {
+			f.add(name+".field", "price has only the field value")
 		}
-	case "":
-		f.add(field+".kind", "is required (threshold, cross, macdv_zone, orderbook)")
-	default:
-		f.add(field+".kind", "%q is not one of threshold, cross, macdv_zone, orderbook", r.Kind)
+		return nil
 	}
-	switch r.Evaluate {
-	case "", OnClose, OnLive:
-	default:
-		f.add(field+".evaluate", "%q must be close or live", r.Evaluate)
-	}
-	if r.Cooldown != "" {
-		d, err := time.ParseDuration(r.Cooldown)
-		switch {
-		case err != nil || d < 0:
-			f.add(field+".cooldown", "%q is not a non-negative duration like \"15m\"", r.Cooldown)
-		case d > 7*24*time.Hour:
-			f.add(field+".cooldown", "%s is longer than 7 days", d)
+	for i := range specs {
+		if specs[i].Name == ref.Indicator {
+			if !slices.Contains(specs[i].Fields(), ref.FieldOrDefault()) {
+				f.add(name+".field", "%q is not a field of %s %v", ref.FieldOrDefault(), ref.Indicator, specs[i].Fields())
+			}
+			return &specs[i]
 		}
 	}
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.Name
+	}
+	f.add(name+".indicator", "%q is not price or an indicator of mode %s %v", ref.Indicator, m, names)
+	return nil
 }
 
 // Validate checks the whole settings document: mode, symbols, indicator
@@ -521,7 +552,7 @@ func (s Settings) Validate(l Limits) error {
 				f.add(field+".id", "%q is used twice", r.ID)
 			}
 			ids[r.ID] = true
-			validateRule(&f, field, r, m, specs, s.Symbols)
+			validateRuleFor(&f, field, r, m, specs, s.Symbols)
 		}
 	}
 	if l.MaxRules > 0 && total > l.MaxRules {

@@ -179,6 +179,28 @@ type DesiredState struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// Validate checks a desired state as the services use it: the user token,
+// positive user and exchange ids, the mode and the settings' mode when
+// given, and every symbol. The settings as a whole were validated by control
+// (Settings.Validate) before they were written. All problems are reported
+// together, named as in the JSON ("user_id", "symbols[2]").
+func (s DesiredState) Validate() error {
+	var f fieldErrs
+	f.check("user", ValidateUserToken(s.User))
+	f.check("user_id", ValidateID("user_id", s.UserID))
+	f.check("exchange_id", ValidateID("exchange_id", s.ExchangeID))
+	if s.Mode != "" {
+		f.check("mode", s.Mode.Validate())
+	}
+	if s.Settings.Mode != "" {
+		f.check("settings.mode", s.Settings.Mode.Validate())
+	}
+	for i, sym := range s.Symbols {
+		f.check(fmt.Sprintf("symbols[%d]", i), ValidateSymbol(sym))
+	}
+	return f.err()
+}
+
 // SvcRequest is the body of a vigil.svc.<service>.<verb> request.
 type SvcRequest struct {
 	CommandID string `json:"command_id"`

@@ -61,7 +61,6 @@ package rules
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -187,7 +186,8 @@ func newRuleStates(rules []contract.Rule) ([]*ruleState, error) {
 			problems = append(problems, contract.FieldError{Field: field + ".id", Problem: fmt.Sprintf("%q is used twice", r.ID)})
 		}
 		seen[r.ID] = true
-		errs := checkRule(r)
+		var errs contract.FieldErrors
+		errors.As(r.Validate(), &errs)
 		for _, p := range errs {
 			problems = append(problems, contract.FieldError{Field: field + "." + p.Field, Problem: p.Problem})
 		}
@@ -205,72 +205,4 @@ func newRuleStates(rules []contract.Rule) ([]*ruleState, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRule, problems)
 	}
 	return states, nil
-}
-
-// checkRule lists what keeps the engine from evaluating r. It checks only
-// the engine's preconditions; contract.Settings.Validate checks rules
-// against the user's mode, symbols and indicators.
-func checkRule(r contract.Rule) contract.FieldErrors {
-	var errs contract.FieldErrors
-	add := func(field, format string, args ...any) {
-		errs = append(errs, contract.FieldError{Field: field, Problem: fmt.Sprintf(format, args...)})
-	}
-	for _, c := range []struct {
-		field string
-		err   error
-	}{
-		{"id", contract.ValidateRuleID(r.ID)},
-		{"symbol", contract.ValidateSymbol(r.Symbol)},
-		{"timeframe", r.Timeframe.Validate()},
-	} {
-		var fe contract.FieldError
-		if errors.As(c.err, &fe) {
-			add(c.field, "%s", fe.Problem)
-		}
-	}
-	if strings.TrimSpace(r.Indicator) == "" {
-		add("indicator", "is required")
-	}
-	switch r.Kind {
-	case contract.RuleThreshold, contract.RuleOrderBook:
-		if r.Op != contract.OpAbove && r.Op != contract.OpBelow {
-			add("op", "%q must be above or below", r.Op)
-		}
-		if !isFinitePtr(r.Value) {
-			add("value", "must be a finite number")
-		}
-	case contract.RuleCross:
-		if r.Op != contract.OpCrossesAbove && r.Op != contract.OpCrossesBelow {
-			add("op", "%q must be crosses_above or crosses_below", r.Op)
-		}
-		switch {
-		case r.Other != nil && r.Value != nil:
-			add("other", "give either other or value, not both")
-		case r.Other != nil:
-			if strings.TrimSpace(r.Other.Indicator) == "" {
-				add("other.indicator", "is required")
-			}
-		case !isFinitePtr(r.Value):
-			add("value", "must be a finite number")
-		}
-	case contract.RuleMACDVZone:
-		switch r.Zone {
-		case "", contract.ZoneOverbought, contract.ZoneBullish, contract.ZoneRanging, contract.ZoneBearish, contract.ZoneOversold:
-		default:
-			add("zone", "%q is not one of overbought, bullish, ranging, bearish, oversold", r.Zone)
-		}
-	default:
-		add("kind", "%q is not one of threshold, cross, macdv_zone, orderbook", r.Kind)
-	}
-	switch r.Evaluate {
-	case "", contract.OnClose, contract.OnLive:
-	default:
-		add("evaluate", "%q must be close or live", r.Evaluate)
-	}
-	if r.Cooldown != "" {
-		if d, err := time.ParseDuration(r.Cooldown); err != nil || d < 0 {
-			add("cooldown", "%q is not a non-negative duration like \"15m\"", r.Cooldown)
-		}
-	}
-	return errs
 }

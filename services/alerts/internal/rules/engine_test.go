@@ -697,6 +697,10 @@ func TestInvalidRules(t *testing.T) {
 		{"unknown evaluate", with(func(r *contract.Rule) { r.Evaluate = "tick" }), "rules[0](rsi-cross).evaluate"},
 		{"negative cooldown", with(func(r *contract.Rule) { r.Cooldown = "-1m" }), "rules[0](rsi-cross).cooldown"},
 		{"unparsable cooldown", with(func(r *contract.Rule) { r.Cooldown = "soon" }), "rules[0](rsi-cross).cooldown"},
+		{"cooldown over 7 days", with(func(r *contract.Rule) { r.Cooldown = "169h" }), "rules[0](rsi-cross).cooldown"},
+		{"other on a threshold", with(func(r *contract.Rule) {
+			r.Kind, r.Op, r.Other = contract.RuleThreshold, contract.OpAbove, &contract.SeriesRef{Indicator: "ema_20"}
+		}), "rules[0](rsi-cross).other"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

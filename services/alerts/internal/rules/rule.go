@@ -274,5 +274,3 @@ func definitionOf(r contract.Rule) (string, error) {
 }
 
 func isFinite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
-
-func isFinitePtr(v *float64) bool { return v != nil && isFinite(*v) }

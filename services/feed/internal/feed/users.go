@@ -75,26 +75,14 @@ func (f *feed) userLocked(token string) *user {
 	return u
 }
 
-// validateState checks a desired state as the feed uses it.
+// validateState checks a desired state as the feed uses it: the user's
+// (token) and valid (DesiredState.Validate).
 func validateState(token string, s contract.DesiredState) error {
 	if s.User != token {
 		return contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the user %q", s.User, token)}
 	}
-	if err := contract.ValidateID("state.user_id", s.UserID); err != nil {
-		return err
-	}
-	if err := contract.ValidateID("state.exchange_id", s.ExchangeID); err != nil {
-		return err
-	}
-	if s.Mode != "" {
-		if err := s.Mode.Validate(); err != nil {
-			return err
-		}
-	}
-	for i, sym := range s.Symbols {
-		if err := contract.ValidateSymbol(sym); err != nil {
-			return contract.FieldError{Field: fmt.Sprintf("state.symbols[%d]", i), Problem: err.Error()}
-		}
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("state: %w", err)
 	}
 	return nil
 }

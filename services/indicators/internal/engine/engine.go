@@ -198,25 +198,12 @@ type Change struct {
 	Recomputed int `json:"recomputed"`
 }
 
-// validateState checks the parts of a desired state the engine uses.
-func validateState(st contract.DesiredState) error {
-	err := errors.Join(contract.ValidateUserToken(st.User), contract.ValidateID("user_id", st.UserID),
-		contract.ValidateID("exchange_id", st.ExchangeID))
-	if st.Mode != "" || st.Settings.Mode != "" {
-		err = errors.Join(err, (&user{state: st}).mode().Validate())
-	}
-	if err != nil {
-		return fmt.Errorf("%w of %q: %w", ErrState, st.User, err)
-	}
-	return nil
-}
-
 // SetState makes st the user's desired state and converges this
 // instance's series of the user to it. A state older (by UpdatedAt) than
 // the one known is ignored.
 func (e *Engine) SetState(ctx context.Context, st contract.DesiredState) (Change, error) {
-	if err := validateState(st); err != nil {
-		return Change{}, err
+	if err := st.Validate(); err != nil {
+		return Change{}, fmt.Errorf("%w of %q: %w", ErrState, st.User, err)
 	}
 	e.mu.Lock()
 	if cur := e.users[st.User]; cur != nil && st.UpdatedAt.Before(cur.state.UpdatedAt) {
