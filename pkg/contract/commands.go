@@ -2,11 +2,8 @@ package contract
 
 import (
 	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"strings"
+	"slices"
 	"time"
 )
 
@@ -107,6 +104,10 @@ func parseOptionalTime(s string) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("%q is not an RFC 3339 time like 2026-11-01T00:00:00Z", s)
+	}
+	if t.Before(time.Unix(0, 0)) {
+		// The zero time would read as "not given" and skip the range checks.
+		return time.Time{}, fmt.Errorf("%q is before 1970-01-01T00:00:00Z", s)
 	}
 	return t.UTC(), nil
 }
@@ -228,6 +229,17 @@ func (p ForceBackfillPayload) Validate(Limits) error {
 	return f.err()
 }
 
+// CheckWatched reports a force-backfill of a symbol that is not among
+// watched, the user's symbols (DesiredState.WatchedSymbols): a backfill
+// writes into the user's keys, so only a symbol the user watches may be
+// filled.
+func (p ForceBackfillPayload) CheckWatched(watched []string) error {
+	if slices.Contains(watched, p.Symbol) {
+		return nil
+	}
+	return FieldError{Field: "symbol", Problem: fmt.Sprintf("%q is not one of the user's symbols %v", p.Symbol, watched)}
+}
+
 // BackfillTimeframes is the payload's timeframes, or all six when none are
 // given.
 func (p ForceBackfillPayload) BackfillTimeframes() []Timeframe {
@@ -315,41 +327,4 @@ func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
 		return nil, err
 	}
 	return p, p.Validate(l)
-}
-
-// DecodeStrict decodes one JSON object into T, rejecting unknown fields and
-// trailing data, and names the field of a type mismatch: the strictness of
-// command payloads, also used for settings and vigil.svc requests.
-func DecodeStrict[T any](body []byte) (T, error) {
-	var v T
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&v); err != nil {
-		return v, jsonFieldError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return v, FieldError{Field: "payload", Problem: "has data after the JSON object"}
-	}
-	return v, nil
-}
-
-// jsonFieldError turns a encoding/json error into a FieldError that names
-// the field where it can.
-func jsonFieldError(err error) error {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
-	switch {
-	case errors.As(err, &typeErr):
-		field := typeErr.Field
-		if field == "" {
-			field = "payload"
-		}
-		return FieldError{Field: field, Problem: fmt.Sprintf("must be %s, got JSON %s", typeErr.Type, typeErr.Value)}
-	case errors.As(err, &syntaxErr):
-		return FieldError{Field: "payload", Problem: fmt.Sprintf("is not valid JSON at byte %d: %v", syntaxErr.Offset, err)}
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return FieldError{Field: name, Problem: "is not a known field"}
-	}
-	return FieldError{Field: "payload", Problem: err.Error()}
 }

@@ -201,6 +201,15 @@ func (s DesiredState) Validate() error {
 	return f.err()
 }
 
+// WatchedSymbols is the user's symbols: the state's, or the settings' when
+// the state has none.
+func (s DesiredState) WatchedSymbols() []string {
+	if s.Symbols != nil {
+		return s.Symbols
+	}
+	return s.Settings.Symbols
+}
+
 // SvcRequest is the body of a vigil.svc.<service>.<verb> request.
 type SvcRequest struct {
 	CommandID string `json:"command_id"`

@@ -186,7 +186,7 @@ func (s *Service) serve(verb contract.Verb, h Handler, r micro.Request) {
 		trace.WithAttributes(attribute.String("vigil.instance", s.cfg.Instance), attribute.String("messaging.destination.name", r.Subject())))
 	defer span.End()
 	reply := contract.SvcReply{Service: s.cfg.Name, Instance: s.ID(), OK: true}
-	req, err := contract.DecodeStrict[contract.SvcRequest](orEmptyObject(r.Data()))
+	req, err := contract.DecodePeer[contract.SvcRequest](orEmptyObject(r.Data()))
 	if err == nil && req.User != "" {
 		err = contract.ValidateUserToken(req.User)
 	}

@@ -49,6 +49,9 @@ func TestRejections(t *testing.T) {
 			contract.CodeInvalidPayload, "400", []string{"from"}},
 		{"backfill range in the future", "alice", "force-backfill", `{"symbol":"BTC-USD","to":"2999-01-01T00:00:00Z"}`, nil,
 			contract.CodeInvalidPayload, "400", []string{"to"}},
+		{"key in another case", "alice", "resume", `{"sYmBols":[]}`, nil, contract.CodeInvalidPayload, "400", []string{"sYmBols"}},
+		{"duplicate key", "alice", "switch-mode", `{"mode":"scalper-macdv","mode":"position-monitor"}`, nil, contract.CodeInvalidPayload, "400", []string{"mode"}},
+		{"zero time", "alice", "force-backfill", `{"symbol":"BTC-USD","from":"0001-01-01T00:00:00Z"}`, nil, contract.CodeInvalidPayload, "400", []string{"from"}},
 		{"too many symbols", "alice", "resume", `{"symbols":[` + strings.Repeat(`"BTC-USD",`, 60) + `"ETH-USD"]}`, nil,
 			contract.CodeInvalidPayload, "400", []string{"symbols"}},
 	}

@@ -377,6 +377,9 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 		return failed(nil, contract.ErrorOf(err))
 	}
 	st := cur.State
+	if err := p.CheckWatched(st.WatchedSymbols()); err != nil {
+		return failed(nil, contract.ErrorOf(err))
+	}
 	from, to := p.Range()
 	if to.IsZero() {
 		to = r.cfg.Now().UTC().Truncate(time.Second)

@@ -251,7 +251,7 @@ func (p *Peer) answer(verb contract.Verb, req contract.SvcRequest) (any, error) 
 // hangs) answers the bars of the range; a feed.pause of the user cancels
 // it.
 func (p *Peer) backfill(ctx context.Context, req contract.SvcRequest, hang bool, gate <-chan struct{}) (any, error) {
-	args, err := contract.DecodeStrict[contract.BackfillArgs](req.Args)
+	args, err := contract.DecodePeer[contract.BackfillArgs](req.Args)
 	if err != nil {
 		return nil, err
 	}

@@ -171,7 +171,7 @@ func (f *feed) apply(_ context.Context, req contract.SvcRequest) (any, error) {
 // backfill runs a backfill job for the owner: history pages of each
 // timeframe, versioned writes, a progress event per page.
 func (f *feed) backfill(ctx context.Context, req contract.SvcRequest) (any, error) {
-	args, err := contract.DecodeStrict[contract.BackfillArgs](orEmpty(req.Args))
+	args, err := contract.DecodePeer[contract.BackfillArgs](orEmpty(req.Args))
 	if err != nil {
 		return nil, err
 	}

@@ -212,7 +212,7 @@ func handleVerbs(svc *service.Service, e *engine.Engine) error {
 			if len(req.Args) == 0 {
 				return nil, errArgs
 			}
-			args, err := contract.DecodeStrict[contract.RecomputeArgs](req.Args)
+			args, err := contract.DecodePeer[contract.RecomputeArgs](req.Args)
 			if err != nil {
 				return nil, err
 			}
@@ -225,7 +225,7 @@ func handleVerbs(svc *service.Service, e *engine.Engine) error {
 			if len(req.Args) == 0 {
 				return nil, errArgs
 			}
-			args, err := contract.DecodeStrict[contract.ForgetArgs](req.Args)
+			args, err := contract.DecodePeer[contract.ForgetArgs](req.Args)
 			if err != nil {
 				return nil, err
 			}
