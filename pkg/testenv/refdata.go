@@ -39,6 +39,33 @@ func ReferenceFile(t testing.TB, name string) string {
 	}
 }
 
+// CoinbaseReal is the content of shared/data/coinbase-real/<name>: one
+// recorded or documented Coinbase Advanced Trade message (provenance in
+// SOURCES.md there), found like ReferenceFile.
+func CoinbaseReal(t testing.TB, name string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(ReferenceFile(t, filepath.Join("coinbase-real", name)))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return data
+}
+
+// CoinbaseRealFiles are the names of every JSON message in
+// shared/data/coinbase-real, sorted.
+func CoinbaseRealFiles(t testing.TB) []string {
+	t.Helper()
+	dir := filepath.Dir(ReferenceFile(t, filepath.Join("coinbase-real", "SOURCES.md")))
+	names, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	for i, n := range names {
+		names[i] = filepath.Base(n)
+	}
+	return names
+}
+
 var btcBars struct {
 	once sync.Once
 	bars []Bar

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -58,6 +59,10 @@ type Source struct {
 
 	mu   sync.Mutex
 	gaps map[string]uint64
+	// applied are, per product, the ids of the trades last handed to the
+	// sink, so a market_trades snapshot after a (re)subscribe does not hand
+	// them over again.
+	applied map[string]*recentIDs
 }
 
 // New builds the stream and the REST client; nothing connects before Run.
@@ -71,7 +76,7 @@ func New(cfg Config, sink market.Sink) (*Source, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Source{cfg: cfg, sink: sink, gaps: map[string]uint64{}}
+	s := &Source{cfg: cfg, sink: sink, gaps: map[string]uint64{}, applied: map[string]*recentIDs{}}
 	var err error
 	s.stream, err = coinbase.NewStream(coinbase.StreamConfig{
 		URL: cfg.WebSocketURL, Handler: coinbase.HandlerFunc(s.handle), Credentials: cfg.Credentials, Logger: cfg.Log,
@@ -160,6 +165,11 @@ func (s *Source) Unsubscribe(ch market.Channel, product string) error {
 	for _, c := range chs {
 		errs = append(errs, s.stream.Unsubscribe(c, product))
 	}
+	if ch == market.ChannelBars {
+		s.mu.Lock()
+		delete(s.applied, product)
+		s.mu.Unlock()
+	}
 	return errors.Join(errs...)
 }
 
@@ -218,7 +228,7 @@ func (s *Source) handle(ev coinbase.Event) {
 			s.sink.Candle(bar(c, contract.TF5m))
 		}
 	case *coinbase.TradesEvent:
-		for _, t := range e.Trades {
+		for _, t := range s.newTrades(e) {
 			s.sink.Trade(market.Trade{Product: t.Product, Price: t.Price, Size: t.Size, Time: t.Time.UTC()})
 		}
 	case *coinbase.Level2Event:
@@ -249,4 +259,70 @@ func (s *Source) countGap(cause string) {
 	s.mu.Lock()
 	s.gaps[cause]++
 	s.mu.Unlock()
+}
+
+// newTrades are the trades of e not handed to the sink before, oldest
+// first, and remembers them as handed over. A snapshot (the last 100
+// trades, newest first, sent after every subscribe) overlaps the trades
+// applied live before a reconnect or resubscribe: those are skipped by
+// trade_id, so the open bar's volume counts each trade once and its close
+// ends on the newest price. Trades without an id cannot be told apart and
+// always pass.
+func (s *Source) newTrades(e *coinbase.TradesEvent) []coinbase.Trade {
+	trades := e.Trades
+	if e.Snapshot {
+		trades = slices.Clone(trades)
+		slices.Reverse(trades)
+		slices.SortStableFunc(trades, func(a, b coinbase.Trade) int { return a.Time.Compare(b.Time) })
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := trades[:0:0]
+	for _, t := range trades {
+		if t.TradeID != "" {
+			ids := s.applied[t.Product]
+			if ids == nil {
+				ids = newRecentIDs(tradeMemory)
+				s.applied[t.Product] = ids
+			}
+			if !ids.add(t.TradeID) {
+				continue
+			}
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// tradeMemory is how many trade ids are remembered per product: a snapshot
+// holds the last 100 trades, and the applied ones among them are the last
+// applied before the gap, so 100 would do; the rest is margin.
+const tradeMemory = 1000
+
+// recentIDs is a bounded set of the last ids added.
+type recentIDs struct {
+	set  map[string]struct{}
+	ring []string
+	next int
+}
+
+func newRecentIDs(n int) *recentIDs {
+	return &recentIDs{set: make(map[string]struct{}, n), ring: make([]string, 0, n)}
+}
+
+// add remembers id, forgetting the oldest past the bound, and reports
+// whether it was new.
+func (r *recentIDs) add(id string) bool {
+	if _, seen := r.set[id]; seen {
+		return false
+	}
+	if len(r.ring) < cap(r.ring) {
+		r.ring = append(r.ring, id)
+	} else {
+		delete(r.set, r.ring[r.next])
+		r.ring[r.next] = id
+		r.next = (r.next + 1) % len(r.ring)
+	}
+	r.set[id] = struct{}{}
+	return true
 }

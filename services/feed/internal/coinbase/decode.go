@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -216,19 +217,40 @@ func decodeTrades(raw json.RawMessage, ts time.Time) ([]Event, error) {
 
 func decodeHeartbeats(raw json.RawMessage, ts time.Time) ([]Event, error) {
 	var items []struct {
-		HeartbeatCounter *int64 `json:"heartbeat_counter"`
+		HeartbeatCounter json.RawMessage `json:"heartbeat_counter"`
 	}
 	if err := json.Unmarshal(raw, &items); err != nil {
 		return nil, err
 	}
 	events := make([]Event, 0, len(items))
 	for _, item := range items {
-		if item.HeartbeatCounter == nil {
-			return nil, errors.New("heartbeat_counter is missing")
+		counter, err := parseHeartbeatCounter(item.HeartbeatCounter)
+		if err != nil {
+			return nil, err
 		}
-		events = append(events, &HeartbeatEvent{Timestamp: ts, Counter: *item.HeartbeatCounter})
+		events = append(events, &HeartbeatEvent{Timestamp: ts, Counter: counter})
 	}
 	return events, nil
+}
+
+// parseHeartbeatCounter reads heartbeat_counter: an integer in production
+// frames, a string holding one in Coinbase's docs and Python SDK; both are
+// taken, anything else is an error naming the field.
+func parseHeartbeatCounter(raw json.RawMessage) (int64, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return 0, errors.New("heartbeat_counter is missing")
+	}
+	text := string(raw)
+	if raw[0] == '"' {
+		if err := json.Unmarshal(raw, &text); err != nil {
+			return 0, fmt.Errorf("heartbeat_counter %s: %v", raw, err)
+		}
+	}
+	n, err := strconv.ParseInt(text, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("heartbeat_counter %s is neither an integer nor a string holding one", raw)
+	}
+	return n, nil
 }
 
 func decodeSubscriptions(raw json.RawMessage, ts time.Time) ([]Event, error) {

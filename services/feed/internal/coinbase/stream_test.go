@@ -363,8 +363,16 @@ func TestStreamCountsMalformedFrames(t *testing.T) {
 		{"trade time is not RFC 3339", func() int {
 			return h.fake.InjectFrame("market_trades", json.RawMessage(`[{"type":"update","trades":[{"trade_id":"1","product_id":"BAD-USD","price":"1","size":"1","side":"BUY","time":"yesterday"}]}]`))
 		}, malformed},
-		{"heartbeat counter is a string", func() int {
-			return h.fake.InjectFrame("heartbeats", json.RawMessage(`[{"current_time":"now","heartbeat_counter":"5"}]`))
+		// An integer or a string holding one is a counter (production
+		// sends the first, Coinbase's docs the second); nothing else is.
+		{"heartbeat counter is a fraction", func() int {
+			return h.fake.InjectFrame("heartbeats", json.RawMessage(`[{"current_time":"now","heartbeat_counter":5.5}]`))
+		}, malformed},
+		{"heartbeat counter is a word", func() int {
+			return h.fake.InjectFrame("heartbeats", json.RawMessage(`[{"current_time":"now","heartbeat_counter":"five"}]`))
+		}, malformed},
+		{"heartbeat counter is an object", func() int {
+			return h.fake.InjectFrame("heartbeats", json.RawMessage(`[{"current_time":"now","heartbeat_counter":{"n":5}}]`))
 		}, malformed},
 		{"unknown channel", func() int {
 			return h.fake.InjectFrame("ticker_batch", json.RawMessage(`[{"type":"update","tickers":[]}]`))

@@ -256,21 +256,27 @@ func (e *Engine) Run(ctx context.Context) error {
 // when sub.Book). Attaching the same user, exchange and symbol again only
 // updates the book flag; the upstream subscription is shared by every
 // subscriber of the product.
-func (e *Engine) Attach(sub Subscriber) error {
+//
+// It returns the source's clock at the attach: every bar of the product
+// still open then reaches sub's series from the engine (a new product's
+// open bars are seeded from history up to that time), so a caller filling
+// sub's series from history needs only the bars that ended by then.
+func (e *Engine) Attach(sub Subscriber) (time.Time, error) {
 	if err := sub.Series(contract.TF1m).Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidSubscriber, err)
+		return time.Time{}, fmt.Errorf("%w: %w", ErrInvalidSubscriber, err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	at := e.src.Now()
 	p := e.products[sub.Symbol]
 	if p == nil {
 		if err := e.src.Subscribe(market.ChannelBars, sub.Symbol); err != nil {
-			return err
+			return at, err
 		}
 		p = newProduct(sub.Symbol)
 		p.syncing++
 		e.products[sub.Symbol] = p
-		e.wg.Go(func() { e.seed(p) })
+		e.wg.Go(func() { e.seed(p, at) })
 	}
 	key := subKey{sub.User, sub.ExchangeID}
 	old, had := p.subs[key]
@@ -282,13 +288,13 @@ func (e *Engine) Attach(sub Subscriber) error {
 				p.bookSubs--
 				sub.Book = false
 				p.subs[key] = sub
-				return err
+				return at, err
 			}
 		}
 	case !sub.Book && had && old.Book:
 		e.dropBookLocked(p)
 	}
-	return nil
+	return at, nil
 }
 
 // Detach stops sending sub's symbol to the user's series; the last
@@ -423,6 +429,9 @@ func (s sink) Book(u market.BookUpdate) { s.e.onBook(u) }
 // Clock implements market.Sink.
 func (s sink) Clock(now time.Time) { s.e.onClock(now) }
 
+// CandleThenClock implements market.Sink.
+func (s sink) CandleThenClock(b market.Bar, now time.Time) { s.e.onCandleThenClock(b, now) }
+
 // Gap implements market.Sink.
 func (s sink) Gap(g market.Gap) { s.e.onGap(g) }
 
@@ -458,17 +467,42 @@ func (e *Engine) onTrade(t market.Trade) {
 }
 
 func (e *Engine) onCandle(b market.Bar) {
-	if err := b.Validate(); err != nil {
-		e.onMalformed("candle", err)
-		return
-	}
-	if b.Timeframe != e.caps.CandleTimeframe {
-		e.onMalformed("candle", fmt.Errorf("%w: candle timeframe %s, the source sends %q", market.ErrMalformed, b.Timeframe, e.caps.CandleTimeframe))
+	if !e.validCandle(b) {
 		return
 	}
 	observed := nowMicros()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.candleLocked(b, observed)
+}
+
+// onCandleThenClock applies a candle and the clock under one lock, so no
+// flush collects the bucket between the two.
+func (e *Engine) onCandleThenClock(b market.Bar, now time.Time) {
+	valid := e.validCandle(b)
+	observed := nowMicros()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if valid {
+		e.candleLocked(b, observed)
+	}
+	e.clockLocked(now, observed)
+}
+
+// validCandle checks a source's candle, counting it as malformed if not.
+func (e *Engine) validCandle(b market.Bar) bool {
+	if err := b.Validate(); err != nil {
+		e.onMalformed("candle", err)
+		return false
+	}
+	if b.Timeframe != e.caps.CandleTimeframe {
+		e.onMalformed("candle", fmt.Errorf("%w: candle timeframe %s, the source sends %q", market.ErrMalformed, b.Timeframe, e.caps.CandleTimeframe))
+		return false
+	}
+	return true
+}
+
+func (e *Engine) candleLocked(b market.Bar, observed int64) {
 	p := e.products[b.Product]
 	if p == nil {
 		return
@@ -485,6 +519,10 @@ func (e *Engine) onClock(now time.Time) {
 	observed := nowMicros()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.clockLocked(now, observed)
+}
+
+func (e *Engine) clockLocked(now time.Time, observed int64) {
 	for _, p := range e.products {
 		if p.syncing > 0 {
 			p.hold(pendingEvent{clock: now, observed: observed})
@@ -733,10 +771,10 @@ func (e *Engine) seedTimeframes() []contract.Timeframe {
 	return tfs
 }
 
-// seed reads the open bars of a newly subscribed product from history, so
-// its first live bars are complete, then replays the held-back events.
-func (e *Engine) seed(p *product) {
-	at := e.src.Now()
+// seed reads the open bars of a newly subscribed product at at (the
+// source's clock when it was subscribed) from history, so its first live
+// bars are complete, then replays the live events held back since.
+func (e *Engine) seed(p *product, at time.Time) {
 	fetched := nowMicros()
 	var bars []market.Bar
 	longest := contract.TF1m

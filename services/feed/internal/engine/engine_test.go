@@ -167,10 +167,10 @@ func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
 	}
 	x.set(bar(contract.TF1m, day.Add(10*time.Hour+2*time.Minute), 220, 221, 219, 220.5, 3))
 	sub := engine.Subscriber{User: "ann", UserID: 1, ExchangeID: 2, Symbol: "BTC-USD"}
-	if err := e.Attach(sub); err != nil {
+	if _, err := e.Attach(sub); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Attach(sub); err != nil { // the same subscriber again changes nothing
+	if _, err := e.Attach(sub); err != nil { // the same subscriber again changes nothing
 		t.Fatal(err)
 	}
 	waitFor(t, "seeding", func() bool { p := e.Products()["BTC-USD"]; return !p.Syncing })
@@ -261,7 +261,7 @@ func TestFlushRetriesWhatRedisRefused(t *testing.T) {
 	minute := time.Date(2026, 2, 2, 12, 30, 0, 0, time.UTC)
 	x.now = minute.Add(10 * time.Second)
 	sub := engine.Subscriber{User: "bea", UserID: 9, ExchangeID: 1, Symbol: "BTC-USD"}
-	if err := e.Attach(sub); err != nil {
+	if _, err := e.Attach(sub); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "seeding", func() bool { return !e.Products()["BTC-USD"].Syncing })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -57,53 +58,100 @@ func (f *feed) readMarks(subs []engine.Subscriber) (marks, error) {
 // markTimeout bounds reading the marks.
 const markTimeout = 2 * time.Second
 
-// fillGaps writes, for every subscriber and timeframe, the bars since its
-// mark (at most GapFillBars back) read from history. It returns how many
-// closed bars each series was missing and got, and the problems met; it
-// stops when ctx ends.
-func (f *feed) fillGaps(ctx context.Context, subs []engine.Subscriber, from marks) (map[string]map[contract.Timeframe]int, []string) {
+// fillTarget is a subscriber whose series a gap fill completes, and the
+// source's clock when it was attached: the engine sends every bar open then
+// or later, the fill writes the bars that ended by then.
+type fillTarget struct {
+	sub        engine.Subscriber
+	attachedAt time.Time
+}
+
+// fillGaps writes, for every target and timeframe, the bars from its mark
+// (at most GapFillBars back) that ended by the attach, read from history,
+// all in one candlewriter.Write: one Redis pipeline and one round of
+// publishes per candlewriter.Batch candles instead of one per timeframe.
+// It returns how many closed bars each series was missing and got, and the
+// problems met; it stops when ctx ends.
+func (f *feed) fillGaps(ctx context.Context, targets []fillTarget, from marks) (map[string]map[contract.Timeframe]int, []string) {
 	result := map[string]map[contract.Timeframe]int{}
 	var errs []string
-	for _, sub := range subs {
-		result[sub.Symbol] = map[contract.Timeframe]int{}
+	var cs []contract.Candle
+	var after []int64 // per candle: it counts as gained when it starts after this
+	for _, tg := range targets {
+		result[tg.sub.Symbol] = map[contract.Timeframe]int{}
 		for _, tf := range f.eng.Source().Caps().Timeframes {
 			if ctx.Err() != nil {
 				return result, append(errs, ctx.Err().Error())
 			}
-			mark, stored := from[sub.Symbol][tf]
-			n, err := f.fillSeries(ctx, sub, tf, mark, stored)
-			result[sub.Symbol][tf] = n
+			result[tg.sub.Symbol][tf] = 0
+			mark, stored := from[tg.sub.Symbol][tf]
+			got, err := f.gapOf(ctx, tg, tf, mark, stored)
 			if err != nil {
-				errs = append(errs, fmt.Sprintf("%s %s: %v", sub.Symbol, tf, err))
+				errs = append(errs, fmt.Sprintf("%s %s: %v", tg.sub.Symbol, tf, err))
 			}
+			cs = append(cs, got...)
+			for range got {
+				after = append(after, gainedAfter(mark, stored))
+			}
+		}
+	}
+	if len(cs) == 0 {
+		return result, errs
+	}
+	written, err := f.writer.Write(ctx, cs)
+	if err != nil {
+		errs = append(errs, fmt.Sprintf("writing %d candles: %v", len(cs), err))
+	}
+	for i, c := range cs {
+		if written[i] && c.Closed && c.Start > after[i] {
+			result[c.Symbol][c.Timeframe]++
 		}
 	}
 	return result, errs
 }
 
-// fillSeries fills one series from its mark and returns how many closed
-// bars after the mark it wrote.
-func (f *feed) fillSeries(ctx context.Context, sub engine.Subscriber, tf contract.Timeframe, mark int64, stored bool) (int, error) {
-	now := f.eng.Source().Now()
-	from := tf.BarStart(now.Add(-time.Duration(f.cfg.GapFillBars-1) * tf.Duration()))
+// gainedAfter is the start after which a filled bar was missing from the
+// series: its mark, or nothing when the series had no bar.
+func gainedAfter(mark int64, stored bool) int64 {
+	if stored {
+		return mark
+	}
+	return math.MinInt64
+}
+
+// gapOf reads one series' gap from history: the bars from its mark (or the
+// fill depth) that ended by the attach, as candles of the series.
+func (f *feed) gapOf(ctx context.Context, tg fillTarget, tf contract.Timeframe, mark int64, stored bool) ([]contract.Candle, error) {
+	from := tf.BarStart(tg.attachedAt.Add(-time.Duration(f.cfg.GapFillBars-1) * tf.Duration()))
 	if stored && time.Unix(mark, 0).After(from) {
 		from = time.Unix(mark, 0).UTC()
 	}
-	gained := 0
-	err := f.pages(ctx, sub, tf, from, now, "gap", func(cs []contract.Candle, written []bool) {
-		for i, c := range cs {
-			if written[i] && c.Closed && (!stored || c.Start > mark) {
-				gained++
-			}
-		}
+	var out []contract.Candle
+	err := f.fetchPages(ctx, tg.sub, tf, from, tf.BarStart(tg.attachedAt), "gap", func(cs []contract.Candle) error {
+		out = append(out, cs...)
+		return nil
 	})
-	return gained, err
+	return out, err
 }
 
 // pages reads [from, to) of sub's symbol at tf from history in pages of at
 // most pageBars bars, writes each page to sub's series and calls done after
 // each page.
 func (f *feed) pages(ctx context.Context, sub engine.Subscriber, tf contract.Timeframe, from, to time.Time, job string, done func([]contract.Candle, []bool)) error {
+	return f.fetchPages(ctx, sub, tf, from, to, job, func(cs []contract.Candle) error {
+		written, err := f.writer.Write(ctx, cs)
+		if err != nil {
+			return err
+		}
+		done(cs, written)
+		return nil
+	})
+}
+
+// fetchPages reads [from, to) of sub's symbol at tf from history in pages
+// of at most pageBars bars and hands each page, as candles of sub's series,
+// to take.
+func (f *feed) fetchPages(ctx context.Context, sub engine.Subscriber, tf contract.Timeframe, from, to time.Time, job string, take func([]contract.Candle) error) error {
 	src := f.eng.Source()
 	span := time.Duration(pageBars) * tf.Duration()
 	for pageFrom := tf.BarStart(from); pageFrom.Before(to); pageFrom = pageFrom.Add(span) {
@@ -122,11 +170,9 @@ func (f *feed) pages(ctx context.Context, sub engine.Subscriber, tf contract.Tim
 		for _, b := range bars {
 			cs = append(cs, candleOf(sub, b, fetched, now, src.Name()))
 		}
-		written, err := f.writer.Write(ctx, cs)
-		if err != nil {
+		if err := take(cs); err != nil {
 			return err
 		}
-		done(cs, written)
 	}
 	return nil
 }

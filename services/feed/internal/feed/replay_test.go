@@ -1,14 +1,18 @@
 package feed_test
 
 import (
+	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 )
 
@@ -110,6 +114,35 @@ func TestReplayPublishesTheFileAndItsAggregates(t *testing.T) {
 		return true
 	})
 	elapsed := time.Since(begin)
+	// Every row goes out on JetStream exactly once, closed: never first as
+	// an in-progress bar, never a second time.
+	subject := contract.CandleSubject(with(series, contract.TF1h))
+	var sent []contract.Candle
+	waitFor(t, 30*time.Second, "every row published closed", func() bool {
+		sent = published(t, s.js, subject)
+		closed := 0
+		for _, c := range sent {
+			if c.Closed {
+				closed++
+			}
+		}
+		return closed >= len(rows)
+	})
+	perStart := map[int64]int{}
+	for _, c := range sent {
+		perStart[c.Start]++
+		if !c.Closed {
+			t.Errorf("row %d published in progress (version %d)", c.Start, c.Version)
+		}
+	}
+	for _, r := range rows {
+		if n := perStart[r.start]; n != 1 {
+			t.Errorf("row %d published %d times, want once", r.start, n)
+		}
+	}
+	if len(sent) != len(rows) {
+		t.Errorf("%d 1h candles published for %d rows", len(sent), len(rows))
+	}
 	stored := 0
 	for _, tf := range []contract.Timeframe{contract.TF1h, contract.TF4h, contract.TF1d} {
 		n, err := s.rdb.ZCard(t.Context(), contract.CandleKey(with(series, tf))).Result()
@@ -164,6 +197,41 @@ func TestReplayPublishesTheFileAndItsAggregates(t *testing.T) {
 	for _, tf := range []contract.Timeframe{contract.TF1m, contract.TF5m, contract.TF15m} {
 		if got := s.series(t, with(series, tf)); len(got) != 0 {
 			t.Errorf("%s: %d bars stored; hourly rows cannot make them", tf, len(got))
+		}
+	}
+}
+
+// published reads every candle on subject in VIGIL_CANDLES, in stream order.
+func published(t *testing.T, js jetstream.JetStream, subject string) []contract.Candle {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, contract.StreamCandles, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []contract.Candle
+	for {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumPending == 0 {
+			return out
+		}
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			var c contract.Candle
+			if err := json.Unmarshal(m.Data(), &c); err != nil {
+				t.Fatalf("%s: %v", m.Subject(), err)
+			}
+			out = append(out, c)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			t.Fatal(err)
 		}
 	}
 }

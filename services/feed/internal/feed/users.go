@@ -160,7 +160,7 @@ func (f *feed) convergeLocked(token string) {
 		sub := engine.Subscriber{User: token, UserID: u.state.UserID, ExchangeID: u.state.ExchangeID, Symbol: sym, Book: book}
 		if old, had := u.attached[sym]; had {
 			if old != sub {
-				if err := f.eng.Attach(sub); err != nil {
+				if _, err := f.eng.Attach(sub); err != nil {
 					f.log.Warn("book switch failed", "user", token, "symbol", sym, "err", err)
 					continue
 				}
@@ -178,14 +178,15 @@ func (f *feed) convergeLocked(token string) {
 	if err != nil {
 		f.log.Warn("gap fill starts from the fill depth", "user", token, "err", err)
 	}
-	var added []engine.Subscriber
+	var added []fillTarget
 	for _, sub := range fresh {
-		if err := f.eng.Attach(sub); err != nil {
+		at, err := f.eng.Attach(sub)
+		if err != nil {
 			f.log.Warn("attach failed", "user", token, "symbol", sub.Symbol, "err", err)
 			continue
 		}
 		u.attached[sub.Symbol] = sub
-		added = append(added, sub)
+		added = append(added, fillTarget{sub: sub, attachedAt: at})
 	}
 	job := f.startFillLocked(token, u, added, from)
 	if !wasActive {
@@ -257,7 +258,7 @@ func runningJobsLocked(u *user) []chan struct{} {
 
 // startFillLocked starts filling the gaps of subs from their marks, in the
 // background.
-func (f *feed) startFillLocked(token string, u *user, subs []engine.Subscriber, from marks) *fillJob {
+func (f *feed) startFillLocked(token string, u *user, subs []fillTarget, from marks) *fillJob {
 	job := &fillJob{done: make(chan struct{})}
 	ctx, done := f.addJobLocked(u, context.Background())
 	go func() {

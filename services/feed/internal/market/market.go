@@ -148,6 +148,10 @@ type Sink interface {
 	// Clock says that the source's time has reached now: bars that end
 	// at or before now are closed.
 	Clock(now time.Time)
+	// CandleThenClock is Candle(b) then Clock(now) as one step: nothing
+	// (a flush in particular) sees the state between the two, so a bucket
+	// that ends by now is only ever seen closed.
+	CandleThenClock(b Bar, now time.Time)
 	// Gap reports lost live data.
 	Gap(Gap)
 	// Malformed reports market data that failed validation and was dropped.

@@ -261,8 +261,9 @@ func (r *Replay) Run(ctx context.Context) error {
 		row := r.rows[r.played]
 		r.played++
 		r.mu.Unlock()
-		r.sink.Candle(row)
-		r.sink.Clock(row.End())
+		// One hand-over: a flush between the bar and the clock would
+		// publish the finished row as in progress first.
+		r.sink.CandleThenClock(row, row.End())
 	}
 }
 

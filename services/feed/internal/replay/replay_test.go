@@ -62,14 +62,24 @@ type sink struct {
 	candles   []market.Bar
 	malformed int
 	clock     time.Time
+	// apart counts candles and clocks handed over separately, and
+	// misclocked the hand-overs whose clock is not the bar's end.
+	apart, misclocked int
 }
 
 func (s *sink) Trade(market.Trade)     {}
-func (s *sink) Candle(b market.Bar)    { s.candles = append(s.candles, b) }
+func (s *sink) Candle(b market.Bar)    { s.candles = append(s.candles, b); s.apart++ }
 func (s *sink) Book(market.BookUpdate) {}
-func (s *sink) Clock(now time.Time)    { s.clock = now }
+func (s *sink) Clock(now time.Time)    { s.clock = now; s.apart++ }
 func (s *sink) Gap(market.Gap)         {}
 func (s *sink) Malformed(error)        { s.malformed++ }
+func (s *sink) CandleThenClock(b market.Bar, now time.Time) {
+	s.candles = append(s.candles, b)
+	s.clock = now
+	if !now.Equal(b.End()) {
+		s.misclocked++
+	}
+}
 
 func TestReplayPlaysWhileSubscribedAndAggregatesHistory(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bars.csv")
@@ -108,6 +118,11 @@ func TestReplayPlaysWhileSubscribedAndAggregatesHistory(t *testing.T) {
 	}
 	if len(out.candles) != 5 || out.malformed != 1 {
 		t.Fatalf("%d candles and %d malformed rows delivered, want 5 and 1", len(out.candles), out.malformed)
+	}
+	// Each row goes over in one step with the clock at its end, so the
+	// feed never sees a played row open.
+	if out.apart != 0 || out.misclocked != 0 {
+		t.Errorf("%d candles or clocks handed over apart, %d hand-overs with a clock other than the bar's end; want 0 and 0", out.apart, out.misclocked)
 	}
 	days, err := r.History(context.Background(), "BTC-USD", contract.TF1d, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), r.Now())
 	if err != nil {

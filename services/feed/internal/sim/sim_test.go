@@ -29,7 +29,10 @@ func (r *recorder) Book(u market.BookUpdate) {
 }
 func (r *recorder) Clock(now time.Time) { r.mu.Lock(); r.clock = now; r.mu.Unlock() }
 func (r *recorder) Gap(market.Gap)      {}
-func (r *recorder) Malformed(error)     {}
+func (r *recorder) CandleThenClock(_ market.Bar, now time.Time) {
+	r.Clock(now)
+}
+func (r *recorder) Malformed(error) {}
 
 func (r *recorder) snapshot() ([]market.Trade, time.Time) {
 	r.mu.Lock()
