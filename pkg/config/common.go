@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -81,6 +82,7 @@ type Service struct {
 	Instance        string        `env:"VIGIL_INSTANCE" help:"instance name in logs and status (default host-pid)"`
 	LogLevel        string        `env:"VIGIL_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	ShutdownTimeout time.Duration `env:"VIGIL_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"how long shutdown may drain"`
+	HealthAddr      string        `env:"VIGIL_HEALTH_ADDR" help:"host:port of the HTTP health endpoint (/livez, /readyz); empty: none"`
 }
 
 // Validate checks the log level and the timeout.
@@ -92,6 +94,11 @@ func (s Service) Validate() error {
 	}
 	if s.ShutdownTimeout <= 0 {
 		return errors.New("VIGIL_SHUTDOWN_TIMEOUT: must be positive")
+	}
+	if s.HealthAddr != "" {
+		if _, port, err := net.SplitHostPort(s.HealthAddr); err != nil || port == "" {
+			return fmt.Errorf("VIGIL_HEALTH_ADDR: %q is not host:port", s.HealthAddr)
+		}
 	}
 	return nil
 }

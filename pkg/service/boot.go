@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/config"
+	"vigil.dev/pkg/health"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/telemetry"
 )
@@ -30,14 +31,20 @@ func Main(binary string, run func(ctx context.Context, args []string, stdout io.
 }
 
 // Runtime is what every service opens at start: its logger, telemetry, the
-// NATS connection with JetStream, and the contract's streams.
+// NATS connection with JetStream, the contract's streams, and its health
+// checks.
 type Runtime struct {
 	Log      *slog.Logger
 	NC       *nats.Conn
 	JS       jetstream.JetStream
 	Instance string
+	// Health has the NATS checks from Boot; services add theirs (Redis,
+	// consumers). It runs until Boot's ctx ends, served on
+	// VIGIL_HEALTH_ADDR when set and reported to systemd under a unit.
+	Health *health.Health
 
 	stopTelemetry func(context.Context) error
+	stopHealth    context.CancelFunc
 }
 
 // Boot opens the runtime of service name: logger, telemetry, NATS connection
@@ -61,12 +68,33 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 	if err = natsx.EnsureStreams(ctx, rt.JS); err != nil {
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
+	rt.Health = health.New(rt.Log)
+	rt.Health.AddLive("nats_open", func(context.Context) error {
+		if rt.NC.IsClosed() {
+			return errors.New("the NATS connection is closed for good")
+		}
+		return nil
+	})
+	rt.Health.Add("nats", func(context.Context) error {
+		if s := rt.NC.Status(); s != nats.CONNECTED {
+			return fmt.Errorf("NATS connection %s", s)
+		}
+		return nil
+	})
+	var healthCtx context.Context
+	healthCtx, rt.stopHealth = context.WithCancel(ctx)
+	if _, err = rt.Health.Serve(healthCtx, svc.HealthAddr); err != nil {
+		return nil, errors.Join(err, rt.Close(ctx))
+	}
 	return rt, nil
 }
 
-// Close closes the connection (if Shutdown did not drain it) and flushes
-// telemetry.
+// Close stops the health checks, closes the connection (if Shutdown did
+// not drain it) and flushes telemetry.
 func (rt *Runtime) Close(ctx context.Context) error {
+	if rt.stopHealth != nil {
+		rt.stopHealth()
+	}
 	if rt.NC != nil && !rt.NC.IsClosed() {
 		rt.NC.Close()
 	}

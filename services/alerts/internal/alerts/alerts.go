@@ -151,6 +151,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	if in.rdb, err = redisstore.NewClient(ctx, cfg.Redis.URL); err != nil {
 		return nil, err
 	}
+	rt.Health.Add("redis", func(ctx context.Context) error { return in.rdb.Ping(ctx).Err() })
 	snaps, err := snapshots.Open(ctx, rt.JS)
 	if err != nil {
 		return nil, err

@@ -162,6 +162,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	rt.Health.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	defer rdb.Close()
 	metrics, err := engine.NewMetrics()
 	if err != nil {

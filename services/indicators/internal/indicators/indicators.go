@@ -72,6 +72,7 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	rt.Health.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	defer rdb.Close()
 
 	var eng atomic.Pointer[engine.Engine]
