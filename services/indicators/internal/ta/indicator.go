@@ -37,104 +37,116 @@ const flatATR = 1e-12
 type indicator struct {
 	spec    Spec
 	off     int     // first state slot
+	n       float64 // Period (Slow for MACD-V's ATR) as a float
 	k       float64 // EMA smoothing of EMA, or of the fast EMA of MACD(-V)
 	kSlow   float64 // smoothing of the slow EMA of MACD(-V)
 	kSignal float64 // smoothing of the signal EMA of MACD(-V)
 }
 
 func newIndicator(s Spec, off int) indicator {
-	ind := indicator{spec: s, off: off}
+	ind := indicator{spec: s, off: off, n: float64(s.Period)}
 	switch s.Kind {
 	case KindEMA:
 		ind.k = emaK(s.Period)
 	case KindMACD, KindMACDV:
 		ind.k, ind.kSlow, ind.kSignal = emaK(s.Fast), emaK(s.Slow), emaK(s.Signal)
+		ind.n = float64(s.Slow)
 	}
 	return ind
 }
 
 func emaK(period int) float64 { return 2.0 / float64(period+1) }
 
-// step folds bar i (0-based since the series start), whose prices are c,
-// into the state vector st and returns the bar's output; ok is false while
-// the indicator warms up. Earlier bars are read from past, which must hold
-// at least spec.window() bars before i.
-func (ind *indicator) step(st []float64, past *history, i int, c pastBar) (f Fields, ok bool) {
-	s := &ind.spec
-	st = st[ind.off : ind.off+s.stateLen()]
-	switch s.Kind {
+// input is what the indicators read of bar i (0-based since the series
+// start): its prices and, when i > 0, the close of bar i-1.
+type input struct {
+	i         int
+	bar       pastBar
+	prevClose float64
+}
+
+// step folds the bar of in into the state vector st and writes the bar's
+// outputs to f; it returns false, leaving f alone, while the indicator
+// warms up. Earlier bars are read from past, which must hold at least
+// spec.window() bars before the bar.
+func (ind *indicator) step(f *Fields, st []float64, past *history, in *input) bool {
+	st = st[ind.off:]
+	switch ind.spec.Kind {
 	case KindSMA:
-		return smaStep(st, past, i, c.close, s.Period)
+		return ind.smaStep(f, st, past, in)
 	case KindEMA:
-		f.Value, ok = emaStep(&st[0], c.close, i, s.Period, ind.k)
-		return f, ok
+		return emaStep(&f.Value, &st[0], in.bar.close, in.i, ind.spec.Period, ind.k)
 	case KindRSI:
-		return rsiStep(st, past, i, c.close, s.Period)
+		return ind.rsiStep(f, st, in)
 	case KindATR:
 		var tr float64
-		if i > 0 {
-			tr = trueRange(c, past.at(i-1).close)
+		if in.i > 0 {
+			tr = trueRange(in.bar, in.prevClose)
 		}
-		f.Value, ok = atrStep(&st[0], tr, i, s.Period)
-		return f, ok
+		return atrStep(&f.Value, &st[0], tr, in.i, ind.spec.Period, ind.n)
 	case KindBBands:
-		return bbandsStep(st, past, i, c.close, s.Period, s.StdDev)
+		return ind.bbandsStep(f, st, past, in)
 	case KindMACD:
-		return ind.macdStep(st, i, c.close)
+		return ind.macdStep(f, st, in)
 	case KindMACDV:
-		return ind.macdvStep(st, past, i, c)
+		return ind.macdvStep(f, st, in)
 	}
-	return f, false
+	return false
 }
 
 // trailing is the close of bar j, the oldest bar of the window that ends
-// with bar i whose close is x.
-func trailing(past *history, j, i int, x float64) float64 {
-	if j == i {
-		return x
+// with the bar of in.
+func trailing(past *history, j int, in *input) float64 {
+	if j == in.i {
+		return in.bar.close
 	}
 	return past.at(j).close
 }
 
-// smaStep is go-talib's Sma: a running total that gains the new close and,
+// smaStep is TA-Lib's SMA: a running total that gains the new close and,
 // after the output, loses the oldest close of the window.
-func smaStep(st []float64, past *history, i int, x float64, n int) (f Fields, ok bool) {
-	st[0] += x
-	if i < n-1 {
-		return f, false
+func (ind *indicator) smaStep(f *Fields, st []float64, past *history, in *input) bool {
+	n := ind.spec.Period
+	st[0] += in.bar.close
+	if in.i < n-1 {
+		return false
 	}
-	f.Value = st[0] / float64(n)
-	st[0] -= trailing(past, i-n+1, i, x)
-	return f, true
+	f.Value = st[0] / ind.n
+	st[0] -= trailing(past, in.i-n+1, in)
+	return true
 }
 
 // emaStep folds x, the j-th input (0-based), into an EMA whose state *s is
-// the running sum of the inputs during warm-up and the EMA afterwards.
-// It returns 0 and false until j reaches period-1 (go-talib's ema).
-func emaStep(s *float64, x float64, j, period int, k float64) (float64, bool) {
+// the running sum of the inputs during warm-up and the EMA afterwards,
+// and writes the EMA to *out. It returns false, leaving *out alone, until
+// j reaches period-1 (TA-Lib's EMA: an SMA seed, then x*k + (1-k)*EMA in
+// TA-Lib's order of operations).
+func emaStep(out, s *float64, x float64, j, period int, k float64) bool {
 	switch {
 	case j < period-1:
 		*s += x
-		return 0, false
+		return false
 	case j == period-1:
 		*s = (*s + x) / float64(period)
 	default:
 		*s = ((x - *s) * k) + *s
 	}
-	return *s, true
+	*out = *s
+	return true
 }
 
-// rsiStep is go-talib's Rsi; st holds the average gain and loss.
-func rsiStep(st []float64, past *history, i int, x float64, n int) (f Fields, ok bool) {
+// rsiStep is TA-Lib's RSI; st holds the average gain and loss.
+func (ind *indicator) rsiStep(f *Fields, st []float64, in *input) bool {
+	i, n := in.i, ind.spec.Period
 	if i == 0 {
-		return f, false
+		return false
 	}
 	gain, loss := &st[0], &st[1]
-	diff := x - past.at(i-1).close
-	periods := float64(n)
+	diff := in.bar.close - in.prevClose
 	if i > n {
-		*loss *= float64(n - 1)
-		*gain *= float64(n - 1)
+		prev := ind.n - 1
+		*loss *= prev
+		*gain *= prev
 	}
 	if diff < 0 {
 		*loss -= diff
@@ -142,14 +154,15 @@ func rsiStep(st []float64, past *history, i int, x float64, n int) (f Fields, ok
 		*gain += diff
 	}
 	if i < n {
-		return f, false
+		return false
 	}
-	*loss /= periods
-	*gain /= periods
+	*loss /= ind.n
+	*gain /= ind.n
+	f.Value = 0
 	if sum := *gain + *loss; !(-rsiZeroSum < sum && sum < rsiZeroSum) {
 		f.Value = 100.0 * (*gain / sum)
 	}
-	return f, true
+	return true
 }
 
 // trueRange is TA-Lib's TRANGE of bar c after a bar that closed at
@@ -165,50 +178,53 @@ func trueRange(c pastBar, prevClose float64) float64 {
 	return greatest
 }
 
-// atrStep folds the true range tr of bar i into go-talib's Atr, whose
-// state *s is the sum of true ranges during warm-up and the ATR afterwards.
-// Bar 0 has no true range; the first ATR (bar n) is the mean of the true
-// ranges of bars 1..n, then Wilder smoothing follows. For n = 1 the ATR is
-// the true range.
-func atrStep(s *float64, tr float64, i, n int) (float64, bool) {
+// atrStep folds the true range tr of bar i into TA-Lib's ATR, whose state
+// *s is the sum of true ranges during warm-up and the ATR afterwards, and
+// writes the ATR to *out. Bar 0 has no true range; the first ATR (bar n)
+// is the mean of the true ranges of bars 1..n, then Wilder smoothing
+// follows. For n = 1 the ATR is the true range. fn is float64(n).
+func atrStep(out, s *float64, tr float64, i, n int, fn float64) bool {
 	switch {
 	case i == 0:
-		return 0, false
+		return false
 	case n == 1:
-		return tr, true
+		*out = tr
+		return true
 	case i < n:
 		*s += tr
-		return 0, false
+		return false
 	case i == n:
-		*s = (*s + tr) / float64(n)
+		*s = (*s + tr) / fn
 	default:
-		*s *= float64(n) - 1.0
+		*s *= fn - 1.0
 		*s += tr
-		*s /= float64(n)
+		*s /= fn
 	}
-	return *s, true
+	*out = *s
+	return true
 }
 
-// bbandsStep is go-talib's BBands with an SMA: running totals of closes and
+// bbandsStep is TA-Lib's BBANDS with an SMA: running totals of closes and
 // squared closes give the mean and population variance of the window.
-func bbandsStep(st []float64, past *history, i int, x float64, n int, k float64) (f Fields, ok bool) {
+func (ind *indicator) bbandsStep(f *Fields, st []float64, past *history, in *input) bool {
+	n, x := ind.spec.Period, in.bar.close
 	st[0] += x
 	st[1] += x * x
-	if i < n-1 {
-		return f, false
+	if in.i < n-1 {
+		return false
 	}
-	mean := st[0] / float64(n)
-	meanSquares := st[1] / float64(n)
-	old := trailing(past, i-n+1, i, x)
+	mean := st[0] / ind.n
+	meanSquares := st[1] / ind.n
+	old := trailing(past, in.i-n+1, in)
 	st[0] -= old
 	st[1] -= old * old
 	var stdDev float64
 	if variance := meanSquares - mean*mean; !(variance < varianceMin) {
 		stdDev = math.Sqrt(variance)
 	}
-	dev := stdDev * k
+	dev := stdDev * ind.spec.StdDev
 	f.Upper, f.Middle, f.Lower = mean+dev, mean, mean-dev
-	return f, true
+	return true
 }
 
 // macdStep is C TA-Lib's MACD (TA_MACD, release 0.4.0); st holds the
@@ -218,48 +234,48 @@ func bbandsStep(st []float64, past *history, i int, x float64, n int, k float64)
 // signal EMA runs over the MACD line from bar Slow-1 on, seeded with the
 // SMA of its first Signal values, so the first output is at bar
 // Slow+Signal-2.
-func (ind *indicator) macdStep(st []float64, i int, x float64) (f Fields, ok bool) {
+func (ind *indicator) macdStep(f *Fields, st []float64, in *input) bool {
 	s := &ind.spec
+	i, x := in.i, in.bar.close
 	first := s.Slow - s.Fast // the first close of the fast EMA's seed
 	if i < first {
-		emaStep(&st[1], x, i, s.Slow, ind.kSlow)
-		return f, false
+		st[1] += x // the slow EMA's seed sum (emaStep's warm-up)
+		return false
 	}
-	fast, _ := emaStep(&st[0], x, i-first, s.Fast, ind.k)
-	slow, warm := emaStep(&st[1], x, i, s.Slow, ind.kSlow)
-	if !warm {
-		return f, false
+	var fast, slow, signal float64
+	emaStep(&fast, &st[0], x, i-first, s.Fast, ind.k)
+	if !emaStep(&slow, &st[1], x, i, s.Slow, ind.kSlow) {
+		return false
 	}
 	line := fast - slow
-	signal, ok := emaStep(&st[2], line, i-(s.Slow-1), s.Signal, ind.kSignal)
-	if !ok {
-		return f, false
+	if !emaStep(&signal, &st[2], line, i-(s.Slow-1), s.Signal, ind.kSignal) {
+		return false
 	}
 	f.MACD, f.Signal, f.Hist = line, signal, line-signal
-	return f, true
+	return true
 }
 
 // macdvStep is MACD-V: st holds the fast EMA, slow EMA, ATR(Slow) and the
 // signal EMA, which starts at the first MACD-V value (bar Slow).
-func (ind *indicator) macdvStep(st []float64, past *history, i int, c pastBar) (f Fields, ok bool) {
+func (ind *indicator) macdvStep(f *Fields, st []float64, in *input) bool {
 	s := &ind.spec
-	fast, _ := emaStep(&st[0], c.close, i, s.Fast, ind.k)
-	slow, _ := emaStep(&st[1], c.close, i, s.Slow, ind.kSlow)
+	i, x := in.i, in.bar.close
+	var fast, slow, atr, signal float64
+	emaStep(&fast, &st[0], x, i, s.Fast, ind.k)
+	emaStep(&slow, &st[1], x, i, s.Slow, ind.kSlow)
 	var tr float64
 	if i > 0 {
-		tr = trueRange(c, past.at(i-1).close)
+		tr = trueRange(in.bar, in.prevClose)
 	}
-	atr, warm := atrStep(&st[2], tr, i, s.Slow)
-	if !warm {
-		return f, false
+	if !atrStep(&atr, &st[2], tr, i, s.Slow, ind.n) {
+		return false
 	}
 	line := macdv(fast, slow, atr)
-	signal, ok := emaStep(&st[3], line, i-s.Slow, s.Signal, ind.kSignal)
-	if !ok {
-		return f, false
+	if !emaStep(&signal, &st[3], line, i-s.Slow, s.Signal, ind.kSignal) {
+		return false
 	}
 	f.MACD, f.Signal, f.Hist = line, signal, line-signal
-	return f, true
+	return true
 }
 
 // macdv is (fast - slow) / atr * 100, or 0 when the ATR is too small

@@ -3,7 +3,6 @@ package ta
 import (
 	"fmt"
 	"math"
-	"slices"
 	"sort"
 )
 
@@ -203,6 +202,7 @@ func NewSeries(specs []Spec, opts ...Option) (*Series, error) {
 	s.state = make([]float64, stateLen)
 	s.scratch = make([]float64, stateLen)
 	s.values = make([]Value, len(specs))
+	s.label(s.values)
 	return s, nil
 }
 
@@ -260,7 +260,7 @@ func (s *Series) Apply(c Candle, closed bool) ([]Value, error) {
 	}
 	if !closed {
 		copy(s.scratch, s.state)
-		s.compute(s.values, s.scratch, s.bars, toPastBar(c), false)
+		s.compute(s.values, s.scratch, s.bars, toPastBar(c), s.last.Close, false)
 		return s.values, nil
 	}
 	s.advance(c, s.values)
@@ -285,6 +285,7 @@ func (s *Series) Rebuild(candles []Candle) ([]Value, error) {
 	}
 	n := len(s.indicators)
 	out := make([]Value, len(candles)*n)
+	s.label(out)
 	for i, c := range candles {
 		s.advance(c, out[i*n:(i+1)*n])
 	}
@@ -300,8 +301,9 @@ func (s *Series) advance(c Candle, out []Value) {
 	}
 	b := toPastBar(c)
 	s.past.set(i, b)
+	prevClose := s.last.Close
 	s.last = c
-	s.compute(out, s.state, i, b, true)
+	s.compute(out, s.state, i, b, prevClose, true)
 	s.bars++
 }
 
@@ -331,7 +333,11 @@ func (s *Series) correct(c Candle) ([]Value, error) {
 	copy(s.state, s.checkpoint(from))
 	s.past.set(k, b)
 	width := len(s.indicators)
-	s.replayed = slices.Grow(s.replayed[:0], (s.bars-k)*width)[:(s.bars-k)*width]
+	if want := (s.bars - k) * width; want > cap(s.replayed) {
+		s.replayed = make([]Value, want, max(want, 2*cap(s.replayed)))
+		s.label(s.replayed[:cap(s.replayed)/width*width])
+	}
+	s.replayed = s.replayed[:(s.bars-k)*width]
 	for i := from; i < s.bars; i++ {
 		if i%checkpointEvery == 0 {
 			copy(s.checkpoint(i), s.state)
@@ -342,7 +348,11 @@ func (s *Series) correct(c Candle) ([]Value, error) {
 		if i >= k {
 			out = s.replayed[(i-k)*width : (i-k+1)*width]
 		}
-		s.compute(out, s.state, i, s.past.at(i), true)
+		var prevClose float64
+		if i > 0 {
+			prevClose = s.past.at(i - 1).close
+		}
+		s.compute(out, s.state, i, s.past.at(i), prevClose, true)
 	}
 	return s.replayed, nil
 }
@@ -358,12 +368,28 @@ func (s *Series) checkpoint(i int) []float64 {
 	return s.checkpoints[slot*n : (slot+1)*n]
 }
 
-// compute steps every indicator over bar i with state st and writes the
-// values to out.
-func (s *Series) compute(out []Value, st []float64, i int, b pastBar, closed bool) {
+// compute steps every indicator over bar i with state st, after a bar
+// that closed at prevClose (any number for bar 0), and writes the values
+// to out, in place: out's names and kinds are already set
+// (labelled).
+func (s *Series) compute(out []Value, st []float64, i int, b pastBar, prevClose float64, closed bool) {
+	in := input{i: i, bar: b, prevClose: prevClose}
+	out = out[:len(s.indicators)]
 	for j := range s.indicators {
-		ind := &s.indicators[j]
-		f, ok := ind.step(st, &s.past, i, b)
-		out[j] = Value{Name: ind.spec.Name, Kind: ind.spec.Kind, Start: b.start, Closed: closed, Warming: !ok, Fields: f}
+		v := &out[j]
+		v.Start, v.Closed = b.start, closed
+		v.Warming = !s.indicators[j].step(&v.Fields, st, &s.past, &in)
+		if v.Warming {
+			v.Fields = Fields{}
+		}
+	}
+}
+
+// label sets the names and kinds of values, a whole number of bars of
+// s's indicators.
+func (s *Series) label(values []Value) {
+	for k := range values {
+		spec := &s.indicators[k%len(s.indicators)].spec
+		values[k].Name, values[k].Kind = spec.Name, spec.Kind
 	}
 }
