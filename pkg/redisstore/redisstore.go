@@ -76,6 +76,14 @@ var upsertSource string
 // version is the same or newer.
 var upsertScript = redis.NewScript(upsertSource)
 
+//go:embed indicators.lua
+var indicatorsSource string
+
+// indicatorsScript writes one bar of several indicator series, each key
+// with upsertScript's semantics: KEYS the series, ARGV score, version,
+// retention, then one member per key. It returns how many keys it wrote.
+var indicatorsScript = redis.NewScript(indicatorsSource)
+
 // Store reads and writes series in Redis.
 type Store struct {
 	rdb       redis.UniversalClient
@@ -168,18 +176,17 @@ func (s *Store) WriteIndicators(ctx context.Context, u contract.IndicatorUpdate)
 }
 
 // WriteIndicatorUpdates stores the values of many updates (of any series,
-// in order) in one pipeline, each versioned like WriteIndicators. Every
+// in order) in one pipeline, each versioned like WriteIndicators: one
+// script call per update writes every indicator key of its bar. Every
 // indicator name is validated before anything is written.
 func (s *Store) WriteIndicatorUpdates(ctx context.Context, ups []contract.IndicatorUpdate) error {
-	n := 0
+	calls := make([]scriptCall, 0, len(ups))
 	for _, u := range ups {
-		n += len(u.Values)
-	}
-	if n == 0 {
-		return nil
-	}
-	writes := make([]upsertArgs, 0, n)
-	for _, u := range ups {
+		if len(u.Values) == 0 {
+			continue
+		}
+		call := scriptCall{keys: make([]string, 0, len(u.Values)), args: make([]any, 3, 3+len(u.Values))}
+		call.args[0], call.args[1], call.args[2] = u.Start, u.Version, s.retention
 		for name, fields := range u.Values {
 			if err := contract.ValidateIndicatorName(name); err != nil {
 				return err
@@ -188,11 +195,31 @@ func (s *Store) WriteIndicatorUpdates(ctx context.Context, ups []contract.Indica
 			if err != nil {
 				return err
 			}
-			writes = append(writes, upsertArgs{contract.IndicatorKey(u.SeriesID, name), u.Start, u.Version, member})
+			call.keys = append(call.keys, contract.IndicatorKey(u.SeriesID, name))
+			call.args = append(call.args, member)
 		}
+		calls = append(calls, call)
 	}
-	_, err := s.upsertMany(ctx, writes)
+	if len(calls) == 0 {
+		return nil
+	}
+	_, err := runPipelined(ctx, s.rdb, indicatorsScript, calls)
 	return err
+}
+
+// scriptCall is the keys and arguments of one script call.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// upsertMany runs upsertScript for every write in one pipeline.
+func (s *Store) upsertMany(ctx context.Context, writes []upsertArgs) ([]*redis.Cmd, error) {
+	calls := make([]scriptCall, len(writes))
+	for i, w := range writes {
+		calls[i] = scriptCall{keys: []string{w.key}, args: []any{w.start, w.version, w.member, s.retention}}
+	}
+	return runPipelined(ctx, s.rdb, upsertScript, calls)
 }
 
 // upsertArgs are one versioned write of upsertScript.
@@ -202,23 +229,23 @@ type upsertArgs struct {
 	member         []byte
 }
 
-// upsertMany runs upsertScript for every write in one pipeline by its SHA.
-// Only when Redis does not know the script (first use, or after a restart
-// or SCRIPT FLUSH) does it load it and run the pipeline again, which is
+// runPipelined runs script once per call in one pipeline by its SHA. Only
+// when Redis does not know the script (first use, or after a restart or
+// SCRIPT FLUSH) does it load it and run the pipeline again, which is
 // harmless: the writes are idempotent.
-func (s *Store) upsertMany(ctx context.Context, writes []upsertArgs) ([]*redis.Cmd, error) {
+func runPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
 	run := func() ([]*redis.Cmd, error) {
-		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(writes))
-		for i, w := range writes {
-			cmds[i] = upsertScript.EvalSha(ctx, pipe, []string{w.key}, w.start, w.version, w.member, s.retention)
+		pipe := rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(calls))
+		for i, c := range calls {
+			cmds[i] = script.EvalSha(ctx, pipe, c.keys, c.args...)
 		}
 		_, err := pipe.Exec(ctx)
 		return cmds, err
 	}
 	cmds, err := run()
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		if err := upsertScript.Load(ctx, s.rdb).Err(); err != nil {
+		if err := script.Load(ctx, rdb).Err(); err != nil {
 			return nil, err
 		}
 		cmds, err = run()

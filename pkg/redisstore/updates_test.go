@@ -3,7 +3,12 @@ package redisstore_test
 import (
 	"context"
 	"errors"
+	"maps"
+	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"vigil.dev/pkg/contract"
 )
@@ -72,5 +77,97 @@ func TestWriteIndicatorUpdates(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// evalshaCalls is how many EVALSHA commands the Redis server has run.
+func evalshaCalls(t *testing.T, rdb *redis.Client) int64 {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(info) {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
+			n, err := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	return 0
+}
+
+// TestWriteIndicatorUpdatesOneCallPerUpdate checks that each update's
+// indicator keys are written by one script call, and that each key keeps
+// its own version: a key holding a newer point is left alone while the
+// others of the same update are written.
+func TestWriteIndicatorUpdatesOneCallPerUpdate(t *testing.T) {
+	store, rdb := newStore(t, 0)
+	ctx := context.Background()
+	newer := contract.IndicatorUpdate{SeriesID: series, Start: 60, Version: 5, Closed: true,
+		Values: map[string]contract.Fields{"rsi_14": {"value": 50}}}
+	if err := store.WriteIndicatorUpdates(ctx, []contract.IndicatorUpdate{newer}); err != nil {
+		t.Fatal(err) // also loads the script, so the count below has no NOSCRIPT retry
+	}
+	values := func(v float64) map[string]contract.Fields {
+		return map[string]contract.Fields{"rsi_14": {"value": v}, "ema_9": {"value": v + 1},
+			"macd_12_26_9": {"macd": v, "signal": v + 2, "hist": -2}}
+	}
+	ups := []contract.IndicatorUpdate{
+		{SeriesID: series, Start: 60, Version: 3, Closed: true, Values: values(10)},
+		{SeriesID: series, Start: 120, Version: 6, Closed: true, Values: values(20)},
+		{SeriesID: series, Start: 180, Version: 7, Warming: []string{"rsi_14"}},
+	}
+	before := evalshaCalls(t, rdb)
+	if err := store.WriteIndicatorUpdates(ctx, ups); err != nil {
+		t.Fatal(err)
+	}
+	if calls := evalshaCalls(t, rdb) - before; calls != 2 {
+		t.Fatalf("%d EVALSHA calls for two updates with values, want 2", calls)
+	}
+	want := map[string]map[int64]contract.Fields{
+		"rsi_14":       {60: {"value": 50}, 120: {"value": 20}},
+		"ema_9":        {60: {"value": 11}, 120: {"value": 21}},
+		"macd_12_26_9": {60: {"macd": 10, "signal": 12, "hist": -2}, 120: {"macd": 20, "signal": 22, "hist": -2}},
+	}
+	for name, bars := range want {
+		pts, err := store.Indicator(ctx, series, name, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pts) != len(bars) {
+			t.Fatalf("%s: %d points stored, want %d: %+v", name, len(pts), len(bars), pts)
+		}
+		for _, p := range pts {
+			if !maps.Equal(p.Fields, bars[p.Start]) {
+				t.Fatalf("%s bar %d: stored %v, want %v", name, p.Start, p.Fields, bars[p.Start])
+			}
+		}
+	}
+}
+
+// TestWriteIndicatorUpdatesRetention checks that the script trims each
+// key to the retention.
+func TestWriteIndicatorUpdatesRetention(t *testing.T) {
+	store, _ := newStore(t, 2)
+	ctx := context.Background()
+	var ups []contract.IndicatorUpdate
+	for i := int64(1); i <= 3; i++ {
+		ups = append(ups, contract.IndicatorUpdate{SeriesID: series, Start: 60 * i, Version: i, Closed: true,
+			Values: map[string]contract.Fields{"rsi_14": {"value": float64(i)}, "ema_9": {"value": float64(i)}}})
+	}
+	if err := store.WriteIndicatorUpdates(ctx, ups); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"rsi_14", "ema_9"} {
+		pts, err := store.Indicator(ctx, series, name, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pts) != 2 || pts[0].Start != 120 || pts[1].Start != 180 {
+			t.Fatalf("%s: stored %+v, want bars 120 and 180", name, pts)
+		}
 	}
 }
