@@ -480,7 +480,7 @@ func publishAlert(t *testing.T, nc *nats.Conn, user, rule string, barStart int64
 		Kind: contract.RuleThreshold, Symbol: "BTC-USD", Timeframe: contract.TF1h, BarStart: barStart,
 		Message: "price above 1", Value: 64000, FiredAt: time.Now().UTC()}
 	b, _ := json.Marshal(a)
-	msg := nats.NewMsg(contract.AlertSubject(user, rule))
+	msg := nats.NewMsg(contract.AlertIngestSubject(user, rule))
 	msg.Data = b
 	msg.Header.Set(jetstream.MsgIDHeader, a.ID)
 	if _, err := js.PublishMsg(ctx, msg); err != nil {

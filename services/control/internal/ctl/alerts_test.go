@@ -46,7 +46,7 @@ func publishTestAlert(t *testing.T, js jetstream.JetStream, user, rule string) {
 	a := contract.Alert{ID: contract.AlertID(user, rule, 1_800_000_000), User: user, RuleID: rule, Symbol: "BTC-USD",
 		Timeframe: contract.TF1h, Kind: contract.RuleThreshold, FiredAt: time.Now().UTC()}
 	b, _ := json.Marshal(a)
-	if _, err := js.Publish(context.Background(), contract.AlertSubject(user, rule), b); err != nil {
+	if _, err := js.Publish(context.Background(), contract.AlertIngestSubject(user, rule), b); err != nil {
 		t.Fatal(err)
 	}
 }
