@@ -14,7 +14,9 @@
 // user's engine memory is saved once before the updates are acknowledged.
 // The monitor records alerts in the VIGIL_ALERTS stream and Postgres
 // alert_events, keeps each user's engine memory in KV VIGIL_ALERT_STATE
-// and catches up from Redis when it gains a user. Alerts also go to the user's webhook (internal/webhook).
+// and catches up from Redis when it gains a user. Each owned user's
+// webhook is fed from the stream by internal/webhook, and every instance
+// projects the stream into alert_events (internal/record).
 // Control verbs pause, resume, apply and status are answered on
 // vigil.svc.alerts.* by every instance.
 package alerts
@@ -95,7 +97,7 @@ type instance struct {
 	group   *membership.Group
 	pool    *pgxpool.Pool
 	rdb     *redis.Client
-	hooks   *webhook.Notifier
+	hooks   *webhook.Deliverer
 	monitor *monitor.Monitor
 	metrics *metrics.Metrics
 	tracer  trace.Tracer
@@ -106,6 +108,8 @@ type instance struct {
 	loopCtx, workCtx    context.Context
 	stopLoops, stopWork context.CancelFunc
 	loops               sync.WaitGroup
+	// webhooks are the users' webhooks as the desired states give them.
+	webhooks *webhookTargets
 	// projector writes alert_events from VIGIL_ALERTS until stopProjector.
 	projector          *record.Projector
 	stopProjector      context.CancelFunc
@@ -156,18 +160,20 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	if err != nil {
 		return nil, err
 	}
-	if in.hooks, err = webhook.New(webhook.Options{
-		Timeout: cfg.WebhookTimeout, Attempts: cfg.WebhookAttempts, InitialBackoff: cfg.WebhookBackoff,
-		MaxBackoff: cfg.WebhookMaxBackoff, QueueSize: cfg.WebhookQueue, Log: rt.Log, Metrics: in.metrics,
+	if in.hooks, err = webhook.New(rt.JS, webhook.Options{
+		Timeout: cfg.WebhookTimeout, InitialBackoff: cfg.WebhookBackoff, MaxBackoff: cfg.WebhookMaxBackoff,
+		MaxAge: cfg.WebhookMaxAge, AckWait: cfg.WebhookAckWait, Log: rt.Log, Metrics: in.metrics,
 	}); err != nil {
 		return nil, err
 	}
+	in.webhooks = newWebhookTargets()
 	if in.svc, err = service.Start(rt.NC, service.Config{Svc: contract.SvcAlerts, Name: contract.ServiceAlerts,
 		Description: description, Instance: rt.Instance, Verbs: verbs}, rt.Log, func(ctx context.Context, _ string) any { return in.status(ctx) }); err != nil {
 		return nil, err
 	}
-	// Shutdown runs these in reverse: stop evaluating, leave, send the
-	// queued webhooks. Each is registered once its part runs, so that the
+	// Shutdown runs these in reverse: stop evaluating, stop projecting,
+	// leave, stop the webhook deliveries (the alert in hand goes back to
+	// the stream). Each is registered once its part runs, so that the
 	// error path below stops exactly what started.
 	in.svc.OnShutdown(in.closeHooks)
 	in.log = rt.Log.With("id", in.svc.ID())
@@ -181,7 +187,6 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 		Recorder:  record.New(rt.JS),
 		Snapshots: snaps,
 		History:   history.New(redisstore.New(in.rdb, 0)),
-		Notifier:  in.hooks,
 		Ownership: in.group,
 	}, monitor.Options{Now: opts.now, Log: in.log, Metrics: in.metrics,
 		RetryBackoff: cfg.RetryBackoff, MaxRetryBackoff: cfg.MaxRetryBackoff}); err != nil {
@@ -276,8 +281,12 @@ func (in *instance) stopProjecting(context.Context) error {
 // instance's users over at once.
 func (in *instance) leave(ctx context.Context) error { return in.group.Leave(ctx) }
 
-// closeHooks sends or, when ctx ends, drops the queued webhook notifications.
-func (in *instance) closeHooks(ctx context.Context) error { return in.hooks.Close(ctx) }
+// closeHooks stops the webhook deliveries; what is not delivered stays in
+// the users' consumers for the next owner.
+func (in *instance) closeHooks(context.Context) error {
+	in.hooks.Close()
+	return nil
+}
 
 // closeResources closes the database pool and Redis client.
 func (in *instance) closeResources() {
@@ -300,7 +309,12 @@ type statusReply struct {
 	// Consumer is this instance's backlog on VIGIL_INDICATORS.
 	Consumer *consumerStatus `json:"consumer,omitempty"`
 	// Users are the users this instance runs.
-	Users map[string]userStatus `json:"users"`
+	Users map[string]monitor.UserStatus `json:"users"`
+	// Webhooks are the webhook deliveries this instance runs, by user.
+	Webhooks map[string]webhook.Status `json:"webhooks,omitempty"`
+	// Projection is the backlog of alerts not yet in alert_events (all
+	// instances together); nil when the server could not be asked.
+	Projection *consumerStatus `json:"projection,omitempty"`
 }
 
 // consumerStatus is the backlog of the instance's consumer.
@@ -311,15 +325,9 @@ type consumerStatus struct {
 	AckPending int    `json:"ack_pending"`
 }
 
-// userStatus is the monitor's status of a user plus its webhook queue.
-type userStatus struct {
-	monitor.UserStatus
-	WebhookPending int `json:"webhook_pending"`
-}
-
 // status answers the status verb.
 func (in *instance) status(ctx context.Context) any {
-	reply := statusReply{Instance: in.rt.Instance, StartedAt: in.started, Users: map[string]userStatus{}}
+	reply := statusReply{Instance: in.rt.Instance, StartedAt: in.started, Users: map[string]monitor.UserStatus{}}
 	if !in.ready.Load() {
 		return reply
 	}
@@ -331,8 +339,13 @@ func (in *instance) status(ctx context.Context) any {
 			reply.Consumer = &consumerStatus{Pending: info.NumPending, AckPending: info.NumAckPending}
 		}
 	}
-	for user, s := range in.monitor.Status() {
-		reply.Users[user] = userStatus{UserStatus: s, WebhookPending: in.hooks.Pending(user)}
+	if cons, err := in.rt.JS.Consumer(ctx, contract.StreamAlerts, record.ProjectorConsumer); err == nil {
+		info := cons.CachedInfo()
+		reply.Projection = &consumerStatus{Pending: info.NumPending, AckPending: info.NumAckPending}
+	}
+	reply.Users = in.monitor.Status()
+	if hooks := in.hooks.Status(ctx); len(hooks) > 0 {
+		reply.Webhooks = hooks
 	}
 	return reply
 }

@@ -400,6 +400,18 @@ func TestWebhookIsSignedAndRetried(t *testing.T) {
 	if n, err := e.counted.Sum("vigil.alerts.webhook.failures"); err != nil || n != 0 {
 		t.Errorf("webhook failures %d (%v), want 0", n, err)
 	}
+	if n, err := e.counted.Sum("vigil.alerts.webhook.attempt.errors"); err != nil || n != 1 {
+		t.Errorf("failed webhook attempts %d (%v), want 1", n, err)
+	}
+	e.waitFor("the status verb to show the delivery", func() (bool, error) {
+		var s statusReply
+		if err := json.Unmarshal(e.svcReplies(contract.VerbStatus, contract.SvcRequest{}, 1)[0].Result, &s); err != nil {
+			return false, err
+		}
+		hook, ok := s.Webhooks["alice"]
+		return ok && hook.Delivered == 1 && hook.Pending == 0 && !hook.Failing && hook.Host != "" &&
+			s.Projection != nil && s.Projection.Pending == 0, nil
+	})
 	if strings.Contains(e.log.String(), secret) {
 		t.Error("the webhook secret was logged")
 	}

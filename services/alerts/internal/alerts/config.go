@@ -25,10 +25,10 @@ type Alerts struct {
 	RetryBackoff      time.Duration `env:"VIGIL_ALERTS_RETRY_BACKOFF" envDefault:"100ms" help:"first wait before recording an alert again after a NATS or Postgres error"`
 	MaxRetryBackoff   time.Duration `env:"VIGIL_ALERTS_MAX_RETRY_BACKOFF" envDefault:"5s" help:"longest wait between attempts to record an alert"`
 	WebhookTimeout    time.Duration `env:"VIGIL_WEBHOOK_TIMEOUT" envDefault:"5s" help:"timeout of one webhook attempt"`
-	WebhookAttempts   int           `env:"VIGIL_WEBHOOK_ATTEMPTS" envDefault:"5" help:"attempts per webhook notification"`
 	WebhookBackoff    time.Duration `env:"VIGIL_WEBHOOK_BACKOFF" envDefault:"500ms" help:"wait after the first failed webhook attempt; doubles up to VIGIL_WEBHOOK_MAX_BACKOFF"`
 	WebhookMaxBackoff time.Duration `env:"VIGIL_WEBHOOK_MAX_BACKOFF" envDefault:"30s" help:"longest wait between webhook attempts"`
-	WebhookQueue      int           `env:"VIGIL_WEBHOOK_QUEUE" envDefault:"100" help:"webhook notifications a user may have waiting; more are dropped and counted"`
+	WebhookMaxAge     time.Duration `env:"VIGIL_WEBHOOK_MAX_AGE" envDefault:"6h" help:"how long an undelivered alert is retried, from when it was recorded; then it is given up, logged and counted"`
+	WebhookAckWait    time.Duration `env:"VIGIL_WEBHOOK_ACK_WAIT" envDefault:"30s" help:"how long the alert in hand of a dead instance waits before the next owner sends it (for webhook consumers created from now on)"`
 }
 
 // Validate checks every part of the configuration.
@@ -42,7 +42,7 @@ func (a Alerts) Validate() error {
 	for _, n := range []struct {
 		name string
 		v    int
-	}{{"VIGIL_ALERTS_WORKERS", a.Workers}, {"VIGIL_WEBHOOK_ATTEMPTS", a.WebhookAttempts}, {"VIGIL_WEBHOOK_QUEUE", a.WebhookQueue}} {
+	}{{"VIGIL_ALERTS_WORKERS", a.Workers}} {
 		if n.v < 1 {
 			return fmt.Errorf("%s: %d must be at least 1", n.name, n.v)
 		}
@@ -55,6 +55,7 @@ func (a Alerts) Validate() error {
 		{"VIGIL_ALERTS_RECONCILE_INTERVAL", a.ReconcileInterval}, {"VIGIL_ALERTS_RETRY_BACKOFF", a.RetryBackoff},
 		{"VIGIL_ALERTS_MAX_RETRY_BACKOFF", a.MaxRetryBackoff}, {"VIGIL_WEBHOOK_TIMEOUT", a.WebhookTimeout},
 		{"VIGIL_WEBHOOK_BACKOFF", a.WebhookBackoff}, {"VIGIL_WEBHOOK_MAX_BACKOFF", a.WebhookMaxBackoff},
+		{"VIGIL_WEBHOOK_MAX_AGE", a.WebhookMaxAge}, {"VIGIL_WEBHOOK_ACK_WAIT", a.WebhookAckWait},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: %s must be positive", d.name, d.v)

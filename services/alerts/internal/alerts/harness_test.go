@@ -123,7 +123,7 @@ func newEnvOn(t testing.TB, databaseURL string) *env {
 		Postgres: config.Postgres{URL: databaseURL},
 		Alerts: Alerts{Workers: 2, AckWait: 30 * time.Second, ConsumerInactive: time.Minute, ReconcileInterval: time.Second,
 			RetryBackoff: 50 * time.Millisecond, MaxRetryBackoff: 500 * time.Millisecond, WebhookTimeout: 2 * time.Second,
-			WebhookAttempts: 4, WebhookBackoff: 20 * time.Millisecond, WebhookMaxBackoff: 200 * time.Millisecond, WebhookQueue: 10},
+			WebhookBackoff: 20 * time.Millisecond, WebhookMaxBackoff: 200 * time.Millisecond, WebhookMaxAge: time.Hour, WebhookAckWait: 2 * time.Second},
 	}
 	if err := e.cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -205,9 +205,7 @@ func (e *env) kill(in *instance) {
 	in.loops.Wait()
 	_ = in.stopProjecting(ctx)
 	_ = in.group.Leave(ctx) // stops the heartbeat; the delete fails on the closed connection
-	expired, stop := context.WithCancel(context.Background())
-	stop()
-	_ = in.hooks.Close(expired)
+	in.hooks.Close()
 	in.closeResources()
 }
 

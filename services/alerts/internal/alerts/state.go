@@ -55,6 +55,7 @@ func (in *instance) watchDesiredStates(watcher jetstream.KeyWatcher) {
 			}
 			if e != nil {
 				in.applyDesired(in.loopCtx, e)
+				in.syncWebhooks(in.loopCtx)
 			}
 		}
 	}
@@ -70,6 +71,7 @@ func (in *instance) applyDesired(ctx context.Context, e jetstream.KeyValueEntry)
 	}
 	if op := e.Operation(); op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge {
 		in.monitor.Forget(user)
+		in.webhooks.set(user, nil, e.Created())
 		return
 	}
 	var st contract.DesiredState
@@ -88,6 +90,7 @@ func (in *instance) applyDesired(ctx context.Context, e jetstream.KeyValueEntry)
 	if err := in.monitor.SetState(ctx, st); err != nil && ctx.Err() == nil {
 		in.log.WarnContext(ctx, "converging to the desired state failed, retried later", "user", user, "err", err)
 	}
+	in.webhooks.set(user, st.Settings.Webhook, e.Created())
 }
 
 // reconcileLoop converges the users at start, whenever the membership
@@ -101,6 +104,7 @@ func (in *instance) reconcileLoop() {
 		if err := in.monitor.Reconcile(in.loopCtx); err != nil && in.loopCtx.Err() == nil {
 			in.log.Warn("reconcile failed, retried later", "err", err)
 		}
+		in.syncWebhooks(in.loopCtx)
 		select {
 		case <-in.loopCtx.Done():
 			return

@@ -24,8 +24,15 @@ type Metrics struct {
 	// the attempt is retried.
 	DeliveryErrors metric.Int64Counter
 	// WebhookFailures counts webhook notifications given up, by reason
-	// (queue_full, exhausted, rejected, no_secret).
+	// (expired: older than the maximum age; undecodable).
 	WebhookFailures metric.Int64Counter
+	// WebhookDelivered counts webhook notifications a receiver accepted.
+	WebhookDelivered metric.Int64Counter
+	// WebhookAttemptErrors counts failed webhook attempts (retried).
+	WebhookAttemptErrors metric.Int64Counter
+	// WebhookFailing is the number of users whose webhook is failing now
+	// (the alert in hand failed at least once).
+	WebhookFailing metric.Int64UpDownCounter
 	// EvaluationDuration is how long one update takes, from decoding to the
 	// acknowledgement, in milliseconds.
 	EvaluationDuration metric.Float64Histogram
@@ -38,7 +45,7 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 	}
 	meter := mp.Meter(MeterName)
 	var m Metrics
-	var errs [5]error
+	var errs [8]error
 	m.Evaluations, errs[0] = meter.Int64Counter("vigil.alerts.evaluations",
 		metric.WithDescription("Indicator updates evaluated against a user's rules"), metric.WithUnit("{update}"))
 	m.Fired, errs[1] = meter.Int64Counter("vigil.alerts.fired",
@@ -49,6 +56,12 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 		metric.WithDescription("Webhook notifications given up, by reason"), metric.WithUnit("{notification}"))
 	m.EvaluationDuration, errs[4] = meter.Float64Histogram("vigil.alerts.evaluation.duration",
 		metric.WithDescription("Time to evaluate one indicator update and record its alerts"), metric.WithUnit("ms"))
+	m.WebhookDelivered, errs[5] = meter.Int64Counter("vigil.alerts.webhook.delivered",
+		metric.WithDescription("Webhook notifications accepted by the receiver"), metric.WithUnit("{notification}"))
+	m.WebhookAttemptErrors, errs[6] = meter.Int64Counter("vigil.alerts.webhook.attempt.errors",
+		metric.WithDescription("Failed webhook attempts (retried until the maximum age)"), metric.WithUnit("{attempt}"))
+	m.WebhookFailing, errs[7] = meter.Int64UpDownCounter("vigil.alerts.webhook.failing",
+		metric.WithDescription("Users whose webhook is failing now"), metric.WithUnit("{user}"))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, err
 	}

@@ -26,8 +26,7 @@
 // when it changed; only then may the updates be acknowledged. When
 // recording fails for good for a user, that user's engine memory is rolled
 // back to before the batch, so a redelivery fires again. A new alert (the
-// first record of its id) is counted and sent to the user's webhook, if
-// any.
+// first record of its id) is counted; webhooks are sent from the stream.
 //
 // # Pause, resume, apply
 //
@@ -90,11 +89,6 @@ type History interface {
 	ClosedBars(ctx context.Context, series contract.SeriesID, indicators []string, from int64) ([]contract.IndicatorUpdate, error)
 }
 
-// Notifier sends an alert to a user's webhook without blocking.
-type Notifier interface {
-	Notify(ctx context.Context, hook contract.WebhookSettings, a contract.Alert) error
-}
-
 // Ownership tells whether this instance owns a user token.
 type Ownership interface {
 	Owns(key string) bool
@@ -105,7 +99,6 @@ type Deps struct {
 	Recorder  Recorder
 	Snapshots Snapshots
 	History   History
-	Notifier  Notifier
 	Ownership Ownership
 }
 
@@ -149,8 +142,8 @@ type Monitor struct {
 
 // New checks deps and opts and returns a monitor without users.
 func New(deps Deps, opts Options) (*Monitor, error) {
-	if deps.Recorder == nil || deps.Snapshots == nil || deps.History == nil || deps.Notifier == nil || deps.Ownership == nil {
-		return nil, fmt.Errorf("%w: recorder, snapshots, history, notifier and ownership are required", ErrInvalidDeps)
+	if deps.Recorder == nil || deps.Snapshots == nil || deps.History == nil || deps.Ownership == nil {
+		return nil, fmt.Errorf("%w: recorder, snapshots, history and ownership are required", ErrInvalidDeps)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -575,7 +568,7 @@ func (m *Monitor) evaluateLocked(ctx context.Context, p *pass, u Update) {
 
 // commitLocked records the alerts of every pass together, retrying until
 // it succeeds, ctx ends or a pass's user moves away (that pass fails, the
-// others are retried), and notifies the webhooks of the new ones. It saves
+// others are retried), and counts the new ones. It saves
 // the engine memory of each pass that succeeded, concurrently (those that
 // fired nothing while the alerts are recorded), and rolls back the memory
 // of each that failed. Once a pass is done, and before commitLocked
@@ -614,7 +607,7 @@ func (m *Monitor) commitLocked(ctx context.Context, passes []*pass, release func
 }
 
 // recordLocked records the alerts of pending, whose errors it sets on
-// failure, and counts and notifies the new alerts.
+// failure, and counts the new alerts.
 func (m *Monitor) recordLocked(ctx context.Context, pending []*pass) {
 	pending = slices.Clone(pending) // the retries drop the passes of users that moved away
 	exp := backoff.NewExponentialBackOff()
@@ -668,7 +661,8 @@ func (m *Monitor) recordLocked(ctx context.Context, pending []*pass) {
 	}
 }
 
-// firedLocked counts and notifies a recorded alert when it is new.
+// firedLocked counts and logs a recorded alert when it is new. Webhooks
+// are sent from the stream (package webhook), not from here.
 func (m *Monitor) firedLocked(ctx context.Context, us *user, a contract.Alert, fresh bool) {
 	if !fresh {
 		m.opts.Log.DebugContext(ctx, "alert recorded before", "user", us.token, "alert", a.ID)
@@ -677,9 +671,6 @@ func (m *Monitor) firedLocked(ctx context.Context, us *user, a contract.Alert, f
 	us.fired.Add(1)
 	m.opts.Metrics.Fired.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", string(a.Kind))))
 	m.opts.Log.InfoContext(ctx, "alert fired", "user", us.token, "alert", a.ID, "rule", a.RuleID, "message", a.Message)
-	if hook := us.desired.Settings.Webhook; hook != nil && hook.URL != "" {
-		_ = m.deps.Notifier.Notify(ctx, *hook, a) // a full queue is counted and logged by the notifier
-	}
 }
 
 // saveLocked saves the engine memory when it changed since the last load

@@ -121,11 +121,6 @@ func (noHistory) ClosedBars(context.Context, contract.SeriesID, []string, int64)
 	return nil, nil
 }
 
-// noHooks drops notifications.
-type noHooks struct{}
-
-func (noHooks) Notify(context.Context, contract.WebhookSettings, contract.Alert) error { return nil }
-
 // owner owns every user while owns is set, except those in lost.
 type owner struct {
 	owns atomic.Bool
@@ -167,7 +162,7 @@ func TestAFailedRecordingIsRolledBack(t *testing.T) {
 			own := &owner{}
 			own.owns.Store(true)
 			now := time.Unix(base+2*3600+1, 0)
-			m, err := monitor.New(monitor.Deps{Recorder: rec, Snapshots: mem, History: noHistory{}, Notifier: noHooks{}, Ownership: own},
+			m, err := monitor.New(monitor.Deps{Recorder: rec, Snapshots: mem, History: noHistory{}, Ownership: own},
 				monitor.Options{Now: func() time.Time { return now }, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 					RetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond})
 			if err != nil {
@@ -265,7 +260,7 @@ func TestAFailedBatchIsDeliveredAgainAndRecordedOnce(t *testing.T) {
 			own := &owner{}
 			own.owns.Store(true)
 			now := time.Unix(base+2*3600+1, 0)
-			m, err := monitor.New(monitor.Deps{Recorder: rec, Snapshots: mem, History: noHistory{}, Notifier: noHooks{}, Ownership: own},
+			m, err := monitor.New(monitor.Deps{Recorder: rec, Snapshots: mem, History: noHistory{}, Ownership: own},
 				monitor.Options{Now: func() time.Time { return now }, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 					RetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond})
 			if err != nil {
@@ -341,7 +336,7 @@ func TestAUserWithoutAlertsIsNotHeldByAnotherUsersRecording(t *testing.T) {
 	own := &owner{}
 	own.owns.Store(true)
 	now := time.Unix(base+2*3600+1, 0)
-	m, err := monitor.New(monitor.Deps{Recorder: rec, Snapshots: mem, History: noHistory{}, Notifier: noHooks{}, Ownership: own},
+	m, err := monitor.New(monitor.Deps{Recorder: rec, Snapshots: mem, History: noHistory{}, Ownership: own},
 		monitor.Options{Now: func() time.Time { return now }, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 			RetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond})
 	if err != nil {

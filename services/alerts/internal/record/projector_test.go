@@ -95,12 +95,14 @@ func TestProjectionCatchesUpAfterAPostgresOutage(t *testing.T) {
 	defer stopFirst()
 	recordBars(100, 120)
 	pg.Start()
+	back := time.Now()
 	slices.Sort(want)
 	var got []string
 	testenv.WaitFor(t, time.Minute, fmt.Sprintf("%d alerts in alert_events", len(want)), func() bool {
 		got, err = tableIDs(ctx, pool)
 		return err == nil && len(got) >= len(want)
 	})
+	t.Logf("alert_events caught up %s after Postgres answered again", time.Since(back).Round(time.Millisecond))
 	if !slices.Equal(got, want) {
 		t.Fatalf("alert_events holds %d ids, want %d: %v", len(got), len(want), got)
 	}

@@ -1,82 +1,36 @@
 package webhook_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/alerts/internal/metrics/metricstest"
+	"vigil.dev/services/alerts/internal/record"
 	"vigil.dev/services/alerts/internal/webhook"
 )
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
 const (
 	secretVar = "VIGIL_TEST_HOOK_SECRET"
 	secret    = "s3cr3t-hook-key"
 )
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-// request is what the receiver saw of one notification.
-type request struct {
-	body      []byte
-	signature string
-	alertID   string
-}
-
-// receiver is a loopback webhook receiver answering with the statuses of
-// answers in turn (200 once they run out).
-type receiver struct {
-	t       *testing.T
-	mu      sync.Mutex
-	answers []int
-	got     []request
-	arrived chan struct{}
-	// hold, when set, delays every answer until it is closed.
-	hold chan struct{}
-}
-
-func newReceiver(t *testing.T, answers ...int) (*receiver, *httptest.Server) {
-	r := &receiver{t: t, answers: answers, arrived: make(chan struct{}, 100)}
-	srv := httptest.NewServer(r)
-	t.Cleanup(srv.Close)
-	return r, srv
-}
-
-func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	body, err := io.ReadAll(req.Body)
-	if err != nil {
-		r.t.Errorf("read body: %v", err)
-	}
-	r.mu.Lock()
-	r.got = append(r.got, request{body: body, signature: req.Header.Get(webhook.SignatureHeader), alertID: req.Header.Get(webhook.AlertIDHeader)})
-	status := http.StatusOK
-	if len(r.answers) > 0 {
-		status, r.answers = r.answers[0], r.answers[1:]
-	}
-	hold := r.hold
-	r.mu.Unlock()
-	r.arrived <- struct{}{}
-	if hold != nil {
-		<-hold
-	}
-	w.WriteHeader(status)
-}
-
-func (r *receiver) requests() []request {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]request(nil), r.got...)
-}
 
 func lookup(name string) (string, bool) {
 	if name == secretVar {
@@ -85,186 +39,361 @@ func lookup(name string) (string, bool) {
 	return "", false
 }
 
-func alert(id string) contract.Alert {
-	return contract.Alert{ID: id, User: "alice", UserID: 1, ExchangeID: 1, RuleID: "r1", Kind: contract.RuleThreshold,
-		Symbol: "BTC-USD", Timeframe: contract.TF1m, BarStart: 1_767_225_600, Message: "BTC-USD 1m price rose above 100 (101)",
-		Value: 101, FiredAt: time.Unix(1_767_225_661, 0).UTC()}
+// request is what the receiver saw of one notification.
+type request struct {
+	body      []byte
+	signature string
+	alertID   string
 }
 
-func TestNotify(t *testing.T) {
-	cases := []struct {
-		name       string
-		answers    []int
-		secretEnv  string
-		requests   int    // the receiver sees this many requests
-		failReason string // the notification is given up for this reason
-		signed     bool
-	}{
-		{name: "delivered at once", answers: []int{200}, secretEnv: secretVar, requests: 1, signed: true},
-		{name: "retried after 500", answers: []int{500, 200}, secretEnv: secretVar, requests: 2, signed: true},
-		{name: "retried after 429 and 503", answers: []int{429, 503, 204}, secretEnv: secretVar, requests: 3, signed: true},
-		{name: "given up after the last attempt", answers: []int{500, 502, 500}, secretEnv: secretVar, requests: 3, failReason: webhook.ReasonExhausted, signed: true},
-		{name: "4xx is not retried", answers: []int{400}, secretEnv: secretVar, requests: 1, failReason: webhook.ReasonRejected, signed: true},
-		{name: "unset secret variable sends nothing", secretEnv: "VIGIL_TEST_UNSET", requests: 0, failReason: webhook.ReasonNoSecret},
-		{name: "no secret_env sends unsigned", answers: []int{200}, requests: 1},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			rcv, srv := newReceiver(t, tc.answers...)
-			m, reader, err := metricstest.New()
-			if err != nil {
-				t.Fatal(err)
-			}
-			// A generous attempt timeout: a loaded machine must not turn a
-			// slow 200 into a retry; retries here come from status codes.
-			n, err := webhook.New(webhook.Options{Attempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
-				Timeout: time.Minute, LookupEnv: lookup, Log: quiet, Metrics: m})
-			if err != nil {
-				t.Fatal(err)
-			}
-			a := alert("alice.r1.1767225600")
-			if err := n.Notify(context.Background(), contract.WebhookSettings{URL: srv.URL + "/hook", SecretEnv: tc.secretEnv}, a); err != nil {
-				t.Fatal(err)
-			}
-			// Close waits for the notification to be delivered or given up.
-			if err := n.Close(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			got := rcv.requests()
-			if len(got) != tc.requests {
-				t.Fatalf("receiver saw %d requests, want %d", len(got), tc.requests)
-			}
-			for i, r := range got {
-				var decoded contract.Alert
-				if err := json.Unmarshal(r.body, &decoded); err != nil {
-					t.Fatalf("request %d: body is not an alert: %v", i, err)
-				}
-				if decoded != a {
-					t.Errorf("request %d: body %+v, want %+v", i, decoded, a)
-				}
-				if r.alertID != a.ID {
-					t.Errorf("request %d: %s %q, want %q", i, webhook.AlertIDHeader, r.alertID, a.ID)
-				}
-				switch {
-				case tc.signed && !webhook.Verify([]byte(secret), r.body, r.signature):
-					t.Errorf("request %d: signature %q does not verify", i, r.signature)
-				case !tc.signed && r.signature != "":
-					t.Errorf("request %d: unexpected signature %q", i, r.signature)
-				}
-			}
-			failed, err := reader.Sum("vigil.alerts.webhook.failures")
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := int64(0)
-			if tc.failReason != "" {
-				want = 1
-				byReason, err := reader.Sum("vigil.alerts.webhook.failures", attribute.String("reason", tc.failReason))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if byReason != 1 {
-					t.Errorf("failures with reason %s = %d, want 1", tc.failReason, byReason)
-				}
-			}
-			if failed != want {
-				t.Errorf("failures = %d, want %d", failed, want)
-			}
-		})
-	}
+// receiver is a loopback webhook receiver; status decides each answer.
+type receiver struct {
+	mu     sync.Mutex
+	got    []request
+	status func(n int) int
 }
 
-func TestNotifyDropsWhenTheQueueIsFull(t *testing.T) {
-	rcv, srv := newReceiver(t)
-	hold := make(chan struct{})
-	rcv.hold = hold
-	m, reader, err := metricstest.New()
-	if err != nil {
-		t.Fatal(err)
+func newReceiver(t *testing.T, status func(n int) int) (*receiver, *httptest.Server) {
+	r := &receiver{status: status}
+	srv := httptest.NewServer(r)
+	t.Cleanup(srv.Close)
+	return r, srv
+}
+
+func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	r.got = append(r.got, request{body: body, signature: req.Header.Get(webhook.SignatureHeader), alertID: req.Header.Get(webhook.AlertIDHeader)})
+	status := http.StatusOK
+	if r.status != nil {
+		status = r.status(len(r.got))
 	}
-	n, err := webhook.New(webhook.Options{QueueSize: 2, LookupEnv: lookup, Log: quiet, Metrics: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hook := contract.WebhookSettings{URL: srv.URL, SecretEnv: secretVar}
-	ctx := context.Background()
-	// The first notification is in flight, held by the receiver; two more
-	// fill the queue; the fourth is dropped without waiting.
-	if err := n.Notify(ctx, hook, alert("a1")); err != nil {
-		t.Fatal(err)
-	}
-	<-rcv.arrived
-	for _, id := range []string{"a2", "a3"} {
-		if err := n.Notify(ctx, hook, alert(id)); err != nil {
-			t.Fatalf("notify %s: %v", id, err)
+	r.mu.Unlock()
+	w.WriteHeader(status)
+}
+
+func (r *receiver) requests() []request {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
+// delivered is, per user, the ids of the requests answered with anything,
+// in arrival order, consecutive repeats (retries) folded.
+func (r *receiver) ids() map[string][]string {
+	out := map[string][]string{}
+	for _, req := range r.requests() {
+		user, _, _ := strings.Cut(req.alertID, ".")
+		if ids := out[user]; len(ids) == 0 || ids[len(ids)-1] != req.alertID {
+			out[user] = append(ids, req.alertID)
 		}
 	}
-	if p := n.Pending("alice"); p != 2 {
-		t.Fatalf("pending = %d, want 2", p)
+	return out
+}
+
+// logBuffer keeps what the deliverer logs.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// fixture is a NATS server with the streams, a recorder and options for
+// deliverers.
+type fixture struct {
+	t    *testing.T
+	js   jetstream.JetStream
+	rec  *record.Recorder
+	log  *logBuffer
+	opts webhook.Options
+	read *metricstest.Reader
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	_, js := testenv.Connect(t, testenv.StartNATS(t).URL())
+	if err := natsx.EnsureStreams(context.Background(), js); err != nil {
+		t.Fatal(err)
 	}
+	m, read, err := metricstest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, js: js, rec: record.New(js), log: &logBuffer{}, read: read}
+	f.opts = webhook.Options{Timeout: time.Minute, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		AckWait: 2 * time.Second, LookupEnv: lookup, Log: slog.New(slog.NewJSONHandler(f.log, nil)), Metrics: m}
+	return f
+}
+
+func (f *fixture) deliverer(opts webhook.Options) *webhook.Deliverer {
+	f.t.Helper()
+	d, err := webhook.New(f.js, opts)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(d.Close)
+	return d
+}
+
+// alert is user's alert number i.
+func alert(user string, i int) record.Alert {
+	start := int64(1_767_225_600) + int64(i)*60
+	return record.Alert{Alert: contract.Alert{ID: contract.AlertID(user, "r1", start), User: user, UserID: 1, RuleID: "r1",
+		Kind: contract.RuleThreshold, Symbol: "BTC-USD", Timeframe: contract.TF1m, BarStart: start, Message: "m", Value: 1,
+		FiredAt: time.Unix(start+60, 0).UTC()}}
+}
+
+// record records alerts from..to-1 of each user, in batches of 50, and
+// returns each user's ids in order.
+func (f *fixture) record(from, to int, users ...string) map[string][]string {
+	f.t.Helper()
+	ids := map[string][]string{}
+	var batch []record.Alert
+	flush := func() {
+		if _, err := f.rec.Record(context.Background(), batch); err != nil {
+			f.t.Fatal(err)
+		}
+		batch = batch[:0]
+	}
+	for i := from; i < to; i++ {
+		for _, u := range users {
+			a := alert(u, i)
+			batch = append(batch, a)
+			ids[u] = append(ids[u], a.ID)
+			if len(batch) == 50 {
+				flush()
+			}
+		}
+	}
+	if len(batch) > 0 {
+		flush()
+	}
+	return ids
+}
+
+// waitDelivered waits until r has seen every id of want, per user.
+func waitDelivered(t *testing.T, r *receiver, want map[string][]string, timeout time.Duration) map[string][]string {
+	t.Helper()
+	var got map[string][]string
+	testenv.WaitFor(t, timeout, "every alert at the receiver", func() bool {
+		got = r.ids()
+		for user, ids := range want {
+			if len(got[user]) < len(ids) {
+				return false
+			}
+		}
+		return true
+	})
+	return got
+}
+
+// checkOrder fails unless got holds every id of want once, in order: retries
+// of one alert are folded, and a redelivery after a restart may repeat the
+// alert in hand, never an earlier one.
+func checkOrder(t *testing.T, got, want map[string][]string) {
+	t.Helper()
+	for user, ids := range want {
+		if !slices.Equal(got[user], ids) {
+			t.Errorf("%s: receiver got %d ids %v..., want %d in order", user, len(got[user]), head(got[user]), len(ids))
+		}
+	}
+}
+
+func head(ids []string) []string { return ids[:min(len(ids), 5)] }
+
+// TestDeliversEveryAlertInOrderThroughAnOutage: the receiver answers 500 to
+// the first 40 requests, then 200; every alert of two users arrives, signed,
+// with its id in header and body, in each user's order.
+func TestDeliversEveryAlertInOrderThroughAnOutage(t *testing.T) {
+	f := newFixture(t)
+	r, srv := newReceiver(t, func(n int) int {
+		if n <= 40 {
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	})
+	d := f.deliverer(f.opts)
+	hook := contract.WebhookSettings{URL: srv.URL + "/hooks/vigil", SecretEnv: secretVar}
+	since := time.Now()
+	d.Sync(context.Background(), map[string]webhook.Target{"alice": {Hook: hook, Since: since}, "bob": {Hook: hook, Since: since}}, nil)
+	want := f.record(0, 30, "alice", "bob")
+	got := waitDelivered(t, r, want, time.Minute)
+	checkOrder(t, got, want)
+	for _, req := range r.requests() {
+		var a contract.Alert
+		if err := json.Unmarshal(req.body, &a); err != nil || a.ID != req.alertID {
+			t.Fatalf("body %s (%v) does not carry the header's id %s", req.body, err, req.alertID)
+		}
+		if !webhook.Verify([]byte(secret), req.body, req.signature) {
+			t.Fatalf("alert %s: bad signature %q", req.alertID, req.signature)
+		}
+	}
+	if n, err := f.read.Sum("vigil.alerts.webhook.attempt.errors"); err != nil || n != 40 {
+		t.Errorf("attempt errors %d (%v), want 40", n, err)
+	}
+	if n, err := f.read.Sum("vigil.alerts.webhook.failures"); err != nil || n != 0 {
+		t.Errorf("given up %d (%v), want 0", n, err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "nothing pending", func() bool {
+		st := d.Status(context.Background())
+		return st["alice"].Pending == 0 && st["bob"].Pending == 0 && !st["alice"].Failing && st["alice"].Delivered == 30
+	})
+	if strings.Contains(f.log.String(), secret) {
+		t.Error("the secret was logged")
+	}
+}
+
+// TestABurstIsNeverDropped records several hundred alerts at once for one
+// user while the receiver is slow to start: all arrive, in order.
+func TestABurstIsNeverDropped(t *testing.T) {
+	f := newFixture(t)
+	r, srv := newReceiver(t, nil)
+	d := f.deliverer(f.opts)
+	want := f.record(0, 400, "alice")
 	began := time.Now()
-	if err := n.Notify(ctx, hook, alert("a4")); !errors.Is(err, webhook.ErrQueueFull) {
-		t.Fatalf("notify on a full queue: %v, want ErrQueueFull", err)
-	}
-	if d := time.Since(began); d > time.Second {
-		t.Fatalf("notify on a full queue blocked for %s", d)
-	}
-	// Another user's queue is not affected.
-	other := alert("b1")
-	other.User = "bob"
-	if err := n.Notify(ctx, hook, other); err != nil {
-		t.Fatalf("notify bob: %v", err)
-	}
-	if dropped, err := reader.Sum("vigil.alerts.webhook.failures", attribute.String("reason", webhook.ReasonQueueFull)); err != nil || dropped != 1 {
-		t.Fatalf("queue_full failures = %d (%v), want 1", dropped, err)
-	}
-	close(hold)
-	if err := n.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var alice []string
-	for _, r := range rcv.requests() {
-		if r.alertID != "b1" {
-			alice = append(alice, r.alertID)
-		}
-	}
-	if want := []string{"a1", "a2", "a3"}; !slices.Equal(alice, want) {
-		t.Fatalf("alice's deliveries %v, want %v in order", alice, want)
-	}
-	if err := n.Notify(ctx, hook, alert("a5")); !errors.Is(err, webhook.ErrClosed) {
-		t.Fatalf("notify after close: %v, want ErrClosed", err)
+	d.Sync(context.Background(), map[string]webhook.Target{"alice": {Hook: contract.WebhookSettings{URL: srv.URL}, Since: time.Now().Add(-time.Hour)}}, nil)
+	got := waitDelivered(t, r, want, 2*time.Minute)
+	t.Logf("400 alerts of one user delivered in %s", time.Since(began).Round(time.Millisecond))
+	checkOrder(t, got, want)
+	if n := len(r.requests()); n != 400 {
+		t.Errorf("receiver got %d requests for 400 alerts", n)
 	}
 }
 
-func TestCloseGivesUpWhenItsContextEnds(t *testing.T) {
-	_, srv := newReceiver(t, 500, 500, 500, 500, 500)
-	n, err := webhook.New(webhook.Options{Attempts: 5, InitialBackoff: time.Hour, MaxBackoff: time.Hour, LookupEnv: lookup, Log: quiet})
+// TestPendingAlertsSurviveTheDeliverer: a deliverer stops (as its
+// instance dies) with alerts pending and one in hand; another one, like
+// the restarted instance, delivers all of them, in order.
+func TestPendingAlertsSurviveTheDeliverer(t *testing.T) {
+	f := newFixture(t)
+	failing := make(chan struct{})
+	r, srv := newReceiver(t, func(int) int {
+		select {
+		case <-failing:
+			return http.StatusOK
+		default:
+			return http.StatusServiceUnavailable
+		}
+	})
+	target := map[string]webhook.Target{"alice": {Hook: contract.WebhookSettings{URL: srv.URL}, Since: time.Now()}}
+	first, err := webhook.New(f.js, f.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Notify(context.Background(), contract.WebhookSettings{URL: srv.URL}, alert("a1")); err != nil {
+	first.Sync(context.Background(), target, nil)
+	want := f.record(0, 50, "alice")
+	testenv.WaitFor(t, 30*time.Second, "failing attempts", func() bool { return len(r.requests()) >= 3 })
+	first.Close()
+	close(failing)
+	second := f.deliverer(f.opts)
+	second.Sync(context.Background(), target, nil)
+	got := waitDelivered(t, r, want, time.Minute)
+	checkOrder(t, got, want)
+}
+
+// TestAnAlertIsGivenUpOnlyOnceTooOld: a receiver that always fails gets
+// each alert until it is older than MaxAge; then it is given up with a log
+// line and a count, the target shows as failing meanwhile, and the next
+// alert is tried.
+func TestAnAlertIsGivenUpOnlyOnceTooOld(t *testing.T) {
+	f := newFixture(t)
+	var mu sync.Mutex
+	healthy := false
+	r, srv := newReceiver(t, func(int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if healthy {
+			return http.StatusOK
+		}
+		return http.StatusBadGateway
+	})
+	opts := f.opts
+	opts.MaxAge = 1500 * time.Millisecond
+	d := f.deliverer(opts)
+	d.Sync(context.Background(), map[string]webhook.Target{"alice": {Hook: contract.WebhookSettings{URL: srv.URL}, Since: time.Now()}}, nil)
+	f.record(0, 2, "alice")
+	testenv.WaitFor(t, 30*time.Second, "the target failing", func() bool {
+		s := d.Status(context.Background())["alice"]
+		return s.Failing && s.Attempts >= 2 && strings.Contains(s.LastError, "HTTP 502")
+	})
+	if n, err := f.read.Sum("vigil.alerts.webhook.failing"); err != nil || n != 1 {
+		t.Errorf("vigil.alerts.webhook.failing = %d (%v), want 1", n, err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "both alerts given up", func() bool {
+		n, err := f.read.Sum("vigil.alerts.webhook.failures", attribute.String("reason", webhook.ReasonExpired))
+		return err == nil && n == 2
+	})
+	if lines := strings.Count(f.log.String(), `"msg":"webhook alert given up"`); lines != 2 {
+		t.Errorf("%d give-up lines, want 2:\n%s", lines, f.log.String())
+	}
+	mu.Lock()
+	healthy = true
+	mu.Unlock()
+	want := f.record(5, 6, "alice")
+	testenv.WaitFor(t, 30*time.Second, "the next alert delivered", func() bool {
+		return slices.Contains(r.ids()["alice"], want["alice"][0])
+	})
+	testenv.WaitFor(t, 10*time.Second, "the target healthy", func() bool {
+		s := d.Status(context.Background())["alice"]
+		return !s.Failing && s.GivenUp == 2 && s.Delivered == 1
+	})
+	if n, err := f.read.Sum("vigil.alerts.webhook.failing"); err != nil || n != 0 {
+		t.Errorf("vigil.alerts.webhook.failing = %d (%v), want 0", n, err)
+	}
+}
+
+// TestSyncFollowsOwnershipAndRemovals: a user let go keeps its consumer
+// and backlog; a removed webhook deletes it.
+func TestSyncFollowsOwnershipAndRemovals(t *testing.T) {
+	f := newFixture(t)
+	r, srv := newReceiver(t, nil)
+	d := f.deliverer(f.opts)
+	ctx := context.Background()
+	target := map[string]webhook.Target{"alice": {Hook: contract.WebhookSettings{URL: srv.URL}, Since: time.Now()}}
+	d.Sync(ctx, target, nil)
+	want := f.record(0, 3, "alice")
+	waitDelivered(t, r, want, 30*time.Second)
+	d.Sync(ctx, nil, nil) // owned elsewhere now
+	if users := d.Users(); len(users) != 0 {
+		t.Fatalf("still delivering for %v", users)
+	}
+	f.record(3, 6, "alice")
+	cons, err := f.js.Consumer(ctx, contract.StreamAlerts, webhook.ConsumerName("alice"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	if err := n.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("close: %v, want the deadline", err)
+	if info, err := cons.Info(ctx); err != nil || info.NumPending != 3 {
+		t.Fatalf("backlog of a user let go: %+v (%v), want 3 pending", info, err)
+	}
+	d.Sync(ctx, nil, []string{"alice"}) // the webhook is removed
+	if _, err := f.js.Consumer(ctx, contract.StreamAlerts, webhook.ConsumerName("alice")); err == nil {
+		t.Fatal("the consumer of a removed webhook still exists")
+	}
+	if !strings.Contains(f.log.String(), "webhook removed") {
+		t.Errorf("no log line for the removed webhook:\n%s", f.log.String())
 	}
 }
 
 func TestNewRejectsBadOptions(t *testing.T) {
-	for name, opts := range map[string]webhook.Options{
-		"attempts":   {Attempts: -1},
-		"queue size": {QueueSize: -3},
-		"backoff":    {InitialBackoff: time.Second, MaxBackoff: time.Millisecond},
-		"timeout":    {Timeout: -time.Second},
+	f := newFixture(t)
+	for _, opts := range []webhook.Options{
+		{Timeout: -time.Second},
+		{MaxAge: -time.Second},
+		{InitialBackoff: time.Second, MaxBackoff: time.Millisecond},
 	} {
-		t.Run(name, func(t *testing.T) {
-			if _, err := webhook.New(opts); !errors.Is(err, webhook.ErrInvalidOptions) {
-				t.Fatalf("New: %v, want ErrInvalidOptions", err)
-			}
-		})
+		if _, err := webhook.New(f.js, opts); err == nil {
+			t.Errorf("New(%+v) accepted", opts)
+		}
 	}
 }
 

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,13 +27,14 @@ const consumerIdle = 30 * time.Second
 func newAlertsCmd(sys IO, conn *connFlags) *cobra.Command {
 	var user string
 	var last int
-	var follow, asJSON bool
+	var follow, asJSON, webhooks bool
 	cmd := &cobra.Command{
 		Use:   "alerts",
-		Short: "Show the last alerts of the VIGIL_ALERTS stream, and follow new ones with --follow",
+		Short: "Show the last alerts of the VIGIL_ALERTS stream, and follow new ones with --follow; --webhooks shows the webhook deliveries",
 		Example: `  vigilctl alerts --user demo
   vigilctl alerts --user demo --follow
-  vigilctl alerts --last 0 --follow --json`,
+  vigilctl alerts --last 0 --follow --json
+  vigilctl alerts --webhooks`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			filter := contract.AlertSubjects
@@ -48,6 +52,9 @@ func newAlertsCmd(sys IO, conn *connFlags) *cobra.Command {
 				return err
 			}
 			defer nc.Close()
+			if webhooks {
+				return showWebhooks(cmd.Context(), nc, user, asJSON, sys.Stdout)
+			}
 			out := alertPrinter{w: sys.Stdout, json: asJSON}
 			shown := 0
 			err = streamAlerts(cmd.Context(), nc, filter, last, follow, func(m jetstream.Msg) {
@@ -68,6 +75,7 @@ func newAlertsCmd(sys IO, conn *connFlags) *cobra.Command {
 	f.IntVarP(&last, "last", "n", DefaultAlertsLast, "how many past alerts to show first")
 	f.BoolVarP(&follow, "follow", "f", false, "keep printing new alerts until interrupted")
 	f.BoolVar(&asJSON, "json", false, "print each alert's JSON as published")
+	f.BoolVar(&webhooks, "webhooks", false, "show each user's webhook delivery (backlog, failing since, last error) as the vigil-alerts instances report it")
 	return cmd
 }
 
@@ -170,4 +178,81 @@ func (p alertPrinter) print(msg jetstream.Msg) {
 	}
 	fmt.Fprintf(p.w, "%s  %s  %s  %s %s  %s  value=%g  %s\n", a.FiredAt.UTC().Format(time.RFC3339), a.User, a.RuleID,
 		a.Symbol, a.Timeframe, a.Kind, a.Value, a.Message)
+}
+
+// WebhookStatus is one user's webhook delivery as the vigil-alerts
+// instance running it reports it (status verb, "webhooks").
+type WebhookStatus struct {
+	User     string `json:"user"`
+	Instance string `json:"instance"`
+	// Host is the receiver's host; the URL is never shown.
+	Host string `json:"host"`
+	// Pending alerts wait for delivery, the one in hand included (-1:
+	// unknown).
+	Pending       int64     `json:"pending"`
+	Delivered     int64     `json:"delivered"`
+	GivenUp       int64     `json:"given_up"`
+	Failing       bool      `json:"failing"`
+	FailingSince  time.Time `json:"failing_since,omitzero"`
+	Attempts      int       `json:"attempts,omitempty"`
+	LastError     string    `json:"last_error,omitempty"`
+	LastDelivered time.Time `json:"last_delivered,omitzero"`
+}
+
+// webhooksWait is how long --webhooks waits for the instances' answers.
+const webhooksWait = 2 * time.Second
+
+// collectWebhooks asks every vigil-alerts instance for its webhook
+// deliveries and returns those of user (every user when empty), by user.
+func collectWebhooks(ctx context.Context, nc *nats.Conn, user string) ([]WebhookStatus, error) {
+	body, _ := json.Marshal(contract.SvcRequest{User: user})
+	msgs := gather(ctx, nc, contract.SvcSubject(contract.SvcAlerts, contract.VerbStatus), body, webhooksWait)
+	if len(msgs) == 0 {
+		return nil, fmt.Errorf("no %s instance answered", contract.ServiceAlerts)
+	}
+	var out []WebhookStatus
+	for _, m := range msgs {
+		var reply contract.SvcReply
+		var result struct {
+			Webhooks map[string]WebhookStatus `json:"webhooks"`
+		}
+		if json.Unmarshal(m.Data, &reply) != nil || json.Unmarshal(reply.Result, &result) != nil {
+			continue
+		}
+		for u, s := range result.Webhooks {
+			if user == "" || u == user {
+				s.User, s.Instance = u, reply.Instance
+				out = append(out, s)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b WebhookStatus) int { return strings.Compare(a.User, b.User) })
+	return out, nil
+}
+
+// showWebhooks prints the webhook deliveries, one line per user.
+func showWebhooks(ctx context.Context, nc *nats.Conn, user string, asJSON bool, w io.Writer) error {
+	hooks, err := collectWebhooks(ctx, nc, user)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		doc, _ := json.Marshal(hooks)
+		fmt.Fprintln(w, string(doc))
+		return nil
+	}
+	if len(hooks) == 0 {
+		fmt.Fprintln(w, "no webhook deliveries running")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "USER\tHOST\tPENDING\tDELIVERED\tGIVEN UP\tSTATE\tINSTANCE\tLAST ERROR")
+	for _, h := range hooks {
+		state := "ok"
+		if h.Failing {
+			state = fmt.Sprintf("failing since %s (%d attempts)", h.FailingSince.UTC().Format(time.RFC3339), h.Attempts)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", h.User, h.Host, h.Pending, h.Delivered, h.GivenUp, state, h.Instance, h.LastError)
+	}
+	return tw.Flush()
 }
