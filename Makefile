@@ -5,6 +5,7 @@
 #                it installs only what it needs (Jaeger only with TRACING=1)
 #   make build   every service binary (and vigilctl) into bin/
 #   make test    every module's tests with the race detector, against real servers
+#   make fuzz    every fuzz target for FUZZTIME (default 20s) each
 #   make bench   the benchmark runner, or every module's Go benchmarks
 #   make lint    go vet, staticcheck, gofmt
 #   make clean   remove bin/ and .run/ (the dev stack's data)
@@ -25,7 +26,7 @@ LDFLAGS := -X vigil.dev/pkg/service.Revision=$(shell git rev-parse --short HEAD 
 # Tools that deps installs with go install land here.
 export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
 
-.PHONY: deps run build test bench lint clean
+.PHONY: deps run build test fuzz bench lint clean
 
 deps:
 	bash deploy/scripts/deps.sh
@@ -55,6 +56,22 @@ build:
 
 test: deps
 	$(GO) test $(PARALLEL) -race -count=1 -timeout 14m $(GOTESTFLAGS) $(PACKAGES)
+
+# make fuzz runs every fuzz target (func FuzzX in a _test.go of pkg or
+# services) for FUZZTIME each, one after the other (go test -fuzz takes one
+# target at a time); new failing inputs land in the package's
+# testdata/fuzz/FuzzX, to be committed. The seeds (f.Add and testdata/fuzz)
+# run as ordinary tests in make test.
+FUZZTIME ?= 20s
+
+fuzz:
+	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' pkg services); do \
+		dir=$$(dirname $$f); \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "$(GO) test -run '^$$' -fuzz '^$$t$$' -fuzztime $(FUZZTIME) ./$$dir"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./$$dir || exit 1; \
+		done; \
+	done
 
 # Extra flags for the benchmark runner, e.g. make bench BENCHFLAGS="-only ack,pipeline -profile".
 BENCHFLAGS ?=
