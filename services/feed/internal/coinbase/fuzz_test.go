@@ -7,18 +7,21 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"vigil.dev/pkg/testenv"
 )
 
 // The fuzz targets of the decoders. `go test` runs their seeds (the
-// recorded frames of shared/data/coinbase-real and testdata/fuzz/<Target>)
-// as regular tests; `make fuzz` explores further.
+// recorded frames and testdata/fuzz/<Target>) as regular tests; `make fuzz`
+// explores further.
 
-// addRecorded adds every recorded frame or REST body of
-// shared/data/coinbase-real whose file name keep accepts as a seed.
+// recordedDir holds a copy of shared/data/coinbase-real (frames and REST
+// bodies recorded from Coinbase, provenance in its SOURCES.md), kept here
+// so the fuzz build does not need pkg/testenv and its servers.
+const recordedDir = "testdata/recorded"
+
+// addRecorded adds every recorded frame or REST body whose file name keep
+// accepts as a seed.
 func addRecorded(f *testing.F, keep func(name string) bool, add func(data []byte)) {
-	dir := testenv.ReferenceFile(f, "coinbase-real")
+	dir := recordedDir
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		f.Fatal(err)
