@@ -57,30 +57,30 @@ func FuzzDecodeFrame(f *testing.F) {
 			return
 		}
 		for _, ev := range fr.events {
-			checkEvent(t, ev)
+			checkDecodedEvent(t, ev)
 		}
 	})
 }
 
-// checkEvent asserts what a decoded event promises.
-func checkEvent(t *testing.T, ev Event) {
+// checkDecodedEvent asserts what a decoded event promises.
+func checkDecodedEvent(t *testing.T, ev Event) {
 	t.Helper()
 	switch e := ev.(type) {
 	case *CandlesEvent:
 		for _, c := range e.Candles {
-			checkCandle(t, c, c.Product)
+			checkDecodedCandle(t, c, c.Product)
 		}
 	case *Level2Event:
-		checkProduct(t, e.Product)
+		checkDecodedProduct(t, e.Product)
 		for _, u := range e.Updates {
-			if (u.Side != SideBid && u.Side != SideOffer) || !plausible(u.Price) || !plausible(u.Quantity) || u.EventTime.IsZero() {
+			if (u.Side != SideBid && u.Side != SideOffer) || !plausibleNumber(u.Price) || !plausibleNumber(u.Quantity) || u.EventTime.IsZero() {
 				t.Fatalf("level2 update %+v", u)
 			}
 		}
 	case *TradesEvent:
 		for _, tr := range e.Trades {
-			checkProduct(t, tr.Product)
-			if !plausible(tr.Price) || !plausible(tr.Size) || tr.Time.IsZero() {
+			checkDecodedProduct(t, tr.Product)
+			if !plausibleNumber(tr.Price) || !plausibleNumber(tr.Size) || tr.Time.IsZero() {
 				t.Fatalf("trade %+v", tr)
 			}
 		}
@@ -109,21 +109,21 @@ func FuzzDecodeCandlesResponse(f *testing.F) {
 			return
 		}
 		for _, c := range candles {
-			checkCandle(t, c, product)
+			checkDecodedCandle(t, c, product)
 		}
 	})
 }
 
-// checkCandle asserts a decoded candle: its product, finite non-negative
+// checkDecodedCandle asserts a decoded candle: its product, finite non-negative
 // prices with low ≤ open, close ≤ high.
-func checkCandle(t *testing.T, c Candle, product string) {
+func checkDecodedCandle(t *testing.T, c Candle, product string) {
 	t.Helper()
-	checkProduct(t, c.Product)
+	checkDecodedProduct(t, c.Product)
 	if c.Product != product {
 		t.Fatalf("candle of %q, want %q", c.Product, product)
 	}
 	for _, v := range []float64{c.Open, c.High, c.Low, c.Close, c.Volume} {
-		if !plausible(v) {
+		if !plausibleNumber(v) {
 			t.Fatalf("candle %+v has %v", c, v)
 		}
 	}
@@ -132,11 +132,11 @@ func checkCandle(t *testing.T, c Candle, product string) {
 	}
 }
 
-func checkProduct(t *testing.T, product string) {
+func checkDecodedProduct(t *testing.T, product string) {
 	t.Helper()
 	if err := ValidateProduct(product); err != nil {
 		t.Fatalf("decoded product %q: %v", product, err)
 	}
 }
 
-func plausible(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) && v >= 0 }
+func plausibleNumber(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) && v >= 0 }
