@@ -50,6 +50,19 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyVal
 	return kv, nil
 }
 
+// openBucket opens Bucket, creating it when it is missing (not when it
+// merely does not answer: a bucket in a leader election is left alone).
+func openBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return ensureBucket(ctx, js)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("membership bucket %s: %w", Bucket, err)
+	}
+	return kv, nil
+}
+
 // serverClockOffset is how far the local clock is ahead of the NATS
 // server's (0 when the server does not tell its time). Entries read from
 // the bucket carry the server's time of writing; adding the offset puts

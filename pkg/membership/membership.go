@@ -156,19 +156,27 @@ func (g *Group) beat(ctx context.Context) error {
 	return nil
 }
 
-// beatOrRepair heartbeats; when that fails it creates the bucket again if
-// it is missing and heartbeats once more.
+// beatOrRepair heartbeats within an interval; when that fails it creates
+// the bucket if it is missing and heartbeats once more.
 func (g *Group) beatOrRepair(ctx context.Context) {
-	err := g.beat(ctx)
+	bctx, cancel := context.WithTimeout(ctx, g.opts.Interval)
+	err := g.beat(bctx)
+	cancel()
 	if err == nil {
 		return
 	}
 	g.log.Debug("membership heartbeat failed", "err", err)
-	if _, err := ensureBucket(ctx, g.js); err != nil {
-		return // NATS is unreachable: the next tick tries again
+	rctx, cancel := context.WithTimeout(ctx, g.opts.Interval)
+	defer cancel()
+	if _, err := g.js.KeyValue(rctx, Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return // there, or NATS does not answer: the next tick tries again
 	}
-	if err := g.beat(ctx); err == nil {
-		g.log.Info("membership heartbeat written after the bucket was created again")
+	if _, err := ensureBucket(rctx, g.js); err != nil {
+		return
+	}
+	g.log.Warn("membership bucket was missing: created again")
+	if err := g.beat(rctx); err != nil {
+		g.log.Debug("membership heartbeat failed", "err", err)
 	}
 }
 
@@ -204,9 +212,7 @@ func (g *Group) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-beat.C:
-			bctx, cancel := context.WithTimeout(ctx, g.opts.Interval)
-			g.beatOrRepair(bctx)
-			cancel()
+			g.beatOrRepair(ctx)
 		case <-check.C:
 			g.recompute()
 		}

@@ -34,10 +34,21 @@ type member struct {
 // forever).
 func joinAll(t *testing.T, url string, names ...string) []member {
 	t.Helper()
+	return joinReplicated(t, url, 1, names...)
+}
+
+// joinReplicated is joinAll with the bucket replicated replicas times.
+func joinReplicated(t *testing.T, url string, replicas int, names ...string) []member {
+	t.Helper()
 	var out []member
 	for _, name := range names {
 		nc := dial(t, url, name)
-		g, err := membership.Join(context.Background(), mustJS(t, nc), "vigil-test", name, resilient)
+		js := natsx.WithReplicas(mustJS(t, nc), replicas)
+		opts := resilient
+		if os.Getenv("MEMBERS_DEBUG") != "" {
+			opts.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("m", name)
+		}
+		g, err := membership.Join(context.Background(), js, "vigil-test", name, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -295,4 +306,59 @@ func TestCutOffMemberStopsOwningBeforeOthersTakeOver(t *testing.T) {
 	proxy.Restore()
 	waitFor(t, "c to reconnect", func() bool { return cut.nc.Stats().Reconnects > reconnects && cut.nc.IsConnected() })
 	requireWithinTwoTimeouts(t, "network back", waitConverged(t, members, all))
+}
+
+// TestOwnershipSurvivesALeaderElection runs three members on a cluster of
+// three servers with the bucket replicated three times (as with
+// VIGIL_STREAM_REPLICAS=3): every key has exactly one owner again within
+// two heartbeat timeouts of a new leader being elected after the bucket's
+// leader stepped down, and after the server leading it died (its members
+// reconnect to the others). The election itself takes seconds on a loaded
+// machine; meanwhile nobody owns anything.
+func TestOwnershipSurvivesALeaderElection(t *testing.T) {
+	cluster := testenv.StartNATSCluster(t, 3)
+	names := []string{"a", "b", "c"}
+	members := joinReplicated(t, cluster.URL(), 3, names...)
+	nc := dial(t, cluster.URL(), "observer")
+	js := mustJS(t, nc)
+	ctx := context.Background()
+	waitConverged(t, members, names)
+	leader := func() string {
+		s, err := js.Stream(ctx, "KV_"+membership.Bucket)
+		if err != nil || s.CachedInfo().Cluster == nil {
+			return ""
+		}
+		if n := s.CachedInfo().Config.Replicas; n != 3 {
+			t.Fatalf("the members bucket has %d replicas, want 3", n)
+		}
+		return s.CachedInfo().Cluster.Leader
+	}
+	var first string
+	waitFor(t, "the bucket to have a leader", func() bool { first = leader(); return first != "" })
+
+	if _, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN.KV_"+membership.Bucket, nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "another leader", func() bool { l := leader(); return l != "" && l != first })
+	elected := time.Now()
+	waitConverged(t, members, names)
+	requireWithinTwoTimeouts(t, "leader stepped down (from the new leader's election)", time.Since(elected))
+	requireStable(t, js, members, names)
+
+	var dead string
+	waitFor(t, "the bucket to have a leader", func() bool { dead = leader(); return dead != "" })
+	cluster.Server(dead).Shutdown()
+	waitFor(t, "every member to be connected to a live server", func() bool {
+		for _, m := range append(members, member{nc: nc}) {
+			if !m.nc.IsConnected() || m.nc.ConnectedServerName() == dead {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, "a new leader", func() bool { l := leader(); return l != "" && l != dead })
+	elected = time.Now()
+	waitConverged(t, members, names)
+	requireWithinTwoTimeouts(t, "leader's server died (from reconnection and the new leader's election)", time.Since(elected))
+	requireStable(t, js, members, names)
 }

@@ -38,6 +38,10 @@ type Roster struct {
 	changed func()
 	cancel  context.CancelFunc
 	done    chan struct{}
+	// started receives the watches started aside; starting counts those
+	// not received yet (both used by the loop alone).
+	started  chan watchResult
+	starting int
 
 	mu       sync.Mutex
 	lastSeen map[string]time.Time // key <service>.<instance>
@@ -63,7 +67,8 @@ func newRoster(js jetstream.JetStream, keys string, timeout, staleAfter time.Dur
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Roster{js: js, keys: keys, timeout: timeout, staleAfter: staleAfter, log: log, lastSeen: map[string]time.Time{}}
+	return &Roster{js: js, keys: keys, timeout: timeout, staleAfter: staleAfter, log: log,
+		started: make(chan watchResult, maxWatchesStarting), lastSeen: map[string]time.Time{}}
 }
 
 // start takes in the current heartbeats before returning, so Live is right
@@ -73,6 +78,7 @@ func (r *Roster) start(ctx context.Context) error {
 	watcher, err := r.watch(ctx, runCtx)
 	if err != nil {
 		cancel()
+		r.stopStarting()
 		return err
 	}
 	r.cancel, r.done = cancel, make(chan struct{})
@@ -84,7 +90,7 @@ func (r *Roster) start(ctx context.Context) error {
 // long as runCtx) and reads the latest heartbeat of every key. ctx bounds
 // the set-up.
 func (r *Roster) watch(ctx, runCtx context.Context) (jetstream.KeyWatcher, error) {
-	kv, err := ensureBucket(ctx, r.js)
+	kv, err := openBucket(ctx, r.js)
 	if err != nil {
 		return nil, err
 	}
@@ -123,28 +129,47 @@ type watchResult struct {
 	err     error
 }
 
+// maxWatchesStarting bounds the watches being started at once.
+const maxWatchesStarting = 8
+
 // startWatch starts a watch of kv living as long as runCtx, waiting at
 // most until ctx ends. kv.Watch itself waits up to the client's default
 // API timeout (5s) for a server that does not answer, far longer than a
-// heartbeat interval, and a request lost to a cut connection is not
-// answered even once the connection is back: it runs aside, and a watch
-// that comes too late is stopped.
+// heartbeat interval, and a request lost to a cut connection is never
+// answered: so it runs aside, each attempt starts one more (up to
+// maxWatchesStarting) and takes the first that succeeds, even one an
+// earlier attempt gave up on; the loop stops those that come too late.
 func (r *Roster) startWatch(ctx, runCtx context.Context, kv jetstream.KeyValue) (jetstream.KeyWatcher, error) {
-	result := make(chan watchResult, 1)
-	go func() {
-		watcher, err := kv.Watch(runCtx, r.keys)
-		result <- watchResult{watcher, err}
-	}()
-	select {
-	case <-ctx.Done():
-		go func() { stopWatcher((<-result).watcher) }()
-		return nil, fmt.Errorf("membership watch: %w", ctx.Err())
-	case res := <-result:
-		if res.err != nil {
-			return nil, fmt.Errorf("membership watch: %w", res.err)
-		}
-		return res.watcher, nil
+	if r.starting < maxWatchesStarting {
+		r.starting++
+		go func() {
+			watcher, err := kv.Watch(runCtx, r.keys)
+			r.started <- watchResult{watcher, err}
+		}()
 	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("membership watch: %w", ctx.Err())
+		case res := <-r.started:
+			r.starting--
+			if res.err != nil {
+				return nil, fmt.Errorf("membership watch: %w", res.err)
+			}
+			return res.watcher, nil
+		}
+	}
+}
+
+// stopStarting stops the watches still being started, aside.
+func (r *Roster) stopStarting() {
+	n := r.starting
+	r.starting = 0
+	go func() {
+		for range n {
+			stopWatcher((<-r.started).watcher)
+		}
+	}()
 }
 
 // stopWatcher stops watcher aside (its unsubscribe deletes the consumer,
@@ -163,7 +188,10 @@ func stopWatcher(watcher jetstream.KeyWatcher) {
 
 func (r *Roster) loop(ctx context.Context, watcher jetstream.KeyWatcher) {
 	defer close(r.done)
-	defer func() { stopWatcher(watcher) }()
+	defer func() {
+		stopWatcher(watcher)
+		r.stopStarting()
+	}()
 	check := time.NewTicker(r.staleAfter / 2)
 	defer check.Stop()
 	lastUpdate := time.Now()
