@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -13,8 +12,6 @@ import (
 	"vigil.dev/pkg/membership"
 	"vigil.dev/pkg/testenv"
 )
-
-func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
 func connect(t *testing.T, url string) jetstream.JetStream {
 	_, js := testenv.Connect(t, url)

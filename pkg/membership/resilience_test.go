@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/config"
-	"vigil.dev/pkg/localstack"
 	"vigil.dev/pkg/membership"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/testenv"
@@ -164,29 +163,19 @@ func requireWithinTwoTimeouts(t *testing.T, what string, took time.Duration) {
 	}
 }
 
-// TestOwnershipSurvivesANATSRestart stops a standalone nats-server with a
-// file store under three members and starts it again on the same port:
-// with its store (the bucket survives) and with its store lost (the
-// bucket must be created again). While the server is away nobody can
+// TestOwnershipSurvivesANATSRestart kills (SIGKILL) a standalone
+// nats-server process with a file store under three members and starts it
+// again on the same port and store, then once more with its store lost
+// (the bucket must be created again). While the server is away nobody can
 // heartbeat, so nobody owns anything; within two heartbeat timeouts of
-// every member being reconnected, every key has exactly one owner in
-// every member's view.
+// every member being reconnected, every key has exactly one owner in every
+// member's view.
 func TestOwnershipSurvivesANATSRestart(t *testing.T) {
 	for _, storeLost := range []bool{false, true} {
-		t.Run(fmt.Sprintf("store lost %v", storeLost), func(t *testing.T) {
+		t.Run(fmt.Sprintf("killed -9, store lost %v", storeLost), func(t *testing.T) {
 			dir := t.TempDir()
 			port := testenv.FreePort(t)
-			start := func() *localstack.NATS {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				srv, err := localstack.StartNATS(ctx, localstack.Options{Dir: dir, Port: port})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { _ = srv.Stop() })
-				return srv
-			}
-			srv := start()
+			srv := startNATSProcess(t, dir, port)
 			names := []string{"a", "b", "c"}
 			members := joinAll(t, srv.URL(), names...)
 			waitConverged(t, members, names)
@@ -198,9 +187,7 @@ func TestOwnershipSurvivesANATSRestart(t *testing.T) {
 				t.Fatal("the members bucket is not file-backed")
 			}
 
-			if err := srv.Stop(); err != nil {
-				t.Fatal(err)
-			}
+			srv.kill()
 			if storeLost {
 				if err := os.RemoveAll(filepath.Join(dir, "jetstream")); err != nil {
 					t.Fatal(err)
@@ -214,7 +201,7 @@ func TestOwnershipSurvivesANATSRestart(t *testing.T) {
 				}
 				return true
 			})
-			start()
+			startNATSProcess(t, dir, port)
 			waitFor(t, "every member to reconnect", func() bool {
 				for _, m := range members {
 					if !m.nc.IsConnected() {
