@@ -165,6 +165,11 @@ func TestCommandsInstances(t *testing.T) {
 			procs[contract.ServiceControl][victim].Kill()
 			res := s.waitResult(t, failoverUser, ack.ID, 90*time.Second)
 			row := commandRowOf(t, s, failoverUser, ack.ID)
+			for _, r := range s.finalRows(t, failoverUser, ack.ID) {
+				if r.ID == ack.ID {
+					row = r
+				}
+			}
 			switch {
 			case c.running && (res.Status != contract.StatusSucceeded || row.Attempts != 2):
 				t.Errorf("%s: %s after %d attempts, want the job re-run once by the surviving instance and succeeded", c.name, resultString(res), row.Attempts)
@@ -188,7 +193,8 @@ func TestCommandsInstances(t *testing.T) {
 	})
 }
 
-// commandRowOf is the command_log row of command id of user.
+// commandRowOf is the command_log row of command id of user as the
+// projector wrote it so far (zero when it has none yet).
 func commandRowOf(t *testing.T, s *cmdStack, user, id string) commandRow {
 	t.Helper()
 	for _, r := range s.commandRows(t, user) {
@@ -196,7 +202,6 @@ func commandRowOf(t *testing.T, s *cmdStack, user, id string) commandRow {
 			return r
 		}
 	}
-	t.Fatalf("no command_log row %s of %s", id, user)
 	return commandRow{}
 }
 

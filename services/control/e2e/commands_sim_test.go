@@ -706,8 +706,11 @@ func testDuplicateIDs(t *testing.T, s *cmdStack) {
 			}
 		}
 		var ids []string
-		for _, r := range s.commandRows(t, dupUser) {
+		for _, r := range s.finalRows(t, dupUser, "dup-header", "dup-payload") {
 			ids = append(ids, r.ID)
+			if r.ID != "dup-header" && r.ID != "dup-payload" {
+				continue
+			}
 			if r.Attempts != 1 || r.Status != string(contract.StatusSucceeded) {
 				t.Errorf("command_log row %+v, want succeeded after 1 attempt", r)
 			}
@@ -755,13 +758,13 @@ func testPriority(t *testing.T, s *cmdStack) {
 	// has finished since and handed over to the pause.
 	var running string
 	var queued []string
-	for _, r := range s.commandRows(t, priorityUser) {
-		switch {
-		case r.Command != string(contract.CmdClearCache):
-		case r.Status == "running":
-			running = r.ID
-		case r.Status == "accepted":
-			queued = append(queued, r.ID)
+	states := s.queueStates(t, priorityUser)
+	for _, ack := range clears {
+		switch states[ack.ID] {
+		case "running":
+			running = ack.ID
+		case "accepted":
+			queued = append(queued, ack.ID)
 		}
 	}
 	if len(queued) == 0 {
@@ -778,7 +781,11 @@ func testPriority(t *testing.T, s *cmdStack) {
 		}
 	}
 	rows := map[string]commandRow{}
-	for _, r := range s.commandRows(t, priorityUser) {
+	var all []string
+	for _, ack := range append(slices.Clone(clears), pause) {
+		all = append(all, ack.ID)
+	}
+	for _, r := range s.finalRows(t, priorityUser, all...) {
 		rows[r.ID] = r
 	}
 	p := rows[pause.ID]

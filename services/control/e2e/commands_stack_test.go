@@ -18,8 +18,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/testenv"
+	"vigil.dev/services/control/internal/ledger"
 )
 
 // cmdStack is a running vigil for the command tests: a testenv.Stack and
@@ -516,6 +518,49 @@ func (s *cmdStack) commandRows(t *testing.T, user string) []commandRow {
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
+	}
+	return out
+}
+
+// finalRows waits until the projector wrote the final rows of ids, then
+// returns the command_log rows of user.
+func (s *cmdStack) finalRows(t *testing.T, user string, ids ...string) []commandRow {
+	t.Helper()
+	var rows []commandRow
+	testenv.WaitFor(t, 30*time.Second, "the final command_log rows of "+strings.Join(ids, ", "), func() bool {
+		rows = s.commandRows(t, user)
+		final := 0
+		for _, r := range rows {
+			if slices.Contains(ids, r.ID) && r.Finished != nil {
+				final++
+			}
+		}
+		return final == len(ids)
+	})
+	return rows
+}
+
+// queueStates reads user's queue from VIGIL_QUEUE: the state of each
+// unsettled command (accepted, running, or its final status).
+func (s *cmdStack) queueStates(t *testing.T, user string) map[string]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := s.js.KeyValue(ctx, natsx.BucketQueue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, contract.StateKey(user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q ledger.Queue
+	if err := json.Unmarshal(e.Value(), &q); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, it := range q.Items {
+		out[it.ID] = it.State()
 	}
 	return out
 }

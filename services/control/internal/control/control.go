@@ -4,7 +4,8 @@
 // instances of the other services.
 //
 // The parts: intake (validate, record, ACK), ledger (the durable queue in
-// Postgres command_log), executor (per-user queues on the owning instance,
+// the JetStream KV bucket VIGIL_QUEUE, and the projector of the audit
+// records into Postgres command_log), executor (per-user queues on the owning instance,
 // background jobs, results), sequences (the six commands), fanout (one step
 // answered by every instance), desired (KV VIGIL_STATE) and directory
 // (user lookup).
@@ -16,6 +17,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -27,6 +30,7 @@ import (
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/service"
 	"vigil.dev/services/control/internal/desired"
@@ -62,6 +66,8 @@ type Settings struct {
 	UserCacheTTL    time.Duration `env:"VIGIL_USER_CACHE_TTL" envDefault:"1m" help:"how long a user lookup is cached (reload-settings refreshes it)"`
 	Migrate         bool          `env:"VIGIL_DB_MIGRATE" envDefault:"true" help:"apply the database migrations at start"`
 	SeedStates      bool          `env:"VIGIL_SEED_STATES" envDefault:"true" help:"at start, write the initial desired state of every user that has none"`
+	TenantInboxes   bool          `env:"VIGIL_TENANT_INBOXES" envDefault:"false" help:"answer a command of user u only on a reply subject under _INBOX_<u>. or VIGIL_OPERATOR_INBOXES (turn on with per-tenant inbox prefixes)"`
+	OperatorInboxes []string      `env:"VIGIL_OPERATOR_INBOXES" envDefault:"_INBOX." envSeparator:"," help:"inbox prefixes (comma-separated, each ending in .) of operators that may command every user, with VIGIL_TENANT_INBOXES"`
 }
 
 // Validate checks control's settings.
@@ -80,6 +86,11 @@ func (s Settings) Validate() error {
 	} {
 		if !v.ok {
 			return fmt.Errorf("%s: must be positive (and VIGIL_BACKFILL_BARS at most %d)", v.name, contract.MaxBackfillBars)
+		}
+	}
+	for _, p := range s.OperatorInboxes {
+		if p == "" || !strings.HasSuffix(p, ".") || strings.ContainsAny(p, " *>") {
+			return fmt.Errorf("VIGIL_OPERATOR_INBOXES: %q must be a subject prefix ending in \".\" without wildcards", p)
 		}
 	}
 	return nil
@@ -155,6 +166,7 @@ type Instance struct {
 	members *membership.Roster
 	exec    *executor.Executor
 	ledger  *ledger.Ledger
+	users   *directory.Directory
 	log     *slog.Logger
 	started time.Time
 }
@@ -164,7 +176,10 @@ type Instance struct {
 // when ctx ends it stops at once without writing anything more, as if the
 // process had crashed (tests use this to kill an instance).
 func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
-	inst := &Instance{ledger: ledger.New(d.Pool), log: d.Log, started: time.Now().UTC()}
+	inst := &Instance{log: d.Log, started: time.Now().UTC()}
+	if err := natsx.EnsureControl(ctx, d.JS); err != nil {
+		return nil, err
+	}
 	svc, err := service.Start(d.NC, service.Config{Name: contract.ServiceControl,
 		Description: "vigil control: the operator's control plane", Instance: d.Instance}, d.Log, nil)
 	if err != nil {
@@ -186,8 +201,33 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	if err != nil {
 		return fail(err)
 	}
-	users := directory.New(d.Pool, s.UserCacheTTL)
+	var running atomic.Pointer[executor.Executor]
 	out := streams{js: d.JS}
+	if inst.ledger, err = ledger.Open(ctx, d.JS, ledger.Options{OnChange: func(user string) {
+		if e := running.Load(); e != nil {
+			e.Kick(user)
+		}
+	}, Used: out.ResultExists}); err != nil {
+		return fail(err)
+	}
+	svc.OnShutdown(func(context.Context) error { inst.ledger.Stop(); return nil })
+	usersKV, err := d.JS.KeyValue(ctx, natsx.BucketUsers)
+	if err != nil {
+		return fail(fmt.Errorf("open %s: %w", natsx.BucketUsers, err))
+	}
+	users := directory.New(d.Pool, usersKV, s.UserCacheTTL, d.Log)
+	inst.users = users
+	projector, err := ledger.StartProjector(ctx, d.JS, d.Pool, d.Log)
+	if err != nil {
+		return fail(err)
+	}
+	stopProjector := context.AfterFunc(ctx, projector.Stop)
+	svc.OnShutdown(func(context.Context) error {
+		if stopProjector() {
+			projector.Stop()
+		}
+		return nil
+	})
 	runner := sequences.New(sequences.Deps{
 		Steps:    fanout.NewCaller(d.NC, inst.members, fanout.Options{PingWait: s.PingWait, PingStall: s.PingStall}),
 		States:   states,
@@ -205,8 +245,10 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	if err := exec.Start(ctx); err != nil {
 		return fail(err)
 	}
+	running.Store(exec)
 	svc.OnShutdown(exec.Stop)
-	in, err := intake.New(intake.Config{Limits: s.Limits(), QueueLimit: s.QueueLimit}, inst.ledger, users, exec, d.Log)
+	in, err := intake.New(intake.Config{Limits: s.Limits(), QueueLimit: s.QueueLimit,
+		TenantInboxes: s.TenantInboxes, OperatorInboxes: s.OperatorInboxes}, inst.ledger, users, exec, d.Log)
 	if err != nil {
 		return fail(err)
 	}

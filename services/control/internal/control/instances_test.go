@@ -72,10 +72,16 @@ func TestTwoInstancesNeverConcurrent(t *testing.T) {
 		type span struct{ start, end time.Time }
 		var spans []span
 		for _, id := range list {
-			if r := e.result(token, id); r.Status != contract.StatusSucceeded {
+			r := e.result(token, id)
+			superseded := r.Status == contract.StatusCancelled && (r.Command == contract.CmdPause || r.Command == contract.CmdResume) &&
+				strings.Contains(string(r.Result), `"superseded_by"`)
+			if r.Status != contract.StatusSucceeded && !superseded {
 				t.Errorf("%s %s: %s %+v", token, r.Command, r.Status, r.Error)
 			}
 			row := e.publishedRow(id)
+			if superseded {
+				continue // a newer pause or resume replaced it before it ran
+			}
 			if row.Instance != owner {
 				t.Errorf("%s's %s ran on %s, the owner is %s", token, id, row.Instance, owner)
 			}

@@ -172,20 +172,30 @@ func TestDuplicateIDs(t *testing.T) {
 			t.Errorf("ack = %+v %+v", ack, ack.Error)
 		}
 	})
-	t.Run("same id, other user", func(t *testing.T) {
-		ack, _ := e.send("bob", "reload-settings", `{"id":"dup-payload"}`, nil)
-		if ack.Accepted || ack.Error == nil || ack.Error.Code != contract.CodeConflict {
+	t.Run("same id, other payload", func(t *testing.T) {
+		ack, _ := e.send("alice", "switch-mode", `{"id":"dup-mode","mode":"scalper-macdv"}`, nil)
+		if !ack.Accepted {
+			t.Fatalf("first ack = %+v %+v", ack, ack.Error)
+		}
+		ack, hdr := e.send("alice", "switch-mode", `{"id":"dup-mode","mode":"position-monitor"}`, nil)
+		if ack.Accepted || ack.Error == nil || ack.Error.Code != contract.CodeConflict || hdr.Get("Nats-Service-Error-Code") != "409" {
 			t.Errorf("ack = %+v %+v", ack, ack.Error)
+		}
+		if r := e.result("alice", "dup-mode"); r.Status != contract.StatusSucceeded {
+			t.Errorf("first switch-mode: %+v", r)
 		}
 	})
-	t.Run("same id after the dedupe window", func(t *testing.T) {
-		if _, err := e.pool.Exec(context.Background(),
-			`UPDATE command_log SET accepted_at = accepted_at - interval '11 minutes' WHERE id = 'dup-header'`); err != nil {
-			t.Fatal(err)
+	t.Run("same id, other user", func(t *testing.T) {
+		ack, _ := e.send("bob", "reload-settings", `{"id":"dup-payload"}`, nil)
+		if !ack.Accepted || ack.Error != nil || ack.User != "bob" {
+			t.Fatalf("bob's own id: ack = %+v %+v", ack, ack.Error)
 		}
-		ack, _ := e.send("alice", "reload-settings", "", nats.Header{"Nats-Msg-Id": []string{"dup-header"}})
-		if ack.Accepted || ack.Error == nil || ack.Error.Code != contract.CodeConflict || !strings.Contains(ack.Error.Message, "10m0s ago") {
-			t.Errorf("ack = %+v %+v", ack, ack.Error)
+		if r := e.result("bob", "dup-payload"); r.Status != contract.StatusSucceeded || r.User != "bob" {
+			t.Errorf("bob's result: %+v", r)
+		}
+		again, _ := e.send("alice", "reload-settings", `{"id":"dup-payload"}`, nil)
+		if again.User != "alice" || !again.Accepted {
+			t.Errorf("alice's id again after bob used it: %+v", again)
 		}
 	})
 	t.Run("operator recorded", func(t *testing.T) {
@@ -196,7 +206,57 @@ func TestDuplicateIDs(t *testing.T) {
 		}
 	})
 	var n int
-	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM command_log WHERE id LIKE 'dup-%'`).Scan(&n); err != nil || n != 3 {
-		t.Errorf("command_log has %d dup rows (%v), want 3", n, err)
+	waitFor(t, "the audit rows", func() bool {
+		err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM command_log WHERE id LIKE 'dup-%' AND finished_at IS NOT NULL`).Scan(&n)
+		return err == nil && n == 5
+	})
+}
+
+// TestRepliesOnlyToTheRequester turns tenant inboxes on: a command of
+// alice is answered on alice's own inbox prefix or an operator's, and a
+// request whose reply subject is bob's inbox (or any other) gets no
+// answer and records nothing.
+func TestRepliesOnlyToTheRequester(t *testing.T) {
+	e := newEnv(t, 1)
+	s := testSettings()
+	s.TenantInboxes, s.OperatorInboxes = true, []string{"_INBOX_admin."}
+	e.startControl("c1", s, 0)
+	conn := func(prefix string) *nats.Conn {
+		nc, err := nats.Connect(e.url, nats.CustomInboxPrefix(prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	alice, admin := conn("_INBOX_alice"), conn("_INBOX_admin")
+	bobInbox, err := e.nc.SubscribeSync("_INBOX_bob.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reply := range []string{"_INBOX_bob.x", "_INBOX.x", "vigil.result.alice.x"} {
+		if err := alice.PublishRequest("vigil.cmd.alice.pause", reply, []byte(`{"id":"injected"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, nc := range map[string]*nats.Conn{"alice": alice, "admin": admin} {
+		resp, err := nc.Request("vigil.cmd.alice.clear-cache", []byte(`{"scope":"all"}`), 10*time.Second)
+		if err != nil {
+			t.Fatalf("%s's own inbox: %v", name, err)
+		}
+		var ack contract.Ack
+		if err := json.Unmarshal(resp.Data, &ack); err != nil || !ack.Accepted {
+			t.Fatalf("%s: ack %s (%v)", name, resp.Data, err)
+		}
+		e.result("alice", ack.ID)
+	}
+	if _, err := e.nc.Request("vigil.cmd.alice.pause", nil, 2*time.Second); err == nil {
+		t.Error("the default _INBOX. prefix was answered although only _INBOX_admin. is an operator's")
+	}
+	if m, err := bobInbox.NextMsg(0); err == nil {
+		t.Errorf("bob's inbox got %s", m.Data)
+	}
+	if n := e.resultCount("alice"); n != 2 {
+		t.Errorf("alice has %d results, want the 2 answered commands only", n)
 	}
 }

@@ -201,13 +201,24 @@ func TestQueueBusy(t *testing.T) {
 	if other := e.accept("bob", "reload-settings", ""); other.Position != 0 {
 		t.Errorf("bob's position = %d: queues are per user", other.Position)
 	}
-	if n := e.logCount(); n != 4 {
-		t.Errorf("command_log has %d rows, want 4", n)
+	// Pause and resume are never busy: accepted on the full queue, ahead
+	// of everything queued, and only the newest of them waits.
+	r1 := e.accept("alice", "resume", "")
+	r2 := e.accept("alice", "resume", "")
+	if r1.Position != 1 || r2.Position != 1 {
+		t.Errorf("resume positions %d %d, want 1 1 (behind the running pause only)", r1.Position, r2.Position)
 	}
 	alerts.Release()
-	for _, a := range []contract.Ack{held, q1, q2} {
+	for _, a := range []contract.Ack{held, r2, q1, q2} {
 		if r := e.result("alice", a.ID); r.Status != contract.StatusSucceeded {
 			t.Errorf("%s: %s %+v", a.Command, r.Status, r.Error)
 		}
 	}
+	if r := e.result("alice", r1.ID); r.Status != contract.StatusCancelled || decode[map[string]any](t, r.Result)["superseded_by"] != r2.ID {
+		t.Errorf("superseded resume: %s %s", r.Status, r.Result)
+	}
+	if resumed, first := e.publishedRow(r2.ID), e.publishedRow(q1.ID); !resumed.Finished.Before(*first.Started) {
+		t.Errorf("the resume ended at %v, after the queued reload-settings started at %v", resumed.Finished, first.Started)
+	}
+	waitFor(t, "the audit rows of the 6 accepted commands", func() bool { return e.logCount() == 6 })
 }

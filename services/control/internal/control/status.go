@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -63,10 +64,7 @@ func (i *Instance) snapshot(ctx context.Context, body []byte) (Status, error) {
 			return Status{}, err
 		}
 	}
-	depths, err := i.ledger.Depths(ctx)
-	if err != nil {
-		return Status{}, err
-	}
+	depths := i.ledger.Depths()
 	st := Status{Instance: i.ID(), StartedAt: i.started, Members: i.group.Members(),
 		Users: map[string]UserStatus{}, RunningHere: i.exec.Running()}
 	for user, d := range depths {
@@ -93,10 +91,7 @@ func (i *Instance) registerMetrics(ctx context.Context) error {
 		return fmt.Errorf("queue depth metric: %w", err)
 	}
 	reg, err := meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-		depths, err := i.ledger.Depths(ctx)
-		if err != nil {
-			return err
-		}
+		depths := i.ledger.Depths()
 		queued := 0
 		for user, d := range depths {
 			if i.group.Owns(user) {
@@ -123,14 +118,34 @@ type streams struct {
 }
 
 // PublishResult publishes r on vigil.result.<user>.<id> with Nats-Msg-Id =
-// the command id, so a republished result is dropped as a duplicate.
+// <user>:<id> (ids are per user), so a republished result is dropped as a
+// duplicate.
 func (s streams) PublishResult(ctx context.Context, r contract.Result) error {
-	return s.publish(ctx, contract.ResultSubject(r.User, r.ID), r.ID, r)
+	return s.publish(ctx, contract.ResultSubject(r.User, r.ID), r.User+":"+r.ID, r)
+}
+
+// ResultExists reports whether command id of user has a result in
+// VIGIL_RESULTS (kept for the stream's MaxAge).
+func (s streams) ResultExists(ctx context.Context, user, id string) (bool, error) {
+	stream, err := s.js.Stream(ctx, contract.StreamResults)
+	if err != nil {
+		return false, err
+	}
+	_, err = stream.GetLastMsgForSubject(ctx, contract.ResultSubject(user, id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// PublishAudit publishes e's audit record to VIGIL_COMMANDS.
+func (s streams) PublishAudit(ctx context.Context, e ledger.Entry) error {
+	return ledger.PublishAudit(ctx, s.js, e)
 }
 
 // PublishProgress publishes p on vigil.progress.<user>.<id>.
 func (s streams) PublishProgress(ctx context.Context, user string, p contract.Progress) error {
-	return s.publish(ctx, contract.ProgressSubject(user, p.ID), fmt.Sprintf("%s:control:%d", p.ID, p.Done), p)
+	return s.publish(ctx, contract.ProgressSubject(user, p.ID), fmt.Sprintf("%s:%s:control:%d", user, p.ID, p.Done), p)
 }
 
 func (s streams) publish(ctx context.Context, subject, msgID string, v any) error {

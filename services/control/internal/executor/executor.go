@@ -4,14 +4,14 @@
 // runs each as a sequence and records and publishes its result. Background
 // jobs (force-backfill) are claimed from the same queue but run beside it.
 //
-// Owners learn about new work from a core NATS notification on
-// vigil.ctl.wake.<user> (sent by the instance that recorded a command, and
-// after every finished command), from a periodic sweep of the ledger, and
-// from membership changes. Only sweeps and membership changes look for
-// results recorded but not published (the outbox); a wake goes straight to
-// the claim, so a command's path from ACK to result has two round trips to
-// Postgres: the claim and the finish. A pause cancels the user's jobs on
-// every instance with vigil.ctl.cancel.<user>.
+// Owners learn about new work from the ledger's watch of VIGIL_QUEUE
+// (Kick, on every change of a user's queue by any instance), from a
+// periodic sweep of the cached queues, and from membership changes. A
+// command's path from ACK to result is: claim (one compare-and-set), the
+// running audit record (published beside the run), the sequence, finish
+// (one compare-and-set), the final audit record and the result (two
+// JetStream publishes), and the next claim removes it. A pause cancels the
+// user's jobs on every instance with vigil.ctl.cancel.<user>.
 //
 // Crash semantics: when the context given to Start ends, the executor stops
 // at once and writes nothing more, like a crashed process; its running
@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -43,18 +44,9 @@ import (
 	"vigil.dev/services/control/internal/sequences"
 )
 
-// Internal subjects between control instances.
-const (
-	// WakeSubjects tells a user's owner that the user has work:
-	// vigil.ctl.wake.<user>, no body.
-	WakeSubjects = "vigil.ctl.wake.*"
-	// CancelSubjects cancels a user's background jobs on every instance:
-	// vigil.ctl.cancel.<user>, body = the id of the pause.
-	CancelSubjects = "vigil.ctl.cancel.*"
-)
-
-// WakeSubject is vigil.ctl.wake.<user>.
-func WakeSubject(user string) string { return "vigil.ctl.wake." + user }
+// CancelSubjects cancels a user's background jobs on every instance:
+// vigil.ctl.cancel.<user>, body = the id of the pause.
+const CancelSubjects = "vigil.ctl.cancel.*"
 
 // CancelSubject is vigil.ctl.cancel.<user>.
 func CancelSubject(user string) string { return "vigil.ctl.cancel." + user }
@@ -65,12 +57,10 @@ var errShutdown = errors.New("control instance is shutting down")
 // Ledger is the durable command queue (ledger.Ledger).
 type Ledger interface {
 	Claim(ctx context.Context, user string, opts ledger.ClaimOptions) (ledger.Claimed, error)
-	Finish(ctx context.Context, id, self string, o ledger.Outcome) (contract.Result, bool, error)
-	FinishQueued(ctx context.Context, user string, cmd contract.Command, beforeSeq int64, o ledger.Outcome) ([]contract.Result, error)
-	Requeue(ctx context.Context, id, self string) error
-	Unpublished(ctx context.Context, user string) ([]contract.Result, error)
-	MarkPublished(ctx context.Context, id string) error
-	UsersWithWork(ctx context.Context) ([]string, error)
+	Finish(ctx context.Context, user, id, self string, o ledger.Outcome) (ledger.Entry, bool, error)
+	FinishQueued(ctx context.Context, user string, cmd contract.Command, beforeSeq int64, o ledger.Outcome) (int, error)
+	Requeue(ctx context.Context, user, id, self string) error
+	UsersWithWork() []string
 }
 
 // Runner runs one command (sequences.Runner).
@@ -87,9 +77,10 @@ type Membership interface {
 	Changes() <-chan struct{}
 }
 
-// Publisher publishes results.
+// Publisher publishes results and audit records.
 type Publisher interface {
 	PublishResult(ctx context.Context, r contract.Result) error
+	PublishAudit(ctx context.Context, e ledger.Entry) error
 }
 
 // Config tunes the executor.
@@ -121,19 +112,10 @@ type Executor struct {
 	subs []*nats.Subscription
 
 	mu       sync.Mutex
-	loops    map[string]kick // user → work asked for while its loop runs
+	loops    map[string]bool // user → work asked for while its loop runs
 	tasks    map[string]*task
+	settled  map[string][]string // user → ended ids whose result is published
 	stopping bool
-}
-
-// kick is what a user's loop is asked to do on its next round.
-type kick struct {
-	// again asks for one more drain.
-	again bool
-	// outbox asks the drain to publish the user's unpublished results
-	// first (sweeps and membership changes; a wake after a new command
-	// does not, so the command's path has no outbox query).
-	outbox bool
 }
 
 // task is a command this instance runs.
@@ -151,31 +133,22 @@ func New(cfg Config, l Ledger, r Runner, m Membership, pub Publisher, nc *nats.C
 	}
 	return &Executor{cfg: cfg, ledger: l, runner: r, members: m, pub: pub, nc: nc, log: log,
 		tracer: otel.Tracer("vigil.dev/services/control/executor"), latency: latency,
-		stop: make(chan struct{}), loops: map[string]kick{}, tasks: map[string]*task{}}, nil
+		stop: make(chan struct{}), loops: map[string]bool{}, tasks: map[string]*task{}, settled: map[string][]string{}}, nil
 }
 
-// Start subscribes to the internal subjects and starts the sweeps. The
+// Start subscribes to the cancel subject and starts the sweeps. The
 // executor runs until Stop, or stops at once (crash) when ctx ends.
 func (e *Executor) Start(ctx context.Context) error {
 	e.ctx = ctx
-	wake, err := e.nc.Subscribe(WakeSubjects, func(m *nats.Msg) {
-		if user, ok := userOf(m.Subject); ok {
-			e.Kick(user)
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("executor: subscribe %s: %w", WakeSubjects, err)
-	}
 	cancel, err := e.nc.Subscribe(CancelSubjects, func(m *nats.Msg) {
 		if user, ok := userOf(m.Subject); ok {
 			e.cancelLocalJobs(user, &sequences.CancelledError{By: string(m.Data)})
 		}
 	})
 	if err != nil {
-		_ = wake.Unsubscribe()
 		return fmt.Errorf("executor: subscribe %s: %w", CancelSubjects, err)
 	}
-	e.subs = []*nats.Subscription{wake, cancel}
+	e.subs = []*nats.Subscription{cancel}
 	if err := e.nc.Flush(); err != nil {
 		return fmt.Errorf("executor: flush: %w", err)
 	}
@@ -190,12 +163,9 @@ func userOf(subject string) (string, bool) {
 	return user, contract.ValidateUserToken(user) == nil
 }
 
-// Notify tells the owner of user (maybe this instance) that it has work.
-func (e *Executor) Notify(user string) {
-	if err := e.nc.Publish(WakeSubject(user), nil); err != nil {
-		e.log.Warn("wake not sent; the sweep will find the work", "user", user, "err", err)
-	}
-}
+// Notify tells this instance that user has work (the ledger's watch tells
+// every instance, this is the shortcut of the one that recorded it).
+func (e *Executor) Notify(user string) { e.Kick(user) }
 
 func (e *Executor) sweeper() {
 	defer e.wg.Done()
@@ -215,17 +185,10 @@ func (e *Executor) sweeper() {
 	}
 }
 
-// sweep kicks every owned user with work in the ledger, outbox included.
+// sweep kicks every owned user with work in the ledger.
 func (e *Executor) sweep() {
-	users, err := e.ledger.UsersWithWork(e.ctx)
-	if err != nil {
-		if e.ctx.Err() == nil {
-			e.log.Warn("sweep failed", "err", err)
-		}
-		return
-	}
-	for _, u := range users {
-		e.kick(u, true)
+	for _, u := range e.ledger.UsersWithWork() {
+		e.Kick(u)
 	}
 }
 
@@ -236,20 +199,17 @@ func (e *Executor) isStopping() bool {
 }
 
 // Kick makes sure the queue of user runs here if this instance owns it.
-func (e *Executor) Kick(user string) { e.kick(user, false) }
-
-// kick is Kick, and with outbox also publishes user's unpublished results.
-func (e *Executor) kick(user string, outbox bool) {
+func (e *Executor) Kick(user string) {
 	if !e.members.Owns(user) {
 		return
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.stopping || e.ctx.Err() != nil {
+	if e.stopping || e.ctx == nil || e.ctx.Err() != nil {
 		return
 	}
-	k, running := e.loops[user]
-	e.loops[user] = kick{again: true, outbox: k.outbox || outbox}
+	_, running := e.loops[user]
+	e.loops[user] = true
 	if !running {
 		e.wg.Add(1)
 		go e.loop(user)
@@ -261,38 +221,30 @@ func (e *Executor) loop(user string) {
 	defer e.wg.Done()
 	for {
 		e.mu.Lock()
-		k := e.loops[user]
-		if !k.again || e.stopping || e.ctx.Err() != nil {
+		again := e.loops[user]
+		if !again || e.stopping || e.ctx.Err() != nil {
 			delete(e.loops, user)
 			e.mu.Unlock()
 			return
 		}
-		e.loops[user] = kick{}
+		e.loops[user] = false
 		e.mu.Unlock()
-		e.drain(user, k.outbox)
+		e.drain(user)
 	}
 }
 
-// drain publishes user's pending results when outbox is set, then claims
-// and runs commands while this instance owns the user.
-func (e *Executor) drain(user string, outbox bool) {
-	if outbox {
-		pending, err := e.ledger.Unpublished(e.ctx, user)
-		if err != nil {
-			e.logErr("unpublished results not read", err, "user", user)
-		}
-		for _, r := range pending {
-			e.publish(r)
-		}
-	}
+// drain claims and runs user's commands while this instance owns the
+// user, and publishes the results of ended commands (its own, cancelled
+// or superseded ones, those of dead executors).
+func (e *Executor) drain(user string) {
 	for !e.isStopping() {
 		if !e.members.Owns(user) {
-			e.Notify(user) // the new owner takes over
-			return
+			return // the new owner takes over on its membership change
 		}
+		settled := e.settledOf(user)
 		c, err := e.ledger.Claim(e.ctx, user, ledger.ClaimOptions{
 			Self: e.members.Self(), SelfRunning: e.runningIDs(), Members: e.members.Members(),
-			MaxJobs: e.cfg.MaxJobs, MaxAttempts: e.cfg.MaxAttempts,
+			MaxJobs: e.cfg.MaxJobs, MaxAttempts: e.cfg.MaxAttempts, Settled: settled,
 			OrphanError: func(en ledger.Entry) contract.Error {
 				return contract.Error{Code: contract.CodeUnavailable, Message: fmt.Sprintf(
 					"executor %s died while running the command; its outcome is unknown (the desired state converges), send it again to confirm", en.Instance)}
@@ -302,14 +254,24 @@ func (e *Executor) drain(user string, outbox bool) {
 			e.logErr("claim failed; the sweep retries", err, "user", user)
 			return
 		}
-		for _, r := range c.Orphans {
-			e.log.Warn("failed the command of a dead executor", "user", user, "id", r.ID)
-			e.publish(r)
+		e.dropSettled(user, settled)
+		published := 0
+		for _, en := range c.Ended {
+			if en.Instance != "" && en.Instance != e.members.Self() {
+				e.log.Warn("publishing the result of another executor's command", "user", user, "id", en.ID,
+					"executor", en.Instance, "status", en.Ended.Status)
+			}
+			if e.publish(en) {
+				published++
+			}
 		}
 		for _, id := range c.Requeued {
 			e.log.Warn("requeued the job of a dead executor", "user", user, "id", id)
 		}
 		if c.Next == nil {
+			if published > 0 {
+				continue // remove what was just published
+			}
 			return
 		}
 		if c.Next.IsJob() {
@@ -356,18 +318,44 @@ func (e *Executor) startJob(en ledger.Entry) {
 		defer e.wg.Done()
 		out, traceID := e.run(ctx, en)
 		if errors.Is(context.Cause(ctx), errShutdown) && out.Status != contract.StatusSucceeded && e.ctx.Err() == nil {
-			if err := e.ledger.Requeue(e.ctx, en.ID, e.members.Self()); err != nil {
+			if err := e.ledger.Requeue(e.ctx, en.User, en.ID, e.members.Self()); err != nil {
 				e.logErr("job not requeued; the next owner re-runs it", err, "id", en.ID)
 			}
 			e.unregister(t)
-			e.Notify(en.User)
 			return
 		}
 		e.finish(t, out, traceID)
 	}()
 }
 
+// settledOf returns the ids of user's ended commands whose results this
+// instance published.
+func (e *Executor) settledOf(user string) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.settled[user])
+}
+
+// dropSettled forgets ids once a claim removed them.
+func (e *Executor) dropSettled(user string, ids []string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	left := slices.DeleteFunc(e.settled[user], func(id string) bool { return slices.Contains(ids, id) })
+	if len(left) == 0 {
+		delete(e.settled, user)
+		return
+	}
+	e.settled[user] = left
+}
+
 func (e *Executor) register(en ledger.Entry) (context.Context, *task) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		if err := e.pub.PublishAudit(e.ctx, en); err != nil {
+			e.logErr("running audit record not published; the final one follows", err, "id", en.ID)
+		}
+	}()
 	ctx, cancel := context.WithCancelCause(e.ctx)
 	t := &task{entry: en, cancel: cancel}
 	e.mu.Lock()
@@ -415,8 +403,8 @@ func (e *Executor) run(ctx context.Context, en ledger.Entry) (sequences.Outcome,
 func (e *Executor) finish(t *task, out sequences.Outcome, traceID string) {
 	defer func() {
 		e.unregister(t)
-		if e.ctx.Err() == nil {
-			e.Notify(t.entry.User)
+		if e.ctx.Err() == nil && t.entry.IsJob() {
+			e.Kick(t.entry.User) // remove it, claim what waited for a job slot
 		}
 	}()
 	lo := ledger.Outcome{Status: out.Status, Error: out.Error, Steps: out.Steps, TraceID: traceID}
@@ -428,15 +416,15 @@ func (e *Executor) finish(t *task, out sequences.Outcome, traceID string) {
 		lo.Result = b
 	}
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		res, ok, err := e.ledger.Finish(e.ctx, t.entry.ID, e.members.Self(), lo)
+		ended, ok, err := e.ledger.Finish(e.ctx, t.entry.User, t.entry.ID, e.members.Self(), lo)
 		if err == nil {
 			if !ok {
 				e.log.Warn("result dropped: another instance finished the command (this one was taken for dead)", "id", t.entry.ID)
 				return
 			}
-			e.latency.Record(e.ctx, res.FinishedAt.Sub(res.AcceptedAt).Seconds(), metric.WithAttributes(
-				attribute.String("command", string(res.Command)), attribute.String("status", string(res.Status))))
-			e.publish(res)
+			e.latency.Record(e.ctx, ended.Ended.FinishedAt.Sub(ended.AcceptedAt).Seconds(), metric.WithAttributes(
+				attribute.String("command", string(ended.Command)), attribute.String("status", string(ended.Ended.Status))))
+			e.publish(ended)
 			return
 		}
 		if e.ctx.Err() != nil {
@@ -451,16 +439,24 @@ func (e *Executor) finish(t *task, out sequences.Outcome, traceID string) {
 	}
 }
 
-// publish publishes a recorded result and marks it published; a failure
-// leaves it to the next drain of the user.
-func (e *Executor) publish(r contract.Result) {
-	if err := e.pub.PublishResult(e.ctx, r); err != nil {
-		e.logErr("result not published; retried later", err, "id", r.ID)
-		return
+// publish publishes an ended command's audit record and result, and
+// marks it settled so the user's next claim removes it; a failure leaves
+// it to a later claim, which hands it out again.
+func (e *Executor) publish(en ledger.Entry) bool {
+	if err := e.pub.PublishAudit(e.ctx, en); err != nil {
+		e.logErr("audit record not published; retried later", err, "id", en.ID)
+		return false
 	}
-	if err := e.ledger.MarkPublished(e.ctx, r.ID); err != nil {
-		e.logErr("result not marked published; it is published again later", err, "id", r.ID)
+	if err := e.pub.PublishResult(e.ctx, en.Result()); err != nil {
+		e.logErr("result not published; retried later", err, "id", en.ID)
+		return false
 	}
+	e.mu.Lock()
+	if !slices.Contains(e.settled[en.User], en.ID) {
+		e.settled[en.User] = append(e.settled[en.User], en.ID)
+	}
+	e.mu.Unlock()
+	return true
 }
 
 func (e *Executor) logErr(msg string, err error, args ...any) {
@@ -477,15 +473,9 @@ func (e *Executor) cancelJobs(ctx context.Context, pause ledger.Entry) error {
 		return fmt.Errorf("executor: cancel jobs of %s: %w", pause.User, err)
 	}
 	result, _ := json.Marshal(map[string]any{"backfilled": false, "cancelled_by": pause.ID})
-	results, err := e.ledger.FinishQueued(ctx, pause.User, contract.CmdForceBackfill, pause.Seq,
+	_, err := e.ledger.FinishQueued(ctx, pause.User, contract.CmdForceBackfill, pause.Seq,
 		ledger.Outcome{Status: contract.StatusCancelled, Result: result})
-	if err != nil {
-		return err
-	}
-	for _, r := range results {
-		e.publish(r)
-	}
-	return nil
+	return err
 }
 
 func (e *Executor) cancelLocalJobs(user string, cause error) {

@@ -1,9 +1,12 @@
 // Package intake answers the operator's requests on
-// vigil.cmd.<user>.<command>: it validates the subject, the payload and the
-// user first, records the command durably (ledger) and only then replies
-// with the ACK, and finally wakes the user's executor. Rejected requests
-// get an ACK with accepted:false plus the micro service error headers, and
-// nothing is recorded.
+// vigil.cmd.<user>.<command>: it validates the subject, the reply subject
+// (with tenant inboxes on, only the requester's own inbox prefix is
+// answered), the payload and the user first, records the command durably
+// (ledger, one compare-and-set in JetStream) and only then replies with the
+// ACK, and finally kicks the local executor. Rejected requests get an ACK
+// with accepted:false plus the micro service error headers, and nothing is
+// recorded; a request whose reply subject is another's inbox gets no
+// answer at all.
 package intake
 
 import (
@@ -69,6 +72,35 @@ type Config struct {
 	Limits contract.Limits
 	// QueueLimit bounds a user's queued commands.
 	QueueLimit int
+	// TenantInboxes answers a command of user u only when its reply
+	// subject starts with TenantInboxPrefix(u) or one of OperatorInboxes.
+	TenantInboxes bool
+	// OperatorInboxes are the inbox prefixes (ending in ".") of operators
+	// that may command every user, e.g. "_INBOX." or "_INBOX_admin.".
+	OperatorInboxes []string
+}
+
+// TenantInboxPrefix is the inbox prefix of user's own operator:
+// _INBOX_<user>. (nats --inbox-prefix _INBOX_<user>).
+func TenantInboxPrefix(user string) string { return "_INBOX_" + user + "." }
+
+// errForeignInbox reports a reply subject outside the requester's inbox.
+var errForeignInbox = errors.New("reply subject is outside the requester's inbox prefix")
+
+// replyAllowed reports whether a command of user may be answered on reply.
+func (c Config) replyAllowed(user, reply string) bool {
+	if !c.TenantInboxes {
+		return true
+	}
+	if strings.HasPrefix(reply, TenantInboxPrefix(user)) {
+		return true
+	}
+	for _, p := range c.OperatorInboxes {
+		if p != "" && strings.HasPrefix(reply, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // Intake is the handler of vigil.cmd.*.*.
@@ -104,6 +136,12 @@ func (in *Intake) Handle(r micro.Request) {
 	ctx, span := in.tracer.Start(ctx, "vigil.cmd accept", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("messaging.destination.name", r.Subject())))
 	defer span.End()
+	if user, _, err := contract.ParseCommandSubject(r.Subject()); err == nil && !in.cfg.replyAllowed(user, r.Reply()) {
+		span.SetStatus(codes.Error, errForeignInbox.Error())
+		in.rejected.Add(ctx, 1, metric.WithAttributes(attribute.String("code", string(contract.CodeForbidden))))
+		in.log.WarnContext(ctx, "command ignored: "+errForeignInbox.Error(), "subject", r.Subject(), "reply", r.Reply())
+		return
+	}
 	ack, err := in.accept(ctx, r)
 	span.SetAttributes(attribute.String("vigil.command_id", ack.ID), attribute.String("vigil.user", ack.User),
 		attribute.String("vigil.command", string(ack.Command)), attribute.Bool("vigil.accepted", ack.Accepted))
@@ -163,6 +201,7 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 	case headerID == "":
 		ack.ID = ulid.Make().String()
 	}
+	chosen := headerID != "" || payload.CommandID() != ""
 	u, err := in.users.Lookup(ctx, user)
 	if err != nil {
 		return ack, err
@@ -176,9 +215,13 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 	}
 	carrier := propagation.MapCarrier{}
 	otel.GetTextMapPropagator().Inject(ctx, carrier)
+	digest, err := payloadDigest(cmd, stored)
+	if err != nil {
+		return ack, err
+	}
 	first, duplicate, err := in.rec.Record(ctx, ledger.Entry{
-		ID: ack.ID, User: user, UserID: u.ID, Command: cmd, Payload: stored, Operator: operator(r.Headers()),
-		Priority: cmd.Priority(), TraceParent: carrier.Get("traceparent"), TraceID: telemetry.TraceID(ctx),
+		ID: ack.ID, Chosen: chosen, User: user, UserID: u.ID, Command: cmd, Payload: stored, Operator: operator(r.Headers()),
+		Priority: cmd.Priority(), Digest: digest, TraceParent: carrier.Get("traceparent"), TraceID: telemetry.TraceID(ctx),
 	}, in.cfg.QueueLimit)
 	if err != nil {
 		return ack, err
@@ -189,6 +232,21 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 		in.log.InfoContext(ctx, "command accepted", "id", ack.ID, "user", user, "command", cmd, "position", first.Position)
 	}
 	return first, nil
+}
+
+// payloadDigest is the digest of a decoded payload without its id (the id
+// may come in the payload or in the header).
+func payloadDigest(cmd contract.Command, stored []byte) (string, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(stored, &fields); err != nil {
+		return "", fmt.Errorf("digest of the payload: %w", err)
+	}
+	delete(fields, "id")
+	canonical, err := json.Marshal(fields)
+	if err != nil {
+		return "", fmt.Errorf("digest of the payload: %w", err)
+	}
+	return ledger.PayloadDigest(cmd, canonical), nil
 }
 
 // operator names who sent the request: the server-set Nats-Request-Info

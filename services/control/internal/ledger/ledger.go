@@ -1,132 +1,484 @@
-// Package ledger is vigil-control's durable command queue: the Postgres
-// table command_log holds every accepted command from the moment before its
-// ACK until its result is published, and every control instance works
-// through it.
+// Package ledger is vigil-control's durable command queue, held in
+// JetStream: each user's queue is one entry of the KV bucket VIGIL_QUEUE
+// (key user.<token>), replicated like the streams and written only with
+// compare-and-set on the entry's revision. Every control instance keeps
+// the whole bucket in a local cache fed by a watch, so accepting a command
+// is a validation plus one compare-and-set write, and an instance learns
+// of another's change within one watch delivery.
 //
-// A user's queue is the user's rows with status accepted, ordered by
-// priority (highest first), then by seq (FIFO). A row with status running
-// and a command other than force-backfill is the user's queue lock: while it
-// exists no other command of the user is claimed. force-backfill rows run
-// as background jobs beside the queue. All changes to a user's rows happen
-// in transactions that hold a per-user advisory lock, so several control
-// instances never claim two commands of one user at once. Record and the
-// usual Claim are one round trip each: the database functions
-// vigil_record_command and vigil_claim_command (migration 00003) run the
-// whole transaction server side.
+// A user's queue entry holds the commands accepted and not yet settled
+// (queued, running, or ended with a result waiting to be published) and
+// the ids accepted within DedupeWindow with their ACKs (idempotent
+// requests). Queued commands run by priority (highest first), then in
+// order of acceptance (seq). A running command other than force-backfill
+// is the user's queue lock: while it runs no other command of the user is
+// claimed. force-backfill commands run as background jobs beside the
+// queue, at most MaxJobs at once.
 //
-// Results follow the outbox pattern: Finish stores the result, the caller
-// publishes it and then calls MarkPublished; a result stored but not
-// published (a crash in between) is found by Unpublished and published
-// again (the stream drops the duplicate by its Nats-Msg-Id).
+// Results follow the outbox pattern inside the entry: Finish stores the
+// outcome on the entry (only if the caller still runs it), the caller
+// publishes the result and the audit record (each deduplicated by
+// Nats-Msg-Id), and the caller's next Claim removes it. An outcome stored
+// but not published (a crash in between) is handed out again by the next
+// Claim, to whichever instance owns the user then.
 package ledger
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
 )
 
 // Errors of the ledger, wrapped with details.
 var (
 	// ErrBusy reports a user whose queue is full.
 	ErrBusy = contract.NewKind(contract.ErrBusy, "ledger: queue is full")
-	// ErrIDConflict reports a command id that is already taken by another
-	// command, or by one accepted longer than DedupeWindow ago.
+	// ErrIDConflict reports a command id that the user already used for
+	// another command or payload, or longer than DedupeWindow ago.
 	ErrIDConflict = contract.NewKind(contract.ErrConflict, "ledger: command id already used")
-	// ErrStore reports a database failure.
-	ErrStore = contract.NewKind(contract.ErrUnavailable, "ledger: command log unavailable")
+	// ErrStore reports a JetStream failure.
+	ErrStore = contract.NewKind(contract.ErrUnavailable, "ledger: command queue (JetStream) unavailable")
 )
 
 // DedupeWindow is how long a command id returns its first ACK again.
 const DedupeWindow = 10 * time.Minute
 
-// Statuses of a row besides the final contract.Status values.
+// maxWriteAttempts bounds the compare-and-set retries of one change.
+const maxWriteAttempts = 64
+
+// States of an entry besides the final contract.Status values.
 const (
 	StatusAccepted = "accepted"
 	StatusRunning  = "running"
 )
 
-// Entry is one command as recorded in command_log.
+// Entry is one command in a user's queue, and the audit record of it.
 type Entry struct {
-	ID       string
-	User     string
-	UserID   int64
-	Command  contract.Command
-	Payload  json.RawMessage
-	Operator string
-	Priority int
+	ID       string           `json:"id"`
+	User     string           `json:"user"`
+	UserID   int64            `json:"user_id,omitempty"`
+	Command  contract.Command `json:"command"`
+	Payload  json.RawMessage  `json:"payload"`
+	Operator string           `json:"operator,omitempty"`
+	Priority int              `json:"priority"`
+	// Digest identifies the payload (PayloadDigest): the same id with
+	// another digest is a conflict.
+	Digest string `json:"digest"`
+	// Chosen is set when the requester chose the id (header or payload):
+	// only such an id can name an older command.
+	Chosen bool `json:"-"`
 	// TraceParent is the W3C traceparent of the accepting span.
-	TraceParent string
-	TraceID     string
+	TraceParent string `json:"trace_parent,omitempty"`
+	TraceID     string `json:"trace_id,omitempty"`
 	// Set by the ledger:
-	Status     string
-	Instance   string
-	Attempts   int
-	Seq        int64
-	AcceptedAt time.Time
+	Seq        int64     `json:"seq"`
+	Position   int       `json:"position"`
+	AcceptedAt time.Time `json:"accepted_at"`
+	// Instance is the executor while the command runs or ran.
+	Instance  string     `json:"instance,omitempty"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	Attempts  int        `json:"attempts,omitempty"`
+	// Ended is the outcome once the command ended; the entry stays in the
+	// queue until its result is published.
+	Ended *Ended `json:"ended,omitempty"`
+}
+
+// Ended is how a command ended.
+type Ended struct {
+	Status     contract.Status `json:"status"`
+	Result     json.RawMessage `json:"result,omitempty"`
+	Error      *contract.Error `json:"error,omitempty"`
+	Steps      []contract.Step `json:"steps"`
+	TraceID    string          `json:"trace_id,omitempty"`
+	FinishedAt time.Time       `json:"finished_at"`
 }
 
 // IsJob reports whether the command runs as a background job beside the
 // queue.
 func (e Entry) IsJob() bool { return e.Command == contract.CmdForceBackfill }
 
-// Ledger reads and writes command_log.
-type Ledger struct {
-	pool *pgxpool.Pool
+// State is accepted, running, or the final status.
+func (e Entry) State() string {
+	switch {
+	case e.Ended != nil:
+		return string(e.Ended.Status)
+	case e.Instance != "":
+		return StatusRunning
+	}
+	return StatusAccepted
 }
 
-// New returns a ledger on pool.
-func New(pool *pgxpool.Pool) *Ledger { return &Ledger{pool: pool} }
+// queued reports whether e waits to run.
+func (e Entry) queued() bool { return e.Ended == nil && e.Instance == "" }
 
-// lockUser takes the transaction-scoped advisory lock of user's queue.
-func lockUser(ctx context.Context, tx pgx.Tx, user string) error {
-	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('vigil-control/' || $1, 0))`, user)
-	return err
+// running reports whether e runs.
+func (e Entry) running() bool { return e.Ended == nil && e.Instance != "" }
+
+// Ack is the ACK of e.
+func (e Entry) Ack() contract.Ack {
+	return contract.Ack{ID: e.ID, User: e.User, Command: e.Command, Accepted: true, Position: e.Position}
+}
+
+// Result is the result of an ended entry.
+func (e Entry) Result() contract.Result {
+	r := contract.Result{ID: e.ID, User: e.User, Command: e.Command, AcceptedAt: e.AcceptedAt.UTC(), Steps: []contract.Step{}}
+	if e.Ended != nil {
+		r.Status, r.Result, r.Error, r.TraceID = e.Ended.Status, e.Ended.Result, e.Ended.Error, e.Ended.TraceID
+		r.FinishedAt = e.Ended.FinishedAt.UTC()
+		if e.Ended.Steps != nil {
+			r.Steps = e.Ended.Steps
+		}
+	}
+	if r.TraceID == "" {
+		r.TraceID = e.TraceID
+	}
+	return r
+}
+
+// PayloadDigest is the digest of a command and its canonical payload.
+func PayloadDigest(cmd contract.Command, payload []byte) string {
+	h := sha256.New()
+	h.Write([]byte(cmd))
+	h.Write([]byte{0})
+	h.Write(payload)
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// Recent is an id accepted within DedupeWindow.
+type Recent struct {
+	ID         string           `json:"id"`
+	Command    contract.Command `json:"command"`
+	Digest     string           `json:"digest"`
+	Position   int              `json:"position"`
+	AcceptedAt time.Time        `json:"accepted_at"`
+}
+
+// Queue is a user's entry in VIGIL_QUEUE.
+type Queue struct {
+	// Seq is the last sequence number given to a command of the user.
+	Seq int64 `json:"seq"`
+	// Items are the commands not settled yet, in order of acceptance.
+	Items []Entry `json:"items"`
+	// Recent are the ids accepted within DedupeWindow.
+	Recent []Recent `json:"recent,omitempty"`
+}
+
+// clone copies q so that changing the copy's slices leaves q alone.
+func (q Queue) clone() Queue {
+	return Queue{Seq: q.Seq, Items: slices.Clone(q.Items), Recent: slices.Clone(q.Recent)}
+}
+
+// find returns the index of item id, or -1.
+func (q *Queue) find(id string) int {
+	return slices.IndexFunc(q.Items, func(e Entry) bool { return e.ID == id })
+}
+
+// Ledger reads and writes VIGIL_QUEUE.
+type Ledger struct {
+	kv       jetstream.KeyValue
+	now      func() time.Time
+	onChange func(user string)
+	used     func(ctx context.Context, user, id string) (bool, error)
+	watcher  jetstream.KeyWatcher
+	done     chan struct{}
+
+	mu    sync.Mutex
+	cache map[string]cached
+}
+
+type cached struct {
+	q   Queue
+	rev uint64
+}
+
+// Options tune a Ledger.
+type Options struct {
+	// OnChange is called (from the watch's goroutine) after a user's queue
+	// changed, by any instance.
+	OnChange func(user string)
+	// Now is the clock (time.Now when nil; tests move it).
+	Now func() time.Time
+	// Used reports whether user's id named a command settled longer than
+	// DedupeWindow ago (its result is still in VIGIL_RESULTS); Record asks
+	// it for ids the requester chose that the queue does not know. Nil:
+	// such ids are taken as new.
+	Used func(ctx context.Context, user, id string) (bool, error)
+}
+
+// Open opens the bucket (natsx.EnsureControl creates it), loads every
+// user's queue and watches the bucket until Stop or ctx ends.
+func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Ledger, error) {
+	kv, err := js.KeyValue(ctx, natsx.BucketQueue)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open %s: %w", ErrStore, natsx.BucketQueue, err)
+	}
+	l := &Ledger{kv: kv, now: opts.Now, onChange: opts.OnChange, used: opts.Used, cache: map[string]cached{}, done: make(chan struct{})}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.onChange == nil {
+		l.onChange = func(string) {}
+	}
+	if l.watcher, err = kv.WatchAll(ctx); err != nil {
+		return nil, fmt.Errorf("%w: watch %s: %w", ErrStore, natsx.BucketQueue, err)
+	}
+	loaded := make(chan struct{})
+	go l.watch(loaded)
+	select {
+	case <-loaded:
+		return l, nil
+	case <-ctx.Done():
+		_ = l.watcher.Stop()
+		return nil, fmt.Errorf("%w: load %s: %w", ErrStore, natsx.BucketQueue, ctx.Err())
+	}
+}
+
+// Stop ends the watch.
+func (l *Ledger) Stop() {
+	_ = l.watcher.Stop()
+	<-l.done
+}
+
+// watch feeds the cache; loaded is closed once the initial values are in.
+func (l *Ledger) watch(loaded chan struct{}) {
+	defer close(l.done)
+	initial := true
+	for e := range l.watcher.Updates() {
+		if e == nil {
+			if initial {
+				initial = false
+				close(loaded)
+			}
+			continue
+		}
+		user, err := contract.UserFromStateKey(e.Key())
+		if err != nil {
+			continue
+		}
+		var q Queue
+		if e.Operation() == jetstream.KeyValuePut {
+			if err := json.Unmarshal(e.Value(), &q); err != nil {
+				continue
+			}
+		}
+		if l.store(user, q, e.Revision()) && !initial {
+			l.onChange(user)
+		}
+	}
+	if initial {
+		close(loaded)
+	}
+}
+
+// store caches q at rev unless the cache holds a newer revision.
+func (l *Ledger) store(user string, q Queue, rev uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c, ok := l.cache[user]; ok && c.rev >= rev {
+		return false
+	}
+	l.cache[user] = cached{q: q, rev: rev}
+	return true
+}
+
+// current returns user's queue from the cache, or from the bucket when
+// fresh is set (after a lost compare-and-set) or the cache has none.
+func (l *Ledger) current(ctx context.Context, user string, fresh bool) (Queue, uint64, error) {
+	if !fresh {
+		l.mu.Lock()
+		c, ok := l.cache[user]
+		l.mu.Unlock()
+		if ok {
+			return c.q, c.rev, nil
+		}
+	}
+	e, err := l.kv.Get(ctx, contract.StateKey(user))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Queue{}, 0, nil
+	}
+	if err != nil {
+		return Queue{}, 0, fmt.Errorf("%w: read queue of %s: %w", ErrStore, user, err)
+	}
+	var q Queue
+	if err := json.Unmarshal(e.Value(), &q); err != nil {
+		return Queue{}, 0, fmt.Errorf("%w: queue of %s is not a queue: %w", ErrStore, user, err)
+	}
+	l.store(user, q, e.Revision())
+	return q, e.Revision(), nil
+}
+
+// update applies change to user's queue with compare-and-set, retrying on
+// a concurrent write with the bucket's newest entry. change gets a copy it
+// may modify and reports whether it changed anything; nothing is written
+// when it did not or when it fails. It returns the queue as written (or
+// as read).
+func (l *Ledger) update(ctx context.Context, user string, change func(q *Queue) (bool, error)) (Queue, error) {
+	for attempt := range maxWriteAttempts {
+		q, rev, err := l.current(ctx, user, attempt > 0)
+		if err != nil {
+			return Queue{}, err
+		}
+		next := q.clone()
+		changed, err := change(&next)
+		if err != nil || !changed {
+			return next, err
+		}
+		b, err := json.Marshal(next)
+		if err != nil {
+			return Queue{}, fmt.Errorf("%w: encode queue of %s: %w", ErrStore, user, err)
+		}
+		var newRev uint64
+		if rev == 0 {
+			newRev, err = l.kv.Create(ctx, contract.StateKey(user), b)
+		} else {
+			newRev, err = l.kv.Update(ctx, contract.StateKey(user), b, rev)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue
+		}
+		if err != nil {
+			return Queue{}, fmt.Errorf("%w: write queue of %s: %w", ErrStore, user, err)
+		}
+		l.store(user, next, newRev)
+		return next, nil
+	}
+	return Queue{}, fmt.Errorf("%w: queue of %s: %d concurrent writes in a row", ErrStore, user, maxWriteAttempts)
 }
 
 // Record stores e as a queued command and returns its ACK with the queue
-// position (the user's commands that will run before it), unless e.ID is
-// already recorded: then it returns the first ACK with duplicate true when
-// the id was accepted within DedupeWindow for the same user and command,
-// and ErrIDConflict otherwise. A user with queueLimit queued commands gets
-// ErrBusy and nothing is stored.
+// position (the user's commands that will run before it), unless the user
+// already used e.ID: then it returns the first ACK with duplicate true
+// when the id was accepted within DedupeWindow for the same command and
+// payload, and ErrIDConflict otherwise. A user with queueLimit queued
+// commands gets ErrBusy and nothing is stored; pause and resume are never
+// busy: a queued pause or resume is superseded by the new one (it ends
+// cancelled, naming the new one).
 func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contract.Ack, duplicate bool, err error) {
-	template, err := json.Marshal(contract.Ack{ID: e.ID, User: e.User, Command: e.Command, Accepted: true})
-	if err != nil {
-		return contract.Ack{}, false, fmt.Errorf("%w: record %s: %w", ErrStore, e.ID, err)
+	now := l.now().UTC()
+	e.Priority = e.Command.Priority()
+	if err := l.checkOld(ctx, e, now); err != nil {
+		return contract.Ack{}, false, err
 	}
-	var outcome, knownUser, knownCommand string
-	var ackJSON []byte
-	var queued int
-	var recent bool
-	err = l.pool.QueryRow(ctx, `SELECT * FROM vigil_record_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-		e.ID, e.User, e.UserID, string(e.Command), string(e.Payload), e.Operator, e.Priority, e.TraceID, e.TraceParent,
-		string(template), queueLimit, DedupeWindow.Seconds()).Scan(&outcome, &ackJSON, &queued, &knownUser, &knownCommand, &recent)
-	if err != nil {
-		return contract.Ack{}, false, fmt.Errorf("%w: record %s: %w", ErrStore, e.ID, err)
-	}
-	switch outcome {
-	case "busy":
-		return contract.Ack{}, false, fmt.Errorf("%w: %s has %d queued commands, the limit is %d", ErrBusy, e.User, queued, queueLimit)
-	case "known":
-		switch {
-		case knownUser != e.User || knownCommand != string(e.Command):
-			return contract.Ack{}, false, fmt.Errorf("%w: %q is the id of %s for %s", ErrIDConflict, e.ID, knownCommand, knownUser)
-		case !recent:
-			return contract.Ack{}, false, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
+	_, err = l.update(ctx, e.User, func(q *Queue) (bool, error) {
+		ack, duplicate = contract.Ack{}, false
+		q.Recent = slices.DeleteFunc(q.Recent, func(r Recent) bool { return now.Sub(r.AcceptedAt) >= DedupeWindow })
+		known, err := q.known(e, now)
+		if err != nil || known != nil {
+			if known != nil {
+				ack, duplicate = contract.Ack{ID: e.ID, User: e.User, Command: known.Command, Accepted: true, Position: known.Position}, true
+			}
+			return false, err
 		}
-		duplicate = true
-	}
-	if err := json.Unmarshal(ackJSON, &ack); err != nil {
-		return contract.Ack{}, false, fmt.Errorf("%w: stored ack of %s: %w", ErrStore, e.ID, err)
+		if err := q.admit(e, now, queueLimit); err != nil {
+			return false, err
+		}
+		q.Seq++
+		e.Seq, e.AcceptedAt, e.Position = q.Seq, now, q.position(e)
+		q.Items = append(q.Items, e)
+		q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest, Position: e.Position, AcceptedAt: now})
+		ack = e.Ack()
+		return true, nil
+	})
+	if err != nil {
+		return contract.Ack{}, false, err
 	}
 	return ack, duplicate, nil
+}
+
+// checkOld fails with ErrIDConflict when e's chosen id, unknown to the
+// queue, named a command settled longer than DedupeWindow ago.
+func (l *Ledger) checkOld(ctx context.Context, e Entry, now time.Time) error {
+	if !e.Chosen || l.used == nil {
+		return nil
+	}
+	q := l.Queue(e.User)
+	if q.find(e.ID) >= 0 || slices.ContainsFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID && now.Sub(r.AcceptedAt) < DedupeWindow }) {
+		return nil
+	}
+	used, err := l.used(ctx, e.User, e.ID)
+	if err != nil {
+		return fmt.Errorf("%w: look up id %q: %w", ErrStore, e.ID, err)
+	}
+	if used {
+		return fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
+	}
+	return nil
+}
+
+// known returns the earlier acceptance of e.ID when it is a duplicate of
+// e, and ErrIDConflict when e.ID names another command or payload, or was
+// accepted longer than DedupeWindow ago. Errors name only this user's
+// command.
+func (q *Queue) known(e Entry, now time.Time) (*Recent, error) {
+	for _, r := range q.Recent {
+		if r.ID != e.ID {
+			continue
+		}
+		if r.Command != e.Command || r.Digest != e.Digest {
+			return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s with another payload; use a new id",
+				ErrIDConflict, e.ID, r.Command, r.AcceptedAt.Format(time.RFC3339))
+		}
+		return &r, nil
+	}
+	if i := q.find(e.ID); i >= 0 {
+		return nil, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
+	}
+	return nil, nil
+}
+
+// collapses reports whether cmd is exempt from the queue bound: at most
+// one pause or resume waits, a newer one supersedes it.
+func collapses(cmd contract.Command) bool {
+	return cmd == contract.CmdPause || cmd == contract.CmdResume
+}
+
+// admit checks the queue bound for e, or makes room for a pause or
+// resume by superseding the one that waits.
+func (q *Queue) admit(e Entry, now time.Time, queueLimit int) error {
+	if collapses(e.Command) {
+		for i, it := range q.Items {
+			if it.queued() && collapses(it.Command) {
+				result, _ := json.Marshal(map[string]any{"cancelled": true, "superseded_by": e.ID})
+				q.Items[i].Ended = &Ended{Status: contract.StatusCancelled, Result: result, Steps: []contract.Step{}, FinishedAt: now}
+			}
+		}
+		return nil
+	}
+	queued := 0
+	for _, it := range q.Items {
+		if it.queued() && !collapses(it.Command) {
+			queued++
+		}
+	}
+	if queued >= queueLimit {
+		return fmt.Errorf("%w: %s has %d queued commands, the limit is %d (pause and resume are always accepted)", ErrBusy, e.User, queued, queueLimit)
+	}
+	return nil
+}
+
+// position is how many of the user's commands run before e: the queued
+// ones of the same or a higher priority and the running queued command.
+func (q *Queue) position(e Entry) int {
+	n := 0
+	for _, it := range q.Items {
+		switch {
+		case it.queued() && it.Priority >= e.Priority:
+			n++
+		case it.running() && !it.IsJob():
+			n++
+		}
+	}
+	return n
 }
 
 // ClaimOptions tune Claim.
@@ -134,9 +486,9 @@ type ClaimOptions struct {
 	// Self is the claiming instance.
 	Self string
 	// SelfRunning are the ids of the commands and jobs Self runs: a
-	// running row of Self's that is not among them is an orphan.
+	// running entry of Self's that is not among them is an orphan.
 	SelfRunning []string
-	// Members are the live control instances; a running row of another
+	// Members are the live control instances; a running entry of another
 	// instance that is not among them is an orphan.
 	Members []string
 	// MaxJobs bounds the user's running background jobs.
@@ -145,170 +497,99 @@ type ClaimOptions struct {
 	MaxAttempts int
 	// OrphanError is the error of a running command whose executor died.
 	OrphanError func(Entry) contract.Error
+	// Settled are ended entries whose result the caller published: the
+	// claim removes them.
+	Settled []string
+}
+
+// alive reports whether the executor of running entry e lives.
+func (o ClaimOptions) alive(e Entry) bool {
+	if e.Instance == o.Self {
+		return slices.Contains(o.SelfRunning, e.ID)
+	}
+	return slices.Contains(o.Members, e.Instance)
 }
 
 // Claimed is what one Claim found.
 type Claimed struct {
-	// Next is the command the caller runs now (its row is running with
+	// Next is the command the caller runs now (its entry is running with
 	// the caller as executor), or nil.
 	Next *Entry
-	// Orphans are results of commands whose executor died, failed by this
-	// claim; the caller publishes them.
-	Orphans []contract.Result
+	// Ended are the entries with an outcome whose result is not published
+	// yet (cancelled, superseded, failed because their executor died, or
+	// finished by an executor that died before it published): the caller
+	// publishes them and passes their ids in the next claim's Settled.
+	Ended []Entry
 	// Requeued are orphaned jobs put back in the queue to run again.
 	Requeued []string
 }
 
-// alive reports whether the executor of running command id lives.
-func (o ClaimOptions) alive(instance, id string) bool {
-	if instance == o.Self {
-		return slices.Contains(o.SelfRunning, id)
-	}
-	return slices.Contains(o.Members, instance)
-}
-
-// Claim takes the next command of user's queue: it first fails the
-// commands whose executor died (jobs are requeued while attempts remain),
-// then, unless another live executor is running one of the user's queued
-// commands, marks the highest-priority queued command running for
-// opts.Self. Background jobs are claimed only while fewer than MaxJobs run.
-//
-// The usual case, no dead executor, is one round trip (the function
-// vigil_claim_command); only when it reports an orphan does Claim settle
-// the orphans and claim in a transaction of its own.
+// Claim removes opts.Settled from user's queue, fails the commands whose
+// executor died (jobs are requeued while attempts remain) and, unless a
+// live executor runs one of the user's queued commands, marks the
+// highest-priority queued command running for opts.Self. Background jobs
+// are claimed only while fewer than MaxJobs run. All of it is one
+// compare-and-set write, none when nothing changes.
 func (l *Ledger) Claim(ctx context.Context, user string, opts ClaimOptions) (Claimed, error) {
-	next, dead, err := l.claimFast(ctx, user, opts)
-	if err != nil {
-		return Claimed{}, fmt.Errorf("%w: claim for %s: %w", ErrStore, user, err)
-	}
-	if !dead {
-		return Claimed{Next: next}, nil
-	}
-	return l.claimSettlingOrphans(ctx, user, opts)
-}
-
-// claimFast claims without touching orphans: dead is true (and nothing
-// changed) when a running command of user has a dead executor.
-func (l *Ledger) claimFast(ctx context.Context, user string, opts ClaimOptions) (next *Entry, dead bool, err error) {
-	var outcome string
-	var e Entry
-	var id, token, command, operator, traceParent, traceID, status, instance *string
-	var userID, seq *int64
-	var priority, attempts *int
-	var acceptedAt *time.Time
-	selfRunning, members := opts.SelfRunning, opts.Members
-	if selfRunning == nil {
-		selfRunning = []string{}
-	}
-	if members == nil {
-		members = []string{}
-	}
-	err = l.pool.QueryRow(ctx, `SELECT * FROM vigil_claim_command($1, $2, $3, $4, $5)`,
-		user, opts.Self, selfRunning, members, opts.MaxJobs).Scan(&outcome, &id, &token, &userID, &command,
-		&e.Payload, &operator, &priority, &traceParent, &traceID, &status, &instance, &attempts, &seq, &acceptedAt)
-	if err != nil {
-		return nil, false, err
-	}
-	switch outcome {
-	case "dead":
-		return nil, true, nil
-	case "claimed":
-		e.ID, e.User, e.UserID, e.Command, e.Operator = *id, *token, *userID, contract.Command(*command), *operator
-		e.Priority, e.TraceParent, e.TraceID, e.Status, e.Instance = *priority, *traceParent, *traceID, *status, *instance
-		e.Attempts, e.Seq, e.AcceptedAt = *attempts, *seq, *acceptedAt
-		return &e, false, nil
-	}
-	return nil, false, nil
-}
-
-// claimSettlingOrphans is Claim in a client-side transaction that fails or
-// requeues the commands of dead executors first.
-func (l *Ledger) claimSettlingOrphans(ctx context.Context, user string, opts ClaimOptions) (Claimed, error) {
 	var out Claimed
-	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+	now := l.now().UTC()
+	_, err := l.update(ctx, user, func(q *Queue) (bool, error) {
 		out = Claimed{}
-		if err := lockUser(ctx, tx, user); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, selectEntry+` WHERE user_token = $1 AND status = 'running'`, user)
-		if err != nil {
-			return err
-		}
-		running, err := pgx.CollectRows(rows, scanEntry)
-		if err != nil {
-			return err
-		}
+		n := len(q.Items)
+		q.Items = slices.DeleteFunc(q.Items, func(e Entry) bool { return e.Ended != nil && slices.Contains(opts.Settled, e.ID) })
+		changed := len(q.Items) != n
 		queueBusy, jobs := false, 0
-		for _, e := range running {
-			if opts.alive(e.Instance, e.ID) {
-				if e.IsJob() {
-					jobs++
-				} else {
-					queueBusy = true
-				}
-				continue
-			}
-			if e.IsJob() && e.Attempts < opts.MaxAttempts {
-				if _, err := tx.Exec(ctx, `
-					UPDATE command_log SET status = 'accepted', control_instance = NULL, started_at = NULL
-					WHERE id = $1`, e.ID); err != nil {
-					return err
-				}
+		for i, e := range q.Items {
+			switch {
+			case !e.running():
+			case opts.alive(e) && e.IsJob():
+				jobs++
+			case opts.alive(e):
+				queueBusy = true
+			case e.IsJob() && e.Attempts < opts.MaxAttempts:
+				q.Items[i].Instance, q.Items[i].StartedAt = "", nil
 				out.Requeued = append(out.Requeued, e.ID)
-				continue
+				changed = true
+			default:
+				oe := opts.OrphanError(e)
+				q.Items[i].Ended = &Ended{Status: contract.StatusFailed, Error: &oe, FinishedAt: now}
+				changed = true
 			}
-			oe := opts.OrphanError(e)
-			res, err := finishRow(ctx, tx, e.ID, `id = $1 AND status = 'running'`, nil, Outcome{Status: contract.StatusFailed, Error: &oe})
-			if err != nil {
-				return err
+		}
+		for _, e := range q.Items {
+			if e.Ended != nil {
+				out.Ended = append(out.Ended, e)
 			}
-			out.Orphans = append(out.Orphans, res...)
 		}
 		if queueBusy {
-			return nil
+			return changed, nil
 		}
-		rows, err = tx.Query(ctx, selectEntry+`
-			WHERE user_token = $1 AND status = 'accepted' AND ($2 OR command <> 'force-backfill')
-			ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE`, user, jobs < opts.MaxJobs)
-		if err != nil {
-			return err
+		next := -1
+		for i, e := range q.Items {
+			if !e.queued() || (e.IsJob() && jobs >= opts.MaxJobs) {
+				continue
+			}
+			if next < 0 || e.Priority > q.Items[next].Priority {
+				next = i
+			}
 		}
-		next, err := pgx.CollectRows(rows, scanEntry)
-		if err != nil || len(next) == 0 {
-			return err
+		if next < 0 {
+			return changed, nil
 		}
-		e := next[0]
-		if err := tx.QueryRow(ctx, `
-			UPDATE command_log SET status = 'running', control_instance = $2, started_at = clock_timestamp(), attempts = attempts + 1
-			WHERE id = $1 RETURNING attempts`, e.ID, opts.Self).Scan(&e.Attempts); err != nil {
-			return err
-		}
-		e.Status, e.Instance = StatusRunning, opts.Self
-		out.Next = &e
-		return nil
+		it := &q.Items[next]
+		it.Instance, it.StartedAt = opts.Self, &now
+		it.Attempts++
+		claimed := *it
+		out.Next = &claimed
+		return true, nil
 	})
 	if err != nil {
-		return Claimed{}, fmt.Errorf("%w: claim for %s: %w", ErrStore, user, err)
+		return Claimed{}, fmt.Errorf("claim for %s: %w", user, err)
 	}
 	return out, nil
 }
 
-const selectEntry = `
-	SELECT id, user_token, coalesce(user_id, 0), command, payload, operator, coalesce(priority, 0),
-	       coalesce(trace_parent, ''), coalesce(trace_id, ''), status, coalesce(control_instance, ''),
-	       attempts, seq, accepted_at
-	FROM command_log`
-
-func scanEntry(row pgx.CollectableRow) (Entry, error) {
-	var e Entry
-	var command string
-	err := row.Scan(&e.ID, &e.User, &e.UserID, &command, &e.Payload, &e.Operator, &e.Priority,
-		&e.TraceParent, &e.TraceID, &e.Status, &e.Instance, &e.Attempts, &e.Seq, &e.AcceptedAt)
-	e.Command = contract.Command(command)
-	return e, err
-}
-
-// Outcome is how a command ended.
+// Outcome is how a command ended, as its executor reports it.
 type Outcome struct {
 	Status contract.Status
 	// Result is the command's result object (may be nil).
@@ -319,155 +600,95 @@ type Outcome struct {
 	TraceID string
 }
 
-// Finish records the outcome of command id, which self runs, and returns the
-// result to publish. ok is false when the command is no longer running for
-// self (another instance declared self dead and finished it): then nothing
-// is written and self must not publish.
-func (l *Ledger) Finish(ctx context.Context, id, self string, o Outcome) (res contract.Result, ok bool, err error) {
-	results, err := finishRow(ctx, l.pool, id, `id = $1 AND status = 'running' AND control_instance = $7`, []any{self}, o)
+func (o Outcome) ended(now time.Time) *Ended {
+	steps := o.Steps
+	if steps == nil {
+		steps = []contract.Step{}
+	}
+	return &Ended{Status: o.Status, Result: o.Result, Error: o.Error, Steps: steps, TraceID: o.TraceID, FinishedAt: now}
+}
+
+// Finish stores the outcome of command id of user, which self runs, and
+// returns the ended entry, whose result the caller publishes before it
+// passes id in a Claim's Settled. ok is false when the command no longer
+// runs for self (another instance took self for dead and failed it): then
+// nothing is written and self must not publish.
+func (l *Ledger) Finish(ctx context.Context, user, id, self string, o Outcome) (ended Entry, ok bool, err error) {
+	now := l.now().UTC()
+	_, err = l.update(ctx, user, func(q *Queue) (bool, error) {
+		ok = false
+		i := q.find(id)
+		if i < 0 || !q.Items[i].running() || q.Items[i].Instance != self {
+			return false, nil
+		}
+		q.Items[i].Ended = o.ended(now)
+		ended, ok = q.Items[i], true
+		return true, nil
+	})
 	if err != nil {
-		return contract.Result{}, false, fmt.Errorf("%w: finish %s: %w", ErrStore, id, err)
+		return Entry{}, false, fmt.Errorf("finish %s: %w", id, err)
 	}
-	if len(results) == 0 {
-		return contract.Result{}, false, nil
-	}
-	return results[0], true, nil
+	return ended, ok, nil
 }
 
 // FinishQueued ends the user's queued commands of command cmd accepted
-// before seq (e.g. the backfills a pause cancels) with outcome o and returns
-// their results.
-func (l *Ledger) FinishQueued(ctx context.Context, user string, cmd contract.Command, beforeSeq int64, o Outcome) ([]contract.Result, error) {
-	results, err := finishRow(ctx, l.pool, user,
-		`user_token = $1 AND status = 'accepted' AND command = $7 AND seq < $8`, []any{string(cmd), beforeSeq}, o)
-	if err != nil {
-		return nil, fmt.Errorf("%w: finish queued %s of %s: %w", ErrStore, cmd, user, err)
-	}
-	return results, nil
-}
-
-type execer interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-// finishRow sets the final outcome on the rows matching where (in which $1
-// is key and $7... are extra; $2..$6 hold the outcome) and returns their
-// results.
-func finishRow(ctx context.Context, q execer, key, where string, extra []any, o Outcome) ([]contract.Result, error) {
-	if o.Steps == nil {
-		o.Steps = []contract.Step{}
-	}
-	steps, err := json.Marshal(o.Steps)
-	if err != nil {
-		return nil, err
-	}
-	var errJSON, resultJSON *string
-	if o.Error != nil {
-		b, err := json.Marshal(o.Error)
-		if err != nil {
-			return nil, err
+// before seq (e.g. the backfills a pause cancels) with outcome o; the
+// user's next Claim hands them out to be published.
+func (l *Ledger) FinishQueued(ctx context.Context, user string, cmd contract.Command, beforeSeq int64, o Outcome) (int, error) {
+	now := l.now().UTC()
+	n := 0
+	_, err := l.update(ctx, user, func(q *Queue) (bool, error) {
+		n = 0
+		for i, e := range q.Items {
+			if e.queued() && e.Command == cmd && e.Seq < beforeSeq {
+				q.Items[i].Ended = o.ended(now)
+				n++
+			}
 		}
-		s := string(b)
-		errJSON = &s
-	}
-	if len(o.Result) > 0 {
-		s := string(o.Result)
-		resultJSON = &s
-	}
-	args := append([]any{key, string(o.Status), resultJSON, errJSON, string(steps), o.TraceID}, extra...)
-	rows, err := q.Query(ctx, `
-		UPDATE command_log
-		SET status = $2, result = $3, error = $4, steps = $5,
-		    trace_id = coalesce(nullif($6, ''), trace_id),
-		    started_at = coalesce(started_at, clock_timestamp()), finished_at = clock_timestamp()
-		WHERE `+where+`
-		RETURNING `+resultColumns, args...)
+		return n > 0, nil
+	})
 	if err != nil {
-		return nil, err
+		return 0, fmt.Errorf("finish queued %s of %s: %w", cmd, user, err)
 	}
-	return pgx.CollectRows(rows, scanResult)
+	return n, nil
 }
 
-const resultColumns = `id, user_token, command, status, result, error, steps, accepted_at, finished_at, coalesce(trace_id, '')`
-
-func scanResult(row pgx.CollectableRow) (contract.Result, error) {
-	var r contract.Result
-	var command, status string
-	var result, errJSON, steps []byte
-	if err := row.Scan(&r.ID, &r.User, &command, &status, &result, &errJSON, &steps, &r.AcceptedAt, &r.FinishedAt, &r.TraceID); err != nil {
-		return r, err
-	}
-	r.Command, r.Status = contract.Command(command), contract.Status(status)
-	r.AcceptedAt, r.FinishedAt = r.AcceptedAt.UTC(), r.FinishedAt.UTC()
-	if len(result) > 0 {
-		r.Result = result
-	}
-	if len(errJSON) > 0 {
-		r.Error = &contract.Error{}
-		if err := json.Unmarshal(errJSON, r.Error); err != nil {
-			return r, fmt.Errorf("stored error of %s: %w", r.ID, err)
+// Requeue puts job id of user, which self runs, back in the queue (e.g. on
+// a clean shutdown, so another instance runs it again).
+func (l *Ledger) Requeue(ctx context.Context, user, id, self string) error {
+	_, err := l.update(ctx, user, func(q *Queue) (bool, error) {
+		i := q.find(id)
+		if i < 0 || !q.Items[i].running() || q.Items[i].Instance != self {
+			return false, nil
 		}
-	}
-	r.Steps = []contract.Step{}
-	if len(steps) > 0 {
-		if err := json.Unmarshal(steps, &r.Steps); err != nil {
-			return r, fmt.Errorf("stored steps of %s: %w", r.ID, err)
-		}
-	}
-	return r, nil
-}
-
-// Requeue puts job id, which self runs, back in the queue (e.g. on a clean
-// shutdown, so another instance runs it again).
-func (l *Ledger) Requeue(ctx context.Context, id, self string) error {
-	_, err := l.pool.Exec(ctx, `
-		UPDATE command_log SET status = 'accepted', control_instance = NULL, started_at = NULL
-		WHERE id = $1 AND status = 'running' AND control_instance = $2`, id, self)
+		q.Items[i].Instance, q.Items[i].StartedAt = "", nil
+		return true, nil
+	})
 	if err != nil {
-		return fmt.Errorf("%w: requeue %s: %w", ErrStore, id, err)
+		return fmt.Errorf("requeue %s: %w", id, err)
 	}
 	return nil
 }
 
-// Unpublished returns user's finished results that are not yet published,
-// oldest first.
-func (l *Ledger) Unpublished(ctx context.Context, user string) ([]contract.Result, error) {
-	rows, err := l.pool.Query(ctx, `SELECT `+resultColumns+` FROM command_log
-		WHERE user_token = $1 AND finished_at IS NOT NULL AND published_at IS NULL
-		ORDER BY finished_at`, user)
-	if err != nil {
-		return nil, fmt.Errorf("%w: unpublished of %s: %w", ErrStore, user, err)
-	}
-	results, err := pgx.CollectRows(rows, scanResult)
-	if err != nil {
-		return nil, fmt.Errorf("%w: unpublished of %s: %w", ErrStore, user, err)
-	}
-	return results, nil
+// Queue returns user's queue as this instance last saw it.
+func (l *Ledger) Queue(user string) Queue {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cache[user].q.clone()
 }
 
-// MarkPublished records that the result of id reached its stream.
-func (l *Ledger) MarkPublished(ctx context.Context, id string) error {
-	if _, err := l.pool.Exec(ctx, `UPDATE command_log SET published_at = clock_timestamp() WHERE id = $1`, id); err != nil {
-		return fmt.Errorf("%w: mark %s published: %w", ErrStore, id, err)
+// UsersWithWork lists the users with unsettled commands.
+func (l *Ledger) UsersWithWork() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var users []string
+	for user, c := range l.cache {
+		if len(c.q.Items) > 0 {
+			users = append(users, user)
+		}
 	}
-	return nil
-}
-
-// UsersWithWork lists the users with queued or running commands or
-// unpublished results.
-func (l *Ledger) UsersWithWork(ctx context.Context) ([]string, error) {
-	rows, err := l.pool.Query(ctx, `
-		SELECT user_token FROM command_log WHERE status IN ('accepted', 'running')
-		UNION
-		SELECT user_token FROM command_log WHERE finished_at IS NOT NULL AND published_at IS NULL`)
-	if err != nil {
-		return nil, fmt.Errorf("%w: users with work: %w", ErrStore, err)
-	}
-	users, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("%w: users with work: %w", ErrStore, err)
-	}
-	return users, nil
+	slices.Sort(users)
+	return users
 }
 
 // Depth is a user's queue at one moment.
@@ -479,31 +700,27 @@ type Depth struct {
 	Jobs     int    `json:"jobs"`
 }
 
-// Depths returns the queue of every user with unfinished commands.
-func (l *Ledger) Depths(ctx context.Context) (map[string]Depth, error) {
-	rows, err := l.pool.Query(ctx, `
-		SELECT user_token,
-		       count(*) FILTER (WHERE status = 'accepted'),
-		       coalesce(max(id) FILTER (WHERE status = 'running' AND command <> 'force-backfill'), ''),
-		       coalesce(max(control_instance) FILTER (WHERE status = 'running' AND command <> 'force-backfill'), ''),
-		       count(*) FILTER (WHERE status = 'running' AND command = 'force-backfill')
-		FROM command_log WHERE status IN ('accepted', 'running')
-		GROUP BY user_token`)
-	if err != nil {
-		return nil, fmt.Errorf("%w: depths: %w", ErrStore, err)
-	}
-	defer rows.Close()
+// Depths returns the queue of every user with unsettled commands.
+func (l *Ledger) Depths() map[string]Depth {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	out := map[string]Depth{}
-	for rows.Next() {
-		var user string
+	for user, c := range l.cache {
+		if len(c.q.Items) == 0 {
+			continue
+		}
 		var d Depth
-		if err := rows.Scan(&user, &d.Queued, &d.Running, &d.Executor, &d.Jobs); err != nil {
-			return nil, fmt.Errorf("%w: depths: %w", ErrStore, err)
+		for _, e := range c.q.Items {
+			switch {
+			case e.queued():
+				d.Queued++
+			case e.running() && e.IsJob():
+				d.Jobs++
+			case e.running():
+				d.Running, d.Executor = e.ID, e.Instance
+			}
 		}
 		out[user] = d
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("%w: depths: %w", ErrStore, err)
-	}
-	return out, nil
+	return out
 }

@@ -5,44 +5,69 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
-	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/control/internal/ledger"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
+// waitTimeout bounds every wait for a condition.
+const waitTimeout = 20 * time.Second
+
 // entry is a command of user to record.
 func entry(id, user string, cmd contract.Command) ledger.Entry {
-	return ledger.Entry{ID: id, User: user, UserID: 7, Command: cmd, Payload: []byte(`{}`), Priority: cmd.Priority()}
+	return ledger.Entry{ID: id, User: user, UserID: 7, Command: cmd, Payload: []byte(`{}`),
+		Digest: ledger.PayloadDigest(cmd, []byte(`{}`))}
 }
 
-func newLedger(t *testing.T) (*ledger.Ledger, *pgxpool.Pool) {
+// clock is a settable clock.
+type clock struct{ offset atomic.Int64 }
+
+func (c *clock) now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *clock) advance(d time.Duration) { c.offset.Add(int64(d)) }
+func newJS(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	pool := testenv.PostgresPool(t)
-	return ledger.New(pool), pool
+	srv := testenv.StartNATS(t)
+	_, js := testenv.Connect(t, srv.URL())
+	if err := natsx.EnsureControl(context.Background(), js); err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+func open(t *testing.T, js jetstream.JetStream, opts ledger.Options) *ledger.Ledger {
+	t.Helper()
+	l, err := ledger.Open(context.Background(), js, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Stop)
+	return l
 }
 
 // TestRecord records commands one after the other: positions count the
-// commands that run first, a known id returns its first ACK or a conflict,
-// and a full queue is busy.
+// commands that run first, a known id returns its first ACK or a conflict
+// that names only the user's own command, ids are per user, and a full
+// queue is busy.
 func TestRecord(t *testing.T) {
 	ctx := context.Background()
-	l, pool := newLedger(t)
+	var clk clock
+	l := open(t, newJS(t), ledger.Options{Now: clk.now})
 	const limit = 3
-	first, dup, err := l.Record(ctx, entry("c1", "alice", contract.CmdClearCache), limit)
-	if err != nil || dup {
+	if _, dup, err := l.Record(ctx, entry("c1", "alice", contract.CmdClearCache), limit); err != nil || dup {
 		t.Fatalf("first record: dup %v err %v", dup, err)
 	}
-	if _, err := pool.Exec(ctx, `UPDATE command_log SET accepted_at = now() - interval '11 minutes' WHERE id = 'c1'`); err != nil {
-		t.Fatal(err)
-	}
+	other := entry("c3", "alice", contract.CmdPause)
+	other.Payload, other.Digest = []byte(`{"x":1}`), ledger.PayloadDigest(contract.CmdPause, []byte(`{"x":1}`))
 	for _, tc := range []struct {
 		name     string
 		e        ledger.Entry
@@ -53,260 +78,294 @@ func TestRecord(t *testing.T) {
 		{"queued behind a clear-cache", entry("c2", "alice", contract.CmdClearCache), nil, false, 1},
 		{"pause before both", entry("c3", "alice", contract.CmdPause), nil, false, 0},
 		{"same id again", entry("c3", "alice", contract.CmdPause), nil, true, 0},
-		{"same id, other user", entry("c3", "bob", contract.CmdPause), ledger.ErrIDConflict, false, 0},
+		{"same id, other user", entry("c3", "bob", contract.CmdPause), nil, false, 0},
+		{"same id, other payload", other, ledger.ErrIDConflict, false, 0},
 		{"same id, other command", entry("c3", "alice", contract.CmdResume), ledger.ErrIDConflict, false, 0},
-		{"id older than the window", entry("c1", "alice", contract.CmdClearCache), ledger.ErrIDConflict, false, 0},
-		{"queue full", entry("c4", "alice", contract.CmdResume), ledger.ErrBusy, false, 0},
-		{"other user's queue", entry("c5", "bob", contract.CmdResume), nil, false, 0},
+		{"reload-settings after the pause", entry("c4", "alice", contract.CmdReloadSettings), nil, false, 1},
+		{"backfill last", entry("c5", "alice", contract.CmdForceBackfill), ledger.ErrBusy, false, 0},
+		{"other user's queue", entry("c6", "bob", contract.CmdResume), nil, false, 0},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ack, dup, err := l.Record(ctx, tc.e, limit)
-			if !errors.Is(err, tc.wantErr) {
-				t.Fatalf("err = %v, want %v", err, tc.wantErr)
-			}
-			if err != nil {
-				return
-			}
-			want := contract.Ack{ID: tc.e.ID, User: tc.e.User, Command: tc.e.Command, Accepted: true, Position: tc.position}
-			if ack != want || dup != tc.wantDup {
-				t.Errorf("ack %+v dup %v, want %+v dup %v", ack, dup, want, tc.wantDup)
-			}
-		})
+		ack, dup, err := l.Record(ctx, tc.e, limit)
+		switch {
+		case !errors.Is(err, tc.wantErr):
+			t.Errorf("%s: err %v, want %v", tc.name, err, tc.wantErr)
+		case err != nil:
+		case dup != tc.wantDup || ack.Position != tc.position || !ack.Accepted || ack.ID != tc.e.ID || ack.User != tc.e.User:
+			t.Errorf("%s: ack %+v dup %v, want position %d dup %v", tc.name, ack, dup, tc.position, tc.wantDup)
+		}
+		if err != nil && strings.Contains(err.Error(), "bob") && tc.e.User == "alice" {
+			t.Errorf("%s: error names another tenant: %v", tc.name, err)
+		}
 	}
-	if first.Position != 0 || !first.Accepted {
-		t.Errorf("first ack %+v", first)
+	q := l.Queue("alice")
+	if len(q.Items) != 4 {
+		t.Fatalf("alice's queue holds %d commands, want 4: %+v", len(q.Items), q.Items)
+	}
+	// After the window the id is remembered as long as the command is
+	// queued (conflict), and forgotten once it is settled.
+	clk.advance(ledger.DedupeWindow + time.Second)
+	if _, _, err := l.Record(ctx, entry("c1", "alice", contract.CmdClearCache), limit); !errors.Is(err, ledger.ErrIDConflict) {
+		t.Errorf("queued id older than the window: %v, want conflict", err)
 	}
 }
 
-// TestRecordConcurrent records a user's commands from two pools at once,
-// as two control instances do: exactly the queue limit is accepted, the
-// rest is busy, and a duplicated id is recorded once with one ACK.
-func TestRecordConcurrent(t *testing.T) {
+// claimOpts are the options of executor self among members.
+func claimOpts(self string, running []string, members ...string) ledger.ClaimOptions {
+	return ledger.ClaimOptions{Self: self, SelfRunning: running, Members: append(members, self), MaxJobs: 2, MaxAttempts: 3,
+		OrphanError: func(e ledger.Entry) contract.Error {
+			return contract.Error{Code: contract.CodeUnavailable, Message: "executor " + e.Instance + " died"}
+		}}
+}
+
+// TestPriorities claims a user's commands in priority order, FIFO within
+// a priority, jobs beside the queue up to MaxJobs.
+func TestPriorities(t *testing.T) {
 	ctx := context.Background()
-	url := testenv.Postgres(t)
-	var ledgers []*ledger.Ledger
-	for range 2 {
-		pool, err := db.NewPool(ctx, url)
+	l := open(t, newJS(t), ledger.Options{})
+	for i, cmd := range []contract.Command{contract.CmdForceBackfill, contract.CmdClearCache, contract.CmdForceBackfill,
+		contract.CmdSwitchMode, contract.CmdForceBackfill, contract.CmdReloadSettings, contract.CmdPause} {
+		if _, _, err := l.Record(ctx, entry(fmt.Sprint("c", i), "alice", cmd), 32); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var order, settled, running []string
+	for range 10 {
+		opts := claimOpts("x1", running)
+		opts.Settled = settled
+		c, err := l.Claim(ctx, "alice", opts)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(pool.Close)
-		ledgers = append(ledgers, ledger.New(pool))
-	}
-	const limit, sends = 5, 24
-	type answer struct {
-		ack contract.Ack
-		dup bool
-		err error
-	}
-	answers := make([]answer, sends)
-	var wg sync.WaitGroup
-	for i := range sends {
-		wg.Go(func() {
-			id := fmt.Sprintf("k%d", i/2) // every id is sent twice, once per instance
-			a := &answers[i]
-			a.ack, a.dup, a.err = ledgers[i%2].Record(ctx, entry(id, "alice", contract.CmdReloadSettings), limit)
-		})
-	}
-	wg.Wait()
-	accepted := map[string]contract.Ack{}
-	for i, a := range answers {
-		switch {
-		case errors.Is(a.err, ledger.ErrBusy):
-		case a.err != nil:
-			t.Errorf("send %d: %v", i, a.err)
-		case a.dup:
-			if first, ok := accepted[a.ack.ID]; ok && first != a.ack {
-				t.Errorf("duplicate of %s answered %+v, first %+v", a.ack.ID, a.ack, first)
-			}
-		default:
-			if _, ok := accepted[a.ack.ID]; ok {
-				t.Errorf("%s accepted twice", a.ack.ID)
-			}
-			accepted[a.ack.ID] = a.ack
+		if c.Next == nil {
+			break
 		}
-	}
-	if len(accepted) != limit {
-		t.Errorf("%d commands accepted, want the limit %d", len(accepted), limit)
-	}
-	positions := map[int]bool{}
-	for _, a := range accepted {
-		positions[a.Position] = true
-	}
-	for p := range limit {
-		if !positions[p] {
-			t.Errorf("no command got position %d: %v", p, positions)
+		order = append(order, c.Next.ID)
+		if c.Next.IsJob() {
+			running = append(running, c.Next.ID)
+			continue
 		}
+		ended, ok, err := l.Finish(ctx, "alice", c.Next.ID, "x1", ledger.Outcome{Status: contract.StatusSucceeded})
+		if err != nil || !ok || ended.Ended == nil {
+			t.Fatalf("finish %s: %v %v", c.Next.ID, ok, err)
+		}
+		settled = append(settled, c.Next.ID)
+	}
+	want := []string{"c6", "c3", "c5", "c1", "c0", "c2"}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Fatalf("claimed %v, want %v (the third backfill waits for a job slot)", order, want)
+	}
+	if d := l.Depths()["alice"]; d.Queued != 1 || d.Jobs != 2 {
+		t.Fatalf("depth %+v, want 1 queued and 2 jobs", d)
 	}
 }
 
-// TestClaim claims from a user's queue with live and dead executors.
-func TestClaim(t *testing.T) {
+// TestPauseAndResumeAreNeverBusy fills the queue and the job slots; pause
+// and resume are still accepted, run next, and only one of them waits: a
+// newer one supersedes it, which ends cancelled naming the newer.
+func TestPauseAndResumeAreNeverBusy(t *testing.T) {
 	ctx := context.Background()
-	orphanError := func(e ledger.Entry) contract.Error {
-		return contract.Error{Code: contract.CodeUnavailable, Message: "executor " + e.Instance + " died"}
-	}
-	opts := func(self string, running, members []string) ledger.ClaimOptions {
-		return ledger.ClaimOptions{Self: self, SelfRunning: running, Members: members, MaxJobs: 1, MaxAttempts: 2, OrphanError: orphanError}
-	}
-	for _, tc := range []struct {
-		name string
-		// queue is recorded in order, the first claimA each claimed by
-		// instance "a" right after it is recorded.
-		queue   []ledger.Entry
-		claimA  int
-		opts    ledger.ClaimOptions
-		want    string
-		orphans []string
-	}{
-		{"empty queue", nil, 0, opts("b", nil, []string{"a", "b"}), "", nil},
-		{"highest priority first", []ledger.Entry{entry("q1", "u", contract.CmdClearCache), entry("q2", "u", contract.CmdPause)}, 0,
-			opts("b", nil, []string{"b"}), "q2", nil},
-		{"a live executor runs the queue", []ledger.Entry{entry("q1", "u", contract.CmdPause), entry("q2", "u", contract.CmdResume)}, 1,
-			opts("b", nil, []string{"a", "b"}), "", nil},
-		{"a job does not hold the queue", []ledger.Entry{entry("j1", "u", contract.CmdForceBackfill), entry("q1", "u", contract.CmdResume)}, 1,
-			opts("b", nil, []string{"a", "b"}), "q1", nil},
-		{"jobs bounded", []ledger.Entry{entry("j1", "u", contract.CmdForceBackfill), entry("j2", "u", contract.CmdForceBackfill)}, 1,
-			opts("b", nil, []string{"a", "b"}), "", nil},
-		{"dead executor's command failed", []ledger.Entry{entry("q1", "u", contract.CmdPause), entry("q2", "u", contract.CmdResume)}, 1,
-			opts("b", nil, []string{"b"}), "q2", []string{"q1"}},
-		{"own command still running", []ledger.Entry{entry("q1", "u", contract.CmdPause), entry("q2", "u", contract.CmdResume)}, 1,
-			opts("a", []string{"q1"}, []string{"a"}), "", nil},
-		{"own command no longer running", []ledger.Entry{entry("q1", "u", contract.CmdPause), entry("q2", "u", contract.CmdResume)}, 1,
-			opts("a", nil, []string{"a"}), "q2", []string{"q1"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			l, _ := newLedger(t)
-			for i, e := range tc.queue {
-				if _, _, err := l.Record(ctx, e, 10); err != nil {
-					t.Fatal(err)
-				}
-				if i >= tc.claimA {
-					continue
-				}
-				if c, err := l.Claim(ctx, "u", opts("a", nil, []string{"a"})); err != nil || c.Next == nil || c.Next.ID != e.ID {
-					t.Fatalf("claim of %s by a: %+v %v", e.ID, c, err)
-				}
-			}
-			c, err := l.Claim(ctx, "u", tc.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := ""
-			if c.Next != nil {
-				got = c.Next.ID
-				if c.Next.Status != ledger.StatusRunning || c.Next.Instance != tc.opts.Self || c.Next.Attempts != 1 || c.Next.User != "u" {
-					t.Errorf("claimed %+v", *c.Next)
-				}
-			}
-			if got != tc.want {
-				t.Errorf("claimed %q, want %q", got, tc.want)
-			}
-			var orphans []string
-			for _, r := range c.Orphans {
-				orphans = append(orphans, r.ID)
-				if r.Status != contract.StatusFailed || r.Error == nil || r.Error.Message != "executor a died" {
-					t.Errorf("orphan result %+v", r)
-				}
-			}
-			if fmt.Sprint(orphans) != fmt.Sprint(tc.orphans) {
-				t.Errorf("orphans %v, want %v", orphans, tc.orphans)
-			}
-		})
-	}
-}
-
-// TestClaimConcurrent claims one user's queue from two instances at once:
-// every command is claimed once, in order, and none while another runs.
-func TestClaimConcurrent(t *testing.T) {
-	ctx := context.Background()
-	l, pool := newLedger(t)
-	const n = 12
-	for i := range n {
-		if _, _, err := l.Record(ctx, entry(fmt.Sprintf("q%02d", i), "u", contract.CmdResume), n); err != nil {
+	l := open(t, newJS(t), ledger.Options{})
+	const limit = 4
+	for i := range 2 {
+		if _, _, err := l.Record(ctx, entry(fmt.Sprint("job", i), "alice", contract.CmdForceBackfill), limit); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var mu sync.Mutex
-	var order []string
+	var running []string
+	for range 2 {
+		c, err := l.Claim(ctx, "alice", claimOpts("x1", running))
+		if err != nil || c.Next == nil {
+			t.Fatalf("claim job: %+v %v", c, err)
+		}
+		running = append(running, c.Next.ID)
+	}
+	for i := range limit {
+		if _, _, err := l.Record(ctx, entry(fmt.Sprint("q", i), "alice", contract.CmdClearCache), limit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := l.Record(ctx, entry("more", "alice", contract.CmdClearCache), limit); !errors.Is(err, ledger.ErrBusy) {
+		t.Fatalf("full queue: %v, want busy", err)
+	}
+	for i, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume, contract.CmdPause} {
+		ack, _, err := l.Record(ctx, entry(fmt.Sprint("p", i), "alice", cmd), limit)
+		if err != nil || ack.Position != 0 {
+			t.Fatalf("%s on a full queue: %+v %v, want accepted at position 0", cmd, ack, err)
+		}
+	}
+	c, err := l.Claim(ctx, "alice", claimOpts("x1", running))
+	if err != nil || c.Next == nil || c.Next.ID != "p2" {
+		t.Fatalf("next = %+v (%v), want the newest pause p2", c.Next, err)
+	}
+	got := map[string]string{}
+	for _, e := range c.Ended {
+		got[e.ID] = string(e.Ended.Status) + " " + string(e.Ended.Result)
+	}
+	want := map[string]string{
+		"p0": `cancelled {"cancelled":true,"superseded_by":"p1"}`,
+		"p1": `cancelled {"cancelled":true,"superseded_by":"p2"}`,
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("ended %v, want %v", got, want)
+	}
+	if d := l.Depths()["alice"]; d.Queued != limit || d.Jobs != 2 || d.Running != "p2" {
+		t.Fatalf("depth %+v", d)
+	}
+}
+
+// TestTakeover: a running command of a dead executor fails, a job of a
+// dead executor is requeued (until its attempts are used up), a live
+// executor's command is left alone, and an outcome finished but not
+// published is handed out again.
+func TestTakeover(t *testing.T) {
+	ctx := context.Background()
+	l := open(t, newJS(t), ledger.Options{})
+	for _, e := range []ledger.Entry{entry("job", "alice", contract.CmdForceBackfill), entry("done", "bob", contract.CmdPause)} {
+		if _, _, err := l.Record(ctx, e, 32); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1, err := l.Claim(ctx, "alice", claimOpts("dead", nil))
+	if err != nil || a1.Next == nil || a1.Next.ID != "job" {
+		t.Fatalf("claim job: %+v %v", a1, err)
+	}
+	if _, _, err := l.Record(ctx, entry("cmd", "alice", contract.CmdClearCache), 32); err != nil {
+		t.Fatal(err)
+	}
+	a2, err := l.Claim(ctx, "alice", claimOpts("dead", []string{"job"}))
+	if err != nil || a2.Next == nil || a2.Next.ID != "cmd" {
+		t.Fatalf("claim: %+v %v", a2, err)
+	}
+	// While "dead" is a member, another instance leaves its work alone.
+	c, err := l.Claim(ctx, "alice", claimOpts("x2", nil, "dead"))
+	if err != nil || c.Next != nil || len(c.Ended) != 0 || len(c.Requeued) != 0 {
+		t.Fatalf("claim beside a live executor changed something: %+v %v", c, err)
+	}
+	c, err = l.Claim(ctx, "alice", claimOpts("x2", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Ended) != 1 || c.Ended[0].ID != "cmd" || c.Ended[0].Ended.Status != contract.StatusFailed ||
+		c.Ended[0].Ended.Error.Code != contract.CodeUnavailable || fmt.Sprint(c.Requeued) != "[job]" {
+		t.Fatalf("takeover: %+v", c)
+	}
+	if c.Next == nil || c.Next.ID != "job" || c.Next.Attempts != 2 || c.Next.Instance != "x2" {
+		t.Fatalf("requeued job not claimed again by x2: %+v", c.Next)
+	}
+	if _, ok, _ := l.Finish(ctx, "alice", "cmd", "dead", ledger.Outcome{Status: contract.StatusSucceeded}); ok {
+		t.Fatal("the dead executor finished a command that was taken over")
+	}
+	// bob: finished by an executor that died before it published.
+	b, err := l.Claim(ctx, "bob", claimOpts("dead", nil))
+	if err != nil || b.Next == nil {
+		t.Fatal(b, err)
+	}
+	if _, ok, err := l.Finish(ctx, "bob", "done", "dead", ledger.Outcome{Status: contract.StatusSucceeded}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	b, err = l.Claim(ctx, "bob", claimOpts("x2", nil))
+	if err != nil || len(b.Ended) != 1 || b.Ended[0].Ended.Status != contract.StatusSucceeded {
+		t.Fatalf("unpublished outcome not handed out: %+v %v", b, err)
+	}
+	opts := claimOpts("x2", nil)
+	opts.Settled = []string{"done"}
+	if b, err = l.Claim(ctx, "bob", opts); err != nil || len(b.Ended) != 0 || len(l.Queue("bob").Items) != 0 {
+		t.Fatalf("settled command not removed: %+v %v %+v", b, err, l.Queue("bob"))
+	}
+	// The id stays known for the window after it was settled.
+	if ack, dup, err := l.Record(ctx, entry("done", "bob", contract.CmdPause), 32); err != nil || !dup || ack.ID != "done" {
+		t.Fatalf("settled id again: %+v %v %v", ack, dup, err)
+	}
+}
+
+// TestConcurrentRecords records from two ledgers (two instances) at once:
+// every write is a compare-and-set, so the queue stops exactly at the
+// limit, each id is recorded once, and both caches converge.
+func TestConcurrentRecords(t *testing.T) {
+	ctx := context.Background()
+	js := newJS(t)
+	var changes atomic.Int64
+	l1 := open(t, js, ledger.Options{})
+	l2 := open(t, js, ledger.Options{OnChange: func(string) { changes.Add(1) }})
+	const limit, n = 10, 30
+	var accepted, busy atomic.Int64
 	var wg sync.WaitGroup
-	deadline := time.Now().Add(20 * time.Second)
-	for _, self := range []string{"a", "b"} {
-		wg.Go(func() {
-			for time.Now().Before(deadline) {
-				c, err := l.Claim(ctx, "u", ledger.ClaimOptions{Self: self, Members: []string{"a", "b"}, MaxJobs: 1, MaxAttempts: 1,
-					OrphanError: func(ledger.Entry) contract.Error { return contract.Error{} }})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				if len(order) == n {
-					mu.Unlock()
-					return
-				}
-				if c.Next == nil {
-					mu.Unlock()
-					continue
-				}
-				order = append(order, c.Next.ID)
-				mu.Unlock()
-				var runningNow int
-				if err := pool.QueryRow(ctx, `SELECT count(*) FROM command_log WHERE status = 'running'`).Scan(&runningNow); err != nil || runningNow != 1 {
-					t.Errorf("%s claimed %s: %d commands running (%v), want only it", self, c.Next.ID, runningNow, err)
-				}
-				if _, ok, err := l.Finish(ctx, c.Next.ID, self, ledger.Outcome{Status: contract.StatusSucceeded}); err != nil || !ok {
-					t.Errorf("finish %s: %v %v", c.Next.ID, ok, err)
-				}
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l := l1
+			if i%2 == 1 {
+				l = l2
 			}
-		})
+			_, _, err := l.Record(ctx, entry(fmt.Sprint("c", i%20), "alice", contract.CmdClearCache), limit)
+			switch {
+			case err == nil:
+				accepted.Add(1)
+			case errors.Is(err, ledger.ErrBusy):
+				busy.Add(1)
+			default:
+				t.Errorf("record: %v", err)
+			}
+		}()
 	}
 	wg.Wait()
-	if len(order) != n {
-		t.Fatalf("claimed %d of %d: %v", len(order), n, order)
+	if got := len(l1.Queue("alice").Items); got != limit {
+		t.Fatalf("queue holds %d, want %d (accepted %d incl. duplicates, busy %d)", got, limit, accepted.Load(), busy.Load())
 	}
-	for i, id := range order {
-		if want := fmt.Sprintf("q%02d", i); id != want {
-			t.Errorf("claim %d was %s, want %s (FIFO)", i, id, want)
-		}
-	}
-}
-
-// BenchmarkRecord records one command per iteration, each of its own user
-// so no queue fills: the latency an ACK waits for.
-func BenchmarkRecord(b *testing.B) {
-	ctx := context.Background()
-	l := ledger.New(testenv.PostgresPool(b))
-	i := 0
-	for b.Loop() {
-		i++
-		if _, _, err := l.Record(ctx, entry(fmt.Sprintf("r%d", i), fmt.Sprintf("u%d", i%64), contract.CmdPause), 1<<20); err != nil {
-			b.Fatal(err)
-		}
+	testenv.WaitFor(t, waitTimeout, "the second instance's cache", func() bool { return len(l2.Queue("alice").Items) == limit })
+	if changes.Load() == 0 {
+		t.Error("the watch reported no change")
 	}
 }
 
-// BenchmarkClaimFinish claims a recorded command and finishes it: the
-// executor's Postgres work per command.
-func BenchmarkClaimFinish(b *testing.B) {
+// TestOldIDs: an id the requester chose that the queue no longer knows is
+// a conflict when it named a command whose result is still kept (Used),
+// so an id never names two commands in command_log.
+func TestOldIDs(t *testing.T) {
 	ctx := context.Background()
-	l := ledger.New(testenv.PostgresPool(b))
-	opts := ledger.ClaimOptions{Self: "a", Members: []string{"a"}, MaxJobs: 1, MaxAttempts: 1,
-		OrphanError: func(ledger.Entry) contract.Error { return contract.Error{} }}
-	i := 0
-	for b.Loop() {
-		i++
-		b.StopTimer()
-		if _, _, err := l.Record(ctx, entry(fmt.Sprintf("c%d", i), "u", contract.CmdPause), 1<<20); err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		c, err := l.Claim(ctx, "u", opts)
-		if err != nil || c.Next == nil {
-			b.Fatalf("claim: %+v %v", c, err)
-		}
-		if _, ok, err := l.Finish(ctx, c.Next.ID, "a", ledger.Outcome{Status: contract.StatusSucceeded}); err != nil || !ok {
-			b.Fatalf("finish: %v %v", ok, err)
-		}
+	var clk clock
+	settled := map[string]bool{"old": true}
+	var mu sync.Mutex
+	l := open(t, newJS(t), ledger.Options{Now: clk.now, Used: func(_ context.Context, user, id string) (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return user == "alice" && settled[id], nil
+	}})
+	chosen := func(id, user string) ledger.Entry {
+		e := entry(id, user, contract.CmdPause)
+		e.Chosen = true
+		return e
+	}
+	if _, _, err := l.Record(ctx, chosen("old", "alice"), 32); !errors.Is(err, ledger.ErrIDConflict) || !strings.Contains(err.Error(), "10m0s ago") {
+		t.Fatalf("old id: %v, want conflict", err)
+	}
+	if _, _, err := l.Record(ctx, chosen("old", "bob"), 32); err != nil {
+		t.Fatalf("bob's own id: %v", err)
+	}
+	if _, dup, err := l.Record(ctx, chosen("fresh", "alice"), 32); err != nil || dup {
+		t.Fatalf("new id: %v %v", dup, err)
+	}
+	c, err := l.Claim(ctx, "alice", claimOpts("x1", nil))
+	if err != nil || c.Next == nil {
+		t.Fatal(c, err)
+	}
+	if _, ok, err := l.Finish(ctx, "alice", "fresh", "x1", ledger.Outcome{Status: contract.StatusSucceeded}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	opts := claimOpts("x1", nil)
+	opts.Settled = []string{"fresh"}
+	if _, err := l.Claim(ctx, "alice", opts); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	settled["fresh"] = true
+	mu.Unlock()
+	if _, dup, err := l.Record(ctx, chosen("fresh", "alice"), 32); err != nil || !dup {
+		t.Fatalf("settled id within the window: %v %v, want the first ACK", dup, err)
+	}
+	clk.advance(ledger.DedupeWindow)
+	if _, _, err := l.Record(ctx, chosen("fresh", "alice"), 32); !errors.Is(err, ledger.ErrIDConflict) {
+		t.Fatalf("settled id after the window: %v, want conflict", err)
 	}
 }

@@ -1,0 +1,132 @@
+package ledger_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/localstack"
+	"vigil.dev/services/control/internal/ledger"
+)
+
+// TestProjectorCatchesUpAfterAnOutage runs commands through the ledger
+// and publishes their audit records as the executor does, while a private
+// PostgreSQL runs, then while it is stopped, then starts it again on the
+// same port: command_log ends up with every command exactly once, with its
+// final status, although records came twice and out of order.
+func TestProjectorCatchesUpAfterAnOutage(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	pg, err := localstack.StartPostgres(ctx, localstack.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pg.Stop() })
+	pool, err := db.NewPool(ctx, pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := db.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	js := newJS(t)
+	l := open(t, js, ledger.Options{})
+	p, err := ledger.StartProjector(ctx, js, pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+
+	// run records, runs and finishes n commands of user with ids prefix<i>,
+	// publishing the audit records like the executor (the running record
+	// again after the final one, as a late duplicate).
+	run := func(user, prefix string, n int) {
+		t.Helper()
+		for i := range n {
+			id := fmt.Sprint(prefix, i)
+			if _, _, err := l.Record(ctx, entry(id, user, contract.CmdClearCache), 32); err != nil {
+				t.Fatal(err)
+			}
+			c, err := l.Claim(ctx, user, claimOpts("x1", nil))
+			if err != nil || c.Next == nil || c.Next.ID != id {
+				t.Fatalf("claim %s: %+v %v", id, c, err)
+			}
+			if err := ledger.PublishAudit(ctx, js, *c.Next); err != nil {
+				t.Fatal(err)
+			}
+			res, _ := json.Marshal(map[string]any{"cleared": true, "n": i})
+			ended, ok, err := l.Finish(ctx, user, id, "x1", ledger.Outcome{Status: contract.StatusSucceeded, Result: res})
+			if err != nil || !ok {
+				t.Fatal(ok, err)
+			}
+			for range 2 {
+				if err := ledger.PublishAudit(ctx, js, ended); err != nil {
+					t.Fatal(err)
+				}
+			}
+			late := *c.Next
+			late.Attempts++ // a record the dedupe does not drop
+			if err := ledger.PublishAudit(ctx, js, late); err != nil {
+				t.Fatal(err)
+			}
+			opts := claimOpts("x1", nil)
+			opts.Settled = []string{id}
+			if _, err := l.Claim(ctx, user, opts); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	count := func() (rows, final int) {
+		err := pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE status = 'succeeded' AND finished_at IS NOT NULL
+			AND result IS NOT NULL AND published_at IS NOT NULL) FROM command_log`).Scan(&rows, &final)
+		if err != nil {
+			return -1, -1
+		}
+		return rows, final
+	}
+	run("alice", "up-", 5)
+	run("bob", "up-", 5) // the same ids for another user are other commands
+	waitUntil(t, "the rows written while PostgreSQL is up", func() bool { r, f := count(); return r == 10 && f == 10 })
+
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	run("alice", "down-", 10)
+	port := pg.Port()
+	began := time.Now()
+	pg, err = localstack.StartPostgres(ctx, localstack.Options{Dir: dir, Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the rows of the outage", func() bool { r, f := count(); return r == 20 && f == 20 })
+	t.Logf("command_log complete %s after PostgreSQL started again", time.Since(began).Round(time.Millisecond))
+	var dups int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT user_token, id FROM command_log GROUP BY 1, 2 HAVING count(*) > 1) d`).Scan(&dups); err != nil || dups != 0 {
+		t.Fatalf("duplicated rows: %d (%v)", dups, err)
+	}
+	var seqs string
+	if err := pool.QueryRow(ctx, `SELECT string_agg(seq::text, ',' ORDER BY seq) FROM command_log WHERE user_token = 'alice'`).Scan(&seqs); err != nil {
+		t.Fatal(err)
+	}
+	if seqs != "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15" {
+		t.Fatalf("alice's seqs %s", seqs)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
