@@ -78,6 +78,9 @@ type Config struct {
 	BookDepth int
 	// GapFillBars bounds how many bars per timeframe a gap fill reads.
 	GapFillBars int
+	// StopTimeout bounds the last flush once Run's context ends (default
+	// 30s): the caller's shutdown budget.
+	StopTimeout time.Duration
 }
 
 // Subscriber is one user's interest in one symbol.
@@ -222,6 +225,9 @@ func New(cfg Config, newSource func(market.Sink) (market.Source, error)) (*Engin
 	}
 	if cfg.GapFillBars <= 0 {
 		cfg.GapFillBars = DefaultGapFillBars
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = flushTimeout
 	}
 	e := &Engine{cfg: cfg, log: cfg.Log, products: map[string]*product{}, tracer: otel.Tracer(MeterName)}
 	e.ctx, e.stop = context.WithCancel(context.Background())

@@ -23,14 +23,14 @@ const flushTimeout = 30 * time.Second
 const maxRetry = 100_000
 
 // flushLoop writes dirty bars and publishes due book snapshots every
-// FlushInterval, and once more when ctx ends.
+// FlushInterval, and once more, within StopTimeout, when ctx ends.
 func (e *Engine) flushLoop(ctx context.Context) {
 	tick := time.NewTicker(e.cfg.FlushInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+			fctx, cancel := context.WithTimeout(context.Background(), e.cfg.StopTimeout)
 			e.Flush(fctx)
 			cancel()
 			return

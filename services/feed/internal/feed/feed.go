@@ -172,6 +172,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	eng, err := engine.New(engine.Config{
 		Writer: writer, NC: rt.NC, Log: rt.Log, Metrics: metrics, FlushInterval: cfg.FlushInterval,
 		BookInterval: cfg.BookInterval, BookDepth: cfg.BookDepth, GapFillBars: cfg.GapFillBars,
+		StopTimeout: cfg.ShutdownTimeout,
 	}, func(sink market.Sink) (market.Source, error) { return newSource(cfg, sink, rt) })
 	if err != nil {
 		return err
@@ -211,14 +212,27 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	rt.Log.Info("shutting down")
 	stopWatch()
 	<-watchDone
-	leaveCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-	errs := []error{group.Leave(leaveCtx)}
+	// One budget, ShutdownTimeout, for the whole shutdown: the engine's
+	// last flush (whatever it holds, cut off at the budget) comes first,
+	// then leaving the group (the next owner's gap fill then starts after
+	// this instance's last write) and the service drain.
+	deadline := time.Now().Add(cfg.ShutdownTimeout)
 	f.cancelJobs()
-	stopEngine() // its last flush writes what it holds
-
-	errs = append(errs, <-engDone, svc.Shutdown(cfg.ShutdownTimeout))
+	stopEngine()
+	errs := []error{<-engDone}
+	leaveCtx, cancel := context.WithTimeout(context.Background(), remaining(deadline))
+	defer cancel()
+	errs = append(errs, group.Leave(leaveCtx), svc.Shutdown(remaining(deadline)))
 	return errors.Join(errs...)
+}
+
+// minStopStep is the least time a shutdown step gets once the budget is
+// spent, so that leaving the group and draining are still attempted.
+const minStopStep = time.Second
+
+// remaining is the time left until deadline, at least minStopStep.
+func remaining(deadline time.Time) time.Duration {
+	return max(time.Until(deadline), minStopStep)
 }
 
 // newSource builds the configured source.

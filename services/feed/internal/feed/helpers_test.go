@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,7 +77,9 @@ func (i *instance) stop(t *testing.T) {
 		select {
 		case i.err = <-i.done:
 		case <-time.After(30 * time.Second):
-			i.err = fmt.Errorf("Run did not return within 30s of cancel")
+			var stacks strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+			i.err = fmt.Errorf("Run did not return within 30s of cancel; goroutines:\n%s", stacks.String())
 		}
 	})
 	if i.err != nil {
