@@ -161,11 +161,14 @@ func TestCommandsCoinbase(t *testing.T) {
 	s.startAll(t, 1, backfillUser, longBackfillUser)
 	t.Logf("services up and desired states written in %v", time.Since(began).Round(time.Millisecond))
 
-	// The backfilled range: the two days before today (UTC), whole bars of
-	// every timeframe. The feed seeds today's 5m buckets (and aggregates
-	// the longer timeframes from them) when it subscribes a product, so the
-	// range ends where today starts.
-	to := time.Now().UTC().Truncate(24 * time.Hour)
+	// The backfilled range: the two days before yesterday (UTC), whole bars
+	// of every timeframe, so that nothing but the backfill reads it at any
+	// time of day. The feed seeds today's buckets when it subscribes a
+	// product, and the user's start-up gap fill reads VIGIL_GAP_FILL_BARS-1
+	// bars before the attach: for 4h that reaches back 16-20 hours, into
+	// yesterday whenever the test starts before 16:00 UTC (it did end at
+	// today's midnight, and the gap fill's 4h request counted as a page).
+	to := time.Now().UTC().Truncate(24*time.Hour).Add(-24 * time.Hour)
 	from := to.Add(-48 * time.Hour)
 	t.Run("jobs", func(t *testing.T) {
 		t.Run("force-backfill", func(t *testing.T) { t.Parallel(); testForceBackfill(t, s, fake, from, to) })
