@@ -168,7 +168,7 @@ func TestCommandsCoinbase(t *testing.T) {
 	// bars before the attach: for 4h that reaches back 16-20 hours, into
 	// yesterday whenever the test starts before 16:00 UTC (it did end at
 	// today's midnight, and the gap fill's 4h request counted as a page).
-	to := time.Now().UTC().Truncate(24*time.Hour).Add(-24 * time.Hour)
+	to := time.Now().UTC().Truncate(24 * time.Hour).Add(-24 * time.Hour)
 	from := to.Add(-48 * time.Hour)
 	t.Run("jobs", func(t *testing.T) {
 		t.Run("force-backfill", func(t *testing.T) { t.Parallel(); testForceBackfill(t, s, fake, from, to) })
