@@ -56,7 +56,9 @@ type Config struct {
 
 	SimSeed   uint64        `env:"VIGIL_SIM_SEED" envDefault:"1" help:"sim: random walk seed"`
 	SimSpeed  float64       `env:"VIGIL_SIM_SPEED" envDefault:"60" help:"sim: sim seconds per wall second (60: a 1m bar closes every second)"`
-	SimAnchor string        `env:"VIGIL_SIM_ANCHOR" help:"sim: RFC 3339 instant where sim time equals wall time (default: UTC midnight of the start day; pin it when instances start on different days)"`
+	SimClock  string        `env:"VIGIL_SIM_CLOCK" envDefault:"ahead" help:"sim: ahead (sim time runs VIGIL_SIM_SPEED times as fast as the wall clock, bars dated in the future) or wall (replay VIGIL_SIM_REPLAY of the past at that speed, then follow the wall clock)"`
+	SimReplay time.Duration `env:"VIGIL_SIM_REPLAY" envDefault:"15m" help:"sim: with VIGIL_SIM_CLOCK=wall, how much of the recent past is replayed at VIGIL_SIM_SPEED before sim time follows the wall clock"`
+	SimAnchor string        `env:"VIGIL_SIM_ANCHOR" help:"sim: RFC 3339 instant where sim time equals wall time with clock ahead (default: UTC midnight of the start day), where the replay starts with clock wall (default: the start); pin it when instances start at different times"`
 	SimTick   time.Duration `env:"VIGIL_SIM_TICK" envDefault:"50ms" help:"sim: wall time between two emissions"`
 
 	ReplayFile   string  `env:"VIGIL_REPLAY_FILE" help:"replay: CSV of 1h bars (start,open,high,low,close,volume)"`
@@ -98,6 +100,12 @@ func (c Config) Validate() error {
 	case "sim":
 		if c.SimSpeed < 1 || c.SimSpeed > sim.MaxSpeed {
 			return fmt.Errorf("VIGIL_SIM_SPEED: %v must be between 1 and %d", c.SimSpeed, sim.MaxSpeed)
+		}
+		if c.SimClock != sim.ClockAhead && c.SimClock != sim.ClockWall {
+			return fmt.Errorf("VIGIL_SIM_CLOCK: %q must be %s or %s", c.SimClock, sim.ClockAhead, sim.ClockWall)
+		}
+		if c.SimClock == sim.ClockWall && (c.SimReplay <= 0 || c.SimSpeed == 1) {
+			return fmt.Errorf("VIGIL_SIM_REPLAY: %v must be positive, and VIGIL_SIM_SPEED (%v) above 1, with VIGIL_SIM_CLOCK=wall", c.SimReplay, c.SimSpeed)
 		}
 		if c.SimAnchor != "" {
 			if _, err := time.Parse(time.RFC3339, c.SimAnchor); err != nil {
@@ -262,6 +270,6 @@ func newSource(cfg Config, sink market.Sink, rt *service.Runtime) (market.Source
 		if cfg.SimAnchor != "" {
 			anchor, _ = time.Parse(time.RFC3339, strings.TrimSpace(cfg.SimAnchor)) // validated in Config.Validate
 		}
-		return sim.New(sim.Config{Seed: cfg.SimSeed, Speed: cfg.SimSpeed, Anchor: anchor, Tick: cfg.SimTick}, sink)
+		return sim.New(sim.Config{Seed: cfg.SimSeed, Clock: cfg.SimClock, Speed: cfg.SimSpeed, Replay: cfg.SimReplay, Anchor: anchor, Tick: cfg.SimTick}, sink)
 	}
 }

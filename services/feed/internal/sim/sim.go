@@ -4,16 +4,33 @@
 //
 // # Sim time
 //
-// Sim time runs Speed times as fast as the wall clock and equals it at
-// Anchor: sim(w) = Anchor + (w − Anchor)·Speed. With Speed ≥ 1 sim time is
-// never behind the wall clock, so every bar it produces starts at or after
-// the wall clock's current bar and looks fresh to consumers that drop data
-// older than a few bars (alerts drop values more than two bars old); with
-// the default speed of 60 a 1m bar closes every wall second. Instances that
-// share Seed, Speed and Anchor produce the same market at the same moment,
-// so users can move between feed instances. The feed's default anchor is
-// the UTC midnight of the day it starts; deployments that run several
-// instances across days pin it (VIGIL_SIM_ANCHOR).
+// The sim clock has two modes (Config.Clock):
+//
+//   - ClockAhead (the default): sim time runs Speed times as fast as the
+//     wall clock and equals it at Anchor: sim(w) = Anchor + (w − Anchor)·Speed.
+//     With Speed ≥ 1 sim time is never behind the wall clock, so every bar it
+//     produces starts at or after the wall clock's current bar and looks
+//     fresh to consumers that drop data older than a few bars (alerts drop
+//     values more than two bars old); with the default speed of 60 a 1m bar
+//     closes every wall second. The price of that: after a while the bars are
+//     dated in the future (at speed 60, ten hours after the anchor they are
+//     25 days ahead). Tests use it to see many bars in a few seconds. The
+//     default anchor is the UTC midnight of the day the simulator starts.
+//   - ClockWall: sim time starts Replay before Anchor, runs Speed times as
+//     fast as the wall clock until it meets it, then follows it:
+//     sim(w) = min(w, Anchor − Replay + (w − Anchor)·Speed). So the
+//     simulator replays a compressed recent past (Replay at Speed: 15 sim
+//     minutes take 15 wall seconds at speed 60) and from then on its newest
+//     bar is never in the future. The replayed bars that end more than two
+//     bars before the wall clock look stale to alerts, as they should; the
+//     last ones and every bar after the catch-up are fresh. The default
+//     anchor is the moment the simulator starts; the dev stack pins it to
+//     its own start, so that a restarted feed does not replay again.
+//
+// In both modes instances that share Seed, Clock, Speed, Replay and Anchor
+// produce the same market at the same moment, so users can move between
+// feed instances; deployments that run several instances pin the anchor
+// (VIGIL_SIM_ANCHOR).
 //
 // # Determinism
 //
@@ -50,16 +67,37 @@ const (
 	MaxSpeed = 3600
 )
 
+// Clock modes of Config.Clock.
+const (
+	// ClockAhead runs sim time Speed times as fast as the wall clock, ahead
+	// of it.
+	ClockAhead = "ahead"
+	// ClockWall replays the Replay before Anchor at Speed, then follows the
+	// wall clock.
+	ClockWall = "wall"
+)
+
+// DefaultReplay is the compressed past that ClockWall replays by default.
+const DefaultReplay = 15 * time.Minute
+
 // ErrInvalidConfig means a Config field is out of range.
 var ErrInvalidConfig = errors.New("sim: invalid config")
 
 // Config configures a Sim.
 type Config struct {
 	Seed uint64
-	// Speed is sim seconds per wall second, in [1, MaxSpeed].
+	// Clock is ClockAhead (the default when empty) or ClockWall.
+	Clock string
+	// Speed is sim seconds per wall second, in [1, MaxSpeed]; with ClockWall
+	// only until the sim clock has caught up with the wall clock.
 	Speed float64
-	// Anchor is the instant at which sim time equals wall time.
+	// Anchor is, with ClockAhead, the instant at which sim time equals wall
+	// time (default: UTC midnight of the start day); with ClockWall the
+	// instant at which the replay starts (default: the start).
 	Anchor time.Time
+	// Replay is how much past ClockWall replays at Speed before it follows
+	// the wall clock (default DefaultReplay; ignored by ClockAhead).
+	Replay time.Duration
 	// Tick is the wall time between two live emissions.
 	Tick time.Duration
 	// BookLevels is the depth of the simulated book per side.
@@ -88,6 +126,9 @@ func New(cfg Config, sink market.Sink) (*Sim, error) {
 	if cfg.Speed < 1 || cfg.Speed > MaxSpeed || math.IsNaN(cfg.Speed) {
 		return nil, fmt.Errorf("%w: speed %v must be between 1 and %d (below 1 sim bars would look stale)", ErrInvalidConfig, cfg.Speed, MaxSpeed)
 	}
+	if err := cfg.checkClock(); err != nil {
+		return nil, err
+	}
 	if cfg.Tick <= 0 {
 		cfg.Tick = DefaultTick
 	}
@@ -98,11 +139,41 @@ func New(cfg Config, sink market.Sink) (*Sim, error) {
 		cfg.Wall = time.Now
 	}
 	if cfg.Anchor.IsZero() {
-		cfg.Anchor = cfg.Wall().UTC().Truncate(24 * time.Hour)
+		cfg.Anchor = defaultAnchor(cfg.Clock, cfg.Wall())
 	}
 	s := &Sim{cfg: cfg, sink: sink, refs: map[market.Channel]map[string]int{}}
 	s.cursor = s.Now()
 	return s, nil
+}
+
+// checkClock checks the clock mode and replay, filling their defaults.
+func (cfg *Config) checkClock() error {
+	switch cfg.Clock {
+	case "":
+		cfg.Clock = ClockAhead
+	case ClockAhead, ClockWall:
+	default:
+		return fmt.Errorf("%w: clock %q must be %s or %s", ErrInvalidConfig, cfg.Clock, ClockAhead, ClockWall)
+	}
+	if cfg.Replay < 0 {
+		return fmt.Errorf("%w: replay %v must not be negative", ErrInvalidConfig, cfg.Replay)
+	}
+	if cfg.Clock == ClockWall && cfg.Replay == 0 {
+		cfg.Replay = DefaultReplay
+	}
+	if cfg.Clock == ClockWall && cfg.Speed == 1 {
+		return fmt.Errorf("%w: speed 1 never catches up with the wall clock after a replay of %v (use a speed above 1)", ErrInvalidConfig, cfg.Replay)
+	}
+	return nil
+}
+
+// defaultAnchor is the anchor of clock when none is given: UTC midnight of
+// the start day for ClockAhead, the start itself for ClockWall.
+func defaultAnchor(clock string, start time.Time) time.Time {
+	if clock == ClockWall {
+		return start.UTC()
+	}
+	return start.UTC().Truncate(24 * time.Hour)
 }
 
 // Name implements market.Source.
@@ -118,7 +189,23 @@ func (s *Sim) Now() time.Time { return s.At(s.cfg.Wall()) }
 
 // At is the sim time at wall time w.
 func (s *Sim) At(w time.Time) time.Time {
-	return s.cfg.Anchor.Add(time.Duration(float64(w.Sub(s.cfg.Anchor)) * s.cfg.Speed)).UTC()
+	fast := s.cfg.Anchor.Add(time.Duration(float64(w.Sub(s.cfg.Anchor)) * s.cfg.Speed))
+	if s.cfg.Clock != ClockWall {
+		return fast.UTC()
+	}
+	if sim := fast.Add(-s.cfg.Replay); sim.Before(w) {
+		return sim.UTC()
+	}
+	return w.UTC()
+}
+
+// CaughtUp is the wall time from which a ClockWall simulator follows the
+// wall clock (zero for ClockAhead).
+func (s *Sim) CaughtUp() time.Time {
+	if s.cfg.Clock != ClockWall {
+		return time.Time{}
+	}
+	return s.cfg.Anchor.Add(time.Duration(float64(s.cfg.Replay) / (s.cfg.Speed - 1)))
 }
 
 // Subscribe implements market.Source.
@@ -154,8 +241,13 @@ func (s *Sim) Unsubscribe(ch market.Channel, product string) error {
 func (s *Sim) Status() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return map[string]any{"seed": s.cfg.Seed, "speed": s.cfg.Speed, "anchor": s.cfg.Anchor, "sim_time": s.cursor,
+	st := map[string]any{"seed": s.cfg.Seed, "clock": s.cfg.Clock, "speed": s.cfg.Speed, "anchor": s.cfg.Anchor, "sim_time": s.cursor,
 		"trades": s.tradeCount, "book_snapshots": s.bookCount}
+	if s.cfg.Clock == ClockWall {
+		st["replay"] = s.cfg.Replay.String()
+		st["caught_up"] = s.CaughtUp()
+	}
+	return st
 }
 
 // Run implements market.Source: every Tick it emits the trades of each

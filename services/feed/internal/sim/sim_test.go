@@ -2,6 +2,7 @@ package sim_test
 
 import (
 	"context"
+	"errors"
 	"math"
 	"sync"
 	"testing"
@@ -205,5 +206,93 @@ func TestSameSeedSameMarket(t *testing.T) {
 	}
 	if ha[0] == hc[0] {
 		t.Error("a different seed gave the same market")
+	}
+}
+
+func TestWallClockReplaysThePastThenFollowsTheWallClock(t *testing.T) {
+	start := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	now := start
+	s, err := sim.New(sim.Config{Clock: sim.ClockWall, Speed: 61, Replay: 15 * time.Minute, Wall: func() time.Time { return now }}, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.Now(), start.Add(-15*time.Minute); !got.Equal(want) {
+		t.Errorf("at the start sim time is %v, want the replay's start %v", got, want)
+	}
+	now = start.Add(time.Second)
+	if got, want := s.Now(), start.Add(-14*time.Minute+time.Second); !got.Equal(want) {
+		t.Errorf("one wall second into the replay sim time is %v, want %v (61 sim seconds later)", got, want)
+	}
+	// 15 minutes at 61x meet the wall clock after 15 wall seconds.
+	if got, want := s.CaughtUp(), start.Add(15*time.Second); !got.Equal(want) {
+		t.Errorf("caught up at %v, want %v", got, want)
+	}
+	for _, w := range []time.Duration{15 * time.Second, 16 * time.Second, time.Hour, 30 * 24 * time.Hour} {
+		now = start.Add(w)
+		if got := s.Now(); !got.Equal(now) {
+			t.Errorf("%v after the start sim time is %v, want the wall time %v", w, got, now)
+		}
+	}
+	// Never in the future, at any moment of the replay.
+	for w := time.Duration(0); w < 20*time.Second; w += 100 * time.Millisecond {
+		now = start.Add(w)
+		if s.Now().After(now) {
+			t.Fatalf("%v after the start sim time %v is ahead of the wall clock %v", w, s.Now(), now)
+		}
+	}
+}
+
+func TestWallClockHistoryIsTheSameMarket(t *testing.T) {
+	// History is a function of sim time alone: a wall-clock simulator and
+	// one running ahead agree on every bar both have seen.
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	wall := func() time.Time { return now }
+	a, err := sim.New(sim.Config{Seed: 5, Clock: sim.ClockWall, Wall: wall}, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := sim.New(sim.Config{Seed: 5, Wall: wall}, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, to := now.Add(-48*time.Hour), now.Add(-time.Hour)
+	ha, _ := a.History(t.Context(), "BTC-USD", contract.TF1h, from, to)
+	hb, _ := b.History(t.Context(), "BTC-USD", contract.TF1h, from, to)
+	if len(ha) != 47 || len(hb) != 47 {
+		t.Fatalf("%d and %d 1h bars over 47 hours, want 47", len(ha), len(hb))
+	}
+	for i := range ha {
+		if ha[i] != hb[i] {
+			t.Fatalf("bar %d differs: %+v and %+v", i, ha[i], hb[i])
+		}
+	}
+	// The newest bar of the wall-clock simulator is never in the future.
+	h, _ := a.History(t.Context(), "BTC-USD", contract.TF1m, now.Add(-time.Hour), now.Add(time.Hour))
+	if last := h[len(h)-1]; last.Start.After(a.Now()) {
+		t.Errorf("newest 1m bar starts at %v, after the sim clock %v", last.Start, a.Now())
+	}
+}
+
+func TestNewChecksTheClock(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  sim.Config
+		ok   bool
+	}{
+		{"default", sim.Config{}, true},
+		{"ahead", sim.Config{Clock: sim.ClockAhead}, true},
+		{"wall", sim.Config{Clock: sim.ClockWall}, true},
+		{"wall with replay", sim.Config{Clock: sim.ClockWall, Replay: time.Hour}, true},
+		{"unknown clock", sim.Config{Clock: "sundial"}, false},
+		{"negative replay", sim.Config{Clock: sim.ClockWall, Replay: -time.Minute}, false},
+		{"wall at speed 1 never catches up", sim.Config{Clock: sim.ClockWall, Speed: 1}, false},
+	} {
+		_, err := sim.New(tc.cfg, &recorder{})
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err %v, want ok %v", tc.name, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, sim.ErrInvalidConfig) {
+			t.Errorf("%s: err %v does not wrap ErrInvalidConfig", tc.name, err)
+		}
 	}
 }
