@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,13 +10,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/localstack"
+	"vigil.dev/pkg/telemetry"
 )
 
 // Errors of the dev stack.
@@ -32,6 +36,9 @@ type devConfig struct {
 	FeedSource   string        `env:"VIGIL_FEED_SOURCE" envDefault:"sim" help:"market data source passed to vigil-feed (sim, coinbase, replay)"`
 	StopGrace    time.Duration `env:"VIGIL_DEV_STOP_GRACE" envDefault:"15s" help:"how long a service may take to stop after SIGTERM before it is killed"`
 	Tracing      bool          `env:"TRACING" envDefault:"false" help:"1 also runs Jaeger (OTLP on 4317/4318, UI on 16686) and points the services at it"`
+	Dir          string        `env:"VIGIL_DEV_DIR" help:"the dev stack's state and logs (default .run at the repository root)"`
+	BinDir       string        `env:"VIGIL_DEV_BIN" help:"where the service binaries are built (default bin at the repository root)"`
+	ReadyTimeout time.Duration `env:"VIGIL_DEV_READY_TIMEOUT" envDefault:"2m" help:"how long to wait for every service to register before printing the banner anyway"`
 }
 
 // Validate checks the ports and the grace period.
@@ -48,12 +55,15 @@ func (c devConfig) Validate() error {
 	if c.StopGrace <= 0 {
 		return fmt.Errorf("VIGIL_DEV_STOP_GRACE: %v is not positive", c.StopGrace)
 	}
+	if c.ReadyTimeout <= 0 {
+		return fmt.Errorf("VIGIL_DEV_READY_TIMEOUT: %v is not positive", c.ReadyTimeout)
+	}
 	return nil
 }
 
 // services are the service binaries the dev stack builds and runs: the
-// short name (the directory under services/ and the output prefix) and the
-// binary name.
+// short name (the directory under services/, the output prefix and the log
+// file's name) and the binary name, which is also the micro service name.
 var services = []struct{ name, binary string }{
 	{"feed", "vigil-feed"},
 	{"indicators", "vigil-indicators"},
@@ -75,7 +85,13 @@ const (
 // startTimeout bounds the start of each server.
 const startTimeout = 2 * time.Minute
 
+// simClock is the simulator clock of the dev stack (see the feed's
+// VIGIL_SIM_CLOCK): replay the recent past fast, then follow the wall clock,
+// so that no bar is ever dated in the future.
+const simClock = "wall"
+
 func run(ctx context.Context, log *slog.Logger, args []string) error {
+	began := time.Now()
 	var cfg devConfig
 	if err := config.Load(&cfg, "devstack", "Runs the vigil dev stack (make run).", args, os.Stdout); err != nil {
 		return err
@@ -84,7 +100,11 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
-	runDir := filepath.Join(root, ".run")
+	runDir := cmp.Or(cfg.Dir, filepath.Join(root, ".run"))
+	binDir := cmp.Or(cfg.BinDir, filepath.Join(root, "bin"))
+	if err := resetOldSimState(log, runDir); err != nil {
+		return err
+	}
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 
@@ -121,45 +141,134 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	log.Info("database migrated, demo user seeded", "token", demoToken, "user_id", userID, "exchange_id", exchangeID)
 
-	binaries, err := buildServices(ctx, log, root)
+	binaries, err := buildServices(ctx, log, root, binDir)
 	if err != nil {
 		return err
 	}
 
-	env := append(os.Environ(),
-		"NATS_URL="+natsSrv.URL(),
-		"REDIS_URL="+redisSrv.URL(),
-		"DATABASE_URL="+pg.URL(),
-		"VIGIL_FEED_SOURCE="+cfg.FeedSource,
-	)
 	out := &syncWriter{out: os.Stdout}
+	var pretty slog.Handler
+	if telemetry.IsTerminal(os.Stdout) {
+		pretty = telemetry.NewConsoleHandler(out, slog.LevelInfo, telemetry.ColorOK(os.Stdout))
+	}
+	logs, err := newConsole(filepath.Join(runDir, "logs"), out, pretty)
+	if err != nil {
+		return err
+	}
+	defer logs.Close()
+
+	env := serviceEnv(os.Environ(), natsSrv.URL(), redisSrv.URL(), pg.URL(), cfg.FeedSource, time.Now())
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	extra, env, err := startOptional(ctx, &wg, cfg, root, env, logs, log)
+	if err != nil {
+		return err
+	}
+	for _, b := range binaries {
+		wg.Go(func() {
+			supervise(ctx, child{name: b.name, path: b.path, env: env, lines: logs.lines(b.name), grace: cfg.StopGrace, log: log})
+		})
+	}
+	waitForServices(ctx, log, natsSrv.URL(), binaries, cfg.ReadyTimeout)
+	printBanner(out, banner{
+		took: time.Since(began), natsURL: natsSrv.URL(), redisURL: redisSrv.URL(), postgresURL: pg.URL(),
+		runDir: runDir, binaries: binaries, logs: logs, feedSource: cfg.FeedSource, env: env, extra: extra,
+	})
+
+	<-ctx.Done()
+	log.Info("stopping the dev stack")
+	return nil
+}
+
+// serviceEnv is the environment of the services: the servers' URLs, the
+// feed's source and, for the simulator, its clock (replay from now, then
+// the wall clock) unless base sets them.
+func serviceEnv(base []string, natsURL, redisURL, postgresURL, feedSource string, start time.Time) []string {
+	env := append(slices.Clip(base),
+		"NATS_URL="+natsURL,
+		"REDIS_URL="+redisURL,
+		"DATABASE_URL="+postgresURL,
+		"VIGIL_FEED_SOURCE="+feedSource,
+	)
+	if os.Getenv("VIGIL_SIM_CLOCK") == "" {
+		env = append(env, "VIGIL_SIM_CLOCK="+simClock)
+		if os.Getenv("VIGIL_SIM_ANCHOR") == "" {
+			// One anchor for the whole run: a restarted feed goes on where
+			// the clock is instead of replaying again.
+			env = append(env, "VIGIL_SIM_ANCHOR="+start.UTC().Format(time.RFC3339))
+		}
+	}
+	return env
+}
+
+// startOptional starts what a switch asks for beside the services
+// (TRACING=1: Jaeger) and returns the banner's lines about it and the
+// services' environment extended to use it.
+func startOptional(ctx context.Context, wg *sync.WaitGroup, cfg devConfig, root string, env []string, logs *console, log *slog.Logger) (banner []string, _ []string, _ error) {
 	if cfg.Tracing {
 		jaeger, err := jaegerBinary(ctx, root)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
 			// Jaeger takes traces only.
 			"OTEL_METRICS_EXPORTER=none")
 		wg.Go(func() {
-			supervise(ctx, child{name: "jaeger", path: jaeger, env: os.Environ(), out: io.Discard, grace: cfg.StopGrace, log: log})
+			supervise(ctx, child{name: "jaeger", path: jaeger, env: os.Environ(), lines: logs.discard("jaeger"), grace: cfg.StopGrace, log: log})
 		})
+		banner = append(banner, fmt.Sprintf("tracing   Jaeger UI http://127.0.0.1:16686 (OTLP http://127.0.0.1:4318), log %s", logs.logPath("jaeger")))
 	}
-	for _, b := range binaries {
-		wg.Go(func() {
-			supervise(ctx, child{name: b.name, path: b.path, env: env, out: out, grace: cfg.StopGrace, log: log})
-		})
-	}
-	printBanner(out, natsSrv.URL(), redisSrv.URL(), pg.URL(), runDir, binaries)
-	if cfg.Tracing {
-		fmt.Fprintf(out, "tracing: Jaeger UI at http://127.0.0.1:16686 (OTLP http://127.0.0.1:4318)\n\n")
-	}
+	return banner, env, nil
+}
 
-	<-ctx.Done()
-	log.Info("stopping the dev stack")
-	wg.Wait()
-	return nil
+// waitForServices waits until every service has registered with NATS (it
+// answers $SRV.PING), or timeout passes, so that the banner comes after
+// the services' start-up lines.
+func waitForServices(ctx context.Context, log *slog.Logger, natsURL string, binaries []builtService, timeout time.Duration) {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		log.Warn("cannot check that the services are up", "err", err)
+		return
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for _, b := range binaries {
+		for len(localstack.ServiceInstances(nc, b.binary)) == 0 {
+			select {
+			case <-ctx.Done():
+				log.Warn("a service has not registered yet", "process", b.binary, "waited", timeout)
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// resetOldSimState drops the market data of a state directory written by
+// the simulator's old clock, which dated its bars up to weeks ahead: with
+// those in Redis and NATS, no bar of the wall clock would ever look new.
+// PostgreSQL (users, command log, alerts) is kept. The clock used is noted
+// in runDir/sim-clock.
+func resetOldSimState(log *slog.Logger, runDir string) error {
+	marker := filepath.Join(runDir, "sim-clock")
+	if b, err := os.ReadFile(marker); err == nil && strings.TrimSpace(string(b)) == simClock {
+		return nil
+	}
+	for _, dir := range []string{"redis", "nats"} {
+		path := filepath.Join(runDir, dir)
+		if _, err := os.Stat(path); err != nil {
+			continue
+		}
+		log.Info("dropping market data of the old simulator clock (bars dated ahead)", "dir", path)
+		if err := os.RemoveAll(path); err != nil {
+			return fmt.Errorf("devstack: %w", err)
+		}
+	}
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return fmt.Errorf("devstack: %w", err)
+	}
+	return os.WriteFile(marker, []byte(simClock+"\n"), 0o644)
 }
 
 // stopServer stops one server at shutdown, logging the outcome.
@@ -194,47 +303,42 @@ type builtService struct {
 	name, binary, path string
 }
 
-// buildServices builds every service whose main package exists into bin/,
-// and vigilctl when present, warning about the missing ones.
-func buildServices(ctx context.Context, log *slog.Logger, root string) ([]builtService, error) {
-	binDir := filepath.Join(root, "bin")
+// buildServices builds the four services and vigilctl into binDir with
+// one go build, which compiles their shared packages once and links them
+// in parallel.
+func buildServices(ctx context.Context, log *slog.Logger, root, binDir string) ([]builtService, error) {
 	var built []builtService
+	pkgs := make([]string, 0, len(services)+1)
 	for _, s := range services {
-		pkg := "./services/" + s.name
-		if !isMainPackage(ctx, root, pkg) {
-			log.Warn("no main package yet; not running it", "service", s.binary, "package", pkg)
-			continue
-		}
-		path := filepath.Join(binDir, s.binary)
-		if err := goBuild(ctx, log, root, path, pkg); err != nil {
-			return nil, err
-		}
-		built = append(built, builtService{name: s.name, binary: s.binary, path: path})
+		pkgs = append(pkgs, "./services/"+s.name)
+		built = append(built, builtService{name: s.name, binary: s.binary, path: filepath.Join(binDir, s.binary)})
 	}
-	if isMainPackage(ctx, root, vigilctlPackage) {
-		if err := goBuild(ctx, log, root, filepath.Join(binDir, "vigilctl"), vigilctlPackage); err != nil {
-			return nil, err
-		}
+	pkgs = append(pkgs, vigilctlPackage)
+	// go build -o <dir>/ names each binary after its package's directory
+	// (feed, ...): build into a directory of the dev stack's own, then
+	// move them to their names.
+	staging := filepath.Join(binDir, ".devstack")
+	if err := os.MkdirAll(staging, 0o755); err != nil {
+		return nil, fmt.Errorf("devstack: %w", err)
 	}
-	return built, nil
-}
-
-// isMainPackage reports whether pkg (relative to root) is a main package.
-func isMainPackage(ctx context.Context, root, pkg string) bool {
-	cmd := exec.CommandContext(ctx, "go", "list", "-f", "{{.Name}}", pkg)
-	cmd.Dir = root
-	out, err := cmd.Output()
-	return err == nil && strings.TrimSpace(string(out)) == "main"
-}
-
-func goBuild(ctx context.Context, log *slog.Logger, root, output, pkg string) error {
-	log.Info("building", "package", pkg, "output", output)
-	cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X vigil.dev/pkg/service.Revision="+gitRevision(ctx, root), "-o", output, pkg)
+	started := time.Now()
+	log.Info("building the services and vigilctl", "into", binDir)
+	args := append([]string{"build", "-ldflags", "-X vigil.dev/pkg/service.Revision=" + gitRevision(ctx, root), "-o", staging + string(filepath.Separator)}, pkgs...)
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%w: go build %s: %w\n%s", ErrBuild, pkg, err, out)
+		return nil, fmt.Errorf("%w: go build: %w\n%s", ErrBuild, err, out)
 	}
-	return nil
+	for _, b := range built {
+		if err := os.Rename(filepath.Join(staging, b.name), b.path); err != nil {
+			return nil, fmt.Errorf("devstack: %w", err)
+		}
+	}
+	if err := os.Rename(filepath.Join(staging, "vigilctl"), filepath.Join(binDir, "vigilctl")); err != nil {
+		return nil, fmt.Errorf("devstack: %w", err)
+	}
+	log.Info("built", "took", time.Since(started).Round(time.Millisecond))
+	return built, nil
 }
 
 // jaegerBinary is the cached Jaeger all-in-one binary, built by
@@ -261,30 +365,81 @@ func gitRevision(ctx context.Context, root string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// printBanner tells what runs where and a few commands to try.
-func printBanner(out io.Writer, natsURL, redisURL, postgresURL, runDir string, binaries []builtService) {
+// banner is what the dev stack prints once it is up.
+type banner struct {
+	took                           time.Duration
+	natsURL, redisURL, postgresURL string
+	runDir                         string
+	binaries                       []builtService
+	logs                           *console
+	feedSource                     string
+	env                            []string // the services' environment
+	extra                          []string // lines of optional parts (TRACING=1)
+}
+
+// printBanner tells what runs where, where the logs are, what the market
+// clock does and a few commands to try, the demo alert first.
+func printBanner(out io.Writer, bn banner) {
 	natsFlag := ""
-	if natsURL != "nats://127.0.0.1:4222" {
-		natsFlag = " -s " + natsURL
+	if bn.natsURL != "nats://127.0.0.1:4222" {
+		natsFlag = " -s " + bn.natsURL
+	}
+	vigilctl := filepath.Join(filepath.Dir(bn.binaries[0].path), "vigilctl")
+	if rel, err := filepath.Rel(mustGetwd(), vigilctl); err == nil && !strings.HasPrefix(rel, "..") {
+		vigilctl = rel
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nvigil dev stack is up (state in %s)\n", runDir)
-	fmt.Fprintf(&b, "  NATS      %s  (JetStream store %s)\n", natsURL, filepath.Join(runDir, "nats"))
-	fmt.Fprintf(&b, "  Redis     %s\n", redisURL)
-	fmt.Fprintf(&b, "  Postgres  %s\n", postgresURL)
+	fmt.Fprintf(&b, "\nvigil dev stack is up in %s (state in %s)\n", bn.took.Round(100*time.Millisecond), bn.runDir)
+	fmt.Fprintf(&b, "  NATS      %s  (JetStream store %s)\n", bn.natsURL, filepath.Join(bn.runDir, "nats"))
+	fmt.Fprintf(&b, "  Redis     %s\n", bn.redisURL)
+	fmt.Fprintf(&b, "  Postgres  %s\n", bn.postgresURL)
 	fmt.Fprintf(&b, "  demo user %q (exchange %s), settings from %s\n", demoToken, demoExchange, demoSettingsFile)
-	if len(binaries) == 0 {
-		b.WriteString("  services  none built yet\n")
+	fmt.Fprintf(&b, "  market    %s\n", marketLine(bn.feedSource, bn.env))
+	for _, s := range bn.binaries {
+		fmt.Fprintf(&b, "  service   %-16s log %s\n", s.binary, bn.logs.logPath(s.name))
 	}
-	for _, s := range binaries {
-		fmt.Fprintf(&b, "  service   %-16s %s\n", s.binary, s.path)
+	for _, line := range bn.extra {
+		fmt.Fprintf(&b, "  %s\n", line)
 	}
+	b.WriteString("watch the demo rule's alerts (one a minute):\n")
+	fmt.Fprintf(&b, "  nats%s sub 'vigil.alert.%s.>'\n", natsFlag, demoToken)
+	fmt.Fprintf(&b, "  %s%s alerts --user %s --follow\n", vigilctl, natsFlag, demoToken)
 	b.WriteString("try:\n")
+	fmt.Fprintf(&b, "  %s%s top\n", vigilctl, natsFlag)
 	fmt.Fprintf(&b, "  nats%s micro ls\n", natsFlag)
-	fmt.Fprintf(&b, "  nats%s sub 'vigil.result.%s.>'\n", natsFlag, demoToken)
 	fmt.Fprintf(&b, "  nats%s req vigil.cmd.%s.pause '{}'\n", natsFlag, demoToken)
-	fmt.Fprintf(&b, "  psql '%s'\n", postgresURL)
-	fmt.Fprintf(&b, "  redis-cli -u %s\n", redisURL)
+	fmt.Fprintf(&b, "  psql '%s'\n", bn.postgresURL)
+	fmt.Fprintf(&b, "  redis-cli -u %s\n", bn.redisURL)
 	b.WriteString("Ctrl-C stops everything.\n\n")
 	_, _ = io.WriteString(out, b.String())
+}
+
+// marketLine describes the market data source and, for the simulator, its
+// clock, from the services' environment.
+func marketLine(source string, env []string) string {
+	if source != "sim" {
+		return source
+	}
+	get := func(name, def string) string {
+		v := def
+		for _, kv := range env {
+			if k, val, ok := strings.Cut(kv, "="); ok && k == name {
+				v = val
+			}
+		}
+		return v
+	}
+	speed := get("VIGIL_SIM_SPEED", "60")
+	if get("VIGIL_SIM_CLOCK", "ahead") != simClock {
+		return fmt.Sprintf("simulator, sim time %sx the wall clock and ahead of it (bars dated in the future)", speed)
+	}
+	return fmt.Sprintf("simulator replaying the last %s at %sx, then on the wall clock (no bar in the future)", get("VIGIL_SIM_REPLAY", "15m"), speed)
+}
+
+func mustGetwd() string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "/"
+	}
+	return wd
 }

@@ -23,10 +23,10 @@ const (
 
 // child is a service binary the dev stack runs and restarts.
 type child struct {
-	name  string        // shown as the output prefix, e.g. "feed"
+	name  string        // the service's short name, e.g. "feed"
 	path  string        // the binary
 	env   []string      // its whole environment
-	out   io.Writer     // where its prefixed output goes
+	lines func([]byte)  // gets each line of its output (stdout and stderr), without the newline
 	grace time.Duration // how long it may take to stop after SIGTERM
 	log   *slog.Logger
 }
@@ -46,7 +46,7 @@ func supervise(ctx context.Context, c child) {
 		if ran >= stableRun {
 			delay = firstRestartDelay
 		}
-		c.log.Warn("service exited; restarting", "service", c.name, "err", err, "ran", ran.Round(time.Millisecond), "restart_in", delay)
+		c.log.Warn("service exited; restarting", "process", c.name, "err", err, "ran", ran.Round(time.Millisecond), "restart_in", delay)
 		timer := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -62,7 +62,7 @@ func supervise(ctx context.Context, c child) {
 func (c child) runOnce(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, c.path)
 	cmd.Env = c.env
-	out := &prefixWriter{prefix: "[" + c.name + "] ", out: c.out}
+	out := &lineWriter{emit: c.lines}
 	defer out.Flush()
 	cmd.Stdout = out
 	cmd.Stderr = out
@@ -72,13 +72,13 @@ func (c child) runOnce(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", c.path, err)
 	}
-	c.log.Info("service started", "service", c.name, "pid", cmd.Process.Pid)
+	c.log.Info("service started", "process", c.name, "pid", cmd.Process.Pid)
 	err := cmd.Wait()
 	if ctx.Err() != nil {
 		if errors.Is(err, exec.ErrWaitDelay) || isKilled(err) {
-			c.log.Warn("service did not stop in time and was killed", "service", c.name, "grace", c.grace)
+			c.log.Warn("service did not stop in time and was killed", "process", c.name, "grace", c.grace)
 		} else {
-			c.log.Info("service stopped", "service", c.name)
+			c.log.Info("service stopped", "process", c.name)
 		}
 	}
 	return err
@@ -94,17 +94,15 @@ func isKilled(err error) bool {
 	return ok && status.Signaled() && status.Signal() == syscall.SIGKILL
 }
 
-// prefixWriter writes each complete line it receives to out with prefix in
-// front, one Write per line so that lines of concurrent children do not
-// interleave (out must serialize its Writes).
-type prefixWriter struct {
-	prefix string
-	out    io.Writer
-	mu     sync.Mutex
-	buf    []byte // the unfinished last line
+// lineWriter calls emit with each complete line written to it, without
+// the newline, one line at a time.
+type lineWriter struct {
+	emit func([]byte)
+	mu   sync.Mutex
+	buf  []byte // the unfinished last line
 }
 
-func (w *prefixWriter) Write(p []byte) (int, error) {
+func (w *lineWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.buf = append(w.buf, p...)
@@ -113,26 +111,28 @@ func (w *prefixWriter) Write(p []byte) (int, error) {
 		if i < 0 {
 			return len(p), nil
 		}
-		if err := w.emit(w.buf[:i+1]); err != nil {
-			return len(p), err
-		}
+		w.emit(w.buf[:i])
 		w.buf = w.buf[i+1:]
 	}
 }
 
-// Flush writes an unfinished last line, ending it with a newline.
-func (w *prefixWriter) Flush() {
+// Flush emits an unfinished last line.
+func (w *lineWriter) Flush() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.buf) > 0 {
-		_ = w.emit(append(w.buf, '\n'))
+		w.emit(w.buf)
 		w.buf = nil
 	}
 }
 
-func (w *prefixWriter) emit(line []byte) error {
-	_, err := w.out.Write(append([]byte(w.prefix), line...))
-	return err
+// prefixLines returns a line handler that writes each line to out with
+// prefix in front and a newline, in one Write (out must serialize its
+// Writes when several children share it).
+func prefixLines(out io.Writer, prefix string) func([]byte) {
+	return func(line []byte) {
+		_, _ = out.Write(append(append([]byte(prefix), line...), '\n'))
+	}
 }
 
 // syncWriter serializes Writes to an io.Writer shared by several children.

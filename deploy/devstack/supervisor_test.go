@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-func TestPrefixWriter(t *testing.T) {
+func TestLineWriterWithPrefix(t *testing.T) {
 	cases := []struct {
 		name   string
 		chunks []string
@@ -28,7 +28,7 @@ func TestPrefixWriter(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
-			w := &prefixWriter{prefix: "[x] ", out: &out}
+			w := &lineWriter{emit: prefixLines(&out, "[x] ")}
 			for _, c := range tc.chunks {
 				if n, err := w.Write([]byte(c)); err != nil || n != len(c) {
 					t.Fatalf("Write(%q) = %d, %v", c, n, err)
@@ -125,7 +125,7 @@ func TestSuperviseRestartsAChildThatExits(t *testing.T) {
 	out := newLineRecorder()
 	stop := startSupervise(t, child{
 		name: "svc", path: script(t, `echo "up $GREETING"; exit 3`),
-		env: []string{"GREETING=hi"}, out: out, grace: time.Second, log: quietLogger(),
+		env: []string{"GREETING=hi"}, lines: prefixLines(out, "[svc] "), grace: time.Second, log: quietLogger(),
 	})
 	out.waitFor(t, "[svc] up hi", 2, 10*time.Second)
 	stop()
@@ -135,7 +135,7 @@ func TestSuperviseStopsChildWithSIGTERM(t *testing.T) {
 	out := newLineRecorder()
 	stop := startSupervise(t, child{
 		name: "svc", path: script(t, `trap 'echo "got TERM"; exit 0' TERM; echo ready; while :; do sleep 0.05; done`),
-		out: out, grace: 10 * time.Second, log: quietLogger(),
+		lines: prefixLines(out, "[svc] "), grace: 10 * time.Second, log: quietLogger(),
 	})
 	out.waitFor(t, "[svc] ready", 1, 10*time.Second)
 	if took := stop(); took > 5*time.Second {
@@ -149,7 +149,7 @@ func TestSuperviseKillsChildThatIgnoresSIGTERM(t *testing.T) {
 	const grace = 300 * time.Millisecond
 	stop := startSupervise(t, child{
 		name: "svc", path: script(t, `trap '' TERM; echo ready; while :; do sleep 0.05; done`),
-		out: out, grace: grace, log: quietLogger(),
+		lines: prefixLines(out, "[svc] "), grace: grace, log: quietLogger(),
 	})
 	out.waitFor(t, "[svc] ready", 1, 10*time.Second)
 	took := stop()

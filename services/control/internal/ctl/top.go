@@ -1,0 +1,389 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+	"vigil.dev/pkg/contract"
+)
+
+// alertWindow is the window of top's ALERTS/1M column.
+const alertWindow = time.Minute
+
+// TopReport is one frame of top: status's report, plus per instance the
+// users it owns and its lag, per user the alerts of the last minute, and
+// the feed's market data source with its clock.
+type TopReport struct {
+	StatusReport
+	// Instances are the instances of every service with what they own,
+	// in status's order.
+	Instances []TopInstance `json:"instances"`
+	// AlertsLastMinute counts each user's alerts in VIGIL_ALERTS published
+	// in the minute before At.
+	AlertsLastMinute map[string]int `json:"alerts_last_minute"`
+	// Sources are the feed instances' market data sources and clocks.
+	Sources []SourceClock `json:"sources,omitempty"`
+	At      time.Time     `json:"at"`
+}
+
+// TopInstance is one instance as top shows it.
+type TopInstance struct {
+	InstanceStatus
+	// Users counts the users the instance owns (-1: its status did not
+	// answer).
+	Users int `json:"users"`
+	// LagMs is the largest lag the instance reports over its users (feed:
+	// age of the last live data; indicators: candle to indicator), -1 when
+	// it reports none.
+	LagMs int64 `json:"lag_ms"`
+}
+
+// SourceClock is a feed instance's market data source and clock.
+type SourceClock struct {
+	Instance string `json:"instance"`
+	Source   string `json:"source"`
+	// Clock is the simulator's clock mode (ahead, wall), SimTime its
+	// current time; empty for real sources.
+	Clock   string    `json:"clock,omitempty"`
+	SimTime time.Time `json:"sim_time,omitzero"`
+}
+
+// serviceStatus is the part of the feed's, indicators' and alerts' status
+// results that top reads: the users by token, each with whether this
+// instance owns it (feed; absent means yes) and its lag (indicators) or
+// its symbols' freshness (feed), and the feed's source.
+type serviceStatus struct {
+	Users map[string]struct {
+		Owner     *bool    `json:"owner"`
+		LagMs     *float64 `json:"lag_ms"`
+		Freshness map[string]struct {
+			LagMs *int64 `json:"lag_ms"`
+		} `json:"freshness"`
+	} `json:"users"`
+	Source       string `json:"source"`
+	SourceStatus struct {
+		Clock   string    `json:"clock"`
+		SimTime time.Time `json:"sim_time"`
+	} `json:"source_status"`
+}
+
+func newTopCmd(sys IO, conn *connFlags) *cobra.Command {
+	var (
+		interval time.Duration
+		wait     time.Duration
+		once     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "top",
+		Short: "A live view of users and instances, refreshed like top (one plain frame when not on a terminal)",
+		Long: `top shows, refreshed every --interval until Ctrl-C:
+
+  users:     state, mode, freshness per symbol, command queue, alerts in the
+             last minute (from KV VIGIL_STATE, vigil-control, vigil-feed and
+             the VIGIL_ALERTS stream)
+  instances: service, instance, host, uptime, users owned, lag (from
+             $SRV.INFO, $SRV.STATS and each service's status endpoint)
+
+and the feed's market source with its clock (a simulator says which clock
+it runs). When stdout is not a terminal, or with --once, it prints one
+frame as plain tables and exits.`,
+		Example: `  vigilctl top
+  vigilctl top --interval 5s
+  vigilctl top --once`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if interval <= 0 {
+				return usageErrorf("--interval: must be positive")
+			}
+			if wait <= 0 {
+				return usageErrorf("--timeout: must be positive")
+			}
+			nc, err := conn.connect(cmd.Context(), sys.Getenv)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			isTerm, _ := sys.Terminal(sys.Stdout)
+			if once || !isTerm {
+				report, err := collectTop(cmd.Context(), nc, wait)
+				if err != nil {
+					return err
+				}
+				printTop(sys.Stdout, report)
+				return nil
+			}
+			return liveTop(cmd.Context(), sys.Stdout, nc, interval, wait)
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&interval, "interval", 2*time.Second, "time between two refreshes")
+	f.DurationVar(&wait, "timeout", time.Second, "how long to wait for the instances' answers")
+	f.BoolVar(&once, "once", false, "print one frame and exit, also on a terminal")
+	return cmd
+}
+
+// Terminal control sequences of the live view.
+const (
+	altScreenOn  = "\x1b[?1049h\x1b[?25l" // alternate screen, cursor hidden
+	altScreenOff = "\x1b[?25h\x1b[?1049l"
+	homeClear    = "\x1b[H\x1b[2J"
+)
+
+// liveTop redraws the report every interval on the terminal's alternate
+// screen until ctx ends (Ctrl-C), then restores the screen.
+func liveTop(ctx context.Context, w io.Writer, nc *nats.Conn, interval, wait time.Duration) error {
+	fmt.Fprint(w, altScreenOn)
+	defer fmt.Fprint(w, altScreenOff)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		report, err := collectTop(ctx, nc, wait)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var frame strings.Builder
+		frame.WriteString(homeClear)
+		fmt.Fprintf(&frame, "vigilctl top  %s  every %s, Ctrl-C quits\n\n", time.Now().Format("15:04:05"), interval)
+		if err != nil {
+			fmt.Fprintf(&frame, "error: %v\n", err)
+		} else {
+			printTop(&frame, report)
+		}
+		fmt.Fprint(w, frame.String())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// collectTop gathers one frame: status's report, the status endpoints of
+// the feed, indicators and alerts, and the last minute of VIGIL_ALERTS,
+// all at once.
+func collectTop(ctx context.Context, nc *nats.Conn, wait time.Duration) (TopReport, error) {
+	now := time.Now()
+	report := TopReport{At: now.UTC()}
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		statusErr error
+		alertsErr error
+		replies   = map[contract.Svc][]*nats.Msg{}
+	)
+	wg.Go(func() {
+		r, err := collectStatus(ctx, nc, "", wait)
+		mu.Lock()
+		defer mu.Unlock()
+		report.StatusReport, statusErr = r, err
+	})
+	body, _ := json.Marshal(contract.SvcRequest{})
+	for _, svc := range []contract.Svc{contract.SvcFeed, contract.SvcIndicators, contract.SvcAlerts} {
+		wg.Go(func() {
+			msgs := gather(ctx, nc, contract.SvcSubject(svc, contract.VerbStatus), body, wait)
+			mu.Lock()
+			defer mu.Unlock()
+			replies[svc] = msgs
+		})
+	}
+	wg.Go(func() {
+		counts, err := alertsSince(ctx, nc, now.Add(-alertWindow), max(wait, 5*time.Second))
+		mu.Lock()
+		defer mu.Unlock()
+		report.AlertsLastMinute, alertsErr = counts, err
+	})
+	wg.Wait()
+	if statusErr != nil {
+		return report, statusErr
+	}
+	owned := map[string]ownership{}
+	for _, svc := range []contract.Svc{contract.SvcFeed, contract.SvcIndicators, contract.SvcAlerts} {
+		for _, m := range replies[svc] {
+			var r contract.SvcReply
+			var st serviceStatus
+			if json.Unmarshal(m.Data, &r) != nil || !r.OK || json.Unmarshal(r.Result, &st) != nil {
+				continue
+			}
+			owned[r.Instance] = ownershipOf(st)
+			if svc == contract.SvcFeed && st.Source != "" {
+				report.Sources = append(report.Sources, SourceClock{Instance: r.Instance, Source: st.Source,
+					Clock: st.SourceStatus.Clock, SimTime: st.SourceStatus.SimTime})
+			}
+		}
+	}
+	for _, in := range report.Services {
+		ti := TopInstance{InstanceStatus: in, Users: -1, LagMs: -1}
+		if o, ok := owned[in.ID]; ok {
+			ti.Users, ti.LagMs = o.users, o.lagMs
+		}
+		report.Instances = append(report.Instances, ti)
+	}
+	for i := range report.Sources {
+		for _, in := range report.Services {
+			if in.ID == report.Sources[i].Instance && in.Instance != "" {
+				report.Sources[i].Instance = in.Instance
+			}
+		}
+	}
+	slices.SortFunc(report.Sources, func(a, b SourceClock) int { return strings.Compare(a.Instance, b.Instance) })
+	if alertsErr != nil {
+		report.AlertsLastMinute = nil
+	}
+	return report, nil
+}
+
+// ownership is what one instance owns: users and the largest lag.
+type ownership struct {
+	users int
+	lagMs int64
+}
+
+// ownershipOf counts the users an instance's status says it owns and its
+// largest lag over them.
+func ownershipOf(st serviceStatus) ownership {
+	o := ownership{lagMs: -1}
+	for _, u := range st.Users {
+		if u.Owner != nil && !*u.Owner {
+			continue
+		}
+		o.users++
+		if u.LagMs != nil {
+			o.lagMs = max(o.lagMs, int64(*u.LagMs))
+		}
+		for _, f := range u.Freshness {
+			if f.LagMs != nil {
+				o.lagMs = max(o.lagMs, *f.LagMs)
+			}
+		}
+	}
+	return o
+}
+
+// alertsSince counts, per user, the alerts VIGIL_ALERTS received since
+// since, reading them with an ordered consumer that starts at that time.
+func alertsSince(ctx context.Context, nc *nats.Conn, since time.Time, wait time.Duration) (map[string]int, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	cons, err := js.OrderedConsumer(ctx, contract.StreamAlerts, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"vigil.alert.>"}, DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read stream %s: %w", contract.StreamAlerts, err)
+	}
+	counts := map[string]int{}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read stream %s: %w", contract.StreamAlerts, err)
+	}
+	for pending := info.NumPending; pending > 0; {
+		batch, err := cons.FetchNoWait(int(min(pending, 256)))
+		if err != nil {
+			return nil, fmt.Errorf("read stream %s: %w", contract.StreamAlerts, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			if user, ok := alertUser(m.Subject()); ok {
+				counts[user]++
+			}
+			if md, err := m.Metadata(); err == nil {
+				pending = md.NumPending
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, fmt.Errorf("read stream %s: %w", contract.StreamAlerts, err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	return counts, nil
+}
+
+// alertUser is the user of an alert subject vigil.alert.<user>.<rule>.
+func alertUser(subject string) (string, bool) {
+	parts := strings.Split(subject, ".")
+	if len(parts) < 4 || parts[0] != "vigil" || parts[1] != "alert" {
+		return "", false
+	}
+	return parts[2], true
+}
+
+// printTop writes a frame as plain tables: the sources' clocks, users,
+// then instances.
+func printTop(w io.Writer, r TopReport) {
+	for _, s := range r.Sources {
+		switch s.Clock {
+		case "":
+			fmt.Fprintf(w, "market: %s (%s)\n", s.Source, s.Instance)
+		case "wall":
+			fmt.Fprintf(w, "market: simulator on the wall clock, sim time %s (%s)\n", s.SimTime.Format(time.RFC3339), s.Instance)
+		default:
+			fmt.Fprintf(w, "market: simulator %s of the wall clock, sim time %s (%s)\n", s.Clock, s.SimTime.Format(time.RFC3339), s.Instance)
+		}
+	}
+	if len(r.Sources) > 0 {
+		fmt.Fprintln(w)
+	}
+	if len(r.Users) == 0 {
+		fmt.Fprintf(w, "no users in KV %s\n", contract.BucketState)
+	} else {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "USER\tSTATE\tMODE\tQUEUE\tALERTS/1M\tFRESHNESS")
+		for _, u := range r.Users {
+			state := "running"
+			if u.Paused {
+				state = "paused"
+			}
+			alerts := "-"
+			if r.AlertsLastMinute != nil {
+				alerts = fmt.Sprint(r.AlertsLastMinute[u.User])
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", u.User, state, dash(u.Mode), queueText(u.Queue), alerts, freshnessText(u))
+		}
+		_ = tw.Flush()
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tINSTANCE\tHOST\tUPTIME\tUSERS\tLAG")
+	for _, svc := range Services {
+		found := false
+		for _, in := range r.Instances {
+			if in.Service != svc {
+				continue
+			}
+			found = true
+			uptime := "-"
+			if !in.Started.IsZero() {
+				uptime = r.At.Sub(in.Started).Round(time.Second).String()
+			}
+			users, lag := "-", "-"
+			if in.Users >= 0 {
+				users = fmt.Sprint(in.Users)
+			}
+			if in.LagMs >= 0 {
+				lag = formatLag(time.Duration(in.LagMs) * time.Millisecond)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", svc, dash(in.Instance), dash(in.Host), uptime, users, lag)
+		}
+		if !found {
+			fmt.Fprintf(tw, "%s\t(no instance answers)\t\t\t\t\n", svc)
+		}
+	}
+	_ = tw.Flush()
+}
