@@ -402,7 +402,7 @@ func printBanner(out io.Writer, bn banner) {
 		fmt.Fprintf(&b, "  %s\n", line)
 	}
 	b.WriteString("watch the demo rule's alerts (one a minute):\n")
-	fmt.Fprintf(&b, "  nats%s sub 'vigil.alert.%s.>'\n", natsFlag, demoToken)
+	fmt.Fprintf(&b, "  nats%s sub 'vigil.alert.%s.>'%s\n", natsFlag, demoToken, natsCLINote())
 	fmt.Fprintf(&b, "  %s%s alerts --user %s --follow\n", vigilctl, natsFlag, demoToken)
 	b.WriteString("try:\n")
 	fmt.Fprintf(&b, "  %s%s top\n", vigilctl, natsFlag)
@@ -434,6 +434,15 @@ func marketLine(source string, env []string) string {
 		return fmt.Sprintf("simulator, sim time %sx the wall clock and ahead of it (bars dated in the future)", speed)
 	}
 	return fmt.Sprintf("simulator replaying the last %s at %sx, then on the wall clock (no bar in the future)", get("VIGIL_SIM_REPLAY", "15m"), speed)
+}
+
+// natsCLINote is a remark for the banner when the nats CLI is not on PATH
+// yet (make run installs it in the background on a fresh machine).
+func natsCLINote() string {
+	if _, err := exec.LookPath("nats"); err == nil {
+		return ""
+	}
+	return "   (the nats CLI is still being installed: make deps waits for it)"
 }
 
 func mustGetwd() string {

@@ -12,8 +12,9 @@
 # Usage: deps.sh [--run]
 #   (no flag)  everything: make deps, make test (the tracing test needs
 #              Jaeger) and .ci/run
-#   --run      only what make run needs: redis-server, PostgreSQL and the
-#              nats CLI; Jaeger too when TRACING=1 (make run TRACING=1)
+#   --run      only what make run needs: redis-server and PostgreSQL, the
+#              nats CLI in the background (the stack does not wait for it),
+#              Jaeger too when TRACING=1 (make run TRACING=1)
 #
 # The Debian packages would start a system redis (port 6379) and create and
 # start a PostgreSQL cluster (port 5432); vigil runs private instances
@@ -113,6 +114,24 @@ go_tool() {
 	esac
 }
 
+# go_tool_background installs a Go command like go_tool, but in the
+# background at low priority, so that make run's first start does not wait
+# for it (the dev stack does not need it; its banner says when it is not
+# there yet). Its output goes to a log in the cache directory.
+go_tool_background() {
+	local name=$1 module=$2
+	local gobin
+	gobin=$(go env GOBIN)
+	gobin=${gobin:-$(go env GOPATH)/bin}
+	if command -v "$name" >/dev/null 2>&1 || [ -x "$gobin/$name" ]; then
+		return 0
+	fi
+	local logdir=${XDG_CACHE_HOME:-$HOME/.cache}/vigil
+	mkdir -p "$logdir"
+	log "installing the $name CLI in the background (a few minutes the first time; log $logdir/$name-install.log)"
+	nohup nice -n 19 go install "$module" >"$logdir/$name-install.log" 2>&1 &
+}
+
 packages=()
 if ! command -v redis-server >/dev/null 2>&1; then
 	packages+=(redis-server)
@@ -128,7 +147,11 @@ if ! command -v go >/dev/null 2>&1; then
 	echo "deps: go is not on PATH: install Go 1.26 first" >&2
 	exit 1
 fi
-go_tool nats "github.com/nats-io/natscli/nats@$NATS_CLI_VERSION"
+if [ "$profile" = run ]; then
+	go_tool_background nats "github.com/nats-io/natscli/nats@$NATS_CLI_VERSION"
+else
+	go_tool nats "github.com/nats-io/natscli/nats@$NATS_CLI_VERSION"
+fi
 if [ "$profile" = all ]; then
 	go_tool staticcheck "honnef.co/go/tools/cmd/staticcheck@latest"
 fi

@@ -216,16 +216,48 @@ func startScript(r recipe, env []string, dir string) (*script, error) {
 // answerTerminal copies the pty's output and plays the terminal's part:
 // it answers cursor position queries and declines "Next Page?" prompts of
 // nats stream view, so a longer listing ends after its first page.
+//
+// An answer that arrives before the prompt has put the terminal in raw
+// mode is read in cooked mode, where the Enter ("\r") becomes "\n", which
+// the prompt does not take for Enter; so while a prompt is the last thing
+// shown and nothing new came for promptRetry, the answer is sent again.
 func (s *script) answerTerminal() {
+	const promptRetry = 500 * time.Millisecond
+	var (
+		mu       sync.Mutex
+		seen     bytes.Buffer
+		prompts  int
+		lastRead = time.Now()
+	)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(promptRetry)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			mu.Lock()
+			waiting := prompts > 0 && time.Since(lastRead) >= promptRetry &&
+				strings.HasSuffix(strings.TrimSpace(cleanOutput(seen.String())), "Next Page? (Y/n)")
+			mu.Unlock()
+			if waiting {
+				_, _ = s.tty.Write([]byte("n\r"))
+			}
+		}
+	}()
 	buf := make([]byte, 4096)
-	var seen bytes.Buffer
-	prompts := 0
 	for {
 		n, err := s.tty.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
 			_, _ = s.out.Write(chunk)
+			mu.Lock()
 			seen.Write(chunk)
+			lastRead = time.Now()
 			for range bytes.Count(chunk, []byte("\x1b[6n")) {
 				_, _ = s.tty.Write([]byte("\x1b[1;1R"))
 			}
@@ -233,6 +265,7 @@ func (s *script) answerTerminal() {
 				prompts = c
 				_, _ = s.tty.Write([]byte("n\r"))
 			}
+			mu.Unlock()
 		}
 		if err != nil {
 			return
