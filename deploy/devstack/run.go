@@ -315,8 +315,9 @@ func buildServices(ctx context.Context, log *slog.Logger, root, binDir string) (
 	}
 	pkgs = append(pkgs, vigilctlPackage)
 	// go build -o <dir>/ names each binary after its package's directory
-	// (feed, ...): build into a directory of the dev stack's own, then
-	// move them to their names.
+	// (feed, ...): build into a directory of the dev stack's own and link
+	// them to their names. The staged binaries stay, so that the next go
+	// build finds them up to date and links nothing (a warm start).
 	staging := filepath.Join(binDir, ".devstack")
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		return nil, fmt.Errorf("devstack: %w", err)
@@ -330,15 +331,40 @@ func buildServices(ctx context.Context, log *slog.Logger, root, binDir string) (
 		return nil, fmt.Errorf("%w: go build: %w\n%s", ErrBuild, err, out)
 	}
 	for _, b := range built {
-		if err := os.Rename(filepath.Join(staging, b.name), b.path); err != nil {
-			return nil, fmt.Errorf("devstack: %w", err)
+		if err := replaceWithLink(filepath.Join(staging, b.name), b.path); err != nil {
+			return nil, err
 		}
 	}
-	if err := os.Rename(filepath.Join(staging, "vigilctl"), filepath.Join(binDir, "vigilctl")); err != nil {
-		return nil, fmt.Errorf("devstack: %w", err)
+	if err := replaceWithLink(filepath.Join(staging, "vigilctl"), filepath.Join(binDir, "vigilctl")); err != nil {
+		return nil, err
 	}
 	log.Info("built", "took", time.Since(started).Round(time.Millisecond))
 	return built, nil
+}
+
+// replaceWithLink makes path a hard link to staged (a copy where links
+// are not possible), replacing what was there.
+func replaceWithLink(staged, path string) error {
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	if err := os.Link(staged, tmp); err != nil {
+		if err := copyFile(staged, tmp); err != nil {
+			return fmt.Errorf("devstack: %w", err)
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("devstack: %w", err)
+	}
+	return nil
+}
+
+// copyFile copies an executable file.
+func copyFile(from, to string) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, data, 0o755)
 }
 
 // jaegerBinary is the cached Jaeger all-in-one binary, built by
