@@ -94,7 +94,7 @@ func published(t *testing.T, js jetstream.JetStream) []contract.Candle {
 		if err := json.Unmarshal(m.Data, &c); err != nil {
 			t.Fatal(err)
 		}
-		if m.Subject != contract.CandleSubject(c.SeriesID) || m.Header.Get(jetstream.MsgIDHeader) != c.MsgID() {
+		if subject, _ := natsx.Published(m.Subject); subject != contract.CandleSubject(c.SeriesID) || m.Header.Get(jetstream.MsgIDHeader) != c.MsgID() {
 			t.Fatalf("message %d: subject %s, id %s for %+v", seq, m.Subject, m.Header.Get(jetstream.MsgIDHeader), c)
 		}
 		out = append(out, c)

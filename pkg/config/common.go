@@ -17,6 +17,10 @@ type NATS struct {
 	// StreamReplicas is how many servers of a JetStream cluster hold each
 	// vigil stream and KV bucket (0 counts as 1).
 	StreamReplicas int `env:"VIGIL_STREAM_REPLICAS" envDefault:"1" help:"replicas of vigil's JetStream streams and KV buckets: 1, or 3 (up to 5) in a cluster of that many servers"`
+	// Partitions is how many partitions VIGIL_CANDLES and VIGIL_INDICATORS
+	// are split into; the same on every binary of a deployment (0 counts
+	// as DefaultPartitions).
+	Partitions int `env:"VIGIL_PARTITIONS" envDefault:"64" help:"partitions of VIGIL_CANDLES and VIGIL_INDICATORS (1-1024, the same everywhere, more than the instances of a service)"`
 }
 
 // Validate checks the URLs, that the credentials file exists and the
@@ -35,7 +39,24 @@ func (n NATS) Validate() error {
 	if n.StreamReplicas < 0 || n.StreamReplicas > 5 {
 		return fmt.Errorf("VIGIL_STREAM_REPLICAS: %d is not between 1 and 5", n.StreamReplicas)
 	}
+	if n.Partitions < 0 || n.Partitions > MaxPartitions {
+		return fmt.Errorf("VIGIL_PARTITIONS: %d is not between 1 and %d", n.Partitions, MaxPartitions)
+	}
 	return nil
+}
+
+// Partition counts of NATS.Partitions.
+const (
+	DefaultPartitions = 64
+	MaxPartitions     = 1024
+)
+
+// PartitionCount is Partitions, or DefaultPartitions when unset.
+func (n NATS) PartitionCount() int {
+	if n.Partitions == 0 {
+		return DefaultPartitions
+	}
+	return n.Partitions
 }
 
 // Redis is the Redis part of a binary that uses Redis.

@@ -9,35 +9,46 @@ import (
 	"vigil.dev/pkg/contract"
 )
 
-// Streams are the JetStream streams of the contract.
-var Streams = []jetstream.StreamConfig{
-	{
-		Name:        contract.StreamResults,
-		Description: "vigil command results and progress events",
-		Subjects:    []string{contract.ResultSubjects, contract.ProgressSubjects},
-		Storage:     jetstream.FileStorage,
-		MaxAge:      7 * 24 * time.Hour,
-		Duplicates:  10 * time.Minute,
-	},
-	{
-		Name:              contract.StreamCandles,
-		Description:       "vigil candle updates, feed to indicators",
-		Subjects:          []string{contract.CandleSubjects},
-		Storage:           jetstream.FileStorage,
-		MaxAge:            24 * time.Hour,
-		MaxMsgsPerSubject: 10_000,
-		Duplicates:        2 * time.Minute,
-	},
-	{
-		Name:              contract.StreamIndicators,
-		Description:       "vigil indicator updates, indicators to alerts",
-		Subjects:          []string{contract.IndicatorSubjects},
-		Storage:           jetstream.FileStorage,
-		MaxAge:            time.Hour,
-		MaxMsgsPerSubject: 1_000,
-		Duplicates:        2 * time.Minute,
-	},
-	AlertsStream,
+// StreamConfigs are the JetStream streams of the contract, VIGIL_CANDLES
+// and VIGIL_INDICATORS partitioned into partitions each.
+func StreamConfigs(partitions int) []jetstream.StreamConfig {
+	streams := []jetstream.StreamConfig{
+		{
+			Name:        contract.StreamResults,
+			Description: "vigil command results and progress events",
+			Subjects:    []string{contract.ResultSubjects, contract.ProgressSubjects},
+			Storage:     jetstream.FileStorage,
+			MaxAge:      7 * 24 * time.Hour,
+			Duplicates:  10 * time.Minute,
+		},
+		{
+			Name:              contract.StreamCandles,
+			Description:       "vigil candle updates, feed to indicators",
+			Subjects:          []string{contract.CandleSubjects},
+			Storage:           jetstream.FileStorage,
+			MaxAge:            24 * time.Hour,
+			MaxMsgsPerSubject: 10_000,
+			Duplicates:        2 * time.Minute,
+		},
+		{
+			Name:              contract.StreamIndicators,
+			Description:       "vigil indicator updates, indicators to alerts",
+			Subjects:          []string{contract.IndicatorSubjects},
+			Storage:           jetstream.FileStorage,
+			MaxAge:            time.Hour,
+			MaxMsgsPerSubject: 1_000,
+			Duplicates:        2 * time.Minute,
+		},
+		AlertsStream,
+	}
+	for i := range streams {
+		for _, p := range PartitionedStreams {
+			if streams[i].Name == p.Stream {
+				streams[i].SubjectTransform = p.Transform(partitions)
+			}
+		}
+	}
+	return streams
 }
 
 // AlertsStream is VIGIL_ALERTS, the record of alerts. vigil-alerts
@@ -66,10 +77,26 @@ var StateBucket = jetstream.KeyValueConfig{
 	Storage:     jetstream.FileStorage,
 }
 
-// EnsureStreams creates the contract's streams and KV bucket, or updates
-// them to this configuration; running it again changes nothing.
+// EnsureStreams is EnsurePartitionedStreams with DefaultPartitions.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
-	for _, cfg := range Streams {
+	return EnsurePartitionedStreams(ctx, js, DefaultPartitions)
+}
+
+// EnsurePartitionedStreams creates the contract's streams and KV bucket, or
+// updates them to this configuration; running it again changes nothing. A
+// stream from before partitioning gets its partitions; a partitioned
+// stream with another partition count is refused (ErrPartitions), nothing
+// is changed then.
+func EnsurePartitionedStreams(ctx context.Context, js jetstream.JetStream, partitions int) error {
+	if err := ValidatePartitions(partitions); err != nil {
+		return err
+	}
+	for _, p := range PartitionedStreams {
+		if err := checkPartitionCount(ctx, js, p, partitions); err != nil {
+			return err
+		}
+	}
+	for _, cfg := range StreamConfigs(partitions) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("stream %s: %w", cfg.Name, err)
 		}

@@ -65,7 +65,7 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
 	rt.JS = natsx.WithReplicas(js, nc.StreamReplicas)
-	if err = natsx.EnsureStreams(ctx, rt.JS); err != nil {
+	if err = natsx.EnsurePartitionedStreams(ctx, rt.JS, nc.PartitionCount()); err != nil {
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
 	rt.Health = health.New(rt.Log)

@@ -296,7 +296,7 @@ func (s *cmdStack) tryPublished(stream, filter string, after uint64) ([]jetstrea
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	cons, err := s.js.CreateConsumer(ctx, stream, jetstream.ConsumerConfig{
-		FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		FilterSubjects: []string{natsx.StoredFilter(stream, filter)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq: after + 1, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second,
 		MemoryStorage: true,
 	})
@@ -334,7 +334,7 @@ func (s *cmdStack) count(t *testing.T, stream, filter string, after uint64) int 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	cons, err := s.js.CreateConsumer(ctx, stream, jetstream.ConsumerConfig{
-		FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		FilterSubjects: []string{natsx.StoredFilter(stream, filter)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq: after + 1, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second,
 		MemoryStorage: true,
 	})

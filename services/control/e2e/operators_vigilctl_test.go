@@ -243,7 +243,7 @@ func testVigilctl(t *testing.T, o *operatorStack) {
 
 	t.Run("status", func(t *testing.T) {
 		run := o.vigilctl(t, env, "status")
-		lines := []string{`^SERVICE\s+INSTANCE\s+ID\s+VERSION\s+REVISION\s+HOST\s+UPTIME\s+REQUESTS\s+ERRORS$`,
+		lines := []string{`^SERVICE\s+INSTANCE\s+ID\s+VERSION\s+REVISION\s+HOST\s+UPTIME\s+REQUESTS\s+ERRORS\s+PARTITIONS$`,
 			`^USER\s+STATE\s+MODE\s+SYMBOLS\s+REVISION\s+QUEUE\s+FRESHNESS$`,
 			`^ops\s+running\s+position-monitor\s+BTC-USD,ETH-USD\s+\d+\s+\S`,
 			`^demo\s+(running|paused)\s`, `^broken\s`}

@@ -32,7 +32,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
@@ -40,6 +39,7 @@ import (
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/partition"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/service"
 	"vigil.dev/services/alerts/internal/history"
@@ -114,7 +114,7 @@ type instance struct {
 	projector          *record.Projector
 	stopProjector      context.CancelFunc
 	projecting         sync.WaitGroup
-	consume            jetstream.ConsumeContext
+	consumer           *partition.Consumer
 	dispatch           *dispatcher
 	closeResourcesOnce sync.Once
 	// ready is set once start has built every part status reads.
@@ -187,26 +187,27 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 		Recorder:  record.New(rt.JS),
 		Snapshots: snaps,
 		History:   history.New(redisstore.New(in.rdb, 0)),
-		Ownership: in.group,
+		Ownership: userOwnership{in},
 	}, monitor.Options{Now: opts.now, Log: in.log, Metrics: in.metrics,
 		RetryBackoff: cfg.RetryBackoff, MaxRetryBackoff: cfg.MaxRetryBackoff}); err != nil {
 		return nil, err
 	}
-	// The consumer exists before any user is gained: an update published
-	// after a gain's catch-up read Redis is then delivered to it.
-	cons, err := in.createConsumer(ctx)
-	if err != nil {
+	// The consumer claims its partitions before any user is gained, so an
+	// update published after a gain's catch-up read Redis is delivered to
+	// it; it consumes once the desired states are loaded.
+	if in.consumer, err = in.newConsumer(ctx, in.group); err != nil {
 		return nil, err
 	}
+	in.consumer.Claim(ctx)
 	watcher, err := in.loadDesiredStates(ctx)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, in.consumer.Stop(ctx))
 	}
 	in.dispatch = newDispatcher(cfg.Workers, in.process)
-	if in.consume, err = cons.Consume(in.route, jetstream.PullMaxMessages(256)); err != nil {
+	if err = in.consumer.Start(in.loopCtx); err != nil {
 		_ = watcher.Stop()
 		_ = in.dispatch.close(context.Background())
-		return nil, fmt.Errorf("consume %s: %w", contract.StreamIndicators, err)
+		return nil, err
 	}
 	in.loops.Add(2)
 	go in.watchDesiredStates(watcher)
@@ -237,26 +238,23 @@ func (in *instance) shutdown(timeout time.Duration) error {
 	return errors.Join(err, in.rt.Close(context.Background()))
 }
 
-// stopEvaluating ends the loops, stops consuming, waits for the updates
-// in progress (when ctx ends first they are cancelled and rolled back) and
-// deletes the consumer.
+// stopEvaluating ends the loops, stops consuming after the updates
+// delivered (the consumer's Stop waits for them, hands the partitions over
+// and deletes the consumer; when ctx ends first they are cancelled and
+// rolled back).
 func (in *instance) stopEvaluating(ctx context.Context) error {
 	in.stopLoops()
-	in.consume.Stop()
-	select {
-	case <-in.consume.Closed():
-	case <-ctx.Done():
+	err := in.consumer.Stop(ctx)
+	if err != nil {
+		in.log.Warn("stopping the consumer", "err", err)
 	}
-	err := in.dispatch.close(ctx)
+	err = in.dispatch.close(ctx)
 	if err != nil {
 		in.stopWork()
 		err = errors.Join(err, in.dispatch.close(context.Background()))
 	}
 	in.stopWork()
 	in.loops.Wait()
-	if derr := in.rt.JS.DeleteConsumer(ctx, contract.StreamIndicators, in.consumerName()); derr != nil {
-		in.log.Warn("deleting the consumer failed; the server drops it when inactive", "err", derr)
-	}
 	return err
 }
 
@@ -306,6 +304,8 @@ type statusReply struct {
 	StartedAt time.Time `json:"started_at"`
 	// Members are the live instances of vigil-alerts as this one sees them.
 	Members []string `json:"members"`
+	// Partitions are the partitions of VIGIL_INDICATORS this instance owns.
+	Partitions []int `json:"partitions"`
 	// Consumer is this instance's backlog on VIGIL_INDICATORS.
 	Consumer *consumerStatus `json:"consumer,omitempty"`
 	// Users are the users this instance runs.
@@ -332,12 +332,11 @@ func (in *instance) status(ctx context.Context) any {
 		return reply
 	}
 	reply.Members = in.group.Members()
+	reply.Partitions = in.consumer.Partitions()
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if cons, err := in.rt.JS.Consumer(ctx, contract.StreamIndicators, in.consumerName()); err == nil {
-		if info, err := cons.Info(ctx); err == nil {
-			reply.Consumer = &consumerStatus{Pending: info.NumPending, AckPending: info.NumAckPending}
-		}
+	if info, err := in.consumer.Info(ctx); err == nil {
+		reply.Consumer = &consumerStatus{Pending: info.NumPending, AckPending: info.NumAckPending}
 	}
 	if cons, err := in.rt.JS.Consumer(ctx, contract.StreamAlerts, record.ProjectorConsumer); err == nil {
 		info := cons.CachedInfo()

@@ -313,7 +313,7 @@ func TestFailoverLosesAndDuplicatesNothing(t *testing.T) {
 	owned := func(in *instance) int {
 		n := 0
 		for _, u := range users {
-			if in.group.Owns(u) {
+			if in.consumer.OwnsKey(u) {
 				n++
 			}
 		}

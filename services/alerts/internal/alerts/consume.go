@@ -14,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/partition"
 	"vigil.dev/pkg/telemetry"
 	"vigil.dev/services/alerts/internal/monitor"
 )
@@ -26,39 +28,59 @@ var ErrBadUpdate = errors.New("alerts: bad indicator update")
 // is delivered again.
 const retryDelay = time.Second
 
-// createConsumer creates this instance's consumer on VIGIL_INDICATORS:
-// durable vigil-alerts-<id>, so that the server replicates it like the
-// stream (an ephemeral one lives on one server and is lost with it),
-// removed once the instance is inactive; new updates only (a gained user
-// catches up from Redis instead), explicit acks.
-func (in *instance) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	name := in.consumerName()
-	cons, err := in.rt.JS.CreateOrUpdateConsumer(ctx, contract.StreamIndicators, jetstream.ConsumerConfig{
-		Durable:           name,
-		Description:       "vigil-alerts instance " + in.rt.Instance,
-		FilterSubject:     contract.IndicatorSubjects,
-		DeliverPolicy:     jetstream.DeliverNewPolicy,
-		AckPolicy:         jetstream.AckExplicitPolicy,
-		AckWait:           in.cfg.AckWait,
-		MaxDeliver:        -1,
-		MaxAckPending:     1000,
-		InactiveThreshold: in.cfg.ConsumerInactive,
+// newConsumer creates this instance's consumer of its partitions of
+// VIGIL_INDICATORS (pkg/partition, partitioned by user): durable
+// vigil-alerts-<id>, so that the server replicates it like the stream (an
+// ephemeral one lives on one server and is lost with it), removed once the
+// instance is inactive; new updates only (a gained user catches up from
+// Redis instead), explicit acks. It owns nothing until started.
+func (in *instance) newConsumer(ctx context.Context, members partition.Members) (*partition.Consumer, error) {
+	return partition.New(ctx, partition.Options{
+		JS: in.rt.JS, NC: in.rt.NC, Stream: natsx.IndicatorPartitions, Count: in.cfg.PartitionCount(),
+		Service: contract.ServiceAlerts, Members: members,
+		Consumer: jetstream.ConsumerConfig{
+			Description:       "vigil-alerts instance " + in.rt.Instance + ": the updates of the partitions it owns",
+			DeliverPolicy:     jetstream.DeliverNewPolicy,
+			AckPolicy:         jetstream.AckExplicitPolicy,
+			AckWait:           in.cfg.AckWait,
+			MaxDeliver:        -1,
+			MaxAckPending:     1000,
+			InactiveThreshold: in.cfg.ConsumerInactive,
+		},
+		Handle:  in.routeAll,
+		Settle:  func(ctx context.Context) error { return in.dispatch.settle(ctx) },
+		Changed: in.reconcile,
+		Lost:    in.reconcile,
+		Log:     in.log,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w", name, contract.StreamIndicators, err)
-	}
-	return cons, nil
 }
 
 // consumerName is vigil-alerts-<id>.
 func (in *instance) consumerName() string { return contract.ServiceAlerts + "-" + in.svc.ID() }
+
+// userOwnership tells the monitor which users this instance owns: those
+// of its partitions.
+type userOwnership struct{ in *instance }
+
+// Owns reports whether the partition of user is this instance's.
+func (o userOwnership) Owns(user string) bool {
+	return o.in.consumer != nil && o.in.consumer.OwnsKey(user)
+}
+
+// routeAll routes a batch of updates.
+func (in *instance) routeAll(msgs []jetstream.Msg) {
+	for _, msg := range msgs {
+		in.route(msg)
+	}
+}
 
 // route is the consumer's callback: it acknowledges the updates of users
 // this instance does not run at once and queues the others on their
 // user's worker. An update whose subject is not an indicator subject is
 // terminated.
 func (in *instance) route(msg jetstream.Msg) {
-	kind, series, err := contract.ParseSeriesSubject(msg.Subject())
+	published, _ := natsx.Published(msg.Subject())
+	kind, series, err := contract.ParseSeriesSubject(published)
 	if err != nil || kind != "indicator" {
 		in.log.Warn("update on a bad subject dropped", "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
@@ -184,6 +206,11 @@ const maxBatch = 256
 // go to the same worker and are processed in order. A worker takes what
 // its shard holds, up to maxBatch updates, as one batch.
 type dispatcher struct {
+	// inflight counts the updates sent and not processed yet; idle
+	// waiters are told when it drops to zero.
+	mu        sync.Mutex
+	inflight  int
+	idle      []chan struct{}
 	shards    []chan delivery
 	process   func([]delivery)
 	stopping  chan struct{}
@@ -216,9 +243,49 @@ func newDispatcher(n int, process func([]delivery)) *dispatcher {
 func (d *dispatcher) send(u delivery) {
 	h := fnv.New32a()
 	h.Write([]byte(u.series.User))
+	d.count(1)
 	select {
 	case d.shards[h.Sum32()%uint32(len(d.shards))] <- u:
 	case <-d.stopping:
+		d.count(-1)
+	}
+}
+
+// count adds n to the updates in flight and wakes the idle waiters when
+// none is left.
+func (d *dispatcher) count(n int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.inflight += n
+	if d.inflight == 0 {
+		for _, ch := range d.idle {
+			close(ch)
+		}
+		d.idle = nil
+	}
+}
+
+// run processes a batch and counts it done.
+func (d *dispatcher) run(batch []delivery) {
+	defer d.count(-len(batch))
+	d.process(batch)
+}
+
+// settle waits until every update sent so far is processed, or ctx ends.
+func (d *dispatcher) settle(ctx context.Context) error {
+	done := make(chan struct{})
+	d.mu.Lock()
+	if d.inflight == 0 {
+		close(done)
+	} else {
+		d.idle = append(d.idle, done)
+	}
+	d.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("alerts: waiting for the updates in progress: %w", ctx.Err())
 	}
 }
 
@@ -228,14 +295,14 @@ func (d *dispatcher) work(shard <-chan delivery) {
 	for {
 		select {
 		case u := <-shard:
-			d.process(takeQueued(shard, []delivery{u}))
+			d.run(takeQueued(shard, []delivery{u}))
 		case <-d.stopping:
 			for {
 				batch := takeQueued(shard, nil)
 				if len(batch) == 0 {
 					return
 				}
-				d.process(batch)
+				d.run(batch)
 			}
 		}
 	}

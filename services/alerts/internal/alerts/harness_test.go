@@ -196,7 +196,7 @@ func (e *env) kill(in *instance) {
 	in.rt.NC.Close()
 	in.stopLoops()
 	in.stopWork()
-	in.consume.Stop()
+	in.consumer.Abandon()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := in.dispatch.close(ctx); err != nil {

@@ -93,24 +93,28 @@ func (in *instance) applyDesired(ctx context.Context, e jetstream.KeyValueEntry)
 	in.webhooks.set(user, st.Settings.Webhook, e.Created())
 }
 
-// reconcileLoop converges the users at start, whenever the membership
-// changes and every ReconcileInterval (which retries failed gains).
+// reconcileLoop converges the users every ReconcileInterval (which
+// retries failed gains); the consumer converges them whenever its
+// partitions change.
 func (in *instance) reconcileLoop() {
 	defer in.loops.Done()
-	changes := in.group.Changes()
 	tick := time.NewTicker(in.cfg.ReconcileInterval)
 	defer tick.Stop()
 	for {
-		if err := in.monitor.Reconcile(in.loopCtx); err != nil && in.loopCtx.Err() == nil {
-			in.log.Warn("reconcile failed, retried later", "err", err)
-		}
-		in.syncWebhooks(in.loopCtx)
 		select {
 		case <-in.loopCtx.Done():
 			return
-		case <-changes:
-			in.log.Info("members changed", "members", in.group.Members())
 		case <-tick.C:
+			in.reconcile(in.loopCtx)
 		}
 	}
+}
+
+// reconcile gains the users of the owned partitions and lets go of the
+// others.
+func (in *instance) reconcile(ctx context.Context) {
+	if err := in.monitor.Reconcile(ctx); err != nil && ctx.Err() == nil {
+		in.log.Warn("reconcile failed, retried later", "err", err)
+	}
+	in.syncWebhooks(ctx)
 }

@@ -66,6 +66,6 @@ func (w *webhookTargets) take(owns func(string) bool) (want map[string]webhook.T
 // syncWebhooks runs the webhook deliveries of the users this instance owns
 // and deletes the consumers of removed webhooks.
 func (in *instance) syncWebhooks(ctx context.Context) {
-	want, removed := in.webhooks.take(in.group.Owns)
+	want, removed := in.webhooks.take(userOwnership{in}.Owns)
 	in.hooks.Sync(ctx, want, removed)
 }

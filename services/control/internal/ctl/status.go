@@ -42,6 +42,10 @@ type InstanceStatus struct {
 	Started   time.Time `json:"started,omitzero"`
 	Requests  int       `json:"requests"`
 	Errors    int       `json:"errors"`
+	// Partitions are the stream partitions the instance owns
+	// (vigil-indicators: of VIGIL_CANDLES, vigil-alerts: of
+	// VIGIL_INDICATORS); nil for the other services.
+	Partitions []int `json:"partitions,omitempty"`
 }
 
 // UserStatus is one user as status shows it: the desired state from KV
@@ -150,6 +154,7 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 		stats    = map[string][]*nats.Msg{}
 		feeds    []*nats.Msg
 		controls []*nats.Msg
+		owners   []*nats.Msg
 		states   []contract.DesiredState
 		stateErr error
 	)
@@ -168,6 +173,9 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 	body, _ := json.Marshal(contract.SvcRequest{User: user})
 	ask(contract.SvcSubject(contract.SvcFeed, contract.VerbStatus), body, func(m []*nats.Msg) { feeds = m })
 	ask(controlStatusSubject, body, func(m []*nats.Msg) { controls = m })
+	for _, svc := range []contract.Svc{contract.SvcIndicators, contract.SvcAlerts} {
+		ask(contract.SvcSubject(svc, contract.VerbStatus), body, func(m []*nats.Msg) { owners = append(owners, m...) })
+	}
 	wg.Go(func() {
 		st, err := desiredStates(ctx, nc, user, wait)
 		mu.Lock()
@@ -179,6 +187,7 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 		return report, stateErr
 	}
 
+	partitions := partitionsByInstance(owners)
 	for _, svc := range Services {
 		started := map[string]micro.Stats{}
 		for _, m := range stats[svc] {
@@ -194,7 +203,8 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 				continue
 			}
 			in := InstanceStatus{Service: svc, ID: info.ID, Version: info.Version, Endpoints: len(info.Endpoints),
-				Instance: info.Metadata["instance"], Host: info.Metadata["host"], Revision: info.Metadata["revision"]}
+				Instance: info.Metadata["instance"], Host: info.Metadata["host"], Revision: info.Metadata["revision"],
+				Partitions: partitions[svc+"/"+info.ID]}
 			if s, ok := started[info.ID]; ok {
 				in.Started = s.Started
 				for _, e := range s.Endpoints {
@@ -255,6 +265,22 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 	}
 	slices.SortFunc(report.Users, func(a, b UserStatus) int { return strings.Compare(a.User, b.User) })
 	return report, nil
+}
+
+// partitionsByInstance reads the partitions that each indicators and
+// alerts instance owns from their status replies, keyed <service>/<id>.
+func partitionsByInstance(msgs []*nats.Msg) map[string][]int {
+	out := map[string][]int{}
+	for _, m := range msgs {
+		var r contract.SvcReply
+		var st struct {
+			Partitions []int `json:"partitions"`
+		}
+		if json.Unmarshal(m.Data, &r) == nil && r.OK && json.Unmarshal(r.Result, &st) == nil {
+			out[r.Service+"/"+r.Instance] = st.Partitions
+		}
+	}
+	return out
 }
 
 // svcResults are the results of the ok replies among msgs
@@ -350,7 +376,7 @@ func desiredStates(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 // printStatus writes the report as two tables.
 func printStatus(w io.Writer, r StatusReport, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tINSTANCE\tID\tVERSION\tREVISION\tHOST\tUPTIME\tREQUESTS\tERRORS")
+	fmt.Fprintln(tw, "SERVICE\tINSTANCE\tID\tVERSION\tREVISION\tHOST\tUPTIME\tREQUESTS\tERRORS\tPARTITIONS")
 	for _, svc := range Services {
 		found := false
 		for _, in := range r.Services {
@@ -362,8 +388,8 @@ func printStatus(w io.Writer, r StatusReport, now time.Time) {
 			if !in.Started.IsZero() {
 				uptime = now.Sub(in.Started).Round(time.Second).String()
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", svc, dash(in.Instance), in.ID, dash(in.Version),
-				dash(shortRevision(in.Revision)), dash(in.Host), uptime, in.Requests, in.Errors)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", svc, dash(in.Instance), in.ID, dash(in.Version),
+				dash(shortRevision(in.Revision)), dash(in.Host), uptime, in.Requests, in.Errors, partitionsText(in.Partitions))
 		}
 		if !found {
 			fmt.Fprintf(tw, "%s\t(no instance answers)\t\t\t\t\t\t\t\n", svc)
@@ -386,6 +412,14 @@ func printStatus(w io.Writer, r StatusReport, now time.Time) {
 			u.Revision, queueText(u.Queue), freshnessText(u))
 	}
 	_ = tw.Flush()
+}
+
+// partitionsText is "-" or the count of partitions, e.g. "21".
+func partitionsText(p []int) string {
+	if len(p) == 0 {
+		return "-"
+	}
+	return strconv.Itoa(len(p))
 }
 
 // queueText is "idle", "2 queued", "running <id>", "1 job", ...

@@ -55,12 +55,15 @@ const InstanceHeader = "Vigil-Instance"
 // read before the deletion is never carried past it.
 const ForgetGrace = time.Minute
 
-// Owner tells which keys this instance owns; *membership.Group is one.
+// Owner tells which keys (series) this instance owns: the indicators
+// service's partitioned consumer.
 type Owner interface {
 	// Owns reports whether this instance owns key.
 	Owns(key string) bool
 	// Members lists the live instances.
 	Members() []string
+	// Partitions lists the partitions of VIGIL_CANDLES this instance owns.
+	Partitions() []int
 }
 
 // Config is what an Engine needs.

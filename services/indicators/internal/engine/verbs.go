@@ -268,6 +268,8 @@ type Status struct {
 	Instance string   `json:"instance"`
 	Name     string   `json:"name"`
 	Members  []string `json:"members"`
+	// Partitions are the partitions of VIGIL_CANDLES this instance owns.
+	Partitions []int `json:"partitions"`
 	// Series counts the series this instance runs, Warming those with an
 	// indicator still warming up.
 	Series  int                   `json:"series"`
@@ -280,7 +282,7 @@ type Status struct {
 func (e *Engine) Status(token string) Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := Status{Instance: e.instance, Name: e.name, Members: e.owner.Members(), Users: map[string]UserStatus{}}
+	st := Status{Instance: e.instance, Name: e.name, Members: e.owner.Members(), Partitions: e.owner.Partitions(), Users: map[string]UserStatus{}}
 	for t, u := range e.users {
 		if token != "" && t != token {
 			continue

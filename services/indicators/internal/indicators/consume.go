@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +18,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/partition"
 	"vigil.dev/pkg/service"
 	"vigil.dev/pkg/telemetry"
 	"vigil.dev/services/indicators/internal/engine"
@@ -45,53 +47,50 @@ const (
 	maxBatch = 256
 )
 
-// Errors of the candle consumer.
-var (
-	// ErrCandle reports a candle message that is not a valid
-	// contract.Candle for its subject.
-	ErrCandle = errors.New("bad candle message")
-	// errConsumerStopped reports that the consumer was stopped for good
-	// (shutdown), so it is not recreated.
-	errConsumerStopped = errors.New("candle consumer stopped")
-)
+// ErrCandle reports a candle message that is not a valid contract.Candle
+// for its subject.
+var ErrCandle = errors.New("bad candle message")
 
-// candleConsumer is this instance's consumer of VIGIL_CANDLES (durable
-// vigil-indicators-<instance>, removed by the server once the instance is
-// gone): it sees every candle and hands them in batches to the engine,
-// which ignores the series this instance does not run, and acks each
-// candle after the engine's writes and publishes. Consume's callback only passes each candle on to the batch
-// loop, which takes whatever arrived while it handled the previous batch:
-// one candle at a time when they trickle in, up to maxBatch under load.
+// candleConsumer is this instance's consumer of its partitions of
+// VIGIL_CANDLES (pkg/partition: durable vigil-indicators-<id>, filtered on
+// the owned partitions, removed by the server once the instance is gone):
+// it hands the candles in batches to the engine and acks each candle after
+// the engine's writes and publishes.
 type candleConsumer struct {
-	rt     *service.Runtime
-	engine *engine.Engine
-	name   string
-	tracer trace.Tracer
+	*partition.Consumer
+	members partition.Members
+	rt      *service.Runtime
+	engine  *engine.Engine
+	tracer  trace.Tracer
 	// pending is the number of candles waiting behind the last one
 	// delivered, reported as the consumer lag gauge.
 	pending atomic.Int64
-
-	// delivered takes the candles from Consume's callback to the batch
-	// loop; closed by stop after the last callback. batched is closed
-	// when the batch loop has handled the last candle.
-	delivered chan jetstream.Msg
-	batched   chan struct{}
-
-	mu       sync.Mutex
-	consumer jetstream.Consumer
-	consume  jetstream.ConsumeContext
-	// stopped is set by stop: no Consume starts after it.
-	stopped bool
-	// lost is signalled when the consumer disappeared or the connection
-	// was re-established: candles may have been missed.
-	lost chan struct{}
 }
 
-func newCandleConsumer(ctx context.Context, rt *service.Runtime, e *engine.Engine, instance string) (*candleConsumer, error) {
-	c := &candleConsumer{rt: rt, engine: e, name: contract.ServiceIndicators + "-" + instance,
-		tracer: otel.Tracer(engine.MeterName), lost: make(chan struct{}, 1),
-		delivered: make(chan jetstream.Msg, maxBatch), batched: make(chan struct{})}
-	if err := c.create(ctx); err != nil {
+// newCandleConsumer creates the consumer, owning no partition yet; start
+// claims them. The engine is set by setEngine before start.
+func newCandleConsumer(ctx context.Context, rt *service.Runtime, members partition.Members, partitions int) (*candleConsumer, error) {
+	c := &candleConsumer{rt: rt, members: members, tracer: otel.Tracer(engine.MeterName)}
+	var err error
+	c.Consumer, err = partition.New(ctx, partition.Options{
+		JS: rt.JS, NC: rt.NC, Stream: natsx.CandlePartitions, Count: partitions,
+		Service: contract.ServiceIndicators, Members: members,
+		Consumer: jetstream.ConsumerConfig{
+			Description:       "vigil-indicators instance: the candles of the partitions it owns",
+			DeliverPolicy:     jetstream.DeliverNewPolicy,
+			AckPolicy:         jetstream.AckExplicitPolicy,
+			AckWait:           candleAckWait,
+			MaxAckPending:     1000,
+			InactiveThreshold: consumerInactive,
+			MemoryStorage:     true,
+		},
+		PullMessages: pullMessages, MaxBatch: maxBatch,
+		Handle:  c.handle,
+		Changed: func(ctx context.Context) { c.engine.ConvergeAll(ctx) },
+		Lost:    func(ctx context.Context) { c.engine.ResetAll(ctx) },
+		Log:     rt.Log,
+	})
+	if err != nil {
 		return nil, err
 	}
 	if _, err := otel.Meter(engine.MeterName).Int64ObservableGauge("vigil.indicators.consumer.pending",
@@ -105,166 +104,13 @@ func newCandleConsumer(ctx context.Context, rt *service.Runtime, e *engine.Engin
 	return c, nil
 }
 
-// create creates the consumer, or finds it unchanged.
-func (c *candleConsumer) create(ctx context.Context) error {
-	// Durable, so the server replicates it like the stream: an ephemeral
-	// consumer lives on one server, and when that server dies its pull
-	// requests find no responders for good (seen on a 3-node cluster).
-	// InactiveThreshold still removes it once this instance is gone.
-	cons, err := c.rt.JS.CreateOrUpdateConsumer(ctx, contract.StreamCandles, jetstream.ConsumerConfig{
-		Durable:           c.name,
-		Description:       "vigil-indicators instance: every candle, processes the series it owns",
-		FilterSubject:     contract.CandleSubjects,
-		DeliverPolicy:     jetstream.DeliverNewPolicy,
-		AckPolicy:         jetstream.AckExplicitPolicy,
-		AckWait:           candleAckWait,
-		MaxAckPending:     1000,
-		InactiveThreshold: consumerInactive,
-		MemoryStorage:     true,
-	})
-	if err != nil {
-		return fmt.Errorf("consumer %s: %w", c.name, err)
-	}
-	c.mu.Lock()
-	c.consumer = cons
-	c.mu.Unlock()
-	return nil
-}
+// Members lists the live instances.
+func (c *candleConsumer) Members() []string { return c.members.Members() }
 
-// start begins consuming, and recovers in the background (until ctx
-// ends) whenever candles may have been missed.
-func (c *candleConsumer) start(ctx context.Context) error {
-	if err := c.consume1(); err != nil {
-		return err
-	}
-	go c.handleBatches()
-	reconnected := c.rt.NC.Opts.ReconnectedCB
-	c.rt.NC.SetReconnectHandler(func(nc *nats.Conn) {
-		if reconnected != nil {
-			reconnected(nc)
-		}
-		c.signalLost()
-	})
-	go c.recover(ctx)
-	return nil
-}
-
-func (c *candleConsumer) signalLost() {
-	select {
-	case c.lost <- struct{}{}:
-	default:
-	}
-}
-
-// consume1 starts one Consume on the current consumer.
-func (c *candleConsumer) consume1() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.stopped {
-		return errConsumerStopped
-	}
-	cc, err := c.consumer.Consume(func(msg jetstream.Msg) { c.delivered <- msg }, jetstream.PullMaxMessages(pullMessages),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-				c.signalLost()
-			}
-			c.rt.Log.Warn("candle consumer", "consumer", c.name, "err", err)
-		}))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", c.name, err)
-	}
-	c.consume = cc
-	return nil
-}
-
-// recover recreates the consumer and rebuilds every series from Redis
-// after the consumer was lost or the connection came back.
-func (c *candleConsumer) recover(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.lost:
-		}
-		c.rt.Log.Warn("candles may have been missed; recreating the consumer and rebuilding the series", "consumer", c.name)
-		c.mu.Lock()
-		c.consume.Stop()
-		c.mu.Unlock()
-		for {
-			err := c.create(ctx)
-			if err == nil {
-				err = c.consume1()
-			}
-			if err == nil {
-				break
-			}
-			if errors.Is(err, errConsumerStopped) {
-				return
-			}
-			c.rt.Log.Error("recreating the candle consumer failed", "consumer", c.name, "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-		}
-		c.engine.ResetAll(ctx)
-	}
-}
-
-// stop drains the consumer: the candles delivered are handled and acked.
-func (c *candleConsumer) stop(ctx context.Context) error {
-	c.mu.Lock()
-	c.stopped = true
-	cc := c.consume
-	c.mu.Unlock()
-	cc.Drain()
-	select {
-	case <-cc.Closed(): // after the last callback
-	case <-ctx.Done():
-		cc.Stop()
-		return fmt.Errorf("drain %s: %w", c.name, ctx.Err())
-	}
-	close(c.delivered)
-	select {
-	case <-c.batched:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("drain %s: %w", c.name, ctx.Err())
-	}
-}
-
-// delete removes the consumer from the stream on shutdown.
-func (c *candleConsumer) delete(ctx context.Context) error {
-	err := c.rt.JS.DeleteConsumer(ctx, contract.StreamCandles, c.name)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil
-	}
-	return err
-}
-
-// handleBatches handles the delivered candles in batches until stop
-// closes delivered: each batch is the candle that arrived first and those
-// that arrived while the previous batch was handled, up to maxBatch.
-func (c *candleConsumer) handleBatches() {
-	defer close(c.batched)
-	batch := make([]jetstream.Msg, 0, maxBatch)
-	for msg := range c.delivered {
-		batch = append(batch[:0], msg)
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case msg, ok := <-c.delivered:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, msg)
-			default:
-				break fill
-			}
-		}
-		c.handle(batch)
-	}
+// Owns reports whether this instance owns a series key
+// (SeriesID.String(): user/exchange/symbol/tf), i.e. its partition.
+func (c *candleConsumer) Owns(key string) bool {
+	return c.OwnsKey(strings.SplitN(key, "/", 4)...)
 }
 
 // handle processes a batch of candle messages: each candle continues the
@@ -334,7 +180,8 @@ func decodeCandle(subject string, data []byte) (contract.Candle, error) {
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("%w: %w", ErrCandle, err)
 	}
-	kind, s, err := contract.ParseSeriesSubject(subject)
+	published, _ := natsx.Published(subject)
+	kind, s, err := contract.ParseSeriesSubject(published)
 	if err != nil {
 		return c, fmt.Errorf("%w: %w", ErrCandle, err)
 	}

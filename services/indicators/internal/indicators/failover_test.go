@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
-	"vigil.dev/pkg/membership"
 )
 
 // TestFailover runs two instances, kills one while candles flow (a
@@ -40,7 +39,7 @@ func TestFailover(t *testing.T) {
 			var symbols []string
 			for i := 0; len(owned[ids["victim"]]) < 3 || len(owned[ids["survivor"]]) < 3; i++ {
 				id := contract.SeriesID{User: "fo", UserID: 11, ExchangeID: 2, Symbol: fmt.Sprintf("S%d-USD", i), Timeframe: contract.TF1h}
-				owner := membership.Owner(members, id.String())
+				owner := ownerOf(members, id)
 				if len(owned[owner]) < 3 {
 					owned[owner] = append(owned[owner], id)
 					symbols = append(symbols, id.Symbol)

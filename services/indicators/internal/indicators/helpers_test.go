@@ -22,6 +22,7 @@ import (
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/partition"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/service"
 	"vigil.dev/pkg/testenv"
@@ -546,4 +547,11 @@ func cMACD(closes []float64, fast, slow, signal int) (macd, sig, hist []float64)
 		macd[i], sig[i], hist[i] = line[k], signalEMA[k], line[k]-signalEMA[k]
 	}
 	return macd, sig, hist
+}
+
+// ownerOf is the instance among members that owns series id: the owner of
+// its partition of VIGIL_CANDLES.
+func ownerOf(members []string, id contract.SeriesID) string {
+	k := natsx.Of(natsx.DefaultPartitions, id.User, strconv.FormatInt(id.ExchangeID, 10), id.Symbol, string(id.Timeframe))
+	return partition.Assign(members, natsx.DefaultPartitions)[k]
 }

@@ -106,20 +106,22 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	if err != nil {
 		return fmt.Errorf("jetstream for indicator updates: %w", err)
 	}
-	e, err := engine.New(engine.Config{Store: redisstore.New(rdb, cfg.Retention), JS: updates, Owner: members, Instance: id, Name: rt.Instance, Log: rt.Log})
+	// The consumer claims its partitions before the state is read and the
+	// series are rebuilt, so every candle published after that rebuild's
+	// read is delivered; it consumes once the state is followed.
+	c, err := newCandleConsumer(ctx, rt, members, cfg.PartitionCount())
 	if err != nil {
 		return err
 	}
+	e, err := engine.New(engine.Config{Store: redisstore.New(rdb, cfg.Retention), JS: updates, Owner: c, Instance: id, Name: rt.Instance, Log: rt.Log})
+	if err != nil {
+		return errors.Join(err, c.Stop(ctx))
+	}
+	c.engine = e
 	bg, stopBackground := context.WithCancel(context.Background())
 	svc.OnShutdown(func(context.Context) error { stopBackground(); return nil })
-
-	// The consumer exists before the state is read and the series are
-	// rebuilt, so every candle published after that rebuild is delivered.
-	c, err := newCandleConsumer(ctx, rt, e, id)
-	if err != nil {
-		return err
-	}
-	svc.OnShutdown(c.delete)
+	svc.OnShutdown(c.Stop)
+	c.Claim(ctx)
 	if err := followState(ctx, bg, rt, e); err != nil {
 		return err
 	}
@@ -127,35 +129,19 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	if err := handleVerbs(svc, e); err != nil {
 		return err
 	}
-	go followMembers(bg, members, e)
 	go closeMinutes(bg, rt, e)
 	sub, err := subscribeBooks(rt, e)
 	if err != nil {
 		return err
 	}
 	svc.OnShutdown(func(context.Context) error { return sub.Unsubscribe() })
-	if err := c.start(bg); err != nil {
+	if err := c.Start(bg); err != nil {
 		return err
 	}
-	svc.OnShutdown(c.stop)
 	rt.Log.Info("running", "id", id, "members", members.Members())
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
 	return svc.Shutdown(cfg.ShutdownTimeout)
-}
-
-// followMembers converges every user whenever the live instances change,
-// so series move to and from this instance.
-func followMembers(ctx context.Context, members *membership.Group, e *engine.Engine) {
-	changes := members.Changes()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changes:
-			e.ConvergeAll(ctx)
-		}
-	}
 }
 
 // closeMinutes closes the order-book minutes that saw no snapshot of a

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
-	"vigil.dev/pkg/membership"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/services/indicators/internal/engine"
 )
@@ -42,11 +41,11 @@ func TestControlVerbs(t *testing.T) {
 	for i := 0; ; i++ {
 		a = contract.SeriesID{User: "alice", UserID: 21, ExchangeID: 1, Symbol: fmt.Sprintf("BTC%d-USD", i), Timeframe: contract.TF1h}
 		b = contract.SeriesID{User: "bob", UserID: 22, ExchangeID: 1, Symbol: a.Symbol, Timeframe: contract.TF1h}
-		if membership.Owner(members, a.String()) == membership.Owner(members, b.String()) {
+		if ownerOf(members, a) == ownerOf(members, b) {
 			break
 		}
 	}
-	owner := membership.Owner(members, a.String())
+	owner := ownerOf(members, a)
 	stateA := h.putState(contract.DesiredState{User: "alice", UserID: a.UserID, ExchangeID: a.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{a.Symbol}})
 	stateB := h.putState(contract.DesiredState{User: "bob", UserID: b.UserID, ExchangeID: b.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{b.Symbol}})
 	dataA, dataB := candles(t, a, 300, 1), candles(t, b, 300, 1.2)

@@ -1,0 +1,663 @@
+// Package partition is the service kit's owned consumer of a partitioned
+// stream (natsx.Partitioned): each instance of a service receives only the
+// messages of the partitions it owns, never the whole stream.
+//
+// The owner of partition k is the live member that rendezvous hashing
+// (pkg/membership) gives the key "p<k>". Each instance has one durable
+// consumer (<service>-<instance>, removed by the server once the instance
+// is gone) whose FilterSubjects are its partitions; an ownership change
+// updates the filter, so the consumer keeps its position.
+//
+// Hand-over: a partition is held through a lease in KV VIGIL_PARTITIONS
+// (key <service>.<k>, value the holder). An instance that loses a
+// partition stops consuming, handles and acks every message it was
+// delivered, tells the service (which drops the partition's state) and
+// only then deletes the lease. The new owner claims the lease once it is
+// free, or once its holder is no longer a live member (dead or cut off),
+// takes a new fencing epoch (Options.Fence), adds the partition to its
+// filter and then tells the service, which rebuilds the partition's state
+// from Redis. A former holder's late writes carry an older epoch and are
+// refused by the store.
+//
+// The consumer hands the messages to the service in batches (whatever
+// arrived while the previous batch was handled, up to MaxBatch), recreates
+// itself when the server lost it or the connection came back (the
+// service then rebuilds everything: messages may have been missed), and
+// drains on Stop.
+package partition
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/natsx"
+)
+
+// LeaseBucket is the KV bucket of partition leases (key
+// <service>.<partition>, value the holding instance).
+const LeaseBucket = "VIGIL_PARTITIONS"
+
+// leaseBucket is the configuration of LeaseBucket.
+var leaseBucket = jetstream.KeyValueConfig{
+	Bucket:      LeaseBucket,
+	Description: "vigil partition leases (key <service>.<partition>, value the holding instance)",
+	History:     1,
+	Storage:     jetstream.FileStorage,
+}
+
+// Defaults of Options.
+const (
+	DefaultPullMessages = 256
+	DefaultMaxBatch     = 256
+	// retryEvery is how often a partition whose lease a live member still
+	// holds is tried again.
+	retryEvery = 200 * time.Millisecond
+	// reconcileEvery is how often ownership is checked without a change.
+	reconcileEvery = time.Second
+)
+
+// Members is the live membership partitions are assigned from;
+// *membership.Group is one.
+type Members interface {
+	Self() string
+	Members() []string
+	Changes() <-chan struct{}
+}
+
+// Options configure a Consumer.
+type Options struct {
+	// JS creates the consumer and the lease bucket; NC's reconnects count
+	// as a loss (messages may have been missed while disconnected).
+	JS jetstream.JetStream
+	NC *nats.Conn
+	// Stream is the partitioned stream and Count its partition count.
+	Stream natsx.Partitioned
+	Count  int
+	// Service names the leases and the consumer (<Service>-<self>).
+	Service string
+	Members Members
+	// Consumer is the consumer's configuration besides its name and
+	// filter (ack wait, max ack pending, inactive threshold, ...).
+	Consumer jetstream.ConsumerConfig
+	// PullMessages and MaxBatch tune the delivery (defaults when zero).
+	PullMessages, MaxBatch int
+	// Handle handles a batch: it acks, naks or terminates each message,
+	// or hands them to workers that do.
+	Handle func(msgs []jetstream.Msg)
+	// Settle, when set, waits until every message given to Handle so far
+	// is acked or nakked (for a Handle that hands messages to workers).
+	Settle func(ctx context.Context) error
+	// Changed is called after the owned partitions changed: after lost
+	// partitions were drained (before their leases are released) and
+	// after gained partitions joined the filter. The service drops and
+	// rebuilds its state accordingly before it returns.
+	Changed func(ctx context.Context)
+	// Lost is called after the consumer was recreated: messages may have
+	// been missed, the service rebuilds its state.
+	Lost func(ctx context.Context)
+	// Fence, when set, is called when a partition is claimed and returns
+	// its new fencing epoch (Epoch).
+	Fence func(ctx context.Context, partition int) (int64, error)
+	Log   *slog.Logger
+}
+
+// ErrStopped reports a consumer that was stopped.
+var ErrStopped = errors.New("partition: consumer stopped")
+
+// Consumer is an instance's consumer of its partitions of one stream.
+type Consumer struct {
+	opts   Options
+	name   string
+	leases jetstream.KeyValue
+
+	delivered chan item
+	batched   chan struct{}
+	lost      chan struct{}
+	cancel    context.CancelFunc
+	done      chan struct{}
+
+	// mu guards the owned partitions, read by Owns on every message.
+	mu     sync.RWMutex
+	owned  map[int]lease
+	filter []string
+
+	// consumeMu guards the running Consume.
+	consumeMu sync.Mutex
+	consumer  jetstream.Consumer
+	consume   jetstream.ConsumeContext
+	stopped   bool
+}
+
+// lease is a held partition: the lease's revision and the fencing epoch.
+type lease struct {
+	revision uint64
+	epoch    int64
+}
+
+// item is a delivered message, or a barrier closed once every message
+// before it was handled.
+type item struct {
+	msg     jetstream.Msg
+	barrier chan struct{}
+}
+
+// New opens the lease bucket and creates the consumer, owning nothing yet:
+// Start claims the partitions.
+func New(ctx context.Context, opts Options) (*Consumer, error) {
+	if opts.JS == nil || opts.NC == nil || opts.Members == nil || opts.Handle == nil || opts.Changed == nil || opts.Log == nil {
+		return nil, errors.New("partition: JS, NC, Members, Handle, Changed and Log are required")
+	}
+	if err := natsx.ValidatePartitions(opts.Count); err != nil {
+		return nil, err
+	}
+	if opts.PullMessages <= 0 {
+		opts.PullMessages = DefaultPullMessages
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = DefaultMaxBatch
+	}
+	leases, err := opts.JS.CreateOrUpdateKeyValue(ctx, leaseBucket)
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", LeaseBucket, err)
+	}
+	c := &Consumer{opts: opts, name: opts.Service + "-" + opts.Members.Self(), leases: leases,
+		delivered: make(chan item, opts.MaxBatch), batched: make(chan struct{}), lost: make(chan struct{}, 1),
+		done: make(chan struct{}), owned: map[int]lease{}, filter: []string{opts.Stream.NoPartition()}}
+	if err := c.create(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Name is the consumer's durable name.
+func (c *Consumer) Name() string { return c.name }
+
+// Owns reports whether this instance owns partition k.
+func (c *Consumer) Owns(k int) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, ok := c.owned[k]
+	return ok
+}
+
+// OwnsKey reports whether this instance owns the partition of a message
+// whose subject has these key tokens (in the order of Stream.Keys).
+func (c *Consumer) OwnsKey(keys ...string) bool { return c.Owns(natsx.Of(c.opts.Count, keys...)) }
+
+// PartitionOf is the partition of key tokens (in the order of
+// Stream.Keys).
+func (c *Consumer) PartitionOf(keys ...string) int { return natsx.Of(c.opts.Count, keys...) }
+
+// Epoch is the fencing epoch of owned partition k (0 when not owned or
+// without Options.Fence).
+func (c *Consumer) Epoch(k int) int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.owned[k].epoch
+}
+
+// Partitions lists the owned partitions, sorted.
+func (c *Consumer) Partitions() []int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]int, 0, len(c.owned))
+	for k := range c.owned {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Info is the server's view of the consumer (delivered and pending
+// counts).
+func (c *Consumer) Info(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	c.consumeMu.Lock()
+	cons := c.consumer
+	c.consumeMu.Unlock()
+	return cons.Info(ctx)
+}
+
+// key is the lease key of partition k.
+func (c *Consumer) key(k int) string { return c.opts.Service + "." + strconv.Itoa(k) }
+
+// wanted lists the partitions the live members give this instance.
+func (c *Consumer) wanted() map[int]bool {
+	self := c.opts.Members.Self()
+	out := map[int]bool{}
+	for k, owner := range Assign(c.opts.Members.Members(), c.opts.Count) {
+		if owner == self {
+			out[k] = true
+		}
+	}
+	return out
+}
+
+// Assign gives each of n partitions an owner among members: rendezvous
+// hashing (membership.Owner over the partition's key "p<k>") bounded so
+// that the shares differ by one at most (the first n mod len(members)
+// members in sorted order may take one more), taking the partitions in
+// order. Every instance computes the same assignment from the same member
+// list; an added or removed member moves about its share.
+func Assign(members []string, n int) []string {
+	owners := make([]string, n)
+	if len(members) == 0 {
+		return owners
+	}
+	sorted := slices.Sorted(slices.Values(members))
+	room := make(map[string]int, len(sorted))
+	for i, m := range sorted {
+		room[m] = n / len(sorted)
+		if i < n%len(sorted) {
+			room[m]++
+		}
+	}
+	open := make([]string, 0, len(sorted))
+	for k := range owners {
+		open = open[:0]
+		for _, m := range sorted {
+			if room[m] > 0 {
+				open = append(open, m)
+			}
+		}
+		owners[k] = membership.Owner(open, "p"+strconv.Itoa(k))
+		room[owners[k]]--
+	}
+	return owners
+}
+
+// create creates or updates the consumer with the current filter.
+func (c *Consumer) create(ctx context.Context) error {
+	cfg := c.opts.Consumer
+	cfg.Durable = c.name
+	c.mu.RLock()
+	cfg.FilterSubjects = slices.Clone(c.filter)
+	c.mu.RUnlock()
+	cfg.FilterSubject = ""
+	if cfg.AckPolicy == jetstream.AckNonePolicy {
+		cfg.AckPolicy = jetstream.AckExplicitPolicy
+	}
+	cons, err := c.opts.JS.CreateOrUpdateConsumer(ctx, c.opts.Stream.Stream, cfg)
+	if err != nil {
+		return fmt.Errorf("consumer %s on %s: %w", c.name, c.opts.Stream.Stream, err)
+	}
+	c.consumeMu.Lock()
+	c.consumer = cons
+	c.consumeMu.Unlock()
+	return nil
+}
+
+// Claim takes the partitions the membership gives this instance, as far
+// as their leases are free, and adds them to the filter (calling
+// Changed), without consuming yet: the server keeps their messages from
+// here on. A service claims, then reads its state, then starts.
+func (c *Consumer) Claim(ctx context.Context) { c.reconcile(ctx) }
+
+// Start starts consuming, claims what Claim could not, and follows the
+// membership until Stop.
+func (c *Consumer) Start(ctx context.Context) error {
+	if err := c.consumeOnce(); err != nil {
+		return err
+	}
+	go c.handleBatches()
+	c.reconcile(ctx)
+	reconnected := c.opts.NC.Opts.ReconnectedCB
+	c.opts.NC.SetReconnectHandler(func(nc *nats.Conn) {
+		if reconnected != nil {
+			reconnected(nc)
+		}
+		c.signalLost()
+	})
+	runCtx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go c.run(runCtx)
+	return nil
+}
+
+func (c *Consumer) signalLost() {
+	select {
+	case c.lost <- struct{}{}:
+	default:
+	}
+}
+
+// consumeOnce starts one Consume on the current consumer.
+func (c *Consumer) consumeOnce() error {
+	c.consumeMu.Lock()
+	defer c.consumeMu.Unlock()
+	if c.stopped {
+		return ErrStopped
+	}
+	cc, err := c.consumer.Consume(func(msg jetstream.Msg) { c.delivered <- item{msg: msg} },
+		jetstream.PullMaxMessages(c.opts.PullMessages),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				c.signalLost()
+			}
+			c.opts.Log.Warn("partitioned consumer", "consumer", c.name, "err", err)
+		}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", c.name, err)
+	}
+	c.consume = cc
+	return nil
+}
+
+// run reconciles on membership changes and every reconcileEvery (more
+// often while a partition waits for its lease), and recovers a lost
+// consumer, until ctx ends.
+func (c *Consumer) run(ctx context.Context) {
+	defer close(c.done)
+	changes := c.opts.Members.Changes()
+	timer := time.NewTimer(reconcileEvery)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.lost:
+			c.recover(ctx)
+		case <-changes:
+		case <-timer.C:
+		}
+		wait := reconcileEvery
+		if !c.reconcile(ctx) {
+			wait = retryEvery
+		}
+		timer.Reset(wait)
+	}
+}
+
+// reconcile makes the owned partitions what the membership says: it
+// drains and releases the lost ones, then claims the gained ones. It
+// reports whether every wanted partition is owned.
+func (c *Consumer) reconcile(ctx context.Context) (complete bool) {
+	want := c.wanted()
+	c.mu.RLock()
+	var lose []int
+	for k := range c.owned {
+		if !want[k] {
+			lose = append(lose, k)
+		}
+	}
+	c.mu.RUnlock()
+	if len(lose) > 0 {
+		c.release(ctx, lose)
+	}
+	var gained []int
+	complete = true
+	for k := range want {
+		if c.Owns(k) {
+			continue
+		}
+		l, ok := c.claim(ctx, k)
+		if !ok {
+			complete = false
+			continue
+		}
+		c.mu.Lock()
+		c.owned[k] = l
+		c.mu.Unlock()
+		gained = append(gained, k)
+	}
+	if len(gained) > 0 {
+		if err := c.refilter(ctx); err != nil {
+			c.opts.Log.Error("adding partitions to the filter failed; retried", "consumer", c.name, "err", err)
+			c.mu.Lock()
+			for _, k := range gained {
+				delete(c.owned, k)
+			}
+			c.mu.Unlock()
+			c.releaseLeases(ctx, gained)
+			return false
+		}
+		c.opts.Log.Info("partitions gained", "consumer", c.name, "partitions", gained, "owned", len(c.Partitions()))
+		c.opts.Changed(ctx)
+	}
+	return complete
+}
+
+// release hands partitions over: Consume is drained and every delivered
+// message handled, the partitions leave the filter, the service drops
+// their state (Changed), and the leases are deleted.
+func (c *Consumer) release(ctx context.Context, parts []int) {
+	if err := c.drain(ctx); err != nil {
+		c.opts.Log.Warn("draining before a hand-over", "consumer", c.name, "err", err)
+	}
+	held := map[int]lease{}
+	c.mu.Lock()
+	for _, k := range parts {
+		held[k] = c.owned[k]
+		delete(c.owned, k)
+	}
+	c.mu.Unlock()
+	if err := c.refilter(ctx); err != nil {
+		c.opts.Log.Warn("removing partitions from the filter failed", "consumer", c.name, "err", err)
+	}
+	c.opts.Changed(ctx)
+	for k, l := range held {
+		if err := c.leases.Delete(ctx, c.key(k), jetstream.LastRevision(l.revision)); err != nil {
+			c.opts.Log.Warn("releasing a partition lease failed", "partition", k, "err", err)
+		}
+	}
+	c.opts.Log.Info("partitions released", "consumer", c.name, "partitions", parts, "owned", len(c.Partitions()))
+	if err := c.consumeOnce(); err != nil && !errors.Is(err, ErrStopped) {
+		c.opts.Log.Error("consuming again after a hand-over failed", "consumer", c.name, "err", err)
+		c.signalLost()
+	}
+}
+
+// releaseLeases deletes the leases of partitions claimed but not taken.
+func (c *Consumer) releaseLeases(ctx context.Context, parts []int) {
+	for _, k := range parts {
+		_ = c.leases.Delete(ctx, c.key(k))
+	}
+}
+
+// drain stops the running Consume after the messages it was delivered
+// and waits until they are handled (and, with Settle, acked).
+func (c *Consumer) drain(ctx context.Context) error {
+	c.consumeMu.Lock()
+	cc := c.consume
+	c.consumeMu.Unlock()
+	if cc != nil {
+		cc.Drain()
+		select {
+		case <-cc.Closed():
+		case <-ctx.Done():
+			cc.Stop()
+			return ctx.Err()
+		}
+	}
+	barrier := make(chan struct{})
+	c.delivered <- item{barrier: barrier}
+	select {
+	case <-barrier:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if c.opts.Settle != nil {
+		return c.opts.Settle(ctx)
+	}
+	return nil
+}
+
+// claim takes the lease of partition k when it is free, already this
+// instance's, or held by an instance that is not a live member, and takes
+// a fencing epoch. ok is false while a live member holds it.
+func (c *Consumer) claim(ctx context.Context, k int) (l lease, ok bool) {
+	self := c.opts.Members.Self()
+	key := c.key(k)
+	e, err := c.leases.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		l.revision, err = c.leases.Create(ctx, key, []byte(self))
+	case err != nil:
+	case string(e.Value()) == self:
+		l.revision = e.Revision()
+	case slices.Contains(c.opts.Members.Members(), string(e.Value())):
+		return l, false // the holder hands it over once it sees the change
+	default:
+		c.opts.Log.Info("taking over the partition of a member that is gone", "partition", k, "holder", string(e.Value()))
+		l.revision, err = c.leases.Update(ctx, key, []byte(self), e.Revision())
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			c.opts.Log.Debug("claiming a partition failed; retried", "partition", k, "err", err)
+		}
+		return l, false
+	}
+	if c.opts.Fence != nil {
+		if l.epoch, err = c.opts.Fence(ctx, k); err != nil {
+			c.opts.Log.Warn("fencing a partition failed; retried", "partition", k, "err", err)
+			_ = c.leases.Delete(ctx, key, jetstream.LastRevision(l.revision))
+			return l, false
+		}
+	}
+	return l, true
+}
+
+// refilter updates the consumer's filter to the owned partitions.
+func (c *Consumer) refilter(ctx context.Context) error {
+	c.mu.Lock()
+	filter := make([]string, 0, len(c.owned))
+	for k := range c.owned {
+		filter = append(filter, c.opts.Stream.Filter(k))
+	}
+	if len(filter) == 0 {
+		filter = append(filter, c.opts.Stream.NoPartition())
+	}
+	slices.Sort(filter)
+	c.filter = filter
+	c.mu.Unlock()
+	return c.create(ctx)
+}
+
+// recover recreates a lost consumer and has the service rebuild.
+func (c *Consumer) recover(ctx context.Context) {
+	c.opts.Log.Warn("messages may have been missed; recreating the consumer", "consumer", c.name)
+	c.consumeMu.Lock()
+	if c.consume != nil {
+		c.consume.Stop()
+	}
+	c.consumeMu.Unlock()
+	for {
+		err := c.create(ctx)
+		if err == nil {
+			err = c.consumeOnce()
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrStopped) {
+			return
+		}
+		c.opts.Log.Error("recreating the consumer failed", "consumer", c.name, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	if c.opts.Lost != nil {
+		c.opts.Lost(ctx)
+	}
+}
+
+// handleBatches hands the delivered messages to Handle in batches until
+// Stop: each batch is the message that arrived first and those that
+// arrived while the previous batch was handled, up to MaxBatch.
+func (c *Consumer) handleBatches() {
+	defer close(c.batched)
+	batch := make([]jetstream.Msg, 0, c.opts.MaxBatch)
+	for it := range c.delivered {
+		if it.barrier != nil {
+			close(it.barrier)
+			continue
+		}
+		batch = append(batch[:0], it.msg)
+		var barrier chan struct{}
+	fill:
+		for len(batch) < c.opts.MaxBatch {
+			select {
+			case next, ok := <-c.delivered:
+				if !ok {
+					break fill
+				}
+				if next.barrier != nil {
+					barrier = next.barrier
+					break fill
+				}
+				batch = append(batch, next.msg)
+			default:
+				break fill
+			}
+		}
+		c.opts.Handle(batch)
+		if barrier != nil {
+			close(barrier)
+		}
+	}
+}
+
+// Stop stops consuming after the delivered messages are handled, releases
+// the leases so the other members take the partitions at once, and
+// deletes the consumer.
+func (c *Consumer) Stop(ctx context.Context) error {
+	c.consumeMu.Lock()
+	c.stopped = true
+	c.consumeMu.Unlock()
+	if c.cancel == nil { // never started
+		return c.deleteConsumer(ctx)
+	}
+	c.cancel()
+	<-c.done
+	err := c.drain(ctx)
+	close(c.delivered)
+	select {
+	case <-c.batched:
+	case <-ctx.Done():
+		err = errors.Join(err, ctx.Err())
+	}
+	c.mu.Lock()
+	held := c.owned
+	c.owned = map[int]lease{}
+	c.mu.Unlock()
+	for k, l := range held {
+		_ = c.leases.Delete(ctx, c.key(k), jetstream.LastRevision(l.revision))
+	}
+	return errors.Join(err, c.deleteConsumer(ctx))
+}
+
+// Abandon stops consuming at once, as a crashed process would: nothing
+// delivered is handled any more, no lease is released and the consumer
+// is left for the server to remove. For tests of failover.
+func (c *Consumer) Abandon() {
+	c.consumeMu.Lock()
+	c.stopped = true
+	if c.consume != nil {
+		c.consume.Stop()
+	}
+	c.consumeMu.Unlock()
+	if c.cancel != nil {
+		c.cancel()
+		<-c.done
+	}
+}
+
+// deleteConsumer removes the consumer from the stream.
+func (c *Consumer) deleteConsumer(ctx context.Context) error {
+	err := c.opts.JS.DeleteConsumer(ctx, c.opts.Stream.Stream, c.name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	}
+	return err
+}
