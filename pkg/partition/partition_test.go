@@ -67,7 +67,7 @@ func (l *ledger) set(name string, owned []int) {
 func start(t *testing.T, js jetstream.JetStream, nc *nats.Conn, name string, led *ledger) *member {
 	t.Helper()
 	ctx := context.Background()
-	g, err := membership.Join(ctx, js, "vigil-test", name, membership.Options{Interval: 200 * time.Millisecond, Timeout: time.Second})
+	g, err := membership.Join(ctx, js, "vigil-test", name, membership.Options{Interval: 300 * time.Millisecond, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,9 +133,9 @@ func TestPartitionsSplitAndHandOver(t *testing.T) {
 	}
 	led := &ledger{holders: map[int]string{}}
 	a := start(t, js, nc, "a", led)
-	testenv.WaitFor(t, 30*time.Second, "a to own every partition", func() bool { return len(a.consumer.Partitions()) == partitions })
+	testenv.WaitFor(t, 2*time.Minute, "a to own every partition", func() bool { return len(a.consumer.Partitions()) == partitions })
 	publish(t, js, 0, 500)
-	testenv.WaitFor(t, 30*time.Second, "a to handle 500 messages", func() bool { return a.count() == 500 })
+	testenv.WaitFor(t, 2*time.Minute, "a to handle 500 messages", func() bool { return a.count() == 500 })
 
 	b := start(t, js, nc, "b", led)
 	c := start(t, js, nc, "c", led)
@@ -152,7 +152,7 @@ func TestPartitionsSplitAndHandOver(t *testing.T) {
 		slices.Sort(union)
 		return len(slices.Compact(union)) == partitions && len(union) == partitions
 	}
-	testenv.WaitFor(t, 60*time.Second, "the partitions to split three ways", func() bool {
+	testenv.WaitFor(t, 2*time.Minute, "the partitions to split three ways", func() bool {
 		ok := split()
 		if !ok {
 			t.Logf("a %v b %v c %v members %v", a.consumer.Partitions(), b.consumer.Partitions(), c.consumer.Partitions(), a.group.Members())
@@ -161,7 +161,7 @@ func TestPartitionsSplitAndHandOver(t *testing.T) {
 	})
 	publish(t, js, 500, 2000)
 	total := func() int { return a.count() + b.count() + c.count() }
-	testenv.WaitFor(t, 60*time.Second, "2000 messages handled", func() bool { return total() >= 2000 })
+	testenv.WaitFor(t, 2*time.Minute, "2000 messages handled", func() bool { return total() >= 2000 })
 
 	// c stops: its partitions move to a and b.
 	if err := c.consumer.Stop(context.Background()); err != nil {
@@ -172,11 +172,11 @@ func TestPartitionsSplitAndHandOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	all = all[:2]
-	testenv.WaitFor(t, 60*time.Second, "a and b to own every partition", func() bool {
+	testenv.WaitFor(t, 2*time.Minute, "a and b to own every partition", func() bool {
 		return len(a.consumer.Partitions())+len(b.consumer.Partitions()) == partitions
 	})
 	publish(t, js, 2000, 2600)
-	testenv.WaitFor(t, 60*time.Second, "2600 messages handled", func() bool { return total() >= 2600 })
+	testenv.WaitFor(t, 2*time.Minute, "2600 messages handled", func() bool { return total() >= 2600 })
 
 	seen := map[string]string{}
 	for _, m := range []*member{a, b, c} {
