@@ -74,8 +74,10 @@ func (i *instance) stop(t *testing.T) {
 	t.Helper()
 	i.once.Do(func() {
 		i.cancel()
+		began := time.Now()
 		select {
 		case i.err = <-i.done:
+			t.Logf("feed Run returned %v after cancel", time.Since(began).Round(time.Millisecond))
 		case <-time.After(30 * time.Second):
 			var stacks strings.Builder
 			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
