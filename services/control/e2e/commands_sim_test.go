@@ -525,20 +525,25 @@ func testClearCache(t *testing.T, s *cmdStack, kraken int64) {
 
 	t.Run("rejected", func(t *testing.T) {
 		before := universe(t)
-		for _, tc := range []struct{ payload, field string }{
-			{`{"scope":"symbol","symbol":"*"}`, "symbol"},
-			{`{"scope":"symbol","symbol":"BTC-*"}`, "symbol"},
-			{`{"scope":"symbol","symbol":"[A-Z]*"}`, "symbol"},
-			{`{"scope":"symbol","symbol":"BTC-USD:*"}`, "symbol"},
-			{`{"scope":"timeframe","symbol":"BTC-*","timeframe":"1h"}`, "symbol"},
-			{`{"scope":"timeframe","symbol":"BTC-USD:*","timeframe":"1h"}`, "symbol"},
-			{`{"scope":"timeframe","symbol":"BTC-USD","timeframe":"*"}`, "timeframe"},
-			{`{"scope":"*"}`, "scope"},
-			{fmt.Sprintf(`{"scope":"all","exchange":%d}`, otherUser.ExchangeID), "exchange"},
+		invalid, forbidden := contract.CodeInvalidPayload, contract.CodeForbidden
+		for _, tc := range []struct {
+			payload, field string
+			code           contract.ErrorCode
+		}{
+			{`{"scope":"symbol","symbol":"*"}`, "symbol", invalid},
+			{`{"scope":"symbol","symbol":"BTC-*"}`, "symbol", invalid},
+			{`{"scope":"symbol","symbol":"[A-Z]*"}`, "symbol", invalid},
+			{`{"scope":"symbol","symbol":"BTC-USD:*"}`, "symbol", invalid},
+			{`{"scope":"timeframe","symbol":"BTC-*","timeframe":"1h"}`, "symbol", invalid},
+			{`{"scope":"timeframe","symbol":"BTC-USD:*","timeframe":"1h"}`, "symbol", invalid},
+			{`{"scope":"timeframe","symbol":"BTC-USD","timeframe":"*"}`, "timeframe", invalid},
+			{`{"scope":"*"}`, "scope", invalid},
+			// Another user's exchange account is forbidden, not malformed.
+			{fmt.Sprintf(`{"scope":"all","exchange":%d}`, otherUser.ExchangeID), "exchange", forbidden},
 		} {
 			ack := s.send(t, cacheUser, contract.CmdClearCache, tc.payload, "")
-			if ack.Accepted || ack.Error == nil || ack.Error.Code != contract.CodeInvalidPayload || !hasField(ack.Error, tc.field) {
-				t.Errorf("clear-cache %s: ACK %s, want rejected invalid_payload naming %s", tc.payload, ackString(ack), tc.field)
+			if ack.Accepted || ack.Error == nil || ack.Error.Code != tc.code || !hasField(ack.Error, tc.field) {
+				t.Errorf("clear-cache %s: ACK %s, want rejected %s naming %s", tc.payload, ackString(ack), tc.code, tc.field)
 			}
 		}
 		if d := diffSnapshots(before, universe(t)); d != "" {
