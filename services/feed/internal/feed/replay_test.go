@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
 )
 
 // sharedFile finds ../shared/<rel> above the working directory (the repo
@@ -201,15 +202,25 @@ func TestReplayPublishesTheFileAndItsAggregates(t *testing.T) {
 	}
 }
 
-// published reads every candle on subject in VIGIL_CANDLES, in stream order.
+// published reads every candle published on subject from VIGIL_CANDLES
+// (which stores it under its partition, natsx.StoredFilter), in stream
+// order.
 func published(t *testing.T, js jetstream.JetStream, subject string) []contract.Candle {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, contract.StreamCandles, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	filter := natsx.StoredFilter(contract.StreamCandles, subject)
+	cons, err := js.OrderedConsumer(ctx, contract.StreamCandles, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An ordered consumer lives until its inactivity threshold; the
+	// caller polls, so delete each one when done.
+	defer func() {
+		if info := cons.CachedInfo(); info != nil {
+			_ = js.DeleteConsumer(context.Background(), contract.StreamCandles, info.Name)
+		}
+	}()
 	var out []contract.Candle
 	for {
 		info, err := cons.Info(ctx)
