@@ -76,22 +76,32 @@ func startRedisOn(ctx context.Context, bin, dir string, port int, opts Options) 
 		return nil, err
 	}
 	r := &Redis{proc: proc, port: port}
-	client := redis.NewClient(&redis.Options{
-		Addr:        r.Addr(),
-		DialTimeout: 500 * time.Millisecond,
-		ReadTimeout: 500 * time.Millisecond,
-		MaxRetries:  -1,
-		PoolSize:    1,
-	})
-	defer client.Close()
-	err = proc.waitReady(ctx, func(ctx context.Context) error {
-		return client.Ping(ctx).Err()
-	})
-	if err != nil {
-		_ = proc.stop(syscall.SIGKILL)
+	if err := waitRedisReady(ctx, proc, r.Addr(), false); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// waitRedisReady waits until the redis-server process at addr (a server,
+// or a sentinel when sentinel is set) answers PING, and kills it when it
+// does not.
+func waitRedisReady(ctx context.Context, proc *process, addr string, sentinel bool) error {
+	opts := &redis.Options{Addr: addr, DialTimeout: 500 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, MaxRetries: -1, PoolSize: 1}
+	var ping func(context.Context) error
+	if sentinel {
+		client := redis.NewSentinelClient(opts)
+		defer client.Close()
+		ping = func(ctx context.Context) error { return client.Ping(ctx).Err() }
+	} else {
+		client := redis.NewClient(opts)
+		defer client.Close()
+		ping = func(ctx context.Context) error { return client.Ping(ctx).Err() }
+	}
+	if err := proc.waitReady(ctx, ping); err != nil {
+		_ = proc.stop(syscall.SIGKILL)
+		return err
+	}
+	return nil
 }
 
 // Addr is the server's host:port.

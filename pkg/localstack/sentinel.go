@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"syscall"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // SentinelOptions says what a Redis Sentinel started by StartSentinel
@@ -104,19 +102,7 @@ sentinel parallel-syncs %[4]s 1
 		return nil, err
 	}
 	s := &Sentinel{proc: proc, port: port}
-	client := redis.NewSentinelClient(&redis.Options{
-		Addr:        s.Addr(),
-		DialTimeout: 500 * time.Millisecond,
-		ReadTimeout: 500 * time.Millisecond,
-		MaxRetries:  -1,
-		PoolSize:    1,
-	})
-	defer client.Close()
-	err = proc.waitReady(ctx, func(ctx context.Context) error {
-		return client.Ping(ctx).Err()
-	})
-	if err != nil {
-		_ = proc.stop(syscall.SIGKILL)
+	if err := waitRedisReady(ctx, proc, s.Addr(), true); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -123,25 +123,7 @@ type Target struct {
 }
 
 // Status is one user's webhook delivery as the status verb shows it.
-type Status struct {
-	// Host is the receiver's host (never the URL, which may hold a token).
-	Host string `json:"host"`
-	// Pending is how many alerts wait for delivery, the one in hand
-	// included; -1 when the server could not be asked.
-	Pending int64 `json:"pending"`
-	// Delivered and GivenUp count this instance's deliveries since it
-	// took the user.
-	Delivered int64 `json:"delivered"`
-	GivenUp   int64 `json:"given_up"`
-	// Failing is true while the alert in hand has failed at least once;
-	// FailingSince is when its first attempt failed, Attempts how many
-	// were made, LastError the last failure.
-	Failing       bool      `json:"failing"`
-	FailingSince  time.Time `json:"failing_since,omitzero"`
-	Attempts      int       `json:"attempts,omitempty"`
-	LastError     string    `json:"last_error,omitempty"`
-	LastDelivered time.Time `json:"last_delivered,omitzero"`
-}
+type Status = contract.WebhookStatus
 
 // Deliverer runs the webhook deliveries of the users Sync gives it.
 type Deliverer struct {

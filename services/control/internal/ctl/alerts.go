@@ -185,18 +185,7 @@ func (p alertPrinter) print(msg jetstream.Msg) {
 type WebhookStatus struct {
 	User     string `json:"user"`
 	Instance string `json:"instance"`
-	// Host is the receiver's host; the URL is never shown.
-	Host string `json:"host"`
-	// Pending alerts wait for delivery, the one in hand included (-1:
-	// unknown).
-	Pending       int64     `json:"pending"`
-	Delivered     int64     `json:"delivered"`
-	GivenUp       int64     `json:"given_up"`
-	Failing       bool      `json:"failing"`
-	FailingSince  time.Time `json:"failing_since,omitzero"`
-	Attempts      int       `json:"attempts,omitempty"`
-	LastError     string    `json:"last_error,omitempty"`
-	LastDelivered time.Time `json:"last_delivered,omitzero"`
+	contract.WebhookStatus
 }
 
 // webhooksWait is how long --webhooks waits for the instances' answers.
