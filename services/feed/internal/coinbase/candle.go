@@ -144,8 +144,16 @@ func (r rawCandle) parse(product string) (Candle, error) {
 	return c, nil
 }
 
+// decimalPattern is how Coinbase writes prices and sizes: plain decimal
+// digits with an optional fraction and exponent. strconv.ParseFloat alone
+// would also take Go's other spellings ("0x1p1", "1_0", "Inf", "+1").
+var decimalPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$`)
+
 // parseDecimal parses a finite, non-negative decimal string.
 func parseDecimal(text string) (float64, error) {
+	if !decimalPattern.MatchString(text) {
+		return 0, fmt.Errorf("%q is not a decimal", text)
+	}
 	v, err := strconv.ParseFloat(text, 64)
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a decimal", text)
