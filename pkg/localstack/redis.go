@@ -25,18 +25,8 @@ type Redis struct {
 // StartRedis runs redis-server on 127.0.0.1 with its state in opts.Dir and
 // waits until it answers PING.
 func StartRedis(ctx context.Context, opts Options) (*Redis, error) {
-	if err := opts.validate(); err != nil {
-		return nil, err
-	}
-	bin, err := exec.LookPath("redis-server")
+	bin, dir, err := prepareRedisServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: redis-server is not on PATH: %s redis-server", ErrMissingBinary, installHint)
-	}
-	dir, err := filepath.Abs(opts.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("%w: Dir %q: %w", ErrInvalidOptions, opts.Dir, err)
-	}
-	if err := ensureDir(dir, 0o755); err != nil {
 		return nil, err
 	}
 	ctx, cancel := withStartDeadline(ctx)
@@ -44,6 +34,24 @@ func StartRedis(ctx context.Context, opts Options) (*Redis, error) {
 	return startOnPort(opts, func(port int) (*Redis, error) {
 		return startRedisOn(ctx, bin, dir, port, opts)
 	})
+}
+
+// prepareRedisServer checks opts, finds the redis-server binary (which also
+// runs Sentinel) and creates opts.Dir, returning the binary and the absolute
+// directory.
+func prepareRedisServer(opts Options) (bin, dir string, err error) {
+	if err := opts.validate(); err != nil {
+		return "", "", err
+	}
+	bin, err = exec.LookPath("redis-server")
+	if err != nil {
+		return "", "", fmt.Errorf("%w: redis-server is not on PATH: %s redis-server", ErrMissingBinary, installHint)
+	}
+	dir, err = filepath.Abs(opts.Dir)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: Dir %q: %w", ErrInvalidOptions, opts.Dir, err)
+	}
+	return bin, dir, ensureDir(dir, 0o755)
 }
 
 func startRedisOn(ctx context.Context, bin, dir string, port int, opts Options) (*Redis, error) {

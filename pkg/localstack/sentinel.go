@@ -51,21 +51,11 @@ type Sentinel struct {
 // sopts.MasterAddr, its config file (which the sentinel rewrites) in
 // opts.Dir, and waits until it answers PING.
 func StartSentinel(ctx context.Context, opts Options, sopts SentinelOptions) (*Sentinel, error) {
-	if err := opts.validate(); err != nil {
-		return nil, err
-	}
 	if err := sopts.validate(); err != nil {
 		return nil, err
 	}
-	bin, err := exec.LookPath("redis-server")
+	bin, dir, err := prepareRedisServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: redis-server is not on PATH: %s redis-server", ErrMissingBinary, installHint)
-	}
-	dir, err := filepath.Abs(opts.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("%w: Dir %q: %w", ErrInvalidOptions, opts.Dir, err)
-	}
-	if err := ensureDir(dir, 0o755); err != nil {
 		return nil, err
 	}
 	ctx, cancel := withStartDeadline(ctx)

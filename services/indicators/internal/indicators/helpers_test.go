@@ -28,6 +28,7 @@ import (
 	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/indicators/internal/engine"
 	"vigil.dev/services/indicators/internal/indicators"
+	"vigil.dev/services/indicators/internal/ta/talibref"
 )
 
 // childEnv makes the test binary run vigil-indicators instead of the tests,
@@ -414,7 +415,7 @@ func candles(t *testing.T, id contract.SeriesID, n int, scale float64) []contrac
 
 // oracle computes indicator name (as contract names it) over cs with
 // go-talib's batch functions, which agree with C TA-Lib except for MACD
-// (cMACD is C TA-Lib's); nil entries are warming.
+// (talibref.MACD is C TA-Lib's); nil entries are warming.
 func oracle(t *testing.T, name string, cs []contract.Candle) []contract.Fields {
 	t.Helper()
 	n := len(cs)
@@ -444,7 +445,7 @@ func oracle(t *testing.T, name string, cs []contract.Candle) []contract.Fields {
 			out[i] = contract.Fields{"upper": upper[i], "middle": middle[i], "lower": lower[i]}
 		}
 	case sscan(name, "macd_%d_%d_%d", &a, &b, &c):
-		macd, signal, hist := cMACD(closes, a, b, c)
+		macd, signal, hist := talibref.MACD(closes, a, b, c)
 		for i := b - 1 + c - 1; i < n; i++ {
 			out[i] = contract.Fields{"macd": macd[i], "signal": signal[i], "hist": hist[i]}
 		}
@@ -522,31 +523,6 @@ func (h *harness) checkStored(id contract.SeriesID, name string, cs []contract.C
 		}
 	}
 	return worst
-}
-
-// cMACD is C TA-Lib 0.4.0's TA_MACD over closes, from go-talib's EMA
-// (which is C TA-Lib's): the fast EMA's SMA seed covers the fast closes
-// ending at bar slow-1, where the slow EMA's seed ends, and the signal is
-// the EMA of the MACD line from bar slow-1 on, seeded with the SMA of its
-// first signal values. The ta package's tests hold the same oracle; this
-// one checks the service end to end.
-func cMACD(closes []float64, fast, slow, signal int) (macd, sig, hist []float64) {
-	n := len(closes)
-	macd, sig, hist = make([]float64, n), make([]float64, n), make([]float64, n)
-	if n < slow {
-		return macd, sig, hist
-	}
-	fastEMA, slowEMA := talib.Ema(closes[slow-fast:], fast), talib.Ema(closes, slow)
-	line := make([]float64, n-(slow-1))
-	for k := range line {
-		line[k] = fastEMA[k+fast-1] - slowEMA[k+slow-1]
-	}
-	signalEMA := talib.Ema(line, signal)
-	for k := signal - 1; k < len(line); k++ {
-		i := k + slow - 1
-		macd[i], sig[i], hist[i] = line[k], signalEMA[k], line[k]-signalEMA[k]
-	}
-	return macd, sig, hist
 }
 
 // ownerOf is the instance among members that owns series id: the owner of

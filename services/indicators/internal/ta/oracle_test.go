@@ -6,6 +6,7 @@ import (
 
 	talib "github.com/markcheno/go-talib"
 	"vigil.dev/pkg/testenv"
+	"vigil.dev/services/indicators/internal/ta/talibref"
 )
 
 // relTolerance is the largest accepted error against TA-Lib: relative, or
@@ -40,7 +41,7 @@ func talibLookback(s Spec) int {
 }
 
 // oracle computes s over candles with go-talib's batch functions, which
-// agree with C TA-Lib except for MACD (cMACD is C TA-Lib's); entries before
+// agree with C TA-Lib except for MACD (talibref.MACD is C TA-Lib's); entries before
 // talibLookback(s) are zero. candles must be longer than the lookback.
 func oracle(s Spec, candles []Candle) []Fields {
 	n := len(candles)
@@ -69,7 +70,7 @@ func oracle(s Spec, candles []Candle) []Fields {
 			out[i] = Fields{Upper: upper[i], Middle: middle[i], Lower: lower[i]}
 		}
 	case KindMACD:
-		macd, signal, hist := cMACD(closes, s.Fast, s.Slow, s.Signal)
+		macd, signal, hist := talibref.MACD(closes, s.Fast, s.Slow, s.Signal)
 		for i := talibLookback(s); i < n; i++ {
 			out[i] = Fields{MACD: macd[i], Signal: signal[i], Hist: hist[i]}
 		}
@@ -148,29 +149,4 @@ var testSpecs = []Spec{
 	BBands(1, 2), BBands(20, 1), BBands(20, 2), BBands(10, 2.5),
 	MACD(12, 26, 9), MACD(1, 2, 1), MACD(2, 3, 2), MACD(5, 35, 5), MACD(3, 10, 16),
 	MACDV(12, 26, 9), MACDV(1, 2, 1), MACDV(5, 35, 5),
-}
-
-// cMACD is C TA-Lib 0.4.0's TA_MACD over closes, built from go-talib's
-// EMA (which is C TA-Lib's): the fast EMA runs over the closes from bar
-// Slow-Fast on, so its SMA seed covers the Fast closes ending at bar
-// Slow-1, where the slow EMA's seed ends; the signal is the EMA of the MACD
-// line from bar Slow-1 on, seeded with the SMA of its first signal values.
-// Entries before bar Slow+Signal-2 are zero.
-func cMACD(closes []float64, fast, slow, signal int) (macd, sig, hist []float64) {
-	n := len(closes)
-	macd, sig, hist = make([]float64, n), make([]float64, n), make([]float64, n)
-	if n < slow {
-		return macd, sig, hist
-	}
-	fastEMA, slowEMA := talib.Ema(closes[slow-fast:], fast), talib.Ema(closes, slow)
-	line := make([]float64, n-(slow-1))
-	for k := range line {
-		line[k] = fastEMA[k+fast-1] - slowEMA[k+slow-1]
-	}
-	signalEMA := talib.Ema(line, signal)
-	for k := signal - 1; k < len(line); k++ {
-		i := k + slow - 1
-		macd[i], sig[i], hist[i] = line[k], signalEMA[k], line[k]-signalEMA[k]
-	}
-	return macd, sig, hist
 }
