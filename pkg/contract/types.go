@@ -36,9 +36,75 @@ type Step struct {
 	Instances int     `json:"instances"`
 	Acked     int     `json:"acked"`
 	Ms        float64 `json:"ms"`
-	// Missing names the instances that did not confirm the step.
+	// Missing names the instances that did not confirm the step (failed
+	// or missing in Outcomes).
 	Missing []string `json:"missing,omitempty"`
 	Error   *Error   `json:"error,omitempty"`
+	// Outcomes is every instance expected or heard from, sorted by
+	// instance: answered, failed (with its error) or missing.
+	Outcomes []InstanceOutcome `json:"outcomes,omitempty"`
+	// Compensation marks a step of a rollback: it undoes an earlier step
+	// of the same command (see Rollback).
+	Compensation bool `json:"compensation,omitempty"`
+}
+
+// InstanceStatus is how one instance took a step.
+type InstanceStatus string
+
+// The outcomes of an instance in a step.
+const (
+	// InstanceAnswered is an ok answer.
+	InstanceAnswered InstanceStatus = "answered"
+	// InstanceFailed is an ok:false answer; the InstanceOutcome's Error
+	// says why.
+	InstanceFailed InstanceStatus = "failed"
+	// InstanceMissing is no answer within the step's timeout from an
+	// instance that $SRV.PING or membership expected.
+	InstanceMissing InstanceStatus = "missing"
+)
+
+// InstanceOutcome is one instance's part in a step.
+type InstanceOutcome struct {
+	Instance string         `json:"instance"`
+	Outcome  InstanceStatus `json:"outcome"`
+	// Error is the failed instance's error, or for a missing one the
+	// timeout it missed (code timeout).
+	Error *Error `json:"error,omitempty"`
+}
+
+// Rollback is the result object of a reload-settings or switch-mode that
+// failed (ARCHITECTURE.md §6, all or nothing): control restored the
+// previous desired state and re-applied it, in compensation steps, on the
+// instances that had confirmed the new one.
+type Rollback struct {
+	// RolledBack is true when every instance that had confirmed Attempted
+	// confirmed Revision again; false when the rollback could not complete
+	// (Instances then says who is on which revision).
+	RolledBack bool `json:"rolled_back"`
+	// Revision is the desired-state revision restored (the previous one),
+	// Attempted the one that failed.
+	Revision  int64 `json:"revision"`
+	Attempted int64 `json:"attempted_revision"`
+	// Restored is true when VIGIL_STATE holds the previous state again, so
+	// stragglers converge to it.
+	Restored bool `json:"restored"`
+	// Instances is each instance that took part in an apply step of the
+	// command or of its compensation, with the revision it last
+	// confirmed; instances not listed never left Revision.
+	Instances []InstanceRevision `json:"instances"`
+	// Reason says why the rollback did not complete (empty when it did).
+	Reason string `json:"reason,omitempty"`
+}
+
+// InstanceRevision is the configuration revision an instance of a
+// service is on for a user, as far as its answers say.
+type InstanceRevision struct {
+	Service  string `json:"service"`
+	Instance string `json:"instance"`
+	// Revision is the revision the instance last confirmed (an instance
+	// that refused the new one kept the previous one); 0 when it answered
+	// neither (it converges to the desired state from VIGIL_STATE).
+	Revision int64 `json:"revision"`
 }
 
 // Result is the final result of a command on vigil.result.<user>.<id>.

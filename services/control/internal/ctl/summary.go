@@ -84,18 +84,48 @@ func (p printer) result(r contract.Result, raw []byte) {
 		label = ""
 	}
 	label = "steps"
-	for _, s := range r.Steps {
-		line := fmt.Sprintf("%s %s\t%d/%d instances\t%.1fms", s.Service, s.Verb, s.Acked, s.Instances, s.Ms)
+	for i, s := range r.Steps {
+		if s.Compensation && (i == 0 || !r.Steps[i-1].Compensation) {
+			label = "rollback"
+		}
+		for _, line := range stepLines(s) {
+			fmt.Fprintf(tw, "  %s\t%s\n", label, line)
+			label = ""
+		}
+	}
+	_ = tw.Flush()
+}
+
+// stepLines renders a step: "<service> <verb>  2/3 instances  1.2ms",
+// then one line per instance that failed or is missing, with its reason.
+// A step without per-instance outcomes (an older result) names its
+// missing instances and error on the step's line.
+func stepLines(s contract.Step) []string {
+	line := fmt.Sprintf("%s %s\t%d/%d instances\t%.1fms", s.Service, s.Verb, s.Acked, s.Instances, s.Ms)
+	if len(s.Outcomes) == 0 {
 		if len(s.Missing) > 0 {
 			line += "\tmissing " + strings.Join(s.Missing, ", ")
 		}
 		if s.Error != nil {
 			line += "\t" + s.Error.Error()
 		}
-		fmt.Fprintf(tw, "  %s\t%s\n", label, line)
-		label = ""
+		return []string{line}
 	}
-	_ = tw.Flush()
+	lines := []string{line}
+	for _, o := range s.Outcomes {
+		if o.Outcome == contract.InstanceAnswered {
+			continue
+		}
+		reason := ""
+		if o.Error != nil {
+			reason = ": " + o.Error.Error()
+		}
+		lines = append(lines, fmt.Sprintf("  %s %s%s", o.Instance, o.Outcome, reason))
+	}
+	if len(lines) == 1 && s.Error != nil {
+		lines[0] += "\t" + s.Error.Error()
+	}
+	return lines
 }
 
 // resultLines renders a result object as one "key: value" line per field,

@@ -62,6 +62,43 @@ func TestPrinterResult(t *testing.T) {
 		t.Errorf("summary:\n%s\nwant:\n%s", buf.String(), want)
 	}
 
+	t.Run("per instance outcomes and a rollback", func(t *testing.T) {
+		r := contract.Result{ID: "01JE", User: "demo", Command: contract.CmdReloadSettings, Status: contract.StatusFailed,
+			Error:  &contract.Error{Code: contract.CodeInternal, Message: "vigil-indicators apply: not confirmed by ind-2 (internal: bad params)"},
+			Result: json.RawMessage(`{"rolled_back":true}`),
+			Steps: []contract.Step{
+				{Service: "vigil-feed", Verb: contract.VerbApply, Instances: 2, Acked: 2, Ms: 3, Outcomes: []contract.InstanceOutcome{
+					{Instance: "feed-1", Outcome: contract.InstanceAnswered}, {Instance: "feed-2", Outcome: contract.InstanceAnswered}}},
+				{Service: "vigil-indicators", Verb: contract.VerbApply, Instances: 3, Acked: 1, Ms: 2000, Missing: []string{"ind-2", "ind-3"},
+					Error: &contract.Error{Code: contract.CodeInternal, Message: "not confirmed by ..."},
+					Outcomes: []contract.InstanceOutcome{
+						{Instance: "ind-1", Outcome: contract.InstanceAnswered},
+						{Instance: "ind-2", Outcome: contract.InstanceFailed, Error: &contract.Error{Code: contract.CodeInternal, Message: "bad params"}},
+						{Instance: "ind-3", Outcome: contract.InstanceMissing, Error: &contract.Error{Code: contract.CodeTimeout, Message: "no answer within 2s"}}}},
+				{Service: "vigil-indicators", Verb: contract.VerbApply, Instances: 2, Acked: 2, Ms: 4, Compensation: true, Outcomes: []contract.InstanceOutcome{
+					{Instance: "ind-1", Outcome: contract.InstanceAnswered}, {Instance: "ind-2", Outcome: contract.InstanceAnswered}}},
+				{Service: "vigil-feed", Verb: contract.VerbApply, Instances: 0, Acked: 0, Ms: 5, Compensation: true,
+					Error: &contract.Error{Code: contract.CodeUnavailable, Message: "no instance is running"}, Outcomes: []contract.InstanceOutcome{}},
+			},
+			AcceptedAt: at, FinishedAt: at.Add(2100 * time.Millisecond)}
+		var buf bytes.Buffer
+		printer{stdout: &buf}.result(r, nil)
+		want := `reload-settings for demo failed in 2.1s
+  id        01JE
+  error     internal: vigil-indicators apply: not confirmed by ind-2 (internal: bad params)
+  result    rolled_back: true
+  steps     vigil-feed apply        2/2 instances  3.0ms
+            vigil-indicators apply  1/3 instances  2000.0ms
+              ind-2 failed: internal: bad params
+              ind-3 missing: timeout: no answer within 2s
+  rollback  vigil-indicators apply  2/2 instances  4.0ms
+            vigil-feed apply        0/0 instances  5.0ms  unavailable: no instance is running
+`
+		if buf.String() != want {
+			t.Errorf("summary:\n%s\nwant:\n%s", buf.String(), want)
+		}
+	})
+
 	buf.Reset()
 	printer{stdout: &buf, json: true}.result(r, []byte("{\n  \"id\": \"01JD\"\n}"))
 	if buf.String() != `{"id":"01JD"}`+"\n" {

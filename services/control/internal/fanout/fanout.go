@@ -241,22 +241,19 @@ func (g *gather) step(start time.Time, timeout time.Duration, timedOut bool) con
 	var reasons []string
 	var code contract.ErrorCode
 	for _, id := range instances {
-		r, ok := g.answers[id]
-		switch {
-		case ok && r.OK:
+		o := g.outcome(id, timeout)
+		step.Outcomes = append(step.Outcomes, o)
+		switch o.Outcome {
+		case contract.InstanceAnswered:
 			step.Acked++
 			continue
-		case ok:
-			e := r.Error
-			if e == nil {
-				e = &contract.Error{Code: contract.CodeInternal, Message: "answered ok:false without an error"}
-			}
-			reasons = append(reasons, fmt.Sprintf("%s (%s: %s)", id, e.Code, e.Message))
+		case contract.InstanceFailed:
+			reasons = append(reasons, fmt.Sprintf("%s (%s: %s)", id, o.Error.Code, o.Error.Message))
 			if code == "" {
-				code = e.Code
+				code = o.Error.Code
 			}
 		default:
-			reasons = append(reasons, fmt.Sprintf("%s (no answer within %s)", id, timeout))
+			reasons = append(reasons, fmt.Sprintf("%s (%s)", id, o.Error.Message))
 		}
 		step.Missing = append(step.Missing, id)
 	}
@@ -274,6 +271,24 @@ func (g *gather) step(start time.Time, timeout time.Duration, timedOut bool) con
 		step.Error = &contract.Error{Code: contract.CodeInternal, Message: fmt.Sprintf("%d answers were not service replies", g.malformed)}
 	}
 	return step
+}
+
+// outcome is how instance id took the step so far: answered, failed with
+// its error, or missing (no answer within timeout).
+func (g *gather) outcome(id string, timeout time.Duration) contract.InstanceOutcome {
+	r, ok := g.answers[id]
+	switch {
+	case ok && r.OK:
+		return contract.InstanceOutcome{Instance: id, Outcome: contract.InstanceAnswered}
+	case ok:
+		e := r.Error
+		if e == nil {
+			e = &contract.Error{Code: contract.CodeInternal, Message: "answered ok:false without an error"}
+		}
+		return contract.InstanceOutcome{Instance: id, Outcome: contract.InstanceFailed, Error: e}
+	}
+	return contract.InstanceOutcome{Instance: id, Outcome: contract.InstanceMissing,
+		Error: &contract.Error{Code: contract.CodeTimeout, Message: "no answer within " + timeout.String()}}
 }
 
 // noResponders reports the server's 503 status message for a request

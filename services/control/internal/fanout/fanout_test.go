@@ -2,6 +2,7 @@ package fanout_test
 
 import (
 	"context"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -63,6 +64,8 @@ func TestCall(t *testing.T) {
 		if a.Step.Service != "vigil-feed" || a.Step.Verb != contract.VerbApply || a.Step.Instances != 3 || a.Step.Acked != 3 || len(a.Replies) != 3 {
 			t.Errorf("step %+v, %d replies", a.Step, len(a.Replies))
 		}
+		checkOutcomes(t, a.Step, map[string]contract.InstanceStatus{ids[0]: contract.InstanceAnswered,
+			ids[1]: contract.InstanceAnswered, ids[2]: contract.InstanceAnswered})
 	})
 	t.Run("no instance of a service", func(t *testing.T) {
 		start := time.Now()
@@ -88,6 +91,12 @@ func TestCall(t *testing.T) {
 			a.Step.Error.Code != contract.CodeTimeout || !strings.Contains(a.Step.Error.Message, "ghost (no answer within 300ms)") {
 			t.Errorf("err %v step %+v %+v", err, a.Step, a.Step.Error)
 		}
+		checkOutcomes(t, a.Step, map[string]contract.InstanceStatus{ids[0]: contract.InstanceAnswered,
+			ids[1]: contract.InstanceAnswered, ids[2]: contract.InstanceAnswered, "ghost": contract.InstanceMissing})
+		if o := a.Step.Outcomes[slices.IndexFunc(a.Step.Outcomes, func(o contract.InstanceOutcome) bool { return o.Instance == "ghost" })]; o.Error == nil ||
+			o.Error.Code != contract.CodeTimeout || o.Error.Message != "no answer within 300ms" {
+			t.Errorf("ghost's outcome %+v %+v", o, o.Error)
+		}
 		if err := kv.Delete(context.Background(), "vigil-feed.ghost"); err != nil {
 			t.Fatal(err)
 		}
@@ -99,6 +108,17 @@ func TestCall(t *testing.T) {
 		a, err := caller.Call(context.Background(), contract.SvcFeed, contract.VerbApply, req, time.Second)
 		if err == nil || a.Step.Acked != 2 || !slices.Equal(a.Step.Missing, []string{peers[1].ID()}) || a.Step.Error.Code != contract.CodeInternal {
 			t.Errorf("err %v step %+v", err, a.Step)
+		}
+		want := map[string]contract.InstanceStatus{}
+		for _, p := range peers {
+			want[p.ID()] = contract.InstanceAnswered
+		}
+		want[peers[1].ID()] = contract.InstanceFailed
+		checkOutcomes(t, a.Step, want)
+		for _, o := range a.Step.Outcomes {
+			if o.Outcome == contract.InstanceFailed && (o.Error == nil || o.Error.Code != contract.CodeInternal || !strings.Contains(o.Error.Message, "told to fail")) {
+				t.Errorf("failed outcome %+v %+v: want the instance's own error", o, o.Error)
+			}
 		}
 	})
 	t.Run("context ends", func(t *testing.T) {
@@ -121,5 +141,24 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkOutcomes checks that step lists exactly want's instances, sorted,
+// each with its outcome, and that answered ones carry no error and the
+// others one.
+func checkOutcomes(t *testing.T, step contract.Step, want map[string]contract.InstanceStatus) {
+	t.Helper()
+	got := map[string]contract.InstanceStatus{}
+	var order []string
+	for _, o := range step.Outcomes {
+		got[o.Instance] = o.Outcome
+		order = append(order, o.Instance)
+		if (o.Outcome == contract.InstanceAnswered) != (o.Error == nil) {
+			t.Errorf("instance %s: outcome %s with error %+v", o.Instance, o.Outcome, o.Error)
+		}
+	}
+	if !maps.Equal(got, want) || !slices.IsSorted(order) || len(order) != len(want) {
+		t.Errorf("outcomes %v (order %v), want %v", got, order, want)
 	}
 }
