@@ -73,6 +73,7 @@ func TestMigrateCreatesInitialSchemaFromEmpty(t *testing.T) {
 			{"command", "text", false},
 			{"payload", "jsonb", false},
 			{"operator", "text", false},
+			{"operator_name", "text", false},
 			{"status", "text", false},
 			{"priority", "integer", true},
 			{"control_instance", "text", true},

@@ -305,17 +305,17 @@ func (e *env) progress(token, id string) []contract.Progress {
 
 // logRow is a command_log row.
 type logRow struct {
-	Status, Operator, Instance, Command string
-	Published                           bool
-	Started, Finished                   *time.Time
+	Status, Operator, OperatorName, Instance, Command string
+	Published                                         bool
+	Started, Finished                                 *time.Time
 }
 
 func (e *env) logRow(id string) (logRow, bool) {
 	e.t.Helper()
 	var r logRow
 	err := e.pool.QueryRow(context.Background(), `
-		SELECT status, operator, coalesce(control_instance, ''), command, published_at IS NOT NULL, started_at, finished_at
-		FROM command_log WHERE id = $1`, id).Scan(&r.Status, &r.Operator, &r.Instance, &r.Command, &r.Published, &r.Started, &r.Finished)
+		SELECT status, operator, operator_name, coalesce(control_instance, ''), command, published_at IS NOT NULL, started_at, finished_at
+		FROM command_log WHERE id = $1`, id).Scan(&r.Status, &r.Operator, &r.OperatorName, &r.Instance, &r.Command, &r.Published, &r.Started, &r.Finished)
 	if err != nil {
 		return r, false
 	}

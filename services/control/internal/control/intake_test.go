@@ -199,10 +199,13 @@ func TestDuplicateIDs(t *testing.T) {
 		}
 	})
 	t.Run("operator recorded", func(t *testing.T) {
-		ack, _ := e.send("alice", "pause", "", nats.Header{"Vigil-Operator": []string{"ops-oncall"}})
+		// Without auth nobody is authenticated: the operator is local, the
+		// headers the client set are a display name and nothing else.
+		ack, _ := e.send("alice", "pause", "", nats.Header{"Vigil-Operator": []string{"ops-oncall"},
+			"Nats-Request-Info": []string{`{"acc":"BOB","user":"bob"}`}})
 		e.result("alice", ack.ID)
-		if row, _ := e.logRow(ack.ID); row.Operator != "ops-oncall" {
-			t.Errorf("operator = %q", row.Operator)
+		if row, _ := e.logRow(ack.ID); row.Operator != "local" || row.OperatorName != "ops-oncall" {
+			t.Errorf("operator = %q, operator_name = %q; want local, ops-oncall", row.Operator, row.OperatorName)
 		}
 	})
 	var n int

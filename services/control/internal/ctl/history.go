@@ -20,17 +20,20 @@ const DefaultHistoryLimit = 20
 
 // HistoryEntry is one command of a user's audit trail in command_log.
 type HistoryEntry struct {
-	ID         string          `json:"id"`
-	User       string          `json:"user"`
-	Command    string          `json:"command"`
-	Status     string          `json:"status"`
-	Operator   string          `json:"operator"`
-	Payload    json.RawMessage `json:"payload"`
-	Result     json.RawMessage `json:"result,omitempty"`
-	Error      *contract.Error `json:"error,omitempty"`
-	TraceID    string          `json:"trace_id,omitempty"`
-	AcceptedAt time.Time       `json:"accepted_at"`
-	FinishedAt *time.Time      `json:"finished_at,omitempty"`
+	ID       string `json:"id"`
+	User     string `json:"user"`
+	Command  string `json:"command"`
+	Status   string `json:"status"`
+	Operator string `json:"operator"`
+	// OperatorName is the display name the client chose (--operator);
+	// Operator the identity the NATS server authenticated.
+	OperatorName string          `json:"operator_name,omitempty"`
+	Payload      json.RawMessage `json:"payload"`
+	Result       json.RawMessage `json:"result,omitempty"`
+	Error        *contract.Error `json:"error,omitempty"`
+	TraceID      string          `json:"trace_id,omitempty"`
+	AcceptedAt   time.Time       `json:"accepted_at"`
+	FinishedAt   *time.Time      `json:"finished_at,omitempty"`
 }
 
 func newHistoryCmd(sys IO) *cobra.Command {
@@ -88,7 +91,7 @@ func readHistory(ctx context.Context, url, user string, limit int) ([]HistoryEnt
 	}
 	defer pool.Close()
 	rows, err := pool.Query(ctx, `
-		SELECT id, user_token, command, status, operator, payload, result, error,
+		SELECT id, user_token, command, status, operator, operator_name, payload, result, error,
 		       coalesce(trace_id, ''), accepted_at, finished_at
 		FROM command_log
 		WHERE user_token = $1
@@ -100,7 +103,7 @@ func readHistory(ctx context.Context, url, user string, limit int) ([]HistoryEnt
 	entries, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (HistoryEntry, error) {
 		var e HistoryEntry
 		var result, errJSON []byte
-		if err := row.Scan(&e.ID, &e.User, &e.Command, &e.Status, &e.Operator, &e.Payload, &result, &errJSON,
+		if err := row.Scan(&e.ID, &e.User, &e.Command, &e.Status, &e.Operator, &e.OperatorName, &e.Payload, &result, &errJSON,
 			&e.TraceID, &e.AcceptedAt, &e.FinishedAt); err != nil {
 			return e, err
 		}
@@ -129,7 +132,7 @@ func printHistory(w io.Writer, user string, entries []HistoryEntry) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACCEPTED\tID\tCOMMAND\tSTATUS\tOPERATOR\tTOOK\tPAYLOAD\tERROR")
+	fmt.Fprintln(tw, "ACCEPTED\tID\tCOMMAND\tSTATUS\tOPERATOR\tNAME\tTOOK\tPAYLOAD\tERROR")
 	for _, e := range entries {
 		took := "-"
 		if e.FinishedAt != nil {
@@ -139,8 +142,8 @@ func printHistory(w io.Writer, user string, entries []HistoryEntry) {
 		if e.Error != nil {
 			errText = e.Error.Error()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.AcceptedAt.UTC().Format("2006-01-02 15:04:05Z"), e.ID,
-			e.Command, e.Status, dash(e.Operator), took, compactJSON(e.Payload), errText)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.AcceptedAt.UTC().Format("2006-01-02 15:04:05Z"), e.ID,
+			e.Command, e.Status, dash(e.Operator), dash(e.OperatorName), took, compactJSON(e.Payload), errText)
 	}
 	_ = tw.Flush()
 }

@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -38,11 +37,13 @@ import (
 const (
 	// MsgIDHeader makes a request idempotent (as in JetStream).
 	MsgIDHeader = "Nats-Msg-Id"
-	// OperatorHeader names the operator for the audit log when the server
-	// does not (Nats-Request-Info).
+	// OperatorHeader is a display name the client chose (vigilctl
+	// --operator); it is recorded apart from the authenticated identity
+	// (Entry.OperatorName) and never trusted.
 	OperatorHeader = "Vigil-Operator"
 	// RequestInfoHeader is set by nats-server on requests that cross
-	// accounts through a service import; its "user" names the sender.
+	// accounts through a service import, replacing any the client set;
+	// its "acc" and "user" name who the server authenticated.
 	RequestInfoHeader = "Nats-Request-Info"
 )
 
@@ -89,7 +90,7 @@ var errForeignInbox = errors.New("reply subject is outside the requester's inbox
 
 // replyAllowed reports whether a command of user may be answered on reply.
 func (c Config) replyAllowed(user, reply string) bool {
-	if !c.TenantInboxes {
+	if !c.TenantInboxes || strings.HasPrefix(reply, ImportReplyPrefix) {
 		return true
 	}
 	if strings.HasPrefix(reply, TenantInboxPrefix(user)) {
@@ -136,6 +137,8 @@ func (in *Intake) Handle(r micro.Request) {
 	ctx, span := in.tracer.Start(ctx, "vigil.cmd accept", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("messaging.destination.name", r.Subject())))
 	defer span.End()
+	span.SetAttributes(attribute.String("vigil.operator", Identity(r.Headers(), r.Reply())),
+		attribute.String("vigil.operator_name", displayName(r.Headers())))
 	if user, _, err := contract.ParseCommandSubject(r.Subject()); err == nil && !in.cfg.replyAllowed(user, r.Reply()) {
 		span.SetStatus(codes.Error, errForeignInbox.Error())
 		in.rejected.Add(ctx, 1, metric.WithAttributes(attribute.String("code", string(contract.CodeForbidden))))
@@ -220,7 +223,8 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 		return ack, err
 	}
 	first, duplicate, err := in.rec.Record(ctx, ledger.Entry{
-		ID: ack.ID, Chosen: chosen, User: user, UserID: u.ID, Command: cmd, Payload: stored, Operator: operator(r.Headers()),
+		ID: ack.ID, Chosen: chosen, User: user, UserID: u.ID, Command: cmd, Payload: stored,
+		Operator: Identity(r.Headers(), r.Reply()), OperatorName: displayName(r.Headers()),
 		Priority: cmd.Priority(), Digest: digest, TraceParent: carrier.Get("traceparent"), TraceID: telemetry.TraceID(ctx),
 	}, in.cfg.QueueLimit)
 	if err != nil {
@@ -247,32 +251,6 @@ func payloadDigest(cmd contract.Command, stored []byte) (string, error) {
 		return "", fmt.Errorf("digest of the payload: %w", err)
 	}
 	return ledger.PayloadDigest(cmd, canonical), nil
-}
-
-// operator names who sent the request: the server-set Nats-Request-Info
-// user when present, else the Vigil-Operator header (as claimed by the
-// client), trimmed to printable characters.
-func operator(h micro.Headers) string {
-	name := h.Get(OperatorHeader)
-	if info := h.Get(RequestInfoHeader); info != "" {
-		var ci struct {
-			User    string `json:"user"`
-			Account string `json:"acc"`
-		}
-		if json.Unmarshal([]byte(info), &ci) == nil && ci.User != "" {
-			name = ci.User
-		}
-	}
-	name = strings.Map(func(r rune) rune {
-		if unicode.IsPrint(r) {
-			return r
-		}
-		return -1
-	}, name)
-	if len(name) > maxOperatorLen {
-		name = name[:maxOperatorLen]
-	}
-	return strings.ToValidUTF8(name, "")
 }
 
 // headerText makes s safe as a header value: one line, bounded.

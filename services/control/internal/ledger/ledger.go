@@ -64,13 +64,16 @@ const (
 
 // Entry is one command in a user's queue, and the audit record of it.
 type Entry struct {
-	ID       string           `json:"id"`
-	User     string           `json:"user"`
-	UserID   int64            `json:"user_id,omitempty"`
-	Command  contract.Command `json:"command"`
-	Payload  json.RawMessage  `json:"payload"`
-	Operator string           `json:"operator,omitempty"`
-	Priority int              `json:"priority"`
+	ID      string           `json:"id"`
+	User    string           `json:"user"`
+	UserID  int64            `json:"user_id,omitempty"`
+	Command contract.Command `json:"command"`
+	Payload json.RawMessage  `json:"payload"`
+	// Operator is the identity the NATS server authenticated
+	// (intake.Identity); OperatorName the display name the client chose.
+	Operator     string `json:"operator,omitempty"`
+	OperatorName string `json:"operator_name,omitempty"`
+	Priority     int    `json:"priority"`
 	// Digest identifies the payload (PayloadDigest): the same id with
 	// another digest is a conflict.
 	Digest string `json:"digest"`

@@ -146,9 +146,9 @@ func Project(ctx context.Context, pool *pgxpool.Pool, e Entry) error {
 	_, err = pool.Exec(ctx, `
 		INSERT INTO command_log AS c (id, user_token, user_id, command, payload, operator, status, priority,
 			control_instance, result, error, steps, trace_id, trace_parent, accepted_at, started_at, finished_at,
-			seq, ack, attempts, published_at)
+			seq, ack, attempts, published_at, operator_name)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, nullif($13, ''), nullif($14, ''), $15, $16, $17,
-			$18, $19, $20, CASE WHEN $17::timestamptz IS NULL THEN NULL ELSE clock_timestamp() END)
+			$18, $19, $20, CASE WHEN $17::timestamptz IS NULL THEN NULL ELSE clock_timestamp() END, $21)
 		ON CONFLICT (user_token, id) DO UPDATE SET
 			status = EXCLUDED.status, control_instance = coalesce(EXCLUDED.control_instance, c.control_instance),
 			result = EXCLUDED.result, error = EXCLUDED.error, steps = EXCLUDED.steps,
@@ -158,7 +158,7 @@ func Project(ctx context.Context, pool *pgxpool.Pool, e Entry) error {
 		WHERE c.finished_at IS NULL AND (EXCLUDED.finished_at IS NOT NULL OR EXCLUDED.attempts >= c.attempts)`,
 		e.ID, e.User, userID, string(e.Command), payload, e.Operator, e.State(), e.Priority,
 		instance, result, errJSON, steps, traceID, e.TraceParent, e.AcceptedAt, e.StartedAt, finishedAt,
-		e.Seq, string(ack), e.Attempts)
+		e.Seq, string(ack), e.Attempts, e.OperatorName)
 	if err != nil {
 		return fmt.Errorf("upsert command_log %s of %s: %w", e.ID, e.User, err)
 	}
