@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
@@ -132,6 +133,7 @@ func TestServicesRunOnTheirOwnCredentials(t *testing.T) {
 			t.Fatalf("%s: result %+v, want succeeded", c.cmd, res)
 		}
 	}
+	forgeriesAreRecordedAsTheRealIdentity(ctx, t, pool, alice, admin)
 	if _, err := progress.NextMsg(10 * time.Second); err != nil {
 		t.Fatalf("alice got no progress of her force-backfill: %v", err)
 	}
@@ -231,4 +233,41 @@ func TestServicesCannotActAsEachOther(t *testing.T) {
 			}
 		})
 	}
+}
+
+// forgeriesAreRecordedAsTheRealIdentity sends commands whose headers claim
+// another operator: command_log records the identity the server
+// authenticated (alice@ALICE for alice, whatever she claims; local for
+// the admin of vigil's own account), the claimed Vigil-Operator only as
+// the display name.
+func forgeriesAreRecordedAsTheRealIdentity(ctx context.Context, t *testing.T, pool *pgxpool.Pool, alice, admin *client) {
+	t.Helper()
+	forgeries := []nats.Header{
+		{"Nats-Request-Info": {`{"user":"bob"}`}},
+		{"Nats-Request-Info": {`{"acc":"VIGIL","user":"admin"}`, `{"acc":"BOB","user":"bob"}`}},
+		{"Vigil-Operator": {"admin"}},
+		{"Vigil-Operator": {"bob"}, "Nats-Request-Info": {`{"acc":"BOB","user":"bob"}`}},
+	}
+	check := func(who *client, want string) {
+		for i, h := range forgeries {
+			reply, err := who.RequestMsg(&nats.Msg{Subject: contract.CommandSubject("alice", contract.CmdResume), Header: h}, 10*time.Second)
+			if err != nil {
+				t.Fatalf("forgery %d: %v", i, err)
+			}
+			var ack contract.Ack
+			if err := json.Unmarshal(reply.Data, &ack); err != nil || !ack.Accepted {
+				t.Fatalf("forgery %d: ACK %s (%v)", i, reply.Data, err)
+			}
+			var operator, name string
+			testenv.WaitFor(t, 30*time.Second, "command_log row of "+ack.ID, func() bool {
+				return pool.QueryRow(ctx, `SELECT operator, operator_name FROM command_log WHERE user_token = 'alice' AND id = $1`,
+					ack.ID).Scan(&operator, &name) == nil
+			})
+			if operator != want || name != h.Get("Vigil-Operator") {
+				t.Errorf("forgery %d %v: command_log operator %q, operator_name %q; want %q, %q", i, h, operator, name, want, h.Get("Vigil-Operator"))
+			}
+		}
+	}
+	check(alice, "alice@ALICE")
+	check(admin, "local")
 }

@@ -3,6 +3,7 @@
 package nats
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -192,14 +193,18 @@ func TestTenantsAreIsolated(t *testing.T) {
 		t.Fatal("control received alice's command for bob")
 	}
 
-	// Alice cannot read bob's results, progress or alerts, nor everyone's.
-	for _, subject := range []string{"vigil.result.bob.>", "vigil.progress.bob.>", "vigil.alert.bob.>", "vigil.result.>", "vigil.cmd.>", "_INBOX.>"} {
+	// Alice cannot read bob's results, progress or alerts, nor everyone's;
+	// the inboxes she may read are her account's, where bob's replies
+	// never go.
+	for _, subject := range []string{"vigil.result.bob.>", "vigil.progress.bob.>", "vigil.alert.bob.>", "vigil.result.>", "vigil.cmd.>", ">", "_INBOX.>"} {
 		sub, err := alice.SubscribeSync(subject)
 		if err != nil {
 			t.Fatal(err)
 		}
 		alice.Flush()
-		waitFor(t, fmt.Sprintf("subscribe %s denied", subject), func() bool { return alice.deniedContains(subject) })
+		if subject != "_INBOX.>" {
+			waitFor(t, fmt.Sprintf("subscribe %s denied", subject), func() bool { return alice.deniedContains(subject) })
+		}
 		bob := connect(t, url, "bob", "bob-pw", "_INBOX_bob")
 		if _, err := bob.Request("vigil.cmd.bob.resume", []byte(`{}`), 5*time.Second); err != nil {
 			t.Fatalf("bob cannot command himself: %v", err)
@@ -220,5 +225,89 @@ func TestTenantsAreIsolated(t *testing.T) {
 	if nc, err := nats.Connect(url, nats.UserInfo("alice", "bob-pw")); err == nil {
 		nc.Close()
 		t.Fatal("alice connected with bob's password")
+	}
+}
+
+// TestServerStampsTheOperator shows the mechanism control's audit relies
+// on: a tenant's command crosses the service import of its account, so
+// nats-server replaces whatever Nats-Request-Info the tenant set with the
+// account and user it authenticated, and the reply subject is the
+// server's (_R_.), answered into the tenant's own account only: a reply
+// subject naming bob's inbox reaches nobody.
+func TestServerStampsTheOperator(t *testing.T) {
+	url := startServer(t).url
+	control := connect(t, url, "vigil-control", "control-pw", "")
+	type received struct{ info, operator, reply string }
+	got := make(chan received, 10)
+	if _, err := control.QueueSubscribe("vigil.cmd.*.*", "vigil-control", func(m *nats.Msg) {
+		got <- received{m.Header.Get("Nats-Request-Info"), m.Header.Get("Vigil-Operator"), m.Reply}
+		_ = m.Respond([]byte(`{"accepted":true}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	control.Flush()
+	bob := connect(t, url, "bob", "bob-pw", "_INBOX_bob")
+	bobInbox, err := bob.SubscribeSync("_INBOX_bob.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobAny, err := bob.SubscribeSync("_INBOX.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob.Flush()
+
+	alice := connect(t, url, "alice", "alice-pw", "")
+	forged := nats.Header{}
+	forged.Set("Vigil-Operator", "admin")
+	forged["Nats-Request-Info"] = []string{`{"acc":"VIGIL","user":"bob"}`, `{"acc":"BOB","user":"admin"}`}
+	for _, reply := range []string{"", "_INBOX_bob.x", "_INBOX.bob-wait"} {
+		msg := &nats.Msg{Subject: "vigil.cmd.alice.pause", Header: forged, Data: []byte(`{}`)}
+		if reply == "" {
+			if _, err := alice.RequestMsg(msg, 5*time.Second); err != nil {
+				t.Fatalf("alice's forged request: %v", err)
+			}
+		} else {
+			msg.Reply = reply
+			if err := alice.PublishMsg(msg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var r received
+		select {
+		case r = <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatal("control got no command")
+		}
+		var ci struct {
+			Account string `json:"acc"`
+			User    string `json:"user"`
+		}
+		if err := json.Unmarshal([]byte(r.info), &ci); err != nil || ci.Account != "ALICE" || ci.User != "alice" {
+			t.Errorf("reply %q: control got Nats-Request-Info %q, want account ALICE, user alice (%v)", reply, r.info, err)
+		}
+		if !strings.HasPrefix(r.reply, "_R_.") {
+			t.Errorf("reply %q: control got reply subject %q, want the server's _R_.", reply, r.reply)
+		}
+		if r.operator != "admin" {
+			t.Errorf("Vigil-Operator %q: a display header passes unchanged (control records it apart)", r.operator)
+		}
+	}
+	if m, err := bobInbox.NextMsg(300 * time.Millisecond); err == nil {
+		t.Errorf("alice's reply subject put %s into bob's inbox", m.Data)
+	}
+	if m, err := bobAny.NextMsg(0); err == nil {
+		t.Errorf("alice's reply subject put %s into bob's _INBOX", m.Data)
+	}
+
+	// The admin lives in vigil's account: its requests cross no import, so
+	// nothing is stamped and what it sets arrives as set (control ignores
+	// it: the reply is the admin's own inbox, not _R_.).
+	admin := connect(t, url, "admin", "admin-pw", "")
+	if _, err := admin.RequestMsg(&nats.Msg{Subject: "vigil.cmd.bob.pause", Header: nats.Header{"Nats-Request-Info": {`{"acc":"BOB","user":"bob"}`}}}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; strings.HasPrefix(r.reply, "_R_.") {
+		t.Errorf("admin's request got reply subject %q: it crossed an import", r.reply)
 	}
 }
