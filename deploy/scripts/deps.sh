@@ -7,6 +7,7 @@
 #   - the nats CLI (go install), optional: a failure is only a warning
 #   - staticcheck (go install), optional: a failure is only a warning
 #   - Jaeger v2 (built once by jaeger.sh, several minutes)
+#   - Prometheus and promtool (Debian package prometheus)
 # NATS itself needs nothing: vigil embeds nats-server.
 #
 # Usage: deps.sh [--run]
@@ -14,7 +15,8 @@
 #              Jaeger) and .ci/run
 #   --run      only what make run needs: redis-server and PostgreSQL, the
 #              nats CLI in the background (the stack does not wait for it),
-#              Jaeger too when TRACING=1 (make run TRACING=1)
+#              Jaeger too when TRACING=1 (make run TRACING=1), Prometheus
+#              too when OBSERVE=1 or TRACING=1 (make run OBSERVE=1)
 #
 # The Debian packages would start a system redis (port 6379) and create and
 # start a PostgreSQL cluster (port 5432); vigil runs private instances
@@ -37,6 +39,12 @@ esac
 tracing=false
 if [ "$profile" = all ] || [ "${TRACING:-}" = 1 ] || [ "${TRACING:-}" = true ]; then
 	tracing=true
+fi
+# Prometheus: for the dashboards test (make test), make run OBSERVE=1, and
+# make run TRACING=1, which implies OBSERVE=1.
+observe=false
+if $tracing || [ "${OBSERVE:-}" = 1 ] || [ "${OBSERVE:-}" = true ]; then
+	observe=true
 fi
 
 log() { echo "deps: $*"; }
@@ -138,6 +146,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 if ! have_postgres; then
 	packages+=(postgresql)
+fi
+if $observe && { ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; }; then
+	packages+=(prometheus)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
 	apt_install "${packages[@]}"

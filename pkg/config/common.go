@@ -103,7 +103,7 @@ type Service struct {
 	Instance        string        `env:"VIGIL_INSTANCE" help:"instance name in logs and status (default host-pid)"`
 	LogLevel        string        `env:"VIGIL_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	ShutdownTimeout time.Duration `env:"VIGIL_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"how long shutdown may drain"`
-	HealthAddr      string        `env:"VIGIL_HEALTH_ADDR" help:"host:port of the HTTP health endpoint (/livez, /readyz); empty: none"`
+	HealthAddr      string        `env:"VIGIL_HEALTH_ADDR" help:"host:port of the HTTP health endpoint (/livez, /readyz, /metrics for Prometheus); empty: none"`
 }
 
 // Validate checks the log level and the timeout.

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,6 +57,7 @@ type Health struct {
 	mu     sync.Mutex
 	checks map[string]check
 	last   Report
+	routes map[string]http.Handler
 }
 
 // check is a registered Check and whether its failure means the instance
@@ -67,7 +69,28 @@ type check struct {
 
 // New returns a Health without checks, not ready until its first round.
 func New(log *slog.Logger) *Health {
-	return &Health{log: log, checks: map[string]check{}, last: Report{Checks: map[string]string{}}}
+	return &Health{log: log, checks: map[string]check{}, last: Report{Checks: map[string]string{}}, routes: map[string]http.Handler{}}
+}
+
+// Route serves handler on the health endpoint under path (GET), beside
+// /livez and /readyz: e.g. /metrics for Prometheus. Routes added after
+// Serve or Handler are not served.
+func (h *Health) Route(path string, handler http.Handler) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.routes[path] = handler
+}
+
+// paths lists the endpoint's paths, for the log.
+func (h *Health) paths() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := []string{"/livez", "/readyz"}
+	for path := range h.routes {
+		out = append(out, path)
+	}
+	sort.Strings(out[2:])
+	return strings.Join(out, " ")
 }
 
 // Add registers a readiness check under name (replacing one of the same
@@ -207,9 +230,15 @@ func notify(log *slog.Logger, state string) bool {
 
 // Handler serves /livez (200 while the check loop completed a round within
 // stale in which the instance was alive) and /readyz (200 with the latest Report when ready, 503 with it
-// otherwise, or when the latest round is older than stale).
+// otherwise, or when the latest round is older than stale), and the
+// paths added with Route.
 func (h *Health) Handler(stale time.Duration) http.Handler {
 	mux := http.NewServeMux()
+	h.mu.Lock()
+	for path, handler := range h.routes {
+		mux.Handle("GET "+path, handler)
+	}
+	h.mu.Unlock()
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
 		r := h.Latest()
 		if r.At.IsZero() || time.Since(r.At) > stale {
@@ -258,6 +287,6 @@ func (h *Health) Serve(ctx context.Context, addr string) (string, error) {
 			h.log.Error("health endpoint stopped", "err", err)
 		}
 	}()
-	h.log.Info("health endpoint listening", "addr", l.Addr().String(), "paths", "/livez /readyz")
+	h.log.Info("health endpoint listening", "addr", l.Addr().String(), "paths", h.paths())
 	return l.Addr().String(), nil
 }

@@ -168,3 +168,25 @@ func TestWatchdogIsFedOnlyWhileAlive(t *testing.T) {
 		t.Fatalf("watchdog resumed after %q, want STATUS=ready first", before)
 	}
 }
+
+// TestRouteServedBesideHealth serves a route added with Route (as /metrics
+// is) on the health endpoint beside /livez and /readyz.
+func TestRouteServedBesideHealth(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h := health.New(quiet())
+	h.Route("/metrics", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "vigil_up 1\n")
+	}))
+	addr, err := h.Serve(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, "http://"+addr+"/metrics"); code != http.StatusOK || body != "vigil_up 1\n" {
+		t.Fatalf("/metrics: %d %q", code, body)
+	}
+	testenv.WaitFor(t, 30*time.Second, "/readyz 200 without checks", func() bool {
+		code, _ := get(t, "http://"+addr+"/readyz")
+		return code == http.StatusOK
+	})
+}

@@ -40,11 +40,12 @@ type Runtime struct {
 	Instance string
 	// Health has the NATS checks from Boot; services add theirs (Redis,
 	// consumers). It runs until Boot's ctx ends, served on
-	// VIGIL_HEALTH_ADDR when set and reported to systemd under a unit.
+	// VIGIL_HEALTH_ADDR when set (with the metrics for Prometheus on
+	// /metrics) and reported to systemd under a unit.
 	Health *health.Health
 
-	stopTelemetry func(context.Context) error
-	stopHealth    context.CancelFunc
+	telemetry  *telemetry.Telemetry
+	stopHealth context.CancelFunc
 }
 
 // Boot opens the runtime of service name: logger, telemetry, NATS connection
@@ -54,11 +55,12 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 	rt.Log = telemetry.NewLogger(stdout, telemetry.ParseLevel(svc.LogLevel), name, rt.Instance)
 	rt.Log.Info("starting", "version", Version, "revision", revision(), "config", config.LogValue(cfg))
 	var err error
-	if rt.stopTelemetry, err = telemetry.Setup(ctx, name, Version, rt.Instance); err != nil {
+	// The metrics are served for Prometheus on the health endpoint.
+	if rt.telemetry, err = telemetry.Setup(ctx, name, Version, rt.Instance, telemetry.Options{Prometheus: svc.HealthAddr != ""}); err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
 	if rt.NC, err = natsx.Connect(ctx, nc, name+" "+rt.Instance, rt.Log); err != nil {
-		return nil, errors.Join(err, rt.stopTelemetry(ctx))
+		return nil, errors.Join(err, rt.telemetry.Shutdown(ctx))
 	}
 	js, err := jetstream.New(rt.NC)
 	if err != nil {
@@ -69,6 +71,9 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
 	rt.Health = health.New(rt.Log)
+	if rt.telemetry.Metrics != nil {
+		rt.Health.Route("/metrics", rt.telemetry.Metrics)
+	}
 	rt.Health.AddLive("nats_open", func(context.Context) error {
 		if rt.NC.IsClosed() {
 			return errors.New("the NATS connection is closed for good")
@@ -98,5 +103,5 @@ func (rt *Runtime) Close(ctx context.Context) error {
 	if rt.NC != nil && !rt.NC.IsClosed() {
 		rt.NC.Close()
 	}
-	return rt.stopTelemetry(ctx)
+	return rt.telemetry.Shutdown(ctx)
 }
