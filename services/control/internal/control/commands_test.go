@@ -113,6 +113,15 @@ func TestCommandsSucceed(t *testing.T) {
 				if s.Instances != 3 || s.Acked != 3 || len(s.Missing) != 0 {
 					t.Errorf("step %s.%s: instances %d acked %d missing %v", s.Service, s.Verb, s.Instances, s.Acked, s.Missing)
 				}
+				answered := 0
+				for _, o := range s.Outcomes {
+					if o.Outcome == contract.InstanceAnswered && o.Error == nil {
+						answered++
+					}
+				}
+				if answered != 3 || len(s.Outcomes) != 3 || s.Compensation {
+					t.Errorf("step %s.%s: outcomes %+v compensation %v, want 3 answered", s.Service, s.Verb, s.Outcomes, s.Compensation)
+				}
 			}
 			names, sizes := callRuns(e, ack.ID)
 			if !slices.Equal(names, tc.steps) {

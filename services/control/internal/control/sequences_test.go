@@ -61,6 +61,18 @@ func TestStepNeedsEveryInstance(t *testing.T) {
 			if last.Instances != 3 || last.Acked != 2 || !slices.Equal(last.Missing, []string{broken.ID()}) {
 				t.Errorf("last step: instances %d acked %d missing %v, want 3 2 [%s]", last.Instances, last.Acked, last.Missing, broken.ID())
 			}
+			want := contract.InstanceFailed
+			if tc.code == contract.CodeTimeout {
+				want = contract.InstanceMissing
+			}
+			for _, o := range last.Outcomes {
+				if o.Instance == broken.ID() && (o.Outcome != want || o.Error == nil || o.Error.Code != tc.code) {
+					t.Errorf("outcome of %s: %+v %+v, want %s with code %s", broken.ID(), o, o.Error, want, tc.code)
+				}
+			}
+			if len(last.Outcomes) != 3 {
+				t.Errorf("last step's outcomes %+v, want one per instance", last.Outcomes)
+			}
 			for _, s := range r.Steps[:len(r.Steps)-1] {
 				if s.Acked != 3 {
 					t.Errorf("step %s.%s acked %d", s.Service, s.Verb, s.Acked)

@@ -304,7 +304,7 @@ func (e *Executor) execute(en ledger.Entry) {
 	}
 	out, traceID := e.run(ctx, en)
 	if errors.Is(context.Cause(ctx), errShutdown) && out.Status != contract.StatusSucceeded {
-		out = sequences.Outcome{Status: contract.StatusFailed, Steps: out.Steps, Error: &contract.Error{Code: contract.CodeUnavailable,
+		out = sequences.Outcome{Status: contract.StatusFailed, Steps: out.Steps, Result: out.Result, Error: &contract.Error{Code: contract.CodeUnavailable,
 			Message: fmt.Sprintf("control instance %s shut down during the command; send it again to confirm", e.members.Self())}}
 	}
 	e.finish(t, out, traceID)

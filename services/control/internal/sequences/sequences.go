@@ -4,7 +4,9 @@
 // steps to the services one after the other, going on only when every
 // instance confirmed. A step that is not confirmed ends the command failed,
 // naming the instances; the desired state stays written so they converge
-// when they come back.
+// when they come back, except for reload-settings and switch-mode, which
+// are all or nothing: they restore the previous desired state and undo
+// their confirmed steps in compensation steps (rollback.go).
 package sequences
 
 import (
@@ -333,7 +335,7 @@ func (r *Runner) reloadSettings(ctx context.Context, cmd Command) Outcome {
 	next.Settings, next.Mode, next.Symbols = settings, settings.Mode, settings.Symbols
 	next.Revision++
 	changes := diff(cur.State, next)
-	return r.sequence(ctx, cmd, next, cur.KVRev, applySteps, func([][]contract.SvcReply) any {
+	return r.allOrNothing(ctx, cmd, cur, next, applySteps, func([][]contract.SvcReply) any {
 		return map[string]any{"reloaded": true, "revision": next.Revision, "changes": changes}
 	})
 }
@@ -350,7 +352,7 @@ func (r *Runner) switchMode(ctx context.Context, cmd Command, p contract.SwitchM
 	next := cur.State
 	next.Mode, next.Settings.Mode = p.Mode, p.Mode
 	next.Revision++
-	return r.sequence(ctx, cmd, next, cur.KVRev, switchModeSteps(next.Paused), func([][]contract.SvcReply) any {
+	return r.allOrNothing(ctx, cmd, cur, next, switchModeSteps(next.Paused), func([][]contract.SvcReply) any {
 		return map[string]any{"switched": true, "from": from, "to": p.Mode}
 	})
 }

@@ -109,6 +109,10 @@ type Peer struct {
 	gate      chan struct{}
 	backfills map[string][]context.CancelFunc // user → running backfills
 	gone      bool
+	// failRevs are the desired-state revisions each verb refuses.
+	failRevs map[contract.Verb]map[revOf]bool
+	// applied is the revision of each user's last apply answered ok.
+	applied map[string]int64
 }
 
 // Start starts a peer of svc on the NATS server at url, recording into rec.
@@ -120,7 +124,8 @@ func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Optio
 		t.Fatalf("testpeer: connect: %v", err)
 	}
 	p := &Peer{Svc: svc, opts: opts, rec: rec, nc: nc, behaviour: map[contract.Verb]Behaviour{},
-		gate: make(chan struct{}), backfills: map[string][]context.CancelFunc{}}
+		gate: make(chan struct{}), backfills: map[string][]context.CancelFunc{},
+		failRevs: map[contract.Verb]map[revOf]bool{}, applied: map[string]int64{}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p.svc, err = service.Start(nc, service.Config{Svc: svc, Name: svc.MicroName(), Description: "test stand-in", Instance: "peer"}, log,
 		func(context.Context, string) any { return map[string]any{"peer": true} })
@@ -157,6 +162,32 @@ func (p *Peer) Set(verb contract.Verb, b Behaviour) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.behaviour[verb] = b
+}
+
+// revOf is a desired-state revision of a user.
+type revOf struct {
+	user string
+	rev  int64
+}
+
+// FailRevision makes the peer refuse verb (as Fail does) when the
+// request's desired state is user's revision rev; other requests are
+// answered as Set says.
+func (p *Peer) FailRevision(verb contract.Verb, user string, rev int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.failRevs[verb] == nil {
+		p.failRevs[verb] = map[revOf]bool{}
+	}
+	p.failRevs[verb][revOf{user, rev}] = true
+}
+
+// Applied is the desired-state revision of user's last apply this peer
+// answered ok (0: none).
+func (p *Peer) Applied(user string) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applied[user]
 }
 
 // Release lets every hanging call answer and makes hanging verbs answer
@@ -211,6 +242,9 @@ func (p *Peer) handler(verb contract.Verb) service.Handler {
 		p.rec.add(c)
 		p.mu.Lock()
 		b, gate := p.behaviour[verb], p.gate
+		if req.State != nil && p.failRevs[verb][revOf{req.User, req.State.Revision}] {
+			b = Fail
+		}
 		p.mu.Unlock()
 		switch {
 		case b == Fail:
@@ -219,6 +253,11 @@ func (p *Peer) handler(verb contract.Verb) service.Handler {
 			return p.backfill(ctx, req, b == Hang, gate)
 		case b == Hang:
 			<-gate
+		}
+		if verb == contract.VerbApply && req.State != nil {
+			p.mu.Lock()
+			p.applied[req.User] = req.State.Revision
+			p.mu.Unlock()
 		}
 		return p.answer(verb, req)
 	}
