@@ -18,13 +18,15 @@ type NATS struct {
 	// vigil stream and KV bucket (0 counts as 1).
 	StreamReplicas int `env:"VIGIL_STREAM_REPLICAS" envDefault:"1" help:"replicas of vigil's JetStream streams and KV buckets: 1, or 3 (up to 5) in a cluster of that many servers"`
 	// Partitions is how many partitions VIGIL_CANDLES and VIGIL_INDICATORS
-	// are split into; the same on every binary of a deployment (0 counts
-	// as DefaultPartitions).
+	// are split into; the same on every binary of a deployment. From the
+	// environment it must be 1 to MaxPartitions (VIGIL_PARTITIONS=0 is
+	// refused at start); the zero value of a NATS built in code counts as
+	// DefaultPartitions.
 	Partitions int `env:"VIGIL_PARTITIONS" envDefault:"64" help:"partitions of VIGIL_CANDLES and VIGIL_INDICATORS (1-1024, the same everywhere, more than the instances of a service)"`
 }
 
-// Validate checks the URLs, that the credentials file exists and the
-// number of replicas.
+// Validate checks the URLs, that the credentials file exists, the number
+// of replicas and the partition count.
 func (n NATS) Validate() error {
 	for _, u := range splitComma(n.URL) {
 		if err := CheckURL("NATS_URL", u, "nats", "tls", "ws", "wss"); err != nil {
@@ -39,7 +41,7 @@ func (n NATS) Validate() error {
 	if n.StreamReplicas < 0 || n.StreamReplicas > 5 {
 		return fmt.Errorf("VIGIL_STREAM_REPLICAS: %d is not between 1 and 5", n.StreamReplicas)
 	}
-	if n.Partitions < 0 || n.Partitions > MaxPartitions {
+	if n.Partitions < 1 || n.Partitions > MaxPartitions {
 		return fmt.Errorf("VIGIL_PARTITIONS: %d is not between 1 and %d", n.Partitions, MaxPartitions)
 	}
 	return nil
@@ -51,7 +53,8 @@ const (
 	MaxPartitions     = 1024
 )
 
-// PartitionCount is Partitions, or DefaultPartitions when unset.
+// PartitionCount is Partitions, or DefaultPartitions for the zero value
+// of a NATS built in code (Validate refuses 0 from the environment).
 func (n NATS) PartitionCount() int {
 	if n.Partitions == 0 {
 		return DefaultPartitions

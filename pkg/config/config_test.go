@@ -20,7 +20,7 @@ func (c testConfig) Validate() error { return ValidateAll(c.NATS, c.Service, c.R
 
 func setEnv(t *testing.T, kv map[string]string) {
 	t.Helper()
-	for _, k := range []string{"NATS_URL", "NATS_CREDS", "VIGIL_STREAM_REPLICAS", "REDIS_URL", "DATABASE_URL", "VIGIL_LOG_LEVEL", "VIGIL_SHUTDOWN_TIMEOUT", "VIGIL_INSTANCE", "VIGIL_TEST_API_KEY"} {
+	for _, k := range []string{"NATS_URL", "NATS_CREDS", "VIGIL_STREAM_REPLICAS", "VIGIL_PARTITIONS", "REDIS_URL", "DATABASE_URL", "VIGIL_LOG_LEVEL", "VIGIL_SHUTDOWN_TIMEOUT", "VIGIL_INSTANCE", "VIGIL_TEST_API_KEY"} {
 		t.Setenv(k, "")
 	}
 	for k, v := range kv {
@@ -51,7 +51,7 @@ func TestLoadDefaults(t *testing.T) {
 	if err := Load(&cfg, "vigil-test", "test", nil, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.NATS.URL != "nats://127.0.0.1:4222" || cfg.NATS.StreamReplicas != 1 || cfg.LogLevel != "info" || cfg.ShutdownTimeout != 10*time.Second {
+	if cfg.NATS.URL != "nats://127.0.0.1:4222" || cfg.NATS.StreamReplicas != 1 || cfg.PartitionCount() != DefaultPartitions || cfg.LogLevel != "info" || cfg.ShutdownTimeout != 10*time.Second {
 		t.Fatalf("defaults not applied: %+v", cfg)
 	}
 	if cfg.InstanceName() == "" {
@@ -72,6 +72,10 @@ func TestLoadErrors(t *testing.T) {
 		{"missing creds file", with(map[string]string{"NATS_CREDS": "/nonexistent/x.creds"}), "NATS_CREDS"},
 		{"too many replicas", with(map[string]string{"VIGIL_STREAM_REPLICAS": "7"}), "VIGIL_STREAM_REPLICAS"},
 		{"negative replicas", with(map[string]string{"VIGIL_STREAM_REPLICAS": "-1"}), "VIGIL_STREAM_REPLICAS"},
+		{"zero partitions", with(map[string]string{"VIGIL_PARTITIONS": "0"}), "VIGIL_PARTITIONS: 0 is not between 1 and 1024"},
+		{"negative partitions", with(map[string]string{"VIGIL_PARTITIONS": "-3"}), "VIGIL_PARTITIONS: -3 is not between 1 and 1024"},
+		{"too many partitions", with(map[string]string{"VIGIL_PARTITIONS": "1025"}), "VIGIL_PARTITIONS: 1025"},
+		{"partitions not a number", with(map[string]string{"VIGIL_PARTITIONS": "many"}), "VIGIL_PARTITIONS"},
 		{"bad level", with(map[string]string{"VIGIL_LOG_LEVEL": "loud"}), "VIGIL_LOG_LEVEL"},
 		{"bad duration", with(map[string]string{"VIGIL_SHUTDOWN_TIMEOUT": "soon"}), "VIGIL_SHUTDOWN_TIMEOUT"},
 		{"zero duration", with(map[string]string{"VIGIL_SHUTDOWN_TIMEOUT": "0s"}), "VIGIL_SHUTDOWN_TIMEOUT"},
