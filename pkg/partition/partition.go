@@ -122,8 +122,10 @@ type Consumer struct {
 	delivered chan item
 	batched   chan struct{}
 	lost      chan struct{}
-	cancel    context.CancelFunc
-	done      chan struct{}
+	// fenced signals partitions dropped by Fenced, for the run loop.
+	fenced chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
 
 	// mu guards the owned partitions, read by Owns on every message.
 	mu     sync.RWMutex
@@ -171,7 +173,8 @@ func New(ctx context.Context, opts Options) (*Consumer, error) {
 	}
 	c := &Consumer{opts: opts, name: opts.Service + "-" + opts.Members.Self(), leases: leases,
 		delivered: make(chan item, opts.MaxBatch), batched: make(chan struct{}), lost: make(chan struct{}, 1),
-		done: make(chan struct{}), owned: map[int]lease{}, filter: []string{opts.Stream.NoPartition()}}
+		fenced: make(chan struct{}, 1),
+		done:   make(chan struct{}), owned: map[int]lease{}, filter: []string{opts.Stream.NoPartition()}}
 	if err := c.create(ctx); err != nil {
 		return nil, err
 	}
@@ -203,6 +206,42 @@ func (c *Consumer) Epoch(k int) int64 {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.owned[k].epoch
+}
+
+// Fenced tells the consumer that the store refused a write to partition
+// k made under epoch: another instance has claimed k since (this one was
+// cut off, or too slow to see a membership change). Unless k was claimed
+// again meanwhile (a newer epoch), this instance stops owning k at once
+// (Owns is false from here on); the run loop then takes k out of the
+// filter and has the service drop its state (Changed), without touching
+// the lease, which is no longer this instance's. k is claimed again only
+// as any partition is: when the membership gives it to this instance and
+// its lease is free or held by a member that is gone. Fenced does not
+// block, so a Handle may call it.
+func (c *Consumer) Fenced(k int, epoch int64) {
+	c.mu.Lock()
+	l, ok := c.owned[k]
+	if ok && l.epoch == epoch {
+		delete(c.owned, k)
+	}
+	c.mu.Unlock()
+	if !ok || l.epoch != epoch {
+		return
+	}
+	c.opts.Log.Warn("partition fenced: another instance took it; dropped", "consumer", c.name, "partition", k, "epoch", epoch)
+	select {
+	case c.fenced <- struct{}{}:
+	default:
+	}
+}
+
+// dropFenced takes the partitions dropped by Fenced out of the filter and
+// has the service drop their state.
+func (c *Consumer) dropFenced(ctx context.Context) {
+	if err := c.refilter(ctx); err != nil {
+		c.opts.Log.Warn("removing fenced partitions from the filter failed", "consumer", c.name, "err", err)
+	}
+	c.opts.Changed(ctx)
 }
 
 // Partitions lists the owned partitions, sorted.
@@ -365,6 +404,8 @@ func (c *Consumer) run(ctx context.Context) {
 			return
 		case <-c.lost:
 			c.recover(ctx)
+		case <-c.fenced:
+			c.dropFenced(ctx)
 		case <-changes:
 		case <-timer.C:
 		}

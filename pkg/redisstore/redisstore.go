@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/redis/go-redis/extra/redisotel/v9"
@@ -80,8 +81,10 @@ var upsertScript = redis.NewScript(upsertSource)
 var indicatorsSource string
 
 // indicatorsScript writes one bar of several indicator series, each key
-// with upsertScript's semantics: KEYS the series, ARGV score, version,
-// retention, then one member per key. It returns how many keys it wrote.
+// with upsertScript's semantics, checked against a fence: KEYS the series
+// (then the fence key when fenced), ARGV score, version, retention, epoch
+// (0: not fenced), then one member per series key. It returns how many
+// keys it wrote, or -1 when the fence refused the write.
 var indicatorsScript = redis.NewScript(indicatorsSource)
 
 // Store reads and writes series in Redis.
@@ -180,31 +183,132 @@ func (s *Store) WriteIndicators(ctx context.Context, u contract.IndicatorUpdate)
 // script call per update writes every indicator key of its bar. Every
 // indicator name is validated before anything is written.
 func (s *Store) WriteIndicatorUpdates(ctx context.Context, ups []contract.IndicatorUpdate) error {
+	return s.WriteIndicatorUpdatesFenced(ctx, ups, nil)
+}
+
+// A Fence is a writer's right to write the series of one partition: the
+// Redis key of the partition's fence (FenceKey) and the ownership epoch
+// the writer took when it gained the partition (NewEpoch). A write
+// carrying a Fence is refused when the fence has seen a newer epoch: a
+// former owner that is dead or cut off cannot replace the values of the
+// owner that took the partition after it.
+type Fence struct {
+	Key   string
+	Epoch int64
+}
+
+// ErrFenced reports writes refused by their fence (errors.Is matches a
+// *FencedError).
+var ErrFenced = errors.New("fenced: a newer owner took the partition")
+
+// FencedError lists the series whose updates a fence refused; the other
+// updates of the same call were written.
+type FencedError struct {
+	Series []contract.SeriesID
+}
+
+// Error says how many series were refused and names the first.
+func (e *FencedError) Error() string {
+	return fmt.Sprintf("%v: %d series refused, e.g. %s", ErrFenced, len(e.Series), e.Series[0])
+}
+
+// Is makes errors.Is(err, ErrFenced) true.
+func (e *FencedError) Is(target error) bool { return target == ErrFenced }
+
+// FenceKey is the Redis key of the fence of partition k of a service's
+// partitioned stream: fence:{service}:{k}. It holds the newest ownership
+// epoch taken or written with.
+func FenceKey(service string, k int) string {
+	return "fence:" + service + ":" + strconv.Itoa(k)
+}
+
+// NewEpoch takes the next ownership epoch of a fence (INCR): from then on
+// the fence refuses writes that carry an older epoch.
+func (s *Store) NewEpoch(ctx context.Context, fenceKey string) (int64, error) {
+	epoch, err := s.rdb.Incr(ctx, fenceKey).Result()
+	if err != nil {
+		return 0, fmt.Errorf("new epoch of %s: %w", fenceKey, err)
+	}
+	return epoch, nil
+}
+
+// WriteIndicatorUpdatesFenced is WriteIndicatorUpdates where each update
+// is written only if fence(its series) allows it, checked in the same
+// script call as the write: a fence that has seen a newer epoch refuses
+// the whole update, and so does a Fence with a key but no epoch (the
+// writer does not own the partition). Refused updates are reported as a
+// *FencedError once the others are written. A nil fence, or a Fence
+// without a key, writes unfenced.
+func (s *Store) WriteIndicatorUpdatesFenced(ctx context.Context, ups []contract.IndicatorUpdate, fence func(contract.SeriesID) Fence) error {
 	calls := make([]scriptCall, 0, len(ups))
+	series := make([]contract.SeriesID, 0, len(ups))
+	refused := &FencedError{}
 	for _, u := range ups {
 		if len(u.Values) == 0 {
 			continue
 		}
-		call := scriptCall{keys: make([]string, 0, len(u.Values)), args: make([]any, 3, 3+len(u.Values))}
-		call.args[0], call.args[1], call.args[2] = u.Start, u.Version, s.retention
-		for name, fields := range u.Values {
-			if err := contract.ValidateIndicatorName(name); err != nil {
-				return err
-			}
-			member, err := json.Marshal(IndicatorPoint{Start: u.Start, Version: u.Version, Closed: u.Closed, Fields: fields})
-			if err != nil {
-				return err
-			}
-			call.keys = append(call.keys, contract.IndicatorKey(u.SeriesID, name))
-			call.args = append(call.args, member)
+		var f Fence
+		if fence != nil {
+			f = fence(u.SeriesID)
+		}
+		if f.Key != "" && f.Epoch <= 0 {
+			refused.add(u.SeriesID)
+			continue
+		}
+		call, err := s.indicatorCall(u, f)
+		if err != nil {
+			return err
 		}
 		calls = append(calls, call)
+		series = append(series, u.SeriesID)
 	}
-	if len(calls) == 0 {
-		return nil
+	if len(calls) > 0 {
+		cmds, err := runPipelined(ctx, s.rdb, indicatorsScript, calls)
+		if err != nil {
+			return err
+		}
+		for i, cmd := range cmds {
+			if n, _ := cmd.Int64(); n < 0 {
+				refused.add(series[i])
+			}
+		}
 	}
-	_, err := runPipelined(ctx, s.rdb, indicatorsScript, calls)
-	return err
+	if len(refused.Series) > 0 {
+		return refused
+	}
+	return nil
+}
+
+// add lists id once.
+func (e *FencedError) add(id contract.SeriesID) {
+	if !slices.Contains(e.Series, id) {
+		e.Series = append(e.Series, id)
+	}
+}
+
+// indicatorCall is the indicatorsScript call of update u under fence f
+// (unfenced without a key); it validates every indicator name.
+func (s *Store) indicatorCall(u contract.IndicatorUpdate, f Fence) (scriptCall, error) {
+	call := scriptCall{keys: make([]string, 0, len(u.Values)+1), args: make([]any, 4, 4+len(u.Values))}
+	call.args[0], call.args[1], call.args[2], call.args[3] = u.Start, u.Version, s.retention, int64(0)
+	if f.Key != "" {
+		call.args[3] = f.Epoch
+	}
+	for name, fields := range u.Values {
+		if err := contract.ValidateIndicatorName(name); err != nil {
+			return call, err
+		}
+		member, err := json.Marshal(IndicatorPoint{Start: u.Start, Version: u.Version, Closed: u.Closed, Fields: fields})
+		if err != nil {
+			return call, err
+		}
+		call.keys = append(call.keys, contract.IndicatorKey(u.SeriesID, name))
+		call.args = append(call.args, member)
+	}
+	if f.Key != "" {
+		call.keys = append(call.keys, f.Key)
+	}
+	return call, nil
 }
 
 // scriptCall is the keys and arguments of one script call.

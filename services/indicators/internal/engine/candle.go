@@ -2,10 +2,12 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/redisstore"
 )
 
 // TracedCandle is a candle update with the context it arrived in, which
@@ -27,7 +29,7 @@ type TracedCandle struct {
 // Redis instead, after the updates computed before it were sent.
 //
 // The result has one error per candle: nil when the candle is done (ack
-// it), otherwise the candle should be delivered again and its series is
+// it; also when its write was fenced, see flush), otherwise the candle should be delivered again and its series is
 // dropped, so that the next candle of the series rebuilds it from Redis.
 // ctx bounds the batch's writes and publishes; control verbs wait for the
 // whole batch.
@@ -45,8 +47,10 @@ func (e *Engine) HandleCandles(ctx context.Context, batch []TracedCandle) []erro
 			continue
 		}
 		if err := e.handleCandle(ctx, u, i, o); err != nil {
-			errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, err)
 			delete(e.series, id)
+			if !errors.Is(err, redisstore.ErrFenced) {
+				errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, err)
+			}
 			continue
 		}
 		handled = append(handled, i)
@@ -88,8 +92,17 @@ func (o *outbox) add(i int, ups []contract.IndicatorUpdate) {
 // from gets the error and its series is dropped (it is rebuilt from Redis
 // on its next candle, so nothing computed but unsent is lost). The
 // caller holds e.mu.
+//
+// A candle whose series' updates were fenced is done (acked): its
+// partition belongs to another instance, which claimed it before the
+// refused write and rebuilt the series from Redis after that, where the
+// feed had stored the candle before publishing it.
 func (e *Engine) flush(ctx context.Context, o *outbox) {
-	if err := e.send(ctx, o.pending); err != nil {
+	err := e.send(ctx, o.pending)
+	if errors.Is(err, redisstore.ErrFenced) {
+		err = nil // write dropped the fenced series; the others were sent
+	}
+	if err != nil {
 		for _, i := range o.from {
 			c := o.batch[i].Candle
 			o.errs[i] = fmt.Errorf("candle %s %d: %w", c.SeriesID, c.Start, err)

@@ -64,6 +64,13 @@ type Owner interface {
 	Members() []string
 	// Partitions lists the partitions of VIGIL_CANDLES this instance owns.
 	Partitions() []int
+	// Fence is this instance's right to write series id: the fence of its
+	// partition and the epoch taken when this instance gained it (no
+	// epoch when it does not own it).
+	Fence(id contract.SeriesID) redisstore.Fence
+	// Fenced tells that Redis refused a write to series id under fence f:
+	// another instance took its partition, this one stops owning it.
+	Fenced(id contract.SeriesID, f redisstore.Fence)
 }
 
 // Config is what an Engine needs.
@@ -401,7 +408,7 @@ func (e *Engine) rebuild(ctx context.Context, u *user, id contract.SeriesID, wri
 			return 0, err
 		}
 	}
-	if err := e.store.WriteIndicatorUpdates(ctx, ups); err != nil {
+	if err := e.write(ctx, ups); err != nil {
 		return 0, fmt.Errorf("write %s: %w", id, err)
 	}
 	if err := e.publish(ctx, latest); err != nil {
@@ -517,7 +524,8 @@ type outgoing struct {
 // in order without waiting for each (updates of one series keep their
 // order on the stream) and waits for every acknowledgement of the stream.
 // When it returns nil, Redis and the stream hold every update; ctx bounds
-// the whole.
+// the whole. Updates refused by their fence (write) are not published:
+// once the others are, send returns the *redisstore.FencedError.
 func (e *Engine) send(ctx context.Context, out []outgoing) error {
 	if len(out) == 0 {
 		return nil
@@ -526,8 +534,13 @@ func (e *Engine) send(ctx context.Context, out []outgoing) error {
 	for i, o := range out {
 		ups[i] = o.update
 	}
-	if err := e.store.WriteIndicatorUpdates(ctx, ups); err != nil {
-		return fmt.Errorf("write %d indicator updates: %w", len(ups), err)
+	written := e.write(ctx, ups)
+	var fenced *redisstore.FencedError
+	if written != nil && !errors.As(written, &fenced) {
+		return fmt.Errorf("write %d indicator updates: %w", len(ups), written)
+	}
+	if fenced != nil {
+		out = slices.DeleteFunc(slices.Clone(out), func(o outgoing) bool { return slices.Contains(fenced.Series, o.update.SeriesID) })
 	}
 	acks := make([]jetstream.PubAckFuture, len(out))
 	for i, o := range out {
@@ -549,7 +562,42 @@ func (e *Engine) send(ctx context.Context, out []outgoing) error {
 			return fmt.Errorf("publish update of %s: %w", out[i].update.SeriesID, ctx.Err())
 		}
 	}
+	if fenced != nil {
+		return written
+	}
 	return nil
+}
+
+// write stores updates in Redis, each fenced by this instance's epoch of
+// its series' partition (ARCHITECTURE §7): a former owner that is dead or
+// cut off cannot replace the values of the instance that took the
+// partition after it. The updates of a partition that another instance
+// took since are refused: they are counted
+// (vigil.indicators.fenced), logged, their series dropped and the
+// partition given up (Owner.Fenced), and the error is the
+// *redisstore.FencedError naming them; the other updates are written.
+// The caller holds e.mu.
+func (e *Engine) write(ctx context.Context, ups []contract.IndicatorUpdate) error {
+	fences := map[contract.SeriesID]redisstore.Fence{}
+	err := e.store.WriteIndicatorUpdatesFenced(ctx, ups, func(id contract.SeriesID) redisstore.Fence {
+		f, ok := fences[id]
+		if !ok {
+			f = e.owner.Fence(id)
+			fences[id] = f
+		}
+		return f
+	})
+	var fenced *redisstore.FencedError
+	if errors.As(err, &fenced) {
+		for _, id := range fenced.Series {
+			e.metrics.countFenced(ctx)
+			e.log.WarnContext(ctx, "indicator write refused: another instance took the series' partition (fenced); this instance stops owning it",
+				"series", id.String(), "epoch", fences[id].Epoch)
+			delete(e.series, id)
+			e.owner.Fenced(id, fences[id])
+		}
+	}
+	return err
 }
 
 // ResetAll drops every series and order book and rebuilds the series this

@@ -17,6 +17,7 @@ type metrics struct {
 	compute  metric.Float64Histogram
 	updates  metric.Int64Counter
 	rebuilds metric.Int64Counter
+	fenced   metric.Int64Counter
 }
 
 func newMetrics() (metrics, error) {
@@ -35,6 +36,10 @@ func newMetrics() (metrics, error) {
 		metric.WithDescription("series rebuilt from the candles in Redis")); err != nil {
 		return m, err
 	}
+	if m.fenced, err = meter.Int64Counter("vigil.indicators.fenced", metric.WithUnit("{update}"),
+		metric.WithDescription("indicator writes refused because another instance took the series' partition")); err != nil {
+		return m, err
+	}
 	return m, nil
 }
 
@@ -47,3 +52,5 @@ func (m metrics) countUpdate(ctx context.Context, closed bool) {
 }
 
 func (m metrics) countRebuild(ctx context.Context) { m.rebuilds.Add(ctx, 1) }
+
+func (m metrics) countFenced(ctx context.Context) { m.fenced.Add(ctx, 1) }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/partition"
+	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/service"
 	"vigil.dev/pkg/telemetry"
 	"vigil.dev/services/indicators/internal/engine"
@@ -67,9 +69,10 @@ type candleConsumer struct {
 	pending atomic.Int64
 }
 
-// newCandleConsumer creates the consumer, owning no partition yet; start
-// claims them. The engine is set by setEngine before start.
-func newCandleConsumer(ctx context.Context, rt *service.Runtime, members partition.Members, partitions int) (*candleConsumer, error) {
+// newCandleConsumer creates the consumer, owning no partition yet; Claim
+// and Start claim them, each with a new fencing epoch taken in store. The
+// engine is set before Claim.
+func newCandleConsumer(ctx context.Context, rt *service.Runtime, members partition.Members, partitions int, store *redisstore.Store) (*candleConsumer, error) {
 	c := &candleConsumer{rt: rt, members: members, tracer: otel.Tracer(engine.MeterName)}
 	var err error
 	c.Consumer, err = partition.New(ctx, partition.Options{
@@ -88,7 +91,10 @@ func newCandleConsumer(ctx context.Context, rt *service.Runtime, members partiti
 		Handle:  c.handle,
 		Changed: func(ctx context.Context) { c.engine.ConvergeAll(ctx) },
 		Lost:    func(ctx context.Context) { c.engine.ResetAll(ctx) },
-		Log:     rt.Log,
+		Fence: func(ctx context.Context, k int) (int64, error) {
+			return store.NewEpoch(ctx, redisstore.FenceKey(contract.ServiceIndicators, k))
+		},
+		Log: rt.Log,
 	})
 	if err != nil {
 		return nil, err
@@ -102,6 +108,25 @@ func newCandleConsumer(ctx context.Context, rt *service.Runtime, members partiti
 		return nil, err
 	}
 	return c, nil
+}
+
+// partitionOf is the partition of VIGIL_CANDLES that series id is in.
+func (c *candleConsumer) partitionOf(id contract.SeriesID) int {
+	return c.PartitionOf(id.User, strconv.FormatInt(id.ExchangeID, 10), id.Symbol, string(id.Timeframe))
+}
+
+// Fence is this instance's right to write series id: the fence of its
+// partition with the epoch taken when this instance claimed it (0 when
+// it does not own it: refused).
+func (c *candleConsumer) Fence(id contract.SeriesID) redisstore.Fence {
+	k := c.partitionOf(id)
+	return redisstore.Fence{Key: redisstore.FenceKey(contract.ServiceIndicators, k), Epoch: c.Epoch(k)}
+}
+
+// Fenced gives up the partition of series id after Redis refused a write
+// under fence f (another instance claimed it since).
+func (c *candleConsumer) Fenced(id contract.SeriesID, f redisstore.Fence) {
+	c.Consumer.Fenced(c.partitionOf(id), f.Epoch)
 }
 
 // Members lists the live instances.

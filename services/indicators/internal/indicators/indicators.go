@@ -109,11 +109,12 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	// The consumer claims its partitions before the state is read and the
 	// series are rebuilt, so every candle published after that rebuild's
 	// read is delivered; it consumes once the state is followed.
-	c, err := newCandleConsumer(ctx, rt, members, cfg.PartitionCount())
+	store := redisstore.New(rdb, cfg.Retention)
+	c, err := newCandleConsumer(ctx, rt, members, cfg.PartitionCount(), store)
 	if err != nil {
 		return err
 	}
-	e, err := engine.New(engine.Config{Store: redisstore.New(rdb, cfg.Retention), JS: updates, Owner: c, Instance: id, Name: rt.Instance, Log: rt.Log})
+	e, err := engine.New(engine.Config{Store: store, JS: updates, Owner: c, Instance: id, Name: rt.Instance, Log: rt.Log})
 	if err != nil {
 		return errors.Join(err, c.Stop(ctx))
 	}
