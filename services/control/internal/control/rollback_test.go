@@ -13,8 +13,8 @@ import (
 	"vigil.dev/services/control/internal/testpeer"
 )
 
-// TestAllOrNothing makes one instance refuse the new revision of a
-// reload-settings and of a switch-mode (ARCHITECTURE.md §6): the command
+// TestAllOrNothing makes one instance refuse (or not answer) the new
+// revision of a reload-settings and of a switch-mode (ARCHITECTURE.md §6): the command
 // fails with rolled_back true, the desired state is the previous one
 // again, every instance that had applied the new revision is back on the
 // previous one, and the compensation steps are in the result and, as
@@ -33,7 +33,7 @@ func TestAllOrNothing(t *testing.T) {
 		broken.FailRevision(contract.VerbApply, "carol", before.State.Revision+1)
 		ack := e.accept("carol", "reload-settings", "")
 		r := e.result("carol", ack.ID)
-		rb := e.checkRolledBack(t, r, before, broken, true)
+		rb := e.checkRolledBack(t, r, before, broken, contract.CodeInternal, true)
 		checkSteps(t, r.Steps, []string{"feed.apply", "indicators.apply", "indicators.apply", "feed.apply"}, 2)
 		if len(rb.Instances) != 6 {
 			t.Errorf("instances %+v, want the 3 of feed and of indicators", rb.Instances)
@@ -53,7 +53,7 @@ func TestAllOrNothing(t *testing.T) {
 		broken.FailRevision(contract.VerbApply, "dave", before.State.Revision+1)
 		ack := e.accept("dave", "switch-mode", `{"mode":"scalper-macdv"}`)
 		r := e.result("dave", ack.ID)
-		e.checkRolledBack(t, r, before, broken, true)
+		e.checkRolledBack(t, r, before, broken, contract.CodeInternal, true)
 		checkSteps(t, r.Steps, []string{"alerts.pause", "feed.apply", "indicators.apply", "alerts.apply",
 			"alerts.apply", "indicators.apply", "feed.apply", "alerts.resume"}, 4)
 		if st := e.state("dave").State; st.Mode != contract.ModePositionMonitor || st.Settings.Mode != contract.ModePositionMonitor {
@@ -72,7 +72,7 @@ func TestAllOrNothing(t *testing.T) {
 		stuck.FailRevision(contract.VerbApply, "erin", before.State.Revision)
 		ack := e.accept("erin", "reload-settings", "")
 		r := e.result("erin", ack.ID)
-		rb := e.checkRolledBack(t, r, before, broken, false)
+		rb := e.checkRolledBack(t, r, before, broken, contract.CodeInternal, false)
 		checkSteps(t, r.Steps, []string{"feed.apply", "indicators.apply", "indicators.apply", "feed.apply"}, 2)
 		if !strings.Contains(rb.Reason, "vigil-feed apply not confirmed by "+stuck.ID()) || !strings.Contains(r.Error.Message, "rollback incomplete") {
 			t.Errorf("reason %q, error %q: want the stuck instance %s named", rb.Reason, r.Error.Message, stuck.ID())
@@ -92,6 +92,39 @@ func TestAllOrNothing(t *testing.T) {
 			t.Errorf("instance revisions %v, want %v", got, want)
 		}
 		e.checkApplied(t, "erin", before.State.Revision, map[*testpeer.Peer]int64{stuck: before.State.Revision + 1})
+	})
+
+	t.Run("an instance times out", func(t *testing.T) {
+		before := e.seedState(t, "frank")
+		e.setSettings(t, "frank", newSettings)
+		slow := e.peers[contract.SvcIndicators][2]
+		slow.Set(contract.VerbApply, testpeer.Hang)
+		t.Cleanup(slow.Release)
+		ack := e.accept("frank", "reload-settings", "")
+		r := e.result("frank", ack.ID)
+		rb := e.checkRolledBack(t, r, before, slow, contract.CodeTimeout, true)
+		checkSteps(t, r.Steps, []string{"feed.apply", "indicators.apply", "indicators.apply", "feed.apply"}, 2)
+		for _, in := range rb.Instances {
+			want := before.State.Revision
+			if in.Instance == slow.ID() {
+				want = 0 // answered neither
+			}
+			if in.Revision != want {
+				t.Errorf("%s %s on revision %d, want %d", in.Service, in.Instance, in.Revision, want)
+			}
+		}
+		// The slow instance takes both requests in order once it goes on:
+		// it ends on the restored revision.
+		slow.Release()
+		waitFor(t, "the slow instance to apply the restored revision", func() bool {
+			calls := 0
+			for _, c := range e.callsOf(ack.ID, contract.VerbApply) {
+				if c.Instance == slow.ID() {
+					calls++
+				}
+			}
+			return calls == 2 && slow.Applied("frank") == before.State.Revision
+		})
 	})
 }
 
@@ -116,13 +149,13 @@ func (e *env) setSettings(t *testing.T, token, settings string) {
 }
 
 // checkRolledBack checks a failed all-or-nothing command: the error names
-// the broken instance, the result is a contract.Rollback from the revision
+// the broken instance with code, the result is a contract.Rollback from the revision
 // after before's back to before's with rolledBack as given, and the desired
 // state is before's again (written anew, so newer).
-func (e *env) checkRolledBack(t *testing.T, r contract.Result, before desired.Entry, broken *testpeer.Peer, rolledBack bool) contract.Rollback {
+func (e *env) checkRolledBack(t *testing.T, r contract.Result, before desired.Entry, broken *testpeer.Peer, code contract.ErrorCode, rolledBack bool) contract.Rollback {
 	t.Helper()
-	if r.Status != contract.StatusFailed || r.Error == nil || r.Error.Code != contract.CodeInternal || !strings.Contains(r.Error.Message, broken.ID()) {
-		t.Fatalf("status %s error %+v: want failed naming %s", r.Status, r.Error, broken.ID())
+	if r.Status != contract.StatusFailed || r.Error == nil || r.Error.Code != code || !strings.Contains(r.Error.Message, broken.ID()) {
+		t.Fatalf("status %s error %+v: want failed (%s) naming %s", r.Status, r.Error, code, broken.ID())
 	}
 	rb := decode[contract.Rollback](t, r.Result)
 	prev := before.State.Revision
