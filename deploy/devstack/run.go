@@ -39,6 +39,12 @@ type devConfig struct {
 	Dir          string        `env:"VIGIL_DEV_DIR" help:"the dev stack's state and logs (default .run at the repository root)"`
 	BinDir       string        `env:"VIGIL_DEV_BIN" help:"where the service binaries are built (default bin at the repository root)"`
 	ReadyTimeout time.Duration `env:"VIGIL_DEV_READY_TIMEOUT" envDefault:"2m" help:"how long to wait for every service to register before printing the banner anyway"`
+
+	// Observe (OBSERVE=1, or TRACING=1) runs Prometheus (PrometheusPort)
+	// and gives the services health endpoints with /metrics (MetricsPort on).
+	Observe        bool `env:"OBSERVE" envDefault:"false" help:"1 also runs Prometheus scraping every service's /metrics (TRACING=1 implies it)"`
+	PrometheusPort int  `env:"VIGIL_DEV_PROMETHEUS_PORT" envDefault:"9090" help:"port of Prometheus (OBSERVE=1)"`
+	MetricsPort    int  `env:"VIGIL_DEV_METRICS_PORT" envDefault:"9464" help:"health and metrics port of the first service (OBSERVE=1); the others take the next ones"`
 }
 
 // Validate checks the ports and the grace period.
@@ -51,6 +57,9 @@ func (c devConfig) Validate() error {
 		if port < 1 || port > 65535 {
 			return fmt.Errorf("%s: %d is not a port (1..65535)", name, port)
 		}
+	}
+	if err := c.validateObserve(); err != nil {
+		return err
 	}
 	if c.StopGrace <= 0 {
 		return fmt.Errorf("VIGIL_DEV_STOP_GRACE: %v is not positive", c.StopGrace)
@@ -96,6 +105,7 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	if err := config.Load(&cfg, "devstack", "Runs the vigil dev stack (make run).", args, os.Stdout); err != nil {
 		return err
 	}
+	cfg.Observe = cfg.Observe || cfg.Tracing
 	root, err := localstack.RepoRoot()
 	if err != nil {
 		return err
@@ -164,11 +174,17 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	addrs := healthAddrs(cfg, binaries)
 	for _, b := range binaries {
 		wg.Go(func() {
-			supervise(ctx, child{name: b.name, path: b.path, env: env, lines: logs.lines(b.name), grace: cfg.StopGrace, log: log})
+			supervise(ctx, child{name: b.name, path: b.path, env: withHealthAddr(env, addrs[b.name]), lines: logs.lines(b.name), grace: cfg.StopGrace, log: log})
 		})
 	}
+	observed, err := startPrometheus(ctx, &wg, cfg, root, runDir, binaries, addrs, log)
+	if err != nil {
+		return err
+	}
+	extra = append(extra, observed...)
 	waitForServices(ctx, log, natsSrv.URL(), binaries, cfg.ReadyTimeout)
 	printBanner(out, banner{
 		took: time.Since(began), natsURL: natsSrv.URL(), redisURL: redisSrv.URL(), postgresURL: pg.URL(),

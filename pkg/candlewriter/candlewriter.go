@@ -53,6 +53,12 @@ type Observer interface {
 	PublishFailed(ctx context.Context, n int)
 }
 
+// CandleObserver, when an Observer also implements it, gets the candle
+// versions stored and sent to JetStream (the feed's freshness per symbol).
+type CandleObserver interface {
+	WroteCandles(ctx context.Context, cs []contract.Candle)
+}
+
 // Writer stores and publishes candles.
 type Writer struct {
 	store *redisstore.Store
@@ -105,6 +111,9 @@ func (w *Writer) Write(ctx context.Context, cs []contract.Candle) ([]bool, error
 		}
 		if w.obs != nil {
 			w.obs.Written(ctx, len(toPublish))
+			if co, ok := w.obs.(CandleObserver); ok && len(toPublish) > 0 {
+				co.WroteCandles(ctx, toPublish)
+			}
 		}
 		futures, err := w.publish(ctx, toPublish)
 		errs = append(errs, err, w.await(ctx, inFlight))

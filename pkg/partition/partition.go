@@ -34,13 +34,20 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"vigil.dev/pkg/membership"
 	"vigil.dev/pkg/natsx"
 )
+
+// MeterName is the OpenTelemetry meter of the package's metrics.
+const MeterName = "vigil.dev/pkg/partition"
 
 // LeaseBucket is the KV bucket of partition leases (key
 // <service>.<partition>, value the holding instance).
@@ -137,6 +144,13 @@ type Consumer struct {
 	consumer  jetstream.Consumer
 	consume   jetstream.ConsumeContext
 	stopped   bool
+
+	// recovering is set from a loss until the consumer is recreated;
+	// pending is the server's pending count as of the latest Ready.
+	recovering atomic.Bool
+	pending    atomic.Int64
+	// metric reports Pending as vigil.consumer.pending while started.
+	metric metric.Registration
 }
 
 // lease is a held partition: the lease's revision and the fencing epoch.
@@ -358,10 +372,38 @@ func (c *Consumer) Start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	go c.run(runCtx)
+	return c.registerMetric()
+}
+
+// registerMetric reports Pending as the gauge vigil.consumer.pending
+// (attributes stream and consumer), the consumer lag of the dashboards.
+func (c *Consumer) registerMetric() error {
+	meter := otel.Meter(MeterName)
+	gauge, err := meter.Int64ObservableGauge("vigil.consumer.pending", metric.WithUnit("{message}"),
+		metric.WithDescription("messages of the instance's partitions not yet delivered or not yet acked (as of the latest readiness check)"))
+	if err != nil {
+		return fmt.Errorf("partition: metric: %w", err)
+	}
+	attrs := metric.WithAttributes(attribute.String("stream", c.opts.Stream.Stream), attribute.String("consumer", c.name))
+	c.metric, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(gauge, c.Pending(), attrs)
+		return nil
+	}, gauge)
+	if err != nil {
+		return fmt.Errorf("partition: metric: %w", err)
+	}
 	return nil
 }
 
+// unregisterMetric stops reporting the gauge.
+func (c *Consumer) unregisterMetric() {
+	if c.metric != nil {
+		_ = c.metric.Unregister()
+	}
+}
+
 func (c *Consumer) signalLost() {
+	c.recovering.Store(true)
 	select {
 	case c.lost <- struct{}{}:
 	default:
@@ -608,10 +650,39 @@ func (c *Consumer) recover(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
+	c.recovering.Store(false)
 	if c.opts.Lost != nil {
 		c.opts.Lost(ctx)
 	}
 }
+
+// Ready is the consumer's readiness check (pkg/health): nil while it
+// consumes and the server has it, an error naming the cause while it is
+// not started, stopped, lost and being recreated, or unknown to the
+// server. It also takes the consumer's lag (Pending) from the server.
+func (c *Consumer) Ready(ctx context.Context) error {
+	c.consumeMu.Lock()
+	stopped, consuming, cons := c.stopped, c.consume != nil, c.consumer
+	c.consumeMu.Unlock()
+	switch {
+	case stopped:
+		return fmt.Errorf("consumer %s: %w", c.name, ErrStopped)
+	case !consuming:
+		return fmt.Errorf("consumer %s is not consuming yet", c.name)
+	case c.recovering.Load():
+		return fmt.Errorf("consumer %s was lost and is being recreated", c.name)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("consumer %s on %s: %w", c.name, c.opts.Stream.Stream, err)
+	}
+	c.pending.Store(int64(info.NumPending) + int64(info.NumAckPending))
+	return nil
+}
+
+// Pending is the consumer's lag as of the latest Ready: messages of its
+// partitions not yet delivered plus those delivered and not yet acked.
+func (c *Consumer) Pending() int64 { return c.pending.Load() }
 
 // handleBatches hands the delivered messages to Handle in batches until
 // Stop: each batch is the message that arrived first and those that
@@ -659,6 +730,7 @@ func (c *Consumer) Stop(ctx context.Context) error {
 	if c.cancel == nil { // never started
 		return c.deleteConsumer(ctx)
 	}
+	c.unregisterMetric()
 	c.cancel()
 	<-c.done
 	err := c.drain(ctx)
@@ -689,6 +761,7 @@ func (c *Consumer) Abandon() {
 	}
 	c.consumeMu.Unlock()
 	if c.cancel != nil {
+		c.unregisterMetric()
 		c.cancel()
 		<-c.done
 	}

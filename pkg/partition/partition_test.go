@@ -228,3 +228,40 @@ func TestAssignIsBalancedAndStable(t *testing.T) {
 		t.Errorf("adding a fourth member moved %d of 64 partitions", moved)
 	}
 }
+
+// TestReadyFollowsTheConsumer: Ready (the services' "consumer" readiness
+// check) is nil while the consumer consumes, an error while the server
+// has lost it (its stream deleted, so recreating it fails), and nil again
+// once the stream is back and the consumer recreated, which then handles
+// new messages and reports no lag.
+func TestReadyFollowsTheConsumer(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	nc, js := testenv.Connect(t, srv.URL())
+	ctx := context.Background()
+	if err := natsx.EnsurePartitionedStreams(ctx, js, partitions); err != nil {
+		t.Fatal(err)
+	}
+	m := start(t, js, nc, "a", &ledger{holders: map[int]string{}})
+	t.Cleanup(func() { _ = m.consumer.Stop(ctx) })
+	ready := func() bool { return m.consumer.Ready(ctx) == nil }
+	testenv.WaitFor(t, time.Minute, "the consumer ready", ready)
+
+	if err := js.DeleteStream(ctx, natsx.CandlePartitions.Stream); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, time.Minute, "the consumer not ready once its stream is gone", func() bool { return !ready() })
+	err := m.consumer.Ready(ctx)
+	if !strings.Contains(err.Error(), m.consumer.Name()) {
+		t.Fatalf("Ready while lost: %v, want the consumer named", err)
+	}
+	t.Logf("Ready while lost: %v", err)
+
+	if err := natsx.EnsurePartitionedStreams(ctx, js, partitions); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, time.Minute, "the consumer ready again once recreated", ready)
+	before := m.count()
+	publish(t, js, 0, 50)
+	testenv.WaitFor(t, time.Minute, "the recreated consumer to handle 50 messages", func() bool { return m.count() == before+50 })
+	testenv.WaitFor(t, time.Minute, "no lag", func() bool { return ready() && m.consumer.Pending() == 0 })
+}

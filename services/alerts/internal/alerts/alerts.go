@@ -198,6 +198,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	if in.consumer, err = in.newConsumer(ctx, in.group); err != nil {
 		return nil, err
 	}
+	rt.Health.Add("consumer", in.consumer.Ready)
 	in.consumer.Claim(ctx)
 	watcher, err := in.loadDesiredStates(ctx)
 	if err != nil {

@@ -2,10 +2,13 @@ package engine
 
 import (
 	"context"
+	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"vigil.dev/pkg/contract"
 )
 
 // MeterName is the OpenTelemetry meter of the feed.
@@ -22,6 +25,11 @@ type Metrics struct {
 	lateUpdates     metric.Int64Counter
 	gapFills        metric.Int64Counter
 	gapFillSeconds  metric.Float64Histogram
+
+	// lastWrite is when a candle of each exchange/symbol was last written
+	// (vigil.feed.last_write, for the stale feed alert).
+	mu        sync.Mutex
+	lastWrite map[symbolKey]time.Time
 }
 
 // NewMetrics creates the instruments on the global meter provider.
@@ -48,7 +56,49 @@ func NewMetrics() (*Metrics, error) {
 	if m.gapFillSeconds, err = m.meter.Float64Histogram("vigil.feed.gap_fill.duration", metric.WithDescription("reconnect to gap filled"), metric.WithUnit("s")); err != nil {
 		return nil, err
 	}
+	if err := m.observeLastWrite(); err != nil {
+		return nil, err
+	}
 	return m, nil
+}
+
+// symbolKey is one market: exchange and symbol.
+type symbolKey struct {
+	exchange int64
+	symbol   string
+}
+
+// observeLastWrite reports lastWrite as the gauge vigil.feed.last_write
+// (Unix seconds, attributes exchange_id and symbol): a symbol whose value
+// stops moving has a stale feed.
+func (m *Metrics) observeLastWrite() error {
+	m.lastWrite = map[symbolKey]time.Time{}
+	_, err := m.meter.Float64ObservableGauge("vigil.feed.last_write", metric.WithUnit("s"),
+		metric.WithDescription("when a candle of the symbol was last written (Unix time; stale feed: time() minus this)"),
+		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			for k, at := range m.lastWrite {
+				o.Observe(float64(at.UnixMilli())/1000, metric.WithAttributes(
+					attribute.Int64("exchange_id", k.exchange), attribute.String("symbol", k.symbol)))
+			}
+			return nil
+		}))
+	return err
+}
+
+// WroteCandles notes when each candle's symbol was last written
+// (candlewriter.CandleObserver).
+func (m *Metrics) WroteCandles(_ context.Context, cs []contract.Candle) {
+	if m == nil {
+		return
+	}
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range cs {
+		m.lastWrite[symbolKey{c.ExchangeID, c.Symbol}] = now
+	}
 }
 
 // Observe registers callbacks for counters kept elsewhere (REST requests and

@@ -114,6 +114,7 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	rt.Health.Add("consumer", c.Ready)
 	e, err := engine.New(engine.Config{Store: store, JS: updates, Owner: c, Instance: id, Name: rt.Instance, Log: rt.Log})
 	if err != nil {
 		return errors.Join(err, c.Stop(ctx))
