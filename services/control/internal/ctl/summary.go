@@ -79,7 +79,11 @@ func (p printer) result(r contract.Result, raw []byte) {
 		}
 	}
 	label := "result"
-	for _, line := range resultLines(r.Result) {
+	lines := resultLines(r.Result)
+	if rb, ok := rollbackOf(r); ok {
+		lines = rollbackLines(rb)
+	}
+	for _, line := range lines {
 		fmt.Fprintf(tw, "  %s\t%s\n", label, line)
 		label = ""
 	}
@@ -124,6 +128,43 @@ func stepLines(s contract.Step) []string {
 	}
 	if len(lines) == 1 && s.Error != nil {
 		lines[0] += "\t" + s.Error.Error()
+	}
+	return lines
+}
+
+// rollbackOf decodes the result of a failed reload-settings or
+// switch-mode that rolled back (contract.Rollback).
+func rollbackOf(r contract.Result) (contract.Rollback, bool) {
+	var rb struct {
+		contract.Rollback
+		RolledBack *bool `json:"rolled_back"`
+	}
+	if r.Status != contract.StatusFailed || json.Unmarshal(r.Result, &rb) != nil || rb.RolledBack == nil {
+		return contract.Rollback{}, false
+	}
+	rb.Rollback.RolledBack = *rb.RolledBack
+	return rb.Rollback, true
+}
+
+// rollbackLines renders a rollback: whether it completed, the revisions,
+// and, when it did not, why and only the instances not on the restored
+// revision.
+func rollbackLines(rb contract.Rollback) []string {
+	if rb.RolledBack {
+		return []string{fmt.Sprintf("rolled back: every instance is on revision %d again (%d not applied)", rb.Revision, rb.Attempted)}
+	}
+	lines := []string{fmt.Sprintf("NOT rolled back: revision %d attempted, %d desired (restored: %v)", rb.Attempted, rb.Revision, rb.Restored)}
+	if rb.Reason != "" {
+		lines = append(lines, rb.Reason)
+	}
+	for _, in := range rb.Instances {
+		switch in.Revision {
+		case rb.Revision:
+		case 0:
+			lines = append(lines, fmt.Sprintf("%s %s: revision unknown (answered neither)", in.Service, in.Instance))
+		default:
+			lines = append(lines, fmt.Sprintf("%s %s: on revision %d", in.Service, in.Instance, in.Revision))
+		}
 	}
 	return lines
 }

@@ -65,7 +65,7 @@ func TestPrinterResult(t *testing.T) {
 	t.Run("per instance outcomes and a rollback", func(t *testing.T) {
 		r := contract.Result{ID: "01JE", User: "demo", Command: contract.CmdReloadSettings, Status: contract.StatusFailed,
 			Error:  &contract.Error{Code: contract.CodeInternal, Message: "vigil-indicators apply: not confirmed by ind-2 (internal: bad params)"},
-			Result: json.RawMessage(`{"rolled_back":true}`),
+			Result: json.RawMessage(`{"rolled_back":true,"revision":7,"attempted_revision":8,"restored":true,"instances":[]}`),
 			Steps: []contract.Step{
 				{Service: "vigil-feed", Verb: contract.VerbApply, Instances: 2, Acked: 2, Ms: 3, Outcomes: []contract.InstanceOutcome{
 					{Instance: "feed-1", Outcome: contract.InstanceAnswered}, {Instance: "feed-2", Outcome: contract.InstanceAnswered}}},
@@ -86,13 +86,32 @@ func TestPrinterResult(t *testing.T) {
 		want := `reload-settings for demo failed in 2.1s
   id        01JE
   error     internal: vigil-indicators apply: not confirmed by ind-2 (internal: bad params)
-  result    rolled_back: true
+  result    rolled back: every instance is on revision 7 again (8 not applied)
   steps     vigil-feed apply        2/2 instances  3.0ms
             vigil-indicators apply  1/3 instances  2000.0ms
               ind-2 failed: internal: bad params
               ind-3 missing: timeout: no answer within 2s
   rollback  vigil-indicators apply  2/2 instances  4.0ms
             vigil-feed apply        0/0 instances  5.0ms  unavailable: no instance is running
+`
+		if buf.String() != want {
+			t.Errorf("summary:\n%s\nwant:\n%s", buf.String(), want)
+		}
+	})
+	t.Run("an incomplete rollback names the instances not on the restored revision", func(t *testing.T) {
+		r := contract.Result{ID: "01JF", User: "demo", Command: contract.CmdSwitchMode, Status: contract.StatusFailed,
+			Result: json.RawMessage(`{"rolled_back":false,"restored":true,"revision":7,"attempted_revision":8,
+				"reason":"vigil-feed apply not confirmed by feed-2","instances":[
+				{"service":"vigil-feed","instance":"feed-1","revision":7},{"service":"vigil-feed","instance":"feed-2","revision":8},
+				{"service":"vigil-indicators","instance":"ind-3","revision":0}]}`)}
+		var buf bytes.Buffer
+		printer{stdout: &buf}.result(r, nil)
+		want := `switch-mode for demo failed
+  id      01JF
+  result  NOT rolled back: revision 8 attempted, 7 desired (restored: true)
+          vigil-feed apply not confirmed by feed-2
+          vigil-feed feed-2: on revision 8
+          vigil-indicators ind-3: revision unknown (answered neither)
 `
 		if buf.String() != want {
 			t.Errorf("summary:\n%s\nwant:\n%s", buf.String(), want)
