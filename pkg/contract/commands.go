@@ -13,7 +13,7 @@ const MaxPayloadBytes = 64 << 10
 // Command is an operator command name as it appears in vigil.cmd.<user>.<command>.
 type Command string
 
-// The six commands of ARCHITECTURE.md §5.
+// The commands of ARCHITECTURE.md §5.
 const (
 	CmdPause          Command = "pause"
 	CmdResume         Command = "resume"
@@ -21,10 +21,11 @@ const (
 	CmdSwitchMode     Command = "switch-mode"
 	CmdForceBackfill  Command = "force-backfill"
 	CmdClearCache     Command = "clear-cache"
+	CmdCancel         Command = "cancel"
 )
 
 // Commands lists every command.
-var Commands = []Command{CmdPause, CmdResume, CmdReloadSettings, CmdSwitchMode, CmdForceBackfill, CmdClearCache}
+var Commands = []Command{CmdPause, CmdResume, CmdReloadSettings, CmdSwitchMode, CmdForceBackfill, CmdClearCache, CmdCancel}
 
 // ParseCommand validates a command name; an unknown one wraps
 // ErrUnknownCommand.
@@ -34,14 +35,15 @@ func ParseCommand(s string) (Command, error) {
 			return c, nil
 		}
 	}
-	return "", fmt.Errorf("command %q is not one of pause, resume, reload-settings, switch-mode, force-backfill, clear-cache: %w", s, ErrUnknownCommand)
+	return "", fmt.Errorf("command %q is not one of pause, resume, reload-settings, switch-mode, force-backfill, clear-cache, cancel: %w", s, ErrUnknownCommand)
 }
 
-// Priority orders a user's queued commands: higher runs first (pause,
-// resume > switch-mode, reload-settings > clear-cache > force-backfill).
+// Priority orders a user's queued commands: higher runs first (cancel,
+// pause, resume > switch-mode, reload-settings > clear-cache >
+// force-backfill).
 func (c Command) Priority() int {
 	switch c {
-	case CmdPause, CmdResume:
+	case CmdCancel, CmdPause, CmdResume:
 		return 3
 	case CmdSwitchMode, CmdReloadSettings:
 		return 2
@@ -122,6 +124,13 @@ type ClearCachePayload struct {
 	Exchange  int64      `json:"exchange,omitempty"`
 }
 
+// CancelPayload is cancel's payload: the id of the user's command to
+// cancel. Unlike the other payloads its id is not the command's own id
+// (that comes only from the Nats-Msg-Id header, or is made up).
+type CancelPayload struct {
+	ID string `json:"id"`
+}
+
 // Payload is a decoded, validated command payload.
 type Payload interface {
 	// CommandID is the client-chosen id in the payload, or "".
@@ -147,6 +156,10 @@ func (p ForceBackfillPayload) CommandID() string { return p.ID }
 
 // CommandID implements Payload.
 func (p ClearCachePayload) CommandID() string { return p.ID }
+
+// CommandID implements Payload: a cancel's own id never comes from its
+// payload, whose id names the command to cancel.
+func (p CancelPayload) CommandID() string { return "" }
 
 func validateOptionalID(f *fieldErrs, id string) {
 	if id != "" {
@@ -250,6 +263,17 @@ func (p ForceBackfillPayload) BackfillTimeframes() []Timeframe {
 }
 
 // Validate implements Payload.
+func (p CancelPayload) Validate(Limits) error {
+	var f fieldErrs
+	if p.ID == "" {
+		f.add("id", "is required: the id of the command to cancel")
+	} else {
+		f.check("id", ValidateCommandID(p.ID))
+	}
+	return f.err()
+}
+
+// Validate implements Payload.
 func (p ClearCachePayload) Validate(Limits) error {
 	var f fieldErrs
 	validateOptionalID(&f, p.ID)
@@ -320,6 +344,8 @@ func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
 		p, err = DecodeStrict[ForceBackfillPayload](body)
 	case CmdClearCache:
 		p, err = DecodeStrict[ClearCachePayload](body)
+	case CmdCancel:
+		p, err = DecodeStrict[CancelPayload](body)
 	default:
 		return nil, fmt.Errorf("command %q: %w", cmd, ErrUnknownCommand)
 	}

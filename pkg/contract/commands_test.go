@@ -101,6 +101,29 @@ func TestDecodePayloadLimits(t *testing.T) {
 	}
 }
 
+// TestCancelPayload: cancel's id names the command to cancel (required, a
+// valid command id), never the cancel's own id; unknown fields are errors.
+func TestCancelPayload(t *testing.T) {
+	p, err := DecodePayload(CmdCancel, []byte(`{"id":"01JD-target"}`), DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := p.(CancelPayload); c.ID != "01JD-target" || c.CommandID() != "" {
+		t.Fatalf("payload %+v, own id %q", c, c.CommandID())
+	}
+	for body, field := range map[string]string{
+		``:                          "id: is required",
+		`{}`:                        "id: is required",
+		`{"id":"a.b"}`:              "id: ",
+		`{"id":"x","symbol":"BTC"}`: "symbol",
+		`{"id":7}`:                  "id",
+	} {
+		if _, err := DecodePayload(CmdCancel, []byte(body), DefaultLimits); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: error %v, want one naming %q", body, err, field)
+		}
+	}
+}
+
 func TestCommandsAndPriority(t *testing.T) {
 	for _, c := range Commands {
 		got, err := ParseCommand(string(c))
@@ -111,7 +134,8 @@ func TestCommandsAndPriority(t *testing.T) {
 	if _, err := ParseCommand("Pause"); !errors.Is(err, ErrUnknownCommand) {
 		t.Fatalf("case-sensitive: %v", err)
 	}
-	if !(CmdPause.Priority() == CmdResume.Priority() &&
+	if !(CmdCancel.Priority() == CmdPause.Priority() &&
+		CmdPause.Priority() == CmdResume.Priority() &&
 		CmdResume.Priority() > CmdSwitchMode.Priority() &&
 		CmdSwitchMode.Priority() == CmdReloadSettings.Priority() &&
 		CmdReloadSettings.Priority() > CmdClearCache.Priority() &&

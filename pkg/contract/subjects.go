@@ -47,6 +47,9 @@ const (
 	VerbRecompute Verb = "recompute"
 	VerbForget    Verb = "forget"
 	VerbStatus    Verb = "status"
+	// VerbCancel stops one running backfill job of the user (the feed's):
+	// it answers once the job stopped, with how far it got.
+	VerbCancel Verb = "cancel"
 )
 
 // Subject prefixes and wildcards, for stream configs and subscriptions.

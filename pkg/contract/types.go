@@ -307,6 +307,21 @@ type BackfillArgs struct {
 	ProgressSubject string `json:"progress_subject"`
 }
 
+// CancelArgs are the args of vigil.svc.feed.cancel: the command whose
+// backfill job stops between pages.
+type CancelArgs struct {
+	CommandID string `json:"command_id"`
+}
+
+// JobProgress is how far a stopped backfill job got: pages fetched and
+// written of the planned total, and candles written per timeframe. The
+// feed's cancel verb answers it per stopped job.
+type JobProgress struct {
+	Pages   int               `json:"pages"`
+	Total   int               `json:"total"`
+	Candles map[Timeframe]int `json:"candles"`
+}
+
 // RecomputeArgs are the args of vigil.svc.indicators.recompute.
 type RecomputeArgs struct {
 	Series SeriesID `json:"series"`

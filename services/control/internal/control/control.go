@@ -258,7 +258,7 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	m := svc.Micro()
 	if err := m.AddEndpoint("command", micro.HandlerFunc(in.Handle),
 		micro.WithEndpointSubject(contract.CommandSubjects), micro.WithEndpointQueueGroup(contract.ServiceControl),
-		micro.WithEndpointMetadata(map[string]string{"description": "operator commands: pause, resume, reload-settings, switch-mode, force-backfill, clear-cache"})); err != nil {
+		micro.WithEndpointMetadata(map[string]string{"description": "operator commands: pause, resume, reload-settings, switch-mode, force-backfill, clear-cache, cancel"})); err != nil {
 		return fail(fmt.Errorf("command endpoint: %w", err))
 	}
 	if err := m.AddEndpoint("status", micro.HandlerFunc(inst.status),

@@ -52,6 +52,10 @@ func TestRejections(t *testing.T) {
 		{"key in another case", "alice", "resume", `{"sYmBols":[]}`, nil, contract.CodeInvalidPayload, "400", []string{"sYmBols"}},
 		{"duplicate key", "alice", "switch-mode", `{"mode":"scalper-macdv","mode":"position-monitor"}`, nil, contract.CodeInvalidPayload, "400", []string{"mode"}},
 		{"zero time", "alice", "force-backfill", `{"symbol":"BTC-USD","from":"0001-01-01T00:00:00Z"}`, nil, contract.CodeInvalidPayload, "400", []string{"from"}},
+		{"cancel without id", "alice", "cancel", `{}`, nil, contract.CodeInvalidPayload, "400", []string{"id"}},
+		{"cancel with a bad id", "alice", "cancel", `{"id":"a.b"}`, nil, contract.CodeInvalidPayload, "400", []string{"id"}},
+		{"cancel with another field", "alice", "cancel", `{"id":"x","symbol":"BTC-USD"}`, nil, contract.CodeInvalidPayload, "400", []string{"symbol"}},
+		{"cancel of nothing", "alice", "cancel", `{"id":"never-sent"}`, nil, contract.CodeInvalidPayload, "400", []string{"id"}},
 		{"too many symbols", "alice", "resume", `{"symbols":[` + strings.Repeat(`"BTC-USD",`, 60) + `"ETH-USD"]}`, nil,
 			contract.CodeInvalidPayload, "400", []string{"symbols"}},
 	}

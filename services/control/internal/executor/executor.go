@@ -13,6 +13,13 @@
 // JetStream publishes), and the next claim removes it. A pause cancels the
 // user's jobs on every instance with vigil.ctl.cancel.<user>.
 //
+// A cancel is settled by the ledger when it is recorded; the executor
+// only carries it out: the owner publishes the results of commands that
+// ended without running (a cancelled queued command, the cancel itself)
+// at once, even while a sequence of the user runs, and the instance that
+// runs a job marked cancelled stops it the way a pause does (the same
+// cancellation of the job's context), on the ledger change that marked it.
+//
 // Crash semantics: when the context given to Start ends, the executor stops
 // at once and writes nothing more, like a crashed process; its running
 // commands are then failed (jobs re-run) by the user's next owner. Stop is
@@ -61,6 +68,7 @@ type Ledger interface {
 	FinishQueued(ctx context.Context, user string, cmd contract.Command, beforeSeq int64, o ledger.Outcome) (int, error)
 	Requeue(ctx context.Context, user, id, self string) error
 	UsersWithWork() []string
+	Queue(user string) ledger.Queue
 }
 
 // Runner runs one command (sequences.Runner).
@@ -124,6 +132,52 @@ type task struct {
 	cancel context.CancelCauseFunc
 }
 
+// stopCancelledJobs stops the jobs of user running here whose ledger
+// entry a cancel marked, as a pause stops them.
+func (e *Executor) stopCancelledJobs(user string) {
+	by := map[string]string{}
+	for _, en := range e.ledger.Queue(user).Items {
+		if en.CancelledBy != "" {
+			by[en.ID] = en.CancelledBy
+		}
+	}
+	for id, cancel := range by {
+		e.cancelLocalJobs(user, []string{id}, &sequences.CancelledError{By: cancel, Command: contract.CmdCancel})
+	}
+}
+
+// publishUnrun publishes, beside the user's queue, the results of
+// commands that ended without an executor (cancelled while queued,
+// superseded, cancels), so a cancel is answered while a sequence of the
+// user runs. The next claim removes them; a result published twice is
+// dropped by its Nats-Msg-Id.
+func (e *Executor) publishUnrun(user string) {
+	e.mu.Lock()
+	if e.ctx == nil || e.ctx.Err() != nil {
+		e.mu.Unlock()
+		return
+	}
+	var todo []ledger.Entry
+	for _, en := range e.ledger.Queue(user).Items {
+		if en.Ended != nil && en.Instance == "" && !slices.Contains(e.settled[user], en.ID) {
+			todo = append(todo, en)
+		}
+	}
+	if len(todo) > 0 {
+		e.wg.Add(1)
+	}
+	e.mu.Unlock()
+	if len(todo) == 0 {
+		return
+	}
+	go func() {
+		defer e.wg.Done()
+		for _, en := range todo {
+			e.publish(en)
+		}
+	}()
+}
+
 // New returns an executor; Start starts it.
 func New(cfg Config, l Ledger, r Runner, m Membership, pub Publisher, nc *nats.Conn, log *slog.Logger) (*Executor, error) {
 	latency, err := otel.Meter("vigil.dev/services/control").Float64Histogram("vigil.control.command.duration",
@@ -142,7 +196,7 @@ func (e *Executor) Start(ctx context.Context) error {
 	e.ctx = ctx
 	cancel, err := e.nc.Subscribe(CancelSubjects, func(m *nats.Msg) {
 		if user, ok := userOf(m.Subject); ok {
-			e.cancelLocalJobs(user, &sequences.CancelledError{By: string(m.Data)})
+			e.cancelLocalJobs(user, nil, &sequences.CancelledError{By: string(m.Data), Command: contract.CmdPause})
 		}
 	})
 	if err != nil {
@@ -198,11 +252,16 @@ func (e *Executor) isStopping() bool {
 	return e.stopping || e.ctx.Err() != nil
 }
 
-// Kick makes sure the queue of user runs here if this instance owns it.
+// Kick makes sure the queue of user runs here if this instance owns it,
+// publishes at once the results of the user's commands that ended without
+// running, and stops the user's jobs running here that a cancel marked
+// (on any instance: a job may outlive its owner's ownership).
 func (e *Executor) Kick(user string) {
+	e.stopCancelledJobs(user)
 	if !e.members.Owns(user) {
 		return
 	}
+	e.publishUnrun(user)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.stopping || e.ctx == nil || e.ctx.Err() != nil {
@@ -468,7 +527,7 @@ func (e *Executor) logErr(msg string, err error, args ...any) {
 // cancelJobs cancels the user's background jobs for pause: the running ones
 // on every instance, and the queued ones accepted before the pause.
 func (e *Executor) cancelJobs(ctx context.Context, pause ledger.Entry) error {
-	e.cancelLocalJobs(pause.User, &sequences.CancelledError{By: pause.ID})
+	e.cancelLocalJobs(pause.User, nil, &sequences.CancelledError{By: pause.ID, Command: contract.CmdPause})
 	if err := e.nc.Publish(CancelSubject(pause.User), []byte(pause.ID)); err != nil {
 		return fmt.Errorf("executor: cancel jobs of %s: %w", pause.User, err)
 	}
@@ -478,11 +537,13 @@ func (e *Executor) cancelJobs(ctx context.Context, pause ledger.Entry) error {
 	return err
 }
 
-func (e *Executor) cancelLocalJobs(user string, cause error) {
+// cancelLocalJobs cancels the user's jobs running here (only those of ids
+// when ids is not nil) with cause.
+func (e *Executor) cancelLocalJobs(user string, ids []string, cause error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, t := range e.tasks {
-		if t.entry.User == user && t.entry.IsJob() {
+		if t.entry.User == user && t.entry.IsJob() && (ids == nil || slices.Contains(ids, t.entry.ID)) {
 			t.cancel(cause)
 		}
 	}

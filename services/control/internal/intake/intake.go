@@ -218,7 +218,7 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 	}
 	carrier := propagation.MapCarrier{}
 	otel.GetTextMapPropagator().Inject(ctx, carrier)
-	digest, err := payloadDigest(cmd, stored)
+	digest, err := payloadDigest(cmd, stored, payload.CommandID() != "")
 	if err != nil {
 		return ack, err
 	}
@@ -238,14 +238,17 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 	return first, nil
 }
 
-// payloadDigest is the digest of a decoded payload without its id (the id
-// may come in the payload or in the header).
-func payloadDigest(cmd contract.Command, stored []byte) (string, error) {
+// payloadDigest is the digest of a decoded payload without the command's
+// own id (ownID: the id may come in the payload or in the header); a
+// cancel's id names its target and stays in.
+func payloadDigest(cmd contract.Command, stored []byte, ownID bool) (string, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(stored, &fields); err != nil {
 		return "", fmt.Errorf("digest of the payload: %w", err)
 	}
-	delete(fields, "id")
+	if ownID {
+		delete(fields, "id")
+	}
 	canonical, err := json.Marshal(fields)
 	if err != nil {
 		return "", fmt.Errorf("digest of the payload: %w", err)

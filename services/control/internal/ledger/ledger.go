@@ -15,6 +15,15 @@
 // claimed. force-backfill commands run as background jobs beside the
 // queue, at most MaxJobs at once.
 //
+// cancel is never queued: Record settles it in the same compare-and-set
+// that stores it. A queued target ends cancelled at once (and the cancel
+// succeeded); a running sequence is refused (ErrCancelRefused), as is an
+// id the user has nothing queued or running under. A running job is
+// marked CancelledBy and the cancel waits, unclaimable, until the job
+// ends: the ledger then ends the cancel with the job's progress, in the
+// same write that ends the job (Finish, or Claim and Requeue for a job
+// whose executor died or stopped).
+//
 // Results follow the outbox pattern inside the entry: Finish stores the
 // outcome on the entry (only if the caller still runs it), the caller
 // publishes the result and the audit record (each deduplicated by
@@ -46,6 +55,9 @@ var (
 	// ErrIDConflict reports a command id that the user already used for
 	// another command or payload, or longer than DedupeWindow ago.
 	ErrIDConflict = contract.NewKind(contract.ErrConflict, "ledger: command id already used")
+	// ErrCancelRefused reports a cancel of a command that cannot be
+	// cancelled (a running sequence, an ended command, a cancel).
+	ErrCancelRefused = contract.NewKind(contract.ErrConflict, "ledger: command cannot be cancelled")
 	// ErrStore reports a JetStream failure.
 	ErrStore = contract.NewKind(contract.ErrUnavailable, "ledger: command queue (JetStream) unavailable")
 )
@@ -91,6 +103,11 @@ type Entry struct {
 	Instance  string     `json:"instance,omitempty"`
 	StartedAt *time.Time `json:"started_at,omitempty"`
 	Attempts  int        `json:"attempts,omitempty"`
+	// Cancels is, on a cancel, the id of the command it cancels.
+	Cancels string `json:"cancels,omitempty"`
+	// CancelledBy is, on a running job, the id of the cancel that asked
+	// it to stop.
+	CancelledBy string `json:"cancelled_by,omitempty"`
 	// Ended is the outcome once the command ended; the entry stays in the
 	// queue until its result is published.
 	Ended *Ended `json:"ended,omitempty"`
@@ -121,8 +138,14 @@ func (e Entry) State() string {
 	return StatusAccepted
 }
 
-// queued reports whether e waits to run.
-func (e Entry) queued() bool { return e.Ended == nil && e.Instance == "" }
+// queued reports whether e waits to run (a cancel never does: it waits
+// only for the job it cancels).
+func (e Entry) queued() bool {
+	return e.Ended == nil && e.Instance == "" && e.Command != contract.CmdCancel
+}
+
+// waitingCancel reports whether e is a cancel waiting for its job to stop.
+func (e Entry) waitingCancel() bool { return e.Ended == nil && e.Command == contract.CmdCancel }
 
 // running reports whether e runs.
 func (e Entry) running() bool { return e.Ended == nil && e.Instance != "" }
@@ -387,6 +410,12 @@ func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contr
 		}
 		q.Seq++
 		e.Seq, e.AcceptedAt, e.Position = q.Seq, now, q.position(e)
+		if e.Command == contract.CmdCancel {
+			e.Position = 0
+			if err := q.cancel(&e, now); err != nil {
+				return false, err
+			}
+		}
 		q.Items = append(q.Items, e)
 		q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest, Position: e.Position, AcceptedAt: now})
 		ack = e.Ack()
@@ -446,8 +475,11 @@ func collapses(cmd contract.Command) bool {
 }
 
 // admit checks the queue bound for e, or makes room for a pause or
-// resume by superseding the one that waits.
+// resume by superseding the one that waits. A cancel is never bound.
 func (q *Queue) admit(e Entry, now time.Time, queueLimit int) error {
+	if e.Command == contract.CmdCancel {
+		return nil
+	}
 	if collapses(e.Command) {
 		for i, it := range q.Items {
 			if it.queued() && collapses(it.Command) {
@@ -467,6 +499,102 @@ func (q *Queue) admit(e Entry, now time.Time, queueLimit int) error {
 		return fmt.Errorf("%w: %s has %d queued commands, the limit is %d (pause and resume are always accepted)", ErrBusy, e.User, queued, queueLimit)
 	}
 	return nil
+}
+
+// cancel settles cancel c (not yet in q) against its target, the
+// command c.Cancels of the same user: a queued target ends cancelled and c
+// succeeds; a running job is marked to stop and c waits for it; anything
+// else refuses c. Errors name only the user's own commands.
+func (q *Queue) cancel(c *Entry, now time.Time) error {
+	var p contract.CancelPayload
+	if err := json.Unmarshal(c.Payload, &p); err != nil || p.ID == "" {
+		return contract.FieldError{Field: "id", Problem: "is required: the id of the command to cancel"}
+	}
+	c.Cancels = p.ID
+	i := q.find(p.ID)
+	if i < 0 || q.Items[i].Ended != nil {
+		if r := slices.IndexFunc(q.Recent, func(r Recent) bool { return r.ID == p.ID }); r >= 0 {
+			return fmt.Errorf("%w: your %s %q has already ended; its result is on %s",
+				ErrCancelRefused, q.Recent[r].Command, p.ID, contract.ResultSubject(c.User, p.ID))
+		}
+		return contract.FieldError{Field: "id", Problem: fmt.Sprintf("%q is not a queued or running command of yours", p.ID)}
+	}
+	t := &q.Items[i]
+	switch {
+	case t.Command == contract.CmdCancel:
+		return fmt.Errorf("%w: %q is a cancel waiting for its job to stop", ErrCancelRefused, p.ID)
+	case t.queued():
+		result, _ := json.Marshal(map[string]any{"cancelled": true, "cancelled_by": c.ID})
+		t.Ended = &Ended{Status: contract.StatusCancelled, Result: result, Steps: []contract.Step{}, FinishedAt: now}
+		c.Ended = cancelSucceeded(p.ID, nil, now)
+	case !t.IsJob():
+		return fmt.Errorf("%w: your %s %q is running a sequence and cannot be cancelled: its steps are confirmed one after the other and it ends by itself",
+			ErrCancelRefused, t.Command, p.ID)
+	case t.CancelledBy != "":
+		return fmt.Errorf("%w: your %s %q is already being cancelled by %q", ErrCancelRefused, t.Command, p.ID, t.CancelledBy)
+	default:
+		t.CancelledBy = c.ID
+	}
+	return nil
+}
+
+// cancelSucceeded is the outcome of a cancel that ended command id,
+// with the job's progress when it ran.
+func cancelSucceeded(id string, progress json.RawMessage, now time.Time) *Ended {
+	res := map[string]any{"cancelled": true, "id": id}
+	if len(progress) > 0 {
+		res["progress"] = progress
+	}
+	result, _ := json.Marshal(res)
+	return &Ended{Status: contract.StatusSucceeded, Result: result, Steps: []contract.Step{}, FinishedAt: now}
+}
+
+// settleCancels ends the cancels waiting for a job that is no longer
+// running: a job that ended cancelled by it makes it succeed with the
+// job's progress; a job put back in the queue (its executor died or shut
+// down) ends cancelled at once; a job that ended otherwise first makes
+// it fail. It reports whether it changed anything.
+func (q *Queue) settleCancels(now time.Time) bool {
+	changed := false
+	for ci := range q.Items {
+		c := q.Items[ci]
+		if !c.waitingCancel() {
+			continue
+		}
+		i := q.find(c.Cancels)
+		if i >= 0 && q.Items[i].running() {
+			continue
+		}
+		changed = true
+		if i >= 0 && q.Items[i].queued() {
+			result, _ := json.Marshal(map[string]any{"backfilled": false, "cancelled": true, "cancelled_by": c.ID})
+			q.Items[i].Ended = &Ended{Status: contract.StatusCancelled, Result: result, Steps: []contract.Step{}, FinishedAt: now}
+		}
+		if i < 0 {
+			e := contract.Error{Code: contract.CodeConflict, Message: fmt.Sprintf("%q ended before the cancel reached it", c.Cancels)}
+			q.Items[ci].Ended = &Ended{Status: contract.StatusFailed, Error: &e, Steps: []contract.Step{}, FinishedAt: now}
+			continue
+		}
+		t := q.Items[i]
+		if t.Ended.Status != contract.StatusCancelled {
+			e := contract.Error{Code: contract.CodeConflict, Message: fmt.Sprintf("your %s %q ended %s before the cancel reached it", t.Command, t.ID, t.Ended.Status)}
+			q.Items[ci].Ended = &Ended{Status: contract.StatusFailed, Error: &e, Steps: []contract.Step{}, FinishedAt: now}
+			continue
+		}
+		q.Items[ci].Ended = cancelSucceeded(t.ID, progressOf(t.Ended.Result), now)
+	}
+	return changed
+}
+
+// progressOf is the "progress" object of a job's result, or nil.
+func progressOf(result json.RawMessage) json.RawMessage {
+	var r struct {
+		Progress json.RawMessage `json:"progress"`
+	}
+	if json.Unmarshal(result, &r) != nil {
+		return nil
+	}
+	return r.Progress
 }
 
 // position is how many of the user's commands run before e: the queued
@@ -559,6 +687,9 @@ func (l *Ledger) Claim(ctx context.Context, user string, opts ClaimOptions) (Cla
 				changed = true
 			}
 		}
+		if q.settleCancels(now) {
+			changed = true
+		}
 		for _, e := range q.Items {
 			if e.Ended != nil {
 				out.Ended = append(out.Ended, e)
@@ -626,6 +757,7 @@ func (l *Ledger) Finish(ctx context.Context, user, id, self string, o Outcome) (
 		}
 		q.Items[i].Ended = o.ended(now)
 		ended, ok = q.Items[i], true
+		q.settleCancels(now)
 		return true, nil
 	})
 	if err != nil {
@@ -665,6 +797,7 @@ func (l *Ledger) Requeue(ctx context.Context, user, id, self string) error {
 			return false, nil
 		}
 		q.Items[i].Instance, q.Items[i].StartedAt = "", nil
+		q.settleCancels(l.now().UTC())
 		return true, nil
 	})
 	if err != nil {

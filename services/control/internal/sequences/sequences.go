@@ -35,14 +35,16 @@ var (
 )
 
 // CancelledError is the cause of a background job's context when a pause
-// cancels it.
+// or a cancel stops it.
 type CancelledError struct {
-	// By is the id of the pause.
+	// By is the id of the pause or cancel.
 	By string
+	// Command is pause or cancel.
+	Command contract.Command
 }
 
 // Error implements error.
-func (e *CancelledError) Error() string { return "cancelled by pause " + e.By }
+func (e *CancelledError) Error() string { return "cancelled by " + string(e.Command) + " " + e.By }
 
 // Unwrap makes a cancelled command a conflict (another command ended it).
 func (e *CancelledError) Unwrap() error { return contract.ErrConflict }
