@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/localstack"
@@ -44,6 +47,7 @@ func (b *lockedBuffer) String() string {
 type devStack struct {
 	natsURL string
 	dir     string // VIGIL_DEV_DIR
+	config  string // XDG_CONFIG_HOME: the nats CLI contexts go to <config>/nats
 	bin     string // VIGIL_DEV_BIN
 	out     *lockedBuffer
 	cmd     *exec.Cmd
@@ -58,7 +62,7 @@ func startDevStack(t *testing.T) *devStack {
 		t.Fatal(err)
 	}
 	work := t.TempDir()
-	ds := &devStack{dir: filepath.Join(work, "run"), bin: filepath.Join(work, "bin"), out: &lockedBuffer{}}
+	ds := &devStack{dir: filepath.Join(work, "run"), bin: filepath.Join(work, "bin"), config: filepath.Join(work, "config"), out: &lockedBuffer{}}
 	devstack := filepath.Join(ds.bin, "devstack")
 	build := exec.Command("go", "build", "-o", devstack, "./deploy/devstack")
 	build.Dir = root
@@ -73,7 +77,7 @@ func startDevStack(t *testing.T) *devStack {
 		fmt.Sprintf("VIGIL_DEV_NATS_PORT=%d", natsPort),
 		fmt.Sprintf("VIGIL_DEV_REDIS_PORT=%d", testenv.FreePort(t)),
 		fmt.Sprintf("VIGIL_DEV_POSTGRES_PORT=%d", testenv.FreePort(t)),
-		"VIGIL_DEV_DIR="+ds.dir, "VIGIL_DEV_BIN="+ds.bin, "TRACING=0",
+		"VIGIL_DEV_DIR="+ds.dir, "VIGIL_DEV_BIN="+ds.bin, "TRACING=0", "AUTH=", "XDG_CONFIG_HOME="+ds.config,
 		"VIGIL_SIM_CLOCK=", "VIGIL_SIM_ANCHOR=", "VIGIL_FEED_SOURCE=sim")
 	ds.cmd.Stdout, ds.cmd.Stderr = ds.out, ds.out
 	ds.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -100,6 +104,41 @@ func startDevStack(t *testing.T) *devStack {
 	return ds
 }
 
+// context reads the nats CLI context name the dev stack wrote.
+func (ds *devStack) context(t *testing.T, name string) natsContext {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(ds.config, "nats", "context", name+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c natsContext
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatalf("context %s: %v", name, err)
+	}
+	return c
+}
+
+// userURL is the dev stack's NATS URL with the credentials of context name.
+func (ds *devStack) userURL(t *testing.T, name string) string {
+	t.Helper()
+	c := ds.context(t, name)
+	if c.URL != ds.natsURL {
+		t.Fatalf("context %s has url %q, want %q", name, c.URL, ds.natsURL)
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(c.User, c.Password)
+	return u.String()
+}
+
+// vigilctlEnv is the environment of vigilctl run as an operator would
+// after make run: the contexts the dev stack wrote, no flags.
+func (ds *devStack) vigilctlEnv() []string {
+	return append(os.Environ(), "NO_COLOR=1", "XDG_CONFIG_HOME="+ds.config, "NATS_URL=", "NATS_CONTEXT=", "NATS_CREDS=")
+}
+
 // TestDevStack runs the dev stack as make run does and checks what a new
 // user sees in the first minute: the banner (with the logs' paths and how
 // to watch alerts) once every service is up, the demo rule's alert on
@@ -120,6 +159,8 @@ func TestDevStack(t *testing.T) {
 		"log " + filepath.Join(ds.dir, "logs", "control.log"),
 		"sub 'vigil.alert.demo.>'",
 		"alerts --user demo --follow",
+		`auth      on: nats contexts "vigil" (admin, selected) and "demo" (tenant demo)`,
+		"nats --context demo req vigil.cmd.demo.resume",
 	} {
 		if !strings.Contains(banner, want) {
 			t.Errorf("banner lacks %q", want)
@@ -127,7 +168,7 @@ func TestDevStack(t *testing.T) {
 	}
 
 	t.Run("demo alert", func(t *testing.T) {
-		_, js := testenv.Connect(t, ds.natsURL)
+		_, js := testenv.Connect(t, ds.userURL(t, "vigil"))
 		var first jetstream.RawStreamMsg
 		testenv.WaitFor(t, 3*time.Minute, "an alert of the demo rule on vigil.alert.demo.>", func() bool {
 			ctx, cancel := testContext(5 * time.Second)
@@ -156,6 +197,8 @@ func TestDevStack(t *testing.T) {
 		}
 	})
 
+	t.Run("auth", func(t *testing.T) { testAuth(t, ds) })
+
 	t.Run("logs", func(t *testing.T) {
 		for _, svc := range []string{"feed", "indicators", "alerts", "control"} {
 			b, err := os.ReadFile(filepath.Join(ds.dir, "logs", svc+".log"))
@@ -180,8 +223,8 @@ func TestDevStack(t *testing.T) {
 	t.Run("vigilctl top", func(t *testing.T) {
 		var out []byte
 		testenv.WaitFor(t, time.Minute, "vigilctl top showing the demo user with an alert", func() bool {
-			cmd := exec.Command(filepath.Join(ds.bin, "vigilctl"), "--server", ds.natsURL, "top")
-			cmd.Env = append(os.Environ(), "NO_COLOR=1")
+			cmd := exec.Command(filepath.Join(ds.bin, "vigilctl"), "top")
+			cmd.Env = ds.vigilctlEnv()
 			var err error
 			out, err = cmd.CombinedOutput()
 			return err == nil && regexp.MustCompile(`(?m)^demo\s+running\s+scalper-macdv\s+idle\s+[1-9]\d*\s+BTC-USD`).Match(out)
@@ -203,6 +246,52 @@ func TestDevStack(t *testing.T) {
 			t.Errorf("vigilctl top wrote terminal escapes to a pipe:\n%q", out)
 		}
 	})
+}
+
+// testAuth checks that make run's NATS is not open: no credentials are
+// refused, the vigil context (admin) is selected and sees the services,
+// the demo context commands the demo user (through its account's import)
+// and nobody else, and the services run on their own users.
+func testAuth(t *testing.T, ds *devStack) {
+	if nc, err := nats.Connect(ds.natsURL); err == nil {
+		nc.Close()
+		t.Fatal("the dev stack's NATS accepted a connection without credentials")
+	}
+	if b, err := os.ReadFile(filepath.Join(ds.config, "nats", "context.txt")); err != nil || strings.TrimSpace(string(b)) != "vigil" {
+		t.Errorf("selected nats context %q (%v), want vigil", b, err)
+	}
+	if c := ds.context(t, "vigil"); c.User != "admin" || c.Password == "" {
+		t.Errorf("context vigil: user %q, want admin with a password", c.User)
+	}
+	if info, err := os.Stat(filepath.Join(ds.dir, "auth", "passwords.json")); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("passwords.json: %v, mode %v; want 0600", err, info)
+	}
+	denied := make(chan error, 10)
+	demo, err := nats.Connect(ds.userURL(t, "demo"), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer demo.Close()
+	reply, err := demo.Request("vigil.cmd.demo.resume", []byte(`{}`), 20*time.Second)
+	if err != nil {
+		t.Fatalf("demo commanding demo: %v", err)
+	}
+	var ack contract.Ack
+	if err := json.Unmarshal(reply.Data, &ack); err != nil || !ack.Accepted {
+		t.Errorf("demo's resume: ACK %s (%v)", reply.Data, err)
+	}
+	if err := demo.Publish("vigil.cmd.admin.pause", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = demo.Flush()
+	select {
+	case err := <-denied:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("demo commanding another user: %v, want a permission violation", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("demo commanding another user was not refused")
+	}
 }
 
 func testContext(d time.Duration) (context.Context, context.CancelFunc) {

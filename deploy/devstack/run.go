@@ -38,6 +38,7 @@ type devConfig struct {
 	Tracing      bool          `env:"TRACING" envDefault:"false" help:"1 also runs Jaeger (OTLP on 4317/4318, UI on 16686) and points the services at it"`
 	Dir          string        `env:"VIGIL_DEV_DIR" help:"the dev stack's state and logs (default .run at the repository root)"`
 	BinDir       string        `env:"VIGIL_DEV_BIN" help:"where the service binaries are built (default bin at the repository root)"`
+	Auth         bool          `env:"AUTH" envDefault:"true" help:"NATS with accounts and users (credentials generated into <dir>/auth, nats CLI contexts vigil (admin, selected) and demo (tenant)); 0 runs NATS open, without auth"`
 	ReadyTimeout time.Duration `env:"VIGIL_DEV_READY_TIMEOUT" envDefault:"2m" help:"how long to wait for every service to register before printing the banner anyway"`
 
 	// Observe (OBSERVE=1, or TRACING=1) runs Prometheus (PrometheusPort)
@@ -136,14 +137,28 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	defer stopServer(log, "postgres", pg.Stop)
 	log.Info("postgres up", "url", pg.URL(), "log", pg.LogPath())
 
-	natsSrv, err := localstack.StartNATS(startCtx, localstack.Options{
-		Dir: filepath.Join(runDir, "nats"), Port: cfg.NATSPort,
-	})
+	natsOpts := localstack.Options{Dir: filepath.Join(runDir, "nats"), Port: cfg.NATSPort}
+	var auth *devAuth
+	if cfg.Auth {
+		if auth, err = prepareAuth(root, runDir); err != nil {
+			return err
+		}
+		natsOpts.NATSConfig = auth.configPath()
+	}
+	natsSrv, err := localstack.StartNATS(startCtx, natsOpts)
 	if err != nil {
 		return err
 	}
 	defer stopServer(log, "nats", natsSrv.Stop)
-	log.Info("nats up", "url", natsSrv.URL())
+	log.Info("nats up", "url", natsSrv.URL(), "auth", cfg.Auth)
+	adminURL := natsSrv.URL()
+	if auth != nil {
+		adminURL = auth.url(natsSrv.URL(), adminUser)
+		if err := selectContexts(auth, natsSrv.URL()); err != nil {
+			return err
+		}
+		log.Info("nats CLI contexts written", "selected", adminContext, "tenant", demoContext, "credentials", auth.dir)
+	}
 
 	userID, exchangeID, err := prepareDatabase(startCtx, pg.URL(), filepath.Join(root, demoSettingsFile))
 	if err != nil {
@@ -176,6 +191,11 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	addrs := healthAddrs(cfg, binaries)
 	for _, b := range binaries {
+		env := env
+		if auth != nil {
+			// Each service on its own least-privilege user, as in deploy/.
+			env = append(slices.Clip(env), "NATS_URL="+auth.url(natsSrv.URL(), b.binary))
+		}
 		wg.Go(func() {
 			supervise(ctx, child{name: b.name, path: b.path, env: withHealthAddr(env, addrs[b.name]), lines: logs.lines(b.name), grace: cfg.StopGrace, log: log})
 		})
@@ -185,15 +205,25 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	extra = append(extra, observed...)
-	waitForServices(ctx, log, natsSrv.URL(), binaries, cfg.ReadyTimeout)
+	waitForServices(ctx, log, adminURL, binaries, cfg.ReadyTimeout)
 	printBanner(out, banner{
-		took: time.Since(began), natsURL: natsSrv.URL(), redisURL: redisSrv.URL(), postgresURL: pg.URL(),
+		took: time.Since(began), natsURL: natsSrv.URL(), redisURL: redisSrv.URL(), postgresURL: pg.URL(), auth: auth,
 		runDir: runDir, binaries: binaries, logs: logs, feedSource: cfg.FeedSource, env: env, extra: extra,
 	})
 
 	<-ctx.Done()
 	log.Info("stopping the dev stack")
 	return nil
+}
+
+// selectContexts writes the nats CLI contexts of auth for natsURL into
+// the nats CLI's configuration directory and selects the admin's.
+func selectContexts(auth *devAuth, natsURL string) error {
+	dir, err := natsConfigDir(os.Getenv)
+	if err != nil {
+		return err
+	}
+	return auth.writeContexts(dir, natsURL)
 }
 
 // serviceEnv is the environment of the services: the servers' URLs, the
@@ -417,13 +447,15 @@ type banner struct {
 	feedSource                     string
 	env                            []string // the services' environment
 	extra                          []string // lines of optional parts (TRACING=1)
+	auth                           *devAuth // nil: NATS runs open (AUTH=0)
 }
 
 // printBanner tells what runs where, where the logs are, what the market
 // clock does and a few commands to try, the demo alert first.
 func printBanner(out io.Writer, bn banner) {
 	natsFlag := ""
-	if bn.natsURL != "nats://127.0.0.1:4222" {
+	// With auth, the selected nats context (vigil) names the server.
+	if bn.auth == nil && bn.natsURL != "nats://127.0.0.1:4222" {
 		natsFlag = " -s " + bn.natsURL
 	}
 	vigilctl := filepath.Join(filepath.Dir(bn.binaries[0].path), "vigilctl")
@@ -433,6 +465,11 @@ func printBanner(out io.Writer, bn banner) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nvigil dev stack is up in %s (state in %s)\n", bn.took.Round(100*time.Millisecond), bn.runDir)
 	fmt.Fprintf(&b, "  NATS      %s  (JetStream store %s)\n", bn.natsURL, filepath.Join(bn.runDir, "nats"))
+	if bn.auth != nil {
+		fmt.Fprintf(&b, "  auth      on: nats contexts %q (admin, selected) and %q (tenant demo), credentials in %s\n", adminContext, demoContext, bn.auth.dir)
+	} else {
+		b.WriteString("  auth      off (AUTH=0): anyone may connect and command every user\n")
+	}
 	fmt.Fprintf(&b, "  Redis     %s\n", bn.redisURL)
 	fmt.Fprintf(&b, "  Postgres  %s\n", bn.postgresURL)
 	fmt.Fprintf(&b, "  demo user %q (exchange %s), settings from %s\n", demoToken, demoExchange, demoSettingsFile)
@@ -450,6 +487,9 @@ func printBanner(out io.Writer, bn banner) {
 	fmt.Fprintf(&b, "  %s%s top\n", vigilctl, natsFlag)
 	fmt.Fprintf(&b, "  nats%s micro ls\n", natsFlag)
 	fmt.Fprintf(&b, "  nats%s req vigil.cmd.%s.pause '{}'\n", natsFlag, demoToken)
+	if bn.auth != nil {
+		fmt.Fprintf(&b, "  nats --context %s req vigil.cmd.%s.resume '{}'   (as the tenant: recorded as %s@DEMO)\n", demoContext, demoToken, demoUser)
+	}
 	fmt.Fprintf(&b, "  psql '%s'\n", bn.postgresURL)
 	fmt.Fprintf(&b, "  redis-cli -u %s\n", bn.redisURL)
 	b.WriteString("Ctrl-C stops everything.\n\n")

@@ -65,6 +65,11 @@ type Options struct {
 	// RedisReplicaOf, when set (host:port), starts Redis as a replica of
 	// that master. Ignored by the other servers.
 	RedisReplicaOf string
+	// NATSConfig, when set, is a nats-server configuration file (accounts,
+	// users, permissions; its variables from the environment) that NATS
+	// runs with; Dir, Host and Port still apply. Ignored by the other
+	// servers.
+	NATSConfig string
 }
 
 func (o Options) validate() error {

@@ -41,14 +41,15 @@ func StartNATS(ctx context.Context, opts Options) (*NATS, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	srv, err := server.NewServer(&server.Options{
-		Host:      host,
-		Port:      port,
-		JetStream: true,
-		StoreDir:  dir,
-		NoLog:     true,
-		NoSigs:    true,
-	})
+	sopts := &server.Options{}
+	if opts.NATSConfig != "" {
+		if sopts, err = server.ProcessConfigFile(opts.NATSConfig); err != nil {
+			return nil, fmt.Errorf("%w: NATSConfig: %w", ErrInvalidOptions, err)
+		}
+	}
+	sopts.Host, sopts.Port, sopts.JetStream, sopts.StoreDir = host, port, true, dir
+	sopts.NoLog, sopts.NoSigs = true, true
+	srv, err := server.NewServer(sopts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: nats-server: %w", ErrInvalidOptions, err)
 	}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/template"
+)
+
+// NATS users of the dev stack with auth on: the admin and the services in
+// the VIGIL account (as deploy/nats/auth.conf), the demo tenant in an
+// account of its own.
+const (
+	adminUser = "admin"
+	demoUser  = demoToken
+)
+
+// nats CLI contexts the dev stack writes: the admin's, selected, and the
+// demo tenant's.
+const (
+	adminContext = "vigil"
+	demoContext  = "demo"
+)
+
+// devAuth is the dev stack's NATS auth: a password per user, generated on
+// the first run into <run dir>/auth/passwords.json (mode 0600, under .run/
+// which git ignores) and kept, and the nats-server configuration made from
+// them next to it.
+type devAuth struct {
+	dir       string
+	passwords map[string]string // by NATS user
+}
+
+// authUsers are the users the dev stack's NATS knows.
+func authUsers() []string {
+	users := []string{adminUser, demoUser}
+	for _, s := range services {
+		users = append(users, s.binary)
+	}
+	return users
+}
+
+// prepareAuth loads (or generates) the passwords in runDir/auth and writes
+// the nats-server configuration there: deploy/nats/services.conf (the
+// services' permissions, copied) and nats.conf (accounts and users).
+func prepareAuth(root, runDir string) (*devAuth, error) {
+	a := &devAuth{dir: filepath.Join(runDir, "auth"), passwords: map[string]string{}}
+	if err := os.MkdirAll(a.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devstack: auth: %w", err)
+	}
+	path := filepath.Join(a.dir, "passwords.json")
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &a.passwords); err != nil {
+			return nil, fmt.Errorf("devstack: auth: %s: %w (delete it to generate new passwords)", path, err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("devstack: auth: %w", err)
+	}
+	changed := false
+	for _, u := range authUsers() {
+		if a.passwords[u] == "" {
+			a.passwords[u] = randomPassword()
+			changed = true
+		}
+	}
+	if changed {
+		if err := writeJSON(path, a.passwords); err != nil {
+			return nil, err
+		}
+	}
+	services, err := os.ReadFile(filepath.Join(root, "deploy", "nats", "services.conf"))
+	if err != nil {
+		return nil, fmt.Errorf("devstack: auth: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(a.dir, "services.conf"), services, 0o600); err != nil {
+		return nil, fmt.Errorf("devstack: auth: %w", err)
+	}
+	var conf strings.Builder
+	if err := natsConfTemplate.Execute(&conf, a.passwords); err != nil {
+		return nil, fmt.Errorf("devstack: auth: %w", err)
+	}
+	if err := os.WriteFile(a.configPath(), []byte(conf.String()), 0o600); err != nil {
+		return nil, fmt.Errorf("devstack: auth: %w", err)
+	}
+	return a, nil
+}
+
+// configPath is the generated nats-server configuration.
+func (a *devAuth) configPath() string { return filepath.Join(a.dir, "nats.conf") }
+
+// url is serverURL with user's credentials in it.
+func (a *devAuth) url(serverURL, user string) string {
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		return serverURL
+	}
+	u.User = url.UserPassword(user, a.passwords[user])
+	return u.String()
+}
+
+// natsContext is a nats CLI context file (<nats config>/context/<name>.json),
+// which vigilctl reads too.
+type natsContext struct {
+	Description string `json:"description"`
+	URL         string `json:"url"`
+	User        string `json:"user"`
+	Password    string `json:"password"`
+}
+
+// writeContexts writes the nats CLI contexts vigil (admin) and demo (the
+// demo tenant) for serverURL into configDir (nats's config directory) and
+// selects vigil, so that the nats CLI and vigilctl need no flags.
+func (a *devAuth) writeContexts(configDir, serverURL string) error {
+	for name, c := range map[string]natsContext{
+		adminContext: {Description: "vigil dev stack (make run): admin of the VIGIL account", URL: serverURL, User: adminUser, Password: a.passwords[adminUser]},
+		demoContext:  {Description: "vigil dev stack (make run): the demo tenant", URL: serverURL, User: demoUser, Password: a.passwords[demoUser]},
+	} {
+		if err := os.MkdirAll(filepath.Join(configDir, "context"), 0o700); err != nil {
+			return fmt.Errorf("devstack: nats context: %w", err)
+		}
+		if err := writeJSON(filepath.Join(configDir, "context", name+".json"), c); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(configDir, "context.txt"), []byte(adminContext), 0o600); err != nil {
+		return fmt.Errorf("devstack: nats context: %w", err)
+	}
+	return nil
+}
+
+// natsConfigDir is the nats CLI's configuration directory:
+// $XDG_CONFIG_HOME/nats, else ~/.config/nats.
+func natsConfigDir(getenv func(string) string) (string, error) {
+	if xdg := getenv("XDG_CONFIG_HOME"); xdg != "" {
+		return filepath.Join(xdg, "nats"), nil
+	}
+	if home := getenv("HOME"); home != "" {
+		return filepath.Join(home, ".config", "nats"), nil
+	}
+	return "", errors.New("devstack: nats context: neither XDG_CONFIG_HOME nor HOME is set")
+}
+
+// writeJSON writes v to path, readable by its owner only.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("devstack: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("devstack: %w", err)
+	}
+	return nil
+}
+
+// randomPassword is 128 random bits in hex.
+func randomPassword() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// natsConfTemplate is the dev stack's nats-server configuration, the
+// layout of deploy/nats/auth.conf with the demo tenant: admin and the
+// services (with deploy/nats/services.conf's permissions) in VIGIL, the
+// demo tenant in DEMO importing only its own command service (with share,
+// so the server stamps its identity) and its results, progress and alerts.
+var natsConfTemplate = template.Must(template.New("nats.conf").Parse(`# Generated by the vigil dev stack (make run) from deploy/nats: do not edit,
+# do not commit. The passwords are in passwords.json next to this file.
+include ./services.conf
+
+DEMO_PERMISSIONS = {
+  publish: ["vigil.cmd.demo.>"]
+  subscribe: ["vigil.result.demo.>", "vigil.progress.demo.>", "vigil.alert.demo.>", "_INBOX.>", "_INBOX_demo.>"]
+}
+
+accounts {
+  VIGIL {
+    jetstream: enabled
+    users: [
+      {user: admin, password: "{{index . "admin"}}"}
+      {user: vigil-feed, password: "{{index . "vigil-feed"}}", permissions: $FEED}
+      {user: vigil-indicators, password: "{{index . "vigil-indicators"}}", permissions: $INDICATORS}
+      {user: vigil-alerts, password: "{{index . "vigil-alerts"}}", permissions: $ALERTS}
+      {user: vigil-control, password: "{{index . "vigil-control"}}", permissions: $CONTROL}
+    ]
+    exports: [
+      {service: "vigil.cmd.demo.>", accounts: [DEMO]}
+      {stream: "vigil.result.demo.>", accounts: [DEMO]}
+      {stream: "vigil.progress.demo.>", accounts: [DEMO]}
+      {stream: "vigil.alert.demo.>", accounts: [DEMO]}
+    ]
+  }
+  DEMO {
+    users: [
+      {user: demo, password: "{{index . "demo"}}", permissions: $DEMO_PERMISSIONS}
+    ]
+    imports: [
+      {service: {account: VIGIL, subject: "vigil.cmd.demo.>"}, share: true}
+      {stream: {account: VIGIL, subject: "vigil.result.demo.>"}}
+      {stream: {account: VIGIL, subject: "vigil.progress.demo.>"}}
+      {stream: {account: VIGIL, subject: "vigil.alert.demo.>"}}
+    ]
+  }
+}
+`))
