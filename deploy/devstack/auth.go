@@ -178,7 +178,7 @@ var natsConfTemplate = template.Must(template.New("nats.conf").Parse(`# Generate
 include ./services.conf
 
 DEMO_PERMISSIONS = {
-  publish: ["vigil.cmd.demo.>"]
+  publish: ["vigil.cmd.demo.>", "$JS.API.DIRECT.GET.VIGIL_RESULTS.vigil.result.demo.>", "$JS.API.DIRECT.GET.KV_VIGIL_STATE.$KV.VIGIL_STATE.user.demo"]
   subscribe: ["vigil.result.demo.>", "vigil.progress.demo.>", "vigil.alert.demo.>", "_INBOX.>", "_INBOX_demo.>"]
 }
 
@@ -197,6 +197,8 @@ accounts {
       {stream: "vigil.result.demo.>", accounts: [DEMO]}
       {stream: "vigil.progress.demo.>", accounts: [DEMO]}
       {stream: "vigil.alert.demo.>", accounts: [DEMO]}
+      {service: "$JS.API.DIRECT.GET.VIGIL_RESULTS.vigil.result.demo.>", accounts: [DEMO]}
+      {service: "$JS.API.DIRECT.GET.KV_VIGIL_STATE.$KV.VIGIL_STATE.user.demo", accounts: [DEMO]}
     ]
   }
   DEMO {
@@ -208,6 +210,8 @@ accounts {
       {stream: {account: VIGIL, subject: "vigil.result.demo.>"}}
       {stream: {account: VIGIL, subject: "vigil.progress.demo.>"}}
       {stream: {account: VIGIL, subject: "vigil.alert.demo.>"}}
+      {service: {account: VIGIL, subject: "$JS.API.DIRECT.GET.VIGIL_RESULTS.vigil.result.demo.>"}}
+      {service: {account: VIGIL, subject: "$JS.API.DIRECT.GET.KV_VIGIL_STATE.$KV.VIGIL_STATE.user.demo"}}
     ]
   }
 }

@@ -20,6 +20,10 @@ func StreamConfigs(partitions int) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			MaxAge:      7 * 24 * time.Hour,
 			Duplicates:  10 * time.Minute,
+			// A result is read by subject with a direct get, the one
+			// JetStream API a tenant's account imports (deploy/nats), for
+			// its own subjects only.
+			AllowDirect: true,
 		},
 		{
 			Name:              contract.StreamCandles,

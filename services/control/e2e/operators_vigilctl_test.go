@@ -299,7 +299,7 @@ func testVigilctl(t *testing.T, o *operatorStack) {
 		run := o.vigilctl(t, env, "history", "--user", ctlUser, "--limit", "50")
 		expectRun(t, run, 0, []string{
 			`^ACCEPTED\s+ID\s+COMMAND\s+STATUS\s+OPERATOR\s+NAME\s+TOOK\s+PAYLOAD\s+ERROR$`,
-			`\s[0-9A-Z]{26}\s+pause\s+succeeded\s+carol\s`,
+			`\s[0-9A-Z]{26}\s+pause\s+succeeded\s+local\s+carol\s`,
 			`\sresume\s+succeeded\s+local\s+ctl-operator\s+\S+\s+\{"symbols":\["BTC-USD","ETH-USD"\]\}`,
 			`\sforce-backfill\s+succeeded\s`,
 			`\sswitch-mode\s+succeeded\s`,

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
 	"vigil.dev/pkg/contract"
 )
@@ -193,20 +192,21 @@ func (s sender) finish(out printer, bar *progressView, data []byte) error {
 	return nil
 }
 
+// publishedWait bounds the look for a result already published.
+const publishedWait = 3 * time.Second
+
 // publishedResult reads a result that is already in VIGIL_RESULTS (the
-// command ran before, under the same id). It reports false when there is
-// none or the stream cannot be read (e.g. no JetStream permission).
+// command ran before, under the same id) with a direct get by subject,
+// $JS.API.DIRECT.GET.VIGIL_RESULTS.<subject>: the admin may call it, and a
+// tenant's account imports it for its own result subjects (deploy/nats),
+// so no stream info is needed. It reports false when there is none or the
+// stream cannot be read, within publishedWait, so the wait for a live
+// result goes on.
 func publishedResult(ctx context.Context, nc *nats.Conn, subject string) ([]byte, bool) {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, false
-	}
-	stream, err := js.Stream(ctx, contract.StreamResults)
-	if err != nil {
-		return nil, false
-	}
-	msg, err := stream.GetLastMsgForSubject(ctx, subject)
-	if err != nil {
+	ctx, cancel := context.WithTimeout(ctx, publishedWait)
+	defer cancel()
+	msg, err := nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+contract.StreamResults+"."+subject, nil)
+	if err != nil || msg.Header.Get("Status") != "" || len(msg.Data) == 0 {
 		return nil, false
 	}
 	return msg.Data, true
