@@ -4,6 +4,7 @@
 package metrics
 
 import (
+	"context"
 	"errors"
 
 	"go.opentelemetry.io/otel"
@@ -65,5 +66,8 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, err
 	}
+	// Exported from the start (0), so that dashboards and alerting rules
+	// see the series before the first webhook fails.
+	m.WebhookFailing.Add(context.Background(), 0)
 	return &m, nil
 }
