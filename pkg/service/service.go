@@ -50,6 +50,11 @@ type Config struct {
 	// its handler before it is answered with code unavailable
 	// (DefaultStartupWait when zero).
 	StartupWait time.Duration
+	// LaneLimit bounds how many requests of one verb for one user wait
+	// while an earlier one runs (DefaultLaneLimit when zero); one more is
+	// answered with code busy. Each user's requests of a verb run one at
+	// a time, different users' and different verbs' concurrently.
+	LaneLimit int
 }
 
 // DefaultStartupWait is Config.StartupWait when zero.
@@ -74,6 +79,8 @@ type Service struct {
 	group  micro.Group
 	log    *slog.Logger
 	tracer trace.Tracer
+
+	lanes  *lanes
 
 	mu       sync.Mutex
 	drains   []func(context.Context) error
@@ -105,12 +112,17 @@ func Start(nc *nats.Conn, cfg Config, log *slog.Logger, status StatusFunc) (*Ser
 	if err != nil {
 		return nil, fmt.Errorf("micro service %s: %w", cfg.Name, err)
 	}
-	s := &Service{cfg: cfg, nc: nc, micro: svc, log: log, tracer: otel.Tracer("vigil.dev/pkg/service")}
+	s := &Service{cfg: cfg, nc: nc, micro: svc, log: log, tracer: otel.Tracer("vigil.dev/pkg/service"), lanes: newLanes(cfg.LaneLimit)}
 	if cfg.Svc != "" {
 		s.group = svc.AddGroup("vigil.svc."+string(cfg.Svc), micro.WithGroupQueueGroupDisabled())
-		if err := s.Handle(contract.VerbStatus, func(ctx context.Context, req contract.SvcRequest) (any, error) {
+		// Status is quick and answered on its subscription, in order.
+		statusHandler := func(ctx context.Context, req contract.SvcRequest) (any, error) {
 			return status(ctx, req.User), nil
-		}); err != nil {
+		}
+		if err := s.group.AddEndpoint(string(contract.VerbStatus), micro.HandlerFunc(func(r micro.Request) {
+			req, err := decodeRequest(r)
+			s.serve(contract.VerbStatus, statusHandler, r, req, err)
+		}), micro.WithEndpointQueueGroupDisabled()); err != nil {
 			return nil, err
 		}
 		s.declared = map[contract.Verb]*pendingVerb{}
@@ -118,7 +130,7 @@ func Start(nc *nats.Conn, cfg Config, log *slog.Logger, status StatusFunc) (*Ser
 			p := &pendingVerb{ready: make(chan struct{})}
 			s.declared[verb] = p
 			if err := s.group.AddEndpoint(string(verb), micro.HandlerFunc(func(r micro.Request) {
-				s.servePending(verb, p, r)
+				s.dispatch(verb, r, func(req contract.SvcRequest, err error) { s.servePending(verb, p, r, req, err) })
 			}), micro.WithEndpointQueueGroupDisabled()); err != nil {
 				return nil, err
 			}
@@ -156,13 +168,42 @@ func (s *Service) Handle(verb contract.Verb, h Handler) error {
 		return nil
 	}
 	return s.group.AddEndpoint(string(verb), micro.HandlerFunc(func(r micro.Request) {
-		s.serve(verb, h, r)
+		s.dispatch(verb, r, func(req contract.SvcRequest, err error) { s.serve(verb, h, r, req, err) })
 	}), micro.WithEndpointQueueGroupDisabled())
+}
+
+// dispatch decodes request r and hands it to serve on the lane of its
+// verb and user (see lanes), so that the subscription's goroutine is free
+// for the next request at once. A request that does not decode is
+// answered on the lane of the empty user; one that finds its lane full is
+// answered busy at once.
+func (s *Service) dispatch(verb contract.Verb, r micro.Request, serve func(contract.SvcRequest, error)) {
+	req, err := decodeRequest(r)
+	user := req.User
+	if err != nil {
+		user = ""
+	}
+	if s.lanes.run(laneKey{verb: string(verb), user: user}, func() { serve(req, err) }) {
+		return
+	}
+	s.serve(verb, func(context.Context, contract.SvcRequest) (any, error) {
+		return nil, &contract.Error{Code: contract.CodeBusy,
+			Message: fmt.Sprintf("%s: more than %d %s requests of %q wait already", s.cfg.Instance, s.lanes.limit, verb, user)}
+	}, r, req, err)
+}
+
+// decodeRequest decodes the SvcRequest of r and checks its user token.
+func decodeRequest(r micro.Request) (contract.SvcRequest, error) {
+	req, err := contract.DecodePeer[contract.SvcRequest](orEmptyObject(r.Data()))
+	if err == nil && req.User != "" {
+		err = contract.ValidateUserToken(req.User)
+	}
+	return req, err
 }
 
 // servePending serves a declared verb once its handler is set, or answers
 // unavailable when the instance is still starting after the startup wait.
-func (s *Service) servePending(verb contract.Verb, p *pendingVerb, r micro.Request) {
+func (s *Service) servePending(verb contract.Verb, p *pendingVerb, r micro.Request, req contract.SvcRequest, reqErr error) {
 	wait := s.cfg.StartupWait
 	if wait <= 0 {
 		wait = DefaultStartupWait
@@ -171,25 +212,23 @@ func (s *Service) servePending(verb contract.Verb, p *pendingVerb, r micro.Reque
 	defer timer.Stop()
 	select {
 	case <-p.ready:
-		s.serve(verb, p.handler, r)
+		s.serve(verb, p.handler, r, req, reqErr)
 	case <-timer.C:
 		s.serve(verb, func(context.Context, contract.SvcRequest) (any, error) {
 			return nil, &contract.Error{Code: contract.CodeUnavailable,
 				Message: fmt.Sprintf("%s is still starting: no %s handler after %s", s.cfg.Instance, verb, wait)}
-		}, r)
+		}, r, req, reqErr)
 	}
 }
 
-func (s *Service) serve(verb contract.Verb, h Handler, r micro.Request) {
+// serve answers request r, decoded as req (or failed to decode with err),
+// with h.
+func (s *Service) serve(verb contract.Verb, h Handler, r micro.Request, req contract.SvcRequest, err error) {
 	ctx := telemetry.Extract(context.Background(), nats.Header(r.Headers()))
 	ctx, span := s.tracer.Start(ctx, s.cfg.Name+" "+string(verb), trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("vigil.instance", s.cfg.Instance), attribute.String("messaging.destination.name", r.Subject())))
 	defer span.End()
 	reply := contract.SvcReply{Service: s.cfg.Name, Instance: s.ID(), OK: true}
-	req, err := contract.DecodePeer[contract.SvcRequest](orEmptyObject(r.Data()))
-	if err == nil && req.User != "" {
-		err = contract.ValidateUserToken(req.User)
-	}
 	var result any
 	if err == nil {
 		span.SetAttributes(attribute.String("vigil.user", req.User), attribute.String("vigil.command_id", req.CommandID))
@@ -226,8 +265,10 @@ func (s *Service) OnShutdown(f func(context.Context) error) {
 	s.drains = append(s.drains, f)
 }
 
-// Shutdown stops the micro service, runs the OnShutdown functions in reverse
-// order and drains the connection, all within timeout.
+// Shutdown stops the micro service, runs the OnShutdown functions in
+// reverse order, waits for the requests still being served (their replies
+// go out before the connection closes) and drains the connection, all
+// within timeout.
 func (s *Service) Shutdown(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -237,6 +278,9 @@ func (s *Service) Shutdown(timeout time.Duration) error {
 	s.mu.Unlock()
 	for i := len(drains) - 1; i >= 0; i-- {
 		errs = append(errs, drains[i](ctx))
+	}
+	if err := s.lanes.wait(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("requests still served: %w", err))
 	}
 	errs = append(errs, natsx.Drain(ctx, s.nc))
 	return errors.Join(errs...)
