@@ -80,7 +80,7 @@ type Service struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 
-	lanes  *lanes
+	lanes *lanes
 
 	mu       sync.Mutex
 	drains   []func(context.Context) error
