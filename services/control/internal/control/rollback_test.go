@@ -19,8 +19,8 @@ import (
 // again, every instance that had applied the new revision is back on the
 // previous one, and the compensation steps are in the result and, as
 // spans, in the command's trace. When an instance that moved also refuses
-// the previous revision, the result says which instance is on which
-// revision.
+// the previous revision, or dies, the result says which instance is on
+// which revision.
 func TestAllOrNothing(t *testing.T) {
 	e := newEnv(t, 3)
 	e.startControl("c1", testSettings(), 0)
@@ -125,6 +125,36 @@ func TestAllOrNothing(t *testing.T) {
 			}
 			return calls == 2 && slow.Applied("frank") == before.State.Revision
 		})
+	})
+
+	// Last: the dead instance stays gone.
+	t.Run("an instance that moved dies", func(t *testing.T) {
+		before := e.seedState(t, "gina")
+		e.setSettings(t, "gina", newSettings)
+		slow := e.peers[contract.SvcIndicators][1]
+		slow.Set(contract.VerbApply, testpeer.Hang)
+		t.Cleanup(slow.Release)
+		dying := e.peers[contract.SvcFeed][2]
+		ack := e.accept("gina", "reload-settings", "")
+		waitFor(t, "feed instance to apply the new revision", func() bool { return dying.Applied("gina") == before.State.Revision+1 })
+		dying.Disappear()
+		r := e.result("gina", ack.ID)
+		rb := e.checkRolledBack(t, r, before, slow, contract.CodeTimeout, false)
+		if !strings.Contains(rb.Reason, dying.ID()) {
+			t.Errorf("reason %q does not name the dead instance %s", rb.Reason, dying.ID())
+		}
+		for _, in := range rb.Instances {
+			want := before.State.Revision
+			switch in.Instance {
+			case dying.ID():
+				want++ // confirmed the new revision, then nothing
+			case slow.ID():
+				want = 0
+			}
+			if in.Revision != want {
+				t.Errorf("%s %s on revision %d, want %d", in.Service, in.Instance, in.Revision, want)
+			}
+		}
 	})
 }
 
