@@ -335,6 +335,9 @@ func gather(ctx context.Context, nc *nats.Conn, subject string, body []byte, wai
 func desiredStates(ctx context.Context, nc *nats.Conn, user string, wait time.Duration) ([]contract.DesiredState, error) {
 	ctx, cancel := context.WithTimeout(ctx, max(wait, 5*time.Second))
 	defer cancel()
+	if user != "" {
+		return userState(ctx, nc, user)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -371,6 +374,36 @@ func desiredStates(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 			out = append(out, st)
 		}
 	}
+}
+
+// userState reads one user's desired state with a direct get by subject
+// ($JS.API.DIRECT.GET.KV_VIGIL_STATE.$KV.VIGIL_STATE.user.<user>), which
+// the admin may call and a tenant's account imports for its own user
+// (deploy/nats), so status --user works with a tenant's credentials. No
+// state yet is an empty list.
+func userState(ctx context.Context, nc *nats.Conn, user string) ([]contract.DesiredState, error) {
+	stream := "KV_" + contract.BucketState
+	subject := "$JS.API.DIRECT.GET." + stream + ".$KV." + contract.BucketState + "." + contract.StateKey(user)
+	msg, err := nc.RequestWithContext(ctx, subject, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read KV %s key %s: %w", contract.BucketState, contract.StateKey(user), err)
+	}
+	switch status := msg.Header.Get("Status"); {
+	case status == "404":
+		return nil, nil
+	case status != "":
+		return nil, fmt.Errorf("read KV %s key %s: %s %s", contract.BucketState, contract.StateKey(user), status, msg.Header.Get("Description"))
+	case msg.Header.Get("KV-Operation") != "":
+		return nil, nil // deleted or purged
+	}
+	var st contract.DesiredState
+	if err := json.Unmarshal(msg.Data, &st); err != nil {
+		return nil, fmt.Errorf("read KV %s key %s: %w", contract.BucketState, contract.StateKey(user), err)
+	}
+	if st.User == "" {
+		st.User = user
+	}
+	return []contract.DesiredState{st}, nil
 }
 
 // printStatus writes the report as two tables.
