@@ -267,6 +267,18 @@ func (s DesiredState) Validate() error {
 	return f.err()
 }
 
+// ValidateFor checks s as Validate does and that it is user's desired
+// state (the user token of its key or request).
+func (s DesiredState) ValidateFor(user string) error {
+	if s.User != user {
+		return FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the user %q", s.User, user)}
+	}
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	return nil
+}
+
 // WatchedSymbols is the user's symbols: the state's, or the settings' when
 // the state has none.
 func (s DesiredState) WatchedSymbols() []string {

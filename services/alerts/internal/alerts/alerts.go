@@ -177,6 +177,9 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	// error path below stops exactly what started.
 	in.svc.OnShutdown(in.closeHooks)
 	in.log = rt.Log.With("id", in.svc.ID())
+	if opts.membership.Log == nil {
+		opts.membership.Log = in.log
+	}
 	if in.group, err = membership.Join(ctx, rt.JS, contract.ServiceAlerts, in.svc.ID(), opts.membership); err != nil {
 		return nil, err
 	}
@@ -200,18 +203,17 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	}
 	rt.Health.Add("consumer", in.consumer.Ready)
 	in.consumer.Claim(ctx)
-	watcher, err := in.loadDesiredStates(ctx)
+	states, err := service.FollowStates(ctx, in.loopCtx, rt.JS, in.log, in.applyDesired)
 	if err != nil {
 		return nil, errors.Join(err, in.consumer.Stop(ctx))
 	}
 	in.dispatch = newDispatcher(cfg.Workers, in.process)
 	if err = in.consumer.Start(in.loopCtx); err != nil {
-		_ = watcher.Stop()
 		_ = in.dispatch.close(context.Background())
 		return nil, err
 	}
 	in.loops.Add(2)
-	go in.watchDesiredStates(watcher)
+	go func() { defer in.loops.Done(); <-states.Done() }()
 	go in.reconcileLoop()
 	in.svc.OnShutdown(in.stopEvaluating)
 	handlers := map[contract.Verb]service.Handler{contract.VerbPause: in.pause, contract.VerbResume: in.resume, contract.VerbApply: in.apply}

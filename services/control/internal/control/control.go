@@ -189,6 +189,9 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	fail := func(err error) (*Instance, error) {
 		return nil, errors.Join(err, svc.Shutdown(5*time.Second))
 	}
+	if d.Membership.Log == nil {
+		d.Membership.Log = d.Log
+	}
 	if inst.group, err = membership.Join(ctx, d.JS, contract.ServiceControl, svc.ID(), d.Membership); err != nil {
 		return fail(err)
 	}

@@ -198,7 +198,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	group, err := membership.Join(ctx, rt.JS, MembershipGroup, svc.ID(), membership.Options{})
+	group, err := membership.Join(ctx, rt.JS, MembershipGroup, svc.ID(), membership.Options{Log: rt.Log})
 	if err != nil {
 		return errors.Join(err, svc.Shutdown(cfg.ShutdownTimeout))
 	}
@@ -211,15 +211,22 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	engCtx, stopEngine := context.WithCancel(context.Background())
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(engCtx) }()
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() { defer close(watchDone); f.watch(watchCtx, rt.JS) }()
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	states, err := service.FollowStates(ctx, watchCtx, rt.JS, rt.Log, f.onState)
+	if err != nil {
+		stopWatch()
+		stopEngine()
+		return errors.Join(err, <-engDone, group.Leave(context.Background()), svc.Shutdown(cfg.ShutdownTimeout))
+	}
+	reconverged := make(chan struct{})
+	go func() { defer close(reconverged); f.reconverge(watchCtx) }()
 	rt.Log.Info("running", "id", svc.ID(), "source", cfg.Source)
 
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
 	stopWatch()
-	<-watchDone
+	<-states.Done()
+	<-reconverged
 	// One budget, ShutdownTimeout, for the whole shutdown: the engine's
 	// last flush (whatever it holds, cut off at the budget) comes first,
 	// then leaving the group (the next owner's gap fill then starts after

@@ -2,8 +2,6 @@ package feed
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -13,6 +11,7 @@ import (
 	"vigil.dev/pkg/candlewriter"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/service"
 	"vigil.dev/services/feed/internal/engine"
 )
 
@@ -73,18 +72,6 @@ func (f *feed) userLocked(token string) *user {
 		f.users[token] = u
 	}
 	return u
-}
-
-// validateState checks a desired state as the feed uses it: the user's
-// (token) and valid (DesiredState.Validate).
-func validateState(token string, s contract.DesiredState) error {
-	if s.User != token {
-		return contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the user %q", s.User, token)}
-	}
-	if err := s.Validate(); err != nil {
-		return fmt.Errorf("state: %w", err)
-	}
-	return nil
 }
 
 // setStateLocked records a new desired state and the symbol diff it makes.
@@ -272,84 +259,43 @@ func (f *feed) startFillLocked(token string, u *user, subs []fillTarget, from ma
 	return job
 }
 
-// watch follows KV VIGIL_STATE and the membership until ctx ends, converging
-// every user on each change.
-func (f *feed) watch(ctx context.Context, js jetstream.JetStream) {
+// reconverge converges every user whenever the membership changes, and
+// every reconvergeEvery, until ctx ends.
+func (f *feed) reconverge(ctx context.Context) {
 	changes := f.group.Changes()
 	tick := time.NewTicker(reconvergeEvery)
 	defer tick.Stop()
-	for ctx.Err() == nil {
-		kv, err := js.KeyValue(ctx, contract.BucketState)
-		var w jetstream.KeyWatcher
-		if err == nil {
-			w, err = kv.Watch(ctx, "user.*")
-		}
-		if err != nil {
-			f.log.Warn("watching the desired state failed, retrying", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-				continue
-			}
-		}
-		f.follow(ctx, w, changes, tick.C)
-		_ = w.Stop()
-	}
-}
-
-// follow handles one watcher's updates until it ends or ctx does.
-func (f *feed) follow(ctx context.Context, w jetstream.KeyWatcher, changes <-chan struct{}, tick <-chan time.Time) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case e, ok := <-w.Updates():
-			if !ok {
-				return
-			}
-			if e != nil {
-				f.onStateEntry(e)
-			}
 		case <-changes:
 			f.convergeAll()
-		case <-tick:
+		case <-tick.C:
 			f.convergeAll()
 		}
 	}
 }
 
-// onStateEntry applies one KV update.
-func (f *feed) onStateEntry(e jetstream.KeyValueEntry) {
-	token, err := contract.UserFromStateKey(e.Key())
-	if err != nil {
-		f.log.Warn("ignoring desired state key", "key", e.Key(), "err", err)
-		return
-	}
+// onState converges to one user's desired state as the kit's follower
+// (service.FollowStates) hands it over; a deleted entry makes the user
+// unknown.
+func (f *feed) onState(_ context.Context, us service.UserState) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if e.Operation() != jetstream.KeyValuePut {
-		if u := f.users[token]; u != nil {
+	if us.Deleted {
+		if u := f.users[us.User]; u != nil {
 			u.known = false
-			f.convergeLocked(token)
+			f.convergeLocked(us.User)
 		}
 		return
 	}
-	var s contract.DesiredState
-	if err := json.Unmarshal(e.Value(), &s); err != nil {
-		f.log.Warn("ignoring undecodable desired state", "user", token, "err", err)
-		return
-	}
-	if err := validateState(token, s); err != nil {
-		f.log.Warn("ignoring invalid desired state", "user", token, "err", err)
-		return
-	}
-	u := f.userLocked(token)
-	if u.known && s.UpdatedAt.Before(u.state.UpdatedAt) {
+	u := f.userLocked(us.User)
+	if u.known && us.State.UpdatedAt.Before(u.state.UpdatedAt) {
 		return // a verb already brought a newer state
 	}
-	f.setStateLocked(u, s)
-	f.convergeLocked(token)
+	f.setStateLocked(u, us.State)
+	f.convergeLocked(us.User)
 }
 
 // convergeAll converges every known user (membership changed).

@@ -49,7 +49,7 @@ func (f *feed) takeStateLocked(req contract.SvcRequest, change func(*contract.De
 	u := f.userLocked(req.User)
 	switch {
 	case req.State != nil:
-		if err := validateState(req.User, *req.State); err != nil {
+		if err := req.State.ValidateFor(req.User); err != nil {
 			return nil, err
 		}
 		f.setStateLocked(u, *req.State)

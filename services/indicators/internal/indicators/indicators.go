@@ -95,7 +95,7 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 		}
 	}()
 	id := svc.ID()
-	members, err := membership.Join(ctx, rt.JS, contract.ServiceIndicators, id, membership.Options{})
+	members, err := membership.Join(ctx, rt.JS, contract.ServiceIndicators, id, membership.Options{Log: rt.Log})
 	if err != nil {
 		return err
 	}
@@ -124,7 +124,7 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	svc.OnShutdown(func(context.Context) error { stopBackground(); return nil })
 	svc.OnShutdown(c.Stop)
 	c.Claim(ctx)
-	if err := followState(ctx, bg, rt, e); err != nil {
+	if _, err := service.FollowStates(ctx, bg, rt.JS, rt.Log, applyState(rt, e)); err != nil {
 		return err
 	}
 	eng.Store(e)
