@@ -117,6 +117,15 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 	})
 
 	t.Run("resume fills the gap", func(t *testing.T) {
+		id := contract.SeriesID{User: "u0", UserID: 1, ExchangeID: 1, Symbol: "BTC-USD", Timeframe: contract.TF1m}
+		// The gap resume fills: from the last bar stored before the pause,
+		// at most VIGIL_GAP_FILL_BARS (30) bars back from the attach, which
+		// is before the reply (at 600× a loaded machine can take longer
+		// than 30 sim minutes between pause and resume).
+		var mark int64
+		if before := s.series(t, id); len(before) > 0 {
+			mark = before[len(before)-1].Start
+		}
 		paused := ref.Now()
 		waitFor(t, 10*time.Second, "five sim minutes", func() bool { return ref.Now().Sub(paused) >= 5*time.Minute })
 		st := states["u0"]
@@ -134,9 +143,14 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 		if filled["BTC-USD"][contract.TF1m] < 4 || filled["ETH-USD"][contract.TF1m] < 4 {
 			t.Errorf("gap_filled %v, want at least 4 1m bars per symbol after 5 sim minutes", filled)
 		}
-		id := contract.SeriesID{User: "u0", UserID: 1, ExchangeID: 1, Symbol: "BTC-USD", Timeframe: contract.TF1m}
-		if gap := contiguous(s.series(t, id)); gap != 0 {
-			t.Errorf("1m bar %d missing after resume", gap)
+		mark = max(mark, contract.TF1m.BarStart(ref.Now().Add(-29*time.Minute)).Unix())
+		after := s.series(t, id)
+		i := slices.IndexFunc(after, func(c contract.Candle) bool { return c.Start >= mark })
+		if i < 0 {
+			t.Fatalf("no 1m bar from %d on after resume", mark)
+		}
+		if gap := contiguous(after[i:]); gap != 0 {
+			t.Errorf("1m bar %d missing after resume (checked from %d)", gap, mark)
 		}
 		states["u0"] = st
 	})
