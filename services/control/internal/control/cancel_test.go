@@ -1,6 +1,7 @@
 package control_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -121,5 +122,76 @@ func TestCancelNeverWaits(t *testing.T) {
 	feed.Release()
 	if r := e.result("alice", held.ID); r.Status != contract.StatusSucceeded {
 		t.Errorf("reload-settings: %s %+v", r.Status, r.Error)
+	}
+}
+
+// TestCancelRunningBackfill cancels a force-backfill whose feed job runs
+// (beside a second control instance, so the cancel may be accepted by
+// either): the feed is told to stop the job (feed.cancel on every
+// instance), the job ends cancelled naming the cancel, without going on
+// to recompute or to its next timeframe, and the cancel's result carries
+// how far the job got. The feed's own test shows the stop between pages
+// and the candles kept (services/feed TestVerbsOnTwoInstancesAndFailover).
+func TestCancelRunningBackfill(t *testing.T) {
+	e := newEnv(t, 3)
+	e.startControl("c1", testSettings(), 0)
+	e.startControl("c2", testSettings(), 0)
+	feed := e.peers[contract.SvcFeed][0]
+	feed.Set(contract.VerbBackfill, testpeer.Hang)
+	t.Cleanup(feed.Release)
+	job := e.accept("alice", "force-backfill", `{"symbol":"BTC-USD","timeframes":["1h","4h"]}`)
+	waitFor(t, "the backfill to reach every feed instance", func() bool {
+		return len(e.callsOf(job.ID, contract.VerbBackfill)) == 3
+	})
+	c := e.accept("alice", "cancel", `{"id":"`+job.ID+`"}`)
+	if ack, _ := e.send("alice", "cancel", `{"id":"`+job.ID+`"}`, nil); ack.Accepted || ack.Error.Code != contract.CodeConflict ||
+		!strings.Contains(ack.Error.Message, "already being cancelled by") {
+		t.Errorf("a second cancel of the job: %+v %+v", ack, ack.Error)
+	}
+	rc := e.result("alice", c.ID)
+	if rc.Status != contract.StatusSucceeded {
+		t.Fatalf("cancel: %s %+v", rc.Status, rc.Error)
+	}
+	type progress struct {
+		TimeframesDone int                        `json:"timeframes_done"`
+		Timeframes     int                        `json:"timeframes"`
+		Timeframe      contract.Timeframe         `json:"timeframe"`
+		Pages          int                        `json:"pages"`
+		PagesTotal     int                        `json:"pages_total"`
+		Candles        map[contract.Timeframe]int `json:"candles"`
+	}
+	res := decode[struct {
+		Cancelled bool     `json:"cancelled"`
+		ID        string   `json:"id"`
+		Progress  progress `json:"progress"`
+	}](t, rc.Result)
+	want := progress{TimeframesDone: 0, Timeframes: 2, Timeframe: contract.TF1h, Pages: 2, PagesTotal: 3, Candles: map[contract.Timeframe]int{contract.TF1h: 600}}
+	if !res.Cancelled || res.ID != job.ID || res.Progress.TimeframesDone != want.TimeframesDone || res.Progress.Timeframes != want.Timeframes ||
+		res.Progress.Timeframe != want.Timeframe || res.Progress.Pages != want.Pages || res.Progress.PagesTotal != want.PagesTotal ||
+		res.Progress.Candles[contract.TF1h] != 600 {
+		t.Errorf("cancel result %s, want progress %+v", rc.Result, want)
+	}
+	rj := e.result("alice", job.ID)
+	jr := decode[map[string]any](t, rj.Result)
+	if rj.Status != contract.StatusCancelled || jr["cancelled_by"] != c.ID || jr["backfilled"] != false {
+		t.Errorf("job: %s %s", rj.Status, rj.Result)
+	}
+	if got := stepNames(rj.Steps); !slices.Equal(got, []string{"feed.backfill", "feed.cancel"}) {
+		t.Errorf("job steps %v, want the backfill and the feed's stop", got)
+	}
+	if n := len(e.callsOf(job.ID, contract.VerbCancel)); n != 3 {
+		t.Errorf("feed.cancel reached %d feed instances, want 3", n)
+	}
+	if calls := e.callsOf(job.ID, contract.VerbRecompute); len(calls) != 0 {
+		t.Errorf("the cancelled backfill went on to recompute: %+v", calls)
+	}
+	if n := len(e.callsOf(job.ID, contract.VerbBackfill)); n != 3 {
+		t.Errorf("%d backfill calls, want the 3 of the first timeframe only", n)
+	}
+	if row := e.publishedRow(c.ID); row.Status != string(contract.StatusSucceeded) {
+		t.Errorf("command_log of the cancel: %+v", row)
+	}
+	if row := e.publishedRow(job.ID); row.Status != string(contract.StatusCancelled) {
+		t.Errorf("command_log of the job: %+v", row)
 	}
 }

@@ -424,14 +424,59 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 		if err != nil {
 			var c *CancelledError
 			if errors.As(err, &c) {
-				return Outcome{Status: contract.StatusCancelled, Steps: steps,
-					Result: map[string]any{"backfilled": false, "symbol": p.Symbol, "candles": candles, "cancelled_by": c.By}}
+				return r.stopBackfill(ctx, cmd, &st, c, steps, backfillProgress{symbol: p.Symbol, candles: candles, done: i, timeframes: len(tfs), tf: tf})
 			}
 			return failed(steps, contract.ErrorOf(err))
 		}
 		progress(i+1, fmt.Sprintf("%s %s: %d candles from %s", p.Symbol, tf, candles[tf], tfFrom.Format(time.RFC3339)))
 	}
 	return succeeded(map[string]any{"backfilled": true, "symbol": p.Symbol, "candles": candles}, steps)
+}
+
+// backfillProgress is how far a force-backfill got: the timeframes done
+// (with candles) and the one in flight.
+type backfillProgress struct {
+	symbol           string
+	candles          map[contract.Timeframe]int
+	done, timeframes int
+	tf               contract.Timeframe
+}
+
+// stopBackfill ends a force-backfill that a pause or a cancel stopped: the
+// feed stops the job of the timeframe in flight once its page is written
+// (feed.cancel, on a context of its own, as cmd's has ended) and reports
+// how far it got. The result keeps the candles written and says how far
+// the backfill got; the indicators of the timeframe in flight are not
+// recomputed.
+func (r *Runner) stopBackfill(ctx context.Context, cmd Command, st *contract.DesiredState, c *CancelledError, steps []contract.Step, p backfillProgress) Outcome {
+	s, replies, err := r.run(context.WithoutCancel(ctx), cmd, st, []stepSpec{{contract.SvcFeed, contract.VerbCancel}},
+		contract.CancelArgs{CommandID: cmd.ID}, r.cfg.StepTimeout)
+	steps = append(steps, s...)
+	progress := map[string]any{"timeframes_done": p.done, "timeframes": p.timeframes}
+	if p.done < p.timeframes {
+		pages, total := 0, 0
+		for _, rep := range replies {
+			for _, reply := range rep {
+				var res struct {
+					Stopped []contract.JobProgress `json:"stopped"`
+				}
+				if json.Unmarshal(reply.Result, &res) != nil {
+					continue
+				}
+				for _, j := range res.Stopped {
+					pages, total = pages+j.Pages, total+j.Total
+					p.candles[p.tf] += j.Candles[p.tf]
+				}
+			}
+		}
+		progress["timeframe"], progress["pages"], progress["pages_total"] = p.tf, pages, total
+	}
+	if err != nil {
+		progress["feed_not_confirmed"] = contract.ErrorOf(err).Message
+	}
+	progress["candles"] = p.candles
+	return Outcome{Status: contract.StatusCancelled, Steps: steps, Result: map[string]any{"backfilled": false, "symbol": p.symbol,
+		"candles": p.candles, "cancelled_by": c.By, "progress": progress}}
 }
 
 func (r *Runner) clearCache(ctx context.Context, cmd Command, p contract.ClearCachePayload) Outcome {

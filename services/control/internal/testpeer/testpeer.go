@@ -108,6 +108,7 @@ type Peer struct {
 	behaviour map[contract.Verb]Behaviour
 	gate      chan struct{}
 	backfills map[string][]context.CancelFunc // user → running backfills
+	jobs      map[string]*peerJob             // command id → running backfill
 	gone      bool
 	// failRevs are the desired-state revisions each verb refuses.
 	failRevs map[contract.Verb]map[revOf]bool
@@ -124,7 +125,7 @@ func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Optio
 		t.Fatalf("testpeer: connect: %v", err)
 	}
 	p := &Peer{Svc: svc, opts: opts, rec: rec, nc: nc, behaviour: map[contract.Verb]Behaviour{},
-		gate: make(chan struct{}), backfills: map[string][]context.CancelFunc{},
+		gate: make(chan struct{}), backfills: map[string][]context.CancelFunc{}, jobs: map[string]*peerJob{},
 		failRevs: map[contract.Verb]map[revOf]bool{}, applied: map[string]int64{}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p.svc, err = service.Start(nc, service.Config{Svc: svc, Name: svc.MicroName(), Description: "test stand-in", Instance: "peer"}, log,
@@ -133,7 +134,7 @@ func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Optio
 		t.Fatalf("testpeer: start %s: %v", svc, err)
 	}
 	for _, v := range []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply,
-		contract.VerbBackfill, contract.VerbRecompute, contract.VerbForget} {
+		contract.VerbBackfill, contract.VerbRecompute, contract.VerbForget, contract.VerbCancel} {
 		if err := p.svc.Handle(v, p.handler(v)); err != nil {
 			t.Fatalf("testpeer: handle %s: %v", v, err)
 		}
@@ -251,6 +252,8 @@ func (p *Peer) handler(verb contract.Verb) service.Handler {
 			return nil, fmt.Errorf("%s %s: %w", p.Svc, verb, errFailing)
 		case p.opts.Owner && p.Svc == contract.SvcFeed && verb == contract.VerbBackfill:
 			return p.backfill(ctx, req, b == Hang, gate)
+		case verb == contract.VerbCancel:
+			return p.cancelJob(req)
 		case b == Hang:
 			<-gate
 		}
@@ -296,9 +299,17 @@ func (p *Peer) backfill(ctx context.Context, req contract.SvcRequest, hang bool,
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	job := &peerJob{cancel: cancel, done: make(chan struct{}), tf: args.Timeframes[0]}
+	defer close(job.done)
 	p.mu.Lock()
 	p.backfills[req.User] = append(p.backfills[req.User], cancel)
+	p.jobs[req.CommandID] = job
 	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.jobs, req.CommandID)
+		p.mu.Unlock()
+	}()
 	for page := 1; page <= p.opts.BackfillPages; page++ {
 		ev := contract.Progress{ID: req.CommandID, Done: page, Total: p.opts.BackfillPages, Unit: "pages", Message: string(args.Timeframes[0])}
 		b, _ := json.Marshal(ev)
@@ -329,4 +340,32 @@ func (p *Peer) cancelBackfills(user string) {
 		cancel()
 	}
 	delete(p.backfills, user)
+}
+
+// peerJob is a running stand-in backfill.
+type peerJob struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	tf     contract.Timeframe
+}
+
+// cancelJob stops the backfill of the command in args (as the real feed
+// does after the page in flight) and answers how far it got: every page
+// it reported, of one more, 300 candles each.
+func (p *Peer) cancelJob(req contract.SvcRequest) (any, error) {
+	args, err := contract.DecodePeer[contract.CancelArgs](req.Args)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	job := p.jobs[args.CommandID]
+	p.mu.Unlock()
+	stopped := []contract.JobProgress{}
+	if job != nil {
+		job.cancel()
+		<-job.done
+		n := p.opts.BackfillPages
+		stopped = append(stopped, contract.JobProgress{Pages: n, Total: n + 1, Candles: map[contract.Timeframe]int{job.tf: 300 * n}})
+	}
+	return map[string]any{"owner": p.opts.Owner, "stopped": stopped}, nil
 }

@@ -3,6 +3,7 @@ package feed
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -211,21 +212,62 @@ func (f *feed) cancelJobs() {
 }
 
 // job is a running gap fill or backfill: cancel stops it, done closes when
-// it has returned (and written nothing more).
+// it has returned (and written nothing more). A backfill also has the id
+// of its command, and how far it got.
 type job struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	command string
+	mu      sync.Mutex
+	stop    bool // a cancel asked the backfill to stop after its page
+	got     contract.JobProgress
+}
+
+// page counts one written page of n candles of tf and reports whether the
+// job is to stop before the next page.
+func (j *job) page(tf contract.Timeframe, n int) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.got.Pages++
+	j.got.Candles[tf] += n
+	return j.stop
+}
+
+// progress is how far the job got.
+func (j *job) progress() contract.JobProgress {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	p := j.got
+	p.Candles = maps.Clone(j.got.Candles)
+	return p
+}
+
+// askStop makes the job stop once the page it works on is written.
+func (j *job) askStop() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.stop = true
 }
 
 // addJobLocked registers a cancellable job of the user; the job calls the
 // returned finish when it returns.
 func (f *feed) addJobLocked(u *user, parent context.Context) (context.Context, func()) {
+	ctx, _, finish := f.addBackfillLocked(u, parent, "", 0)
+	return ctx, finish
+}
+
+// addBackfillLocked registers a cancellable job of the user for command
+// (a backfill of total pages; "" for a gap fill); the job calls the
+// returned finish when it returns.
+func (f *feed) addBackfillLocked(u *user, parent context.Context, command string, total int) (context.Context, *job, func()) {
 	ctx, cancel := context.WithCancel(parent)
 	f.jobID++
 	id := f.jobID
-	j := &job{cancel: cancel, done: make(chan struct{})}
+	j := &job{cancel: cancel, done: make(chan struct{}), command: command,
+		got: contract.JobProgress{Total: total, Candles: map[contract.Timeframe]int{}}}
 	u.jobs[id] = j
-	return ctx, func() {
+	return ctx, j, func() {
 		cancel()
 		close(j.done)
 		f.mu.Lock()

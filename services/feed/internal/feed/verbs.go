@@ -22,7 +22,11 @@ var notOwner = map[string]any{"owner": false}
 var ErrNoState = errors.New("no desired state for the user")
 
 // verbs are the control verbs of the feed (besides status).
-var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbBackfill}
+var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbBackfill, contract.VerbCancel}
+
+// cancelGrace is how long a cancelled backfill may take to write the page
+// it works on before its context is cancelled outright.
+const cancelGrace = 3 * time.Second
 
 // register gives the control verbs their handlers.
 func (f *feed) register(svc *service.Service) error {
@@ -31,6 +35,7 @@ func (f *feed) register(svc *service.Service) error {
 		contract.VerbResume:   f.resume,
 		contract.VerbApply:    f.apply,
 		contract.VerbBackfill: f.backfill,
+		contract.VerbCancel:   f.cancel,
 	}
 	for _, verb := range verbs {
 		if err := svc.Handle(verb, handlers[verb]); err != nil {
@@ -188,12 +193,57 @@ func (f *feed) backfill(ctx context.Context, req contract.SvcRequest) (any, erro
 		return nil, err
 	}
 	u := f.userLocked(req.User)
-	jobCtx, done := f.addJobLocked(u, ctx)
+	jobCtx, j, done := f.addBackfillLocked(u, ctx, req.CommandID, plan.pages)
 	f.mu.Unlock()
 	defer done()
 	jobCtx, cancel := context.WithTimeout(jobCtx, f.cfg.BackfillMax)
 	defer cancel()
-	return f.runBackfill(jobCtx, req, plan)
+	return f.runBackfill(jobCtx, cancel, req, plan, j)
+}
+
+// cancel stops the user's backfill jobs of args.command_id that run here
+// (owner or not: a job may outlive its instance's ownership) once the
+// page each works on is written, and answers how far each got.
+func (f *feed) cancel(ctx context.Context, req contract.SvcRequest) (any, error) {
+	args, err := contract.DecodePeer[contract.CancelArgs](orEmpty(req.Args))
+	if err != nil {
+		return nil, err
+	}
+	if err := contract.ValidateUserToken(req.User); err != nil {
+		return nil, err
+	}
+	if err := contract.ValidateCommandID(args.CommandID); err != nil {
+		return nil, contract.FieldError{Field: "command_id", Problem: err.Error()}
+	}
+	f.mu.Lock()
+	owner := f.owns(req.User)
+	var jobs []*job
+	if u := f.users[req.User]; u != nil {
+		for _, j := range u.jobs {
+			if j.command == args.CommandID {
+				j.askStop()
+				jobs = append(jobs, j)
+			}
+		}
+	}
+	f.mu.Unlock()
+	stopped := []contract.JobProgress{}
+	for _, j := range jobs {
+		select {
+		case <-j.done:
+		case <-time.After(cancelGrace):
+			j.cancel()
+			select {
+			case <-j.done:
+			case <-ctx.Done():
+				return nil, &contract.Error{Code: contract.CodeTimeout, Message: "cancelled backfill did not stop: " + ctx.Err().Error()}
+			}
+		case <-ctx.Done():
+			return nil, &contract.Error{Code: contract.CodeTimeout, Message: "cancelled backfill did not stop: " + ctx.Err().Error()}
+		}
+		stopped = append(stopped, j.progress())
+	}
+	return map[string]any{"owner": owner, "stopped": stopped}, nil
 }
 
 func orEmpty(b json.RawMessage) []byte {
@@ -290,8 +340,9 @@ func clockShift(source, wall time.Time) time.Duration {
 	return d
 }
 
-// runBackfill fetches, writes and reports every page of the plan.
-func (f *feed) runBackfill(ctx context.Context, req contract.SvcRequest, plan backfillPlan) (any, error) {
+// runBackfill fetches, writes and reports every page of the plan; when
+// j is asked to stop it stops after the page it wrote (stop cancels ctx).
+func (f *feed) runBackfill(ctx context.Context, stop context.CancelFunc, req contract.SvcRequest, plan backfillPlan, j *job) (any, error) {
 	candles := map[contract.Timeframe]int{}
 	done := 0
 	for _, r := range plan.ranges {
@@ -299,6 +350,9 @@ func (f *feed) runBackfill(ctx context.Context, req contract.SvcRequest, plan ba
 		err := f.pages(ctx, plan.sub, r.tf, r.from, r.to, "backfill", func(cs []contract.Candle, _ []bool) {
 			candles[r.tf] += len(cs)
 			done++
+			if j.page(r.tf, len(cs)) {
+				defer stop()
+			}
 			msg := fmt.Sprintf("%s %s %s", plan.sub.Symbol, r.tf, time.Now().UTC().Format(time.RFC3339))
 			if len(cs) > 0 {
 				msg = fmt.Sprintf("%s %s %s", plan.sub.Symbol, r.tf, cs[0].StartTime().Format(time.RFC3339))

@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/redisstore"
 	"vigil.dev/services/feed/internal/sim"
 )
 
@@ -295,6 +297,59 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 		verb(contract.VerbResume, st, nil)
 	})
 
+	t.Run("cancel stops a running backfill between pages", func(t *testing.T) {
+		progress := make(chan *nats.Msg, 1024)
+		sub, err := s.nc.ChanSubscribe(contract.ProgressSubject("u4", "long4"), progress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		// SOL-USD is not among u4's symbols: only the backfill writes it.
+		args, _ := json.Marshal(contract.BackfillArgs{UserID: 5, ExchangeID: 1, Symbol: "SOL-USD", Timeframes: []contract.Timeframe{contract.TF1m},
+			From: time.Now().Add(-99_000 * time.Minute), To: time.Now(), ProgressSubject: contract.ProgressSubject("u4", "long4")})
+		done := make(chan []contract.SvcReply, 1)
+		go func() {
+			r, _ := s.tryCall(contract.VerbBackfill, contract.SvcRequest{CommandID: "long4", User: "u4", Args: args}, 2, 60*time.Second)
+			done <- r
+		}()
+		select {
+		case <-progress:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the long backfill reported no progress")
+		}
+		other, _ := json.Marshal(contract.CancelArgs{CommandID: "another"})
+		for _, r := range s.call(t, contract.VerbCancel, contract.SvcRequest{User: "u4", Args: other}, 2, 10*time.Second) {
+			if !r.OK || !strings.Contains(string(r.Result), `"stopped":[]`) {
+				t.Errorf("cancel of a command without a job: %+v", r)
+			}
+		}
+		cancelArgs, _ := json.Marshal(contract.CancelArgs{CommandID: "long4"})
+		_, res := ownerReply(t, s.call(t, contract.VerbCancel, contract.SvcRequest{User: "u4", Args: cancelArgs}, 2, 10*time.Second))
+		var stopped []contract.JobProgress
+		if err := json.Unmarshal(res["stopped"], &stopped); err != nil || len(stopped) != 1 {
+			t.Fatalf("cancel answered %v, want one stopped job", res)
+		}
+		got := stopped[0]
+		if got.Pages < 1 || got.Pages >= got.Total || got.Candles[contract.TF1m] != got.Pages*300 {
+			t.Errorf("stopped after %d of %d pages with %d candles: want whole 300-bar pages, fewer than all", got.Pages, got.Total, got.Candles[contract.TF1m])
+		}
+		select {
+		case r := <-done:
+			if _, failed := ownerOrFailed(r); failed == nil || failed.Code != contract.CodeTimeout {
+				t.Errorf("the cancelled backfill answered %+v", r)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the backfill did not answer after its cancel")
+		}
+		stored := s.series(t, contract.SeriesID{User: "u4", UserID: 5, ExchangeID: 1, Symbol: "SOL-USD", Timeframe: contract.TF1m})
+		if want := min(got.Candles[contract.TF1m], redisstore.DefaultRetention); len(stored) != want {
+			t.Errorf("%d SOL-USD bars stored, want the %d written before the cancel (retention %d)", len(stored), want, redisstore.DefaultRetention)
+		}
+		if gap := contiguous(stored); gap != 0 {
+			t.Errorf("1m bar %d missing in what the cancelled backfill kept", gap)
+		}
+	})
+
 	first.stop(t)
 	waitFor(t, 15*time.Second, "every user on the surviving instance", func() bool {
 		v, err := s.tryStatuses(1, time.Second)
@@ -308,4 +363,16 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 			t.Errorf("u1 after failover: %+v", u)
 		}
 	}
+}
+
+// ownerOrFailed returns the replies' one error, if any.
+func ownerOrFailed(replies []contract.SvcReply) (ok int, failed *contract.Error) {
+	for _, r := range replies {
+		if r.OK {
+			ok++
+		} else {
+			failed = r.Error
+		}
+	}
+	return ok, failed
 }
