@@ -1,9 +1,9 @@
 # vigil: run the dev stack, build, test, bench and lint every module of go.work.
 #
-#   make deps    install what is missing (redis-server, PostgreSQL, nats CLI, staticcheck, Jaeger)
+#   make deps    install what is missing (redis-server, PostgreSQL, nats CLI, staticcheck, Jaeger, Prometheus)
 #   make run     the local dev stack (deploy/devstack): NATS (with auth: nats contexts vigil
 #                and demo; make run AUTH=0 runs it open), Redis, Postgres and the services;
-#                it installs only what it needs (Jaeger only with TRACING=1)
+#                it installs only what it needs (Jaeger only with TRACING=1, Prometheus with OBSERVE=1)
 #   make build   every service binary (and vigilctl) into bin/
 #   make test    every module's tests with the race detector, against real servers
 #   make fuzz    every fuzz target for FUZZTIME (default 20s) each

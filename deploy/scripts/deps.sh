@@ -170,11 +170,11 @@ fi
 # Jaeger v2 for the tracing test and `make run TRACING=1` only: built once
 # from the Go module proxy and cached (jaeger.sh says so when it builds).
 if ! $tracing; then
-	log "ok: redis-server and the PostgreSQL server are installed (Jaeger only with TRACING=1)"
+	log "ok: redis-server and the PostgreSQL server are installed (Jaeger only with TRACING=1, Prometheus with OBSERVE=1)"
 	exit 0
 fi
 if ! jaeger=$(bash "$(dirname "$0")/jaeger.sh"); then
 	echo "deps: could not build Jaeger (deploy/scripts/jaeger.sh)" >&2
 	exit 1
 fi
-log "ok: redis-server and the PostgreSQL server are installed, Jaeger at $jaeger"
+log "ok: redis-server, the PostgreSQL server and Prometheus are installed, Jaeger at $jaeger"
