@@ -117,7 +117,7 @@ func newEnvOn(t testing.TB, databaseURL string) *env {
 	srv := testenv.StartNATS(t)
 	e := &env{t: t, log: log, clock: &clock{now: time.Unix(base, 0)}}
 	e.cfg = Config{
-		NATS:     config.NATS{URL: srv.URL()},
+		NATS:     config.NATS{URL: srv.URL(), Partitions: config.DefaultPartitions},
 		Service:  config.Service{LogLevel: "info", ShutdownTimeout: 10 * time.Second},
 		Redis:    config.Redis{URL: testenv.Redis(t)},
 		Postgres: config.Postgres{URL: databaseURL},
