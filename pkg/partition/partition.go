@@ -19,6 +19,10 @@
 // from Redis. A former holder's late writes carry an older epoch and are
 // refused by the store.
 //
+// The lease bucket is checked every second: when it is gone (deleted, or
+// lost with a server's store) it is created again and every owner writes
+// its leases again, so ownership converges as the membership says.
+//
 // The consumer hands the messages to the service in batches (whatever
 // arrived while the previous batch was handled, up to MaxBatch), recreates
 // itself when the server lost it or the connection came back (the
@@ -139,6 +143,11 @@ type Consumer struct {
 	owned  map[int]lease
 	filter []string
 
+	// bucketChecked is when reconcile last checked that the lease bucket
+	// exists, bucketCreated when the bucket this instance's leases are in
+	// was created (reconcile's goroutine only).
+	bucketChecked, bucketCreated time.Time
+
 	// consumeMu guards the running Consume.
 	consumeMu sync.Mutex
 	consumer  jetstream.Consumer
@@ -189,6 +198,9 @@ func New(ctx context.Context, opts Options) (*Consumer, error) {
 		delivered: make(chan item, opts.MaxBatch), batched: make(chan struct{}), lost: make(chan struct{}, 1),
 		fenced: make(chan struct{}, 1),
 		done:   make(chan struct{}), owned: map[int]lease{}, filter: []string{opts.Stream.NoPartition()}}
+	if c.bucketCreated, err = c.leaseBucketCreated(ctx); err != nil {
+		return nil, fmt.Errorf("kv %s: %w", LeaseBucket, err)
+	}
 	if err := c.create(ctx); err != nil {
 		return nil, err
 	}
@@ -463,6 +475,10 @@ func (c *Consumer) run(ctx context.Context) {
 // drains and releases the lost ones, then claims the gained ones. It
 // reports whether every wanted partition is owned.
 func (c *Consumer) reconcile(ctx context.Context) (complete bool) {
+	if time.Since(c.bucketChecked) >= reconcileEvery {
+		c.bucketChecked = time.Now()
+		c.ensureLeases(ctx)
+	}
 	want := c.wanted()
 	c.mu.RLock()
 	var lose []int
@@ -506,6 +522,54 @@ func (c *Consumer) reconcile(ctx context.Context) (complete bool) {
 		c.opts.Changed(ctx)
 	}
 	return complete
+}
+
+// ensureLeases creates the lease bucket again when it is gone (deleted
+// by an operator, or lost with a server's store) and, once it was created
+// again (by this instance or another: its stream's creation time
+// changed), writes the leases of the owned partitions again, so that no
+// other instance claims them as free. A partition whose lease another
+// instance created first is dropped: that instance owns it now, with a
+// newer fencing epoch.
+func (c *Consumer) ensureLeases(ctx context.Context) {
+	created, err := c.leaseBucketCreated(ctx)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		c.opts.Log.Warn("the partition lease bucket is gone; creating it again", "consumer", c.name, "bucket", LeaseBucket)
+		if _, err = c.opts.JS.CreateOrUpdateKeyValue(ctx, leaseBucket); err == nil {
+			created, err = c.leaseBucketCreated(ctx)
+		}
+	}
+	if err != nil || created.Equal(c.bucketCreated) {
+		return // unchanged, or the server did not answer: tried again
+	}
+	c.bucketCreated = created
+	self := []byte(c.opts.Members.Self())
+	var dropped []int
+	for _, k := range c.Partitions() {
+		rev, err := c.leases.Create(ctx, c.key(k), self)
+		c.mu.Lock()
+		if err != nil {
+			delete(c.owned, k)
+			dropped = append(dropped, k)
+		} else if l, ok := c.owned[k]; ok {
+			l.revision = rev
+			c.owned[k] = l
+		}
+		c.mu.Unlock()
+	}
+	c.opts.Log.Info("partition leases written again into a new lease bucket", "consumer", c.name, "dropped", dropped)
+	if len(dropped) > 0 {
+		c.dropFenced(ctx)
+	}
+}
+
+// leaseBucketCreated is when the lease bucket's stream was created.
+func (c *Consumer) leaseBucketCreated(ctx context.Context) (time.Time, error) {
+	s, err := c.opts.JS.Stream(ctx, "KV_"+LeaseBucket)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return s.CachedInfo().Created, nil
 }
 
 // release hands partitions over: Consume is drained and every delivered

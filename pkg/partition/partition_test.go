@@ -265,3 +265,82 @@ func TestReadyFollowsTheConsumer(t *testing.T) {
 	testenv.WaitFor(t, time.Minute, "the recreated consumer to handle 50 messages", func() bool { return m.count() == before+50 })
 	testenv.WaitFor(t, time.Minute, "no lag", func() bool { return ready() && m.consumer.Pending() == 0 })
 }
+
+// TestLeaseBucketDeletedWhileRunning (issue 13, 4c) deletes the lease
+// bucket under two members that split the partitions: it comes back with
+// every partition's lease naming its owner, and ownership still moves:
+// when one member stops, the other takes every partition, and every
+// message is handled once, by the owner of its partition.
+func TestLeaseBucketDeletedWhileRunning(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	nc, js := testenv.Connect(t, srv.URL())
+	ctx := context.Background()
+	if err := natsx.EnsurePartitionedStreams(ctx, js, partitions); err != nil {
+		t.Fatal(err)
+	}
+	led := &ledger{holders: map[int]string{}}
+	a := start(t, js, nc, "a", led)
+	b := start(t, js, nc, "b", led)
+	testenv.WaitFor(t, 2*time.Minute, "a and b to split the partitions", func() bool {
+		return len(a.consumer.Partitions()) == partitions/2 && len(b.consumer.Partitions()) == partitions/2
+	})
+	leasesNameTheOwners := func() bool {
+		kv, err := js.KeyValue(ctx, partition.LeaseBucket)
+		if err != nil {
+			return false
+		}
+		for _, m := range []*member{a, b} {
+			for _, k := range m.consumer.Partitions() {
+				e, err := kv.Get(ctx, "vigil-test."+strconv.Itoa(k))
+				if err != nil || string(e.Value()) != m.name {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	testenv.WaitFor(t, time.Minute, "the leases to name their owners", leasesNameTheOwners)
+
+	if err := js.DeleteKeyValue(ctx, partition.LeaseBucket); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	testenv.WaitFor(t, time.Minute, "the bucket back with every lease naming its owner", func() bool {
+		return len(a.consumer.Partitions())+len(b.consumer.Partitions()) == partitions && leasesNameTheOwners()
+	})
+	t.Logf("leases back %s after the bucket was deleted", time.Since(deleted).Round(time.Millisecond))
+	publish(t, js, 0, 300)
+	testenv.WaitFor(t, time.Minute, "300 messages handled", func() bool { return a.count()+b.count() >= 300 })
+
+	if err := b.consumer.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	led.set("b", nil)
+	if err := b.group.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, time.Minute, "a to own every partition", func() bool { return len(a.consumer.Partitions()) == partitions })
+	publish(t, js, 300, 600)
+	testenv.WaitFor(t, time.Minute, "600 messages handled", func() bool { return a.count()+b.count() >= 600 })
+	seen := map[string]bool{}
+	for _, m := range []*member{a, b} {
+		m.mu.Lock()
+		for _, id := range m.ids {
+			if seen[id] {
+				t.Errorf("message %s handled twice", id)
+			}
+			seen[id] = true
+		}
+		m.mu.Unlock()
+	}
+	if len(seen) != 600 {
+		t.Errorf("%d distinct messages handled, want 600", len(seen))
+	}
+	led.mu.Lock()
+	if len(led.overlap) > 0 {
+		t.Errorf("partitions held twice:\n%s", strings.Join(led.overlap, "\n"))
+	}
+	led.mu.Unlock()
+	_ = a.consumer.Stop(ctx)
+	_ = a.group.Leave(ctx)
+}
