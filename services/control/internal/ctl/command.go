@@ -32,6 +32,7 @@ type payloadFlags struct {
 	scope      string
 	timeframe  string
 	exchange   int64
+	target     string
 }
 
 // commandSpec describes the subcommand of one control command.
@@ -42,12 +43,15 @@ type commandSpec struct {
 	short   string
 	example string
 	args    cobra.PositionalArgs
-	flags   func(f *pflag.FlagSet, p *payloadFlags)
+	// ownIDFlag names the flag of the command's own id ("id" when
+	// empty; cancel's --id names the command to cancel).
+	ownIDFlag string
+	flags     func(f *pflag.FlagSet, p *payloadFlags)
 	// payload builds the request body; vigil-control validates it.
 	payload func(p *payloadFlags, args []string) any
 }
 
-// commandSpecs are the six control commands.
+// commandSpecs are the control commands.
 var commandSpecs = []commandSpec{
 	{
 		use: "pause", command: contract.CmdPause,
@@ -113,6 +117,15 @@ var commandSpecs = []commandSpec{
 				Timeframe: contract.Timeframe(p.timeframe), Exchange: p.exchange}
 		},
 	},
+	{
+		use: "cancel", command: contract.CmdCancel, ownIDFlag: "cancel-id",
+		short:   "Cancel a user's queued command or running backfill job (a running sequence is not interrupted)",
+		example: "  vigilctl cancel --user demo --id 01JD6Q3V8R2N4M7K9XWZ5T1BCA",
+		flags: func(f *pflag.FlagSet, p *payloadFlags) {
+			f.StringVar(&p.target, "id", "", "the id of the command to cancel (required)")
+		},
+		payload: func(p *payloadFlags, _ []string) any { return contract.CancelPayload{ID: p.target} },
+	},
 }
 
 // exactArgs requires n positional arguments, naming what they are.
@@ -129,6 +142,10 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 func newCommandCmd(sys IO, conn *connFlags, spec commandSpec) *cobra.Command {
 	var o commandOptions
 	var p payloadFlags
+	ownID := spec.ownIDFlag
+	if ownID == "" {
+		ownID = "id"
+	}
 	args := spec.args
 	if args == nil {
 		args = exactArgs(0, "no arguments")
@@ -145,7 +162,7 @@ func newCommandCmd(sys IO, conn *connFlags, spec commandSpec) *cobra.Command {
 			}
 			if o.id != "" {
 				if err := contract.ValidateCommandID(o.id); err != nil {
-					return flagError("id", err)
+					return flagError(ownID, err)
 				}
 			}
 			if o.timeout <= 0 {
@@ -166,7 +183,7 @@ func newCommandCmd(sys IO, conn *connFlags, spec commandSpec) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.user, "user", "u", "", "the user token (identity_sub) the command is for (required)")
-	f.StringVar(&o.id, "id", "", "command id, sent as Nats-Msg-Id: the same id within 10 minutes returns the first ACK and runs once (default a new ULID)")
+	f.StringVar(&o.id, ownID, "", "command id, sent as Nats-Msg-Id: the same id within 10 minutes returns the first ACK and runs once (default a new ULID)")
 	f.StringVar(&o.operator, "operator", sys.Getenv("USER"), "operator name for the audit log, sent as the Vigil-Operator header")
 	f.BoolVar(&o.noWait, "no-wait", false, "return after the ACK instead of waiting for the result")
 	f.DurationVar(&o.timeout, "timeout", DefaultWait, "how long to wait for the ACK and the result")

@@ -1,7 +1,7 @@
 // Package ctl is vigilctl, the operator's command line for vigil.
 //
-// vigilctl sends the six control commands (pause, resume, reload-settings,
-// switch-mode, force-backfill, clear-cache) to vigil-control on
+// vigilctl sends the control commands (pause, resume, reload-settings,
+// switch-mode, force-backfill, clear-cache, cancel) to vigil-control on
 // vigil.cmd.<user>.<command> and follows each to its final result on
 // vigil.result.<user>.<id>, drawing the progress events of
 // vigil.progress.<user>.<id> as it goes. It also shows the services'

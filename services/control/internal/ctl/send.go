@@ -128,7 +128,7 @@ func (s sender) send(parent context.Context, cmd contract.Command, body []byte) 
 		case <-ctx.Done():
 			bar.finish()
 			if parent.Err() != nil {
-				return fmt.Errorf("stopped waiting; %s %s for %s goes on, its result will be on %s", cmd, id, user, resultSubject)
+				return fmt.Errorf("stopped waiting; %s %s for %s goes on, its result will be on %s%s", cmd, id, user, resultSubject, cancelHint(cmd, user, id))
 			}
 			return fmt.Errorf("%w: %s %s for %s has no result after %s; follow it with: nats sub --stream %s --all %s",
 				ErrNoResult, cmd, id, user, s.opts.timeout, contract.StreamResults, resultSubject)
@@ -143,6 +143,15 @@ func (s sender) send(parent context.Context, cmd contract.Command, body []byte) 
 			bar.update(p)
 		}
 	}
+}
+
+// cancelHint offers, when the operator stops waiting on a background job
+// (Ctrl-C), the command that cancels it.
+func cancelHint(cmd contract.Command, user, id string) string {
+	if cmd != contract.CmdForceBackfill {
+		return ""
+	}
+	return fmt.Sprintf("; to cancel it: vigilctl cancel --user %s --id %s", user, id)
 }
 
 // request sends the command and decodes the ACK.
