@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/wait"
 )
 
 // UserState is one user's entry of KV VIGIL_STATE as FollowStates hands it
@@ -167,7 +168,7 @@ func (s *stateWatch) follow(ctx context.Context, w jetstream.KeyWatcher, created
 		s.followOne(ctx, w, created)
 		_ = w.Stop()
 		for {
-			if !sleepCtx(ctx, rewatchEvery) {
+			if !wait.Sleep(ctx, rewatchEvery) {
 				return
 			}
 			var err error
@@ -245,16 +246,4 @@ func (s *stateWatch) handOver(ctx context.Context, us UserState) {
 		s.known[us.User] = true
 	}
 	s.apply(ctx, us)
-}
-
-// sleepCtx waits d; it reports false when ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

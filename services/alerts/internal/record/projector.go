@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/wait"
 )
 
 // ProjectorConsumer is the durable consumer of VIGIL_ALERTS that every
@@ -125,7 +126,7 @@ func (p *Projector) consume(ctx context.Context, cons jetstream.Consumer) {
 		case ctx.Err() != nil || errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded):
 		default:
 			p.opts.Log.WarnContext(ctx, "reading alerts to project failed", "err", err)
-			sleep(ctx, p.opts.MaxRetryBackoff)
+			wait.Sleep(ctx, p.opts.MaxRetryBackoff)
 			return
 		}
 	}
@@ -251,16 +252,6 @@ func retry[T any](ctx context.Context, opts ProjectorOptions, what string, op fu
 		opts.Log.WarnContext(ctx, what+" failed, retrying", "wait", wait, "err", err)
 	}
 	return backoff.Retry(ctx, op, backoff.WithBackOff(exp), backoff.WithMaxElapsedTime(0), backoff.WithNotify(notify))
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // nullableID stores an unknown users.id (0) as NULL.

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/telemetry"
+	"vigil.dev/pkg/wait"
 	"vigil.dev/services/alerts/internal/metrics"
 )
 
@@ -272,7 +273,7 @@ func (d *Deliverer) run(ctx context.Context, t *target, since time.Time) {
 		if err != nil {
 			if ctx.Err() == nil {
 				d.opts.Log.WarnContext(ctx, "opening the webhook consumer failed, retrying", "user", t.user, "err", err)
-				sleep(ctx, d.opts.MaxBackoff)
+				wait.Sleep(ctx, d.opts.MaxBackoff)
 			}
 			continue
 		}
@@ -320,7 +321,7 @@ func (d *Deliverer) consume(ctx context.Context, t *target, cons jetstream.Consu
 		case ctx.Err() != nil || errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages):
 		default:
 			d.opts.Log.WarnContext(ctx, "reading webhook alerts failed", "user", t.user, "err", err)
-			sleep(ctx, d.opts.InitialBackoff)
+			wait.Sleep(ctx, d.opts.InitialBackoff)
 			return
 		}
 	}
@@ -360,8 +361,8 @@ func (d *Deliverer) deliver(ctx context.Context, t *target, msg jetstream.Msg) {
 				attempt, age.Round(time.Second), d.opts.MaxAge, err))
 			return
 		}
-		wait := min(exp.NextBackOff(), max(stored.Add(d.opts.MaxAge).Sub(d.opts.Now()), 0))
-		if !sleep(ctx, wait) {
+		pause := min(exp.NextBackOff(), max(stored.Add(d.opts.MaxAge).Sub(d.opts.Now()), 0))
+		if !wait.Sleep(ctx, pause) {
 			_ = msg.Nak()
 			return
 		}
@@ -451,17 +452,5 @@ func keepInProgress(msg jetstream.Msg, interval time.Duration) (stop func()) {
 	return func() {
 		close(done)
 		wg.Wait()
-	}
-}
-
-// sleep waits d and reports true, or false when ctx ends first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"vigil.dev/pkg/wait"
 )
 
 // pacingHeadroom slows every limiter 5 % below its configured rate. A token
@@ -33,19 +34,6 @@ func jitteredBackoff(step int, base, maxDelay time.Duration) time.Duration {
 	d = min(d, maxDelay)
 	half := d / 2
 	return half + rand.N(half+1)
-}
-
-// sleepContext waits for d or until ctx is done; it reports whether the full
-// wait elapsed.
-func sleepContext(ctx context.Context, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-timer.C:
-		return true
-	}
 }
 
 // windowMargin widens the one-second window that sendWindow keeps: a
@@ -87,7 +75,7 @@ func (w *sendWindow) wait(ctx context.Context) error {
 			return nil
 		}
 		w.mu.Unlock()
-		if !sleepContext(ctx, free.Sub(now)) {
+		if !wait.Sleep(ctx, free.Sub(now)) {
 			return ctx.Err()
 		}
 	}

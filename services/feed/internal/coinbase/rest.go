@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"vigil.dev/pkg/wait"
 )
 
 // DefaultRESTBaseURL is Coinbase's REST API origin.
@@ -292,13 +293,13 @@ func (c *RESTClient) fetchPage(ctx context.Context, product string, granularity 
 		if !retryable || attempt > c.cfg.MaxRetries {
 			return nil, err
 		}
-		wait, fromHeader := retryAfter(header)
+		pause, fromHeader := retryAfter(header)
 		if !fromHeader {
-			wait = jitteredBackoff(attempt, c.cfg.RetryBase, c.cfg.RetryMax)
+			pause = jitteredBackoff(attempt, c.cfg.RetryBase, c.cfg.RetryMax)
 		}
 		c.retries.Add(1)
-		c.log.Warn("coinbase REST request retried", "product", product, "granularity", granularity, "attempt", attempt, "wait", wait, "error", err)
-		if !sleepContext(ctx, wait) {
+		c.log.Warn("coinbase REST request retried", "product", product, "granularity", granularity, "attempt", attempt, "wait", pause, "error", err)
+		if !wait.Sleep(ctx, pause) {
 			return nil, ctx.Err()
 		}
 	}

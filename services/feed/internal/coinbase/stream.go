@@ -16,6 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
+	"vigil.dev/pkg/wait"
 )
 
 // DefaultWebSocketURL is Coinbase Advanced Trade's public market-data endpoint.
@@ -357,7 +358,7 @@ func (s *Stream) Run(ctx context.Context) error {
 		dials int               // dials since the connection was lost
 	)
 	for {
-		if step > 0 && !sleepContext(ctx, jitteredBackoff(step, s.cfg.ReconnectBase, s.cfg.ReconnectMax)) {
+		if step > 0 && !wait.Sleep(ctx, jitteredBackoff(step, s.cfg.ReconnectBase, s.cfg.ReconnectMax)) {
 			return nil
 		}
 		dials++
