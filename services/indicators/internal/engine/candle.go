@@ -29,8 +29,11 @@ type TracedCandle struct {
 // Redis instead, after the updates computed before it were sent.
 //
 // The result has one error per candle: nil when the candle is done (ack
-// it; also when its write was fenced, see flush), otherwise the candle should be delivered again and its series is
-// dropped, so that the next candle of the series rebuilds it from Redis.
+// it; also when its write was fenced, see flush), otherwise the candle
+// should be delivered again and its series is dropped, so that the next
+// candle of the series rebuilds it from Redis; ErrBuilding when its series
+// is being rebuilt outside the mutex (deliver it again after a while; the
+// series is kept).
 // ctx bounds the batch's writes and publishes; control verbs wait for the
 // whole batch.
 func (e *Engine) HandleCandles(ctx context.Context, batch []TracedCandle) []error {
@@ -44,6 +47,10 @@ func (e *Engine) HandleCandles(ctx context.Context, batch []TracedCandle) []erro
 		u, runs := e.runsSeries(id)
 		if !runs {
 			delete(e.series, id)
+			continue
+		}
+		if e.builds[id] != nil {
+			errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, ErrBuilding)
 			continue
 		}
 		if err := e.handleCandle(ctx, u, i, o); err != nil {

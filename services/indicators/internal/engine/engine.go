@@ -13,7 +13,12 @@
 //
 // All state is guarded by one mutex that a batch of candle updates holds
 // from its arrival to its last write and publish, so a control verb waits
-// for the batch in flight and never interleaves with it.
+// for the batch in flight and never interleaves with it. The heavy work of
+// a verb, rebuilding a series from every stored candle (recompute, a
+// parameter change, a series gained), runs outside that mutex (see
+// build), so one user's long series never delays another user's verbs or
+// candles; the candles of a series being built are delivered again once
+// it is built.
 package engine
 
 import (
@@ -35,6 +40,7 @@ import (
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/telemetry"
 	"vigil.dev/services/indicators/internal/catalog"
+	"vigil.dev/services/indicators/internal/ta"
 )
 
 // Errors of the engine, wrapped with details.
@@ -43,6 +49,10 @@ var (
 	ErrConfig = errors.New("engine config")
 	// ErrState reports a desired state the engine cannot run.
 	ErrState = errors.New("desired state")
+	// ErrBuilding reports a candle of a series that is being rebuilt
+	// from Redis: deliver it again later (the build may have read it
+	// already, then it changes nothing).
+	ErrBuilding = errors.New("series is being rebuilt")
 )
 
 // InstanceHeader is the NATS header naming the instance that published an
@@ -101,6 +111,8 @@ type Engine struct {
 	series    map[contract.SeriesID]*series
 	books     map[contract.SeriesID]*book
 	forgotten []forgotten
+	// builds are the series being rebuilt outside mu.
+	builds map[contract.SeriesID]*build
 }
 
 // user is one user's desired state as this instance knows it.
@@ -129,7 +141,8 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	return &Engine{store: cfg.Store, js: cfg.JS, owner: cfg.Owner, instance: cfg.Instance, name: cfg.Name, log: cfg.Log, metrics: m,
-		users: map[string]*user{}, series: map[contract.SeriesID]*series{}, books: map[contract.SeriesID]*book{}}, nil
+		users: map[string]*user{}, series: map[contract.SeriesID]*series{}, books: map[contract.SeriesID]*book{},
+		builds: map[contract.SeriesID]*build{}}, nil
 }
 
 // mode is the user's mode (the settings' when the state has none).
@@ -184,6 +197,15 @@ func (e *Engine) runsBook(id contract.SeriesID) (*user, bool) {
 		return u, false
 	}
 	return u, true
+}
+
+// wantsBuild reports whether build b of series id is still of use: the
+// user is known, the series is in their plan with the indicators b builds
+// and this instance owns it. A paused user's builds go on (a recompute
+// while paused); Pause stops them. The caller holds e.mu.
+func (e *Engine) wantsBuild(id contract.SeriesID, b *build) bool {
+	u := e.users[id.User]
+	return u != nil && u.inPlan(id) && slices.Equal(b.specs, u.plan.Candle) && e.owner.Owns(id.String())
 }
 
 // isForgotten reports whether id is within the grace of a forget, and
@@ -252,7 +274,11 @@ func (e *Engine) updateState(ctx context.Context, token string, f func(*contract
 func (e *Engine) RemoveUser(ctx context.Context, token string) {
 	e.mu.Lock()
 	delete(e.users, token)
+	done := e.stopBuilds(func(id contract.SeriesID) bool { return id.User == token })
 	e.mu.Unlock()
+	if err := waitBuilds(ctx, done); err != nil {
+		e.log.WarnContext(ctx, "removing a user", "user", token, "err", err)
+	}
 	e.Converge(ctx, token)
 }
 
@@ -301,6 +327,14 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed int, re
 			removed++
 		}
 	}
+	for id, b := range e.builds {
+		if token != "" && id.User != token {
+			continue
+		}
+		if !e.wantsBuild(id, b) {
+			b.stop()
+		}
+	}
 	if removed+len(replanned) > 0 {
 		e.log.DebugContext(ctx, "series dropped", "user", token, "dropped", removed, "replanned", len(replanned))
 	}
@@ -311,7 +345,8 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed int, re
 // it drops the others, catches up the series it kept over a pause with
 // the newer candles in Redis, and rebuilds the missing ones from Redis
 // (except those within a forget's grace, which rebuild on their next
-// candle).
+// candle), each without holding e.mu (rebuildOutside) and after a
+// rebuild of it in flight.
 func (e *Engine) Converge(ctx context.Context, token string) Change {
 	var c Change
 	e.mu.Lock()
@@ -329,8 +364,14 @@ func (e *Engine) Converge(ctx context.Context, token string) Change {
 	e.mu.Unlock()
 	for _, id := range missing {
 		e.mu.Lock()
-		if u, runs := e.runsSeries(id); runs && e.series[id] == nil && !e.isForgotten(id) {
-			switch _, err := e.rebuild(ctx, u, id, writeNew); {
+		if err := e.awaitBuild(ctx, id); err != nil {
+			e.mu.Unlock()
+			break
+		}
+		if _, runs := e.runsSeries(id); runs && e.series[id] == nil && !e.isForgotten(id) {
+			switch _, err := e.rebuildOutside(ctx, id, writeNew); {
+			case errors.Is(err, errBuildStopped):
+				// A later change stopped it and converges the series.
 			case err != nil:
 				e.log.ErrorContext(ctx, "rebuild failed; the next candle retries", "series", id.String(), "err", err)
 			case replanned[id]:
@@ -347,8 +388,9 @@ func (e *Engine) Converge(ctx context.Context, token string) Change {
 	return c
 }
 
-// countUser counts the user's running series and the warming ones (a
-// paused user's kept series do not run). The caller holds e.mu.
+// countUser counts the user's running series (and those being rebuilt)
+// and the warming ones (a paused user's kept series do not run). The
+// caller holds e.mu.
 func (e *Engine) countUser(token string) (running, warming int) {
 	for id, s := range e.series {
 		if id.User == token && !s.kept {
@@ -359,6 +401,11 @@ func (e *Engine) countUser(token string) (running, warming int) {
 		}
 	}
 	for id := range e.books {
+		if id.User == token {
+			running++
+		}
+	}
+	for id := range e.builds {
 		if id.User == token {
 			running++
 		}
@@ -378,18 +425,144 @@ const (
 )
 
 // rebuild replaces the state of series id with one built from the candles
-// in Redis, writes its values, publishes the newest bar's update and
-// returns the number of bars. On error the series is left out (the next
-// candle rebuilds it). The caller holds e.mu.
+// in Redis (see buildSeries) while holding e.mu, and returns the number
+// of bars. On error the series is left out (the next candle rebuilds it).
+// The caller holds e.mu.
 func (e *Engine) rebuild(ctx context.Context, u *user, id contract.SeriesID, writes rebuildWrites) (int, error) {
 	delete(e.series, id)
-	s, err := newSeries(id, u.plan.Candle)
+	s, bars, err := e.buildSeries(ctx, id, u.plan.Candle, writes, e.write)
 	if err != nil {
 		return 0, err
 	}
+	e.series[id] = s
+	return bars, nil
+}
+
+// build is a rebuild of one series from Redis running outside e.mu: the
+// series' candles are delivered again until it ends.
+type build struct {
+	// specs are the indicators it builds.
+	specs []ta.Spec
+	// stop cancels the build; done is closed when it ended.
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// errBuildStopped reports a build that was stopped or whose series
+// changed meanwhile (paused, forgotten, replanned, moved).
+var errBuildStopped = &contract.Error{Code: contract.CodeConflict, Message: "the series changed while it was rebuilt (paused, cleared, replanned or moved)"}
+
+// rebuildOutside is rebuild without holding e.mu while it reads, computes,
+// writes and publishes: other users' verbs and candles go on meanwhile.
+// It waits first for a build of the series in flight. A build that
+// stopBuilds stopped returns errBuildStopped. Otherwise the rebuilt series
+// is kept when it still runs with the same indicators (or is kept over
+// its user's pause) and is not within a forget's grace, as if the change
+// had come after the rebuild. The caller holds e.mu, which is held again
+// on return; the engine may have changed meanwhile.
+func (e *Engine) rebuildOutside(ctx context.Context, id contract.SeriesID, writes rebuildWrites) (int, error) {
+	if err := e.awaitBuild(ctx, id); err != nil {
+		return 0, err
+	}
+	u := e.users[id.User]
+	if u == nil || len(u.plan.Candle) == 0 {
+		return 0, errBuildStopped
+	}
+	specs := u.plan.Candle
+	delete(e.series, id)
+	bctx, stop := context.WithCancel(ctx)
+	b := &build{specs: specs, stop: stop, done: make(chan struct{})}
+	e.builds[id] = b
+	e.mu.Unlock()
+	var fences map[contract.SeriesID]redisstore.Fence
+	var writeErr error
+	s, bars, err := e.buildSeries(bctx, id, specs, writes, func(ctx context.Context, ups []contract.IndicatorUpdate) error {
+		fences, writeErr = e.writeFenced(ctx, ups)
+		return writeErr
+	})
+	e.mu.Lock()
+	e.dropFenced(ctx, fences, writeErr)
+	stopped := bctx.Err() != nil && ctx.Err() == nil
+	stop()
+	delete(e.builds, id)
+	close(b.done)
+	switch {
+	case stopped:
+		return 0, errBuildStopped
+	case err != nil:
+		return 0, err
+	}
+	u = e.users[id.User]
+	_, runs := e.runsSeries(id)
+	switch {
+	case u == nil || !slices.Equal(specs, u.plan.Candle) || e.isForgotten(id):
+	case runs:
+		e.series[id] = s
+	case e.keepsPaused(id, s):
+		s.kept = true
+		e.series[id] = s
+	}
+	return bars, nil
+}
+
+// awaitBuild waits, without holding e.mu, until no build of series id is
+// in flight. The caller holds e.mu, which is held again on return.
+func (e *Engine) awaitBuild(ctx context.Context, id contract.SeriesID) error {
+	for b := e.builds[id]; b != nil; b = e.builds[id] {
+		e.mu.Unlock()
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+		}
+		e.mu.Lock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stopBuilds stops the builds of the series matching match and returns
+// what to wait on for them to end (waitBuilds, without e.mu): nothing of
+// theirs is written after that. The caller holds e.mu.
+func (e *Engine) stopBuilds(match func(contract.SeriesID) bool) []chan struct{} {
+	var done []chan struct{}
+	for id, b := range e.builds {
+		if match(id) {
+			b.stop()
+			done = append(done, b.done)
+		}
+	}
+	return done
+}
+
+// waitBuilds waits until the builds stopBuilds stopped ended, or ctx
+// ends.
+func waitBuilds(ctx context.Context, done []chan struct{}) error {
+	for _, d := range done {
+		select {
+		case <-d:
+		case <-ctx.Done():
+			return fmt.Errorf("stopped rebuilds did not end: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// buildSeries builds series id with indicators specs from the candles in
+// Redis, writes its values with write (e.write, or writeFenced without
+// e.mu), publishes the newest bar's update and returns it with the number
+// of bars. It touches no engine state but through write, so it runs with
+// or without e.mu; ctx stops it between steps.
+func (e *Engine) buildSeries(ctx context.Context, id contract.SeriesID, specs []ta.Spec, writes rebuildWrites,
+	write func(context.Context, []contract.IndicatorUpdate) error) (*series, int, error) {
+	s, err := newSeries(id, specs)
+	if err != nil {
+		return nil, 0, err
+	}
 	candles, err := e.store.Candles(ctx, id, 0, 0)
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
 	began := time.Now()
 	ups, skipped := s.rebuild(candles)
@@ -399,24 +572,28 @@ func (e *Engine) rebuild(ctx context.Context, u *user, id contract.SeriesID, wri
 		e.log.WarnContext(ctx, "stored candles skipped in rebuild", "series", id.String(), "skipped", skipped)
 	}
 	if len(ups) == 0 {
-		e.series[id] = s
-		return 0, nil
+		return s, 0, nil
 	}
 	latest := ups[len(ups)-1]
 	if writes == writeNew {
 		if ups, err = e.unwritten(ctx, id, ups); err != nil {
-			return 0, err
+			return nil, 0, err
 		}
 	}
-	if err := e.write(ctx, ups); err != nil {
-		return 0, fmt.Errorf("write %s: %w", id, err)
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	if err := write(ctx, ups); err != nil {
+		return nil, 0, fmt.Errorf("write %s: %w", id, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
 	}
 	if err := e.publish(ctx, latest); err != nil {
-		return 0, err
+		return nil, 0, err
 	}
-	e.series[id] = s
 	e.log.DebugContext(ctx, "series rebuilt", "series", id.String(), "bars", len(candles)-skipped, "written", len(ups))
-	return len(candles) - skipped, nil
+	return s, len(candles) - skipped, nil
 }
 
 // unwritten keeps, of each update, the indicators whose newest stored
@@ -578,6 +755,15 @@ func (e *Engine) send(ctx context.Context, out []outgoing) error {
 // *redisstore.FencedError naming them; the other updates are written.
 // The caller holds e.mu.
 func (e *Engine) write(ctx context.Context, ups []contract.IndicatorUpdate) error {
+	fences, err := e.writeFenced(ctx, ups)
+	e.dropFenced(ctx, fences, err)
+	return err
+}
+
+// writeFenced is write's Redis part: it touches no engine state, so it
+// runs without e.mu (rebuildOutside); the caller hands the fences used
+// and the error to dropFenced, holding e.mu.
+func (e *Engine) writeFenced(ctx context.Context, ups []contract.IndicatorUpdate) (map[contract.SeriesID]redisstore.Fence, error) {
 	fences := map[contract.SeriesID]redisstore.Fence{}
 	err := e.store.WriteIndicatorUpdatesFenced(ctx, ups, func(id contract.SeriesID) redisstore.Fence {
 		f, ok := fences[id]
@@ -587,6 +773,13 @@ func (e *Engine) write(ctx context.Context, ups []contract.IndicatorUpdate) erro
 		}
 		return f
 	})
+	return fences, err
+}
+
+// dropFenced is write's state part: when err is a *redisstore.FencedError
+// it counts and logs the refused series, drops them and gives their
+// partitions up. The caller holds e.mu.
+func (e *Engine) dropFenced(ctx context.Context, fences map[contract.SeriesID]redisstore.Fence, err error) {
 	var fenced *redisstore.FencedError
 	if errors.As(err, &fenced) {
 		for _, id := range fenced.Series {
@@ -597,7 +790,6 @@ func (e *Engine) write(ctx context.Context, ups []contract.IndicatorUpdate) erro
 			e.owner.Fenced(id, fences[id])
 		}
 	}
-	return err
 }
 
 // ResetAll drops every series and order book and rebuilds the series this

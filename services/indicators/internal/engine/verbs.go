@@ -40,8 +40,9 @@ type RecomputeResult struct {
 }
 
 // Pause stops the user's series on this instance, after the candle update
-// in flight: the user's state becomes st (or the known state marked
-// paused) and their candles are ignored until resume. The indicator state
+// in flight and the user's rebuilds in flight (stopped): the user's state
+// becomes st (or the known state marked paused) and their candles are
+// ignored until resume. The indicator state
 // of their candle series is kept (see keepsPaused) unless a candle of the
 // series arrives while paused, which drops it; order books are dropped.
 func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredState) (SeriesResult, error) {
@@ -56,6 +57,10 @@ func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredSt
 	} else {
 		e.updateState(ctx, token, func(s *contract.DesiredState) { s.Paused = true })
 	}
+	e.mu.Lock()
+	done := e.stopBuilds(func(id contract.SeriesID) bool { return id.User == token })
+	e.mu.Unlock()
+	err = errors.Join(err, waitBuilds(ctx, done))
 	return SeriesResult{Owner: before > 0, Series: before}, err
 }
 
@@ -186,8 +191,9 @@ func (e *Engine) Apply(ctx context.Context, token string, st *contract.DesiredSt
 }
 
 // Recompute rebuilds series id from the candles in Redis, rewrites all its
-// values and publishes the newest, if this instance owns it. The series
-// keeps running unless its user is paused.
+// values and publishes the newest, if this instance owns it, without
+// holding the engine's mutex (rebuildOutside). The series keeps running
+// unless its user is paused.
 func (e *Engine) Recompute(ctx context.Context, id contract.SeriesID) (RecomputeResult, error) {
 	if err := id.Validate(); err != nil {
 		return RecomputeResult{}, fmt.Errorf("series: %w", err)
@@ -201,33 +207,31 @@ func (e *Engine) Recompute(ctx context.Context, id contract.SeriesID) (Recompute
 	if u == nil || len(u.plan.Candle) == 0 || !u.inPlan(id) {
 		return RecomputeResult{Owner: true}, nil
 	}
-	bars, err := e.rebuild(ctx, u, id, writeAll)
+	bars, err := e.rebuildOutside(ctx, id, writeAll)
 	if err != nil {
 		return RecomputeResult{Owner: true}, fmt.Errorf("recompute %s: %w", id, err)
-	}
-	if s := e.series[id]; s != nil {
-		_, runs := e.runsSeries(id)
-		switch {
-		case e.isForgotten(id) || (!runs && !e.keepsPaused(id, s)):
-			delete(e.series, id)
-		case !runs:
-			s.kept = true
-		}
 	}
 	return RecomputeResult{Owner: true, Bars: bars}, nil
 }
 
 // Forget drops the in-memory state of the series matching args (candle
-// and order book) and, for ForgetGrace, rebuilds matching series from
+// and order book), stops their rebuilds in flight and waits for them, and,
+// for ForgetGrace, rebuilds matching series from
 // Redis on each candle, so nothing read before the clear-cache that
 // follows is written back after it.
-func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (SeriesResult, error) {
+func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (res SeriesResult, err error) {
 	sel := args.Selector()
-	if err := sel.Validate(); err != nil {
+	if err = sel.Validate(); err != nil {
 		return SeriesResult{}, err
 	}
 	e.mu.Lock() // waits for the candle update in flight
-	defer e.mu.Unlock()
+	done := e.stopBuilds(sel.Matches)
+	defer func() {
+		e.mu.Unlock()
+		if werr := waitBuilds(ctx, done); werr != nil {
+			res, err = SeriesResult{}, werr
+		}
+	}()
 	n := 0
 	for id := range e.series {
 		if sel.Matches(id) {

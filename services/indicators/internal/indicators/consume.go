@@ -179,7 +179,11 @@ func (c *candleConsumer) handle(msgs []jetstream.Msg) {
 	failed := 0
 	for i, err := range errs {
 		tc, msg, span := candles[i], acks[i], spans[i]
-		if err != nil {
+		if errors.Is(err, engine.ErrBuilding) {
+			// Its series is being rebuilt: deliver it again after.
+			c.rt.Log.DebugContext(tc.Ctx, "candle waits for its series' rebuild", "series", tc.Candle.SeriesID.String(), "start", tc.Candle.Start)
+			_ = msg.NakWithDelay(retryDelay)
+		} else if err != nil {
 			failed++
 			c.rt.Log.ErrorContext(tc.Ctx, "candle failed; retrying", "series", tc.Candle.SeriesID.String(), "start", tc.Candle.Start, "err", err)
 			span.SetStatus(codes.Error, err.Error())
