@@ -18,9 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/health"
 	"vigil.dev/pkg/localstack"
+	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/testenv"
 )
 
@@ -119,7 +123,8 @@ var services = []string{"vigil-feed", "vigil-indicators", "vigil-alerts", "vigil
 // every second with alerts.yml loaded, sends alice's commands (two that
 // succeed, one rejected at intake), and runs every query of every panel of
 // vigil.json ($__rate_interval as 10s): each returns data, and the
-// command's latency is there for its command.
+// command's latency is there for its command. Then vigil-indicators'
+// /readyz follows its consumer (readinessFollowsTheConsumer).
 func TestDashboardQueriesHaveData(t *testing.T) {
 	need(t, "prometheus")
 	d := readDashboard(t)
@@ -137,8 +142,10 @@ func TestDashboardQueriesHaveData(t *testing.T) {
 		t.Fatal(err)
 	}
 	var jobs []localstack.ScrapeJob
+	health := map[string]string{}
 	for _, svc := range services {
 		addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(testenv.FreePort(t)))
+		health[svc] = "http://" + addr
 		stack.Start(svc, svc+"-1", "VIGIL_HEALTH_ADDR="+addr, "VIGIL_FEED_SOURCE=sim", "VIGIL_LOG_LEVEL=info")
 		jobs = append(jobs, localstack.ScrapeJob{Name: svc, Targets: []string{addr}})
 	}
@@ -191,6 +198,49 @@ func TestDashboardQueriesHaveData(t *testing.T) {
 		}
 		t.Logf("panel %q has data after %s", p.Title, time.Since(began).Round(time.Millisecond))
 	}
+	readinessFollowsTheConsumer(ctx, t, nc, health["vigil-indicators"])
+}
+
+// readinessFollowsTheConsumer deletes the candle stream under the running
+// vigil-indicators: its /readyz turns 503 naming the check "consumer"
+// (the consumer is lost and cannot be recreated), then 200 again once the
+// stream is back.
+func readinessFollowsTheConsumer(ctx context.Context, t *testing.T, nc *nats.Conn, base string) {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyz := func() (int, health.Report) {
+		var r health.Report
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return 0, r
+		}
+		defer resp.Body.Close()
+		_ = json.NewDecoder(resp.Body).Decode(&r)
+		return resp.StatusCode, r
+	}
+	testenv.WaitFor(t, 30*time.Second, "vigil-indicators ready with its consumer", func() bool {
+		code, r := readyz()
+		return code == http.StatusOK && r.Checks["consumer"] == "ok"
+	})
+	if err := js.DeleteStream(ctx, contract.StreamCandles); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "vigil-indicators not ready, naming its consumer, with the candle stream gone", func() bool {
+		code, r := readyz()
+		return code == http.StatusServiceUnavailable && r.Checks["consumer"] != "ok" && r.Checks["consumer"] != ""
+	})
+	_, r := readyz()
+	t.Logf("/readyz with the consumer lost: %v", r.Checks)
+	if err := natsx.EnsureStreams(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 60*time.Second, "vigil-indicators ready again once the stream is back", func() bool {
+		code, r := readyz()
+		return code == http.StatusOK && r.Checks["consumer"] == "ok"
+	})
 }
 
 // sample is one element of an instant query's result vector.
