@@ -73,6 +73,13 @@ type user struct{ id, exchange int64 }
 // first of each owns every user) and the users alice and bob.
 func newEnv(t testing.TB, instances int) *env {
 	t.Helper()
+	return newEnvOn(t, instances, testenv.PostgresPool(t))
+}
+
+// newEnvOn is newEnv on the database of pool (a private server that the
+// test may stop).
+func newEnvOn(t testing.TB, instances int, pool *pgxpool.Pool) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	srv := testenv.StartNATS(t)
@@ -88,7 +95,7 @@ func newEnv(t testing.TB, instances int) *env {
 	if err := natsx.EnsureStreams(ctx, e.js); err != nil {
 		t.Fatal(err)
 	}
-	e.pool = testenv.PostgresPool(t)
+	e.pool = pool
 	if e.rdb, err = redisstore.NewClient(ctx, testenv.Redis(t)); err != nil {
 		t.Fatal(err)
 	}
