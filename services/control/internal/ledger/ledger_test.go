@@ -369,3 +369,75 @@ func TestOldIDs(t *testing.T) {
 		t.Fatalf("settled id after the window: %v, want conflict", err)
 	}
 }
+
+// cancelOf is a cancel of target.
+func cancelOf(id, user, target string) ledger.Entry {
+	payload := []byte(`{"id":"` + target + `"}`)
+	return ledger.Entry{ID: id, User: user, UserID: 7, Command: contract.CmdCancel, Payload: payload,
+		Digest: ledger.PayloadDigest(contract.CmdCancel, payload)}
+}
+
+// TestCancelRunningJob: a cancel of a running job waits (unclaimable)
+// until the job ends: cancelled by it → the cancel succeeds with the
+// job's progress; ended otherwise first → the cancel fails conflict; its
+// executor died → the job ends cancelled instead of re-running.
+func TestCancelRunningJob(t *testing.T) {
+	ctx := context.Background()
+	l := open(t, newJS(t), ledger.Options{})
+	ended := func(user, id string) *ledger.Ended {
+		t.Helper()
+		for _, e := range l.Queue(user).Items {
+			if e.ID == id {
+				return e.Ended
+			}
+		}
+		t.Fatalf("%s of %s is not in the queue", id, user)
+		return nil
+	}
+	start := func(user, job string) {
+		t.Helper()
+		if _, _, err := l.Record(ctx, entry(job, user, contract.CmdForceBackfill), 8); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := l.Claim(ctx, user, claimOpts("x1", []string{job})); err != nil || c.Next == nil || c.Next.ID != job {
+			t.Fatalf("claim %s: %+v %v", job, c, err)
+		}
+		if _, _, err := l.Record(ctx, cancelOf("cancel-"+job, user, job), 8); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := l.Claim(ctx, user, claimOpts("x1", []string{job})); err != nil || c.Next != nil {
+			t.Fatalf("the waiting cancel was claimed: %+v %v", c.Next, err)
+		}
+	}
+
+	start("alice", "j1")
+	progress := `{"pages":2,"total":9}`
+	if _, ok, err := l.Finish(ctx, "alice", "j1", "x1", ledger.Outcome{Status: contract.StatusCancelled,
+		Result: []byte(`{"backfilled":false,"progress":` + progress + `}`)}); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if e := ended("alice", "cancel-j1"); e == nil || e.Status != contract.StatusSucceeded ||
+		string(e.Result) != `{"cancelled":true,"id":"j1","progress":`+progress+`}` {
+		t.Errorf("cancel of a stopped job: %+v", e)
+	}
+
+	start("bob", "j2")
+	if _, _, err := l.Finish(ctx, "bob", "j2", "x1", ledger.Outcome{Status: contract.StatusSucceeded}); err != nil {
+		t.Fatal(err)
+	}
+	if e := ended("bob", "cancel-j2"); e == nil || e.Status != contract.StatusFailed || e.Error.Code != contract.CodeConflict ||
+		!strings.Contains(e.Error.Message, "ended succeeded before the cancel reached it") {
+		t.Errorf("cancel of a job that finished first: %+v", e)
+	}
+
+	start("carol", "j3")
+	if _, err := l.Claim(ctx, "carol", claimOpts("x2", nil)); err != nil { // x1 is dead
+		t.Fatal(err)
+	}
+	if e := ended("carol", "j3"); e == nil || e.Status != contract.StatusCancelled {
+		t.Errorf("the orphaned cancelled job: %+v", e)
+	}
+	if e := ended("carol", "cancel-j3"); e == nil || e.Status != contract.StatusSucceeded {
+		t.Errorf("cancel of an orphaned job: %+v", e)
+	}
+}
