@@ -69,6 +69,25 @@ func TestAlertingRulesAreValid(t *testing.T) {
 	}
 }
 
+// TestAlertingRulesFire runs the unit tests of alerts.yml in
+// alerts_test.yml with promtool test rules: a symbol whose writes stop
+// fires VigilFeedStale after 5 minutes (another symbol does not), failed
+// commands fire VigilCommandFailures, a consumer 5000 behind fires
+// VigilConsumerLag (one keeping up does not), a failing webhook fires
+// VigilWebhookBacklog after 10 minutes.
+func TestAlertingRulesFire(t *testing.T) {
+	promtool := need(t, "promtool")
+	cmd := exec.Command(promtool, "test", "rules", "alerts_test.yml")
+	cmd.Dir = repoFile(t, "deploy/prometheus")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "SUCCESS") {
+		t.Fatalf("promtool test rules: %s", out)
+	}
+}
+
 // dashboard is the part of a Grafana dashboard the test reads.
 type dashboard struct {
 	Title  string `json:"title"`
