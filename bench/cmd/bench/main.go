@@ -6,7 +6,7 @@
 //
 // Run it from the repository: go run ./bench/cmd/bench [-only ack,sequence,...]
 // (-h lists the flags). Figures: ack, sequence, pipeline, ta, clear,
-// backfill, memory.
+// backfill, memory, scaleout.
 package main
 
 import (
@@ -78,6 +78,8 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	fs.IntVar(&f.opts.ClearKeys, "clear-keys", 1_000_000, "clear: keys in Redis")
 	fs.IntVar(&f.opts.ClearUsers, "clear-users", 10, "clear: users the keys belong to")
 	fs.IntVar(&f.opts.BackfillPages, "backfill-pages", 40, "backfill: REST pages of 300 1m candles")
+	fs.IntVar(&f.opts.ScaleOutSeries, "scaleout-series", 1000, "scaleout: series (with 1, 2 and 3 instances each)")
+	fs.IntVar(&f.opts.ScaleOutBars, "scaleout-bars", 20, fmt.Sprintf("scaleout: closed bars per series (at least %d)", figures.PipelineMinBars))
 	fs.IntVar(&f.opts.BenchCount, "bench-count", 5, "ta: go test -count")
 	fs.StringVar(&f.opts.BenchTime, "benchtime", "200ms", "ta: go test -benchtime")
 	if err := fs.Parse(args); err != nil {
@@ -88,7 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 		set := map[string]bool{}
 		fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 		quick := map[string]string{"ack-iterations": "100", "sequence-iterations": "4", "pipeline-updates": "4000",
-			"pipeline-series": "200,1000", "clear-keys": "100000", "backfill-pages": "8", "bench-count": "2", "benchtime": "50ms"}
+			"pipeline-series": "200,1000", "scaleout-series": "300", "scaleout-bars": "10", "clear-keys": "100000", "backfill-pages": "8", "bench-count": "2", "benchtime": "50ms"}
 		for name, value := range quick {
 			if !set[name] {
 				if err := fs.Set(name, value); err != nil {
@@ -105,7 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 		f.opts.PipelineSeries = append(f.opts.PipelineSeries, n)
 	}
 	if f.opts.AckIterations < 1 || f.opts.SequenceIterations < 1 || f.opts.ClearUsers < 1 || f.opts.ClearKeys < f.opts.ClearUsers ||
-		f.opts.BackfillPages < 2 || f.opts.BenchCount < 1 || f.opts.PipelineUpdates < 1 {
+		f.opts.BackfillPages < 2 || f.opts.BenchCount < 1 || f.opts.PipelineUpdates < 1 || f.opts.ScaleOutSeries < 1 || f.opts.ScaleOutBars < 1 {
 		return f, errors.New("counts must be positive (clear-keys at least clear-users, backfill-pages at least 2)")
 	}
 	return f, nil

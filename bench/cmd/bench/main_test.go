@@ -13,7 +13,7 @@ func TestSelected(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"", []string{"ta", "memory", "ack", "sequence", "clear", "backfill", "pipeline"}, ""},
+		{"", []string{"ta", "memory", "ack", "sequence", "clear", "backfill", "pipeline", "scaleout"}, ""},
 		{"pipeline,ack,ack", []string{"ack", "pipeline"}, ""},
 		{"ack,nope", nil, `"nope" is not a figure`},
 	}
@@ -56,6 +56,12 @@ func TestParseFlags(t *testing.T) {
 		}, ""},
 		{"bad series", []string{"-pipeline-series", "10,x"}, nil, `"x" is not a positive count`},
 		{"zero count", []string{"-ack-iterations", "0"}, nil, "counts must be positive"},
+		{"scaleout sizes", []string{"-quick"}, func(t *testing.T, f flags) {
+			if f.opts.ScaleOutSeries != 300 || f.opts.ScaleOutBars != 10 {
+				t.Errorf("quick scaleout = %d series, %d bars", f.opts.ScaleOutSeries, f.opts.ScaleOutBars)
+			}
+		}, ""},
+		{"zero scaleout series", []string{"-scaleout-series", "0"}, nil, "counts must be positive"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

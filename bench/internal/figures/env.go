@@ -3,7 +3,9 @@
 // resume end to end (sequence), the candle pipeline (pipeline), indicator
 // updates against go-talib (ta), clear-cache (clear), force-backfill's
 // request rate (backfill) and memory (memory; the RSS part comes from
-// pipeline).
+// pipeline); and issue 13's scale-out figure (scaleout): each indicators
+// and alerts instance's messages and CPU per 1,000 candle updates with 1,
+// 2 and 3 instances.
 //
 // Each figure starts what it needs itself: the servers (pkg/localstack),
 // users seeded with pkg/db, and the real service binaries as processes.
@@ -48,6 +50,9 @@ type Options struct {
 	// BenchCount and BenchTime are go test's -count and -benchtime for ta.
 	BenchCount int
 	BenchTime  string
+	// ScaleOutSeries and ScaleOutBars size scaleout: about that many
+	// series, that many closed bars each.
+	ScaleOutSeries, ScaleOutBars int
 }
 
 // PipelineMinBars is the fewest closed bars pipeline sends per series.
@@ -111,6 +116,7 @@ var All = []Figure{
 	{"clear", 5, Clear},
 	{"backfill", 6, Backfill},
 	{"pipeline", 3, Pipeline},
+	{"scaleout", scaleOutNumber, ScaleOut},
 }
 
 // Close stops what figures left running (the shared stack).

@@ -176,3 +176,33 @@ func (p *Proc) CPUProfile(ctx context.Context, d time.Duration) ([]byte, error) 
 	}
 	return body, nil
 }
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc/<pid>/stat's CPU
+// times (100 on Linux on every architecture the project runs on).
+const clockTicks = 100
+
+// CPUTime is the CPU time the process has used so far, user and system
+// (utime + stime of /proc/<pid>/stat).
+func (p *Proc) CPUTime() (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID()))
+	if err != nil {
+		return 0, fmt.Errorf("stack: cpu time of %s: %w", p.Instance, err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces:
+	// the fields counted here start after its closing parenthesis, with
+	// field 3 (state) first, so utime (14) and stime (15) are 11 and 12.
+	end := strings.LastIndexByte(string(data), ')')
+	fields := strings.Fields(string(data[end+1:]))
+	if end < 0 || len(fields) < 13 {
+		return 0, fmt.Errorf("stack: cpu time of %s: unexpected /proc stat %q", p.Instance, data)
+	}
+	var ticks int64
+	for _, f := range fields[11:13] {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("stack: cpu time of %s: %w", p.Instance, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
