@@ -61,10 +61,11 @@ type Health struct {
 }
 
 // check is a registered Check and whether its failure means the instance
-// is wedged (liveness) rather than waiting (readiness).
+// is wedged (liveness) rather than waiting (readiness), or only degraded.
 type check struct {
-	run  Check
-	live bool
+	run      Check
+	live     bool
+	degraded bool
 }
 
 // New returns a Health without checks, not ready until its first round.
@@ -101,6 +102,12 @@ func (h *Health) Add(name string, c Check) { h.add(name, check{run: c}) }
 // instance is neither ready nor alive, so systemd's watchdog restarts it.
 func (h *Health) AddLive(name string, c Check) { h.add(name, check{run: c, live: true}) }
 
+// AddDegraded registers a check of a dependency the instance works
+// without, for a while or in part (a database that only holds a
+// projection): while it fails the report shows "degraded: <reason>" under
+// name, and the instance stays ready and alive.
+func (h *Health) AddDegraded(name string, c Check) { h.add(name, check{run: c, degraded: true}) }
+
 func (h *Health) add(name string, c check) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -135,6 +142,10 @@ func (h *Health) Round(ctx context.Context) Report {
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			if c.degraded && status != "ok" {
+				r.Checks[name] = "degraded: " + status
+				return
+			}
 			r.Checks[name] = status
 			if status != "ok" {
 				r.Ready = false

@@ -190,3 +190,25 @@ func TestRouteServedBesideHealth(t *testing.T) {
 		return code == http.StatusOK
 	})
 }
+
+// TestDegradedCheckKeepsReady reports a failing AddDegraded check as
+// "degraded: <reason>" while the instance stays ready and alive, and "ok"
+// once it passes.
+func TestDegradedCheckKeepsReady(t *testing.T) {
+	h := health.New(quiet())
+	var down atomic.Bool
+	down.Store(true)
+	h.AddDegraded("postgres", func(context.Context) error {
+		if down.Load() {
+			return errors.New("connection refused")
+		}
+		return nil
+	})
+	if r := h.Round(context.Background()); !r.Ready || !r.Alive || r.Checks["postgres"] != "degraded: connection refused" {
+		t.Errorf("while failing: %+v", r)
+	}
+	down.Store(false)
+	if r := h.Round(context.Background()); !r.Ready || r.Checks["postgres"] != "ok" {
+		t.Errorf("once passing: %+v", r)
+	}
+}

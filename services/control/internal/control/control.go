@@ -117,15 +117,22 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer rt.Close(context.Background())
-	pool, err := db.NewPool(ctx, cfg.Postgres.URL)
+	// PostgreSQL holds the users (cached in VIGIL_USERS) and the audit
+	// projection command_log: the instance starts while it is down, reports
+	// it degraded, and migrates once it is reachable.
+	pool, err := db.OpenPool(cfg.Postgres.URL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
+	rt.Health.AddDegraded("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 	if cfg.Migrate {
-		if err := db.Migrate(ctx, pool); err != nil {
-			return err
-		}
+		migrated := make(chan struct{})
+		go func() {
+			defer close(migrated)
+			migrateWhenReachable(ctx, pool, rt.Log)
+		}()
+		defer func() { <-migrated }()
 	}
 	rdb, err := redisstore.NewClient(ctx, cfg.Redis.URL)
 	if err != nil {
@@ -141,6 +148,24 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
 	return inst.Shutdown(cfg.ShutdownTimeout)
+}
+
+// migrateWhenReachable applies the database migrations, retrying with
+// backoff (1 s doubling up to 30 s) until they are applied or ctx ends.
+func migrateWhenReachable(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) {
+	for delay := time.Second; ; delay = min(2*delay, 30*time.Second) {
+		err := db.Migrate(ctx, pool)
+		if err == nil {
+			log.Info("database migrations applied")
+			return
+		}
+		log.Warn("database migrations not applied; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
 }
 
 // Deps are the connections an instance runs on.
