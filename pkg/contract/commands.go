@@ -72,12 +72,14 @@ type ResumePayload struct {
 // ReloadSettingsPayload is reload-settings' payload: nothing but an optional id.
 type ReloadSettingsPayload struct {
 	ID string `json:"id,omitempty"`
+	Planning
 }
 
 // SwitchModePayload is switch-mode's payload.
 type SwitchModePayload struct {
 	ID   string `json:"id,omitempty"`
 	Mode Mode   `json:"mode"`
+	Planning
 }
 
 // ForceBackfillPayload is force-backfill's payload. Timeframes default to all
@@ -89,6 +91,7 @@ type ForceBackfillPayload struct {
 	// From and To are RFC 3339 times.
 	From string `json:"from,omitempty"`
 	To   string `json:"to,omitempty"`
+	Planning
 }
 
 // Range is the payload's from and to as times; zero when not given. Call it
@@ -122,6 +125,7 @@ type ClearCachePayload struct {
 	Symbol    string     `json:"symbol,omitempty"`
 	Timeframe Timeframe  `json:"timeframe,omitempty"`
 	Exchange  int64      `json:"exchange,omitempty"`
+	Planning
 }
 
 // CancelPayload is cancel's payload: the id of the user's command to
@@ -178,6 +182,7 @@ func (p PausePayload) Validate(Limits) error {
 func (p ReloadSettingsPayload) Validate(Limits) error {
 	var f fieldErrs
 	validateOptionalID(&f, p.ID)
+	p.validate(&f)
 	return f.err()
 }
 
@@ -200,6 +205,7 @@ func (p SwitchModePayload) Validate(Limits) error {
 	} else {
 		f.check("mode", p.Mode.Validate())
 	}
+	p.validate(&f)
 	return f.err()
 }
 
@@ -239,6 +245,7 @@ func (p ForceBackfillPayload) Validate(Limits) error {
 			}
 		}
 	}
+	p.validate(&f)
 	return f.err()
 }
 
@@ -298,6 +305,7 @@ func (p ClearCachePayload) Validate(Limits) error {
 	default:
 		f.add("scope", "%q is not one of all, symbol, timeframe", p.Scope)
 	}
+	p.validate(&f)
 	return f.err()
 }
 

@@ -55,6 +55,18 @@ func TestDecodePayload(t *testing.T) {
 		{CmdClearCache, `{"scope":"timeframe","symbol":"BTC-USD"}`, "timeframe"},
 		{CmdClearCache, `{"scope":"symbol","symbol":"BTC-USD","exchange":-1}`, "exchange"},
 		{CmdClearCache, `{"scope":"symbol","symbol":"BTC-USD","exchange":"x"}`, "exchange"},
+		{CmdReloadSettings, `{"dry_run":true}`, ""},
+		{CmdReloadSettings, `{"plan":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}`, ""},
+		{CmdSwitchMode, `{"mode":"scalper-macdv","dry_run":true}`, ""},
+		{CmdForceBackfill, `{"symbol":"BTC-USD","plan":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}`, ""},
+		{CmdClearCache, `{"scope":"all","dry_run":true}`, ""},
+		{CmdClearCache, `{"scope":"all","dry_run":true,"plan":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}`, "dry_run"},
+		{CmdClearCache, `{"scope":"all","plan":"0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF"}`, "plan"},
+		{CmdClearCache, `{"scope":"all","plan":"abc"}`, "plan"},
+		{CmdClearCache, `{"scope":"all","dry_run":"yes"}`, "dry_run"},
+		{CmdClearCache, `{"scope":"all","Dry_Run":true}`, "Dry_Run"},
+		{CmdPause, `{"dry_run":true}`, "dry_run"},
+		{CmdResume, `{"plan":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}`, "plan"},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.cmd)+" "+tt.body, func(t *testing.T) {

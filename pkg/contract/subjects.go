@@ -50,6 +50,9 @@ const (
 	// VerbCancel stops one running backfill job of the user (the feed's):
 	// it answers once the job stopped, with how far it got.
 	VerbCancel Verb = "cancel"
+	// VerbPlan asks what another verb would do, changing nothing
+	// (PlanArgs); the dry runs of ARCHITECTURE.md §5 use it.
+	VerbPlan Verb = "plan"
 )
 
 // Subject prefixes and wildcards, for stream configs and subscriptions.

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/extra/redisotel/v9"
 	"github.com/redis/go-redis/v9"
@@ -395,20 +396,59 @@ const (
 // batches (never KEYS), and returns how many keys were deleted. The
 // patterns come from the validated selector, so input cannot widen them.
 func (s *Store) Clear(ctx context.Context, sel contract.CacheSelector) (int, error) {
+	deleted := 0
+	err := s.scanSelector(ctx, sel, func(_ string, batch []string) error {
+		if len(batch) == 0 {
+			return nil
+		}
+		n, err := s.rdb.Unlink(ctx, batch...).Result()
+		deleted += int(n)
+		return err
+	})
+	return deleted, err
+}
+
+// CountCleared counts, by key prefix ("candles", "indicator"), the keys
+// Clear would delete for sel: the same SCAN walk, without UNLINK (a
+// clear-cache dry run). Keys SCAN returns twice are counted once.
+func (s *Store) CountCleared(ctx context.Context, sel contract.CacheSelector) (map[string]int, error) {
+	seen := map[string]bool{}
+	counts := map[string]int{}
+	err := s.scanSelector(ctx, sel, func(prefix string, batch []string) error {
+		if _, ok := counts[prefix]; !ok {
+			counts[prefix] = 0
+		}
+		for _, k := range batch {
+			if !seen[k] {
+				seen[k] = true
+				counts[prefix]++
+			}
+		}
+		return nil
+	})
+	return counts, err
+}
+
+// scanSelector walks the keys of sel with SCAN, pattern by pattern, and
+// hands them to each in batches of at most ClearBatch, with the pattern's
+// key prefix (the part before the first ':'); every pattern gets at least
+// one call, an empty batch when it matched nothing.
+func (s *Store) scanSelector(ctx context.Context, sel contract.CacheSelector, each func(prefix string, batch []string) error) error {
 	patterns, err := sel.ScanPatterns()
 	if err != nil {
-		return 0, err
+		return err
 	}
-	deleted := 0
 	for _, pattern := range patterns {
+		prefix, _, _ := strings.Cut(pattern, ":")
 		iter := s.rdb.Scan(ctx, 0, pattern, ClearScanCount).Iterator()
 		batch := make([]string, 0, ClearBatch)
+		calls := 0
 		flush := func() error {
-			if len(batch) == 0 {
+			if len(batch) == 0 && calls > 0 {
 				return nil
 			}
-			n, err := s.rdb.Unlink(ctx, batch...).Result()
-			deleted += int(n)
+			calls++
+			err := each(prefix, batch)
 			batch = batch[:0]
 			return err
 		}
@@ -416,16 +456,16 @@ func (s *Store) Clear(ctx context.Context, sel contract.CacheSelector) (int, err
 			batch = append(batch, iter.Val())
 			if len(batch) == ClearBatch {
 				if err := flush(); err != nil {
-					return deleted, err
+					return err
 				}
 			}
 		}
 		if err := iter.Err(); err != nil {
-			return deleted, err
+			return err
 		}
 		if err := flush(); err != nil {
-			return deleted, err
+			return err
 		}
 	}
-	return deleted, nil
+	return nil
 }

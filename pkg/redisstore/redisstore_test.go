@@ -3,8 +3,10 @@ package redisstore_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -183,6 +185,17 @@ func TestClearDeletesExactlyTheScope(t *testing.T) {
 		t.Run(string(tt.sel.Scope), func(t *testing.T) {
 			rdb.FlushDB(ctx)
 			reset()
+			counts, err := store.CountCleared(ctx, tt.sel)
+			want := map[string]int{"candles": 0, "indicator": 0}
+			for _, k := range tt.deleted {
+				want[strings.SplitN(k, ":", 2)[0]]++
+			}
+			if err != nil || !maps.Equal(counts, want) {
+				t.Fatalf("CountCleared = %v, %v; want %v", counts, err, want)
+			}
+			if got := remaining(); !slices.Equal(got, without()) {
+				t.Fatalf("CountCleared deleted keys: %v", got)
+			}
 			n, err := store.Clear(ctx, tt.sel)
 			if err != nil || n != len(tt.deleted) {
 				t.Fatalf("Clear = %d, %v; want %d", n, err, len(tt.deleted))
@@ -214,6 +227,10 @@ func TestClearManyKeysInBatches(t *testing.T) {
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatal(err)
+	}
+	counts, err := store.CountCleared(ctx, contract.CacheSelector{UserID: 5, ExchangeID: 6, Scope: contract.ScopeAll})
+	if err != nil || counts["indicator"] != 2500 || counts["candles"] != 0 || rdb.DBSize(ctx).Val() != 5000 {
+		t.Fatalf("CountCleared = %v, %v", counts, err)
 	}
 	n, err := store.Clear(ctx, contract.CacheSelector{UserID: 5, ExchangeID: 6, Scope: contract.ScopeAll})
 	if err != nil || n != 2500 {

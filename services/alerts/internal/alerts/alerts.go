@@ -216,7 +216,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	go func() { defer in.loops.Done(); <-states.Done() }()
 	go in.reconcileLoop()
 	in.svc.OnShutdown(in.stopEvaluating)
-	handlers := map[contract.Verb]service.Handler{contract.VerbPause: in.pause, contract.VerbResume: in.resume, contract.VerbApply: in.apply}
+	handlers := map[contract.Verb]service.Handler{contract.VerbPause: in.pause, contract.VerbResume: in.resume, contract.VerbApply: in.apply, contract.VerbPlan: in.plan}
 	for _, verb := range verbs {
 		if err = in.svc.Handle(verb, handlers[verb]); err != nil {
 			return nil, err
@@ -230,7 +230,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 // verbs are the control verbs of alerts (besides status): their endpoints
 // exist from the start and wait for the handlers, set once the instance
 // runs.
-var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply}
+var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbPlan}
 
 // shutdown stops the instance gracefully: no more updates, the ones in
 // progress finish, the membership is left so others take over at once,

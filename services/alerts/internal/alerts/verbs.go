@@ -2,6 +2,7 @@ package alerts
 
 import (
 	"context"
+	"fmt"
 
 	"vigil.dev/pkg/contract"
 )
@@ -37,4 +38,26 @@ func (in *instance) apply(ctx context.Context, req contract.SvcRequest) (any, er
 		return nil, err
 	}
 	return in.monitor.Apply(ctx, req.User, req.State)
+}
+
+// plan answers vigil.svc.alerts.plan: the rules apply of State would add,
+// change and remove here, changing nothing.
+func (in *instance) plan(_ context.Context, req contract.SvcRequest) (any, error) {
+	if err := requireUser(req); err != nil {
+		return nil, err
+	}
+	args, err := contract.DecodePeer[contract.PlanArgs](req.Args)
+	if len(req.Args) == 0 {
+		err = contract.FieldError{Field: "args", Problem: "is required"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if args.Verb != contract.VerbApply {
+		return nil, contract.FieldError{Field: "args.verb", Problem: fmt.Sprintf("%q has no plan in vigil-alerts (apply)", args.Verb)}
+	}
+	if req.State == nil {
+		return nil, contract.FieldError{Field: "state", Problem: "is required"}
+	}
+	return in.monitor.PlanApply(req.User, *req.State)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/services/alerts/internal/rules"
 )
 
 // Statuses of VerbResult.
@@ -206,4 +207,53 @@ func (m *Monitor) Status() map[string]UserStatus {
 		out[us.token] = s
 	}
 	return out
+}
+
+// ApplyPlan is what Apply would change for one user on this instance:
+// {"owner":false} from the instances that do not own the user.
+type ApplyPlan struct {
+	Owner bool `json:"owner"`
+	// Mode and Revision name the rule set Apply would install; Gain is
+	// true when the instance would start the user's engine for it.
+	Mode     contract.Mode `json:"mode,omitempty"`
+	Revision int64         `json:"revision,omitempty"`
+	Gain     bool          `json:"gain,omitempty"`
+	// Rules are the rule ids added, changed and removed.
+	Rules *rules.ReplacePlan `json:"rules,omitempty"`
+}
+
+// PlanApply is what Apply(user, st) would do, computed with Apply's
+// rules (which state is taken, gain or Replace, rule validation) and
+// changing nothing. Rules Apply would reject are the same error.
+func (m *Monitor) PlanApply(user string, st contract.DesiredState) (ApplyPlan, error) {
+	if err := contract.ValidateUserToken(user); err != nil {
+		return ApplyPlan{}, err
+	}
+	if st.User != user {
+		return ApplyPlan{}, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, user)}
+	}
+	if !m.deps.Ownership.Owns(user) {
+		return ApplyPlan{}, nil
+	}
+	active := false
+	want := desiredRules(st)
+	var plan rules.ReplacePlan
+	var err error
+	if us := m.lookup(user); us != nil {
+		us.mu.Lock()
+		defer us.mu.Unlock()
+		if us.known && !us.accept(st) {
+			want = desiredRules(us.desired)
+		}
+		if active = us.active; active {
+			plan, err = us.engine.PlanReplace(want.rules)
+		}
+	}
+	if !active {
+		plan, err = rules.PlanNew(want.rules)
+	}
+	if err != nil {
+		return ApplyPlan{}, fmt.Errorf("rules of mode %s, revision %d: %w", want.mode, want.revision, err)
+	}
+	return ApplyPlan{Owner: true, Mode: want.mode, Revision: want.revision, Gain: !active, Rules: &plan}, nil
 }

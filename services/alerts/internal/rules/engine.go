@@ -61,6 +61,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -118,6 +119,65 @@ func (e *Engine) Replace(rules []contract.Rule) error {
 	}
 	e.rules = states
 	return nil
+}
+
+// ReplacePlan is what Replace would change: the ids of the rules added,
+// changed (same id, new definition: only the fired-bar memory stays) and
+// removed, each sorted.
+type ReplacePlan struct {
+	Added   []string `json:"added"`
+	Changed []string `json:"changed"`
+	Removed []string `json:"removed"`
+}
+
+// PlanReplace validates rules as Replace does and returns what Replace
+// would change, changing nothing.
+func (e *Engine) PlanReplace(rules []contract.Rule) (ReplacePlan, error) {
+	states, err := newRuleStates(rules)
+	if err != nil {
+		return ReplacePlan{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return planReplace(e.rules, states), nil
+}
+
+// PlanNew is PlanReplace for an engine that does not exist yet: every
+// rule is added.
+func PlanNew(rules []contract.Rule) (ReplacePlan, error) {
+	states, err := newRuleStates(rules)
+	if err != nil {
+		return ReplacePlan{}, err
+	}
+	return planReplace(nil, states), nil
+}
+
+func planReplace(old, next []*ruleState) ReplacePlan {
+	p := ReplacePlan{Added: []string{}, Changed: []string{}, Removed: []string{}}
+	before := make(map[string]*ruleState, len(old))
+	for _, s := range old {
+		before[s.rule.ID] = s
+	}
+	kept := map[string]bool{}
+	for _, s := range next {
+		prev, ok := before[s.rule.ID]
+		switch {
+		case !ok:
+			p.Added = append(p.Added, s.rule.ID)
+		case prev.mem.Definition != s.mem.Definition:
+			p.Changed = append(p.Changed, s.rule.ID)
+		}
+		kept[s.rule.ID] = true
+	}
+	for _, s := range old {
+		if !kept[s.rule.ID] {
+			p.Removed = append(p.Removed, s.rule.ID)
+		}
+	}
+	slices.Sort(p.Added)
+	slices.Sort(p.Changed)
+	slices.Sort(p.Removed)
+	return p
 }
 
 // Evaluate runs every matching rule on u and returns the alerts fired, in

@@ -69,6 +69,8 @@ type Users interface {
 // Cache deletes cached series (redisstore.Store).
 type Cache interface {
 	Clear(ctx context.Context, sel contract.CacheSelector) (int, error)
+	// CountCleared counts by prefix the keys Clear would delete.
+	CountCleared(ctx context.Context, sel contract.CacheSelector) (map[string]int, error)
 }
 
 // Progress publishes progress events of a command.
@@ -322,7 +324,7 @@ func (r *Runner) reloadSettings(ctx context.Context, cmd Command) Outcome {
 	if err != nil {
 		return failed(nil, contract.ErrorOf(fmt.Errorf("users.settings of %s: %w", u.Token, err)))
 	}
-	cur, err := r.current(ctx, cmd.User)
+	cur, err := r.stateFor(ctx, cmd)
 	if err != nil {
 		return failed(nil, contract.ErrorOf(err))
 	}
@@ -337,23 +339,46 @@ func (r *Runner) reloadSettings(ctx context.Context, cmd Command) Outcome {
 	next.Settings, next.Mode, next.Symbols = settings, settings.Mode, settings.Symbols
 	next.Revision++
 	changes := diff(cur.State, next)
+	in := planInputs(cmd, cur.State)
+	in.Next, in.Settings, in.Exchange = stateDigest(next), digest(u.Settings), next.ExchangeID
+	if isDryRun(cmd) {
+		return r.planApply(ctx, cmd, in, next, map[string]any{"reloaded": false, "revision": next.Revision, "changes": changes})
+	}
+	if err := checkPlan(ctx, cmd, in); err != nil {
+		return failed(nil, contract.ErrorOf(err))
+	}
 	return r.allOrNothing(ctx, cmd, cur, next, applySteps, func([][]contract.SvcReply) any {
 		return map[string]any{"reloaded": true, "revision": next.Revision, "changes": changes}
 	})
 }
 
 func (r *Runner) switchMode(ctx context.Context, cmd Command, p contract.SwitchModePayload) Outcome {
-	cur, err := r.current(ctx, cmd.User)
+	cur, err := r.stateFor(ctx, cmd)
 	if err != nil {
 		return failed(nil, contract.ErrorOf(err))
 	}
+	in := planInputs(cmd, cur.State)
 	from := cur.State.Mode
 	if from == p.Mode {
-		return succeeded(map[string]any{"switched": false, "status": "already_in_mode", "mode": from}, nil)
+		result := map[string]any{"switched": false, "status": "already_in_mode", "mode": from}
+		if isDryRun(cmd) {
+			return planned(ctx, in, result, nil, nil)
+		}
+		if err := checkPlan(ctx, cmd, in); err != nil {
+			return failed(nil, contract.ErrorOf(err))
+		}
+		return succeeded(result, nil)
 	}
 	next := cur.State
 	next.Mode, next.Settings.Mode = p.Mode, p.Mode
 	next.Revision++
+	in.Next = stateDigest(next)
+	if isDryRun(cmd) {
+		return r.planApply(ctx, cmd, in, next, map[string]any{"switched": false, "from": from, "to": p.Mode, "revision": next.Revision})
+	}
+	if err := checkPlan(ctx, cmd, in); err != nil {
+		return failed(nil, contract.ErrorOf(err))
+	}
 	return r.allOrNothing(ctx, cmd, cur, next, switchModeSteps(next.Paused), func([][]contract.SvcReply) any {
 		return map[string]any{"switched": true, "from": from, "to": p.Mode}
 	})
@@ -376,7 +401,7 @@ func (r *Runner) sequence(ctx context.Context, cmd Command, next contract.Desire
 }
 
 func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.ForceBackfillPayload) Outcome {
-	cur, err := r.current(ctx, cmd.User)
+	cur, err := r.stateFor(ctx, cmd)
 	if err != nil {
 		return failed(nil, contract.ErrorOf(err))
 	}
@@ -384,9 +409,13 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 	if err := p.CheckWatched(st.WatchedSymbols()); err != nil {
 		return failed(nil, contract.ErrorOf(err))
 	}
-	from, to := p.Range()
-	if to.IsZero() {
-		to = r.cfg.Now().UTC().Truncate(time.Second)
+	in := planInputs(cmd, st)
+	in.Exchange = st.ExchangeID
+	if isDryRun(cmd) {
+		return r.planBackfill(ctx, cmd, p, in, st)
+	}
+	if err := checkPlan(ctx, cmd, in); err != nil {
+		return failed(nil, contract.ErrorOf(err))
 	}
 	tfs := p.BackfillTimeframes()
 	candles := map[contract.Timeframe]int{}
@@ -398,14 +427,8 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 		}
 	}
 	progress(0, fmt.Sprintf("backfilling %s %v", p.Symbol, tfs))
-	for i, tf := range tfs {
-		tfFrom := from
-		if tfFrom.IsZero() {
-			tfFrom = to.Add(-time.Duration(r.cfg.BackfillBars) * tf.Duration())
-		}
-		series := contract.SeriesID{User: cmd.User, UserID: st.UserID, ExchangeID: st.ExchangeID, Symbol: p.Symbol, Timeframe: tf}
-		args := contract.BackfillArgs{UserID: st.UserID, ExchangeID: st.ExchangeID, Symbol: p.Symbol,
-			Timeframes: []contract.Timeframe{tf}, From: tfFrom, To: to, ProgressSubject: contract.ProgressSubject(cmd.User, cmd.ID)}
+	for i, job := range r.backfillJobs(cmd, p, st) {
+		tf, tfFrom, series, args := job.tf, job.args.From, job.series, job.args
 		s, replies, err := r.run(ctx, cmd, &st, []stepSpec{{contract.SvcFeed, contract.VerbBackfill}}, args, r.cfg.BackfillTimeout)
 		steps = append(steps, s...)
 		if err == nil {
@@ -477,6 +500,34 @@ func (r *Runner) stopBackfill(ctx context.Context, cmd Command, st *contract.Des
 	progress["candles"] = p.candles
 	return Outcome{Status: contract.StatusCancelled, Steps: steps, Result: map[string]any{"backfilled": false, "symbol": p.symbol,
 		"candles": p.candles, "cancelled_by": c.By, "progress": progress}}
+// backfillJob is one timeframe of a force-backfill: the feed's backfill
+// args and the series the indicators recompute after it.
+type backfillJob struct {
+	tf     contract.Timeframe
+	args   contract.BackfillArgs
+	series contract.SeriesID
+}
+
+// backfillJobs are the timeframes of force-backfill p, in order, with
+// each one's range (from defaults to BackfillBars bars before to, to to
+// now).
+func (r *Runner) backfillJobs(cmd Command, p contract.ForceBackfillPayload, st contract.DesiredState) []backfillJob {
+	from, to := p.Range()
+	if to.IsZero() {
+		to = r.cfg.Now().UTC().Truncate(time.Second)
+	}
+	var jobs []backfillJob
+	for _, tf := range p.BackfillTimeframes() {
+		tfFrom := from
+		if tfFrom.IsZero() {
+			tfFrom = to.Add(-time.Duration(r.cfg.BackfillBars) * tf.Duration())
+		}
+		jobs = append(jobs, backfillJob{tf: tf,
+			series: contract.SeriesID{User: cmd.User, UserID: st.UserID, ExchangeID: st.ExchangeID, Symbol: p.Symbol, Timeframe: tf},
+			args: contract.BackfillArgs{UserID: st.UserID, ExchangeID: st.ExchangeID, Symbol: p.Symbol,
+				Timeframes: []contract.Timeframe{tf}, From: tfFrom, To: to, ProgressSubject: contract.ProgressSubject(cmd.User, cmd.ID)}})
+	}
+	return jobs
 }
 
 func (r *Runner) clearCache(ctx context.Context, cmd Command, p contract.ClearCachePayload) Outcome {
@@ -496,6 +547,11 @@ func (r *Runner) clearCache(ctx context.Context, cmd Command, p contract.ClearCa
 	args := contract.ForgetArgs{UserID: u.ID, ExchangeID: exchange, Scope: p.Scope, Symbol: p.Symbol, Timeframe: p.Timeframe}
 	if err := args.Selector().Validate(); err != nil {
 		return failed(nil, contract.ErrorOf(err))
+	}
+	if pl := planningOf(cmd.Payload); pl.DryRun || pl.Plan != "" {
+		if out, stop := r.planClearCache(ctx, cmd, args); stop {
+			return out
+		}
 	}
 	cur, err := r.d.States.Get(ctx, cmd.User)
 	if err != nil {

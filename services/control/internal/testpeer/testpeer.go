@@ -134,7 +134,7 @@ func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Optio
 		t.Fatalf("testpeer: start %s: %v", svc, err)
 	}
 	for _, v := range []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply,
-		contract.VerbBackfill, contract.VerbRecompute, contract.VerbForget, contract.VerbCancel} {
+		contract.VerbBackfill, contract.VerbRecompute, contract.VerbForget, contract.VerbCancel, contract.VerbPlan} {
 		if err := p.svc.Handle(v, p.handler(v)); err != nil {
 			t.Fatalf("testpeer: handle %s: %v", v, err)
 		}
@@ -285,8 +285,23 @@ func (p *Peer) answer(verb contract.Verb, req contract.SvcRequest) (any, error) 
 		return map[string]any{"symbols": symbols, "gap_filled": p.opts.GapFilled}, nil
 	case p.Svc == contract.SvcIndicators && verb == contract.VerbRecompute:
 		return map[string]any{"bars": 42}, nil
+	case verb == contract.VerbPlan:
+		return p.plan(req)
 	}
 	return map[string]any{"owner": true}, nil
+}
+
+// plan answers a plan request: the verb it plans, and for feed.backfill
+// two pages at 10 requests a second.
+func (p *Peer) plan(req contract.SvcRequest) (any, error) {
+	args, err := contract.DecodePeer[contract.PlanArgs](req.Args)
+	if err != nil {
+		return nil, err
+	}
+	if p.Svc == contract.SvcFeed && args.Verb == contract.VerbBackfill {
+		return map[string]any{"owner": true, "pages": 2, "requests": 2, "rate_per_second": 10, "estimated_seconds": 0.2}, nil
+	}
+	return map[string]any{"owner": true, "plan_of": args.Verb}, nil
 }
 
 // backfill publishes page progress, then (after the gate opens when it

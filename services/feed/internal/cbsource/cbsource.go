@@ -105,6 +105,7 @@ func (s *Source) Caps() market.Caps {
 		Timeframes:      contract.Timeframes,
 		Reconcile:       true,
 		ReconcileDelay:  s.cfg.ReconcileDelay,
+		HistoryRate:     s.rest.RequestsPerSecond(),
 	}
 }
 

@@ -176,6 +176,12 @@ func NewRESTClient(cfg RESTConfig) (*RESTClient, error) {
 	}, nil
 }
 
+// RequestsPerSecond is the rate requests are paced at (the configured
+// limit less the pacing headroom, or the shared limiter's).
+func (c *RESTClient) RequestsPerSecond() float64 {
+	return float64(c.limiter.Limit())
+}
+
 // Stats returns the request counters.
 func (c *RESTClient) Stats() RESTStats {
 	return RESTStats{

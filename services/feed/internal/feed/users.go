@@ -118,6 +118,46 @@ func diffSymbols(prev, next []string) (added, removed []string) {
 // owns reports whether this instance owns token.
 func (f *feed) owns(token string) bool { return f.group != nil && f.group.Owns(token) }
 
+// convergePlan is what converging a user changes in the engine.
+type convergePlan struct {
+	// stop: the user does not run here (unknown, paused or not owned):
+	// every symbol is detached and their jobs cancelled.
+	stop bool
+	// detach are attached symbols no longer wanted (or of another
+	// account), sorted; rebook the attached ones whose subscriber changes
+	// (the book channel); attach the symbols to attach.
+	detach []string
+	rebook []engine.Subscriber
+	attach []engine.Subscriber
+}
+
+// planConvergeLocked is what convergeLocked does for u, computed without
+// changing anything (it is also the feed's part of a dry run).
+func (f *feed) planConvergeLocked(token string, u *user) convergePlan {
+	if !u.known || u.state.Paused || !f.owns(token) {
+		return convergePlan{stop: true}
+	}
+	var p convergePlan
+	for sym, sub := range u.attached {
+		if !slices.Contains(u.state.Symbols, sym) || sub.UserID != u.state.UserID || sub.ExchangeID != u.state.ExchangeID {
+			p.detach = append(p.detach, sym)
+		}
+	}
+	slices.Sort(p.detach)
+	book := u.state.Mode.UsesOrderBook()
+	for _, sym := range u.state.Symbols {
+		sub := engine.Subscriber{User: token, UserID: u.state.UserID, ExchangeID: u.state.ExchangeID, Symbol: sym, Book: book}
+		if old, had := u.attached[sym]; had && !slices.Contains(p.detach, sym) {
+			if old != sub {
+				p.rebook = append(p.rebook, sub)
+			}
+			continue
+		}
+		p.attach = append(p.attach, sub)
+	}
+	return p
+}
+
 // convergeLocked brings the engine in line with token's desired state and
 // ownership: attach or detach symbols, switch the book, start a gap fill
 // when the user becomes active or gains symbols, cancel jobs when the user
@@ -127,8 +167,8 @@ func (f *feed) convergeLocked(token string) {
 	if u == nil {
 		return
 	}
-	want := u.known && !u.state.Paused && f.owns(token)
-	if !want {
+	plan := f.planConvergeLocked(token, u)
+	if plan.stop {
 		f.stopLocked(token, u)
 		if !u.known {
 			delete(f.users, token)
@@ -136,28 +176,19 @@ func (f *feed) convergeLocked(token string) {
 		return
 	}
 	wasActive := len(u.attached) > 0
-	book := u.state.Mode.UsesOrderBook()
-	for sym, sub := range u.attached {
-		if !slices.Contains(u.state.Symbols, sym) || sub.UserID != u.state.UserID || sub.ExchangeID != u.state.ExchangeID {
-			f.eng.Detach(sub.User, sub.ExchangeID, sym)
-			delete(u.attached, sym)
-		}
+	for _, sym := range plan.detach {
+		sub := u.attached[sym]
+		f.eng.Detach(sub.User, sub.ExchangeID, sym)
+		delete(u.attached, sym)
 	}
-	var fresh []engine.Subscriber
-	for _, sym := range u.state.Symbols {
-		sub := engine.Subscriber{User: token, UserID: u.state.UserID, ExchangeID: u.state.ExchangeID, Symbol: sym, Book: book}
-		if old, had := u.attached[sym]; had {
-			if old != sub {
-				if _, err := f.eng.Attach(sub); err != nil {
-					f.log.Warn("book switch failed", "user", token, "symbol", sym, "err", err)
-					continue
-				}
-				u.attached[sym] = sub
-			}
+	for _, sub := range plan.rebook {
+		if _, err := f.eng.Attach(sub); err != nil {
+			f.log.Warn("book switch failed", "user", token, "symbol", sub.Symbol, "err", err)
 			continue
 		}
-		fresh = append(fresh, sub)
+		u.attached[sub.Symbol] = sub
 	}
+	fresh := plan.attach
 	if len(fresh) == 0 {
 		return
 	}

@@ -22,7 +22,7 @@ var notOwner = map[string]any{"owner": false}
 var ErrNoState = errors.New("no desired state for the user")
 
 // verbs are the control verbs of the feed (besides status).
-var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbBackfill, contract.VerbCancel}
+var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbBackfill, contract.VerbCancel, contract.VerbPlan}
 
 // cancelGrace is how long a cancelled backfill may take to write the page
 // it works on before its context is cancelled outright.
@@ -36,6 +36,7 @@ func (f *feed) register(svc *service.Service) error {
 		contract.VerbApply:    f.apply,
 		contract.VerbBackfill: f.backfill,
 		contract.VerbCancel:   f.cancel,
+		contract.VerbPlan:     f.plan,
 	}
 	for _, verb := range verbs {
 		if err := svc.Handle(verb, handlers[verb]); err != nil {
@@ -264,6 +265,7 @@ type backfillPlan struct {
 type tfRange struct {
 	tf       contract.Timeframe
 	from, to time.Time
+	pages    int
 }
 
 // planBackfill validates the args and computes the ranges and page count.
@@ -321,8 +323,9 @@ func (f *feed) planBackfill(token string, a contract.BackfillArgs) (backfillPlan
 			add("from", "range is %d bars of %s, the limit is %d", bars, tf, contract.MaxBackfillBars)
 			continue
 		}
-		plan.ranges = append(plan.ranges, tfRange{tf: tf, from: from, to: to})
-		plan.pages += (bars + pageBars - 1) / pageBars
+		pages := (bars + pageBars - 1) / pageBars
+		plan.ranges = append(plan.ranges, tfRange{tf: tf, from: from, to: to, pages: pages})
+		plan.pages += pages
 	}
 	if len(problems) > 0 {
 		return plan, problems

@@ -173,6 +173,9 @@ type Caps struct {
 	// closes, after ReconcileDelay (the exchange's own bucket wins).
 	Reconcile      bool
 	ReconcileDelay time.Duration
+	// HistoryRate is how many History requests per second the source may
+	// send (0: no limit); a backfill plan estimates its time with it.
+	HistoryRate float64
 }
 
 // Aggregated are the timeframes of Timeframes built from CandleTimeframe

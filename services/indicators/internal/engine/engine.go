@@ -184,19 +184,23 @@ func (u *user) seriesIDs() []contract.SeriesID {
 // and this instance owns it.
 func (e *Engine) runsSeries(id contract.SeriesID) (*user, bool) {
 	u := e.users[id.User]
-	if u == nil || u.state.Paused || len(u.plan.Candle) == 0 || !u.inPlan(id) || !e.owner.Owns(id.String()) {
-		return u, false
-	}
-	return u, true
+	return u, e.runsFor(u, id)
+}
+
+// runsFor is runsSeries for user u (known or planned).
+func (e *Engine) runsFor(u *user, id contract.SeriesID) bool {
+	return u != nil && !u.state.Paused && len(u.plan.Candle) > 0 && u.inPlan(id) && e.owner.Owns(id.String())
 }
 
 // runsBook is runsSeries for the order-book indicators of series id.
 func (e *Engine) runsBook(id contract.SeriesID) (*user, bool) {
 	u := e.users[id.User]
-	if u == nil || u.state.Paused || u.plan.Book == nil || !u.inPlan(id) || !e.owner.Owns(id.String()) {
-		return u, false
-	}
-	return u, true
+	return u, e.runsBookFor(u, id)
+}
+
+// runsBookFor is runsBook for user u (known or planned).
+func (e *Engine) runsBookFor(u *user, id contract.SeriesID) bool {
+	return u != nil && !u.state.Paused && u.plan.Book != nil && u.inPlan(id) && e.owner.Owns(id.String())
 }
 
 // wantsBuild reports whether build b of series id is still of use: the
@@ -242,17 +246,25 @@ func (e *Engine) SetState(ctx context.Context, st contract.DesiredState) (Change
 		e.mu.Unlock()
 		return e.Converge(ctx, st.User), nil
 	}
-	u := &user{state: st}
+	u, err := newUser(st)
+	if err != nil {
+		e.log.WarnContext(ctx, "indicators left out of the plan", "user", st.User, "err", err)
+	}
 	if cur := e.users[st.User]; cur != nil {
 		u.lastCandle, u.lag = cur.lastCandle, cur.lag
-	}
-	var err error
-	if u.plan, err = catalog.For(u.mode(), st.Settings.Indicators.WithDefaults()); err != nil {
-		e.log.WarnContext(ctx, "indicators left out of the plan", "user", st.User, "err", err)
 	}
 	e.users[st.User] = u
 	e.mu.Unlock()
 	return e.Converge(ctx, st.User), nil
+}
+
+// newUser is the user of state st with its indicator plan; an error
+// names the indicators left out of the plan (the user is still usable).
+func newUser(st contract.DesiredState) (*user, error) {
+	u := &user{state: st}
+	var err error
+	u.plan, err = catalog.For(u.mode(), st.Settings.Indicators.WithDefaults())
+	return u, err
 }
 
 // updateState changes the known state of a user with f and converges;
@@ -306,14 +318,13 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed int, re
 		if token != "" && id.User != token {
 			continue
 		}
-		u, runs := e.runsSeries(id)
-		switch {
-		case !runs && e.keepsPaused(id, s):
+		switch e.fateOf(e.users[id.User], id, s) {
+		case fateKeepPaused:
 			s.kept = true
-		case !runs:
+		case fateDrop:
 			delete(e.series, id)
 			removed++
-		case !slices.Equal(s.specs, u.plan.Candle):
+		case fateReplan:
 			delete(e.series, id)
 			replanned[id] = true
 		}
@@ -322,7 +333,7 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed int, re
 		if token != "" && id.User != token {
 			continue
 		}
-		if _, runs := e.runsBook(id); !runs {
+		if !e.runsBookFor(e.users[id.User], id) {
 			delete(e.books, id)
 			removed++
 		}
@@ -339,6 +350,35 @@ func (e *Engine) dropUnowned(ctx context.Context, token string) (removed int, re
 		e.log.DebugContext(ctx, "series dropped", "user", token, "dropped", removed, "replanned", len(replanned))
 	}
 	return removed, replanned
+}
+
+// fate is what converging does to one in-memory candle series.
+type fate int
+
+// The fates of a series.
+const (
+	// fateKeep: it runs on as it is.
+	fateKeep fate = iota
+	// fateKeepPaused: it stops but is kept for the resume (keepsPaused).
+	fateKeepPaused
+	// fateDrop: it is dropped for good.
+	fateDrop
+	// fateReplan: its indicator set changed; it is rebuilt (recomputed).
+	fateReplan
+)
+
+// fateOf is the fate of series s under user u (the known user, or the
+// one a plan would make). The caller holds e.mu.
+func (e *Engine) fateOf(u *user, id contract.SeriesID, s *series) fate {
+	switch {
+	case !e.runsFor(u, id) && e.keepsPausedFor(u, id, s):
+		return fateKeepPaused
+	case !e.runsFor(u, id):
+		return fateDrop
+	case !slices.Equal(s.specs, u.plan.Candle):
+		return fateReplan
+	}
+	return fateKeep
 }
 
 // Converge makes this instance run exactly the user's series it should:

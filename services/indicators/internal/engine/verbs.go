@@ -91,7 +91,11 @@ func (e *Engine) Resume(ctx context.Context, token string, st *contract.DesiredS
 // on (catchUp), as fillGap does for a running series. The caller holds
 // e.mu.
 func (e *Engine) keepsPaused(id contract.SeriesID, s *series) bool {
-	u := e.users[id.User]
+	return e.keepsPausedFor(e.users[id.User], id, s)
+}
+
+// keepsPausedFor is keepsPaused for user u (known or planned).
+func (e *Engine) keepsPausedFor(u *user, id contract.SeriesID, s *series) bool {
 	return u != nil && u.state.Paused && len(u.plan.Candle) > 0 && u.inPlan(id) && e.owner.Owns(id.String()) &&
 		slices.Equal(s.specs, u.plan.Candle)
 }

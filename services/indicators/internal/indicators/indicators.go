@@ -167,7 +167,49 @@ func closeMinutes(ctx context.Context, rt *service.Runtime, e *engine.Engine) {
 var errArgs = contract.FieldError{Field: "args", Problem: "is required"}
 
 // verbs are the control verbs of indicators (besides status).
-var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbRecompute, contract.VerbForget}
+var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbRecompute, contract.VerbForget, contract.VerbPlan}
+
+// plan answers vigil.svc.indicators.plan: what apply, recompute or forget
+// would do on this instance, changing nothing.
+func plan(e *engine.Engine, req contract.SvcRequest) (any, error) {
+	if len(req.Args) == 0 {
+		return nil, errArgs
+	}
+	args, err := contract.DecodePeer[contract.PlanArgs](req.Args)
+	if err != nil {
+		return nil, err
+	}
+	switch args.Verb {
+	case contract.VerbApply:
+		if req.State == nil {
+			return nil, contract.FieldError{Field: "state", Problem: "is required"}
+		}
+		return e.PlanApply(req.User, *req.State)
+	case contract.VerbRecompute:
+		a, err := contract.DecodePeer[contract.RecomputeArgs](orEmpty(args.Args))
+		if err != nil {
+			return nil, fmt.Errorf("args.args: %w", err)
+		}
+		if a.Series.User == "" {
+			a.Series.User = req.User
+		}
+		return e.PlanRecompute(a.Series)
+	case contract.VerbForget:
+		a, err := contract.DecodePeer[contract.ForgetArgs](orEmpty(args.Args))
+		if err != nil {
+			return nil, fmt.Errorf("args.args: %w", err)
+		}
+		return e.PlanForget(a)
+	}
+	return nil, contract.FieldError{Field: "args.verb", Problem: fmt.Sprintf("%q has no plan in vigil-indicators (apply, recompute, forget)", args.Verb)}
+}
+
+func orEmpty(b []byte) []byte {
+	if len(b) == 0 {
+		return []byte("{}")
+	}
+	return b
+}
 
 // handleVerbs gives the control verbs their handlers (status is answered
 // by service.Start).
@@ -219,6 +261,12 @@ func handleVerbs(svc *service.Service, e *engine.Engine) error {
 				return nil, err
 			}
 			return e.Forget(ctx, args)
+		},
+		contract.VerbPlan: func(_ context.Context, req contract.SvcRequest) (any, error) {
+			if err := requireUser(req); err != nil {
+				return nil, err
+			}
+			return plan(e, req)
 		},
 	}
 	for _, verb := range verbs {

@@ -1,0 +1,327 @@
+package sequences
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"vigil.dev/pkg/contract"
+	"vigil.dev/services/control/internal/desired"
+)
+
+// ErrStalePlan reports a real command given a plan hash whose inputs
+// changed since its dry run (conflict).
+var ErrStalePlan = contract.NewKind(contract.ErrConflict, "the plan is stale")
+
+// tracer makes the plan span of a dry run or plan check.
+var tracer = otel.Tracer("vigil.dev/services/control/sequences")
+
+// PlanInputs are what a plan depended on (docs/design.md, "Plan and dry
+// run"); the plan hash is the SHA-256 of their JSON. A real command given
+// that hash recomputes them the same way and fails with conflict when the
+// hash differs.
+type PlanInputs struct {
+	Command contract.Command `json:"command"`
+	// Payload is the command's payload without id, dry_run and plan.
+	Payload contract.Payload `json:"payload"`
+	// State is the SHA-256 of the user's desired state before the
+	// command (its content: paused, mode, symbols, revision, settings;
+	// not when or by which command it was written); StateRevision is that
+	// state's config revision, for reading.
+	State         string `json:"state,omitempty"`
+	StateRevision int64  `json:"state_revision,omitempty"`
+	// Next is the SHA-256 of the desired state the command would write.
+	Next string `json:"next,omitempty"`
+	// Settings is the SHA-256 of users.settings as read (reload-settings).
+	Settings string `json:"settings,omitempty"`
+	// Exchange is the exchange account the command works on.
+	Exchange int64 `json:"exchange,omitempty"`
+	// Keys counts, by prefix, the keys a clear-cache deletes.
+	Keys map[string]int `json:"keys,omitempty"`
+}
+
+// Hash is the plan hash of the inputs: 64 lowercase hex digits.
+func (in PlanInputs) Hash() string {
+	b, err := json.Marshal(in)
+	if err != nil {
+		panic(fmt.Sprintf("plan inputs not encodable: %v", err)) // every field is plain data
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// digest is the SHA-256 of v's JSON.
+func digest(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("digest: %v", err))
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// stateDigest is the digest of a desired state's content: without the
+// command that wrote it and when.
+func stateDigest(st contract.DesiredState) string {
+	st.CommandID, st.UpdatedAt = "", time.Time{}
+	return digest(st)
+}
+
+// planningOf is the payload's dry-run fields (none for pause and resume).
+func planningOf(p contract.Payload) contract.Planning {
+	if pl, ok := p.(contract.Planned); ok {
+		return pl.Planned()
+	}
+	return contract.Planning{}
+}
+
+// isDryRun reports whether cmd is a dry run.
+func isDryRun(cmd Command) bool { return planningOf(cmd.Payload).DryRun }
+
+// planPayload is p without id and dry-run fields: what of the payload a
+// plan depends on.
+func planPayload(p contract.Payload) contract.Payload {
+	switch v := p.(type) {
+	case contract.ReloadSettingsPayload:
+		v.ID, v.Planning = "", contract.Planning{}
+		return v
+	case contract.SwitchModePayload:
+		v.ID, v.Planning = "", contract.Planning{}
+		return v
+	case contract.ForceBackfillPayload:
+		v.ID, v.Planning = "", contract.Planning{}
+		return v
+	case contract.ClearCachePayload:
+		v.ID, v.Planning = "", contract.Planning{}
+		return v
+	}
+	return p
+}
+
+// planInputs starts the inputs of cmd over the desired state before it.
+func planInputs(cmd Command, before contract.DesiredState) PlanInputs {
+	return PlanInputs{Command: cmd.Name, Payload: planPayload(cmd.Payload), State: stateDigest(before), StateRevision: before.Revision}
+}
+
+// checkPlan compares the plan hash cmd was given (if any) with the hash of
+// in, as a span of the command's trace; a different hash is ErrStalePlan.
+func checkPlan(ctx context.Context, cmd Command, in PlanInputs) error {
+	given := planningOf(cmd.Payload).Plan
+	if given == "" {
+		return nil
+	}
+	_, span := tracer.Start(ctx, "plan check", trace.WithAttributes(attribute.String("vigil.plan", given)))
+	defer span.End()
+	now := in.Hash()
+	span.SetAttributes(attribute.String("vigil.plan.now", now), attribute.Bool("vigil.plan.stale", now != given))
+	if now != given {
+		return fmt.Errorf("%w: plan %s was made on other inputs than now (%s: desired state revision %d%s); nothing was changed, make a new plan with \"dry_run\":true",
+			ErrStalePlan, given, now, in.StateRevision, keysText(in.Keys))
+	}
+	return nil
+}
+
+func keysText(keys map[string]int) string {
+	if keys == nil {
+		return ""
+	}
+	return fmt.Sprintf(", keys %v", keys)
+}
+
+// peek is the user's desired state for a dry run: as stored, or, for a
+// user without one, the initial state seeding would write (not written).
+func (r *Runner) peek(ctx context.Context, user string) (desired.Entry, error) {
+	e, err := r.d.States.Get(ctx, user)
+	if err != nil || e.Exists() {
+		return e, err
+	}
+	u, err := r.d.Users.Lookup(ctx, user)
+	if err != nil {
+		return desired.Entry{}, err
+	}
+	st, err := r.InitialState(u)
+	return desired.Entry{State: st}, err
+}
+
+// stateFor is the desired state cmd starts from: peek for a dry run (which
+// writes nothing), current otherwise.
+func (r *Runner) stateFor(ctx context.Context, cmd Command) (desired.Entry, error) {
+	if isDryRun(cmd) {
+		return r.peek(ctx, cmd.User)
+	}
+	return r.current(ctx, cmd.User)
+}
+
+// planSpec is one service asked for the plan of one verb.
+type planSpec struct {
+	svc  contract.Svc
+	verb contract.Verb
+	args any
+}
+
+// InstancePlans are the plans of one service, by instance id.
+type InstancePlans map[string]json.RawMessage
+
+// askPlans sends vigil.svc.<service>.plan for each spec in order, with st
+// as the request's state; every instance answers what the verb would do
+// there. It stops at the first step not confirmed.
+func (r *Runner) askPlans(ctx context.Context, cmd Command, st *contract.DesiredState, specs []planSpec, timeout time.Duration) ([]contract.Step, map[string]InstancePlans, error) {
+	plans := map[string]InstancePlans{}
+	var steps []contract.Step
+	for _, s := range specs {
+		args := contract.PlanArgs{Verb: s.verb}
+		if s.args != nil {
+			b, err := json.Marshal(s.args)
+			if err != nil {
+				return steps, plans, fmt.Errorf("encode plan args: %w", err)
+			}
+			args.Args = b
+		}
+		st, replies, err := r.run(ctx, cmd, st, []stepSpec{{s.svc, contract.VerbPlan}}, args, timeout)
+		steps = append(steps, st...)
+		if err != nil {
+			return steps, plans, err
+		}
+		name := s.svc.MicroName()
+		if plans[name] == nil {
+			plans[name] = InstancePlans{}
+		}
+		for _, rep := range replies[0] {
+			plans[name][rep.Instance] = rep.Result
+		}
+	}
+	return steps, plans, nil
+}
+
+// planned is the outcome of a dry run: result holds the command's own
+// plan fields, to which the hash, the inputs and the services' plans are
+// added.
+func planned(ctx context.Context, in PlanInputs, result map[string]any, plans map[string]InstancePlans, steps []contract.Step) Outcome {
+	hash := in.Hash()
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("vigil.plan", hash))
+	result["dry_run"] = true
+	result["plan"] = hash
+	result["inputs"] = in
+	if plans != nil {
+		result["services"] = plans
+	}
+	return succeeded(result, steps)
+}
+
+// planSpan starts the span of a dry run's plan.
+func planSpan(ctx context.Context, cmd Command) (context.Context, trace.Span) {
+	return tracer.Start(ctx, "plan "+string(cmd.Name), trace.WithAttributes(attribute.String("vigil.command_id", cmd.ID)))
+}
+
+// planApply is the dry run of reload-settings and switch-mode: every
+// instance of feed, indicators and alerts says what apply of next would
+// change there.
+func (r *Runner) planApply(ctx context.Context, cmd Command, in PlanInputs, next contract.DesiredState, result map[string]any) Outcome {
+	ctx, span := planSpan(ctx, cmd)
+	defer span.End()
+	var specs []planSpec
+	for _, s := range applySteps {
+		specs = append(specs, planSpec{svc: s.svc, verb: s.verb})
+	}
+	steps, plans, err := r.askPlans(ctx, cmd, &next, specs, r.cfg.StepTimeout)
+	if err != nil {
+		return failed(steps, contract.ErrorOf(err))
+	}
+	return planned(ctx, in, result, plans, steps)
+}
+
+// planBackfill is the dry run of force-backfill: for each timeframe, in
+// the order the real run takes them, the feed's instances say how many
+// pages and requests its backfill takes and how long at the source's rate
+// limit, and the indicators' instances which one would recompute the
+// series.
+func (r *Runner) planBackfill(ctx context.Context, cmd Command, p contract.ForceBackfillPayload, in PlanInputs, st contract.DesiredState) Outcome {
+	ctx, span := planSpan(ctx, cmd)
+	defer span.End()
+	var specs []planSpec
+	for _, job := range r.backfillJobs(cmd, p, st) {
+		specs = append(specs, planSpec{svc: contract.SvcFeed, verb: contract.VerbBackfill, args: job.args},
+			planSpec{svc: contract.SvcIndicators, verb: contract.VerbRecompute, args: contract.RecomputeArgs{Series: job.series}})
+	}
+	var steps []contract.Step
+	byTF := map[contract.Timeframe]map[string]InstancePlans{}
+	total := backfillEstimate{}
+	for i := 0; i < len(specs); i += 2 {
+		tf := p.BackfillTimeframes()[i/2]
+		s, plans, err := r.askPlans(ctx, cmd, &st, specs[i:i+2], r.cfg.StepTimeout)
+		steps = append(steps, s...)
+		if err != nil {
+			return failed(steps, contract.ErrorOf(err))
+		}
+		byTF[tf] = plans
+		for _, raw := range plans[contract.SvcFeed.MicroName()] {
+			var e backfillEstimate
+			if json.Unmarshal(raw, &e) == nil && e.Owner {
+				total.add(e)
+			}
+		}
+	}
+	return planned(ctx, in, map[string]any{"backfilled": false, "symbol": p.Symbol, "pages": total.Pages,
+		"requests": total.Requests, "estimated_seconds": total.EstimatedSeconds, "timeframes": byTF}, nil, steps)
+}
+
+// backfillEstimate is the part of a feed instance's backfill plan that
+// the dry run adds up.
+type backfillEstimate struct {
+	Owner            bool    `json:"owner"`
+	Pages            int     `json:"pages"`
+	Requests         int     `json:"requests"`
+	EstimatedSeconds float64 `json:"estimated_seconds"`
+}
+
+func (e *backfillEstimate) add(o backfillEstimate) {
+	e.Pages += o.Pages
+	e.Requests += o.Requests
+	e.EstimatedSeconds += o.EstimatedSeconds
+}
+
+// planClearCache counts the keys clear-cache args would delete, by prefix
+// (SCAN, no UNLINK): for a dry run it also asks every indicators instance
+// which series it would forget and returns the plan (stop true); for a
+// real command given a plan it checks the plan (stop true when stale).
+func (r *Runner) planClearCache(ctx context.Context, cmd Command, args contract.ForgetArgs) (out Outcome, stop bool) {
+	dry := isDryRun(cmd)
+	if dry {
+		var span trace.Span
+		ctx, span = planSpan(ctx, cmd)
+		defer span.End()
+	}
+	keys, err := r.d.Cache.CountCleared(ctx, args.Selector())
+	if err != nil {
+		return failed(nil, &contract.Error{Code: contract.CodeUnavailable, Message: "redis: counting the keys: " + err.Error()}), true
+	}
+	in := PlanInputs{Command: cmd.Name, Payload: planPayload(cmd.Payload), Exchange: args.ExchangeID, Keys: keys}
+	if !dry {
+		if err := checkPlan(ctx, cmd, in); err != nil {
+			return failed(nil, contract.ErrorOf(err)), true
+		}
+		return Outcome{}, false
+	}
+	steps, plans, err := r.askPlans(ctx, cmd, nil, []planSpec{{svc: contract.SvcIndicators, verb: contract.VerbForget, args: args}}, r.cfg.StepTimeout)
+	if err != nil {
+		return failed(steps, contract.ErrorOf(err)), true
+	}
+	n := 0
+	for _, c := range keys {
+		n += c
+	}
+	result := map[string]any{"cleared": false, "scope": args.Scope, "exchange": args.ExchangeID, "keys": keys, "wouldDeleteCount": n}
+	if args.Symbol != "" {
+		result["symbol"] = args.Symbol
+	}
+	if args.Timeframe != "" {
+		result["timeframe"] = args.Timeframe
+	}
+	return planned(ctx, in, result, plans, steps), true
+}
