@@ -21,6 +21,8 @@ type commandOptions struct {
 	noWait   bool
 	timeout  time.Duration
 	json     bool
+	// dryRun makes the summary end with how to run the plan.
+	dryRun bool
 }
 
 // payloadFlags are the flags that make up command payloads.
@@ -33,6 +35,15 @@ type payloadFlags struct {
 	timeframe  string
 	exchange   int64
 	target     string
+	// dryRun (--plan) and planHash (--plan-hash) are the dry-run fields
+	// of the plannable commands.
+	dryRun   bool
+	planHash string
+}
+
+// planning is the payload's dry-run part.
+func (p *payloadFlags) planning() contract.Planning {
+	return contract.Planning{DryRun: p.dryRun, Plan: p.planHash}
 }
 
 // commandSpec describes the subcommand of one control command.
@@ -49,6 +60,8 @@ type commandSpec struct {
 	flags     func(f *pflag.FlagSet, p *payloadFlags)
 	// payload builds the request body; vigil-control validates it.
 	payload func(p *payloadFlags, args []string) any
+	// plannable commands take --plan and --plan-hash.
+	plannable bool
 }
 
 // commandSpecs are the control commands.
@@ -70,18 +83,20 @@ var commandSpecs = []commandSpec{
 	},
 	{
 		use: "reload", aliases: []string{"reload-settings"}, command: contract.CmdReloadSettings,
-		short:   "Reload a user's settings from the database and apply them everywhere",
-		example: "  vigilctl reload --user demo",
-		payload: func(*payloadFlags, []string) any { return contract.ReloadSettingsPayload{} },
+		short:     "Reload a user's settings from the database and apply them everywhere",
+		example:   "  vigilctl reload --user demo\n  vigilctl reload --user demo --plan\n  vigilctl reload --user demo --plan-hash <hash from --plan>",
+		plannable: true,
+		payload:   func(p *payloadFlags, _ []string) any { return contract.ReloadSettingsPayload{Planning: p.planning()} },
 	},
 	{
 		use: "mode <position-monitor|scalper-macdv|scalper-orderbook>", aliases: []string{"switch-mode"},
-		command: contract.CmdSwitchMode,
-		short:   "Switch a user's mode",
-		example: "  vigilctl mode scalper-macdv --user demo",
-		args:    exactArgs(1, "the mode (position-monitor, scalper-macdv or scalper-orderbook)"),
-		payload: func(_ *payloadFlags, args []string) any {
-			return contract.SwitchModePayload{Mode: contract.Mode(args[0])}
+		command:   contract.CmdSwitchMode,
+		short:     "Switch a user's mode",
+		example:   "  vigilctl mode scalper-macdv --user demo",
+		args:      exactArgs(1, "the mode (position-monitor, scalper-macdv or scalper-orderbook)"),
+		plannable: true,
+		payload: func(p *payloadFlags, args []string) any {
+			return contract.SwitchModePayload{Mode: contract.Mode(args[0]), Planning: p.planning()}
 		},
 	},
 	{
@@ -94,12 +109,13 @@ var commandSpecs = []commandSpec{
 			f.StringVar(&p.from, "from", "", "start of the range, RFC 3339 (default: vigil-control's default range before --to)")
 			f.StringVar(&p.to, "to", "", "end of the range, RFC 3339 (default now)")
 		},
+		plannable: true,
 		payload: func(p *payloadFlags, _ []string) any {
 			tfs := make([]contract.Timeframe, len(p.timeframes))
 			for i, tf := range p.timeframes {
 				tfs[i] = contract.Timeframe(tf)
 			}
-			return contract.ForceBackfillPayload{Symbol: p.symbol, Timeframes: tfs, From: p.from, To: p.to}
+			return contract.ForceBackfillPayload{Symbol: p.symbol, Timeframes: tfs, From: p.from, To: p.to, Planning: p.planning()}
 		},
 	},
 	{
@@ -112,9 +128,10 @@ var commandSpecs = []commandSpec{
 			f.StringVar(&p.timeframe, "timeframe", "", "the timeframe (scope timeframe)")
 			f.Int64Var(&p.exchange, "exchange", 0, "exchange account id (default the user's first account)")
 		},
+		plannable: true,
 		payload: func(p *payloadFlags, _ []string) any {
 			return contract.ClearCachePayload{Scope: contract.ClearScope(p.scope), Symbol: p.symbol,
-				Timeframe: contract.Timeframe(p.timeframe), Exchange: p.exchange}
+				Timeframe: contract.Timeframe(p.timeframe), Exchange: p.exchange, Planning: p.planning()}
 		},
 	},
 	{
@@ -126,6 +143,20 @@ var commandSpecs = []commandSpec{
 		},
 		payload: func(p *payloadFlags, _ []string) any { return contract.CancelPayload{ID: p.target} },
 	},
+}
+
+// checkPlanFlags rejects --plan with --plan-hash and a malformed hash.
+func checkPlanFlags(p *payloadFlags) error {
+	if p.planHash == "" {
+		return nil
+	}
+	if p.dryRun {
+		return usageErrorf("--plan and --plan-hash exclude each other: --plan makes a plan, --plan-hash runs one")
+	}
+	if err := contract.ValidatePlanHash(p.planHash); err != nil {
+		return flagError("plan-hash", err)
+	}
+	return nil
 }
 
 // exactArgs requires n positional arguments, naming what they are.
@@ -168,6 +199,10 @@ func newCommandCmd(sys IO, conn *connFlags, spec commandSpec) *cobra.Command {
 			if o.timeout <= 0 {
 				return usageErrorf("--timeout: must be positive")
 			}
+			if err := checkPlanFlags(&p); err != nil {
+				return err
+			}
+			o.dryRun = p.dryRun
 			body, err := json.Marshal(spec.payload(&p, args))
 			if err != nil {
 				return fmt.Errorf("encode the payload: %w", err)
@@ -190,6 +225,10 @@ func newCommandCmd(sys IO, conn *connFlags, spec commandSpec) *cobra.Command {
 	f.BoolVar(&o.json, "json", false, "print the raw ACK and result JSON, one per line")
 	if spec.flags != nil {
 		spec.flags(f, &p)
+	}
+	if spec.plannable {
+		f.BoolVar(&p.dryRun, "plan", false, "dry run: change nothing, print what every instance would change and the plan hash")
+		f.StringVar(&p.planHash, "plan-hash", "", "run only if nothing the plan of --plan depended on changed since (else conflict)")
 	}
 	return cmd
 }

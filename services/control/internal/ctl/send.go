@@ -198,6 +198,14 @@ func (s sender) finish(out printer, bar *progressView, data []byte) error {
 	if r.Status != contract.StatusSucceeded {
 		return &FailedError{Result: r}
 	}
+	if s.opts.dryRun && !s.opts.json {
+		var plan struct {
+			Plan string `json:"plan"`
+		}
+		if json.Unmarshal(r.Result, &plan) == nil && plan.Plan != "" {
+			fmt.Fprintf(s.sys.Stdout, "plan %s: nothing was changed; run it with --plan-hash %s (it fails with conflict if its inputs changed)\n", plan.Plan, plan.Plan)
+		}
+	}
 	return nil
 }
 
