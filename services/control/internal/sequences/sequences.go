@@ -500,6 +500,8 @@ func (r *Runner) stopBackfill(ctx context.Context, cmd Command, st *contract.Des
 	progress["candles"] = p.candles
 	return Outcome{Status: contract.StatusCancelled, Steps: steps, Result: map[string]any{"backfilled": false, "symbol": p.symbol,
 		"candles": p.candles, "cancelled_by": c.By, "progress": progress}}
+}
+
 // backfillJob is one timeframe of a force-backfill: the feed's backfill
 // args and the series the indicators recompute after it.
 type backfillJob struct {

@@ -78,7 +78,7 @@ func (f *feed) planApply(req contract.SvcRequest) (any, error) {
 	if req.State == nil {
 		return nil, contract.FieldError{Field: "state", Problem: "is required"}
 	}
-	if err := validateState(req.User, *req.State); err != nil {
+	if err := req.State.ValidateFor(req.User); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
