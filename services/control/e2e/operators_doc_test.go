@@ -21,7 +21,7 @@ import (
 )
 
 // A recipe is one ```sh block of docs/operators.md. Its first line is
-// either "# not tested: <why>" or "# test: <name> [background] [tty]",
+// either "# not tested: <why>" or "# test: <name> [background] [tty] [tenant]",
 // followed by any of:
 //
 //	# expect: <regexp>   the output (stdout and stderr, ANSI codes removed)
@@ -32,7 +32,8 @@ import (
 // and the shell script, run by bash with -e -o pipefail. A background
 // recipe keeps running while the recipes after it run; its expectations
 // are checked at the end of the document, then it is stopped. A tty
-// recipe runs on a pseudo-terminal (nats stream view needs one).
+// recipe runs on a pseudo-terminal (nats stream view needs one). A tenant
+// recipe runs only as a tenant (alice of deploy/nats, TestOperatorsAsTenant).
 //
 // "nats sub" prints "Subscribing on ..." right before it subscribes; the
 // recipe after it is a new process that connects and sends a request
@@ -42,6 +43,7 @@ type recipe struct {
 	Line       int
 	Background bool
 	TTY        bool
+	Tenant     bool
 	Expect     []*regexp.Regexp
 	Ready      *regexp.Regexp
 	Exit       int
@@ -49,7 +51,7 @@ type recipe struct {
 }
 
 var (
-	testMarker    = regexp.MustCompile(`^# test: ([a-z0-9-]+)((?: (?:background|tty))*)\s*$`)
+	testMarker    = regexp.MustCompile(`^# test: ([a-z0-9-]+)((?: (?:background|tty|tenant))*)\s*$`)
 	notTested     = regexp.MustCompile(`^# not tested: \S`)
 	expectMarker  = "# expect: "
 	readyMarker   = "# ready: "
@@ -97,7 +99,7 @@ func parseRecipes(path string) ([]recipe, error) {
 			}
 			m := testMarker.FindStringSubmatch(line)
 			if m == nil {
-				return nil, fmt.Errorf("%s:%d: an sh block must start with \"# test: <name> [background] [tty]\" or \"# not tested: <why>\", got %q", path, n, line)
+				return nil, fmt.Errorf("%s:%d: an sh block must start with \"# test: <name> [background] [tty] [tenant]\" or \"# not tested: <why>\", got %q", path, n, line)
 			}
 			if prev, dup := names[m[1]]; dup {
 				return nil, fmt.Errorf("%s:%d: recipe name %s is also used at line %d", path, n, m[1], prev)
@@ -106,6 +108,7 @@ func parseRecipes(path string) ([]recipe, error) {
 			cur.Name = m[1]
 			cur.Background = strings.Contains(m[2], "background")
 			cur.TTY = strings.Contains(m[2], "tty")
+			cur.Tenant = strings.Contains(m[2], "tenant")
 		case cur != nil && strings.HasPrefix(line, expectMarker):
 			re, err := regexp.Compile("(?m)" + strings.TrimPrefix(line, expectMarker))
 			if err != nil {
