@@ -130,11 +130,18 @@ func waitConverged(t *testing.T, members []member, want []string) time.Duration 
 	}
 }
 
-// requireStable checks that converged keeps holding over the next
-// heartbeats of members[0].
-func requireStable(t *testing.T, js jetstream.JetStream, members []member, want []string) {
+// requireStable checks that, once two heartbeat timeouts have passed since
+// the event (the window in which the contract lets ownership settle, and
+// one view may still flap, e.g. a member whose own beats have not come back
+// through its new watch yet), converged holds and keeps holding over the
+// next heartbeats of members[0].
+func requireStable(t *testing.T, js jetstream.JetStream, members []member, want []string, event time.Time) {
 	t.Helper()
 	ctx := context.Background()
+	waitFor(t, "two heartbeat timeouts after the event", func() bool { return time.Since(event) >= 2*resilient.Timeout })
+	if err := converged(members, want); err != nil {
+		t.Fatalf("ownership not converged two heartbeat timeouts after the event: %v", err)
+	}
 	revision := func() uint64 {
 		kv, err := js.KeyValue(ctx, membership.Bucket)
 		if err != nil {
@@ -210,8 +217,9 @@ func TestOwnershipSurvivesANATSRestart(t *testing.T) {
 				}
 				return true
 			})
-			requireWithinTwoTimeouts(t, "NATS restart", waitConverged(t, members, names))
-			requireStable(t, mustJS(t, members[0].nc), members, names)
+			took := waitConverged(t, members, names)
+			requireWithinTwoTimeouts(t, "NATS restart", took)
+			requireStable(t, mustJS(t, members[0].nc), members, names, time.Now().Add(-took))
 		})
 	}
 }
@@ -237,7 +245,7 @@ func TestBucketDeletedOrPurgedWhileMembersRun(t *testing.T) {
 	})
 	waitConverged(t, members, names)
 	requireWithinTwoTimeouts(t, "bucket deleted", time.Since(deleted))
-	requireStable(t, js, members, names)
+	requireStable(t, js, members, names, deleted)
 
 	s, err := js.Stream(ctx, "KV_"+membership.Bucket)
 	if err != nil {
@@ -249,7 +257,7 @@ func TestBucketDeletedOrPurgedWhileMembersRun(t *testing.T) {
 	purged := time.Now()
 	waitConverged(t, members, names)
 	requireWithinTwoTimeouts(t, "bucket purged", time.Since(purged))
-	requireStable(t, js, members, names)
+	requireStable(t, js, members, names, purged)
 }
 
 // TestCutOffMemberStopsOwningBeforeOthersTakeOver cuts one of three
@@ -330,7 +338,7 @@ func TestOwnershipSurvivesALeaderElection(t *testing.T) {
 	elected := time.Now()
 	waitConverged(t, members, names)
 	requireWithinTwoTimeouts(t, "leader stepped down (from the new leader's election)", time.Since(elected))
-	requireStable(t, js, members, names)
+	requireStable(t, js, members, names, elected)
 
 	var dead string
 	waitFor(t, "the bucket to have a leader", func() bool { dead = leader(); return dead != "" })
@@ -347,5 +355,5 @@ func TestOwnershipSurvivesALeaderElection(t *testing.T) {
 	elected = time.Now()
 	waitConverged(t, members, names)
 	requireWithinTwoTimeouts(t, "leader's server died (from reconnection and the new leader's election)", time.Since(elected))
-	requireStable(t, js, members, names)
+	requireStable(t, js, members, names, elected)
 }
