@@ -48,8 +48,9 @@ const switchSettings = `{"mode":"position-monitor","symbols":["BTC-USD"],"rules"
 
 // TestCommandsSim runs the operator commands end to end against one
 // instance of each real service on the simulator: pause/resume, reload of
-// settings, mode switches, clear-cache, duplicate ids and priority. Each
-// scenario has users of its own and runs in parallel with the others.
+// settings, mode switches, clear-cache, duplicate ids, priority and dry
+// runs. Each scenario has users of its own and runs in parallel with the
+// others.
 func TestCommandsSim(t *testing.T) {
 	s := newCmdStack(t, "VIGIL_FEED_SOURCE=sim")
 	btc := `{"mode":"position-monitor","symbols":["BTC-USD"]}`
@@ -60,8 +61,9 @@ func TestCommandsSim(t *testing.T) {
 	_, extra := s.seed(t, cacheUser, `{"mode":"position-monitor","symbols":["BTC-USD","ETH-USD"]}`, "kraken")
 	s.seed(t, dupUser, btc)
 	s.seed(t, priorityUser, btc)
+	s.seed(t, planUser, switchSettings)
 	began := time.Now()
-	s.startAll(t, 1, pauseUser, bystander, reloadUser, switchUser, cacheUser, dupUser, priorityUser)
+	s.startAll(t, 1, pauseUser, bystander, reloadUser, switchUser, cacheUser, dupUser, priorityUser, planUser)
 	t.Logf("services up and desired states written in %v", time.Since(began).Round(time.Millisecond))
 
 	t.Run("pause-resume", func(t *testing.T) { t.Parallel(); testPauseResume(t, s) })
@@ -70,6 +72,7 @@ func TestCommandsSim(t *testing.T) {
 	t.Run("clear-cache", func(t *testing.T) { t.Parallel(); testClearCache(t, s, extra[0]) })
 	t.Run("duplicate-ids", func(t *testing.T) { t.Parallel(); testDuplicateIDs(t, s) })
 	t.Run("priority", func(t *testing.T) { t.Parallel(); testPriority(t, s) })
+	t.Run("dry-run", func(t *testing.T) { t.Parallel(); testDryRun(t, s) })
 }
 
 // streamSeqs are the last sequences of the data streams at one moment.

@@ -1,0 +1,86 @@
+package e2e
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
+)
+
+// planUser is the user of the dry-run scenario of TestCommandsSim.
+const planUser = "plan"
+
+// testDryRun: dry runs of reload-settings, switch-mode, clear-cache and
+// force-backfill against the real services each succeed with a plan hash
+// and change nothing: the user's desired state (KV revision and bytes), its
+// Redis keys and values (DUMP), and the user's messages on the candle,
+// indicator and alert streams are the same before and after; the results
+// stream holds only the dry runs' own results. The user is paused first,
+// so that its own data flow does not change what is compared.
+func testDryRun(t *testing.T, s *cmdStack) {
+	a := s.account(t, planUser)
+	testenv.WaitFor(t, 60*time.Second, "candles of the plan user in Redis", func() bool {
+		return len(s.keys(t, "candles:"+itoa(a.UserID)+":*")) > 0
+	})
+	s.run(t, planUser, contract.CmdPause, `{}`)
+
+	revision, state := s.stateEntry(t, planUser)
+	keys := s.snapshot(t, userKeys(a))
+	flow := s.seqs(t)
+	results := s.lastSeq(t, contract.StreamResults)
+
+	var ids []string
+	for _, dry := range []struct {
+		cmd     contract.Command
+		payload string
+	}{
+		{contract.CmdReloadSettings, `{"dry_run":true}`},
+		{contract.CmdSwitchMode, `{"mode":"scalper-macdv","dry_run":true}`},
+		{contract.CmdClearCache, `{"scope":"all","dry_run":true}`},
+		{contract.CmdForceBackfill, `{"symbol":"BTC-USD","timeframes":["1h"],"dry_run":true}`},
+	} {
+		res := s.run(t, planUser, dry.cmd, dry.payload)
+		ids = append(ids, res.ID)
+		var plan struct {
+			DryRun bool   `json:"dry_run"`
+			Plan   string `json:"plan"`
+			// clear-cache and force-backfill
+			WouldDelete *int `json:"wouldDeleteCount"`
+			Pages       *int `json:"pages"`
+		}
+		if err := json.Unmarshal(res.Result, &plan); err != nil || !plan.DryRun || contract.ValidatePlanHash(plan.Plan) != nil {
+			t.Errorf("%s %s: result %s is not a plan with a hash", dry.cmd, dry.payload, res.Result)
+		}
+		// The plans say what the real commands would do.
+		switch dry.cmd {
+		case contract.CmdClearCache:
+			if plan.WouldDelete == nil || *plan.WouldDelete != len(keys) {
+				t.Errorf("clear-cache plan %s: want wouldDeleteCount %d, the user's keys", res.Result, len(keys))
+			}
+		case contract.CmdForceBackfill:
+			if plan.Pages == nil || *plan.Pages < 1 {
+				t.Errorf("force-backfill plan %s: want at least one page", res.Result)
+			}
+		}
+	}
+
+	if r, v := s.stateEntry(t, planUser); r != revision || v != state {
+		t.Errorf("the dry runs changed the desired state: revision %d → %d\n%s\n→\n%s", revision, r, state, v)
+	}
+	if d := diffSnapshots(keys, s.snapshot(t, userKeys(a))); d != "" {
+		t.Errorf("the dry runs changed the user's Redis keys: %s", d)
+	}
+	if n := s.flowCounts(t, planUser, flow); n != [3]int{} {
+		t.Errorf("the dry runs published %d candles, %d indicator updates, %d alerts of the user", n[0], n[1], n[2])
+	}
+	for _, m := range s.published(t, contract.StreamResults, "vigil.result."+planUser+".>", results) {
+		id := m.Subject()[strings.LastIndex(m.Subject(), ".")+1:]
+		if !slices.Contains(ids, id) {
+			t.Errorf("a result other than the dry runs' own was published: %s", m.Subject())
+		}
+	}
+}
