@@ -145,6 +145,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	rt.Health.AddDegraded("audit", inst.projector.Ready)
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
 	return inst.Shutdown(cfg.ShutdownTimeout)
@@ -192,8 +193,10 @@ type Instance struct {
 	exec    *executor.Executor
 	ledger  *ledger.Ledger
 	users   *directory.Directory
-	log     *slog.Logger
-	started time.Time
+	// projector writes command_log from the audit records.
+	projector *ledger.Projector
+	log       *slog.Logger
+	started   time.Time
 }
 
 // Start starts an instance on d: the micro service with the command and
@@ -249,6 +252,7 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	if err != nil {
 		return fail(err)
 	}
+	inst.projector = projector
 	stopProjector := context.AfterFunc(ctx, projector.Stop)
 	svc.OnShutdown(func(context.Context) error {
 		if stopProjector() {

@@ -3,15 +3,19 @@ package ledger
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/wait"
 )
 
 // ProjectorDurable is the durable consumer of VIGIL_COMMANDS that every
@@ -46,17 +50,37 @@ func PublishAudit(ctx context.Context, js jetstream.JetStream, e Entry) error {
 // down the records wait in the stream (redelivered with backoff), so the
 // table catches up by itself. A final record is never overwritten, and a
 // running record never replaces a final one, so records may arrive in any
-// order and more than once.
+// order and more than once. When its durable consumer is deleted (by an
+// operator, or with a lost stream) the projector creates it again.
 type Projector struct {
+	js   jetstream.JetStream
 	pool *pgxpool.Pool
 	log  *slog.Logger
-	cc   jetstream.ConsumeContext
+	// stopCtx ends with Stop; it bounds the re-creation of a lost consumer.
+	stopCtx context.Context
+	stop    context.CancelFunc
+	// lost is set from the loss of the consumer until it is consuming again.
+	lost atomic.Bool
+
+	mu sync.Mutex
+	cc jetstream.ConsumeContext
 }
 
 // StartProjector creates (or reuses) the durable consumer and projects
 // until Stop.
 func StartProjector(ctx context.Context, js jetstream.JetStream, pool *pgxpool.Pool, log *slog.Logger) (*Projector, error) {
-	cons, err := js.CreateOrUpdateConsumer(ctx, natsx.StreamCommands, jetstream.ConsumerConfig{
+	p := &Projector{js: js, pool: pool, log: log}
+	p.stopCtx, p.stop = context.WithCancel(context.Background())
+	if err := p.consume(ctx); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// consume creates (or reuses) the durable consumer and starts consuming.
+func (p *Projector) consume(ctx context.Context) error {
+	cons, err := p.js.CreateOrUpdateConsumer(ctx, natsx.StreamCommands, jetstream.ConsumerConfig{
 		Durable:       ProjectorDurable,
 		Description:   "vigil-control: projects command audit records into PostgreSQL command_log",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -64,17 +88,77 @@ func StartProjector(ctx context.Context, js jetstream.JetStream, pool *pgxpool.P
 		MaxAckPending: 1000,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: consumer %s: %w", ErrStore, ProjectorDurable, err)
+		return fmt.Errorf("%w: consumer %s: %w", ErrStore, ProjectorDurable, err)
 	}
-	p := &Projector{pool: pool, log: log}
-	if p.cc, err = cons.Consume(p.handle); err != nil {
-		return nil, fmt.Errorf("%w: consume %s: %w", ErrStore, ProjectorDurable, err)
+	cc, err := cons.Consume(p.handle, jetstream.ConsumeErrHandler(p.consumeErr))
+	if err != nil {
+		return fmt.Errorf("%w: consume %s: %w", ErrStore, ProjectorDurable, err)
 	}
-	return p, nil
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopCtx.Err() != nil {
+		cc.Stop()
+		return p.stopCtx.Err()
+	}
+	p.cc = cc
+	return nil
+}
+
+// consumeErr starts re-creating the consumer when the server says it is
+// gone; other errors (missed heartbeats while NATS is away) the consume
+// loop recovers from by itself.
+func (p *Projector) consumeErr(_ jetstream.ConsumeContext, err error) {
+	if !errors.Is(err, jetstream.ErrConsumerDeleted) && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return
+	}
+	if p.lost.Swap(true) {
+		return
+	}
+	p.log.Warn("the command_log projector's consumer was lost; creating it again", "consumer", ProjectorDurable, "err", err)
+	go p.recreate()
+}
+
+// recreate stops the lost consume loop and consumes again, retrying every
+// second until it succeeds or the projector stops.
+func (p *Projector) recreate() {
+	p.mu.Lock()
+	if p.cc != nil {
+		p.cc.Stop()
+	}
+	p.mu.Unlock()
+	for p.stopCtx.Err() == nil {
+		ctx, cancel := context.WithTimeout(p.stopCtx, 10*time.Second)
+		err := p.consume(ctx)
+		cancel()
+		if err == nil {
+			p.lost.Store(false)
+			p.log.Info("the command_log projector consumes again", "consumer", ProjectorDurable)
+			return
+		}
+		if !wait.Sleep(p.stopCtx, time.Second) {
+			return
+		}
+	}
+}
+
+// Ready reports an error while the projector's consumer is lost and being
+// created again (commands still run; command_log lags until it is back).
+func (p *Projector) Ready(context.Context) error {
+	if p.lost.Load() {
+		return fmt.Errorf("consumer %s was lost and is being created again", ProjectorDurable)
+	}
+	return nil
 }
 
 // Stop stops projecting; unacknowledged records are delivered again.
-func (p *Projector) Stop() { p.cc.Stop() }
+func (p *Projector) Stop() {
+	p.stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cc != nil {
+		p.cc.Stop()
+	}
+}
 
 // handle upserts one record; a database failure leaves it to a later
 // delivery.

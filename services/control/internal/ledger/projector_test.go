@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/localstack"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/control/internal/ledger"
 )
 
@@ -129,4 +132,62 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestProjectorComesBackWhenItsConsumerIsDeleted deletes the projector's
+// durable consumer under it: the projector says so, creates it again, is
+// ready again, and records published after the loss reach command_log.
+func TestProjectorComesBackWhenItsConsumerIsDeleted(t *testing.T) {
+	ctx := context.Background()
+	pool := testenv.PostgresPool(t)
+	js := newJS(t)
+	l := open(t, js, ledger.Options{})
+	logs := &testenv.Buffer{}
+	p, err := ledger.StartProjector(ctx, js, pool, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	publish := func(id string) {
+		t.Helper()
+		if _, _, err := l.Record(ctx, entry(id, "alice", contract.CmdClearCache), 32); err != nil {
+			t.Fatal(err)
+		}
+		c, err := l.Claim(ctx, "alice", claimOpts("x1", nil))
+		if err != nil || c.Next == nil || c.Next.ID != id {
+			t.Fatalf("claim %s: %+v %v", id, c, err)
+		}
+		if err := ledger.PublishAudit(ctx, js, *c.Next); err != nil {
+			t.Fatal(err)
+		}
+		ended, ok, err := l.Finish(ctx, "alice", id, "x1", ledger.Outcome{Status: contract.StatusSucceeded, Result: []byte(`{}`)})
+		if err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		if err := ledger.PublishAudit(ctx, js, ended); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := func() int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM command_log WHERE status = 'succeeded'`).Scan(&n); err != nil {
+			return -1
+		}
+		return n
+	}
+	publish("before")
+	testenv.WaitFor(t, time.Minute, "the first row", func() bool { return rows() == 1 })
+
+	if err := js.DeleteConsumer(ctx, natsx.StreamCommands, ledger.ProjectorDurable); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, time.Minute, "the consumer created again", func() bool {
+		_, err := js.Consumer(ctx, natsx.StreamCommands, ledger.ProjectorDurable)
+		return err == nil && p.Ready(ctx) == nil
+	})
+	if !strings.Contains(logs.String(), "consumer was lost") {
+		t.Errorf("the loss was not logged: %s", logs.String())
+	}
+	publish("after")
+	testenv.WaitFor(t, time.Minute, "the row of a record published after the loss", func() bool { return rows() == 2 })
 }
