@@ -89,7 +89,7 @@ func (s *stateWatch) watch(ctx context.Context) (jetstream.KeyWatcher, time.Time
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("kv %s: %w", contract.BucketState, err)
 	}
-	created, err := bucketCreated(ctx, kv)
+	created, err := s.bucketCreated(ctx)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
@@ -100,33 +100,28 @@ func (s *stateWatch) watch(ctx context.Context) (jetstream.KeyWatcher, time.Time
 	return w, created, nil
 }
 
-// bucketCreated is when kv's stream was created: a bucket deleted and
-// created again has a new time, and a watch of the old one may never end
-// by itself.
-func bucketCreated(ctx context.Context, kv jetstream.KeyValue) (time.Time, error) {
-	st, err := kv.Status(ctx)
+// stateStream is the stream that holds the bucket VIGIL_STATE.
+const stateStream = "KV_" + contract.BucketState
+
+// bucketCreated is when the bucket's stream was created: a bucket deleted
+// and created again has a new time, and a watch of the old one may never
+// end by itself. One stream info request.
+func (s *stateWatch) bucketCreated(ctx context.Context) (time.Time, error) {
+	st, err := s.js.Stream(ctx, stateStream)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("kv %s status: %w", contract.BucketState, err)
+		return time.Time{}, fmt.Errorf("kv %s: %w", contract.BucketState, err)
 	}
-	info, ok := st.(interface{ StreamInfo() *jetstream.StreamInfo })
-	if !ok {
-		return time.Time{}, nil
-	}
-	return info.StreamInfo().Created, nil
+	return st.CachedInfo().Created, nil
 }
 
 // sameBucket reports whether the bucket still exists and is the one created
-// at created; an error (NATS unreachable) counts as the same, the watch
-// recovers from that by itself.
+// at created; another error (NATS unreachable) counts as the same, the
+// watch recovers from that by itself.
 func (s *stateWatch) sameBucket(ctx context.Context, created time.Time) bool {
-	kv, err := s.js.KeyValue(ctx, contract.BucketState)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
+	now, err := s.bucketCreated(ctx)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return false
 	}
-	if err != nil {
-		return true
-	}
-	now, err := bucketCreated(ctx, kv)
 	return err != nil || now.Equal(created)
 }
 

@@ -76,8 +76,20 @@ func newEnv(t testing.TB, instances int) *env {
 	return newEnvOn(t, instances, testenv.PostgresPool(t))
 }
 
-// newEnvOn is newEnv on the database of pool (a private server that the
-// test may stop).
+// newEnvOnOwnPostgres is newEnv with one instance of each service, on a
+// private PostgreSQL server that the test may stop and start.
+func newEnvOnOwnPostgres(t testing.TB) (*env, *testenv.PostgresServer) {
+	t.Helper()
+	pg := testenv.StartPostgresServer(t)
+	pool, err := db.NewPool(context.Background(), pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return newEnvOn(t, 1, pool), pg
+}
+
+// newEnvOn is newEnv on the database of pool.
 func newEnvOn(t testing.TB, instances int, pool *pgxpool.Pool) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
-	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/testenv"
 )
 
@@ -18,13 +17,7 @@ import (
 // is back command_log holds every command exactly once with its final
 // status.
 func TestCommandsWhilePostgresIsDown(t *testing.T) {
-	pg := testenv.StartPostgresServer(t)
-	pool, err := db.NewPool(context.Background(), pg.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	e := newEnvOn(t, 1, pool)
+	e, pg := newEnvOnOwnPostgres(t)
 	s := testSettings()
 	s.UserCacheTTL = time.Millisecond // every lookup asks PostgreSQL first
 	e.startControl("c1", s, 0)

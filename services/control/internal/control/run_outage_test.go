@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"vigil.dev/pkg/contract"
-	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/control/internal/control"
 )
@@ -23,13 +22,7 @@ import (
 // migrations run, readiness reports it ok and command_log holds the
 // command.
 func TestRunWhilePostgresIsDown(t *testing.T) {
-	pg := testenv.StartPostgresServer(t)
-	pool, err := db.NewPool(context.Background(), pg.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	e := newEnvOn(t, 1, pool)
+	e, pg := newEnvOnOwnPostgres(t)
 	warm := e.startControl("warm", testSettings(), 0) // caches alice in VIGIL_USERS
 	paused := e.accept("alice", "pause", "")
 	if r := e.result("alice", paused.ID); r.Status != contract.StatusSucceeded {

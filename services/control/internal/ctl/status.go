@@ -406,6 +406,15 @@ func userState(ctx context.Context, nc *nats.Conn, user string) ([]contract.Desi
 	return []contract.DesiredState{st}, nil
 }
 
+// uptimeText is how long an instance started at started has run at now,
+// to the second, or "-" when it did not say when it started.
+func uptimeText(now, started time.Time) string {
+	if started.IsZero() {
+		return "-"
+	}
+	return now.Sub(started).Round(time.Second).String()
+}
+
 // printStatus writes the report as two tables.
 func printStatus(w io.Writer, r StatusReport, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -417,12 +426,8 @@ func printStatus(w io.Writer, r StatusReport, now time.Time) {
 				continue
 			}
 			found = true
-			uptime := "-"
-			if !in.Started.IsZero() {
-				uptime = now.Sub(in.Started).Round(time.Second).String()
-			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", svc, dash(in.Instance), in.ID, dash(in.Version),
-				dash(shortRevision(in.Revision)), dash(in.Host), uptime, in.Requests, in.Errors, partitionsText(in.Partitions))
+				dash(shortRevision(in.Revision)), dash(in.Host), uptimeText(now, in.Started), in.Requests, in.Errors, partitionsText(in.Partitions))
 		}
 		if !found {
 			fmt.Fprintf(tw, "%s\t(no instance answers)\t\t\t\t\t\t\t\n", svc)

@@ -368,10 +368,6 @@ func printTop(w io.Writer, r TopReport) {
 				continue
 			}
 			found = true
-			uptime := "-"
-			if !in.Started.IsZero() {
-				uptime = r.At.Sub(in.Started).Round(time.Second).String()
-			}
 			users, lag := "-", "-"
 			if in.Users >= 0 {
 				users = fmt.Sprint(in.Users)
@@ -379,7 +375,7 @@ func printTop(w io.Writer, r TopReport) {
 			if in.LagMs >= 0 {
 				lag = formatLag(time.Duration(in.LagMs) * time.Millisecond)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", svc, dash(in.Instance), dash(in.Host), uptime, users, lag)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", svc, dash(in.Instance), dash(in.Host), uptimeText(r.At, in.Started), users, lag)
 		}
 		if !found {
 			fmt.Fprintf(tw, "%s\t(no instance answers)\t\t\t\t\n", svc)
