@@ -71,7 +71,9 @@ func TestAlertingRulesAreValid(t *testing.T) {
 
 // TestAlertingRulesFire runs the unit tests of alerts.yml in
 // alerts_test.yml with promtool test rules: a symbol whose writes stop
-// fires VigilFeedStale after 5 minutes (another symbol does not), failed
+// fires VigilFeedStale after 5 minutes (another symbol does not), also
+// when its series ends with a feed restart and the new feed exports none
+// (still firing 30 minutes later), failed
 // commands fire VigilCommandFailures, a consumer 5000 behind fires
 // VigilConsumerLag (one keeping up does not), a failing webhook fires
 // VigilWebhookBacklog after 10 minutes.
