@@ -54,6 +54,7 @@ type Config struct {
 // Settings are control's own settings.
 type Settings struct {
 	QueueLimit      int           `env:"VIGIL_QUEUE_LIMIT" envDefault:"32" help:"queued commands per user; one more is rejected busy"`
+	CommandsPerMin  int           `env:"VIGIL_COMMANDS_PER_MINUTE" envDefault:"600" help:"commands per user and minute each instance takes (pause and cancel excepted), as a burst refilled over the minute; one more is rejected busy; 0: no limit"`
 	StepTimeout     time.Duration `env:"VIGIL_STEP_TIMEOUT" envDefault:"5s" help:"how long a sequence step waits for every instance"`
 	BackfillTimeout time.Duration `env:"VIGIL_BACKFILL_TIMEOUT" envDefault:"10m" help:"how long force-backfill waits for the feed, per timeframe"`
 	BackfillBars    int           `env:"VIGIL_BACKFILL_BARS" envDefault:"1000" help:"force-backfill's default range, in bars of each timeframe"`
@@ -82,10 +83,10 @@ func (s Settings) Validate() error {
 		{"VIGIL_PING_WAIT", s.PingWait > 0}, {"VIGIL_PING_STALL", s.PingStall > 0},
 		{"VIGIL_SWEEP_INTERVAL", s.SweepInterval > 0}, {"VIGIL_MAX_JOBS_PER_USER", s.MaxJobs > 0},
 		{"VIGIL_MAX_SYMBOLS", s.MaxSymbols > 0}, {"VIGIL_MAX_RULES", s.MaxRules > 0},
-		{"VIGIL_USER_CACHE_TTL", s.UserCacheTTL > 0},
+		{"VIGIL_USER_CACHE_TTL", s.UserCacheTTL > 0}, {"VIGIL_COMMANDS_PER_MINUTE", s.CommandsPerMin >= 0},
 	} {
 		if !v.ok {
-			return fmt.Errorf("%s: must be positive (and VIGIL_BACKFILL_BARS at most %d)", v.name, contract.MaxBackfillBars)
+			return fmt.Errorf("%s: must be positive (VIGIL_COMMANDS_PER_MINUTE may be 0, VIGIL_BACKFILL_BARS at most %d)", v.name, contract.MaxBackfillBars)
 		}
 	}
 	for _, p := range s.OperatorInboxes {
@@ -280,7 +281,7 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	running.Store(exec)
 	svc.OnShutdown(exec.Stop)
 	in, err := intake.New(intake.Config{Limits: s.Limits(), QueueLimit: s.QueueLimit,
-		TenantInboxes: s.TenantInboxes, OperatorInboxes: s.OperatorInboxes}, inst.ledger, users, exec, d.Log)
+		TenantInboxes: s.TenantInboxes, OperatorInboxes: s.OperatorInboxes, CommandsPerMinute: s.CommandsPerMin}, inst.ledger, users, exec, d.Log)
 	if err != nil {
 		return fail(err)
 	}

@@ -79,6 +79,11 @@ type Config struct {
 	// OperatorInboxes are the inbox prefixes (ending in ".") of operators
 	// that may command every user, e.g. "_INBOX." or "_INBOX_admin.".
 	OperatorInboxes []string
+	// CommandsPerMinute bounds each user's commands (pause and cancel
+	// excepted) taken by this instance; 0 is no limit.
+	CommandsPerMinute int
+	// Now is the clock of the rate limit [time.Now].
+	Now func() time.Time
 }
 
 // TenantInboxPrefix is the inbox prefix of user's own operator:
@@ -113,6 +118,9 @@ type Intake struct {
 	log      *slog.Logger
 	tracer   trace.Tracer
 	rejected metric.Int64Counter
+	rates    *rateLimits
+	// exceeded counts requests refused by a per-tenant limit, by limit.
+	exceeded metric.Int64Counter
 }
 
 // New returns the intake.
@@ -122,8 +130,14 @@ func New(cfg Config, rec Recorder, users Users, notify Notifier, log *slog.Logge
 	if err != nil {
 		return nil, fmt.Errorf("intake: metric: %w", err)
 	}
+	exceeded, err := otel.Meter("vigil.dev/services/control").Int64Counter("vigil.control.limit.exceeded",
+		metric.WithDescription("commands refused by a per-tenant limit, by limit (commands_per_minute)"))
+	if err != nil {
+		return nil, fmt.Errorf("intake: metric: %w", err)
+	}
 	return &Intake{cfg: cfg, rec: rec, users: users, notify: notify, log: log,
-		tracer: otel.Tracer("vigil.dev/services/control/intake"), rejected: rejected}, nil
+		tracer: otel.Tracer("vigil.dev/services/control/intake"), rejected: rejected,
+		rates: newRateLimits(cfg.CommandsPerMinute, cfg.Now), exceeded: exceeded}, nil
 }
 
 // Handle implements micro.Handler. Requests are answered one at a time
@@ -211,6 +225,12 @@ func (in *Intake) accept(ctx context.Context, r micro.Request) (contract.Ack, er
 	}
 	if p, ok := payload.(contract.ClearCachePayload); ok && p.Exchange != 0 && !u.HasExchange(p.Exchange) {
 		return ack, contract.NotYourExchange(p.Exchange, user)
+	}
+	if !exemptFromRate(cmd) {
+		if err := in.rates.allow(user); err != nil {
+			in.exceeded.Add(ctx, 1, metric.WithAttributes(attribute.String("limit", CommandsPerMinuteLimit)))
+			return ack, err
+		}
 	}
 	stored, err := json.Marshal(payload)
 	if err != nil {
