@@ -235,11 +235,16 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	}
 	var running atomic.Pointer[executor.Executor]
 	out := streams{js: d.JS}
+	results, err := ledger.OpenResultIndex(ctx, d.JS, d.Log)
+	if err != nil {
+		return fail(err)
+	}
+	svc.OnShutdown(func(context.Context) error { results.Stop(); return nil })
 	if inst.ledger, err = ledger.Open(ctx, d.JS, ledger.Options{OnChange: func(user string) {
 		if e := running.Load(); e != nil {
 			e.Kick(user)
 		}
-	}, Used: out.ResultExists}); err != nil {
+	}, Used: results.Used}); err != nil {
 		return fail(err)
 	}
 	svc.OnShutdown(func(context.Context) error { inst.ledger.Stop(); return nil })

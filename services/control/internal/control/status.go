@@ -3,7 +3,6 @@ package control
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -122,20 +121,6 @@ type streams struct {
 // duplicate.
 func (s streams) PublishResult(ctx context.Context, r contract.Result) error {
 	return s.publish(ctx, contract.ResultSubject(r.User, r.ID), r.User+":"+r.ID, r)
-}
-
-// ResultExists reports whether command id of user has a result in
-// VIGIL_RESULTS (kept for the stream's MaxAge).
-func (s streams) ResultExists(ctx context.Context, user, id string) (bool, error) {
-	stream, err := s.js.Stream(ctx, contract.StreamResults)
-	if err != nil {
-		return false, err
-	}
-	_, err = stream.GetLastMsgForSubject(ctx, contract.ResultSubject(user, id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, nil
-	}
-	return err == nil, err
 }
 
 // PublishAudit publishes e's audit record to VIGIL_COMMANDS.

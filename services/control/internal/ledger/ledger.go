@@ -180,13 +180,22 @@ func PayloadDigest(cmd contract.Command, payload []byte) string {
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// Recent is an id accepted within DedupeWindow.
+// Recent is an id accepted within DedupeWindow, or settled (its result
+// published and the command removed from the queue) within DedupeWindow.
 type Recent struct {
 	ID         string           `json:"id"`
 	Command    contract.Command `json:"command"`
 	Digest     string           `json:"digest"`
 	Position   int              `json:"position"`
 	AcceptedAt time.Time        `json:"accepted_at"`
+	// SettledAt is when the command left the queue.
+	SettledAt *time.Time `json:"settled_at,omitempty"`
+}
+
+// expired reports whether r is neither accepted nor settled within
+// DedupeWindow of now.
+func (r Recent) expired(now time.Time) bool {
+	return now.Sub(r.AcceptedAt) >= DedupeWindow && (r.SettledAt == nil || now.Sub(*r.SettledAt) >= DedupeWindow)
 }
 
 // Queue is a user's entry in VIGIL_QUEUE.
@@ -397,7 +406,7 @@ func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contr
 	}
 	_, err = l.update(ctx, e.User, func(q *Queue) (bool, error) {
 		ack, duplicate = contract.Ack{}, false
-		q.Recent = slices.DeleteFunc(q.Recent, func(r Recent) bool { return now.Sub(r.AcceptedAt) >= DedupeWindow })
+		q.Recent = slices.DeleteFunc(q.Recent, func(r Recent) bool { return r.expired(now) })
 		known, err := q.known(e, now)
 		if err != nil || known != nil {
 			if known != nil {
@@ -434,7 +443,7 @@ func (l *Ledger) checkOld(ctx context.Context, e Entry, now time.Time) error {
 		return nil
 	}
 	q := l.Queue(e.User)
-	if q.find(e.ID) >= 0 || slices.ContainsFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID && now.Sub(r.AcceptedAt) < DedupeWindow }) {
+	if q.find(e.ID) >= 0 || slices.ContainsFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID && !r.expired(now) }) {
 		return nil
 	}
 	used, err := l.used(ctx, e.User, e.ID)
@@ -459,6 +468,9 @@ func (q *Queue) known(e Entry, now time.Time) (*Recent, error) {
 		if r.Command != e.Command || r.Digest != e.Digest {
 			return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s with another payload; use a new id",
 				ErrIDConflict, e.ID, r.Command, r.AcceptedAt.Format(time.RFC3339))
+		}
+		if now.Sub(r.AcceptedAt) >= DedupeWindow {
+			return nil, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
 		}
 		return &r, nil
 	}
@@ -612,6 +624,28 @@ func (q *Queue) position(e Entry) int {
 	return n
 }
 
+// forget removes the ended entries ids (their results are published) and
+// keeps their ids in Recent for DedupeWindow from now: a reused id is
+// then always found in the queue, in Recent, or (settled longer ago) in
+// the ResultIndex, which has long read its result.
+func (q *Queue) forget(ids []string, now time.Time) bool {
+	n := len(q.Items)
+	q.Items = slices.DeleteFunc(q.Items, func(e Entry) bool {
+		if e.Ended == nil || !slices.Contains(ids, e.ID) {
+			return false
+		}
+		settled := now
+		if i := slices.IndexFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID }); i >= 0 {
+			q.Recent[i].SettledAt = &settled
+		} else {
+			q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest,
+				Position: e.Position, AcceptedAt: e.AcceptedAt, SettledAt: &settled})
+		}
+		return true
+	})
+	return len(q.Items) != n
+}
+
 // ClaimOptions tune Claim.
 type ClaimOptions struct {
 	// Self is the claiming instance.
@@ -666,9 +700,7 @@ func (l *Ledger) Claim(ctx context.Context, user string, opts ClaimOptions) (Cla
 	now := l.now().UTC()
 	_, err := l.update(ctx, user, func(q *Queue) (bool, error) {
 		out = Claimed{}
-		n := len(q.Items)
-		q.Items = slices.DeleteFunc(q.Items, func(e Entry) bool { return e.Ended != nil && slices.Contains(opts.Settled, e.ID) })
-		changed := len(q.Items) != n
+		changed := q.forget(opts.Settled, now)
 		queueBusy, jobs := false, 0
 		for i, e := range q.Items {
 			switch {

@@ -368,6 +368,28 @@ func TestOldIDs(t *testing.T) {
 	if _, _, err := l.Record(ctx, chosen("fresh", "alice"), 32); !errors.Is(err, ledger.ErrIDConflict) {
 		t.Fatalf("settled id after the window: %v, want conflict", err)
 	}
+
+	// A command that settles long after it was accepted stays known for
+	// the window after it settled, even to a Used that has not seen its
+	// result yet (the ResultIndex reading behind).
+	if _, _, err := l.Record(ctx, chosen("slow", "alice"), 32); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := l.Claim(ctx, "alice", claimOpts("x1", nil)); err != nil || c.Next == nil || c.Next.ID != "slow" {
+		t.Fatal(c, err)
+	}
+	clk.advance(ledger.DedupeWindow - time.Minute)
+	if _, ok, err := l.Finish(ctx, "alice", "slow", "x1", ledger.Outcome{Status: contract.StatusSucceeded}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	opts.Settled = []string{"slow"}
+	if _, err := l.Claim(ctx, "alice", opts); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(2 * time.Minute)
+	if _, _, err := l.Record(ctx, chosen("slow", "alice"), 32); !errors.Is(err, ledger.ErrIDConflict) {
+		t.Fatalf("id settled a minute ago, accepted 11 minutes ago, unknown to Used: %v, want conflict", err)
+	}
 }
 
 // cancelOf is a cancel of target.
