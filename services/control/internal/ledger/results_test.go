@@ -69,4 +69,3 @@ func TestResultIndex(t *testing.T) {
 		t.Error("a result read before it was deleted from the stream is forgotten: the index asked the stream")
 	}
 }
-
