@@ -327,10 +327,25 @@ func validateSymbolList(f *fieldErrs, field string, symbols []string, max int) {
 	}
 }
 
-// DecodePayload decodes and validates the payload of cmd. An empty body is
-// {}. Unknown fields, trailing data, more than MaxPayloadBytes and invalid
-// values are errors that name the field.
+// DecodePayload decodes and validates the payload of cmd as an operator
+// sent it. An empty body is {}. Unknown fields, trailing data, more than
+// MaxPayloadBytes and invalid values are errors that name the field.
 func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
+	return decodePayload(cmd, body, l, true)
+}
+
+// DecodeRecordedPayload decodes and validates the payload of cmd as a
+// vigil-control instance recorded it in the command queue after
+// DecodePayload accepted it: unknown fields are ignored (DecodePeer), so
+// an instance of the previous version runs a command that a newer
+// instance accepted with a field it does not know yet. Values are
+// validated as DecodePayload validates them.
+func DecodeRecordedPayload(cmd Command, body []byte, l Limits) (Payload, error) {
+	return decodePayload(cmd, body, l, false)
+}
+
+// decodePayload is DecodePayload (strict) or DecodeRecordedPayload.
+func decodePayload(cmd Command, body []byte, l Limits, strict bool) (Payload, error) {
 	if len(body) > MaxPayloadBytes {
 		return nil, FieldError{Field: "payload", Problem: fmt.Sprintf("is %d bytes, the limit is %d", len(body), MaxPayloadBytes)}
 	}
@@ -341,19 +356,19 @@ func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
 	var err error
 	switch cmd {
 	case CmdPause:
-		p, err = DecodeStrict[PausePayload](body)
+		p, err = decodeAs[PausePayload](body, strict)
 	case CmdResume:
-		p, err = DecodeStrict[ResumePayload](body)
+		p, err = decodeAs[ResumePayload](body, strict)
 	case CmdReloadSettings:
-		p, err = DecodeStrict[ReloadSettingsPayload](body)
+		p, err = decodeAs[ReloadSettingsPayload](body, strict)
 	case CmdSwitchMode:
-		p, err = DecodeStrict[SwitchModePayload](body)
+		p, err = decodeAs[SwitchModePayload](body, strict)
 	case CmdForceBackfill:
-		p, err = DecodeStrict[ForceBackfillPayload](body)
+		p, err = decodeAs[ForceBackfillPayload](body, strict)
 	case CmdClearCache:
-		p, err = DecodeStrict[ClearCachePayload](body)
+		p, err = decodeAs[ClearCachePayload](body, strict)
 	case CmdCancel:
-		p, err = DecodeStrict[CancelPayload](body)
+		p, err = decodeAs[CancelPayload](body, strict)
 	default:
 		return nil, fmt.Errorf("command %q: %w", cmd, ErrUnknownCommand)
 	}
@@ -361,4 +376,12 @@ func DecodePayload(cmd Command, body []byte, l Limits) (Payload, error) {
 		return nil, err
 	}
 	return p, p.Validate(l)
+}
+
+// decodeAs is DecodeStrict or DecodePeer.
+func decodeAs[T any](body []byte, strict bool) (T, error) {
+	if strict {
+		return DecodeStrict[T](body)
+	}
+	return DecodePeer[T](body)
 }

@@ -441,7 +441,7 @@ func (e *Executor) run(ctx context.Context, en ledger.Entry) (sequences.Outcome,
 	log := e.log.With("user", en.User, "command", en.Command, "id", en.ID)
 	log.InfoContext(ctx, "command started", "attempt", en.Attempts)
 	var out sequences.Outcome
-	payload, err := contract.DecodePayload(en.Command, en.Payload, e.cfg.Limits)
+	payload, err := contract.DecodeRecordedPayload(en.Command, en.Payload, e.cfg.Limits)
 	if err != nil {
 		out = sequences.Outcome{Status: contract.StatusFailed, Error: contract.ErrorFrom(err, contract.CodeInvalidPayload)}
 	} else {
