@@ -7,6 +7,7 @@
 #   make build   every service binary (and vigilctl) into bin/
 #   make test    every module's tests with the race detector, against real servers
 #   make test-scaleout  the scale-out scenarios too heavy for make test (build tag scaleout)
+#   make test-drill     the backup/restore drill: back up a running stack, destroy it, restore (build tag drill)
 #   make fuzz    every fuzz target for FUZZTIME (default 20s) each
 #   make bench   the benchmark runner, or every module's Go benchmarks
 #   make lint    go vet, staticcheck, gofmt
@@ -28,7 +29,7 @@ LDFLAGS := -X vigil.dev/pkg/service.Revision=$(shell git rev-parse --short HEAD 
 # Tools that deps installs with go install land here.
 export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
 
-.PHONY: deps run build test test-scaleout fuzz bench lint clean
+.PHONY: deps run build test test-scaleout test-drill fuzz bench lint clean
 
 deps:
 	bash deploy/scripts/deps.sh
@@ -63,6 +64,12 @@ test: deps
 # series, minutes on a loaded machine, so not part of make test.
 test-scaleout: deps
 	$(GO) test $(PARALLEL) -race -count=1 -timeout 20m -tags scaleout -run 'TestScaleOut' $(GOTESTFLAGS) ./services/indicators/... ./services/alerts/...
+
+# The backup/restore drill (issue 20, 1; docs/deploy.md "Backup and
+# restore"): a whole stack backed up, destroyed and restored, a minute or
+# more on a loaded machine, so not part of make test.
+test-drill: deps
+	$(GO) test $(PARALLEL) -race -count=1 -timeout 10m -tags drill -run 'TestBackupRestoreDrill' $(GOTESTFLAGS) ./services/control/e2e/
 
 # make fuzz runs every fuzz target (func FuzzX in a _test.go of pkg or
 # services) for FUZZTIME each, one after the other (go test -fuzz takes one

@@ -23,6 +23,11 @@ const (
 	StreamCommands = "VIGIL_COMMANDS"
 	// CommandLogSubjects are the subjects of StreamCommands.
 	CommandLogSubjects = "vigil.ctl.log.>"
+	// BucketAlertState holds vigil-alerts' rule-engine memory per user
+	// (key user.<token>: the last closed bars and the last fired bar of
+	// every rule, hence the cooldowns). Named here because vigilctl
+	// backup takes it too.
+	BucketAlertState = "VIGIL_ALERT_STATE"
 )
 
 // CommandLogSubject is vigil.ctl.log.<user>.

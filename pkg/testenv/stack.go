@@ -77,10 +77,16 @@ type Stack struct {
 // NewStack starts the servers of a stack and builds the binaries.
 func NewStack(t testing.TB) *Stack {
 	t.Helper()
-	s := &Stack{t: t, bin: BuildBinaries(t)}
-	s.NATSURL = StartNATS(t).URL()
-	s.RedisURL = Redis(t)
-	s.DatabaseURL = Postgres(t)
+	return StackOn(t, StartNATS(t).URL(), Redis(t), Postgres(t))
+}
+
+// StackOn is a Stack on servers the test runs itself (one it stops and
+// replaces, as the backup drill does): the NATS server at natsURL, the
+// Redis database at redisURL and the PostgreSQL database at databaseURL.
+// It builds the binaries and connects to NATS.
+func StackOn(t testing.TB, natsURL, redisURL, databaseURL string) *Stack {
+	t.Helper()
+	s := &Stack{t: t, bin: BuildBinaries(t), NATSURL: natsURL, RedisURL: redisURL, DatabaseURL: databaseURL}
 	nc, err := nats.Connect(s.NATSURL)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)

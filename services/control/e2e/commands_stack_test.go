@@ -54,6 +54,12 @@ func newCmdStack(t *testing.T, env ...string) *cmdStack {
 	t.Helper()
 	stack := testenv.NewStack(t)
 	stack.Env = append(stack.Env, env...)
+	return cmdStackOf(t, stack)
+}
+
+// cmdStackOf connects the test's clients to the servers of stack.
+func cmdStackOf(t *testing.T, stack *testenv.Stack) *cmdStack {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pool, err := db.NewPool(ctx, stack.DatabaseURL)

@@ -12,11 +12,12 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
 	"vigil.dev/services/alerts/internal/rules"
 )
 
 // Bucket is the KV bucket of engine snapshots.
-const Bucket = "VIGIL_ALERT_STATE"
+const Bucket = natsx.BucketAlertState
 
 // ErrCorrupt reports a stored snapshot that does not decode.
 var ErrCorrupt = errors.New("snapshots: corrupt snapshot")

@@ -7,7 +7,8 @@
 // vigil.progress.<user>.<id> as it goes. It also shows the services'
 // instances and every user's desired state and freshness (status), the
 // audit trail of Postgres command_log (history) and the VIGIL_ALERTS stream
-// (alerts). It connects like the nats CLI: --server, --creds and --context,
+// (alerts), and backs up and restores the system of record (backup,
+// restore: package backup). It connects like the nats CLI: --server, --creds and --context,
 // else NATS_URL, NATS_CREDS and NATS_CONTEXT, else the selected nats CLI
 // context.
 //
@@ -160,6 +161,7 @@ Exit codes: 0 succeeded; 1 failed, cancelled, timed out or unreachable;
 		root.AddCommand(newCommandCmd(sys, conn, spec))
 	}
 	root.AddCommand(newStatusCmd(sys, conn), newTopCmd(sys, conn), newHistoryCmd(sys), newAlertsCmd(sys, conn))
+	root.AddCommand(newBackupCmd(sys, conn), newRestoreCmd(sys, conn))
 	return root, started
 }
 
