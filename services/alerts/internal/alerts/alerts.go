@@ -192,7 +192,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 		History:   history.New(redisstore.New(in.rdb, 0)),
 		Ownership: userOwnership{in},
 	}, monitor.Options{Now: opts.now, Log: in.log, Metrics: in.metrics,
-		RetryBackoff: cfg.RetryBackoff, MaxRetryBackoff: cfg.MaxRetryBackoff}); err != nil {
+		RetryBackoff: cfg.RetryBackoff, MaxRetryBackoff: cfg.MaxRetryBackoff, MaxAlertsPerMinute: cfg.AlertsPerMinute}); err != nil {
 		return nil, err
 	}
 	// The consumer claims its partitions before any user is gained, so an

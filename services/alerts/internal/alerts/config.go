@@ -24,6 +24,7 @@ type Alerts struct {
 	ReconcileInterval time.Duration `env:"VIGIL_ALERTS_RECONCILE_INTERVAL" envDefault:"5s" help:"how often users are converged besides membership and desired-state changes"`
 	RetryBackoff      time.Duration `env:"VIGIL_ALERTS_RETRY_BACKOFF" envDefault:"100ms" help:"first wait before recording an alert again after a NATS or Postgres error"`
 	MaxRetryBackoff   time.Duration `env:"VIGIL_ALERTS_MAX_RETRY_BACKOFF" envDefault:"5s" help:"longest wait between attempts to record an alert"`
+	AlertsPerMinute   int           `env:"VIGIL_ALERTS_PER_MINUTE" envDefault:"600" help:"alerts a user may fire per minute; the ones beyond are suppressed (not recorded, counted in vigil.alerts.suppressed, logged); 0: no limit"`
 	WebhookTimeout    time.Duration `env:"VIGIL_WEBHOOK_TIMEOUT" envDefault:"5s" help:"timeout of one webhook attempt"`
 	WebhookBackoff    time.Duration `env:"VIGIL_WEBHOOK_BACKOFF" envDefault:"500ms" help:"wait after the first failed webhook attempt; doubles up to VIGIL_WEBHOOK_MAX_BACKOFF"`
 	WebhookMaxBackoff time.Duration `env:"VIGIL_WEBHOOK_MAX_BACKOFF" envDefault:"30s" help:"longest wait between webhook attempts"`
@@ -60,6 +61,9 @@ func (a Alerts) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: %s must be positive", d.name, d.v)
 		}
+	}
+	if a.AlertsPerMinute < 0 {
+		return fmt.Errorf("VIGIL_ALERTS_PER_MINUTE: %d must not be negative (0: no limit)", a.AlertsPerMinute)
 	}
 	if a.MaxRetryBackoff < a.RetryBackoff {
 		return fmt.Errorf("VIGIL_ALERTS_MAX_RETRY_BACKOFF: %s is below VIGIL_ALERTS_RETRY_BACKOFF %s", a.MaxRetryBackoff, a.RetryBackoff)

@@ -34,6 +34,9 @@ type Metrics struct {
 	// WebhookFailing is the number of users whose webhook is failing now
 	// (the alert in hand failed at least once).
 	WebhookFailing metric.Int64UpDownCounter
+	// Suppressed counts alerts not recorded because their user was over a
+	// limit, by limit (alerts_per_minute).
+	Suppressed metric.Int64Counter
 	// EvaluationDuration is how long one update takes, from decoding to the
 	// acknowledgement, in milliseconds.
 	EvaluationDuration metric.Float64Histogram
@@ -46,7 +49,7 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 	}
 	meter := mp.Meter(MeterName)
 	var m Metrics
-	var errs [8]error
+	var errs [9]error
 	m.Evaluations, errs[0] = meter.Int64Counter("vigil.alerts.evaluations",
 		metric.WithDescription("Indicator updates evaluated against a user's rules"), metric.WithUnit("{update}"))
 	m.Fired, errs[1] = meter.Int64Counter("vigil.alerts.fired",
@@ -63,6 +66,8 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 		metric.WithDescription("Failed webhook attempts (retried until the maximum age)"), metric.WithUnit("{attempt}"))
 	m.WebhookFailing, errs[7] = meter.Int64UpDownCounter("vigil.alerts.webhook.failing",
 		metric.WithDescription("Users whose webhook is failing now"), metric.WithUnit("{user}"))
+	m.Suppressed, errs[8] = meter.Int64Counter("vigil.alerts.suppressed",
+		metric.WithDescription("Alerts not recorded because their user was over a limit, by limit"), metric.WithUnit("{alert}"))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, err
 	}

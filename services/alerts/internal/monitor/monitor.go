@@ -114,7 +114,16 @@ type Options struct {
 	// [100ms]; it doubles with jitter up to MaxRetryBackoff [5s].
 	RetryBackoff    time.Duration
 	MaxRetryBackoff time.Duration
+	// MaxAlertsPerMinute bounds the alerts a user fires in a minute of
+	// Now's clock; the ones beyond are suppressed: not recorded, counted
+	// (Metrics.Suppressed, status alerts_suppressed) and logged once per
+	// user and minute. 0 is no limit.
+	MaxAlertsPerMinute int
 }
+
+// AlertsPerMinuteLimit names the per-user alert rate limit in logs and
+// metrics; VIGIL_ALERTS_PER_MINUTE sets it.
+const AlertsPerMinuteLimit = "alerts_per_minute"
 
 // Errors of the monitor.
 var (
@@ -197,6 +206,11 @@ type user struct {
 	fired       atomic.Int64
 	lastEval    atomic.Int64 // UNIX nanoseconds, 0 before the first
 	lastBar     atomic.Int64 // start of the newest bar evaluated, 0 before the first
+	suppressed  atomic.Int64 // alerts over MaxAlertsPerMinute, not recorded
+
+	// alertMinute is the minute (UNIX seconds / 60) alertsInMinute counts.
+	alertMinute    int64
+	alertsInMinute int
 }
 
 // ruleSet is the rules of one mode at one settings revision.
@@ -556,7 +570,9 @@ func (m *Monitor) evaluateLocked(ctx context.Context, p *pass, u Update) {
 		p.before, p.evaluated = us.engine.Snapshot(), true
 	}
 	for _, a := range us.engine.Evaluate(u.IndicatorUpdate) {
-		p.alerts = append(p.alerts, record.Alert{Alert: a, Trace: u.Trace})
+		if m.admitLocked(ctx, us, a) {
+			p.alerts = append(p.alerts, record.Alert{Alert: a, Trace: u.Trace})
+		}
 	}
 	us.evaluations.Add(1)
 	us.lastEval.Store(m.opts.Now().UnixNano())
@@ -564,6 +580,30 @@ func (m *Monitor) evaluateLocked(ctx context.Context, p *pass, u Update) {
 		us.lastBar.Store(u.Start)
 	}
 	m.opts.Metrics.Evaluations.Add(ctx, 1)
+}
+
+// admitLocked counts a against the user's alerts of this minute and
+// reports whether it is within MaxAlertsPerMinute; one beyond is counted
+// as suppressed, and the first of a minute is logged.
+func (m *Monitor) admitLocked(ctx context.Context, us *user, a contract.Alert) bool {
+	limit := m.opts.MaxAlertsPerMinute
+	if limit <= 0 {
+		return true
+	}
+	if minute := m.opts.Now().Unix() / 60; minute != us.alertMinute {
+		us.alertMinute, us.alertsInMinute = minute, 0
+	}
+	us.alertsInMinute++
+	if us.alertsInMinute <= limit {
+		return true
+	}
+	us.suppressed.Add(1)
+	m.opts.Metrics.Suppressed.Add(ctx, 1, metric.WithAttributes(attribute.String("limit", AlertsPerMinuteLimit)))
+	if us.alertsInMinute == limit+1 {
+		m.opts.Log.WarnContext(ctx, "alerts suppressed: "+AlertsPerMinuteLimit+" limit reached for this minute (VIGIL_ALERTS_PER_MINUTE)",
+			"user", us.token, "limit", limit, "first_suppressed", a.ID)
+	}
+	return false
 }
 
 // commitLocked records the alerts of every pass together, retrying until

@@ -160,10 +160,12 @@ type UserStatus struct {
 	Revision    int64         `json:"revision"`
 	RulesLoaded int           `json:"rules_loaded"`
 	// RulesError is why the last desired rule set was rejected.
-	RulesError     string     `json:"rules_error,omitempty"`
-	Evaluations    int64      `json:"evaluations"`
-	AlertsFired    int64      `json:"alerts_fired"`
-	LastEvaluation *time.Time `json:"last_evaluation,omitempty"`
+	RulesError  string `json:"rules_error,omitempty"`
+	Evaluations int64  `json:"evaluations"`
+	AlertsFired int64  `json:"alerts_fired"`
+	// AlertsSuppressed counts alerts over the alerts per minute limit.
+	AlertsSuppressed int64      `json:"alerts_suppressed,omitempty"`
+	LastEvaluation   *time.Time `json:"last_evaluation,omitempty"`
 	// LastBar is the start of the newest bar evaluated.
 	LastBar *time.Time `json:"last_bar,omitempty"`
 }
@@ -195,7 +197,7 @@ func (m *Monitor) Status() map[string]UserStatus {
 			continue
 		}
 		s := *info
-		s.Evaluations, s.AlertsFired = us.evaluations.Load(), us.fired.Load()
+		s.Evaluations, s.AlertsFired, s.AlertsSuppressed = us.evaluations.Load(), us.fired.Load(), us.suppressed.Load()
 		if ns := us.lastEval.Load(); ns != 0 {
 			t := time.Unix(0, ns).UTC()
 			s.LastEvaluation = &t
