@@ -8,12 +8,23 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"vigil.dev/pkg/tlsfiles"
 )
 
 // NATS is the NATS part shared by every binary.
 type NATS struct {
 	URL   string `env:"NATS_URL" envDefault:"nats://127.0.0.1:4222" help:"NATS server URLs, comma separated"`
-	Creds string `env:"NATS_CREDS" help:"path of a NATS credentials file"`
+	Creds string `env:"NATS_CREDS" help:"path of a NATS credentials file (read again on every reconnect)"`
+	// PasswordFile holds the password of NATS_URL's user, read on every
+	// (re)connect, so that a rotated password needs no restart.
+	PasswordFile string `env:"NATS_PASSWORD_FILE" help:"file holding the password of the user in NATS_URL (which then carries none), read on every (re)connect"`
+	// CA, Cert and Key are the TLS files (as the nats CLI's --tlsca,
+	// --tlscert, --tlskey and their NATS_CA, NATS_CERT, NATS_KEY).
+	CA   string `env:"NATS_CA" help:"PEM CA bundle that verifies the NATS servers' certificates (TLS: tls:// in NATS_URL, or the server requires it); read on every handshake"`
+	Cert string `env:"NATS_CERT" help:"PEM client certificate for NATS (with NATS_KEY); read on every handshake"`
+	Key  string `env:"NATS_KEY" help:"PEM private key of NATS_CERT"`
 	// StreamReplicas is how many servers of a JetStream cluster hold each
 	// vigil stream and KV bucket (0 counts as 1).
 	StreamReplicas int `env:"VIGIL_STREAM_REPLICAS" envDefault:"1" help:"replicas of vigil's JetStream streams and KV buckets: 1, or 3 (up to 5) in a cluster of that many servers"`
@@ -38,6 +49,12 @@ func (n NATS) Validate() error {
 			return fmt.Errorf("NATS_CREDS: %v", err)
 		}
 	}
+	if err := n.validatePasswordFile(); err != nil {
+		return err
+	}
+	if err := n.TLSFiles().Validate(); err != nil {
+		return err
+	}
 	if n.StreamReplicas < 0 || n.StreamReplicas > 5 {
 		return fmt.Errorf("VIGIL_STREAM_REPLICAS: %d is not between 1 and 5", n.StreamReplicas)
 	}
@@ -45,6 +62,47 @@ func (n NATS) Validate() error {
 		return fmt.Errorf("VIGIL_PARTITIONS: %d is not between 1 and %d", n.Partitions, MaxPartitions)
 	}
 	return nil
+}
+
+// TLSFiles are the NATS client's TLS files.
+func (n NATS) TLSFiles() tlsfiles.Files {
+	return tlsfiles.Files{CA: n.CA, CAVar: "NATS_CA", Cert: n.Cert, CertVar: "NATS_CERT", Key: n.Key, KeyVar: "NATS_KEY"}
+}
+
+// validatePasswordFile checks that NATS_PASSWORD_FILE is readable and
+// that NATS_URL names a user but no password beside it.
+func (n NATS) validatePasswordFile() error {
+	if n.PasswordFile == "" {
+		return nil
+	}
+	if _, err := ReadSecretFile("NATS_PASSWORD_FILE", n.PasswordFile); err != nil {
+		return err
+	}
+	for _, raw := range splitComma(n.URL) {
+		u, _ := url.Parse(raw)
+		if u.User == nil || u.User.Username() == "" {
+			return fmt.Errorf("NATS_PASSWORD_FILE: set, but %s names no user (nats://USER@host:4222)", MaskURL(raw))
+		}
+		if _, ok := u.User.Password(); ok {
+			return fmt.Errorf("NATS_PASSWORD_FILE: set, but %s has a password too: keep only the user", MaskURL(raw))
+		}
+	}
+	return nil
+}
+
+// ReadSecretFile reads a secret from a file (a password file): its
+// content without the trailing newline. It must not be empty; the error
+// names the variable.
+func ReadSecretFile(name, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %v", name, err)
+	}
+	secret := strings.TrimRight(string(b), "\r\n")
+	if secret == "" {
+		return "", fmt.Errorf("%s: %s is empty", name, path)
+	}
+	return secret, nil
 }
 
 // Partition counts of NATS.Partitions.
@@ -64,12 +122,32 @@ func (n NATS) PartitionCount() int {
 
 // Redis is the Redis part of a binary that uses Redis.
 type Redis struct {
-	URL string `env:"REDIS_URL,required" help:"Redis URL, e.g. redis://127.0.0.1:6379/0; with Sentinel: redis://sentinel1:26379/0?master_name=NAME&addr=sentinel2:26379&addr=sentinel3:26379[&password=MASTER_PASSWORD]"`
+	URL string `env:"REDIS_URL,required" help:"Redis URL, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS); with Sentinel: redis://sentinel1:26379/0?master_name=NAME&addr=sentinel2:26379&addr=sentinel3:26379[&password=MASTER_PASSWORD]"`
+	// CA, Cert and Key are the TLS files of a rediss:// URL.
+	CA   string `env:"REDIS_CA" help:"PEM CA bundle that verifies the Redis servers' (and sentinels') certificates, with rediss://; read on every handshake"`
+	Cert string `env:"REDIS_CERT" help:"PEM client certificate for Redis (with REDIS_KEY); read on every handshake"`
+	Key  string `env:"REDIS_KEY" help:"PEM private key of REDIS_CERT"`
 }
 
-// Validate checks the URL: a server URL, or a sentinel URL (IsSentinelURL)
-// over redis or rediss.
+// TLSFiles are the Redis client's TLS files.
+func (r Redis) TLSFiles() tlsfiles.Files {
+	return tlsfiles.Files{CA: r.CA, CAVar: "REDIS_CA", Cert: r.Cert, CertVar: "REDIS_CERT", Key: r.Key, KeyVar: "REDIS_KEY"}
+}
+
+// Validate checks the URL (a server URL, or a sentinel URL, IsSentinelURL,
+// over redis or rediss) and the TLS files, which need rediss.
 func (r Redis) Validate() error {
+	if err := r.validateURL(); err != nil {
+		return err
+	}
+	files := r.TLSFiles()
+	if files.Any() && !strings.HasPrefix(r.URL, "rediss://") {
+		return fmt.Errorf("REDIS_URL: %s is not rediss:// but REDIS_CA, REDIS_CERT or REDIS_KEY is set", MaskURL(r.URL))
+	}
+	return files.Validate()
+}
+
+func (r Redis) validateURL() error {
 	if IsSentinelURL(r.URL) {
 		if err := CheckURL("REDIS_URL", r.URL, "redis", "rediss"); err != nil {
 			return err
@@ -93,12 +171,27 @@ func IsSentinelURL(raw string) bool {
 
 // Postgres is the PostgreSQL part of a binary that uses Postgres.
 type Postgres struct {
-	URL string `env:"DATABASE_URL,required" help:"PostgreSQL URL, e.g. postgres://vigil@127.0.0.1:5432/vigil"`
+	URL string `env:"DATABASE_URL,required" help:"PostgreSQL URL, e.g. postgres://vigil@127.0.0.1:5432/vigil; TLS: ?sslmode=verify-full&sslrootcert=CA.pem[&sslcert=C.pem&sslkey=K.pem] (files read again for every new connection)"`
+	// PasswordFile holds the database password, read for every new
+	// connection, so that a rotated password needs no restart.
+	PasswordFile string `env:"DATABASE_PASSWORD_FILE" help:"file holding the password of DATABASE_URL's user (which then carries none), read for every new connection"`
 }
 
-// Validate checks the URL.
+// Validate checks the URL, that its TLS files load (pgx reads sslrootcert,
+// sslcert and sslkey) and the password file.
 func (p Postgres) Validate() error {
-	return CheckURL("DATABASE_URL", p.URL, "postgres", "postgresql")
+	if err := CheckURL("DATABASE_URL", p.URL, "postgres", "postgresql"); err != nil {
+		return err
+	}
+	if _, err := pgconn.ParseConfig(p.URL); err != nil {
+		return fmt.Errorf("DATABASE_URL: %v", err)
+	}
+	if p.PasswordFile != "" {
+		if _, err := ReadSecretFile("DATABASE_PASSWORD_FILE", p.PasswordFile); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Service is what every service binary shares besides its connections.

@@ -15,10 +15,13 @@ import (
 	"io/fs"
 
 	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
+	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
 )
 
@@ -69,9 +72,22 @@ func NewPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 // used, so a service whose Postgres work can wait (a projection that
 // catches up) starts while the database is down.
 func OpenPool(url string) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(url)
+	return Open(config.Postgres{URL: url})
+}
+
+// Open is OpenPool of a service's configuration: DATABASE_URL and
+// DATABASE_PASSWORD_FILE. Every new connection of the pool reads the
+// files again: the TLS files of the URL (sslrootcert, sslcert, sslkey,
+// which pgx loads when it parses the URL), its passfile and the password
+// file, so that rotated certificates and passwords are used without a
+// restart (existing connections keep what they were opened with).
+func Open(pc config.Postgres) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(pc.URL)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadURL, err)
+	}
+	cfg.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
+		return refreshConnConfig(cc, pc)
 	}
 	cfg.ConnConfig.Tracer = otelpgx.NewTracer()
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
@@ -79,6 +95,26 @@ func OpenPool(url string) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("%w: %w", ErrBadURL, err)
 	}
 	return pool, nil
+}
+
+// refreshConnConfig sets the TLS configurations and the password of a
+// new connection from the files as they are now.
+func refreshConnConfig(cc *pgx.ConnConfig, pc config.Postgres) error {
+	fresh, err := pgconn.ParseConfig(pc.URL)
+	if err != nil {
+		return fmt.Errorf("%w: DATABASE_URL: %w", ErrBadURL, err)
+	}
+	cc.TLSConfig = fresh.TLSConfig
+	cc.Fallbacks = fresh.Fallbacks
+	cc.Password = fresh.Password
+	if pc.PasswordFile != "" {
+		password, err := config.ReadSecretFile("DATABASE_PASSWORD_FILE", pc.PasswordFile)
+		if err != nil {
+			return err
+		}
+		cc.Password = password
+	}
+	return nil
 }
 
 // Migrate brings the schema of the pool's database up to the newest

@@ -70,6 +70,12 @@ type Options struct {
 	// runs with; Dir, Host and Port still apply. Ignored by the other
 	// servers.
 	NATSConfig string
+	// TLS, when set, makes the server take TLS connections only, with
+	// this certificate and key (clients verify it with the CA that signed
+	// it); TLS.CAFile, when set, verifies client certificates, which stay
+	// optional. Redis then listens with --tls-port only, PostgreSQL with
+	// ssl=on and hostssl lines only, NATS with a tls block (URL: tls://).
+	TLS *TLSFiles
 }
 
 func (o Options) validate() error {
@@ -78,6 +84,9 @@ func (o Options) validate() error {
 	}
 	if o.Port < -1 || o.Port > 65535 {
 		return fmt.Errorf("%w: Port %d is outside 0..65535", ErrInvalidOptions, o.Port)
+	}
+	if o.TLS != nil && (o.TLS.CertFile == "" || o.TLS.KeyFile == "") {
+		return fmt.Errorf("%w: TLS needs CertFile and KeyFile", ErrInvalidOptions)
 	}
 	if o.RedisDatabases < 0 {
 		return fmt.Errorf("%w: RedisDatabases %d is negative", ErrInvalidOptions, o.RedisDatabases)

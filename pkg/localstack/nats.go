@@ -2,10 +2,12 @@ package localstack
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -16,6 +18,9 @@ import (
 // (ClientURL, JetStreamEnabled, Shutdown, ...).
 type NATS struct {
 	*server.Server
+	opts      Options
+	dir, host string
+	port      int
 }
 
 // StartNATS runs an embedded NATS server with JetStream, its store in
@@ -41,14 +46,10 @@ func StartNATS(ctx context.Context, opts Options) (*NATS, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	sopts := &server.Options{}
-	if opts.NATSConfig != "" {
-		if sopts, err = server.ProcessConfigFile(opts.NATSConfig); err != nil {
-			return nil, fmt.Errorf("%w: NATSConfig: %w", ErrInvalidOptions, err)
-		}
+	sopts, err := natsServerOptions(opts, dir, host, port)
+	if err != nil {
+		return nil, err
 	}
-	sopts.Host, sopts.Port, sopts.JetStream, sopts.StoreDir = host, port, true, dir
-	sopts.NoLog, sopts.NoSigs = true, true
 	srv, err := server.NewServer(sopts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: nats-server: %w", ErrInvalidOptions, err)
@@ -72,11 +73,58 @@ func StartNATS(ctx context.Context, opts Options) (*NATS, error) {
 			return nil, fmt.Errorf("%w: nats-server on %s:%d did not accept connections: %w", ErrNotReady, host, port, context.Cause(ctx))
 		}
 	}
-	return &NATS{Server: srv}, nil
+	return &NATS{Server: srv, opts: opts, dir: dir, host: host, port: port}, nil
 }
 
-// URL is the URL clients connect to, nats://host:port.
+// natsServerOptions are the server options of opts: its configuration file
+// (when set), then the address, the JetStream store and the TLS files.
+func natsServerOptions(opts Options, dir, host string, port int) (*server.Options, error) {
+	sopts := &server.Options{}
+	if opts.NATSConfig != "" {
+		var err error
+		if sopts, err = server.ProcessConfigFile(opts.NATSConfig); err != nil {
+			return nil, fmt.Errorf("%w: NATSConfig: %w", ErrInvalidOptions, err)
+		}
+	}
+	sopts.Host, sopts.Port, sopts.JetStream, sopts.StoreDir = host, port, true, dir
+	sopts.NoLog, sopts.NoSigs = true, true
+	if opts.TLS != nil {
+		cfg, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: opts.TLS.CertFile, KeyFile: opts.TLS.KeyFile, CaFile: opts.TLS.CAFile})
+		if err != nil {
+			return nil, fmt.Errorf("%w: TLS: %w", ErrInvalidOptions, err)
+		}
+		if opts.TLS.CAFile != "" {
+			// Client certificates are optional, verified when sent.
+			cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		}
+		sopts.TLSConfig, sopts.TLS, sopts.TLSTimeout = cfg, true, 2
+		sopts.TLSCert, sopts.TLSKey, sopts.TLSCaCert = opts.TLS.CertFile, opts.TLS.KeyFile, opts.TLS.CAFile
+	}
+	return sopts, nil
+}
+
+// Reload reads the configuration file (Options.NATSConfig: users,
+// passwords, permissions) and the TLS files again and applies them to the
+// running server, as nats-server --signal reload does: connections whose
+// credentials are no longer valid are closed, new connections get the
+// new certificate, existing ones keep theirs.
+func (n *NATS) Reload() error {
+	sopts, err := natsServerOptions(n.opts, n.dir, n.host, n.port)
+	if err != nil {
+		return err
+	}
+	if err := n.ReloadOptions(sopts); err != nil {
+		return fmt.Errorf("localstack: nats reload: %w", err)
+	}
+	return nil
+}
+
+// URL is the URL clients connect to: nats://host:port, or tls://host:port
+// with Options.TLS.
 func (n *NATS) URL() string {
+	if n.opts.TLS != nil {
+		return "tls://" + strings.TrimPrefix(strings.TrimPrefix(n.ClientURL(), "nats://"), "tls://")
+	}
 	return n.ClientURL()
 }
 

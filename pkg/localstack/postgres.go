@@ -34,6 +34,10 @@ const maxSocketPath = 107
 type Postgres struct {
 	proc *process
 	port int
+	// tls is the server's TLS (the copies in its directory); nil: plain
+	// TCP. caFile is Options.TLS.CAFile, which the URLs verify with.
+	tls    *TLSFiles
+	caFile string
 }
 
 // StartPostgres runs a private PostgreSQL cluster on 127.0.0.1 with its data
@@ -57,6 +61,12 @@ func StartPostgres(ctx context.Context, opts Options) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
+	var tlsFiles *TLSFiles
+	if opts.TLS != nil {
+		if tlsFiles, err = copyPostgresTLS(dir, *opts.TLS); err != nil {
+			return nil, err
+		}
+	}
 	if err := preparePostgresDir(dir, cred); err != nil {
 		return nil, err
 	}
@@ -66,7 +76,7 @@ func StartPostgres(ctx context.Context, opts Options) (*Postgres, error) {
 		return nil, err
 	}
 	return startOnPort(opts, func(port int) (*Postgres, error) {
-		return startPostgresOn(ctx, binDir, dir, port, cred, opts.Persist)
+		return startPostgresOn(ctx, binDir, dir, port, cred, opts.Persist, tlsFiles, clientCA(opts.TLS))
 	})
 }
 
@@ -100,7 +110,7 @@ func initCluster(ctx context.Context, binDir, dir string, cred *syscall.Credenti
 	return nil
 }
 
-func startPostgresOn(ctx context.Context, binDir, dir string, port int, cred *syscall.Credential, persist bool) (*Postgres, error) {
+func startPostgresOn(ctx context.Context, binDir, dir string, port int, cred *syscall.Credential, persist bool, tlsFiles *TLSFiles, caFile string) (*Postgres, error) {
 	socketDir := dir
 	if len(socketDir)+len("/.s.PGSQL.")+len(strconv.Itoa(port)) > maxSocketPath {
 		socketDir = "" // too long for a Unix socket: TCP only
@@ -114,6 +124,7 @@ func startPostgresOn(ctx context.Context, binDir, dir string, port int, cred *sy
 		// service instance of a dev or test stack has its own.
 		"-c", "max_connections=300",
 	}
+	args = append(args, postgresTLSArgs(tlsFiles)...)
 	if !persist {
 		args = append(args,
 			"-c", "fsync=off",
@@ -128,8 +139,8 @@ func startPostgresOn(ctx context.Context, binDir, dir string, port int, cred *sy
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{proc: proc, port: port}
-	adminURL := p.DatabaseURL("postgres")
+	p := &Postgres{proc: proc, port: port, tls: tlsFiles, caFile: caFile}
+	adminURL := p.adminURL("postgres")
 	err = proc.waitReady(ctx, func(ctx context.Context) error {
 		conn, err := pgx.Connect(ctx, adminURL)
 		if err != nil {
@@ -182,14 +193,37 @@ func (p *Postgres) URL() string {
 	return p.DatabaseURL(PostgresDatabase)
 }
 
-// DatabaseURL is the URL of database name on this server.
+// DatabaseURL is the URL of database name on this server: with
+// sslmode=disable, or with Options.TLS sslmode=verify-full and
+// sslrootcert the TLS.CAFile (taken to sign the server's certificate too,
+// as GenerateTLS's CA does; sslmode=require without a CAFile).
 func (p *Postgres) DatabaseURL(name string) string {
+	q := url.Values{"sslmode": {"disable"}}
+	switch {
+	case p.tls != nil && p.caFile != "":
+		q = url.Values{"sslmode": {"verify-full"}, "sslrootcert": {p.caFile}}
+	case p.tls != nil:
+		q = url.Values{"sslmode": {"require"}}
+	}
+	return p.urlWith(name, q)
+}
+
+// adminURL is the URL the start-up checks use: TLS unverified (sslmode
+// require) with Options.TLS, as the server takes nothing else.
+func (p *Postgres) adminURL(name string) string {
+	if p.tls == nil {
+		return p.DatabaseURL(name)
+	}
+	return p.urlWith(name, url.Values{"sslmode": {"require"}})
+}
+
+func (p *Postgres) urlWith(name string, q url.Values) string {
 	u := url.URL{
 		Scheme:   "postgres",
 		User:     url.User(PostgresUser),
 		Host:     net.JoinHostPort(loopback, strconv.Itoa(p.port)),
 		Path:     "/" + name,
-		RawQuery: "sslmode=disable",
+		RawQuery: q.Encode(),
 	}
 	return u.String()
 }
@@ -247,4 +281,63 @@ func majorVersion(binDir string) int {
 func isExecutable(path string) bool {
 	info, err := os.Stat(path)
 	return err == nil && info.Mode().IsRegular() && info.Mode()&0o111 != 0
+}
+
+// postgresTLSDir is where StartPostgres copies the TLS files (owned by
+// the server's user, the key 0600, as PostgreSQL demands).
+const postgresTLSDir = "tls"
+
+// copyPostgresTLS copies files into dir/tls, writes a pg_hba.conf that
+// takes TCP connections over TLS only, and returns the copies' paths.
+func copyPostgresTLS(dir string, files TLSFiles) (*TLSFiles, error) {
+	tlsDir := filepath.Join(dir, postgresTLSDir)
+	if err := ensureDir(tlsDir, 0o700); err != nil {
+		return nil, err
+	}
+	copied := &TLSFiles{
+		CertFile: filepath.Join(tlsDir, "server.pem"),
+		KeyFile:  filepath.Join(tlsDir, "server-key.pem"),
+	}
+	pairs := [][2]string{{files.CertFile, copied.CertFile}, {files.KeyFile, copied.KeyFile}}
+	if files.CAFile != "" {
+		copied.CAFile = filepath.Join(tlsDir, "ca.pem")
+		pairs = append(pairs, [2]string{files.CAFile, copied.CAFile})
+	}
+	for _, p := range pairs {
+		b, err := os.ReadFile(p[0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: TLS: %w", ErrInvalidOptions, err)
+		}
+		if err := os.WriteFile(p[1], b, 0o600); err != nil {
+			return nil, fmt.Errorf("localstack: postgres TLS: %w", err)
+		}
+	}
+	hba := "# localstack: TLS only over TCP\nlocal all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n"
+	if err := os.WriteFile(filepath.Join(tlsDir, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+		return nil, fmt.Errorf("localstack: postgres TLS: %w", err)
+	}
+	return copied, nil
+}
+
+// postgresTLSArgs are the server's settings for its TLS files (none for
+// nil): ssl on, client certificates verified when sent if there is a CA,
+// and the pg_hba.conf of copyPostgresTLS.
+func postgresTLSArgs(files *TLSFiles) []string {
+	if files == nil {
+		return nil
+	}
+	args := []string{"-c", "ssl=on", "-c", "ssl_cert_file=" + files.CertFile, "-c", "ssl_key_file=" + files.KeyFile,
+		"-c", "hba_file=" + filepath.Join(filepath.Dir(files.CertFile), "pg_hba.conf")}
+	if files.CAFile != "" {
+		args = append(args, "-c", "ssl_ca_file="+files.CAFile)
+	}
+	return args
+}
+
+// clientCA is the CA file of files, if any.
+func clientCA(files *TLSFiles) string {
+	if files == nil {
+		return ""
+	}
+	return files.CAFile
 }

@@ -2,6 +2,7 @@ package localstack
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os/exec"
@@ -20,6 +21,7 @@ const installHint = "run `make deps` (deploy/scripts/deps.sh), or apt-get instal
 type Redis struct {
 	proc *process
 	port int
+	tls  bool
 }
 
 // StartRedis runs redis-server on 127.0.0.1 with its state in opts.Dir and
@@ -57,11 +59,11 @@ func prepareRedisServer(opts Options) (bin, dir string, err error) {
 func startRedisOn(ctx context.Context, bin, dir string, port int, opts Options) (*Redis, error) {
 	args := []string{
 		"--bind", loopback,
-		"--port", strconv.Itoa(port),
 		"--dir", dir,
 		"--daemonize", "no",
 		"--logfile", "",
 	}
+	args = append(args, redisListenArgs(port, opts.TLS)...)
 	if opts.Persist {
 		args = append(args, "--appendonly", "yes")
 	} else {
@@ -73,6 +75,9 @@ func startRedisOn(ctx context.Context, bin, dir string, port int, opts Options) 
 			return nil, fmt.Errorf("%w: RedisReplicaOf %q: %w", ErrInvalidOptions, opts.RedisReplicaOf, err)
 		}
 		args = append(args, "--replicaof", host, port)
+		if opts.TLS != nil {
+			args = append(args, "--tls-replication", "yes")
+		}
 	}
 	if opts.RedisDatabases > 0 {
 		args = append(args, "--databases", strconv.Itoa(opts.RedisDatabases))
@@ -83,18 +88,37 @@ func startRedisOn(ctx context.Context, bin, dir string, port int, opts Options) 
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{proc: proc, port: port}
-	if err := waitRedisReady(ctx, proc, r.Addr(), false); err != nil {
+	r := &Redis{proc: proc, port: port, tls: opts.TLS != nil}
+	if err := waitRedisReady(ctx, proc, r.Addr(), false, r.tls); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
+// redisListenArgs are redis-server's arguments for port: plain TCP, or
+// with files TLS only (--port 0 --tls-port), client certificates
+// verified when sent if files has a CA.
+func redisListenArgs(port int, files *TLSFiles) []string {
+	if files == nil {
+		return []string{"--port", strconv.Itoa(port)}
+	}
+	args := []string{"--port", "0", "--tls-port", strconv.Itoa(port),
+		"--tls-cert-file", files.CertFile, "--tls-key-file", files.KeyFile}
+	if files.CAFile != "" {
+		return append(args, "--tls-ca-cert-file", files.CAFile, "--tls-auth-clients", "optional")
+	}
+	return append(args, "--tls-auth-clients", "no")
+}
+
 // waitRedisReady waits until the redis-server process at addr (a server,
-// or a sentinel when sentinel is set) answers PING, and kills it when it
-// does not.
-func waitRedisReady(ctx context.Context, proc *process, addr string, sentinel bool) error {
+// or a sentinel when sentinel is set; over TLS when useTLS) answers PING,
+// and kills it when it does not.
+func waitRedisReady(ctx context.Context, proc *process, addr string, sentinel, useTLS bool) error {
 	opts := &redis.Options{Addr: addr, DialTimeout: 500 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, MaxRetries: -1, PoolSize: 1}
+	if useTLS {
+		// Only whether it answers: the clients under test verify.
+		opts.TLSConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // readiness probe
+	}
 	var ping func(context.Context) error
 	if sentinel {
 		client := redis.NewSentinelClient(opts)
@@ -126,9 +150,14 @@ func (r *Redis) URL() string {
 	return r.DatabaseURL(0)
 }
 
-// DatabaseURL is the server's URL for logical database db.
+// DatabaseURL is the server's URL for logical database db:
+// redis://127.0.0.1:<port>/<db>, rediss:// with Options.TLS.
 func (r *Redis) DatabaseURL(db int) string {
-	return fmt.Sprintf("redis://%s/%d", r.Addr(), db)
+	scheme := "redis"
+	if r.tls {
+		scheme = "rediss"
+	}
+	return fmt.Sprintf("%s://%s/%d", scheme, r.Addr(), db)
 }
 
 // LogPath is the file the server writes its log to.

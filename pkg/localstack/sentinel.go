@@ -92,7 +92,7 @@ sentinel parallel-syncs %[4]s 1
 		return nil, err
 	}
 	s := &Sentinel{proc: proc, port: port}
-	if err := waitRedisReady(ctx, proc, s.Addr(), true); err != nil {
+	if err := waitRedisReady(ctx, proc, s.Addr(), true, false); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,7 +50,10 @@ func Connect(ctx context.Context, cfg config.NATS, name string, log *slog.Logger
 	if cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.Creds))
 	}
-	nc, err := nats.Connect(cfg.URL, opts...)
+	url, authOpts := passwordFromFile(cfg)
+	opts = append(opts, authOpts...)
+	opts = append(opts, tlsOptions(cfg)...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nats connect %s: %w", config.MaskURL(cfg.URL), err)
 	}
@@ -60,6 +65,9 @@ func Connect(ctx context.Context, cfg config.NATS, name string, log *slog.Logger
 		select {
 		case <-ctx.Done():
 			nc.Close()
+			if err := nc.LastError(); err != nil {
+				return nil, fmt.Errorf("nats connect %s: %w (%w)", config.MaskURL(cfg.URL), ctx.Err(), err)
+			}
 			return nil, ctx.Err()
 		case <-deadline.C:
 			nc.Close()
@@ -73,6 +81,55 @@ func Connect(ctx context.Context, cfg config.NATS, name string, log *slog.Logger
 	}
 	log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
 	return nc, nil
+}
+
+// passwordFromFile is the URL to dial and the options for
+// NATS_PASSWORD_FILE: the user is taken out of the URL (nats.go prefers a
+// URL's user to a handler) and the password read from the file on every
+// (re)connect.
+func passwordFromFile(cfg config.NATS) (string, []nats.Option) {
+	if cfg.PasswordFile == "" {
+		return cfg.URL, nil
+	}
+	var user string
+	urls := strings.Split(cfg.URL, ",")
+	for i, raw := range urls {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || u.User == nil {
+			continue
+		}
+		user = u.User.Username()
+		u.User = nil
+		urls[i] = u.String()
+	}
+	return strings.Join(urls, ","), []nats.Option{nats.UserInfoHandler(func() (string, string) {
+		// An unreadable file fails this attempt with an authorization
+		// error; the next reconnect reads it again.
+		password, _ := config.ReadSecretFile("NATS_PASSWORD_FILE", cfg.PasswordFile)
+		return user, password
+	})}
+}
+
+// tlsOptions are the options for NATS_CA, NATS_CERT and NATS_KEY: TLS
+// with the files read again on every (re)connect (nats.go's callbacks),
+// so replaced certificates and CA bundles are used from the next
+// reconnect on; nats.go verifies the server's certificate for the host it
+// dials. Without them a tls:// URL still gets TLS, verified with the
+// system's roots.
+func tlsOptions(cfg config.NATS) []nats.Option {
+	files := cfg.TLSFiles()
+	var certCB nats.TLSCertHandler
+	var rootsCB nats.RootCAsHandler
+	if files.Cert != "" {
+		certCB = files.Certificate
+	}
+	if files.CA != "" {
+		rootsCB = files.RootCAs
+	}
+	if certCB == nil && rootsCB == nil {
+		return nil
+	}
+	return []nats.Option{nats.ClientTLSConfig(certCB, rootsCB)}
 }
 
 // Drain drains nc and waits until it is closed or ctx ends.

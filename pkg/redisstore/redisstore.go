@@ -10,6 +10,7 @@ package redisstore
 
 import (
 	"context"
+	"crypto/tls"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -28,9 +29,16 @@ import (
 const DefaultRetention = 1000
 
 // NewClient opens a Redis client from url with tracing and metrics, and
-// checks it with PING.
+// checks it with PING. It is Open without TLS files (a rediss:// url is
+// verified with the system's roots).
+func NewClient(ctx context.Context, url string) (*redis.Client, error) {
+	return Open(ctx, config.Redis{URL: url})
+}
+
+// Open opens a Redis client from cfg (REDIS_URL and its TLS files) with
+// tracing and metrics, and checks it with PING.
 //
-// A url with a master_name query parameter names Redis Sentinels rather
+// A URL with a master_name query parameter names Redis Sentinels rather
 // than a server, in go-redis's failover URL form:
 //
 //	redis://[user:pass@]sentinel1:26379/0?master_name=vigil&addr=sentinel2:26379&addr=sentinel3:26379&password=<master password>
@@ -38,10 +46,16 @@ const DefaultRetention = 1000
 // (userinfo is the sentinels' credential, the password parameter the
 // master's). The client then asks the sentinels for the master and
 // follows it through failovers.
-func NewClient(ctx context.Context, url string) (*redis.Client, error) {
-	rdb, err := newClient(url)
+//
+// With rediss:// every connection (to a server, a sentinel or the master
+// it names) is TLS; REDIS_CA verifies the servers' certificates for the
+// URL's host, REDIS_CERT and REDIS_KEY are the client's certificate. The
+// files are read on every handshake, so a new connection uses replaced
+// files.
+func Open(ctx context.Context, cfg config.Redis) (*redis.Client, error) {
+	rdb, err := newClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL %s: %w", config.MaskURL(url), err)
+		return nil, fmt.Errorf("REDIS_URL %s: %w", config.MaskURL(cfg.URL), err)
 	}
 	if err := errors.Join(redisotel.InstrumentTracing(rdb), redisotel.InstrumentMetrics(rdb)); err != nil {
 		rdb.Close()
@@ -49,25 +63,43 @@ func NewClient(ctx context.Context, url string) (*redis.Client, error) {
 	}
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("redis ping %s: %w", config.MaskURL(url), err)
+		return nil, fmt.Errorf("redis ping %s: %w", config.MaskURL(cfg.URL), err)
 	}
 	return rdb, nil
 }
 
 // newClient builds a plain or, for a sentinel URL, a failover client.
-func newClient(url string) (*redis.Client, error) {
-	if config.IsSentinelURL(url) {
-		opts, err := redis.ParseFailoverURL(url)
+func newClient(cfg config.Redis) (*redis.Client, error) {
+	if config.IsSentinelURL(cfg.URL) {
+		opts, err := redis.ParseFailoverURL(cfg.URL)
 		if err != nil {
 			return nil, err
 		}
+		opts.TLSConfig = withFiles(opts.TLSConfig, cfg)
 		return redis.NewFailoverClient(opts), nil
 	}
-	opts, err := redis.ParseURL(url)
+	opts, err := redis.ParseURL(cfg.URL)
 	if err != nil {
 		return nil, err
 	}
+	opts.TLSConfig = withFiles(opts.TLSConfig, cfg)
 	return redis.NewClient(opts), nil
+}
+
+// withFiles replaces the TLS configuration go-redis made for a rediss://
+// URL (nil for redis://) by one reading cfg's TLS files, for the same
+// server name.
+func withFiles(parsed *tls.Config, cfg config.Redis) *tls.Config {
+	files := cfg.TLSFiles()
+	if parsed == nil || !files.Any() {
+		return parsed
+	}
+	tc := files.Config(parsed.ServerName)
+	if parsed.InsecureSkipVerify {
+		// skip_verify=true in the URL: the operator asked for no check.
+		tc.VerifyConnection = nil
+	}
+	return tc
 }
 
 //go:embed upsert.lua

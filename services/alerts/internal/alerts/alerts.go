@@ -149,10 +149,10 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	}
 	// Postgres only holds the projection alert_events: the instance starts
 	// and records alerts while it is down.
-	if in.pool, err = db.OpenPool(cfg.Postgres.URL); err != nil {
+	if in.pool, err = db.Open(cfg.Postgres); err != nil {
 		return nil, err
 	}
-	if in.rdb, err = redisstore.NewClient(ctx, cfg.Redis.URL); err != nil {
+	if in.rdb, err = redisstore.Open(ctx, cfg.Redis); err != nil {
 		return nil, err
 	}
 	rt.Health.Add("redis", func(ctx context.Context) error { return in.rdb.Ping(ctx).Err() })

@@ -121,7 +121,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	// PostgreSQL holds the users (cached in VIGIL_USERS) and the audit
 	// projection command_log: the instance starts while it is down, reports
 	// it degraded, and migrates once it is reachable.
-	pool, err := db.OpenPool(cfg.Postgres.URL)
+	pool, err := db.Open(cfg.Postgres)
 	if err != nil {
 		return err
 	}
@@ -135,7 +135,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		}()
 		defer func() { <-migrated }()
 	}
-	rdb, err := redisstore.NewClient(ctx, cfg.Redis.URL)
+	rdb, err := redisstore.Open(ctx, cfg.Redis)
 	if err != nil {
 		return err
 	}

@@ -166,7 +166,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer rt.Close(context.Background())
-	rdb, err := redisstore.NewClient(ctx, cfg.Redis.URL)
+	rdb, err := redisstore.Open(ctx, cfg.Redis)
 	if err != nil {
 		return err
 	}

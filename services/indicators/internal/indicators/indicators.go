@@ -68,7 +68,7 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, rt.Close(context.Background())) }()
-	rdb, err := redisstore.NewClient(ctx, cfg.Redis.URL)
+	rdb, err := redisstore.Open(ctx, cfg.Redis)
 	if err != nil {
 		return err
 	}
