@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/natsx"
 )
 
 // bucketTTL is how long a heartbeat stays in Bucket: the entries of
@@ -23,6 +24,7 @@ var bucketConfig = jetstream.KeyValueConfig{
 	History:     1,
 	TTL:         bucketTTL,
 	Storage:     jetstream.FileStorage,
+	Metadata:    natsx.Versioned(1),
 }
 
 // bucketStream is the stream behind Bucket.
@@ -33,7 +35,7 @@ const bucketStream = "KV_" + Bucket
 // holds heartbeats, which every live member writes again within one
 // interval, so it is deleted and created anew.
 func ensureBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, bucketConfig)
+	kv, err := natsx.EnsureKeyValue(ctx, js, bucketConfig)
 	if err == nil {
 		return kv, nil
 	}
@@ -44,7 +46,7 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyVal
 	if err := js.DeleteKeyValue(ctx, Bucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, fmt.Errorf("membership bucket %s: delete the in-memory bucket: %w", Bucket, err)
 	}
-	if kv, err = js.CreateOrUpdateKeyValue(ctx, bucketConfig); err != nil {
+	if kv, err = natsx.EnsureKeyValue(ctx, js, bucketConfig); err != nil {
 		return nil, fmt.Errorf("membership bucket %s: %w", Bucket, err)
 	}
 	return kv, nil

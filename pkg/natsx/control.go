@@ -2,7 +2,6 @@ package natsx
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,6 +38,7 @@ var QueueBucket = jetstream.KeyValueConfig{
 	Description: "vigil-control: each user's queued and running commands and recent ids (key user.<token>)",
 	History:     1,
 	Storage:     jetstream.FileStorage,
+	Metadata:    Versioned(1),
 }
 
 // UsersBucket is the KV bucket of cached users.
@@ -47,6 +47,7 @@ var UsersBucket = jetstream.KeyValueConfig{
 	Description: "vigil-control: users and settings cached from PostgreSQL (key user.<token>)",
 	History:     1,
 	Storage:     jetstream.FileStorage,
+	Metadata:    Versioned(1),
 }
 
 // CommandsStream is the stream of command audit records; it keeps them
@@ -59,19 +60,21 @@ var CommandsStream = jetstream.StreamConfig{
 	Storage:     jetstream.FileStorage,
 	MaxAge:      7 * 24 * time.Hour,
 	Duplicates:  10 * time.Minute,
+	Metadata:    Versioned(1),
 }
 
-// EnsureControl creates or updates vigil-control's buckets and stream;
+// EnsureControl creates vigil-control's buckets and stream or updates them
+// in place, unless a newer vigil version configured them (EnsureStream);
 // running it again changes nothing. Like EnsureStreams, give it a
 // JetStream of WithReplicas so they are replicated like the others.
-func EnsureControl(ctx context.Context, js jetstream.JetStream) error {
+func EnsureControl(ctx context.Context, js jetstream.JetStream, opts ...EnsureOption) error {
 	for _, cfg := range []jetstream.KeyValueConfig{QueueBucket, UsersBucket} {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
-			return fmt.Errorf("kv %s: %w", cfg.Bucket, err)
+		if _, err := EnsureKeyValue(ctx, js, cfg, opts...); err != nil {
+			return err
 		}
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, CommandsStream); err != nil {
-		return fmt.Errorf("stream %s: %w", CommandsStream.Name, err)
+	if _, err := EnsureStream(ctx, js, CommandsStream, opts...); err != nil {
+		return err
 	}
 	return nil
 }

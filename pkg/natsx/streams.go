@@ -2,7 +2,6 @@ package natsx
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,6 +23,7 @@ func StreamConfigs(partitions int) []jetstream.StreamConfig {
 			// JetStream API a tenant's account imports (deploy/nats), for
 			// its own subjects only.
 			AllowDirect: true,
+			Metadata:    Versioned(1),
 		},
 		{
 			Name:              contract.StreamCandles,
@@ -33,6 +33,7 @@ func StreamConfigs(partitions int) []jetstream.StreamConfig {
 			MaxAge:            24 * time.Hour,
 			MaxMsgsPerSubject: 10_000,
 			Duplicates:        2 * time.Minute,
+			Metadata:          Versioned(1),
 		},
 		{
 			Name:              contract.StreamIndicators,
@@ -42,6 +43,7 @@ func StreamConfigs(partitions int) []jetstream.StreamConfig {
 			MaxAge:            time.Hour,
 			MaxMsgsPerSubject: 1_000,
 			Duplicates:        2 * time.Minute,
+			Metadata:          Versioned(1),
 		},
 		AlertsStream,
 	}
@@ -71,6 +73,7 @@ var AlertsStream = jetstream.StreamConfig{
 	Storage:          jetstream.FileStorage,
 	MaxAge:           30 * 24 * time.Hour,
 	Duplicates:       time.Hour,
+	Metadata:         Versioned(1),
 }
 
 // StateBucket is the KV bucket of users' desired state.
@@ -79,19 +82,21 @@ var StateBucket = jetstream.KeyValueConfig{
 	Description: "vigil desired state per user (key user.<token>)",
 	History:     5,
 	Storage:     jetstream.FileStorage,
+	Metadata:    Versioned(1),
 }
 
 // EnsureStreams is EnsurePartitionedStreams with DefaultPartitions.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
-	return EnsurePartitionedStreams(ctx, js, DefaultPartitions)
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, opts ...EnsureOption) error {
+	return EnsurePartitionedStreams(ctx, js, DefaultPartitions, opts...)
 }
 
 // EnsurePartitionedStreams creates the contract's streams and KV bucket, or
-// updates them to this configuration; running it again changes nothing. A
-// stream from before partitioning gets its partitions; a partitioned
-// stream with another partition count is refused (ErrPartitions), nothing
-// is changed then.
-func EnsurePartitionedStreams(ctx context.Context, js jetstream.JetStream, partitions int) error {
+// updates them in place to this configuration unless a newer vigil
+// version already configured them (EnsureStream: they are left as they
+// are, logged); running it again changes nothing. A stream from before
+// partitioning gets its partitions; a partitioned stream with another
+// partition count is refused (ErrPartitions), nothing is changed then.
+func EnsurePartitionedStreams(ctx context.Context, js jetstream.JetStream, partitions int, opts ...EnsureOption) error {
 	if err := ValidatePartitions(partitions); err != nil {
 		return err
 	}
@@ -101,12 +106,12 @@ func EnsurePartitionedStreams(ctx context.Context, js jetstream.JetStream, parti
 		}
 	}
 	for _, cfg := range StreamConfigs(partitions) {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("stream %s: %w", cfg.Name, err)
+		if _, err := EnsureStream(ctx, js, cfg, opts...); err != nil {
+			return err
 		}
 	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, StateBucket); err != nil {
-		return fmt.Errorf("kv %s: %w", StateBucket.Bucket, err)
+	if _, err := EnsureKeyValue(ctx, js, StateBucket, opts...); err != nil {
+		return err
 	}
 	return nil
 }

@@ -63,6 +63,7 @@ var leaseBucket = jetstream.KeyValueConfig{
 	Description: "vigil partition leases (key <service>.<partition>, value the holding instance)",
 	History:     1,
 	Storage:     jetstream.FileStorage,
+	Metadata:    natsx.Versioned(1),
 }
 
 // Defaults of Options.
@@ -190,7 +191,7 @@ func New(ctx context.Context, opts Options) (*Consumer, error) {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
-	leases, err := opts.JS.CreateOrUpdateKeyValue(ctx, leaseBucket)
+	leases, err := natsx.EnsureKeyValue(ctx, opts.JS, leaseBucket, natsx.LogTo(opts.Log))
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", LeaseBucket, err)
 	}
@@ -535,7 +536,7 @@ func (c *Consumer) ensureLeases(ctx context.Context) {
 	created, err := c.leaseBucketCreated(ctx)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		c.opts.Log.Warn("the partition lease bucket is gone; creating it again", "consumer", c.name, "bucket", LeaseBucket)
-		if _, err = c.opts.JS.CreateOrUpdateKeyValue(ctx, leaseBucket); err == nil {
+		if _, err = natsx.EnsureKeyValue(ctx, c.opts.JS, leaseBucket, natsx.LogTo(c.opts.Log)); err == nil {
 			created, err = c.leaseBucketCreated(ctx)
 		}
 	}

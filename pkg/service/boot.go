@@ -67,7 +67,7 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
 	rt.JS = natsx.WithReplicas(js, nc.StreamReplicas)
-	if err = natsx.EnsurePartitionedStreams(ctx, rt.JS, nc.PartitionCount()); err != nil {
+	if err = natsx.EnsurePartitionedStreams(ctx, rt.JS, nc.PartitionCount(), natsx.LogTo(rt.Log)); err != nil {
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
 	rt.Health = health.New(rt.Log)

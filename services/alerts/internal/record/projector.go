@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/wait"
 )
 
@@ -96,6 +97,7 @@ func (p *Projector) ConsumerConfig() jetstream.ConsumerConfig {
 		AckWait:       p.opts.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: 4 * p.opts.Batch,
+		Metadata:      natsx.Versioned(1),
 	}
 }
 
@@ -105,7 +107,7 @@ func (p *Projector) ConsumerConfig() jetstream.ConsumerConfig {
 func (p *Projector) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		cons, err := retry(ctx, p.opts, "creating the projector's consumer", func() (jetstream.Consumer, error) {
-			return p.js.CreateOrUpdateConsumer(ctx, contract.StreamAlerts, p.ConsumerConfig())
+			return natsx.EnsureConsumer(ctx, p.js, contract.StreamAlerts, p.ConsumerConfig(), natsx.LogTo(p.opts.Log))
 		})
 		if err != nil {
 			return nil // ctx ended

@@ -29,6 +29,7 @@ var BucketConfig = jetstream.KeyValueConfig{
 	Description: "vigil-alerts rule-engine memory per user (key user.<token>)",
 	History:     1,
 	Storage:     jetstream.FileStorage,
+	Metadata:    natsx.Versioned(1),
 }
 
 // Store reads and writes snapshots.
@@ -38,9 +39,9 @@ type Store struct {
 
 // Open creates Bucket or updates it to BucketConfig and returns its store.
 func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, BucketConfig)
+	kv, err := natsx.EnsureKeyValue(ctx, js, BucketConfig)
 	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
+		return nil, err
 	}
 	return &Store{kv: kv}, nil
 }

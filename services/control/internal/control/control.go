@@ -206,7 +206,7 @@ type Instance struct {
 // process had crashed (tests use this to kill an instance).
 func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 	inst := &Instance{log: d.Log, started: time.Now().UTC()}
-	if err := natsx.EnsureControl(ctx, d.JS); err != nil {
+	if err := natsx.EnsureControl(ctx, d.JS, natsx.LogTo(d.Log)); err != nil {
 		return nil, err
 	}
 	svc, err := service.Start(d.NC, service.Config{Name: contract.ServiceControl,

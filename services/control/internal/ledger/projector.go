@@ -80,13 +80,14 @@ func StartProjector(ctx context.Context, js jetstream.JetStream, pool *pgxpool.P
 
 // consume creates (or reuses) the durable consumer and starts consuming.
 func (p *Projector) consume(ctx context.Context) error {
-	cons, err := p.js.CreateOrUpdateConsumer(ctx, natsx.StreamCommands, jetstream.ConsumerConfig{
+	cons, err := natsx.EnsureConsumer(ctx, p.js, natsx.StreamCommands, jetstream.ConsumerConfig{
 		Durable:       ProjectorDurable,
 		Description:   "vigil-control: projects command audit records into PostgreSQL command_log",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       30 * time.Second,
 		MaxAckPending: 1000,
-	})
+		Metadata:      natsx.Versioned(1),
+	}, natsx.LogTo(p.log))
 	if err != nil {
 		return fmt.Errorf("%w: consumer %s: %w", ErrStore, ProjectorDurable, err)
 	}
