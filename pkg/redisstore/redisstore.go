@@ -147,7 +147,7 @@ func (s *Store) WriteCandle(ctx context.Context, c contract.Candle) (bool, error
 	return s.upsert(ctx, contract.CandleKey(c.SeriesID), c.Start, c.Version, c)
 }
 
-// WriteCandles stores many candles in one pipeline and returns how many were
+// WriteCandles stores many candles in pipelines of PipelineChunk and returns how many were
 // written (newer than what was stored).
 func (s *Store) WriteCandles(ctx context.Context, cs []contract.Candle) (int, error) {
 	each, err := s.WriteCandlesEach(ctx, cs)
@@ -212,7 +212,7 @@ func (s *Store) WriteIndicators(ctx context.Context, u contract.IndicatorUpdate)
 }
 
 // WriteIndicatorUpdates stores the values of many updates (of any series,
-// in order) in one pipeline, each versioned like WriteIndicators: one
+// in order) in pipelines of PipelineChunk, each versioned like WriteIndicators: one
 // script call per update writes every indicator key of its bar. Every
 // indicator name is validated before anything is written.
 func (s *Store) WriteIndicatorUpdates(ctx context.Context, ups []contract.IndicatorUpdate) error {
@@ -273,9 +273,31 @@ func (s *Store) NewEpoch(ctx context.Context, fenceKey string) (int64, error) {
 // *FencedError once the others are written. A nil fence, or a Fence
 // without a key, writes unfenced.
 func (s *Store) WriteIndicatorUpdatesFenced(ctx context.Context, ups []contract.IndicatorUpdate, fence func(contract.SeriesID) Fence) error {
+	for _, u := range ups {
+		for name := range u.Values {
+			if err := contract.ValidateIndicatorName(name); err != nil {
+				return err
+			}
+		}
+	}
+	refused := &FencedError{}
+	for chunk := range slices.Chunk(ups, PipelineChunk) {
+		if err := s.writeIndicatorChunk(ctx, chunk, fence, refused); err != nil {
+			return err
+		}
+	}
+	if len(refused.Series) > 0 {
+		return refused
+	}
+	return nil
+}
+
+// writeIndicatorChunk writes one chunk of WriteIndicatorUpdatesFenced's
+// updates in one pipeline and adds the series the fences refused to
+// refused.
+func (s *Store) writeIndicatorChunk(ctx context.Context, ups []contract.IndicatorUpdate, fence func(contract.SeriesID) Fence, refused *FencedError) error {
 	calls := make([]scriptCall, 0, len(ups))
 	series := make([]contract.SeriesID, 0, len(ups))
-	refused := &FencedError{}
 	for _, u := range ups {
 		if len(u.Values) == 0 {
 			continue
@@ -295,19 +317,17 @@ func (s *Store) WriteIndicatorUpdatesFenced(ctx context.Context, ups []contract.
 		calls = append(calls, call)
 		series = append(series, u.SeriesID)
 	}
-	if len(calls) > 0 {
-		cmds, err := runPipelined(ctx, s.rdb, indicatorsScript, calls)
-		if err != nil {
-			return err
-		}
-		for i, cmd := range cmds {
-			if n, _ := cmd.Int64(); n < 0 {
-				refused.add(series[i])
-			}
-		}
+	if len(calls) == 0 {
+		return nil
 	}
-	if len(refused.Series) > 0 {
-		return refused
+	cmds, err := runPipelined(ctx, s.rdb, indicatorsScript, calls)
+	if err != nil {
+		return err
+	}
+	for i, cmd := range cmds {
+		if n, _ := cmd.Int64(); n < 0 {
+			refused.add(series[i])
+		}
 	}
 	return nil
 }
@@ -350,7 +370,7 @@ type scriptCall struct {
 	args []any
 }
 
-// upsertMany runs upsertScript for every write in one pipeline.
+// upsertMany runs upsertScript for every write in pipelines of PipelineChunk (runPipelined).
 func (s *Store) upsertMany(ctx context.Context, writes []upsertArgs) ([]*redis.Cmd, error) {
 	calls := make([]scriptCall, len(writes))
 	for i, w := range writes {
@@ -366,11 +386,35 @@ type upsertArgs struct {
 	member         []byte
 }
 
-// runPipelined runs script once per call in one pipeline by its SHA. Only
-// when Redis does not know the script (first use, or after a restart or
-// SCRIPT FLUSH) does it load it and run the pipeline again, which is
-// harmless: the writes are idempotent.
+// PipelineChunk is the most script calls one pipeline carries: a larger
+// write (a rebuild of a long series, a backfill) is sent as several
+// pipelines, one after the other, so that Redis, which runs one client's
+// pipelined calls back to back, serves other clients' commands between
+// them, and neither side holds the replies of the whole write at once.
+const PipelineChunk = 256
+
+// runPipelined runs script once per call, in pipelines of at most
+// PipelineChunk calls, by its SHA, and stops between pipelines when ctx
+// ends. Only when Redis does not know the script (first use, or after a
+// restart or SCRIPT FLUSH) does it load it and run that pipeline again,
+// which is harmless: the writes are idempotent.
 func runPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, 0, len(calls))
+	for chunk := range slices.Chunk(calls, PipelineChunk) {
+		if err := ctx.Err(); err != nil {
+			return cmds, err
+		}
+		done, err := runPipeline(ctx, rdb, script, chunk)
+		cmds = append(cmds, done...)
+		if err != nil {
+			return cmds, err
+		}
+	}
+	return cmds, nil
+}
+
+// runPipeline runs script once per call in one pipeline (runPipelined).
+func runPipeline(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
 	run := func() ([]*redis.Cmd, error) {
 		pipe := rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(calls))
@@ -396,24 +440,45 @@ func (s *Store) Indicator(ctx context.Context, series contract.SeriesID, name st
 	return readRange[IndicatorPoint](ctx, s.rdb, contract.IndicatorKey(series, name), from, to)
 }
 
+// ReadChunk is the most members one read of a range returns: a longer
+// range is read in several ZRANGEBYSCORE calls, each from just after the
+// previous one's last score, so that Redis never builds one reply of a
+// whole long series while other clients wait.
+const ReadChunk = 2000
+
+// readRange reads the members of key with score in [from, to] (to <= 0:
+// no upper bound), oldest first, in chunks of ReadChunk. Every member has
+// a score of its own (its bar's start), so a chunk that ends at score s
+// is followed by the members after s, even when others were written or
+// trimmed meanwhile.
 func readRange[T any](ctx context.Context, rdb redis.UniversalClient, key string, from, to int64) ([]T, error) {
 	max := "+inf"
 	if to > 0 {
 		max = strconv.FormatInt(to, 10)
 	}
-	members, err := rdb.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: strconv.FormatInt(from, 10), Max: max}).Result()
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	out := make([]T, 0, len(members))
-	for _, m := range members {
-		var v T
-		if err := json.Unmarshal([]byte(m), &v); err != nil {
-			return nil, fmt.Errorf("read %s: corrupt member: %w", key, err)
+	var out []T
+	min := strconv.FormatInt(from, 10)
+	for {
+		members, err := rdb.ZRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{Min: min, Max: max, Count: ReadChunk}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", key, err)
 		}
-		out = append(out, v)
+		if out == nil {
+			out = make([]T, 0, len(members))
+		}
+		for _, z := range members {
+			var v T
+			m, _ := z.Member.(string)
+			if err := json.Unmarshal([]byte(m), &v); err != nil {
+				return nil, fmt.Errorf("read %s: corrupt member: %w", key, err)
+			}
+			out = append(out, v)
+		}
+		if len(members) < ReadChunk {
+			return out, nil
+		}
+		min = "(" + strconv.FormatFloat(members[len(members)-1].Score, 'f', -1, 64)
 	}
-	return out, nil
 }
 
 // Clear's batch sizes: how many keys one SCAN step walks (larger steps mean

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/redisstore"
 )
 
 func TestWriteIndicatorUpdates(t *testing.T) {
@@ -168,6 +169,61 @@ func TestWriteIndicatorUpdatesRetention(t *testing.T) {
 		}
 		if len(pts) != 2 || pts[0].Start != 120 || pts[1].Start != 180 {
 			t.Fatalf("%s: stored %+v, want bars 120 and 180", name, pts)
+		}
+	}
+}
+
+// TestLongWritesAndReadsAreChunked: a write longer than PipelineChunk
+// calls and a read longer than ReadChunk members are sent as several
+// pipelines and reads, and store and return every bar, in order, once.
+func TestLongWritesAndReadsAreChunked(t *testing.T) {
+	bars := 2*redisstore.ReadChunk + 7
+	if bars < 2*redisstore.PipelineChunk+7 {
+		bars = 2*redisstore.PipelineChunk + 7
+	}
+	store, _ := newStore(t, bars)
+	ctx := context.Background()
+	cs := make([]contract.Candle, bars)
+	ups := make([]contract.IndicatorUpdate, bars)
+	for i := range cs {
+		start := int64(i+1) * 60
+		cs[i] = contract.Candle{SeriesID: series, Start: start, Open: 1, High: 2, Low: 1, Close: float64(i), Volume: 1, Closed: true, Version: start}
+		ups[i] = contract.IndicatorUpdate{SeriesID: series, Start: start, Version: start, Closed: true,
+			Values: map[string]contract.Fields{"rsi_14": {"value": float64(i)}}}
+	}
+	if n, err := store.WriteCandles(ctx, cs); err != nil || n != bars {
+		t.Fatalf("WriteCandles wrote %d of %d: %v", n, bars, err)
+	}
+	if err := store.WriteIndicatorUpdates(ctx, ups); err != nil {
+		t.Fatal(err)
+	}
+	got, err := store.Candles(ctx, series, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != bars {
+		t.Fatalf("Candles returned %d candles, want %d", len(got), bars)
+	}
+	for i, c := range got {
+		if c.Start != cs[i].Start || c.Close != cs[i].Close {
+			t.Fatalf("candle %d: start %d close %v, want %d %v", i, c.Start, c.Close, cs[i].Start, cs[i].Close)
+		}
+	}
+	// A bounded range that ends within the second chunk.
+	to := cs[redisstore.ReadChunk+3].Start
+	if got, err = store.Candles(ctx, series, cs[1].Start, to); err != nil || len(got) != redisstore.ReadChunk+3 {
+		t.Fatalf("Candles [%d, %d] returned %d candles, want %d: %v", cs[1].Start, to, len(got), redisstore.ReadChunk+3, err)
+	}
+	pts, err := store.Indicator(ctx, series, "rsi_14", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pts) != bars {
+		t.Fatalf("%d rsi_14 points stored, want %d", len(pts), bars)
+	}
+	for i, p := range pts {
+		if p.Start != ups[i].Start || p.Fields["value"] != float64(i) {
+			t.Fatalf("point %d: start %d value %v, want %d %d", i, p.Start, p.Fields["value"], ups[i].Start, i)
 		}
 	}
 }

@@ -737,7 +737,7 @@ type outgoing struct {
 	update contract.IndicatorUpdate
 }
 
-// send writes the updates to Redis in one pipeline, then publishes them
+// send writes the updates to Redis in pipelines of redisstore.PipelineChunk, then publishes them
 // in order without waiting for each (updates of one series keep their
 // order on the stream) and waits for every acknowledgement of the stream.
 // When it returns nil, Redis and the stream hold every update; ctx bounds

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,11 +42,12 @@ func heavyBars(t *testing.T) int {
 
 // Sampling of the light user's commands: each phase takes at least
 // phaseSamples of them and, beside the heavy job, lasts at least one whole
-// recompute; a phase ends after phaseMax whatever it has.
+// recompute (its read, compute and write); a phase ends after phaseMax
+// (phaseMaxPer4000 per 4,000 heavy bars) whatever it has.
 const (
-	phaseSamples = 20
-	phaseRounds  = 2
-	phaseMax     = 40 * time.Second
+	phaseSamples    = 20
+	phaseRounds     = 2
+	phaseMaxPer4000 = 40 * time.Second
 	// commandTimeout is how long one command of the light user may take.
 	commandTimeout = 15 * time.Second
 )
@@ -65,6 +67,7 @@ const (
 func TestNoHeadOfLineBlocking(t *testing.T) {
 	h := newHarness(t)
 	bars := heavyBars(t)
+	phaseMax := phaseMaxPer4000 * time.Duration(max(1, bars/4000))
 	cfg := h.config("one")
 	cfg.Retention = bars
 	h.startConfigured(cfg)
@@ -118,7 +121,7 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 		// sent before bob's first command, the last one waited for.
 		var job sync.WaitGroup
 		stopJob := make(chan struct{})
-		recomputes := 0
+		var recomputes atomic.Int64
 		began, cpuBefore := time.Now(), h.cpuTime(t)
 		reply := recomputeHeavy()
 		job.Go(func() {
@@ -127,7 +130,7 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 					t.Errorf("alice's recompute: %+v", r.Error)
 					return
 				}
-				recomputes++
+				recomputes.Add(1)
 				select {
 				case <-stopJob:
 					return
@@ -137,14 +140,16 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 			}
 		})
 		phaseEnd := time.Now().Add(phaseMax)
-		got := sample(func(n int) bool { return n >= phaseSamples || time.Now().After(phaseEnd) })
+		got := sample(func(n int) bool {
+			return (n >= phaseSamples && recomputes.Load() > 0) || time.Now().After(phaseEnd)
+		})
 		close(stopJob)
 		job.Wait()
 		withJob = append(withJob, got...)
 		weight := float64(h.cpuTime(t)-cpuBefore) / float64(time.Since(began))
 		burners := max(1, int(weight+0.5))
 		t.Logf("round %d: %d applies beside %d recomputes of alice's %d bars (%s, %.2f cores of this process and redis-server)",
-			round, len(got), recomputes, bars, time.Since(began).Round(time.Millisecond), weight)
+			round, len(got), recomputes.Load(), bars, time.Since(began).Round(time.Millisecond), weight)
 
 		// Beside the burner, of the job's weight.
 		stopBurn := burn(t, burners, heavyCandles)
