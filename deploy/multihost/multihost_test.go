@@ -160,15 +160,16 @@ func buildNATSServer(t *testing.T, bin string) string {
 	return out
 }
 
-// startNode runs the cluster node of host i with deploy/nats/cluster.conf.
-func startNode(t *testing.T, n network, server string, i int) *natsNode {
+// startNode runs the cluster node of host i with deploy/nats/cluster.conf
+// and its JetStream store in store.
+func startNode(t *testing.T, n network, server string, i int, store string) *natsNode {
 	t.Helper()
 	conf, err := filepath.Abs("../nats/cluster.conf")
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := append(os.Environ(),
-		"VIGIL_NATS_NODE="+fmt.Sprintf("node-%d", i), "VIGIL_NATS_HOST="+n.ip(i), "VIGIL_NATS_STORE="+t.TempDir())
+		"VIGIL_NATS_NODE="+fmt.Sprintf("node-%d", i), "VIGIL_NATS_HOST="+n.ip(i), "VIGIL_NATS_STORE="+store)
 	for j := 1; j <= hosts; j++ {
 		env = append(env, fmt.Sprintf("VIGIL_NATS_ROUTE%d=nats-route://vigil-route:%s@%s:6222", j, passwords["VIGIL_NATS_CLUSTER_PASSWORD"], n.ip(j)))
 	}
@@ -247,7 +248,7 @@ func TestAcrossHosts(t *testing.T) {
 
 	nodes := map[int]*natsNode{}
 	for i := 1; i <= hosts; i++ {
-		nodes[i] = startNode(t, n, server, i)
+		nodes[i] = startNode(t, n, server, i, t.TempDir())
 	}
 	var adminURLs []string
 	for i := 1; i <= hosts; i++ {

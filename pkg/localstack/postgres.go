@@ -239,6 +239,13 @@ func (p *Postgres) Stop() error {
 	return p.proc.stop(syscall.SIGINT)
 }
 
+// Kill ends the server and every backend with SIGKILL, as a crash of its
+// host would (the next start runs crash recovery), and waits for the
+// postmaster to exit.
+func (p *Postgres) Kill() error {
+	return p.proc.killGroup()
+}
+
 // postgresBinRoot holds the Debian packages' per-version bin directories.
 const postgresBinRoot = "/usr/lib/postgresql"
 

@@ -106,6 +106,21 @@ func (p *process) stop(sig syscall.Signal) error {
 	}
 }
 
+// killGroup sends SIGKILL to the process's whole process group (the
+// server and the children it forked) and waits for the process to exit.
+func (p *process) killGroup() error {
+	select {
+	case <-p.exited:
+		return p.exitErr(syscall.SIGKILL)
+	default:
+	}
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("localstack: kill %s: %w", p.name, err)
+	}
+	<-p.exited
+	return p.exitErr(syscall.SIGKILL)
+}
+
 func (p *process) exitErr(sig syscall.Signal) error {
 	var exitErr *exec.ExitError
 	if errors.As(p.waitErr, &exitErr) {

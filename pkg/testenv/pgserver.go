@@ -68,3 +68,13 @@ func (p *PostgresServer) Stop() {
 	}
 	p.srv = nil
 }
+
+// Kill kills the server and its backends with SIGKILL (a crash: the next
+// Start runs crash recovery).
+func (p *PostgresServer) Kill() {
+	p.t.Helper()
+	if err := p.srv.Kill(); err != nil {
+		p.t.Fatalf("testenv: kill PostgreSQL: %v", err)
+	}
+	p.srv = nil
+}
