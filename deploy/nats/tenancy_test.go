@@ -99,7 +99,7 @@ type client struct {
 	denied []string
 }
 
-func connect(t *testing.T, url, user, password, inboxPrefix string) *client {
+func connect(t *testing.T, url, user, password, inboxPrefix string, extra ...nats.Option) *client {
 	t.Helper()
 	c := &client{}
 	opts := []nats.Option{nats.UserInfo(user, password), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
@@ -107,6 +107,7 @@ func connect(t *testing.T, url, user, password, inboxPrefix string) *client {
 		c.denied = append(c.denied, err.Error())
 		c.mu.Unlock()
 	})}
+	opts = append(opts, extra...)
 	if inboxPrefix != "" {
 		opts = append(opts, nats.CustomInboxPrefix(inboxPrefix))
 	}
