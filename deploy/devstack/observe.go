@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +19,19 @@ import (
 
 // observeScrapeInterval is how often the dev stack's Prometheus scrapes.
 const observeScrapeInterval = 5 * time.Second
+
+// Jaeger's addresses with TRACING=1: OTLP in, the query API (traces and
+// the span metrics the Monitor tab shows) and its span metrics for
+// Prometheus to scrape (job jaeger-spanmetrics).
+const (
+	jaegerOTLPHTTPAddr    = "127.0.0.1:4318"
+	jaegerOTLPGRPCAddr    = "127.0.0.1:4317"
+	jaegerQueryHTTPAddr   = "127.0.0.1:16686"
+	jaegerQueryGRPCAddr   = "127.0.0.1:16685"
+	jaegerSpanMetricsAddr = "127.0.0.1:8889"
+	// jaegerSpanMetricsJob is the span metrics' scrape job.
+	jaegerSpanMetricsJob = "jaeger-spanmetrics"
+)
 
 // validateObserve checks the ports of OBSERVE=1: Prometheus's, and the
 // services' from MetricsPort on.
@@ -59,9 +75,12 @@ func startPrometheus(ctx context.Context, wg *sync.WaitGroup, cfg devConfig, roo
 	if !cfg.Observe {
 		return nil, nil
 	}
-	jobs := make([]localstack.ScrapeJob, 0, len(binaries))
+	jobs := make([]localstack.ScrapeJob, 0, len(binaries)+1)
 	for _, b := range binaries {
 		jobs = append(jobs, localstack.ScrapeJob{Name: b.binary, Targets: []string{addrs[b.name]}})
+	}
+	if cfg.Tracing {
+		jobs = append(jobs, localstack.ScrapeJob{Name: jaegerSpanMetricsJob, Targets: []string{jaegerSpanMetricsAddr}})
 	}
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
@@ -84,4 +103,54 @@ func startPrometheus(ctx context.Context, wg *sync.WaitGroup, cfg devConfig, roo
 		lines = append(lines, fmt.Sprintf("          %-16s http://%s/metrics  /readyz", b.binary, addrs[b.name]))
 	}
 	return lines, nil
+}
+
+// startJaeger runs Jaeger (TRACING=1), built once by
+// deploy/scripts/jaeger.sh, with runDir/jaeger.yaml: traces in memory, and
+// span metrics (calls, errors, latency per service and span name) from
+// the spanmetrics connector, scraped by the dev stack's Prometheus and read
+// back from it by Jaeger's metrics API, the Monitor tab's. It returns the
+// banner's lines about it.
+func startJaeger(ctx context.Context, wg *sync.WaitGroup, cfg devConfig, root, runDir string, logs *console, log *slog.Logger) ([]string, error) {
+	bin, err := jaegerBinary(ctx, root)
+	if err != nil {
+		return nil, err
+	}
+	yaml, err := localstack.JaegerConfig{
+		OTLPHTTPAddr: jaegerOTLPHTTPAddr, OTLPGRPCAddr: jaegerOTLPGRPCAddr,
+		QueryHTTPAddr: jaegerQueryHTTPAddr, QueryGRPCAddr: jaegerQueryGRPCAddr,
+		MaxTraces:       100000,
+		SpanMetricsAddr: jaegerSpanMetricsAddr,
+		PrometheusURL:   "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.PrometheusPort)),
+	}.YAML()
+	if err != nil {
+		return nil, err
+	}
+	configPath := filepath.Join(runDir, "jaeger.yaml")
+	if err := os.WriteFile(configPath, []byte(yaml), 0o644); err != nil {
+		return nil, fmt.Errorf("devstack: %w", err)
+	}
+	wg.Go(func() {
+		supervise(ctx, child{name: "jaeger", path: bin, args: []string{"--config", configPath}, env: os.Environ(),
+			lines: logs.discard("jaeger"), grace: cfg.StopGrace, log: log})
+	})
+	query := "http://" + jaegerQueryHTTPAddr
+	return []string{
+		fmt.Sprintf("tracing   Jaeger %s (OTLP http://%s), config %s, log %s", query, jaegerOTLPHTTPAddr, configPath, logs.logPath("jaeger")),
+		fmt.Sprintf("          traces: %s/api/traces?service=vigil-control&limit=5", query),
+		fmt.Sprintf("          Monitor data (span metrics via Prometheus): %s/api/metrics/calls?service=vigil-control", query),
+		"          (Jaeger built from the Go module has no UI pages: its web page is a placeholder)",
+	}, nil
+}
+
+// jaegerBinary is the cached Jaeger all-in-one binary, built by
+// deploy/scripts/jaeger.sh on first use.
+func jaegerBinary(ctx context.Context, root string) (string, error) {
+	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, "deploy", "scripts", "jaeger.sh"))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("devstack: jaeger: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
 }

@@ -35,7 +35,7 @@ type devConfig struct {
 	PostgresPort int           `env:"VIGIL_DEV_POSTGRES_PORT" envDefault:"5433" help:"port of the private PostgreSQL"`
 	FeedSource   string        `env:"VIGIL_FEED_SOURCE" envDefault:"sim" help:"market data source passed to vigil-feed (sim, coinbase, replay)"`
 	StopGrace    time.Duration `env:"VIGIL_DEV_STOP_GRACE" envDefault:"15s" help:"how long a service may take to stop after SIGTERM before it is killed"`
-	Tracing      bool          `env:"TRACING" envDefault:"false" help:"1 also runs Jaeger (OTLP on 4317/4318, UI on 16686) and points the services at it"`
+	Tracing      bool          `env:"TRACING" envDefault:"false" help:"1 also runs Jaeger (OTLP on 4317/4318, query API on 16686, span metrics on 8889 for Prometheus) and points the services at it; implies OBSERVE=1"`
 	Dir          string        `env:"VIGIL_DEV_DIR" help:"the dev stack's state and logs (default .run at the repository root)"`
 	BinDir       string        `env:"VIGIL_DEV_BIN" help:"where the service binaries are built (default bin at the repository root)"`
 	Auth         bool          `env:"AUTH" envDefault:"true" help:"NATS with accounts and users (credentials generated into <dir>/auth, nats CLI contexts vigil (admin, selected) and demo (tenant)); 0 runs NATS open, without auth"`
@@ -185,7 +185,7 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	env := serviceEnv(os.Environ(), natsSrv.URL(), redisSrv.URL(), pg.URL(), cfg.FeedSource, time.Now())
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	extra, env, err := startOptional(ctx, &wg, cfg, root, env, logs, log)
+	extra, env, err := startOptional(ctx, &wg, cfg, root, runDir, env, logs, log)
 	if err != nil {
 		return err
 	}
@@ -250,19 +250,16 @@ func serviceEnv(base []string, natsURL, redisURL, postgresURL, feedSource string
 // startOptional starts what a switch asks for beside the services
 // (TRACING=1: Jaeger) and returns the banner's lines about it and the
 // services' environment extended to use it.
-func startOptional(ctx context.Context, wg *sync.WaitGroup, cfg devConfig, root string, env []string, logs *console, log *slog.Logger) (banner []string, _ []string, _ error) {
+func startOptional(ctx context.Context, wg *sync.WaitGroup, cfg devConfig, root, runDir string, env []string, logs *console, log *slog.Logger) (banner []string, _ []string, _ error) {
 	if cfg.Tracing {
-		jaeger, err := jaegerBinary(ctx, root)
+		lines, err := startJaeger(ctx, wg, cfg, root, runDir, logs, log)
 		if err != nil {
 			return nil, nil, err
 		}
-		env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
+		env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT=http://"+jaegerOTLPHTTPAddr, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
 			// Jaeger takes traces only.
 			"OTEL_METRICS_EXPORTER=none")
-		wg.Go(func() {
-			supervise(ctx, child{name: "jaeger", path: jaeger, env: os.Environ(), lines: logs.discard("jaeger"), grace: cfg.StopGrace, log: log})
-		})
-		banner = append(banner, fmt.Sprintf("tracing   Jaeger UI http://127.0.0.1:16686 (OTLP http://127.0.0.1:4318), log %s", logs.logPath("jaeger")))
+		banner = append(banner, lines...)
 	}
 	return banner, env, nil
 }
@@ -411,18 +408,6 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return os.WriteFile(to, data, 0o755)
-}
-
-// jaegerBinary is the cached Jaeger all-in-one binary, built by
-// deploy/scripts/jaeger.sh on first use.
-func jaegerBinary(ctx context.Context, root string) (string, error) {
-	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, "deploy", "scripts", "jaeger.sh"))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("devstack: jaeger: %w", err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 // gitRevision is the short commit of root's checkout, "dev" outside git;

@@ -25,6 +25,7 @@ const (
 type child struct {
 	name  string        // the service's short name, e.g. "feed"
 	path  string        // the binary
+	args  []string      // its arguments
 	env   []string      // its whole environment
 	lines func([]byte)  // gets each line of its output (stdout and stderr), without the newline
 	grace time.Duration // how long it may take to stop after SIGTERM
@@ -60,7 +61,7 @@ func supervise(ctx context.Context, c child) {
 
 // runOnce runs the child until it exits or ctx ends.
 func (c child) runOnce(ctx context.Context) error {
-	cmd := exec.CommandContext(ctx, c.path)
+	cmd := exec.CommandContext(ctx, c.path, c.args...)
 	cmd.Env = c.env
 	out := &lineWriter{emit: c.lines}
 	defer out.Flush()

@@ -14,56 +14,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
+	"vigil.dev/pkg/localstack"
 	"vigil.dev/pkg/testenv"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
-// jaegerConfig runs Jaeger v2 with in-memory storage, OTLP/HTTP in and the
-// query API out, on ports of the test's choosing.
-const jaegerConfig = `
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-extensions:
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 10000
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: 127.0.0.1:%d
-    grpc:
-      endpoint: 127.0.0.1:%d
-receivers:
-  otlp:
-    protocols:
-      http:
-        endpoint: 127.0.0.1:%d
-processors:
-  batch:
-    timeout: 100ms
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-`
+// jaeger is a running Jaeger v2 with span metrics, and the Prometheus
+// that scrapes them and that Jaeger's metrics API reads.
+type jaeger struct {
+	queryURL, otlpURL, prometheusURL string
+}
 
 // startJaeger runs the binary built by deploy/scripts/jaeger.sh (make deps)
-// and returns its query URL and OTLP endpoint.
-func startJaeger(t *testing.T) (queryURL, otlpURL string) {
+// with in-memory storage, OTLP/HTTP in, the query API out and span metrics
+// (localstack.JaegerConfig), and a real Prometheus scraping the span
+// metrics every second.
+func startJaeger(t *testing.T) jaeger {
 	t.Helper()
 	bin := os.Getenv("JAEGER_BIN")
 	if bin == "" {
@@ -76,9 +47,24 @@ func startJaeger(t *testing.T) (queryURL, otlpURL string) {
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("Jaeger is not built (%v): run `make deps` (deploy/scripts/jaeger.sh builds and caches it)", err)
 	}
-	queryPort, grpcPort, otlpPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+	addr := func() string { return fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)) }
+	spanMetrics := addr()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	prom, err := localstack.StartPrometheus(ctx, localstack.Options{Dir: t.TempDir()}, localstack.PrometheusConfig{
+		Jobs: []localstack.ScrapeJob{{Name: "jaeger-spanmetrics", Targets: []string{spanMetrics}}}, ScrapeInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = prom.Stop() })
+	jc := localstack.JaegerConfig{OTLPHTTPAddr: addr(), QueryHTTPAddr: addr(), QueryGRPCAddr: addr(),
+		SpanMetricsAddr: spanMetrics, PrometheusURL: prom.URL(), SpanMetricsFlush: time.Second}
+	yaml, err := jc.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := filepath.Join(t.TempDir(), "jaeger.yaml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, jaegerConfig, queryPort, grpcPort, otlpPort), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var out strings.Builder
@@ -94,16 +80,16 @@ func startJaeger(t *testing.T) (queryURL, otlpURL string) {
 			t.Logf("jaeger output:\n%s", out.String())
 		}
 	})
-	queryURL = fmt.Sprintf("http://127.0.0.1:%d", queryPort)
+	j := jaeger{queryURL: "http://" + jc.QueryHTTPAddr, otlpURL: "http://" + jc.OTLPHTTPAddr, prometheusURL: prom.URL()}
 	testenv.WaitFor(t, 60*time.Second, "jaeger query API", func() bool {
-		resp, err := http.Get(queryURL + "/api/services")
+		resp, err := http.Get(j.queryURL + "/api/services")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	return queryURL, fmt.Sprintf("http://127.0.0.1:%d", otlpPort)
+	return j
 }
 
 // jaegerTrace is the part of Jaeger's /api/traces/<id> answer the test reads.
@@ -157,11 +143,45 @@ func fetchTrace(queryURL, traceID string) ([]span, error) {
 
 const settings = `{"mode":"position-monitor","symbols":["BTC-USD"]}`
 
-// TestPauseIsOneTrace sends a pause and asserts that its trace holds spans
-// of all four services, that every service's handler span is a child of a
-// span of vigil-control, and that the whole tree hangs from one root.
-func TestPauseIsOneTrace(t *testing.T) {
-	queryURL, otlpURL := startJaeger(t)
+// runCommand sends tracy's cmd, waits for its result and fails the test
+// unless it succeeded.
+func runCommand(ctx context.Context, t *testing.T, nc *nats.Conn, cmd contract.Command) contract.Result {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := nc.Request(contract.CommandSubject("tracy", cmd), []byte(`{}`), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ack contract.Ack
+	if err := json.Unmarshal(msg.Data, &ack); err != nil || !ack.Accepted {
+		t.Fatalf("%s not accepted: %s %v", cmd, msg.Data, err)
+	}
+	var result contract.Result
+	results, err := js.Stream(ctx, contract.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the "+string(cmd)+" result", func() bool {
+		m, err := results.GetLastMsgForSubject(ctx, contract.ResultSubject("tracy", ack.ID))
+		return err == nil && json.Unmarshal(m.Data, &result) == nil
+	})
+	if result.Status != contract.StatusSucceeded {
+		t.Fatalf("%s result %+v", cmd, result)
+	}
+	return result
+}
+
+// TestPauseIsOneTraceAndMonitored sends a pause and asserts that its trace
+// holds spans of all four services, that every service's handler span is
+// a child of a span of vigil-control, and that the whole tree hangs from
+// one root. Then Jaeger's metrics API (the Monitor tab's) shows the
+// services' call rate, latency and error rate (monitorShowsServices).
+func TestPauseIsOneTraceAndMonitored(t *testing.T) {
+	j := startJaeger(t)
+	queryURL, otlpURL := j.queryURL, j.otlpURL
 	stack := testenv.NewStack(t)
 	stack.Env = append(stack.Env,
 		"OTEL_EXPORTER_OTLP_ENDPOINT="+otlpURL,
@@ -183,29 +203,9 @@ func TestPauseIsOneTrace(t *testing.T) {
 		stack.Start(svc, svc+"-1")
 	}
 
-	js, err := jetstream.New(stack.Conn())
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, err := stack.Conn().Request(contract.CommandSubject("tracy", contract.CmdPause), []byte(`{}`), 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ack contract.Ack
-	if err := json.Unmarshal(msg.Data, &ack); err != nil || !ack.Accepted {
-		t.Fatalf("pause not accepted: %s %v", msg.Data, err)
-	}
-	var result contract.Result
-	results, err := js.Stream(ctx, contract.StreamResults)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.WaitFor(t, 30*time.Second, "the pause result", func() bool {
-		m, err := results.GetLastMsgForSubject(ctx, contract.ResultSubject("tracy", ack.ID))
-		return err == nil && json.Unmarshal(m.Data, &result) == nil
-	})
-	if result.Status != contract.StatusSucceeded || result.TraceID == "" {
-		t.Fatalf("result %+v", result)
+	result := runCommand(ctx, t, stack.Conn(), contract.CmdPause)
+	if result.TraceID == "" {
+		t.Fatalf("result %+v without a trace id", result)
 	}
 
 	want := []string{"vigil-control", "vigil-alerts", "vigil-feed", "vigil-indicators"}
@@ -272,4 +272,8 @@ func TestPauseIsOneTrace(t *testing.T) {
 			t.Logf("%s %q id=%s parent=%s", s.service, s.op, s.id, s.parent)
 		}
 	}
+	if t.Failed() {
+		return
+	}
+	monitorShowsServices(ctx, t, j, stack.Conn())
 }
