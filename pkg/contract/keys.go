@@ -17,6 +17,17 @@ func IndicatorKey(s SeriesID, name string) string {
 	return "indicator:" + strconv.FormatInt(s.UserID, 10) + ":" + strconv.FormatInt(s.ExchangeID, 10) + ":" + s.Symbol + ":" + string(s.Timeframe) + ":" + name
 }
 
+// UserKeyPatterns are the Redis SCAN MATCH patterns of every key of the
+// user with id userID, of all its exchange accounts: candles:{userId}:*
+// and indicator:{userId}:* (a deleted tenant). userID must be positive.
+func UserKeyPatterns(userID int64) ([]string, error) {
+	if err := ValidateID("user_id", userID); err != nil {
+		return nil, err
+	}
+	id := strconv.FormatInt(userID, 10)
+	return []string{"candles:" + id + ":*", "indicator:" + id + ":*"}, nil
+}
+
 // ClearScope is what clear-cache deletes: everything of a user's exchange
 // account, one symbol, or one symbol's timeframe.
 type ClearScope string

@@ -535,6 +535,31 @@ func (s *Store) scanSelector(ctx context.Context, sel contract.CacheSelector, ea
 	if err != nil {
 		return err
 	}
+	return s.scanPatterns(ctx, patterns, each)
+}
+
+// ClearUser deletes every candle and indicator key of the user with id
+// userID, of all its exchange accounts (a deleted tenant), with SCAN +
+// UNLINK in batches, and returns how many keys were deleted.
+func (s *Store) ClearUser(ctx context.Context, userID int64) (int, error) {
+	patterns, err := contract.UserKeyPatterns(userID)
+	if err != nil {
+		return 0, err
+	}
+	deleted := 0
+	err = s.scanPatterns(ctx, patterns, func(_ string, batch []string) error {
+		if len(batch) == 0 {
+			return nil
+		}
+		n, err := s.rdb.Unlink(ctx, batch...).Result()
+		deleted += int(n)
+		return err
+	})
+	return deleted, err
+}
+
+// scanPatterns is scanSelector for patterns built from validated parts.
+func (s *Store) scanPatterns(ctx context.Context, patterns []string, each func(prefix string, batch []string) error) error {
 	for _, pattern := range patterns {
 		prefix, _, _ := strings.Cut(pattern, ":")
 		iter := s.rdb.Scan(ctx, 0, pattern, ClearScanCount).Iterator()

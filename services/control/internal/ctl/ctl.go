@@ -160,7 +160,7 @@ Exit codes: 0 succeeded; 1 failed, cancelled, timed out or unreachable;
 	for _, spec := range commandSpecs {
 		root.AddCommand(newCommandCmd(sys, conn, spec))
 	}
-	root.AddCommand(newStatusCmd(sys, conn), newTopCmd(sys, conn), newHistoryCmd(sys), newAlertsCmd(sys, conn))
+	root.AddCommand(newStatusCmd(sys, conn), newTopCmd(sys, conn), newHistoryCmd(sys), newAlertsCmd(sys, conn), newTenantCmd(sys, conn))
 	root.AddCommand(newBackupCmd(sys, conn), newRestoreCmd(sys, conn))
 	return root, started
 }
