@@ -245,6 +245,18 @@ type DesiredState struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// ActiveMode is the mode the state runs: Mode, or the settings' mode when
+// the state names none.
+func (s DesiredState) ActiveMode() Mode {
+	if s.Mode == "" {
+		return s.Settings.Mode
+	}
+	return s.Mode
+}
+
+// ActiveRules are the rules of the state's active mode.
+func (s DesiredState) ActiveRules() []Rule { return s.Settings.Rules[s.ActiveMode()] }
+
 // Validate checks a desired state as the services use it: the user token,
 // positive user and exchange ids, the mode and the settings' mode when
 // given, and every symbol. The settings as a whole were validated by control

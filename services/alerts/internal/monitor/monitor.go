@@ -228,11 +228,7 @@ func (r ruleSet) sameRules(o ruleSet) bool {
 // desiredRules is the rule set that st asks for: the rules of its mode
 // (the settings' mode when the state names none).
 func desiredRules(st contract.DesiredState) ruleSet {
-	mode := st.Mode
-	if mode == "" {
-		mode = st.Settings.Mode
-	}
-	return ruleSet{mode: mode, revision: st.Revision, rules: st.Settings.Rules[mode]}
+	return ruleSet{mode: st.ActiveMode(), revision: st.Revision, rules: st.ActiveRules()}
 }
 
 // userFor returns the user named token, creating it.

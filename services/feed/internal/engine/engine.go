@@ -46,6 +46,9 @@ import (
 // Defaults of Config.
 const (
 	DefaultFlushInterval = 100 * time.Millisecond
+	// DefaultQuietInterval is how often in-progress bars that no live
+	// rule needs are written.
+	DefaultQuietInterval = 5 * time.Second
 	DefaultBookInterval  = 250 * time.Millisecond
 	DefaultBookDepth     = 50
 	DefaultGapFillBars   = 300
@@ -81,6 +84,32 @@ type Config struct {
 	// StopTimeout bounds the last flush once Run's context ends (default
 	// 30s): the caller's shutdown budget.
 	StopTimeout time.Duration
+	// QuietInterval is how often a subscriber gets the in-progress bars
+	// of the timeframes outside its Live set (default
+	// DefaultQuietInterval); closed bars, and in-progress bars of its Live
+	// timeframes, go out every FlushInterval.
+	QuietInterval time.Duration
+}
+
+// Timeframes is a set of timeframes.
+type Timeframes uint8
+
+// TimeframesOf is the set of tfs (timeframes outside contract.Timeframes
+// are left out).
+func TimeframesOf(tfs ...contract.Timeframe) Timeframes {
+	var s Timeframes
+	for _, tf := range tfs {
+		if i := slices.Index(contract.Timeframes, tf); i >= 0 {
+			s |= 1 << i
+		}
+	}
+	return s
+}
+
+// Has reports whether tf is in s.
+func (s Timeframes) Has(tf contract.Timeframe) bool {
+	i := slices.Index(contract.Timeframes, tf)
+	return i >= 0 && s&(1<<i) != 0
 }
 
 // Subscriber is one user's interest in one symbol.
@@ -91,6 +120,10 @@ type Subscriber struct {
 	Symbol     string
 	// Book asks for order-book snapshots too (scalper-orderbook mode).
 	Book bool
+	// Live are the timeframes whose in-progress bars the user's live
+	// rules on the symbol need at once; the others' in-progress bars are
+	// coalesced to one write per Config.QuietInterval.
+	Live Timeframes
 }
 
 // Series is the subscriber's series of timeframe tf.
@@ -110,6 +143,9 @@ type bar struct {
 	closed  bool
 	dirty   bool
 	source  string
+	// behind are the subscribers that were not sent the bar's last
+	// in-progress update (it is outside their Live set).
+	behind map[subKey]bool
 }
 
 // pendingEvent is a live event held back while its product syncs.
@@ -172,6 +208,7 @@ type Engine struct {
 	products   map[string]*product
 	reconciles []reconcileJob
 	retry      []contract.Candle // candles Redis refused, for the next flush
+	quietAt    time.Time         // when in-progress bars outside Live sets were last written
 	stats      Stats
 }
 
@@ -228,6 +265,9 @@ func New(cfg Config, newSource func(market.Sink) (market.Source, error)) (*Engin
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = flushTimeout
+	}
+	if cfg.QuietInterval <= 0 {
+		cfg.QuietInterval = DefaultQuietInterval
 	}
 	e := &Engine{cfg: cfg, log: cfg.Log, products: map[string]*product{}, tracer: otel.Tracer(MeterName)}
 	e.ctx, e.stop = context.WithCancel(context.Background())

@@ -95,6 +95,12 @@ func bar(tf contract.Timeframe, start time.Time, o, h, l, c, v float64) market.B
 
 func newEngine(t *testing.T) (*engine.Engine, *exchangeSource, *redisstore.Store) {
 	t.Helper()
+	return newEngineWith(t, func(*engine.Config) {})
+}
+
+// newEngineWith is newEngine with the config changed by tune.
+func newEngineWith(t *testing.T, tune func(*engine.Config)) (*engine.Engine, *exchangeSource, *redisstore.Store) {
+	t.Helper()
 	srv := testenv.StartNATS(t)
 	nc, js := testenv.Connect(t, srv.URL())
 	ctx := context.Background()
@@ -109,7 +115,9 @@ func newEngine(t *testing.T) (*engine.Engine, *exchangeSource, *redisstore.Store
 	store := redisstore.New(rdb, 0)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	x := &exchangeSource{history: map[contract.Timeframe]map[int64]market.Bar{}, subs: map[market.Channel]int{}}
-	e, err := engine.New(engine.Config{Writer: candlewriter.New(store, js, log, nil), NC: nc, Log: log, FlushInterval: 10 * time.Millisecond},
+	cfg := engine.Config{Writer: candlewriter.New(store, js, log, nil), NC: nc, Log: log, FlushInterval: 10 * time.Millisecond}
+	tune(&cfg)
+	e, err := engine.New(cfg,
 		func(s market.Sink) (market.Source, error) { x.sink = s; return x, nil })
 	if err != nil {
 		t.Fatal(err)
@@ -282,4 +290,60 @@ func TestFlushRetriesWhatRedisRefused(t *testing.T) {
 		c, ok := stored(t, store, id, minute)
 		return ok && c.Close == 42
 	})
+}
+
+// TestQuietTimeframesAreCoalesced: a subscriber gets the in-progress bars
+// of its Live timeframes every flush, the others' only in a quiet round
+// (every QuietInterval), and every closed bar at once.
+func TestQuietTimeframesAreCoalesced(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		quiet time.Duration
+	}{{"no quiet round", time.Hour}, {"quiet rounds", 50 * time.Millisecond}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, x, store := newEngineWith(t, func(c *engine.Config) { c.QuietInterval = tc.quiet })
+			minute := time.Date(2026, 1, 5, 10, 2, 0, 0, time.UTC)
+			x.now = minute.Add(30 * time.Second)
+			live := engine.Subscriber{User: "ann", UserID: 1, ExchangeID: 2, Symbol: "BTC-USD", Live: engine.TimeframesOf(contract.TF1m)}
+			quiet := engine.Subscriber{User: "bob", UserID: 3, ExchangeID: 2, Symbol: "BTC-USD"}
+			for _, sub := range []engine.Subscriber{live, quiet} {
+				if _, err := e.Attach(sub); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "seeding", func() bool { return !e.Products()["BTC-USD"].Syncing })
+			sinkOf(x).Trade(market.Trade{Product: "BTC-USD", Price: 230, Size: 1, Time: x.now.Add(time.Second)})
+			var ann contract.Candle
+			waitFor(t, "ann's in-progress 1m bar", func() bool {
+				c, ok := stored(t, store, live.Series(contract.TF1m), minute)
+				ann = c
+				return ok && c.Close == 230
+			})
+			if tc.quiet == time.Hour {
+				// The first flush is a quiet round; a trade after it is
+				// held back for bob.
+				sinkOf(x).Trade(market.Trade{Product: "BTC-USD", Price: 240, Size: 1, Time: x.now.Add(2 * time.Second)})
+				waitFor(t, "ann's second update", func() bool {
+					c, ok := stored(t, store, live.Series(contract.TF1m), minute)
+					return ok && c.Close == 240
+				})
+				if c, ok := stored(t, store, quiet.Series(contract.TF1m), minute); ok && c.Close == 240 {
+					t.Errorf("bob, without a live rule on 1m, got the in-progress update at once: %+v", c)
+				}
+				if c, ok := stored(t, store, live.Series(contract.TF5m), minute.Add(-2*time.Minute)); ok && c.Close == 240 {
+					t.Errorf("ann's 5m bar, outside her live set, got the in-progress update at once: %+v", c)
+				}
+			} else {
+				waitFor(t, "bob's in-progress 1m bar in a quiet round", func() bool {
+					c, ok := stored(t, store, quiet.Series(contract.TF1m), minute)
+					return ok && c.Close == ann.Close && !c.Closed
+				})
+			}
+			x.advance(minute.Add(time.Minute))
+			waitFor(t, "bob's closed 1m bar at once", func() bool {
+				c, ok := stored(t, store, quiet.Series(contract.TF1m), minute)
+				return ok && c.Closed
+			})
+		})
+	}
 }

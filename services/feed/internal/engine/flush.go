@@ -111,6 +111,10 @@ func (e *Engine) collect() ([]contract.Candle, []contract.BookSnapshot) {
 	var candles []contract.Candle
 	var books []contract.BookSnapshot
 	now := time.Now()
+	quiet := now.Sub(e.quietAt) >= e.cfg.QuietInterval
+	if quiet {
+		e.quietAt = now
+	}
 	keepFrom := e.bucketHorizon()
 	for _, p := range e.products {
 		subs := slices.SortedFunc(maps.Values(p.subs), func(a, b Subscriber) int {
@@ -118,11 +122,13 @@ func (e *Engine) collect() ([]contract.Candle, []contract.BookSnapshot) {
 		})
 		for tf, series := range p.series {
 			for start, b := range series {
-				if b.dirty {
-					b.dirty = false
+				if b.dirty || len(b.behind) > 0 {
 					for _, sub := range subs {
-						candles = append(candles, e.candleOf(sub, b))
+						if c, ok := e.due(sub, tf, b, quiet); ok {
+							candles = append(candles, c)
+						}
 					}
+					b.dirty = false
 				}
 				if b.closed && !(tf == e.caps.CandleTimeframe && start >= keepFrom(p)) {
 					delete(series, start)
@@ -148,6 +154,25 @@ func (e *Engine) collect() ([]contract.Candle, []contract.BookSnapshot) {
 			cmp.Compare(a.Timeframe.Duration(), b.Timeframe.Duration()), cmp.Compare(a.Start, b.Start))
 	})
 	return candles, books
+}
+
+// due returns sub's candle of bar b when sub is to get it now: a bar
+// changed since the last flush or one sub was not sent, at once when it
+// is closed or in sub's Live set, otherwise in a quiet round only.
+func (e *Engine) due(sub Subscriber, tf contract.Timeframe, b *bar, quiet bool) (contract.Candle, bool) {
+	key := subKey{sub.User, sub.ExchangeID}
+	if !b.dirty && !b.behind[key] {
+		return contract.Candle{}, false
+	}
+	if !b.closed && !quiet && !sub.Live.Has(tf) {
+		if b.behind == nil {
+			b.behind = map[subKey]bool{}
+		}
+		b.behind[key] = true
+		return contract.Candle{}, false
+	}
+	delete(b.behind, key)
+	return e.candleOf(sub, b), true
 }
 
 // bucketHorizon returns, per product, the oldest candle bucket still needed

@@ -49,6 +49,7 @@ type Config struct {
 	Source        string        `env:"VIGIL_FEED_SOURCE" envDefault:"sim" help:"market data source: sim, coinbase or replay"`
 	Retention     int           `env:"VIGIL_CANDLE_RETENTION" envDefault:"1000" help:"candles kept per series in Redis"`
 	FlushInterval time.Duration `env:"VIGIL_FEED_FLUSH_INTERVAL" envDefault:"100ms" help:"how often bar updates are written and published"`
+	QuietInterval time.Duration `env:"VIGIL_FEED_QUIET_INTERVAL" envDefault:"5s" help:"how often in-progress bars that none of a user's live rules needs are written and published (closed bars, and the timeframes of live rules, every flush)"`
 	GapFillBars   int           `env:"VIGIL_GAP_FILL_BARS" envDefault:"300" help:"most bars per series read from history when a user starts (start, failover, resume) or after a reconnect"`
 	BookDepth     int           `env:"VIGIL_BOOK_DEPTH" envDefault:"50" help:"levels per side in order-book snapshots (scalper-orderbook)"`
 	BookInterval  time.Duration `env:"VIGIL_BOOK_INTERVAL" envDefault:"250ms" help:"least time between two order-book snapshots of a product"`
@@ -86,6 +87,7 @@ func (c Config) Validate() error {
 	}{
 		{"VIGIL_CANDLE_RETENTION", c.Retention > 0},
 		{"VIGIL_FEED_FLUSH_INTERVAL", c.FlushInterval > 0},
+		{"VIGIL_FEED_QUIET_INTERVAL", c.QuietInterval > 0},
 		{"VIGIL_GAP_FILL_BARS", c.GapFillBars > 0},
 		{"VIGIL_BOOK_DEPTH", c.BookDepth > 0 && c.BookDepth <= contract.MaxBookLevels},
 		{"VIGIL_BOOK_INTERVAL", c.BookInterval > 0},
@@ -180,7 +182,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	eng, err := engine.New(engine.Config{
 		Writer: writer, NC: rt.NC, Log: rt.Log, Metrics: metrics, FlushInterval: cfg.FlushInterval,
 		BookInterval: cfg.BookInterval, BookDepth: cfg.BookDepth, GapFillBars: cfg.GapFillBars,
-		StopTimeout: cfg.ShutdownTimeout,
+		StopTimeout: cfg.ShutdownTimeout, QuietInterval: cfg.QuietInterval,
 	}, func(sink market.Sink) (market.Source, error) { return newSource(cfg, sink, rt) })
 	if err != nil {
 		return err

@@ -146,7 +146,8 @@ func (f *feed) planConvergeLocked(token string, u *user) convergePlan {
 	slices.Sort(p.detach)
 	book := u.state.Mode.UsesOrderBook()
 	for _, sym := range u.state.Symbols {
-		sub := engine.Subscriber{User: token, UserID: u.state.UserID, ExchangeID: u.state.ExchangeID, Symbol: sym, Book: book}
+		sub := engine.Subscriber{User: token, UserID: u.state.UserID, ExchangeID: u.state.ExchangeID, Symbol: sym, Book: book,
+			Live: liveTimeframes(u.state, sym)}
 		if old, had := u.attached[sym]; had && !slices.Contains(p.detach, sym) {
 			if old != sub {
 				p.rebook = append(p.rebook, sub)
@@ -156,6 +157,19 @@ func (f *feed) planConvergeLocked(token string, u *user) convergePlan {
 		p.attach = append(p.attach, sub)
 	}
 	return p
+}
+
+// liveTimeframes are the timeframes of the live rules on sym in the
+// state's active mode: their in-progress bars are written at once, the others'
+// coalesced.
+func liveTimeframes(s contract.DesiredState, sym string) engine.Timeframes {
+	var tfs []contract.Timeframe
+	for _, r := range s.ActiveRules() {
+		if r.Symbol == sym && r.EvaluateOrDefault() == contract.OnLive {
+			tfs = append(tfs, r.Timeframe)
+		}
+	}
+	return engine.TimeframesOf(tfs...)
 }
 
 // convergeLocked brings the engine in line with token's desired state and
