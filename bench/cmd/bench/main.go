@@ -6,7 +6,7 @@
 //
 // Run it from the repository: go run ./bench/cmd/bench [-only ack,sequence,...]
 // (-h lists the flags). Figures: ack, sequence, pipeline, ta, clear,
-// backfill, memory, scaleout.
+// backfill, memory, scaleout, peruser.
 package main
 
 import (

@@ -13,7 +13,7 @@ func TestSelected(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"", []string{"ta", "memory", "ack", "sequence", "clear", "backfill", "pipeline", "scaleout"}, ""},
+		{"", []string{"ta", "memory", "ack", "sequence", "clear", "backfill", "pipeline", "scaleout", "peruser"}, ""},
 		{"pipeline,ack,ack", []string{"ack", "pipeline"}, ""},
 		{"ack,nope", nil, `"nope" is not a figure`},
 	}

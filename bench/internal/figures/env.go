@@ -5,7 +5,8 @@
 // request rate (backfill) and memory (memory; the RSS part comes from
 // pipeline); and issue 13's scale-out figure (scaleout): each indicators
 // and alerts instance's messages and CPU per 1,000 candle updates with 1,
-// 2 and 3 instances.
+// 2 and 3 instances; and the marginal cost of one more user on watched
+// products (peruser), with the feed's quiet rounds and without.
 //
 // Each figure starts what it needs itself: the servers (pkg/localstack),
 // users seeded with pkg/db, and the real service binaries as processes.
@@ -117,6 +118,7 @@ var All = []Figure{
 	{"backfill", 6, Backfill},
 	{"pipeline", 3, Pipeline},
 	{"scaleout", scaleOutNumber, ScaleOut},
+	{"peruser", perUserNumber, PerUser},
 }
 
 // Close stops what figures left running (the shared stack).
