@@ -3,6 +3,7 @@
 #   make deps    install what is missing (redis-server, PostgreSQL, nats CLI, staticcheck, Jaeger, Prometheus)
 #   make run     the local dev stack (deploy/devstack): NATS (with auth: nats contexts vigil
 #                and demo; make run AUTH=0 runs it open), Redis, Postgres and the services;
+#                make run TLS=1 runs NATS, Redis and Postgres with TLS only (certificates in .run/tls);
 #                it installs only what it needs (Jaeger only with TRACING=1, Prometheus with OBSERVE=1)
 #   make build   every service binary (and vigilctl) into bin/
 #   make test    every module's tests with the race detector, against real servers

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"text/template"
+
+	"vigil.dev/pkg/localstack"
 )
 
 // NATS users of the dev stack with auth on: the admin and the services in
@@ -114,16 +116,25 @@ type natsContext struct {
 	URL         string `json:"url"`
 	User        string `json:"user"`
 	Password    string `json:"password"`
+	// CA, Cert and Key are the TLS files (TLS=1).
+	CA   string `json:"ca,omitempty"`
+	Cert string `json:"cert,omitempty"`
+	Key  string `json:"key,omitempty"`
 }
 
 // writeContexts writes the nats CLI contexts vigil (admin) and demo (the
 // demo tenant) for serverURL into configDir (nats's config directory) and
-// selects vigil, so that the nats CLI and vigilctl need no flags.
-func (a *devAuth) writeContexts(configDir, serverURL string) error {
+// selects vigil, so that the nats CLI and vigilctl need no flags. With
+// certs (TLS=1) the contexts verify the server with its CA and present
+// the client certificate.
+func (a *devAuth) writeContexts(configDir, serverURL string, certs *localstack.DevTLS) error {
 	for name, c := range map[string]natsContext{
 		adminContext: {Description: "vigil dev stack (make run): admin of the VIGIL account", URL: serverURL, User: adminUser, Password: a.passwords[adminUser]},
 		demoContext:  {Description: "vigil dev stack (make run): the demo tenant", URL: serverURL, User: demoUser, Password: a.passwords[demoUser]},
 	} {
+		if certs != nil {
+			c.CA, c.Cert, c.Key = certs.CA, certs.ClientCert, certs.ClientKey
+		}
 		if err := os.MkdirAll(filepath.Join(configDir, "context"), 0o700); err != nil {
 			return fmt.Errorf("devstack: nats context: %w", err)
 		}

@@ -100,7 +100,7 @@ func TestAuthConfig(t *testing.T) {
 	}
 
 	config := t.TempDir()
-	if err := auth.writeContexts(config, srv.URL()); err != nil {
+	if err := auth.writeContexts(config, srv.URL(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(config, "context.txt")); err != nil || string(b) != adminContext {

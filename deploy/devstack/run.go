@@ -39,6 +39,7 @@ type devConfig struct {
 	Dir          string        `env:"VIGIL_DEV_DIR" help:"the dev stack's state and logs (default .run at the repository root)"`
 	BinDir       string        `env:"VIGIL_DEV_BIN" help:"where the service binaries are built (default bin at the repository root)"`
 	Auth         bool          `env:"AUTH" envDefault:"true" help:"NATS with accounts and users (credentials generated into <dir>/auth, nats CLI contexts vigil (admin, selected) and demo (tenant)); 0 runs NATS open, without auth"`
+	TLS          bool          `env:"TLS" envDefault:"false" help:"1 runs NATS (tls://), Redis (rediss://, TLS port only) and PostgreSQL (sslmode=verify-full) with TLS only, certificates generated into <dir>/tls (a CA, server and client certificates), services and nats contexts verifying them"`
 	ReadyTimeout time.Duration `env:"VIGIL_DEV_READY_TIMEOUT" envDefault:"2m" help:"how long to wait for every service to register before printing the banner anyway"`
 
 	// Observe (OBSERVE=1, or TRACING=1) runs Prometheus (PrometheusPort)
@@ -119,8 +120,17 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 
+	var certs *localstack.DevTLS
+	var serverTLS *localstack.TLSFiles
+	if cfg.TLS {
+		if certs, err = devTLS(filepath.Join(runDir, "tls")); err != nil {
+			return err
+		}
+		serverTLS = &certs.Server
+		log.Info("TLS on", "certificates", certs.Dir)
+	}
 	redisSrv, err := localstack.StartRedis(startCtx, localstack.Options{
-		Dir: filepath.Join(runDir, "redis"), Port: cfg.RedisPort, Persist: true,
+		Dir: filepath.Join(runDir, "redis"), Port: cfg.RedisPort, Persist: true, TLS: serverTLS,
 	})
 	if err != nil {
 		return err
@@ -129,7 +139,7 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	log.Info("redis up", "url", redisSrv.URL(), "log", redisSrv.LogPath())
 
 	pg, err := localstack.StartPostgres(startCtx, localstack.Options{
-		Dir: filepath.Join(runDir, "pg"), Port: cfg.PostgresPort, Persist: true,
+		Dir: filepath.Join(runDir, "pg"), Port: cfg.PostgresPort, Persist: true, TLS: serverTLS,
 	})
 	if err != nil {
 		return err
@@ -137,7 +147,7 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	defer stopServer(log, "postgres", pg.Stop)
 	log.Info("postgres up", "url", pg.URL(), "log", pg.LogPath())
 
-	natsOpts := localstack.Options{Dir: filepath.Join(runDir, "nats"), Port: cfg.NATSPort}
+	natsOpts := localstack.Options{Dir: filepath.Join(runDir, "nats"), Port: cfg.NATSPort, TLS: serverTLS}
 	var auth *devAuth
 	if cfg.Auth {
 		if auth, err = prepareAuth(root, runDir); err != nil {
@@ -154,7 +164,7 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	adminURL := natsSrv.URL()
 	if auth != nil {
 		adminURL = auth.url(natsSrv.URL(), adminUser)
-		if err := selectContexts(auth, natsSrv.URL()); err != nil {
+		if err := selectContexts(auth, natsSrv.URL(), certs); err != nil {
 			return err
 		}
 		log.Info("nats CLI contexts written", "selected", adminContext, "tenant", demoContext, "credentials", auth.dir)
@@ -183,6 +193,9 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	defer logs.Close()
 
 	env := serviceEnv(os.Environ(), natsSrv.URL(), redisSrv.URL(), pg.URL(), cfg.FeedSource, time.Now())
+	if certs != nil {
+		env = append(env, tlsEnv(certs)...)
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	extra, env, err := startOptional(ctx, &wg, cfg, root, runDir, env, logs, log)
@@ -205,9 +218,9 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	extra = append(extra, observed...)
-	waitForServices(ctx, log, adminURL, binaries, cfg.ReadyTimeout)
+	waitForServices(ctx, log, adminURL, certs, binaries, cfg.ReadyTimeout)
 	printBanner(out, banner{
-		took: time.Since(began), natsURL: natsSrv.URL(), redisURL: redisSrv.URL(), postgresURL: pg.URL(), auth: auth,
+		took: time.Since(began), natsURL: natsSrv.URL(), redisURL: redisSrv.URL(), postgresURL: pg.URL(), auth: auth, tls: certs,
 		runDir: runDir, binaries: binaries, logs: logs, feedSource: cfg.FeedSource, env: env, extra: extra,
 	})
 
@@ -216,14 +229,15 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	return nil
 }
 
-// selectContexts writes the nats CLI contexts of auth for natsURL into
-// the nats CLI's configuration directory and selects the admin's.
-func selectContexts(auth *devAuth, natsURL string) error {
+// selectContexts writes the nats CLI contexts of auth for natsURL (with
+// the CA and client certificate of certs, when TLS is on) into the nats
+// CLI's configuration directory and selects the admin's.
+func selectContexts(auth *devAuth, natsURL string, certs *localstack.DevTLS) error {
 	dir, err := natsConfigDir(os.Getenv)
 	if err != nil {
 		return err
 	}
-	return auth.writeContexts(dir, natsURL)
+	return auth.writeContexts(dir, natsURL, certs)
 }
 
 // serviceEnv is the environment of the services: the servers' URLs, the
@@ -267,8 +281,12 @@ func startOptional(ctx context.Context, wg *sync.WaitGroup, cfg devConfig, root,
 // waitForServices waits until every service has registered with NATS (it
 // answers $SRV.PING), or timeout passes, so that the banner comes after
 // the services' start-up lines.
-func waitForServices(ctx context.Context, log *slog.Logger, natsURL string, binaries []builtService, timeout time.Duration) {
-	nc, err := nats.Connect(natsURL)
+func waitForServices(ctx context.Context, log *slog.Logger, natsURL string, certs *localstack.DevTLS, binaries []builtService, timeout time.Duration) {
+	var opts []nats.Option
+	if certs != nil {
+		opts = append(opts, nats.RootCAs(certs.CA))
+	}
+	nc, err := nats.Connect(natsURL, opts...)
 	if err != nil {
 		log.Warn("cannot check that the services are up", "err", err)
 		return
@@ -430,18 +448,23 @@ type banner struct {
 	binaries                       []builtService
 	logs                           *console
 	feedSource                     string
-	env                            []string // the services' environment
-	extra                          []string // lines of optional parts (TRACING=1)
-	auth                           *devAuth // nil: NATS runs open (AUTH=0)
+	env                            []string           // the services' environment
+	extra                          []string           // lines of optional parts (TRACING=1)
+	auth                           *devAuth           // nil: NATS runs open (AUTH=0)
+	tls                            *localstack.DevTLS // nil: no TLS
 }
 
 // printBanner tells what runs where, where the logs are, what the market
 // clock does and a few commands to try, the demo alert first.
 func printBanner(out io.Writer, bn banner) {
 	natsFlag := ""
-	// With auth, the selected nats context (vigil) names the server.
+	// With auth, the selected nats context (vigil) names the server and
+	// the CA.
 	if bn.auth == nil && bn.natsURL != "nats://127.0.0.1:4222" {
 		natsFlag = " -s " + bn.natsURL
+	}
+	if bn.auth == nil && bn.tls != nil {
+		natsFlag += " --tlsca " + bn.tls.CA
 	}
 	vigilctl := filepath.Join(filepath.Dir(bn.binaries[0].path), "vigilctl")
 	if rel, err := filepath.Rel(mustGetwd(), vigilctl); err == nil && !strings.HasPrefix(rel, "..") {
@@ -454,6 +477,9 @@ func printBanner(out io.Writer, bn banner) {
 		fmt.Fprintf(&b, "  auth      on: nats contexts %q (admin, selected) and %q (tenant demo), credentials in %s\n", adminContext, demoContext, bn.auth.dir)
 	} else {
 		b.WriteString("  auth      off (AUTH=0): anyone may connect and command every user\n")
+	}
+	if bn.tls != nil {
+		fmt.Fprintf(&b, "  TLS       on: NATS, Redis and Postgres take TLS only; CA %s, client certificate %s\n", bn.tls.CA, bn.tls.ClientCert)
 	}
 	fmt.Fprintf(&b, "  Redis     %s\n", bn.redisURL)
 	fmt.Fprintf(&b, "  Postgres  %s\n", bn.postgresURL)
@@ -476,7 +502,11 @@ func printBanner(out io.Writer, bn banner) {
 		fmt.Fprintf(&b, "  nats --context %s req vigil.cmd.%s.resume '{}'   (as the tenant: recorded as %s@DEMO)\n", demoContext, demoToken, demoUser)
 	}
 	fmt.Fprintf(&b, "  psql '%s'\n", bn.postgresURL)
-	fmt.Fprintf(&b, "  redis-cli -u %s\n", bn.redisURL)
+	if bn.tls != nil {
+		fmt.Fprintf(&b, "  redis-cli --tls --cacert %s -u %s\n", bn.tls.CA, bn.redisURL)
+	} else {
+		fmt.Fprintf(&b, "  redis-cli -u %s\n", bn.redisURL)
+	}
 	b.WriteString("Ctrl-C stops everything.\n\n")
 	_, _ = io.WriteString(out, b.String())
 }
