@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -75,8 +76,10 @@ func TestAlertingRulesAreValid(t *testing.T) {
 // when its series ends with a feed restart and the new feed exports none
 // (still firing 30 minutes later), failed
 // commands fire VigilCommandFailures, a consumer 5000 behind fires
-// VigilConsumerLag (one keeping up does not), a failing webhook fires
-// VigilWebhookBacklog after 10 minutes.
+// VigilConsumerLag (one keeping up does not), a user's webhook backlog
+// that never drains fires VigilWebhookBacklog after 10 minutes, across a
+// hand-over between instances (notifications in flight now and then and a
+// 4-minute outage do not).
 func TestAlertingRulesFire(t *testing.T) {
 	promtool := need(t, "promtool")
 	cmd := exec.Command(promtool, "test", "rules", "alerts_test.yml")
@@ -132,8 +135,9 @@ func readDashboard(t *testing.T) dashboard {
 }
 
 // liveSettings watch BTC-USD on the simulator with a live price rule that
-// always holds, so alice gets candles, indicator updates and alerts at once.
-const liveSettings = `{"mode":"scalper-macdv","symbols":["BTC-USD"],"rules":{"scalper-macdv":[
+// always holds, so alice gets candles, indicator updates and alerts at
+// once, and notifies them to the webhook at %s (the backlog panel).
+const liveSettings = `{"mode":"scalper-macdv","symbols":["BTC-USD"],"webhook":{"url":%q},"rules":{"scalper-macdv":[
 	{"id":"price-live","symbol":"BTC-USD","timeframe":"1m","kind":"threshold","indicator":"price","op":"above","value":1,"evaluate":"live","cooldown":"1m"}]}}`
 
 // services are the binaries the dashboard test runs, one instance each.
@@ -144,7 +148,8 @@ var services = []string{"vigil-feed", "vigil-indicators", "vigil-alerts", "vigil
 // every second with alerts.yml loaded, sends alice's commands (two that
 // succeed, one rejected at intake), and runs every query of every panel of
 // vigil.json ($__rate_interval as 10s): each returns data, and the
-// command's latency is there for its command. Then vigil-indicators'
+// command's latency is there for its command, alice's webhook backlog
+// for her. Then vigil-indicators'
 // /readyz follows its consumer (readinessFollowsTheConsumer).
 func TestDashboardQueriesHaveData(t *testing.T) {
 	need(t, "prometheus")
@@ -159,7 +164,9 @@ func TestDashboardQueriesHaveData(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, _, err := db.NewUsers(pool).SeedUser(ctx, "test", "alice", json.RawMessage(liveSettings), "coinbase"); err != nil {
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	t.Cleanup(hook.Close)
+	if _, _, err := db.NewUsers(pool).SeedUser(ctx, "test", "alice", json.RawMessage(fmt.Sprintf(liveSettings, hook.URL)), "coinbase"); err != nil {
 		t.Fatal(err)
 	}
 	var jobs []localstack.ScrapeJob
@@ -210,6 +217,9 @@ func TestDashboardQueriesHaveData(t *testing.T) {
 		return len(query(t, prom.URL(), `vigil_control_command_duration_seconds_count{command="pause",status="succeeded",job="vigil-control"}`)) > 0
 	})
 	t.Logf("commands answered, pause's latency scraped after %s", time.Since(began).Round(time.Millisecond))
+	testenv.WaitFor(t, 90*time.Second, "Prometheus to have alice's webhook backlog from vigil-alerts", func() bool {
+		return len(query(t, prom.URL(), `vigil_alerts_webhook_pending{user="alice",job="vigil-alerts"}`)) > 0
+	})
 	for _, p := range d.Panels {
 		for _, q := range p.Targets {
 			expr := strings.ReplaceAll(q.Expr, "$__rate_interval", "10s")

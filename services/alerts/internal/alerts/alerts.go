@@ -169,6 +169,7 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	in.webhooks = newWebhookTargets()
 	if in.svc, err = service.Start(rt.NC, service.Config{Svc: contract.SvcAlerts, Name: contract.ServiceAlerts,
 		Description: description, Instance: rt.Instance, Verbs: verbs}, rt.Log, func(ctx context.Context, _ string) any { return in.status(ctx) }); err != nil {
+		in.hooks.Close()
 		return nil, err
 	}
 	// Shutdown runs these in reverse: stop evaluating, stop projecting,

@@ -8,6 +8,7 @@ import (
 	"errors"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
 
@@ -37,9 +38,15 @@ type Metrics struct {
 	// Suppressed counts alerts not recorded because their user was over a
 	// limit, by limit (alerts_per_minute).
 	Suppressed metric.Int64Counter
+	// WebhookPending is, per user (attribute user), the webhook
+	// notifications queued and not yet delivered; ObserveWebhookPending
+	// gives it its values.
+	WebhookPending metric.Int64ObservableGauge
 	// EvaluationDuration is how long one update takes, from decoding to the
 	// acknowledgement, in milliseconds.
 	EvaluationDuration metric.Float64Histogram
+
+	meter metric.Meter
 }
 
 // New creates the instruments on mp, the global meter provider when nil.
@@ -48,8 +55,8 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(MeterName)
-	var m Metrics
-	var errs [9]error
+	m := Metrics{meter: meter}
+	var errs [10]error
 	m.Evaluations, errs[0] = meter.Int64Counter("vigil.alerts.evaluations",
 		metric.WithDescription("Indicator updates evaluated against a user's rules"), metric.WithUnit("{update}"))
 	m.Fired, errs[1] = meter.Int64Counter("vigil.alerts.fired",
@@ -68,6 +75,8 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 		metric.WithDescription("Users whose webhook is failing now"), metric.WithUnit("{user}"))
 	m.Suppressed, errs[8] = meter.Int64Counter("vigil.alerts.suppressed",
 		metric.WithDescription("Alerts not recorded because their user was over a limit, by limit"), metric.WithUnit("{alert}"))
+	m.WebhookPending, errs[9] = meter.Int64ObservableGauge("vigil.alerts.webhook.pending",
+		metric.WithDescription("Webhook notifications of a user queued and not yet delivered (the consumer's pending and unacknowledged)"), metric.WithUnit("{notification}"))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, err
 	}
@@ -75,4 +84,16 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 	// see the series before the first webhook fails.
 	m.WebhookFailing.Add(context.Background(), 0)
 	return &m, nil
+}
+
+// ObserveWebhookPending reports WebhookPending from pending (user to
+// notifications queued) at each collection until the registration is
+// unregistered. pending must not block: it is called on every scrape.
+func (m *Metrics) ObserveWebhookPending(pending func() map[string]int64) (metric.Registration, error) {
+	return m.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for user, n := range pending() {
+			o.ObserveInt64(m.WebhookPending, n, metric.WithAttributes(attribute.String("user", user)))
+		}
+		return nil
+	}, m.WebhookPending)
 }

@@ -74,6 +74,10 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// Now is the clock of MaxAge and status [time.Now].
 	Now func() time.Time
+	// PendingRefresh is how often the backlog gauge
+	// (vigil.alerts.webhook.pending) asks the server for each user's
+	// consumer info [10s]; a scrape reads the latest answers.
+	PendingRefresh time.Duration
 }
 
 func (o *Options) setDefaults() error {
@@ -81,7 +85,7 @@ func (o *Options) setDefaults() error {
 		v *time.Duration
 		d time.Duration
 	}{{&o.Timeout, 5 * time.Second}, {&o.InitialBackoff, 500 * time.Millisecond}, {&o.MaxBackoff, 30 * time.Second},
-		{&o.MaxAge, 6 * time.Hour}, {&o.AckWait, 30 * time.Second}}
+		{&o.MaxAge, 6 * time.Hour}, {&o.AckWait, 30 * time.Second}, {&o.PendingRefresh, 10 * time.Second}}
 	for _, f := range defaults {
 		if *f.v == 0 {
 			*f.v = f.d
@@ -90,6 +94,8 @@ func (o *Options) setDefaults() error {
 	switch {
 	case o.Timeout < 0 || o.MaxAge < 0 || o.AckWait < 0:
 		return fmt.Errorf("%w: timeout %s, max age %s and ack wait %s must be positive", ErrInvalidOptions, o.Timeout, o.MaxAge, o.AckWait)
+	case o.PendingRefresh < 0:
+		return fmt.Errorf("%w: pending refresh %s must be positive", ErrInvalidOptions, o.PendingRefresh)
 	case o.InitialBackoff < 0 || o.MaxBackoff < o.InitialBackoff:
 		return fmt.Errorf("%w: backoff %s..%s must be positive and increasing", ErrInvalidOptions, o.InitialBackoff, o.MaxBackoff)
 	}
@@ -134,6 +140,13 @@ type Deliverer struct {
 	mu      sync.Mutex
 	closed  bool
 	targets map[string]*target
+	// pending is each user's backlog as of the latest refresh.
+	pending map[string]int64
+
+	// stopRefresh ends refreshPending; refreshed is closed once it has.
+	stopRefresh context.CancelFunc
+	refreshed   chan struct{}
+	gauge       metric.Registration
 }
 
 // target is one user's delivery loop.
@@ -146,12 +159,68 @@ type target struct {
 	status Status
 }
 
-// New checks opts and returns a deliverer without users.
+// New checks opts and returns a deliverer without users. Until Close it
+// reports each of its users' backlog as vigil.alerts.webhook.pending.
 func New(js jetstream.JetStream, opts Options) (*Deliverer, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Deliverer{js: js, opts: opts, targets: map[string]*target{}}, nil
+	d := &Deliverer{js: js, opts: opts, targets: map[string]*target{}, pending: map[string]int64{}, refreshed: make(chan struct{})}
+	gauge, err := opts.Metrics.ObserveWebhookPending(d.backlog)
+	if err != nil {
+		return nil, fmt.Errorf("webhook: metric: %w", err)
+	}
+	d.gauge = gauge
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stopRefresh = cancel
+	go d.refreshPending(ctx)
+	return d, nil
+}
+
+// backlog is the gauge's value: every user this deliverer runs, with the
+// notifications queued as of the latest refresh (0 before the first).
+func (d *Deliverer) backlog() map[string]int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]int64, len(d.targets))
+	for user := range d.targets {
+		out[user] = d.pending[user]
+	}
+	return out
+}
+
+// refreshPending asks the server every PendingRefresh for the backlog of
+// each user's consumer (NumPending + NumAckPending: queued, and in hand
+// not yet delivered) until ctx ends.
+func (d *Deliverer) refreshPending(ctx context.Context) {
+	defer close(d.refreshed)
+	tick := time.NewTicker(d.opts.PendingRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pending := map[string]int64{}
+		for _, user := range d.Users() {
+			reqCtx, cancel := context.WithTimeout(ctx, d.opts.PendingRefresh)
+			cons, err := d.js.Consumer(reqCtx, contract.StreamAlerts, ConsumerName(user))
+			cancel()
+			if err == nil {
+				info := cons.CachedInfo()
+				pending[user] = int64(info.NumPending) + int64(info.NumAckPending)
+			} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				// Keep the last known value rather than report 0.
+				d.mu.Lock()
+				pending[user] = d.pending[user]
+				d.mu.Unlock()
+			}
+		}
+		d.mu.Lock()
+		d.pending = pending
+		d.mu.Unlock()
+	}
 }
 
 // Sync makes the deliverer run exactly the users of want (the owned users
@@ -213,6 +282,7 @@ func (d *Deliverer) remove(ctx context.Context, user string) {
 // Close stops every delivery; the alerts in hand go back to the stream.
 func (d *Deliverer) Close() {
 	d.mu.Lock()
+	wasClosed := d.closed
 	d.closed = true
 	targets := slices.Collect(maps.Values(d.targets))
 	d.targets = map[string]*target{}
@@ -220,6 +290,11 @@ func (d *Deliverer) Close() {
 	for _, t := range targets {
 		t.cancel()
 		<-t.done
+	}
+	if !wasClosed {
+		d.stopRefresh()
+		<-d.refreshed
+		_ = d.gauge.Unregister()
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,6 +300,55 @@ func TestPendingAlertsSurviveTheDeliverer(t *testing.T) {
 	second.Sync(context.Background(), target, nil)
 	got := waitDelivered(t, r, want, time.Minute)
 	checkOrder(t, got, want)
+}
+
+// TestPendingGaugeIsTheBacklog: vigil.alerts.webhook.pending shows each
+// user's queued notifications: 0 for a user whose receiver takes them,
+// all 20 (19 queued, 1 in hand) for one whose receiver fails, 0 again once
+// it recovers and everything is delivered, and no series once the user's
+// webhook is no longer run here.
+func TestPendingGaugeIsTheBacklog(t *testing.T) {
+	f := newFixture(t)
+	var up atomic.Bool
+	failingRecv, failingSrv := newReceiver(t, func(int) int {
+		if up.Load() {
+			return http.StatusOK
+		}
+		return http.StatusServiceUnavailable
+	})
+	okRecv, okSrv := newReceiver(t, nil)
+	opts := f.opts
+	opts.PendingRefresh = 50 * time.Millisecond
+	d := f.deliverer(opts)
+	since := time.Now()
+	d.Sync(context.Background(), map[string]webhook.Target{
+		"alice": {Hook: contract.WebhookSettings{URL: failingSrv.URL}, Since: since},
+		"bob":   {Hook: contract.WebhookSettings{URL: okSrv.URL}, Since: since},
+	}, nil)
+	pending := func(user string) (int64, bool) {
+		n, ok, err := f.read.Gauge("vigil.alerts.webhook.pending", attribute.String("user", user))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n, ok
+	}
+	want := f.record(0, 20, "alice", "bob")
+	waitDelivered(t, okRecv, map[string][]string{"bob": want["bob"]}, time.Minute)
+	testenv.WaitFor(t, 30*time.Second, "alice's 20 alerts pending, bob's none", func() bool {
+		a, aok := pending("alice")
+		b, bok := pending("bob")
+		return aok && bok && a == 20 && b == 0
+	})
+	up.Store(true)
+	waitDelivered(t, failingRecv, map[string][]string{"alice": want["alice"]}, time.Minute)
+	testenv.WaitFor(t, 30*time.Second, "alice's backlog gone", func() bool {
+		a, ok := pending("alice")
+		return ok && a == 0
+	})
+	d.Sync(context.Background(), map[string]webhook.Target{"bob": {Hook: contract.WebhookSettings{URL: okSrv.URL}, Since: since}}, nil)
+	if n, ok := pending("alice"); ok {
+		t.Errorf("alice no longer run here still reported: %d", n)
+	}
 }
 
 // TestAnAlertIsGivenUpOnlyOnceTooOld: a receiver that always fails gets

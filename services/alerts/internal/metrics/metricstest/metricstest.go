@@ -50,6 +50,29 @@ func (r *Reader) Sum(name string, attrs ...attribute.KeyValue) (int64, error) {
 	return total, nil
 }
 
+// Gauge is the value of the int64 gauge named name at the data point whose
+// attributes include attrs; ok is false when there is none.
+func (r *Reader) Gauge(name string, attrs ...attribute.KeyValue) (value int64, ok bool, err error) {
+	var rm metricdata.ResourceMetrics
+	if err := r.reader.Collect(context.Background(), &rm); err != nil {
+		return 0, false, err
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			gauge, isGauge := m.Data.(metricdata.Gauge[int64])
+			if m.Name != name || !isGauge {
+				continue
+			}
+			for _, dp := range gauge.DataPoints {
+				if hasAll(dp.Attributes, attrs) {
+					return dp.Value, true, nil
+				}
+			}
+		}
+	}
+	return 0, false, nil
+}
+
 func hasAll(set attribute.Set, attrs []attribute.KeyValue) bool {
 	for _, kv := range attrs {
 		if v, ok := set.Value(kv.Key); !ok || v != kv.Value {
