@@ -73,7 +73,7 @@ test-scaleout: deps
 # restore"): a whole stack backed up, destroyed and restored, a minute or
 # more on a loaded machine, so not part of make test.
 test-drill: deps
-	$(GO) test $(PARALLEL) -race -count=1 -timeout 10m -tags drill -run 'TestBackupRestoreDrill' $(GOTESTFLAGS) ./services/control/e2e/
+	$(GO) test $(PARALLEL) -race -count=1 -timeout 10m -tags drill -run 'TestBackupRestoreDrill|TestRestoreIntoACluster' $(GOTESTFLAGS) ./services/control/e2e/ ./services/control/internal/backup/
 
 # The high-availability tests (issue 14, items 5-7): each dependency killed
 # with SIGKILL and restarted under the running services, and three hosts

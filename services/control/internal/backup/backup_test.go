@@ -230,12 +230,21 @@ func checkRestoredNATS(ctx context.Context, t *testing.T, o *origin, js jetstrea
 	if msg, err := alerts.GetLastMsgForSubject(ctx, "vigil.alert.alice.r1"); err != nil || !strings.Contains(string(msg.Data), "alert-3") {
 		t.Errorf("last alert of alice after restore: %v %v", msg, err)
 	}
-	cons, err := alerts.Consumer(ctx, "projector")
-	if err != nil {
-		t.Fatalf("the durable consumer of VIGIL_ALERTS was not restored: %v", err)
-	}
-	if info := cons.CachedInfo(); info.AckFloor.Stream != 2 || info.NumPending != 1 {
-		t.Errorf("restored consumer: ack floor %d, %d pending; want 2 and 1", info.AckFloor.Stream, info.NumPending)
+	// A replicated consumer reports an empty state until it has a leader.
+	var info *jetstream.ConsumerInfo
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cons, err := alerts.Consumer(ctx, "projector")
+		if err == nil {
+			info = cons.CachedInfo()
+			if info.AckFloor.Stream == 2 && info.NumPending == 1 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored consumer of VIGIL_ALERTS: %+v %v; want ack floor 2 and 1 pending", info, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	// docs/deploy.md says so: the server does not rebuild a restored
 	// stream's duplicate window, so an id published again right after a

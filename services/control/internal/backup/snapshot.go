@@ -325,10 +325,22 @@ func restoreStream(ctx context.Context, nc *nats.Conn, p restorePlan) (uint64, e
 }
 
 // sendChunk sends one chunk of a restore and checks the server's answer.
+// In a cluster the server that receives the chunks may subscribe after it
+// answered the restore request, and its interest reach the server this
+// client is connected to later still: a chunk nobody received (no
+// responders) is sent again until timeout.
 func sendChunk(ctx context.Context, nc *nats.Conn, subject string, data []byte, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	msg, err := nc.RequestWithContext(ctx, subject, data)
+	for errors.Is(err, nats.ErrNoResponders) {
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+		msg, err = nc.RequestWithContext(ctx, subject, data)
+	}
 	if err != nil {
 		return err
 	}
