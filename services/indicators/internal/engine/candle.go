@@ -25,15 +25,19 @@ type TracedCandle struct {
 // are computed, and the values of the whole batch are written to Redis in
 // one pipeline and published, the stream's acknowledgements awaited,
 // before it returns; a candle that does not fit the state (out of order,
-// too old for replay, a gap that Redis can fill) rebuilds the series from
-// Redis instead, after the updates computed before it were sent.
+// too old for replay, a gap that Redis cannot fill, a series not in
+// memory) starts a rebuild of the series from Redis in the background
+// instead, after the updates computed before it were sent: the rebuild
+// runs without the engine's mutex, so neither this batch nor any other
+// user waits for it.
 //
 // The result has one error per candle: nil when the candle is done (ack
-// it; also when its write was fenced, see flush), otherwise the candle
-// should be delivered again and its series is dropped, so that the next
-// candle of the series rebuilds it from Redis; ErrBuilding when its series
-// is being rebuilt outside the mutex (deliver it again after a while; the
-// series is kept).
+// it; also when its write was fenced, see flush); a *Rebuilding when its
+// series is rebuilt for it (ack it when Done yields nil); ErrBuilding when
+// its series is being rebuilt already (deliver it again after a while;
+// the series is kept); otherwise the candle should be delivered again and
+// its series is dropped, so that the next candle of the series rebuilds
+// it from Redis.
 // ctx bounds the batch's writes and publishes; control verbs wait for the
 // whole batch.
 func (e *Engine) HandleCandles(ctx context.Context, batch []TracedCandle) []error {
@@ -44,8 +48,7 @@ func (e *Engine) HandleCandles(ctx context.Context, batch []TracedCandle) []erro
 	var handled []int
 	for i, tc := range batch {
 		id := tc.Candle.SeriesID
-		u, runs := e.runsSeries(id)
-		if !runs {
+		if _, runs := e.runsSeries(id); !runs {
 			delete(e.series, id)
 			continue
 		}
@@ -53,7 +56,11 @@ func (e *Engine) HandleCandles(ctx context.Context, batch []TracedCandle) []erro
 			errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, ErrBuilding)
 			continue
 		}
-		if err := e.handleCandle(ctx, u, i, o); err != nil {
+		if err := e.handleCandle(ctx, i, o); err != nil {
+			if r, ok := err.(*Rebuilding); ok {
+				errs[i] = r
+				continue
+			}
 			delete(e.series, id)
 			if !errors.Is(err, redisstore.ErrFenced) {
 				errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, err)
@@ -121,7 +128,7 @@ func (e *Engine) flush(ctx context.Context, o *outbox) {
 
 // handleCandle computes candle i of the batch and queues its updates in
 // o, or rebuilds its series. The caller holds e.mu.
-func (e *Engine) handleCandle(ctx context.Context, u *user, i int, o *outbox) error {
+func (e *Engine) handleCandle(ctx context.Context, i int, o *outbox) error {
 	cctx, c := o.batch[i].Ctx, o.batch[i].Candle
 	id := c.SeriesID
 	s := e.series[id]
@@ -129,14 +136,14 @@ func (e *Engine) handleCandle(ctx context.Context, u *user, i int, o *outbox) er
 		s = nil
 	}
 	if s == nil {
-		return e.rebuildInBatch(ctx, u, i, o)
+		return e.rebuildInBatch(ctx, i, o)
 	}
 	filled, ok, err := e.fillGap(cctx, s, c)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return e.rebuildInBatch(ctx, u, i, o)
+		return e.rebuildInBatch(ctx, i, o)
 	}
 	began := time.Now()
 	ups, rebuild, err := s.apply(c)
@@ -146,19 +153,70 @@ func (e *Engine) handleCandle(ctx context.Context, u *user, i int, o *outbox) er
 		e.log.WarnContext(cctx, "candle rejected", "series", id.String(), "start", c.Start, "err", err)
 		ups = nil
 	case rebuild:
-		return e.rebuildInBatch(ctx, u, i, o)
+		return e.rebuildInBatch(ctx, i, o)
 	}
 	o.add(i, append(filled, ups...))
 	return nil
 }
 
-// rebuildInBatch rebuilds the series of candle i from Redis after sending
-// the updates queued before it, so that the series' updates stay in
-// order. The caller holds e.mu.
-func (e *Engine) rebuildInBatch(ctx context.Context, u *user, i int, o *outbox) error {
+// rebuildInBatch starts a rebuild of the series of candle i from Redis in
+// the background (rebuildInBackground), after sending the updates queued
+// before it, so that the series' updates stay in order, and returns the
+// *Rebuilding that tells when the candle is done. The caller holds e.mu.
+func (e *Engine) rebuildInBatch(ctx context.Context, i int, o *outbox) error {
 	e.flush(ctx, o)
-	_, err := e.rebuild(o.batch[i].Ctx, u, o.batch[i].Candle.SeriesID, writeNew)
-	return err
+	return e.rebuildInBackground(o.batch[i].Ctx, o.batch[i].Candle.SeriesID)
+}
+
+// backgroundBuildTimeout bounds a rebuild a candle started.
+const backgroundBuildTimeout = 5 * time.Minute
+
+// Rebuilding is the result of a candle whose series does not fit it (a
+// gap Redis cannot fill, a correction older than the replay depth, a
+// series not in memory): the series is rebuilt from every stored candle
+// in the background, without holding the engine's mutex, so the batch and
+// every other series go on meanwhile. The feed stores a candle before it
+// publishes it, so the rebuild reads this candle: it is done (ack it) when
+// Done yields nil, else it should be delivered again.
+type Rebuilding struct {
+	done chan error
+}
+
+// Error says that the candle waits for its series' rebuild.
+func (r *Rebuilding) Error() string { return "the candle's series is being rebuilt from Redis" }
+
+// Done yields the rebuild's outcome once, when it has ended.
+func (r *Rebuilding) Done() <-chan error { return r.done }
+
+// rebuildInBackground registers a build of series id and runs it on a
+// goroutine of its own, with the trace of ctx (a candle's) but not its
+// deadline: until it ends, stopBuilds stops it or Close ends it, at most
+// backgroundBuildTimeout. The caller holds e.mu and no build of id is in
+// flight.
+func (e *Engine) rebuildInBackground(ctx context.Context, id contract.SeriesID) *Rebuilding {
+	r := &Rebuilding{done: make(chan error, 1)}
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), backgroundBuildTimeout)
+	unbind := context.AfterFunc(e.bg, cancel)
+	b, buildCtx, err := e.beginBuild(bctx, id)
+	if err != nil {
+		unbind()
+		cancel()
+		r.done <- err
+		return r
+	}
+	e.background.Add(1)
+	go func() {
+		defer e.background.Done()
+		defer cancel()
+		defer unbind()
+		_, err := e.finishBuild(bctx, buildCtx, id, b, writeNew)
+		e.mu.Unlock()
+		if err != nil && !errors.Is(err, errBuildStopped) {
+			e.log.ErrorContext(bctx, "rebuild failed; the candle is delivered again", "series", id.String(), "err", err)
+		}
+		r.done <- err
+	}()
+	return r
 }
 
 // fillGap closes the bars between the last closed bar of s and candle c

@@ -113,6 +113,12 @@ type Engine struct {
 	forgotten []forgotten
 	// builds are the series being rebuilt outside mu.
 	builds map[contract.SeriesID]*build
+
+	// bg ends the builds candles started in the background (Close);
+	// background counts them.
+	bg         context.Context
+	stopBg     context.CancelFunc
+	background sync.WaitGroup
 }
 
 // user is one user's desired state as this instance knows it.
@@ -140,9 +146,25 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	bg, stopBg := context.WithCancel(context.Background())
 	return &Engine{store: cfg.Store, js: cfg.JS, owner: cfg.Owner, instance: cfg.Instance, name: cfg.Name, log: cfg.Log, metrics: m,
 		users: map[string]*user{}, series: map[contract.SeriesID]*series{}, books: map[contract.SeriesID]*book{},
-		builds: map[contract.SeriesID]*build{}}, nil
+		builds: map[contract.SeriesID]*build{}, bg: bg, stopBg: stopBg}, nil
+}
+
+// Close stops the rebuilds that candles started in the background and
+// waits for them to end, at most until ctx ends; their candles are
+// delivered again (to this or another instance).
+func (e *Engine) Close(ctx context.Context) error {
+	e.stopBg()
+	done := make(chan struct{})
+	go func() { e.background.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("background rebuilds did not end: %w", ctx.Err())
+	}
 }
 
 // mode is the user's mode (the settings' when the state has none).
@@ -464,20 +486,6 @@ const (
 	writeAll
 )
 
-// rebuild replaces the state of series id with one built from the candles
-// in Redis (see buildSeries) while holding e.mu, and returns the number
-// of bars. On error the series is left out (the next candle rebuilds it).
-// The caller holds e.mu.
-func (e *Engine) rebuild(ctx context.Context, u *user, id contract.SeriesID, writes rebuildWrites) (int, error) {
-	delete(e.series, id)
-	s, bars, err := e.buildSeries(ctx, id, u.plan.Candle, writes, e.write)
-	if err != nil {
-		return 0, err
-	}
-	e.series[id] = s
-	return bars, nil
-}
-
 // build is a rebuild of one series from Redis running outside e.mu: the
 // series' candles are delivered again until it ends.
 type build struct {
@@ -504,26 +512,44 @@ func (e *Engine) rebuildOutside(ctx context.Context, id contract.SeriesID, write
 	if err := e.awaitBuild(ctx, id); err != nil {
 		return 0, err
 	}
+	b, bctx, err := e.beginBuild(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	e.mu.Unlock()
+	return e.finishBuild(ctx, bctx, id, b, writes)
+}
+
+// beginBuild registers a build of series id with its user's indicators
+// and drops the series meanwhile; bctx is the build's context, which
+// stopBuilds cancels. The caller holds e.mu and no build of id is in
+// flight.
+func (e *Engine) beginBuild(ctx context.Context, id contract.SeriesID) (b *build, bctx context.Context, err error) {
 	u := e.users[id.User]
 	if u == nil || len(u.plan.Candle) == 0 {
-		return 0, errBuildStopped
+		return nil, nil, errBuildStopped
 	}
-	specs := u.plan.Candle
 	delete(e.series, id)
 	bctx, stop := context.WithCancel(ctx)
-	b := &build{specs: specs, stop: stop, done: make(chan struct{})}
+	b = &build{specs: u.plan.Candle, stop: stop, done: make(chan struct{})}
 	e.builds[id] = b
-	e.mu.Unlock()
+	return b, bctx, nil
+}
+
+// finishBuild runs build b of series id (beginBuild) without holding e.mu,
+// then takes e.mu, ends the build and installs the series as
+// rebuildOutside says. It returns holding e.mu.
+func (e *Engine) finishBuild(ctx, bctx context.Context, id contract.SeriesID, b *build, writes rebuildWrites) (int, error) {
 	var fences map[contract.SeriesID]redisstore.Fence
 	var writeErr error
-	s, bars, err := e.buildSeries(bctx, id, specs, writes, func(ctx context.Context, ups []contract.IndicatorUpdate) error {
+	s, bars, err := e.buildSeries(bctx, id, b.specs, writes, func(ctx context.Context, ups []contract.IndicatorUpdate) error {
 		fences, writeErr = e.writeFenced(ctx, ups)
 		return writeErr
 	})
 	e.mu.Lock()
 	e.dropFenced(ctx, fences, writeErr)
 	stopped := bctx.Err() != nil && ctx.Err() == nil
-	stop()
+	b.stop()
 	delete(e.builds, id)
 	close(b.done)
 	switch {
@@ -532,10 +558,10 @@ func (e *Engine) rebuildOutside(ctx context.Context, id contract.SeriesID, write
 	case err != nil:
 		return 0, err
 	}
-	u = e.users[id.User]
+	u := e.users[id.User]
 	_, runs := e.runsSeries(id)
 	switch {
-	case u == nil || !slices.Equal(specs, u.plan.Candle) || e.isForgotten(id):
+	case u == nil || !slices.Equal(b.specs, u.plan.Candle) || e.isForgotten(id):
 	case runs:
 		e.series[id] = s
 	case e.keepsPaused(id, s):

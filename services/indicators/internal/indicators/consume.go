@@ -179,6 +179,13 @@ func (c *candleConsumer) handle(msgs []jetstream.Msg) {
 	failed := 0
 	for i, err := range errs {
 		tc, msg, span := candles[i], acks[i], spans[i]
+		var rebuilding *engine.Rebuilding
+		if errors.As(err, &rebuilding) {
+			// Its series is rebuilt for it in the background: ack it
+			// when that is done.
+			go c.ackAfter(tc, msg, span, rebuilding)
+			continue
+		}
 		if errors.Is(err, engine.ErrBuilding) {
 			// Its series is being rebuilt: deliver it again after.
 			c.rt.Log.DebugContext(tc.Ctx, "candle waits for its series' rebuild", "series", tc.Candle.SeriesID.String(), "start", tc.Candle.Start)
@@ -197,6 +204,35 @@ func (c *candleConsumer) handle(msgs []jetstream.Msg) {
 		batchSpan.SetStatus(codes.Error, fmt.Sprintf("%d of %d candles failed", failed, len(candles)))
 	}
 	batchSpan.End()
+}
+
+// inProgressEvery is how often a candle waiting for its series' rebuild
+// tells the server it is still being worked on (well within
+// candleAckWait).
+const inProgressEvery = candleAckWait / 3
+
+// ackAfter acks a candle once the rebuild of its series that it started
+// is done, or naks it (for a retry) when the rebuild failed or was
+// stopped; meanwhile it keeps the candle from being delivered again.
+func (c *candleConsumer) ackAfter(tc engine.TracedCandle, msg jetstream.Msg, span trace.Span, r *engine.Rebuilding) {
+	defer span.End()
+	tick := time.NewTicker(inProgressEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			_ = msg.InProgress()
+		case err := <-r.Done():
+			if err != nil {
+				c.rt.Log.DebugContext(tc.Ctx, "candle's rebuild did not complete; retrying", "series", tc.Candle.SeriesID.String(), "start", tc.Candle.Start, "err", err)
+				span.SetStatus(codes.Error, err.Error())
+				_ = msg.NakWithDelay(retryDelay)
+			} else if err := msg.Ack(); err != nil {
+				c.rt.Log.WarnContext(tc.Ctx, "candle ack failed", "subject", msg.Subject(), "err", err)
+			}
+			return
+		}
+	}
 }
 
 // decodeCandle decodes and validates a candle and checks that it belongs

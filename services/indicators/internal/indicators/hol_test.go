@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"strconv"
@@ -335,4 +336,85 @@ func longCandles(t *testing.T, id contract.SeriesID, n int) []contract.Candle {
 			Close: b.Close, Volume: b.Volume, Closed: true, Version: (start + step) * 1_000_000, Source: "test"}
 	}
 	return out
+}
+
+// TestCandleRebuildRunsBesideOtherUsers: a candle that makes its series be
+// rebuilt from Redis (here a correction older than the replay depth of
+// alice's long series) does not hold up the batch, the consumer or the
+// engine's mutex while the rebuild reads, computes and writes: bob's
+// candle, published right after it, is computed and published before
+// alice's rebuilt series is, and the correction is in the rebuilt values.
+func TestCandleRebuildRunsBesideOtherUsers(t *testing.T) {
+	h := newHarness(t)
+	const bars = 4000
+	cfg := h.config("one")
+	cfg.Retention = bars
+	h.startConfigured(cfg)
+	h.waitMembers(1)
+	heavy := contract.SeriesID{User: "alice", UserID: 41, ExchangeID: 1, Symbol: "HEAVY-USD", Timeframe: contract.TF1h}
+	light := contract.SeriesID{User: "bob", UserID: 42, ExchangeID: 1, Symbol: "LIGHT-USD", Timeframe: contract.TF1h}
+	store := redisstore.New(h.store.Client(), bars)
+	ctx := context.Background()
+	heavyCandles, lightCandles := longCandles(t, heavy, bars), candles(t, light, 301, 1)
+	lightNext := lightCandles[300]
+	for _, cs := range [][]contract.Candle{heavyCandles, lightCandles[:300]} {
+		if _, err := store.WriteCandles(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.putState(contract.DesiredState{User: heavy.User, UserID: heavy.UserID, ExchangeID: heavy.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{heavy.Symbol}})
+	h.putState(contract.DesiredState{User: light.User, UserID: light.UserID, ExchangeID: light.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{light.Symbol}})
+	newest := h.waitUpdate(heavy, heavyCandles[bars-1].Start, true)
+	h.waitUpdate(light, lightCandles[299].Start, true)
+
+	// A correction 1,500 bars back, beyond the replay depth, with a
+	// version above every stored one: alice's series is rebuilt, and its
+	// newest bar's values get that version.
+	corrected := heavyCandles[bars-1500]
+	corrected.Close *= 1.01
+	corrected.Version = heavyCandles[bars-1].Version + 1000
+	h.feed(corrected, lightNext)
+	isBob := func(r received) bool { return r.SeriesID == light && r.Start == lightNext.Start }
+	isRebuilt := func(r received) bool {
+		return r.SeriesID == heavy && r.Start == newest.Start && r.Version == corrected.Version
+	}
+	var alice received
+	eventually(t, 60*time.Second, func() error {
+		rs := h.received(func(r received) bool { return isBob(r) || isRebuilt(r) })
+		for _, r := range rs {
+			if isRebuilt(r) {
+				alice = r
+			}
+		}
+		if len(rs) < 2 || alice.Version == 0 {
+			return fmt.Errorf("%d of bob's new bar and alice's rebuilt newest bar seen", len(rs))
+		}
+		return nil
+	})
+	if order := h.received(func(r received) bool { return isBob(r) || isRebuilt(r) }); !isBob(order[0]) {
+		t.Fatalf("alice's rebuilt series (version %d) was published before bob's candle at %d: the rebuild held bob up", alice.Version, lightNext.Start)
+	}
+	for name := range alice.Values {
+		if p := h.stored(heavy, name)[corrected.Start]; p.Version != corrected.Version {
+			t.Fatalf("stored %s at the corrected bar has version %d, want %d", name, p.Version, corrected.Version)
+		}
+	}
+	// Every candle is acked (the correction once its rebuild was done):
+	// none waits for delivery or acknowledgement.
+	eventually(t, 30*time.Second, func() error {
+		stream, err := h.js.Stream(ctx, contract.StreamCandles)
+		if err != nil {
+			return err
+		}
+		for name := range stream.ConsumerNames(ctx).Name() {
+			c, err := stream.Consumer(ctx, name)
+			if err != nil {
+				return err
+			}
+			if info := c.CachedInfo(); info.NumAckPending+int(info.NumPending) > 0 {
+				return fmt.Errorf("consumer %s: %d candles unacked, %d undelivered", name, info.NumAckPending, info.NumPending)
+			}
+		}
+		return nil
+	})
 }

@@ -122,6 +122,9 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	c.engine = e
 	bg, stopBackground := context.WithCancel(context.Background())
 	svc.OnShutdown(func(context.Context) error { stopBackground(); return nil })
+	// Shutdown runs these in reverse: the consumer stops first, then the
+	// rebuilds its candles started end.
+	svc.OnShutdown(e.Close)
 	svc.OnShutdown(c.Stop)
 	c.Claim(ctx)
 	if _, err := service.FollowStates(ctx, bg, rt.JS, rt.Log, applyState(rt, e)); err != nil {
