@@ -12,6 +12,7 @@
 #   make test-ha the high-availability tests (build tag ha): NATS, Redis and PostgreSQL
 #                each killed and restarted under the services, and the 3-host kill
 #                rotation (needs root for network namespaces; skipped without it)
+#   make test-upgrade   mixed versions: the previous release's binaries beside this tree's (build tag upgrade)
 #   make fuzz    every fuzz target for FUZZTIME (default 20s) each
 #   make bench   the benchmark runner, or every module's Go benchmarks
 #   make lint    go vet, staticcheck, gofmt
@@ -33,7 +34,7 @@ LDFLAGS := -X vigil.dev/pkg/service.Revision=$(shell git rev-parse --short HEAD 
 # Tools that deps installs with go install land here.
 export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
 
-.PHONY: deps run build test test-scaleout test-drill test-ha fuzz bench lint clean
+.PHONY: deps run build test test-scaleout test-drill test-ha test-upgrade fuzz bench lint clean
 
 deps:
 	bash deploy/scripts/deps.sh
@@ -80,6 +81,15 @@ test-drill: deps
 # (network namespaces, root) killed in turn; minutes, so not in make test.
 test-ha: deps
 	$(GO) test $(PARALLEL) -count=1 -timeout 25m -tags ha -run 'Restart$$|TestKillRotation' $(GOTESTFLAGS) ./deploy/multihost/
+
+# The rolling-upgrade test (issue 20, 2; docs/deploy.md "Rolling
+# upgrades"): one instance of every service built from an older commit
+# (UPGRADE_FROM, default the test's upgradeFrom; built once into
+# .run/revisions/<commit>/bin, minutes the first time) beside one built
+# from this tree, through a command sequence; not part of make test.
+UPGRADE_FROM ?=
+test-upgrade: deps
+	VIGIL_UPGRADE_FROM=$(UPGRADE_FROM) $(GO) test $(PARALLEL) -count=1 -timeout 20m -tags upgrade -run 'TestMixedVersions' $(GOTESTFLAGS) ./services/control/e2e/
 
 # make fuzz runs every fuzz target (func FuzzX in a _test.go of pkg or
 # services) for FUZZTIME each, one after the other (go test -fuzz takes one

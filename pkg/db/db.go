@@ -125,6 +125,12 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if err != nil {
 		return fmt.Errorf("%w: embedded migrations: %w", ErrMigrate, err)
 	}
+	return migrate(ctx, pool, migrations)
+}
+
+// migrate applies the migrations of fsys (the rolling-upgrade test gives
+// it an older release's set).
+func migrate(ctx context.Context, pool *pgxpool.Pool, migrations fs.FS) error {
 	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(1, migrationLockTimeout))
 	if err != nil {
 		return fmt.Errorf("%w: session locker: %w", ErrMigrate, err)

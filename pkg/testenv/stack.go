@@ -122,8 +122,15 @@ type Proc struct {
 // failed.
 func (s *Stack) Start(service, instance string, extra ...string) *Proc {
 	s.t.Helper()
+	return s.StartBinary(s.Bin(service), service, instance, extra...)
+}
+
+// StartBinary is Start with the binary at path binary, e.g. another
+// version's (BuildRevision).
+func (s *Stack) StartBinary(binary, service, instance string, extra ...string) *Proc {
+	s.t.Helper()
 	sp, err := localstack.StartService(context.Background(), s.nc, localstack.ServiceOptions{
-		Binary: s.Bin(service), Service: service, Instance: instance,
+		Binary: binary, Service: service, Instance: instance,
 		Env: s.Environ(extra...), LogPath: filepath.Join(s.t.TempDir(), instance+".log"),
 		RegisterTimeout: 60 * time.Second,
 	})
