@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,7 +36,8 @@ type StateFollower struct {
 	done chan struct{}
 }
 
-// Done is closed once the follower has stopped (its bg context ended).
+// Done is closed once the follower has stopped (its bg context ended) and
+// the applies in flight have returned.
 func (f *StateFollower) Done() <-chan struct{} { return f.done }
 
 // rewatchEvery is how long FollowStates waits before it watches again after
@@ -48,15 +50,21 @@ const (
 
 // FollowStates is every service instance's view of the users' desired
 // states. It hands apply every user's current state before it returns, so
-// the instance starts converged (ctx bounds that first read), then every
-// change, in order, until bg ends. When the watch ends (NATS restarted, the
+// the instance starts converged (ctx bounds that first read and those
+// applies), then every change until bg ends. Each user's states are
+// applied on a goroutine of that user's own (stateLanes), in order, one at
+// a time, so one user's slow apply never delays another user's; a state
+// handed over while an earlier one of the same user is still applied
+// waits, and a newer one replaces it (apply gets whole states, the newest
+// is the one that counts). apply must therefore be safe for concurrent
+// calls for different users. When the watch ends (NATS restarted, the
 // bucket lost and recreated) it watches again, replaying the current states
 // (apply must be idempotent) and reporting as Deleted the users whose entry
 // vanished meanwhile. Entries under a bad key, that do not decode (decoded as
 // a peer's message: unknown fields are tolerated) or that fail
 // DesiredState.Validate are logged and skipped.
 func FollowStates(ctx, bg context.Context, js jetstream.JetStream, log *slog.Logger, apply func(context.Context, UserState)) (*StateFollower, error) {
-	s := &stateWatch{js: js, log: log, apply: apply, known: map[string]bool{}}
+	s := &stateWatch{js: js, log: log, lanes: newStateLanes(apply), known: map[string]bool{}}
 	w, created, err := s.watch(bg)
 	if err != nil {
 		return nil, err
@@ -69,6 +77,7 @@ func FollowStates(ctx, bg context.Context, js jetstream.JetStream, log *slog.Log
 	go func() {
 		defer close(f.done)
 		s.follow(bg, w, created)
+		_ = s.lanes.wait(context.Background())
 	}()
 	return f, nil
 }
@@ -78,7 +87,7 @@ func FollowStates(ctx, bg context.Context, js jetstream.JetStream, log *slog.Log
 type stateWatch struct {
 	js    jetstream.JetStream
 	log   *slog.Logger
-	apply func(context.Context, UserState)
+	lanes *stateLanes
 	known map[string]bool
 }
 
@@ -130,7 +139,8 @@ func (s *stateWatch) sameBucket(ctx context.Context, created time.Time) bool {
 var errWatchEnded = errors.New("the watch ended")
 
 // loadCurrent hands over w's current values, up to the marker that ends
-// them, then reports as deleted the known users that were not among them.
+// them, then reports as deleted the known users that were not among them,
+// and waits until all of that is applied.
 func (s *stateWatch) loadCurrent(ctx context.Context, w jetstream.KeyWatcher) error {
 	present := map[string]bool{}
 	for {
@@ -147,7 +157,7 @@ func (s *stateWatch) loadCurrent(ctx context.Context, w jetstream.KeyWatcher) er
 						s.handOver(ctx, UserState{User: user, Deleted: true})
 					}
 				}
-				return nil
+				return s.lanes.wait(ctx)
 			}
 			if user, ok := s.handle(ctx, e); ok {
 				present[user] = true
@@ -233,12 +243,102 @@ func (s *stateWatch) handle(ctx context.Context, e jetstream.KeyValueEntry) (str
 	return user, true
 }
 
-// handOver calls apply and keeps track of the present users.
+// handOver queues us on its user's lane and keeps track of the present
+// users.
 func (s *stateWatch) handOver(ctx context.Context, us UserState) {
 	if us.Deleted {
 		delete(s.known, us.User)
 	} else {
 		s.known[us.User] = true
 	}
-	s.apply(ctx, us)
+	s.lanes.hand(ctx, us)
+}
+
+// maxConcurrentApplies bounds how many users' states are applied at once
+// (at start every user's is handed over together): one slow user takes
+// one of them, the others go on.
+const maxConcurrentApplies = 8
+
+// stateLanes apply each user's states on a goroutine of that user's own,
+// one at a time and in order, at most maxConcurrentApplies users at once;
+// while one is applied, at most one more waits (the newest handed over).
+// A lane's goroutine ends when it has nothing left.
+type stateLanes struct {
+	apply func(context.Context, UserState)
+	slots chan struct{}
+
+	mu sync.Mutex
+	// next holds, per user with a lane, the state waiting behind the
+	// one being applied (nil: none).
+	next map[string]*queuedState
+	// idle are closed when the last lane ends.
+	idle []chan struct{}
+}
+
+// queuedState is a state waiting on its lane, with the context it was
+// handed over in.
+type queuedState struct {
+	ctx context.Context
+	us  UserState
+}
+
+func newStateLanes(apply func(context.Context, UserState)) *stateLanes {
+	return &stateLanes{apply: apply, slots: make(chan struct{}, maxConcurrentApplies), next: map[string]*queuedState{}}
+}
+
+// hand queues us on its user's lane, replacing a state that waits there,
+// and starts the lane when it is idle.
+func (l *stateLanes) hand(ctx context.Context, us UserState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, running := l.next[us.User]; running {
+		l.next[us.User] = &queuedState{ctx: ctx, us: us}
+		return
+	}
+	l.next[us.User] = nil
+	go l.run(ctx, us)
+}
+
+// run applies us, then whatever waits on its user's lane, until nothing
+// does.
+func (l *stateLanes) run(ctx context.Context, us UserState) {
+	for {
+		l.slots <- struct{}{}
+		l.apply(ctx, us)
+		<-l.slots
+		l.mu.Lock()
+		q := l.next[us.User]
+		if q == nil {
+			delete(l.next, us.User)
+			if len(l.next) == 0 {
+				for _, c := range l.idle {
+					close(c)
+				}
+				l.idle = nil
+			}
+			l.mu.Unlock()
+			return
+		}
+		l.next[us.User] = nil
+		l.mu.Unlock()
+		ctx, us = q.ctx, q.us
+	}
+}
+
+// wait waits until every lane is idle, or ctx ends.
+func (l *stateLanes) wait(ctx context.Context) error {
+	l.mu.Lock()
+	if len(l.next) == 0 {
+		l.mu.Unlock()
+		return nil
+	}
+	done := make(chan struct{})
+	l.idle = append(l.idle, done)
+	l.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -126,5 +127,85 @@ func TestFollowStatesNeedsTheBucket(t *testing.T) {
 	_, err := service.FollowStates(ctx, ctx, js, slog.New(slog.NewTextHandler(io.Discard, nil)), func(context.Context, service.UserState) {})
 	if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		t.Fatalf("err = %v, want bucket not found", err)
+	}
+}
+
+// TestFollowStatesDoesNotSerialiseUsers: one user's slow apply does not
+// delay another user's: while slow's first state is still being applied,
+// fast's states are applied; slow's states are applied one at a time and
+// in order, a newer one replacing the one that waited, so the last one
+// applied is the newest.
+func TestFollowStatesDoesNotSerialiseUsers(t *testing.T) {
+	ctx := context.Background()
+	_, js := testenv.Connect(t, testenv.StartNATS(t).URL())
+	if err := natsx.EnsureStreams(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, contract.BucketState)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(user string, mode contract.Mode) {
+		t.Helper()
+		doc, _ := json.Marshal(contract.DesiredState{User: user, UserID: 1, ExchangeID: 2, Mode: mode})
+		if _, err := kv.Put(ctx, contract.StateKey(user), doc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var slowApplied []contract.Mode
+	slowRunning := 0
+	seen := &seenStates{users: map[string]*contract.DesiredState{}}
+	apply := func(ctx context.Context, us service.UserState) {
+		if us.User == "slow" {
+			mu.Lock()
+			slowRunning++
+			if slowRunning > 1 {
+				t.Errorf("two of slow's states applied at once")
+			}
+			first := len(slowApplied) == 0
+			mu.Unlock()
+			if first {
+				<-release
+			}
+			mu.Lock()
+			slowApplied = append(slowApplied, us.State.Mode)
+			slowRunning--
+			mu.Unlock()
+		}
+		seen.apply(ctx, us)
+	}
+	bg, stop := context.WithCancel(ctx)
+	follower, err := service.FollowStates(ctx, bg, js, slog.New(slog.NewTextHandler(io.Discard, nil)), apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put("slow", contract.ModePositionMonitor)
+	put("slow", contract.ModeScalperMACDV)
+	put("fast", contract.ModePositionMonitor)
+	put("slow", contract.ModeScalperOrderbook)
+	put("fast", contract.ModeScalperMACDV)
+	testenv.WaitFor(t, 10*time.Second, "fast's states applied while slow's first waits", func() bool {
+		return seen.mode("fast") == "scalper-macdv"
+	})
+	if got := seen.mode("slow"); got != "unseen" {
+		t.Fatalf("slow is %s while its first apply is blocked", got)
+	}
+	close(release)
+	testenv.WaitFor(t, 10*time.Second, "slow's newest state applied", func() bool {
+		return seen.mode("slow") == "scalper-orderbook"
+	})
+	mu.Lock()
+	got := slices.Clone(slowApplied)
+	mu.Unlock()
+	if got[0] != contract.ModePositionMonitor || got[len(got)-1] != contract.ModeScalperOrderbook || len(got) > 3 {
+		t.Fatalf("slow's states applied %v: want position-monitor first, scalper-orderbook last, none twice", got)
+	}
+	stop()
+	select {
+	case <-follower.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the follower did not stop when its context ended")
 	}
 }
