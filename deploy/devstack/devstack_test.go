@@ -235,8 +235,8 @@ func TestDevStack(t *testing.T) {
 			`(?m)^SERVICE\s+INSTANCE\s+HOST\s+UPTIME\s+USERS\s+LAG$`,
 			`(?m)^vigil-feed\s+\S+\s+\S+\s+\d+s\s+1\s+\S+`,
 			`(?m)^vigil-indicators\s+\S+\s+\S+\s+\d+s\s+1\s`,
-			`(?m)^vigil-alerts\s+\S+\s+\S+\s+\d+s\s+1\s`,
-			`(?m)^vigil-control\s+\S+`,
+			`(?m)^vigil-alerts\s+\S+\s+\S+\s+\d+s\s+1\s+\d+ pending$`,
+			`(?m)^vigil-control\s+\S+\s+\S+\s+\d+s\s+1\s+-$`,
 		} {
 			if !regexp.MustCompile(want).Match(out) {
 				t.Errorf("vigilctl top output does not match %s\n%s", want, out)

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/membership"
 )
 
 // alertWindow is the window of top's ALERTS/1M column.
@@ -41,12 +42,17 @@ type TopReport struct {
 type TopInstance struct {
 	InstanceStatus
 	// Users counts the users the instance owns (-1: its status did not
-	// answer).
+	// answer). For vigil-control: the users of KV VIGIL_STATE whose
+	// commands it runs (membership.Owner over the members it reports).
 	Users int `json:"users"`
 	// LagMs is the largest lag the instance reports over its users (feed:
 	// age of the last live data; indicators: candle to indicator), -1 when
 	// it reports none.
 	LagMs int64 `json:"lag_ms"`
+	// Pending is the instance's consumer backlog, messages not delivered
+	// or not acknowledged yet (vigil-alerts: indicator updates), -1 when
+	// it reports none.
+	Pending int64 `json:"pending"`
 }
 
 // SourceClock is a feed instance's market data source and clock.
@@ -71,6 +77,11 @@ type serviceStatus struct {
 			LagMs *int64 `json:"lag_ms"`
 		} `json:"freshness"`
 	} `json:"users"`
+	// Consumer is vigil-alerts' backlog on VIGIL_INDICATORS.
+	Consumer *struct {
+		Pending    int64 `json:"pending"`
+		AckPending int64 `json:"ack_pending"`
+	} `json:"consumer"`
 	Source       string `json:"source"`
 	SourceStatus struct {
 		Clock   string    `json:"clock"`
@@ -93,7 +104,8 @@ func newTopCmd(sys IO, conn *connFlags) *cobra.Command {
              last minute (from KV VIGIL_STATE, vigil-control, vigil-feed and
              the VIGIL_ALERTS stream)
   instances: service, instance, host, uptime, users owned, lag (from
-             $SRV.INFO, $SRV.STATS and each service's status endpoint)
+             $SRV.INFO, $SRV.STATS and each service's status endpoint;
+             vigil-alerts' lag is its consumer's pending updates)
 
 and the feed's market source with its clock (a simulator says which clock
 it runs). When stdout is not a terminal, or with --once, it prints one
@@ -181,6 +193,7 @@ func collectTop(ctx context.Context, nc *nats.Conn, wait time.Duration) (TopRepo
 		statusErr error
 		alertsErr error
 		replies   = map[contract.Svc][]*nats.Msg{}
+		controls  []*nats.Msg
 	)
 	wg.Go(func() {
 		r, err := collectStatus(ctx, nc, "", wait)
@@ -197,6 +210,12 @@ func collectTop(ctx context.Context, nc *nats.Conn, wait time.Duration) (TopRepo
 			replies[svc] = msgs
 		})
 	}
+	wg.Go(func() {
+		msgs := gather(ctx, nc, controlStatusSubject, body, wait)
+		mu.Lock()
+		defer mu.Unlock()
+		controls = msgs
+	})
 	wg.Go(func() {
 		counts, err := alertsSince(ctx, nc, now.Add(-alertWindow), max(wait, 5*time.Second))
 		mu.Lock()
@@ -222,10 +241,19 @@ func collectTop(ctx context.Context, nc *nats.Conn, wait time.Duration) (TopRepo
 			}
 		}
 	}
+	users := make([]string, 0, len(report.Users))
+	for _, u := range report.Users {
+		users = append(users, u.User)
+	}
+	for _, m := range controls {
+		if id, o, ok := controlOwnership(m.Data, users); ok {
+			owned[id] = o
+		}
+	}
 	for _, in := range report.Services {
-		ti := TopInstance{InstanceStatus: in, Users: -1, LagMs: -1}
+		ti := TopInstance{InstanceStatus: in, Users: -1, LagMs: -1, Pending: -1}
 		if o, ok := owned[in.ID]; ok {
-			ti.Users, ti.LagMs = o.users, o.lagMs
+			ti.Users, ti.LagMs, ti.Pending = o.users, o.lagMs, o.pending
 		}
 		report.Instances = append(report.Instances, ti)
 	}
@@ -243,16 +271,42 @@ func collectTop(ctx context.Context, nc *nats.Conn, wait time.Duration) (TopRepo
 	return report, nil
 }
 
-// ownership is what one instance owns: users and the largest lag.
+// ownership is what one instance owns: users, the largest lag and its
+// consumer's backlog.
 type ownership struct {
-	users int
-	lagMs int64
+	users   int
+	lagMs   int64
+	pending int64
+}
+
+// controlOwnership reads a vigil-control status reply: the instance's id
+// and, of users (the users of KV VIGIL_STATE), how many it owns by the
+// membership it reports (control runs a user's commands on the member
+// membership.Owner names). ok is false for a reply that is not one.
+func controlOwnership(reply []byte, users []string) (id string, o ownership, ok bool) {
+	var r contract.SvcReply
+	var st struct {
+		Members []string `json:"members"`
+	}
+	if json.Unmarshal(reply, &r) != nil || !r.OK || r.Instance == "" || json.Unmarshal(r.Result, &st) != nil {
+		return "", o, false
+	}
+	o = ownership{lagMs: -1, pending: -1}
+	for _, u := range users {
+		if membership.Owner(st.Members, u) == r.Instance {
+			o.users++
+		}
+	}
+	return r.Instance, o, true
 }
 
 // ownershipOf counts the users an instance's status says it owns and its
-// largest lag over them.
+// largest lag over them, and reads its consumer's backlog.
 func ownershipOf(st serviceStatus) ownership {
-	o := ownership{lagMs: -1}
+	o := ownership{lagMs: -1, pending: -1}
+	if st.Consumer != nil {
+		o.pending = st.Consumer.Pending + st.Consumer.AckPending
+	}
 	for _, u := range st.Users {
 		if u.Owner != nil && !*u.Owner {
 			continue
@@ -368,18 +422,31 @@ func printTop(w io.Writer, r TopReport) {
 				continue
 			}
 			found = true
-			users, lag := "-", "-"
+			users := "-"
 			if in.Users >= 0 {
 				users = fmt.Sprint(in.Users)
 			}
-			if in.LagMs >= 0 {
-				lag = formatLag(time.Duration(in.LagMs) * time.Millisecond)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", svc, dash(in.Instance), dash(in.Host), uptimeText(r.At, in.Started), users, lag)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", svc, dash(in.Instance), dash(in.Host), uptimeText(r.At, in.Started), users, lagText(in))
 		}
 		if !found {
 			fmt.Fprintf(tw, "%s\t(no instance answers)\t\t\t\t\n", svc)
 		}
 	}
 	_ = tw.Flush()
+}
+
+// lagText is top's LAG of an instance: its lag, its consumer's backlog
+// ("12 pending"), both, or "-".
+func lagText(in TopInstance) string {
+	var parts []string
+	if in.LagMs >= 0 {
+		parts = append(parts, formatLag(time.Duration(in.LagMs)*time.Millisecond))
+	}
+	if in.Pending >= 0 {
+		parts = append(parts, fmt.Sprintf("%d pending", in.Pending))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
 }

@@ -6,6 +6,9 @@ import (
 	"regexp"
 	"testing"
 	"time"
+
+	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/membership"
 )
 
 func TestOwnershipCountsOwnedUsersAndTheLargestLag(t *testing.T) {
@@ -18,6 +21,7 @@ func TestOwnershipCountsOwnedUsersAndTheLargestLag(t *testing.T) {
 		{"feed", `{"users":{"a":{"owner":true,"freshness":{"BTC-USD":{"lag_ms":120},"ETH-USD":{"lag_ms":900}}},"b":{"owner":false,"freshness":{"BTC-USD":{"lag_ms":99999}}}}}`, 1, 900},
 		{"indicators", `{"users":{"a":{"lag_ms":4.6},"b":{"lag_ms":12.2}}}`, 2, 12},
 		{"alerts without lag", `{"users":{"a":{},"b":{},"c":{}}}`, 3, -1},
+		{"alerts with its consumer", `{"users":{"a":{}},"consumer":{"pending":12,"ack_pending":3}}`, 1, -1},
 		{"no users", `{"users":{}}`, 0, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -25,10 +29,53 @@ func TestOwnershipCountsOwnedUsersAndTheLargestLag(t *testing.T) {
 			if err := json.Unmarshal([]byte(tc.status), &st); err != nil {
 				t.Fatal(err)
 			}
-			if o := ownershipOf(st); o.users != tc.users || o.lagMs != tc.lagMs {
-				t.Errorf("ownership %+v, want %d users, lag %d ms", o, tc.users, tc.lagMs)
+			wantPending := int64(-1)
+			if st.Consumer != nil {
+				wantPending = 15
+			}
+			if o := ownershipOf(st); o.users != tc.users || o.lagMs != tc.lagMs || o.pending != wantPending {
+				t.Errorf("ownership %+v, want %d users, lag %d ms, %d pending", o, tc.users, tc.lagMs, wantPending)
 			}
 		})
+	}
+}
+
+// TestControlOwnershipCountsTheUsersItRuns: each control instance owns the
+// users membership.Owner gives it among the members it reports; together
+// they own every user once; a failed or foreign reply is skipped.
+func TestControlOwnershipCountsTheUsersItRuns(t *testing.T) {
+	users := []string{"alice", "bob", "carol", "dave", "erin", "frank", "grace"}
+	members := []string{"ID-A", "ID-B"}
+	reply := func(id string) []byte {
+		result, _ := json.Marshal(map[string]any{"instance": "control-x", "members": members})
+		b, _ := json.Marshal(contract.SvcReply{Service: contract.ServiceControl, Instance: id, OK: true, Result: result})
+		return b
+	}
+	total := 0
+	for _, id := range members {
+		got, o, ok := controlOwnership(reply(id), users)
+		if !ok || got != id || o.lagMs != -1 || o.pending != -1 {
+			t.Fatalf("controlOwnership(%s) = %q %+v %v", id, got, o, ok)
+		}
+		want := 0
+		for _, u := range users {
+			if membership.Owner(members, u) == id {
+				want++
+			}
+		}
+		if o.users != want {
+			t.Errorf("%s owns %d users, want %d", id, o.users, want)
+		}
+		total += o.users
+	}
+	if total != len(users) {
+		t.Errorf("the instances own %d users together, want %d", total, len(users))
+	}
+	failed, _ := json.Marshal(contract.SvcReply{Instance: "ID-A", OK: false})
+	for _, bad := range [][]byte{failed, []byte("not json")} {
+		if _, _, ok := controlOwnership(bad, users); ok {
+			t.Errorf("controlOwnership(%s) ok", bad)
+		}
 	}
 }
 
@@ -48,8 +95,10 @@ func TestPrintTop(t *testing.T) {
 			{User: "ops", Paused: true, Mode: "position-monitor", Symbols: []string{"ETH-USD"}},
 		}},
 		Instances: []TopInstance{
-			{InstanceStatus: InstanceStatus{Service: "vigil-feed", Instance: "feed-1", Host: "h1", Started: at.Add(-90 * time.Second)}, Users: 2, LagMs: 1500},
-			{InstanceStatus: InstanceStatus{Service: "vigil-control", Instance: "control-1", Host: "h1"}, Users: -1, LagMs: -1},
+			{InstanceStatus: InstanceStatus{Service: "vigil-feed", Instance: "feed-1", Host: "h1", Started: at.Add(-90 * time.Second)}, Users: 2, LagMs: 1500, Pending: -1},
+			{InstanceStatus: InstanceStatus{Service: "vigil-alerts", Instance: "alerts-1", Host: "h2"}, Users: 2, LagMs: -1, Pending: 7},
+			{InstanceStatus: InstanceStatus{Service: "vigil-control", Instance: "control-1", Host: "h1"}, Users: 2, LagMs: -1, Pending: -1},
+			{InstanceStatus: InstanceStatus{Service: "vigil-control", Instance: "control-2", Host: "h2"}, Users: -1, LagMs: -1, Pending: -1},
 		},
 		AlertsLastMinute: map[string]int{"demo": 3},
 		Sources:          []SourceClock{{Instance: "feed-1", Source: "sim", Clock: "wall", SimTime: at}},
@@ -63,7 +112,9 @@ func TestPrintTop(t *testing.T) {
 		`(?m)^ops\s+paused\s+position-monitor\s+-\s+0\s+-$`,
 		`(?m)^vigil-feed\s+feed-1\s+h1\s+1m30s\s+2\s+1.5s$`,
 		`(?m)^vigil-indicators\s+\(no instance answers\)`,
-		`(?m)^vigil-control\s+control-1\s+h1\s+-\s+-\s+-$`,
+		`(?m)^vigil-alerts\s+alerts-1\s+h2\s+-\s+2\s+7 pending$`,
+		`(?m)^vigil-control\s+control-1\s+h1\s+-\s+2\s+-$`,
+		`(?m)^vigil-control\s+control-2\s+h2\s+-\s+-\s+-$`,
 	} {
 		if !regexp.MustCompile(want).Match(out.Bytes()) {
 			t.Errorf("output does not match %s\n%s", want, out.String())
