@@ -203,6 +203,13 @@ func (r recovery) String() string {
 func (o *observer) waitRecovered(since time.Time, bound time.Duration, what string) recovery {
 	o.t.Helper()
 	var r recovery
+	var lagging []string
+	failed := o.t.Failed()
+	o.t.Cleanup(func() {
+		if !failed && o.t.Failed() && len(lagging) > 0 {
+			o.t.Logf("after %s, still waiting for: %v", what, lagging)
+		}
+	})
 	testenv.WaitFor(o.t, bound-time.Since(since), "every user's commands and alerts after "+what, func() bool {
 		o.mu.Lock()
 		defer o.mu.Unlock()
@@ -222,10 +229,19 @@ func (o *observer) waitRecovered(since time.Time, bound time.Duration, what stri
 				}
 			}
 		}
+		lagging = lagging[:0]
 		for _, u := range o.users {
-			if cmds[u].IsZero() || alerts[u].IsZero() {
-				return false
+			if cmds[u].IsZero() {
+				lagging = append(lagging, u+" commands")
 			}
+			if alerts[u].IsZero() {
+				lagging = append(lagging, u+" alerts")
+			}
+		}
+		if len(lagging) > 0 {
+			return false
+		}
+		for _, u := range o.users {
 			r.commands = max(r.commands, cmds[u].Sub(since))
 			r.alerts = max(r.alerts, alerts[u].Sub(since))
 		}
