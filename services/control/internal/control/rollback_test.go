@@ -73,8 +73,9 @@ func TestAllOrNothing(t *testing.T) {
 		ack := e.accept("erin", "reload-settings", "")
 		r := e.result("erin", ack.ID)
 		rb := e.checkRolledBack(t, r, before, broken, contract.CodeInternal, false)
-		checkSteps(t, r.Steps, []string{"feed.apply", "indicators.apply", "indicators.apply", "feed.apply"}, 2)
-		if !strings.Contains(rb.Reason, "vigil-feed apply not confirmed by "+stuck.ID()) || !strings.Contains(r.Error.Message, "rollback incomplete") {
+		// The restore the stuck instance refuses is sent once more.
+		checkSteps(t, r.Steps, []string{"feed.apply", "indicators.apply", "indicators.apply", "feed.apply", "feed.apply"}, 2)
+		if !strings.Contains(rb.Reason, "vigil-feed apply not confirmed by "+stuck.ID()+" (tried twice)") || !strings.Contains(r.Error.Message, "rollback incomplete") {
 			t.Errorf("reason %q, error %q: want the stuck instance %s named", rb.Reason, r.Error.Message, stuck.ID())
 		}
 		want := map[string]int64{}
@@ -92,6 +93,25 @@ func TestAllOrNothing(t *testing.T) {
 			t.Errorf("instance revisions %v, want %v", got, want)
 		}
 		e.checkApplied(t, "erin", before.State.Revision, map[*testpeer.Peer]int64{stuck: before.State.Revision + 1})
+	})
+
+	t.Run("a refused restore is retried once", func(t *testing.T) {
+		before := e.seedState(t, "hana")
+		e.setSettings(t, "hana", newSettings)
+		broken := e.peers[contract.SvcIndicators][1]
+		broken.FailRevision(contract.VerbApply, "hana", before.State.Revision+1)
+		flaky := e.peers[contract.SvcFeed][2]
+		flaky.FailRevisionOnce(contract.VerbApply, "hana", before.State.Revision)
+		ack := e.accept("hana", "reload-settings", "")
+		r := e.result("hana", ack.ID)
+		rb := e.checkRolledBack(t, r, before, broken, contract.CodeInternal, true)
+		checkSteps(t, r.Steps, []string{"feed.apply", "indicators.apply", "indicators.apply", "feed.apply", "feed.apply"}, 2)
+		for _, in := range rb.Instances {
+			if in.Revision != before.State.Revision {
+				t.Errorf("%s %s on revision %d, want %d", in.Service, in.Instance, in.Revision, before.State.Revision)
+			}
+		}
+		e.checkApplied(t, "hana", before.State.Revision, nil)
 	})
 
 	t.Run("an instance times out", func(t *testing.T) {

@@ -42,7 +42,9 @@ func (r *Runner) allOrNothing(ctx context.Context, cmd Command, prev desired.Ent
 // kvRev: it writes prev back (compare-and-set at kvRev, with a new
 // UpdatedAt so the services take it as the newest state), then re-applies
 // it in compensation steps, in reverse order, on every service where an
-// instance confirmed a forward step. It returns the command failed with
+// instance confirmed a forward step; a compensation step that one of those
+// instances does not confirm is sent once more, and the reason names the
+// instances that confirmed neither. It returns the command failed with
 // cause, the forward and compensation steps, and a contract.Rollback
 // result. The rollback runs even when ctx ended (bounded by the
 // compensation steps' timeouts), so a cancelled or shut down command does
@@ -75,8 +77,17 @@ func (r *Runner) rollback(ctx context.Context, cmd Command, prev, next contract.
 		for _, c := range comp {
 			s := r.compensate(ctx, cmd, &restored, c)
 			steps = append(steps, s)
-			if lost := unconfirmed(c.moved, s); len(lost) > 0 {
-				reasons = append(reasons, fmt.Sprintf("%s %s not confirmed by %s", c.svc.MicroName(), c.verb, strings.Join(lost, ", ")))
+			lost := unconfirmed(c.moved, s)
+			if len(lost) > 0 {
+				// Retried once: an instance may have refused or missed
+				// it for a passing reason (busy, a reconnect).
+				s = r.compensate(ctx, cmd, &restored, c)
+				steps = append(steps, s)
+				lost = unconfirmed(lost, s)
+			}
+			if len(lost) > 0 {
+				reasons = append(reasons, fmt.Sprintf("%s %s not confirmed by %s (tried twice): not restored there",
+					c.svc.MicroName(), c.verb, strings.Join(lost, ", ")))
 			}
 		}
 		rb.RolledBack = len(reasons) == 0

@@ -110,8 +110,9 @@ type Peer struct {
 	backfills map[string][]context.CancelFunc // user → running backfills
 	jobs      map[string]*peerJob             // command id → running backfill
 	gone      bool
-	// failRevs are the desired-state revisions each verb refuses.
-	failRevs map[contract.Verb]map[revOf]bool
+	// failRevs are the desired-state revisions each verb refuses: how
+	// many more times (-1: always).
+	failRevs map[contract.Verb]map[revOf]int
 	// applied is the revision of each user's last apply answered ok.
 	applied map[string]int64
 }
@@ -126,7 +127,7 @@ func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Optio
 	}
 	p := &Peer{Svc: svc, opts: opts, rec: rec, nc: nc, behaviour: map[contract.Verb]Behaviour{},
 		gate: make(chan struct{}), backfills: map[string][]context.CancelFunc{}, jobs: map[string]*peerJob{},
-		failRevs: map[contract.Verb]map[revOf]bool{}, applied: map[string]int64{}}
+		failRevs: map[contract.Verb]map[revOf]int{}, applied: map[string]int64{}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p.svc, err = service.Start(nc, service.Config{Svc: svc, Name: svc.MicroName(), Description: "test stand-in", Instance: "peer"}, log,
 		func(context.Context, string) any { return map[string]any{"peer": true} })
@@ -177,10 +178,23 @@ type revOf struct {
 func (p *Peer) FailRevision(verb contract.Verb, user string, rev int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.failRevisionTimes(verb, user, rev, -1)
+}
+
+// FailRevisionOnce is FailRevision for the first such request only.
+func (p *Peer) FailRevisionOnce(verb contract.Verb, user string, rev int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failRevisionTimes(verb, user, rev, 1)
+}
+
+// failRevisionTimes makes verb refuse user's revision rev n more times
+// (-1: always). The caller holds p.mu.
+func (p *Peer) failRevisionTimes(verb contract.Verb, user string, rev int64, n int) {
 	if p.failRevs[verb] == nil {
-		p.failRevs[verb] = map[revOf]bool{}
+		p.failRevs[verb] = map[revOf]int{}
 	}
-	p.failRevs[verb][revOf{user, rev}] = true
+	p.failRevs[verb][revOf{user, rev}] = n
 }
 
 // Applied is the desired-state revision of user's last apply this peer
@@ -243,8 +257,15 @@ func (p *Peer) handler(verb contract.Verb) service.Handler {
 		p.rec.add(c)
 		p.mu.Lock()
 		b, gate := p.behaviour[verb], p.gate
-		if req.State != nil && p.failRevs[verb][revOf{req.User, req.State.Revision}] {
-			b = Fail
+		if req.State != nil {
+			k := revOf{req.User, req.State.Revision}
+			switch n := p.failRevs[verb][k]; {
+			case n < 0:
+				b = Fail
+			case n > 0:
+				b = Fail
+				p.failRevs[verb][k] = n - 1
+			}
 		}
 		p.mu.Unlock()
 		switch {
