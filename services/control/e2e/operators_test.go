@@ -240,6 +240,6 @@ func (o *operatorStack) env(t *testing.T, extra ...string) []string {
 	}
 	env = append(env,
 		"PATH="+o.ctlDir+string(os.PathListSeparator)+o.natsDir+string(os.PathListSeparator)+os.Getenv("PATH"),
-		"NATS_URL="+o.NATSURL, "DATABASE_URL="+o.DatabaseURL, "XDG_CONFIG_HOME="+t.TempDir(), "NO_COLOR=1")
+		"NATS_URL="+o.NATSURL, "DATABASE_URL="+o.DatabaseURL, "REDIS_URL="+o.RedisURL, "XDG_CONFIG_HOME="+t.TempDir(), "NO_COLOR=1")
 	return append(env, extra...)
 }

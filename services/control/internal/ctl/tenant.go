@@ -29,8 +29,8 @@ const (
 	// DefaultTenantExchange is the exchange of a new tenant's account.
 	DefaultTenantExchange = "coinbase"
 	// defaultTenantSettings are the settings of a tenant added without
-	// --settings: position-monitor, no symbols, no rules.
-	defaultTenantSettings = `{"mode":"position-monitor","symbols":[]}`
+	// --settings: position-monitor on BTC-USD, no rules.
+	defaultTenantSettings = `{"mode":"position-monitor","symbols":["BTC-USD"]}`
 )
 
 // Default NATS account limits of a tenant (deploy/nats/auth.conf), each
@@ -144,7 +144,7 @@ func newTenantAddCmd(sys IO, conn *connFlags) *cobra.Command {
 		Use:   "add NAME",
 		Short: "Create a tenant: users row, exchange account, desired state; print its NATS account",
 		Example: `  vigilctl tenant add carol --settings carol.json
-  vigilctl tenant add carol            # position-monitor, no symbols yet`,
+  vigilctl tenant add carol            # position-monitor on BTC-USD, no rules`,
 		Args: exactArgs(1, "the tenant name (its user token)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, err := tenantArg(args)
@@ -198,7 +198,7 @@ func newTenantAddCmd(sys IO, conn *connFlags) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&settingsFile, "settings", "", "file with the tenant's settings JSON (- for stdin; default position-monitor, no symbols)")
+	f.StringVar(&settingsFile, "settings", "", "file with the tenant's settings JSON (- for stdin; default position-monitor on BTC-USD, no rules)")
 	f.StringVar(&provider, "provider", DefaultTenantProvider, "users.identity_provider")
 	f.StringVar(&exchange, "exchange", DefaultTenantExchange, "exchange of the tenant's exchange account")
 	f.DurationVar(&timeout, "timeout", DefaultWait, "how long to wait for reload-settings")
