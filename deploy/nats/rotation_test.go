@@ -292,12 +292,16 @@ func (l *resultLog) wait(id string, timeout time.Duration) *contract.Result {
 }
 
 // run sends cmd and waits for its result.
+// The command is sent again until it is acked: vigil-control answers
+// $SRV.PING (which StartService waits for) a moment before its command
+// endpoint exists, and a request in between has no responders.
 func (l *resultLog) run(t *testing.T, alice *client, cmd contract.Command, timeout time.Duration) *contract.Result {
 	t.Helper()
-	id := l.send(alice, cmd, 10*time.Second)
-	if id == "" {
-		t.Fatalf("%s: not acked", cmd)
-	}
+	var id string
+	testenv.WaitFor(t, 60*time.Second, string(cmd)+" acked", func() bool {
+		id = l.send(alice, cmd, 10*time.Second)
+		return id != ""
+	})
 	return l.wait(id, timeout)
 }
 
