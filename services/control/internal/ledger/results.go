@@ -30,7 +30,6 @@ const resultsPruneEvery = time.Hour
 type ResultIndex struct {
 	stream jetstream.Stream
 	maxAge time.Duration
-	log    *slog.Logger
 	cons   jetstream.ConsumeContext
 
 	mu        sync.Mutex
@@ -49,7 +48,7 @@ func OpenResultIndex(ctx context.Context, js jetstream.JetStream, log *slog.Logg
 	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrStore, contract.StreamResults, err)
 	}
-	x := &ResultIndex{stream: stream, maxAge: stream.CachedInfo().Config.MaxAge, log: log,
+	x := &ResultIndex{stream: stream, maxAge: stream.CachedInfo().Config.MaxAge,
 		stored: map[string]time.Time{}, caughtUp: err != nil, lastPrune: time.Now()}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{contract.ResultSubjects}, HeadersOnly: true})
