@@ -76,9 +76,10 @@ func TestCommandsInstances(t *testing.T) {
 		}
 		victim.Kill()
 		// Sent at once: the dead instance's heartbeats are still live
-		// (3 s), so it is expected and does not answer.
+		// (3 s), so it is expected and does not answer: the feed step
+		// fails when the stack's step timeout (30 s, testenv) ends.
 		ack := s.accept(t, multiUser, contract.CmdPause, "{}")
-		res := s.waitResult(t, multiUser, ack.ID, 30*time.Second)
+		res := s.waitResult(t, multiUser, ack.ID, 90*time.Second)
 		if res.Status != contract.StatusFailed || res.Error == nil {
 			t.Fatalf("pause with a killed feed instance: %s, want failed", resultString(res))
 		}

@@ -124,10 +124,17 @@ func monitorShowsServices(ctx context.Context, t *testing.T, j jaeger, nc *nats.
 	if err != nil || !ok || errorRate != 0 {
 		t.Errorf("vigil-control's error rate: %v (ok %v, err %v), want 0", errorRate, ok, err)
 	}
-	consumed, ok, err := spanMetric(j.queryURL, "calls", "vigil-indicators", "consumer")
-	if err != nil || !ok || consumed <= 0 {
-		t.Errorf("vigil-indicators' candle consumer call rate: %v (ok %v, err %v), want > 0", consumed, ok, err)
-	}
+	// The consumer's counter needs two samples with candles between them
+	// before it has a rate.
+	var consumed float64
+	testenv.WaitFor(t, 90*time.Second, "a call rate of vigil-indicators' candle consumer spans", func() bool {
+		v, ok, err := spanMetric(j.queryURL, "calls", "vigil-indicators", "consumer")
+		if err != nil {
+			t.Logf("%v", err)
+		}
+		consumed = v
+		return ok && v > 0
+	})
 	t.Logf("Monitor data after %s: %v, vigil-control error rate %v, vigil-indicators consumer calls/s %.3f",
 		time.Since(began).Round(time.Millisecond), values, errorRate, consumed)
 }
