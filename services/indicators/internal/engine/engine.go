@@ -111,6 +111,10 @@ type Engine struct {
 	series    map[contract.SeriesID]*series
 	books     map[contract.SeriesID]*book
 	forgotten []forgotten
+	// graceRuns are the series rebuilt for a candle within a forget's
+	// grace: they run (each candle rebuilds them from Redis) though none
+	// is kept in series.
+	graceRuns map[contract.SeriesID]bool
 	// builds are the series being rebuilt outside mu.
 	builds map[contract.SeriesID]*build
 
@@ -149,7 +153,7 @@ func New(cfg Config) (*Engine, error) {
 	bg, stopBg := context.WithCancel(context.Background())
 	return &Engine{store: cfg.Store, js: cfg.JS, owner: cfg.Owner, instance: cfg.Instance, name: cfg.Name, log: cfg.Log, metrics: m,
 		users: map[string]*user{}, series: map[contract.SeriesID]*series{}, books: map[contract.SeriesID]*book{},
-		builds: map[contract.SeriesID]*build{}, bg: bg, stopBg: stopBg}, nil
+		builds: map[contract.SeriesID]*build{}, graceRuns: map[contract.SeriesID]bool{}, bg: bg, stopBg: stopBg}, nil
 }
 
 // Close stops the rebuilds that candles started in the background and
@@ -450,8 +454,9 @@ func (e *Engine) Converge(ctx context.Context, token string) Change {
 	return c
 }
 
-// countUser counts the user's running series (and those being rebuilt)
-// and the warming ones (a paused user's kept series do not run). The
+// countUser counts the user's running series (those being rebuilt and
+// those a candle rebuilt within a forget's grace included) and the
+// warming ones (a paused user's kept series do not run). The
 // caller holds e.mu.
 func (e *Engine) countUser(token string) (running, warming int) {
 	for id, s := range e.series {
@@ -470,6 +475,16 @@ func (e *Engine) countUser(token string) (running, warming int) {
 	for id := range e.builds {
 		if id.User == token {
 			running++
+		}
+	}
+	for id := range e.graceRuns {
+		switch {
+		case !e.isForgotten(id):
+			delete(e.graceRuns, id)
+		case id.User == token && e.series[id] == nil && e.builds[id] == nil:
+			if _, runs := e.runsSeries(id); runs {
+				running++
+			}
 		}
 	}
 	return running, warming
@@ -561,7 +576,11 @@ func (e *Engine) finishBuild(ctx, bctx context.Context, id contract.SeriesID, b 
 	u := e.users[id.User]
 	_, runs := e.runsSeries(id)
 	switch {
-	case u == nil || !slices.Equal(b.specs, u.plan.Candle) || e.isForgotten(id):
+	case u == nil || !slices.Equal(b.specs, u.plan.Candle):
+	case e.isForgotten(id):
+		if runs {
+			e.graceRuns[id] = true
+		}
 	case runs:
 		e.series[id] = s
 	case e.keepsPaused(id, s):

@@ -249,6 +249,11 @@ func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (res Seri
 			n++
 		}
 	}
+	for id := range e.graceRuns {
+		if sel.Matches(id) {
+			delete(e.graceRuns, id)
+		}
+	}
 	e.forgotten = append(e.forgotten, forgotten{sel: sel, until: time.Now().Add(ForgetGrace)})
 	e.log.InfoContext(ctx, "series forgotten", "user_id", args.UserID, "exchange_id", args.ExchangeID, "scope", args.Scope, "series", n)
 	return SeriesResult{Owner: n > 0, Series: n}, nil
