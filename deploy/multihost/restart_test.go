@@ -4,6 +4,8 @@ package multihost
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,8 +18,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/localstack"
+	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/partition"
 	"vigil.dev/pkg/testenv"
 )
 
@@ -88,10 +93,11 @@ func (p *natsProcess) kill() {
 
 // singleHost is the whole system on one host, each dependency a process
 // of the test's own that it can kill: nats-server, redis-server (with its
-// append-only file, as in production) and PostgreSQL; one instance of
+// append-only file, as in production) and PostgreSQL; instances of
 // every service; the users of users (webhookUsers with a webhook at the
 // test's receiver).
 type singleHost struct {
+	instances int
 	nats      *natsProcess
 	redis     *localstack.Redis
 	redisDir  string
@@ -103,13 +109,13 @@ type singleHost struct {
 	obs       *observer
 }
 
-// startSingleHost starts the dependencies, the four services and the
-// observer, and waits until every user has had alerts and a succeeded
-// command.
-func startSingleHost(t *testing.T, ctx context.Context) (*singleHost, func()) {
+// startSingleHost starts the dependencies, instances of each of the four
+// services and the observer, and waits until every user has had alerts
+// and a succeeded command.
+func startSingleHost(t *testing.T, ctx context.Context, instances int) (*singleHost, func()) {
 	t.Helper()
 	bin := testenv.BuildBinaries(t)
-	h := &singleHost{nats: startNATSProcess(t, buildNATSServer(t, bin))}
+	h := &singleHost{instances: instances, nats: startNATSProcess(t, buildNATSServer(t, bin))}
 	h.redisDir = filepath.Join(t.TempDir(), "redis")
 	h.startRedis(t, ctx)
 	t.Cleanup(func() { _ = h.redis.Stop() })
@@ -137,20 +143,22 @@ func startSingleHost(t *testing.T, ctx context.Context) (*singleHost, func()) {
 		"VIGIL_FEED_SOURCE=sim", "VIGIL_LOG_LEVEL=debug", "VIGIL_SHUTDOWN_TIMEOUT=5s",
 		"VIGIL_WEBHOOK_ACK_WAIT=5s", "VIGIL_WEBHOOK_BACKOFF=50ms", "VIGIL_WEBHOOK_MAX_BACKOFF=1s")
 	for _, svc := range services {
-		instance := "s-" + strings.TrimPrefix(svc.binary, "vigil-")
-		p, err := localstack.StartService(ctx, h.admin, localstack.ServiceOptions{
-			Binary: filepath.Join(bin, svc.binary), Service: svc.binary, Instance: instance, Env: env,
-			LogPath: filepath.Join(t.TempDir(), instance+".log"), RegisterTimeout: time.Minute,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = p.Stop(15 * time.Second)
-			if t.Failed() {
-				t.Logf("--- %s log (last lines) ---\n%s", instance, p.Tail(25))
+		for i := 1; i <= instances; i++ {
+			instance := fmt.Sprintf("s-%s-%d", strings.TrimPrefix(svc.binary, "vigil-"), i)
+			p, err := localstack.StartService(ctx, h.admin, localstack.ServiceOptions{
+				Binary: filepath.Join(bin, svc.binary), Service: svc.binary, Instance: instance, Env: env,
+				LogPath: filepath.Join(t.TempDir(), instance+".log"), RegisterTimeout: time.Minute,
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
-		})
+			t.Cleanup(func() {
+				_ = p.Stop(15 * time.Second)
+				if t.Failed() {
+					t.Logf("--- %s log (last lines) ---\n%s", instance, p.Tail(25))
+				}
+			})
+		}
 	}
 	h.obs = newObserver(t, h.admin, users)
 	start := time.Now()
@@ -193,23 +201,111 @@ func (h *singleHost) outage(t *testing.T, what string, servesWhileDown bool, kil
 }
 
 // TestNATSRestart kills the standalone NATS server (file store) with
-// SIGKILL under the running services and starts it again: every service
-// reconnects by itself, commands and alerts come back, and nothing acked
-// is lost or doubled.
+// SIGKILL under two running instances of every service and starts it
+// again: every instance reconnects by itself, the membership and lease
+// buckets are there again, the instances share the work once more (both
+// members seen by each, every partition and user owned once), commands
+// and alerts come back, and nothing acked is lost, doubled or run twice.
 func TestNATSRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	h, verify := startSingleHost(t, ctx)
+	h, verify := startSingleHost(t, ctx, 2)
+	h.checkShared(t, ctx, "before the kill")
 	h.outage(t, "NATS", false, h.nats.kill, h.nats.start)
+	h.checkShared(t, ctx, "after the restart")
 	verify()
 }
+
+// checkShared waits until the instances share the work: the membership
+// and lease buckets exist, each instance of each service sees all its
+// service's instances as members, the partitions of indicators and of
+// alerts are owned once each (disjoint and complete), and each user is
+// owned by exactly one feed instance. It logs the shares.
+func (h *singleHost) checkShared(t *testing.T, ctx context.Context, when string) {
+	t.Helper()
+	var problem string
+	began := time.Now()
+	t.Cleanup(func() {
+		if t.Failed() && problem != "" {
+			t.Logf("work not shared %s: %s", when, problem)
+		}
+	})
+	testenv.WaitFor(t, 2*time.Minute, "the instances to share the work "+when, func() bool {
+		problem = h.sharingProblem(ctx)
+		return problem == ""
+	})
+	t.Logf("work shared by %d instances of each service %s (%s)", h.instances, when, time.Since(began).Round(100*time.Millisecond))
+}
+
+// sharingProblem is what keeps the instances from sharing the work, or "".
+func (h *singleHost) sharingProblem(ctx context.Context) string {
+	for _, bucket := range []string{membership.Bucket, partition.LeaseBucket} {
+		if _, err := h.js.KeyValue(ctx, bucket); err != nil {
+			return fmt.Sprintf("bucket %s: %v", bucket, err)
+		}
+	}
+	for _, svc := range []contract.Svc{contract.SvcFeed, contract.SvcIndicators, contract.SvcAlerts, contract.SvcControl} {
+		replies, err := testenv.CallVerb(h.admin, svc, contract.VerbStatus, nil, h.instances, 5*time.Second)
+		if err != nil {
+			return err.Error()
+		}
+		if len(replies) != h.instances {
+			return fmt.Sprintf("%d %s instances answered status, want %d", len(replies), svc, h.instances)
+		}
+		partitions := map[int]string{}
+		feedOwners := map[string][]string{}
+		for _, r := range replies {
+			var st struct {
+				Members    []string                   `json:"members"`
+				Partitions []int                      `json:"partitions"`
+				Users      map[string]json.RawMessage `json:"users"`
+			}
+			if err := json.Unmarshal(r.Result, &st); err != nil {
+				return fmt.Sprintf("%s status of %s: %v", svc, r.Instance, err)
+			}
+			if len(st.Members) != h.instances {
+				return fmt.Sprintf("%s %s sees members %v, want %d", svc, r.Instance, st.Members, h.instances)
+			}
+			for _, p := range st.Partitions {
+				if other, ok := partitions[p]; ok {
+					return fmt.Sprintf("%s partition %d owned by %s and %s", svc, p, other, r.Instance)
+				}
+				partitions[p] = r.Instance
+			}
+			for user, raw := range st.Users {
+				var u struct {
+					Owner bool `json:"owner"`
+				}
+				if json.Unmarshal(raw, &u) == nil && u.Owner {
+					feedOwners[user] = append(feedOwners[user], r.Instance)
+				}
+			}
+		}
+		switch svc {
+		case contract.SvcIndicators, contract.SvcAlerts:
+			if len(partitions) != defaultPartitions {
+				return fmt.Sprintf("%s instances own %d partitions, want all %d", svc, len(partitions), defaultPartitions)
+			}
+		case contract.SvcFeed:
+			for _, user := range users {
+				if len(feedOwners[user]) != 1 {
+					return fmt.Sprintf("user %s is owned by feed instances %v, want exactly one", user, feedOwners[user])
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// defaultPartitions is VIGIL_PARTITIONS' default, which the test keeps.
+const defaultPartitions = 64
 
 // TestRedisRestart kills redis-server (append-only file on) with SIGKILL
 // under the running services and starts it again on its port and data.
 func TestRedisRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	h, verify := startSingleHost(t, ctx)
+	h, verify := startSingleHost(t, ctx, 1)
 	h.outage(t, "Redis", false, func() {
 		if err := h.redis.Kill(); err != nil {
 			t.Fatal(err)
@@ -225,7 +321,7 @@ func TestRedisRestart(t *testing.T) {
 func TestPostgresRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	h, verify := startSingleHost(t, ctx)
+	h, verify := startSingleHost(t, ctx, 1)
 	h.outage(t, "PostgreSQL", true, h.pg.Kill, h.pg.Start)
 	verify()
 }

@@ -32,6 +32,10 @@ const (
 	SvcAlerts     Svc = "alerts"
 )
 
+// SvcControl is control itself, which answers only the status verb
+// (vigil.svc.control.status) on this scheme.
+const SvcControl Svc = "control"
+
 // MicroName is the NATS micro service name of s (vigil-feed, ...).
 func (s Svc) MicroName() string { return "vigil-" + string(s) }
 

@@ -458,26 +458,9 @@ func diffSnapshots(before, after map[string]string) string {
 // came within 5 s.
 func (s *cmdStack) svcStatus(t *testing.T, svc string, body string, want int) []contract.SvcReply {
 	t.Helper()
-	inbox := nats.NewInbox()
-	sub, err := s.Conn().SubscribeSync(inbox)
+	out, err := testenv.CallVerb(s.Conn(), contract.Svc(svc), contract.VerbStatus, []byte(body), want, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := s.Conn().PublishRequest("vigil.svc."+svc+".status", inbox, []byte(body)); err != nil {
-		t.Fatal(err)
-	}
-	var out []contract.SvcReply
-	deadline := time.Now().Add(5 * time.Second)
-	for len(out) < want && time.Now().Before(deadline) {
-		msg, err := sub.NextMsg(time.Until(deadline))
-		if err != nil {
-			break
-		}
-		var r contract.SvcReply
-		if json.Unmarshal(msg.Data, &r) == nil {
-			out = append(out, r)
-		}
 	}
 	return out
 }

@@ -16,7 +16,7 @@ import (
 )
 
 // StatusSubject is the status verb of control, answered by every instance.
-const StatusSubject = "vigil.svc.control.status"
+var StatusSubject = contract.SvcSubject(contract.SvcControl, contract.VerbStatus)
 
 // Status is one instance's answer on StatusSubject.
 type Status struct {

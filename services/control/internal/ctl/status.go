@@ -24,7 +24,7 @@ var Services = []string{contract.ServiceFeed, contract.ServiceIndicators, contra
 
 // controlStatusSubject is vigil-control's status endpoint (every instance
 // answers).
-const controlStatusSubject = "vigil.svc.control.status"
+var controlStatusSubject = contract.SvcSubject(contract.SvcControl, contract.VerbStatus)
 
 // replyStall ends a gather when no further reply came for this long after
 // the first one.
