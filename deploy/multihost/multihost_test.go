@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -327,6 +329,7 @@ func TestAcrossHosts(t *testing.T) {
 		return got
 	}
 	testenv.WaitFor(t, 90*time.Second, "alerts of every user", func() bool { return len(alertsSince(0)) == len(users) })
+	logShares(ctx, t, raw, admin)
 	for _, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume} {
 		res := command(t, admin, "u1", cmd)
 		if res.Status != contract.StatusSucceeded {
@@ -388,6 +391,77 @@ func TestAcrossHosts(t *testing.T) {
 		return true
 	})
 	t.Logf("pause and resume succeeded on the two hosts left %v after host 2 died", time.Since(died).Round(time.Millisecond))
+}
+
+// consumerDelivery is what the partitioned consumers of a service's
+// instances had been delivered at one moment, and the stream's last
+// sequence then.
+type consumerDelivery struct {
+	delivered map[string]uint64 // by instance name
+	lastSeq   uint64
+}
+
+// deliveries reads the delivered counts of the consumers of service's
+// instances (named <service>-<instance id>) on stream.
+func deliveries(ctx context.Context, t *testing.T, js jetstream.JetStream, admin *nats.Conn, stream, service string) consumerDelivery {
+	t.Helper()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := consumerDelivery{delivered: map[string]uint64{}, lastSeq: info.State.LastSeq}
+	for name, id := range localstack.ServiceInstances(admin, service) {
+		c, err := st.Consumer(ctx, service+"-"+id)
+		if err != nil {
+			t.Fatalf("consumer of %s (%s) on %s: %v", name, id, stream, err)
+		}
+		ci, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.delivered[name] = ci.Delivered.Consumer
+	}
+	return d
+}
+
+// logShares measures, over a window of at least 500 new messages of each
+// stream, the share of VIGIL_CANDLES each host's indicators instance
+// received and of VIGIL_INDICATORS each alerts instance received, and
+// logs them. Each instance receives its partitions only: together they
+// receive each message about once (at most 20 % more: redeliveries, and
+// the counters and the stream are read a moment apart), not once per
+// instance as a consume-everything design would.
+func logShares(ctx context.Context, t *testing.T, js jetstream.JetStream, admin *nats.Conn) {
+	t.Helper()
+	for _, c := range []struct{ stream, service string }{
+		{contract.StreamCandles, "vigil-indicators"}, {contract.StreamIndicators, "vigil-alerts"},
+	} {
+		before := deliveries(ctx, t, js, admin, c.stream, c.service)
+		var after consumerDelivery
+		testenv.WaitFor(t, 2*time.Minute, "500 new messages in "+c.stream, func() bool {
+			after = deliveries(ctx, t, js, admin, c.stream, c.service)
+			return after.lastSeq >= before.lastSeq+500
+		})
+		grown := after.lastSeq - before.lastSeq
+		var total uint64
+		var shares []string
+		for _, name := range slices.Sorted(maps.Keys(after.delivered)) {
+			n := after.delivered[name] - before.delivered[name]
+			total += n
+			shares = append(shares, fmt.Sprintf("%s %d (%.1f%%)", name, n, 100*float64(n)/float64(grown)))
+		}
+		t.Logf("%s grew by %d messages; received by %s: %s; together %.2f× the stream", c.stream, grown, c.service, strings.Join(shares, ", "), float64(total)/float64(grown))
+		if len(after.delivered) != hosts {
+			t.Errorf("%s: consumers of %d instances, want %d", c.service, len(after.delivered), hosts)
+		}
+		if float64(total) > 1.2*float64(grown) {
+			t.Errorf("%s's instances received %d messages of the %d the stream grew by: more than their partitions", c.service, total, grown)
+		}
+	}
 }
 
 // command sends cmd for user as admin and waits for its result.
