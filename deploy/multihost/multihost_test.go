@@ -28,7 +28,9 @@ import (
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/localstack"
+	"vigil.dev/pkg/membership"
 	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/partition"
 	"vigil.dev/pkg/testenv"
 )
 
@@ -329,6 +331,21 @@ func TestAcrossHosts(t *testing.T) {
 		return got
 	}
 	testenv.WaitFor(t, 90*time.Second, "alerts of every user", func() bool { return len(alertsSince(0)) == len(users) })
+	// The ownership buckets the services create are replicated like the
+	// streams (VIGIL_STREAM_REPLICAS).
+	for _, bucket := range []string{membership.Bucket, partition.LeaseBucket, natsx.QueueBucket.Bucket, natsx.UsersBucket.Bucket} {
+		kv, err := raw.KeyValue(ctx, bucket)
+		if err != nil {
+			t.Fatalf("bucket %s: %v", bucket, err)
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Replicas; r != hosts {
+			t.Errorf("bucket %s has %d replicas, want %d", bucket, r, hosts)
+		}
+	}
 	logShares(ctx, t, raw, admin)
 	for _, cmd := range []contract.Command{contract.CmdPause, contract.CmdResume} {
 		res := command(t, admin, "u1", cmd)
