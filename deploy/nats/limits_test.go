@@ -4,8 +4,10 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"vigil.dev/pkg/testenv"
 )
 
 // TestTenantAccountLimits shows auth.conf's account limits on the real
@@ -36,7 +38,7 @@ func TestTenantAccountLimits(t *testing.T) {
 	if _, err := bob.SubscribeSync("vigil.result.bob.x"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the subscription limit error", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the subscription limit error", func() bool {
 		return bob.deniedContains("maximum subscriptions exceeded")
 	})
 

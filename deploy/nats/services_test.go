@@ -232,7 +232,7 @@ func TestServicesCannotActAsEachOther(t *testing.T) {
 				if err := c.Flush(); err != nil {
 					t.Fatal(err)
 				}
-				waitFor(t, fmt.Sprintf("%s publishing %s denied", svc, subject), func() bool { return c.deniedContains(subject) })
+				testenv.WaitFor(t, 30*time.Second, fmt.Sprintf("%s publishing %s denied", svc, subject), func() bool { return c.deniedContains(subject) })
 				logged := slices.ContainsFunc(srv.violations(), func(line string) bool { return strings.Contains(line, subject) })
 				if !logged {
 					t.Errorf("the server did not log the violation of %s publishing %s", svc, subject)
@@ -334,6 +334,6 @@ func tenantToolingWorks(ctx context.Context, t *testing.T, vigilctl, aliceURL st
 		if m, err := alice.Request(subject, []byte(`{"last_by_subj":"vigil.result.bob.x"}`), 500*time.Millisecond); err == nil {
 			t.Errorf("alice got an answer on %s: %s", subject, m.Data)
 		}
-		waitFor(t, "alice's "+subject+" refused", func() bool { return alice.deniedContains(subject) })
+		testenv.WaitFor(t, 30*time.Second, "alice's "+subject+" refused", func() bool { return alice.deniedContains(subject) })
 	}
 }

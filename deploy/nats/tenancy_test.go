@@ -14,6 +14,7 @@ import (
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"vigil.dev/pkg/testenv"
 )
 
 var passwords = map[string]string{
@@ -131,17 +132,6 @@ func (c *client) deniedContains(subject string) bool {
 	return false
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestTenantsAreIsolated(t *testing.T) {
 	url := startServer(t).url
 	// A stand-in control: answers every command and publishes its result.
@@ -189,7 +179,7 @@ func TestTenantsAreIsolated(t *testing.T) {
 	if _, err := alice.Request("vigil.cmd.bob.pause", []byte(`{}`), 500*time.Millisecond); !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, nats.ErrPermissionViolation) {
 		t.Fatalf("alice commanding bob: want a timeout or permission error, got %v", err)
 	}
-	waitFor(t, "a publish permission violation", func() bool { return alice.deniedContains("vigil.cmd.bob.pause") })
+	testenv.WaitFor(t, 30*time.Second, "a publish permission violation", func() bool { return alice.deniedContains("vigil.cmd.bob.pause") })
 	if seen("vigil.cmd.bob.pause") {
 		t.Fatal("control received alice's command for bob")
 	}
@@ -204,7 +194,7 @@ func TestTenantsAreIsolated(t *testing.T) {
 		}
 		alice.Flush()
 		if subject != "_INBOX.>" {
-			waitFor(t, fmt.Sprintf("subscribe %s denied", subject), func() bool { return alice.deniedContains(subject) })
+			testenv.WaitFor(t, 30*time.Second, fmt.Sprintf("subscribe %s denied", subject), func() bool { return alice.deniedContains(subject) })
 		}
 		bob := connect(t, url, "bob", "bob-pw", "_INBOX_bob")
 		if _, err := bob.Request("vigil.cmd.bob.resume", []byte(`{}`), 5*time.Second); err != nil {

@@ -18,17 +18,6 @@ func connect(t *testing.T, url string) jetstream.JetStream {
 	return js
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestOwnerIsStableAndSpread(t *testing.T) {
 	members := []string{"a", "b", "c"}
 	counts := map[string]int{}
@@ -71,7 +60,7 @@ func TestGroupFailover(t *testing.T) {
 	}
 	all := []string{"a", "b", "c"}
 	for _, g := range []*membership.Group{a, b, c} {
-		waitFor(t, g.Self()+" sees all members", func() bool { return slices.Equal(g.Members(), all) })
+		testenv.WaitFor(t, 30*time.Second, g.Self()+" sees all members", func() bool { return slices.Equal(g.Members(), all) })
 	}
 	select {
 	case <-changes:
@@ -98,11 +87,11 @@ func TestGroupFailover(t *testing.T) {
 	if err := b.Leave(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b removed", func() bool { return slices.Equal(a.Members(), []string{"a", "c"}) })
+	testenv.WaitFor(t, 30*time.Second, "b removed", func() bool { return slices.Equal(a.Members(), []string{"a", "c"}) })
 	// c dies without leaving (its connection is gone, so are its
 	// heartbeats): it drops out after the timeout.
 	jsC.Conn().Close()
-	waitFor(t, "dead c dropped", func() bool { return slices.Equal(a.Members(), []string{"a"}) })
+	testenv.WaitFor(t, 30*time.Second, "dead c dropped", func() bool { return slices.Equal(a.Members(), []string{"a"}) })
 	if !a.Owns("anything") {
 		t.Fatal("the last member owns every key")
 	}
@@ -121,11 +110,11 @@ func TestGroupOutlivesTheJoinContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a to see b after its join context ended", func() bool { return slices.Equal(a.Members(), []string{"a", "b"}) })
+	testenv.WaitFor(t, 30*time.Second, "a to see b after its join context ended", func() bool { return slices.Equal(a.Members(), []string{"a", "b"}) })
 	if err := b.Leave(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a to see b leave", func() bool { return slices.Equal(a.Members(), []string{"a"}) })
+	testenv.WaitFor(t, 30*time.Second, "a to see b leave", func() bool { return slices.Equal(a.Members(), []string{"a"}) })
 }
 
 // TestDeadMemberIsNotRevived joins next to the heartbeat of a member that
@@ -147,7 +136,7 @@ func TestDeadMemberIsNotRevived(t *testing.T) {
 	if _, err := kv.Put(ctx, "vigil-test.ghost", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the ghost's heartbeat to be older than the timeout", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the ghost's heartbeat to be older than the timeout", func() bool {
 		e, err := kv.Get(ctx, "vigil-test.ghost")
 		return err == nil && time.Since(e.Created()) > 2*opts.Timeout
 	})
@@ -164,7 +153,7 @@ func TestDeadMemberIsNotRevived(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "three more heartbeats of the live member", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "three more heartbeats of the live member", func() bool {
 		if m := g.Members(); !slices.Equal(m, []string{"live"}) {
 			t.Fatalf("the ghost was revived: %v", m)
 		}
@@ -206,7 +195,7 @@ func TestRosterFollowsEveryService(t *testing.T) {
 	if err := alerts.Leave(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a1 gone", func() bool { return len(roster.Live("vigil-alerts")) == 0 })
+	testenv.WaitFor(t, 30*time.Second, "a1 gone", func() bool { return len(roster.Live("vigil-alerts")) == 0 })
 	jsFeed.Conn().Close() // f1 dies without leaving
-	waitFor(t, "f1 timed out", func() bool { return len(roster.Live("vigil-feed")) == 0 })
+	testenv.WaitFor(t, 30*time.Second, "f1 timed out", func() bool { return len(roster.Live("vigil-feed")) == 0 })
 }

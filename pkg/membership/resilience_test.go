@@ -138,7 +138,7 @@ func waitConverged(t *testing.T, members []member, want []string) time.Duration 
 func requireStable(t *testing.T, js jetstream.JetStream, members []member, want []string, event time.Time) {
 	t.Helper()
 	ctx := context.Background()
-	waitFor(t, "two heartbeat timeouts after the event", func() bool { return time.Since(event) >= 2*resilient.Timeout })
+	testenv.WaitFor(t, 30*time.Second, "two heartbeat timeouts after the event", func() bool { return time.Since(event) >= 2*resilient.Timeout })
 	if err := converged(members, want); err != nil {
 		t.Fatalf("ownership not converged two heartbeat timeouts after the event: %v", err)
 	}
@@ -154,7 +154,7 @@ func requireStable(t *testing.T, js jetstream.JetStream, members []member, want 
 		return e.Revision()
 	}
 	first := revision()
-	waitFor(t, "four more heartbeats while ownership holds", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "four more heartbeats while ownership holds", func() bool {
 		if err := converged(members, want); err != nil {
 			t.Fatalf("ownership split again after converging: %v", err)
 		}
@@ -200,7 +200,7 @@ func TestOwnershipSurvivesANATSRestart(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			waitFor(t, "every member to stop owning while NATS is away", func() bool {
+			testenv.WaitFor(t, 30*time.Second, "every member to stop owning while NATS is away", func() bool {
 				for _, m := range members {
 					if m.Live() || slices.Contains(m.Members(), m.Self()) || slices.ContainsFunc(ownershipKeys, m.Owns) {
 						return false
@@ -209,7 +209,7 @@ func TestOwnershipSurvivesANATSRestart(t *testing.T) {
 				return true
 			})
 			startNATSProcess(t, dir, port)
-			waitFor(t, "every member to reconnect", func() bool {
+			testenv.WaitFor(t, 30*time.Second, "every member to reconnect", func() bool {
 				for _, m := range members {
 					if !m.nc.IsConnected() {
 						return false
@@ -239,7 +239,7 @@ func TestBucketDeletedOrPurgedWhileMembersRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	deleted := time.Now()
-	waitFor(t, "the bucket to be created again", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the bucket to be created again", func() bool {
 		_, err := js.KeyValue(ctx, membership.Bucket)
 		return err == nil
 	})
@@ -277,7 +277,7 @@ func TestCutOffMemberStopsOwningBeforeOthersTakeOver(t *testing.T) {
 	proxy.Cut()
 	cutAt := time.Now()
 	var selfDropped time.Duration
-	waitFor(t, "a and b to count c dead", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "a and b to count c dead", func() bool {
 		aSeesC := slices.Contains(members[0].Members(), "c")
 		bSeesC := slices.Contains(members[1].Members(), "c")
 		cLive := cut.Live()
@@ -299,7 +299,7 @@ func TestCutOffMemberStopsOwningBeforeOthersTakeOver(t *testing.T) {
 
 	reconnects := cut.nc.Stats().Reconnects
 	proxy.Restore()
-	waitFor(t, "c to reconnect", func() bool { return cut.nc.Stats().Reconnects > reconnects && cut.nc.IsConnected() })
+	testenv.WaitFor(t, 30*time.Second, "c to reconnect", func() bool { return cut.nc.Stats().Reconnects > reconnects && cut.nc.IsConnected() })
 	requireWithinTwoTimeouts(t, "network back", waitConverged(t, members, all))
 }
 
@@ -329,21 +329,21 @@ func TestOwnershipSurvivesALeaderElection(t *testing.T) {
 		return s.CachedInfo().Cluster.Leader
 	}
 	var first string
-	waitFor(t, "the bucket to have a leader", func() bool { first = leader(); return first != "" })
+	testenv.WaitFor(t, 30*time.Second, "the bucket to have a leader", func() bool { first = leader(); return first != "" })
 
 	if _, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN.KV_"+membership.Bucket, nil, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "another leader", func() bool { l := leader(); return l != "" && l != first })
+	testenv.WaitFor(t, 30*time.Second, "another leader", func() bool { l := leader(); return l != "" && l != first })
 	elected := time.Now()
 	waitConverged(t, members, names)
 	requireWithinTwoTimeouts(t, "leader stepped down (from the new leader's election)", time.Since(elected))
 	requireStable(t, js, members, names, elected)
 
 	var dead string
-	waitFor(t, "the bucket to have a leader", func() bool { dead = leader(); return dead != "" })
+	testenv.WaitFor(t, 30*time.Second, "the bucket to have a leader", func() bool { dead = leader(); return dead != "" })
 	cluster.Server(dead).Shutdown()
-	waitFor(t, "every member to be connected to a live server", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "every member to be connected to a live server", func() bool {
 		for _, m := range append(members, member{nc: nc}) {
 			if !m.nc.IsConnected() || m.nc.ConnectedServerName() == dead {
 				return false
@@ -351,7 +351,7 @@ func TestOwnershipSurvivesALeaderElection(t *testing.T) {
 		}
 		return true
 	})
-	waitFor(t, "a new leader", func() bool { l := leader(); return l != "" && l != dead })
+	testenv.WaitFor(t, 30*time.Second, "a new leader", func() bool { l := leader(); return l != "" && l != dead })
 	elected = time.Now()
 	waitConverged(t, members, names)
 	requireWithinTwoTimeouts(t, "leader's server died (from reconnection and the new leader's election)", time.Since(elected))

@@ -159,17 +159,18 @@ func (s *Stack) Instances(service string) map[string]string {
 // Stop sends SIGTERM and waits for the process to exit (SIGKILL after 15 s).
 func (p *Proc) Stop() { _ = p.ServiceProcess.Stop(15 * time.Second) }
 
-// WaitFor polls cond every 50 ms until it is true or timeout passes, then
-// fails the test naming what it waited for.
+// WaitFor polls cond (every 5 ms, backing off to 50 ms) until it is true
+// or timeout passes, then fails the test naming what it waited for.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	for !cond() {
+	// Polled every 5 ms at first, backing off to every 50 ms.
+	for pause := 5 * time.Millisecond; !cond(); pause = min(2*pause, 50*time.Millisecond) {
 		select {
 		case <-ctx.Done():
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(pause):
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/control/internal/testpeer"
 )
 
@@ -24,7 +25,7 @@ func TestCancelQueued(t *testing.T) {
 	alerts.Set(contract.VerbPause, testpeer.Hang)
 	t.Cleanup(alerts.Release)
 	held := e.accept("alice", "pause", "")
-	waitFor(t, "the pause to run", func() bool { return len(e.rec.For(held.ID)) > 0 })
+	testenv.WaitFor(t, waitTimeout, "the pause to run", func() bool { return len(e.rec.For(held.ID)) > 0 })
 	q1 := e.accept("alice", "reload-settings", "")
 	q2 := e.accept("alice", "switch-mode", `{"mode":"scalper-macdv"}`)
 	if ack, _ := e.send("alice", "clear-cache", `{"scope":"all"}`, nil); ack.Accepted || ack.Error.Code != contract.CodeBusy {
@@ -107,7 +108,7 @@ func TestCancelNeverWaits(t *testing.T) {
 	feed.Set(contract.VerbApply, testpeer.Hang)
 	t.Cleanup(feed.Release)
 	held := e.accept("alice", "reload-settings", "")
-	waitFor(t, "the reload to reach the feed", func() bool { return len(e.callsOf(held.ID, contract.VerbApply)) > 0 })
+	testenv.WaitFor(t, waitTimeout, "the reload to reach the feed", func() bool { return len(e.callsOf(held.ID, contract.VerbApply)) > 0 })
 	queued := e.accept("alice", "clear-cache", `{"scope":"all"}`)
 	c := e.accept("alice", "cancel", `{"id":"`+queued.ID+`"}`)
 	if r := e.result("alice", c.ID); r.Status != contract.StatusSucceeded {
@@ -140,7 +141,7 @@ func TestCancelRunningBackfill(t *testing.T) {
 	feed.Set(contract.VerbBackfill, testpeer.Hang)
 	t.Cleanup(feed.Release)
 	job := e.accept("alice", "force-backfill", `{"symbol":"BTC-USD","timeframes":["1h","4h"]}`)
-	waitFor(t, "the backfill to reach every feed instance", func() bool {
+	testenv.WaitFor(t, waitTimeout, "the backfill to reach every feed instance", func() bool {
 		return len(e.callsOf(job.ID, contract.VerbBackfill)) == 3
 	})
 	c := e.accept("alice", "cancel", `{"id":"`+job.ID+`"}`)

@@ -255,7 +255,7 @@ func (e *env) result(token, id string) contract.Result {
 		e.t.Fatal(err)
 	}
 	var r contract.Result
-	waitFor(e.t, "result of "+id, func() bool {
+	testenv.WaitFor(e.t, waitTimeout, "result of "+id, func() bool {
 		msg, err := stream.GetLastMsgForSubject(ctx, contract.ResultSubject(token, id))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return false
@@ -367,18 +367,6 @@ func (e *env) state(token string) desired.Entry {
 	return st
 }
 
-// waitFor polls cond until it holds or waitTimeout passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // callsOf returns the calls of command id for verb.
 func (e *env) callsOf(id string, verb contract.Verb) []testpeer.Call {
 	var out []testpeer.Call
@@ -407,7 +395,7 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 func (e *env) publishedRow(id string) logRow {
 	e.t.Helper()
 	var row logRow
-	waitFor(e.t, "result of "+id+" marked published", func() bool {
+	testenv.WaitFor(e.t, waitTimeout, "result of "+id+" marked published", func() bool {
 		var ok bool
 		row, ok = e.logRow(id)
 		return ok && row.Published

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/membership"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/control/internal/control"
 	"vigil.dev/services/control/internal/testpeer"
 )
@@ -25,7 +26,7 @@ func waitMembers(t *testing.T, insts ...*controlInstance) []string {
 		ids = append(ids, c.ID())
 	}
 	slices.Sort(ids)
-	waitFor(t, "control instances to see each other", func() bool {
+	testenv.WaitFor(t, waitTimeout, "control instances to see each other", func() bool {
 		for _, c := range insts {
 			if !slices.Equal(c.Members(), ids) {
 				return false
@@ -165,9 +166,9 @@ func TestExecutorKilled(t *testing.T) {
 	t.Cleanup(alerts.Release)
 	t.Cleanup(feed.Release)
 	job := e.accept("alice", "force-backfill", `{"symbol":"BTC-USD","timeframes":["1h"]}`)
-	waitFor(t, "the backfill to run", func() bool { return len(e.callsOf(job.ID, contract.VerbBackfill)) > 0 })
+	testenv.WaitFor(t, waitTimeout, "the backfill to run", func() bool { return len(e.callsOf(job.ID, contract.VerbBackfill)) > 0 })
 	running := e.accept("alice", "reload-settings", "")
-	waitFor(t, "the reload to reach alerts", func() bool { return len(e.callsOf(running.ID, contract.VerbApply)) == 3 })
+	testenv.WaitFor(t, waitTimeout, "the reload to reach alerts", func() bool { return len(e.callsOf(running.ID, contract.VerbApply)) == 3 })
 	queued := e.accept("alice", "switch-mode", `{"mode":"scalper-macdv"}`)
 
 	killed := time.Now()

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 )
 
 // TestRejections sends requests that must be rejected before anything is
@@ -213,7 +214,7 @@ func TestDuplicateIDs(t *testing.T) {
 		}
 	})
 	var n int
-	waitFor(t, "the audit rows", func() bool {
+	testenv.WaitFor(t, waitTimeout, "the audit rows", func() bool {
 		err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM command_log WHERE id LIKE 'dup-%' AND finished_at IS NOT NULL`).Scan(&n)
 		return err == nil && n == 5
 	})

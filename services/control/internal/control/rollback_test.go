@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/control/internal/desired"
 	"vigil.dev/services/control/internal/testpeer"
 )
@@ -136,7 +137,7 @@ func TestAllOrNothing(t *testing.T) {
 		// The slow instance takes both requests in order once it goes on:
 		// it ends on the restored revision.
 		slow.Release()
-		waitFor(t, "the slow instance to apply the restored revision", func() bool {
+		testenv.WaitFor(t, waitTimeout, "the slow instance to apply the restored revision", func() bool {
 			calls := 0
 			for _, c := range e.callsOf(ack.ID, contract.VerbApply) {
 				if c.Instance == slow.ID() {
@@ -156,7 +157,7 @@ func TestAllOrNothing(t *testing.T) {
 		t.Cleanup(slow.Release)
 		dying := e.peers[contract.SvcFeed][2]
 		ack := e.accept("gina", "reload-settings", "")
-		waitFor(t, "feed instance to apply the new revision", func() bool { return dying.Applied("gina") == before.State.Revision+1 })
+		testenv.WaitFor(t, waitTimeout, "feed instance to apply the new revision", func() bool { return dying.Applied("gina") == before.State.Revision+1 })
 		dying.Disappear()
 		r := e.result("gina", ack.ID)
 		rb := e.checkRolledBack(t, r, before, slow, contract.CodeTimeout, false)

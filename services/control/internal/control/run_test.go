@@ -36,11 +36,11 @@ func TestRun(t *testing.T) {
 		cancel()
 		<-returned
 	})
-	waitFor(t, "vigil-control to answer $SRV.PING", func() bool {
+	testenv.WaitFor(t, waitTimeout, "vigil-control to answer $SRV.PING", func() bool {
 		_, err := e.nc.Request("$SRV.PING.vigil-control", nil, 200*time.Millisecond)
 		return err == nil
 	})
-	waitFor(t, "bob's desired state to be seeded", func() bool { return e.state("bob").Exists() })
+	testenv.WaitFor(t, waitTimeout, "bob's desired state to be seeded", func() bool { return e.state("bob").Exists() })
 	if st := e.state("bob").State; st.Revision != 1 || st.Paused || st.Mode != contract.ModePositionMonitor || st.ExchangeID != e.users["bob"].exchange {
 		t.Errorf("seeded state %+v", st)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/control/internal/testpeer"
 )
 
@@ -102,7 +103,7 @@ func TestPriority(t *testing.T) {
 	slow.Set(contract.VerbForget, testpeer.Hang)
 	t.Cleanup(slow.Release)
 	first := e.accept("alice", "clear-cache", `{"scope":"all"}`)
-	waitFor(t, "the first clear-cache to reach every indicators instance", func() bool {
+	testenv.WaitFor(t, waitTimeout, "the first clear-cache to reach every indicators instance", func() bool {
 		return len(e.callsOf(first.ID, contract.VerbForget)) == 3
 	})
 	queued := e.accept("alice", "clear-cache", `{"scope":"symbol","symbol":"BTC-USD"}`)
@@ -155,7 +156,7 @@ func TestBackfillBesideQueue(t *testing.T) {
 	feed.Set(contract.VerbBackfill, testpeer.Hang)
 	t.Cleanup(feed.Release)
 	running := e.accept("alice", "force-backfill", `{"symbol":"BTC-USD","timeframes":["1h","4h"]}`)
-	waitFor(t, "the backfill to reach every feed instance", func() bool {
+	testenv.WaitFor(t, waitTimeout, "the backfill to reach every feed instance", func() bool {
 		return len(e.callsOf(running.ID, contract.VerbBackfill)) == 3
 	})
 	queued := e.accept("alice", "force-backfill", `{"symbol":"ETH-USD"}`)
@@ -200,7 +201,7 @@ func TestQueueBusy(t *testing.T) {
 	alerts.Set(contract.VerbPause, testpeer.Hang)
 	t.Cleanup(alerts.Release)
 	held := e.accept("alice", "pause", "")
-	waitFor(t, "the pause to run", func() bool { return len(e.rec.For(held.ID)) > 0 })
+	testenv.WaitFor(t, waitTimeout, "the pause to run", func() bool { return len(e.rec.For(held.ID)) > 0 })
 	q1 := e.accept("alice", "reload-settings", "")
 	q2 := e.accept("alice", "switch-mode", `{"mode":"scalper-macdv"}`)
 	if q1.Position != 1 || q2.Position != 2 {
@@ -232,5 +233,5 @@ func TestQueueBusy(t *testing.T) {
 	if resumed, first := e.publishedRow(r2.ID), e.publishedRow(q1.ID); !resumed.Finished.Before(*first.Started) {
 		t.Errorf("the resume ended at %v, after the queued reload-settings started at %v", resumed.Finished, first.Started)
 	}
-	waitFor(t, "the audit rows of the 6 accepted commands", func() bool { return e.logCount() == 6 })
+	testenv.WaitFor(t, waitTimeout, "the audit rows of the 6 accepted commands", func() bool { return e.logCount() == 6 })
 }

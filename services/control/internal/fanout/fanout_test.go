@@ -85,7 +85,7 @@ func TestCall(t *testing.T) {
 		if _, err := kv.Put(context.Background(), "vigil-feed.ghost", []byte("now")); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "ghost to be live", func() bool { return slices.Contains(members.Live("vigil-feed"), "ghost") })
+		testenv.WaitFor(t, 30*time.Second, "ghost to be live", func() bool { return slices.Contains(members.Live("vigil-feed"), "ghost") })
 		a, err := caller.Call(context.Background(), contract.SvcFeed, contract.VerbPause, req, 300*time.Millisecond)
 		if err == nil || a.Step.Instances != 4 || a.Step.Acked != 3 || !slices.Equal(a.Step.Missing, []string{"ghost"}) ||
 			a.Step.Error.Code != contract.CodeTimeout || !strings.Contains(a.Step.Error.Message, "ghost (no answer within 300ms)") {
@@ -100,7 +100,7 @@ func TestCall(t *testing.T) {
 		if err := kv.Delete(context.Background(), "vigil-feed.ghost"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "ghost to leave", func() bool { return !slices.Contains(members.Live("vigil-feed"), "ghost") })
+		testenv.WaitFor(t, 30*time.Second, "ghost to leave", func() bool { return !slices.Contains(members.Live("vigil-feed"), "ghost") })
 	})
 	t.Run("an instance answers an error", func(t *testing.T) {
 		peers[1].Set(contract.VerbApply, testpeer.Fail)
@@ -131,17 +131,6 @@ func TestCall(t *testing.T) {
 			t.Errorf("err = %v", err)
 		}
 	})
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // checkOutcomes checks that step lists exactly want's instances, sorted,

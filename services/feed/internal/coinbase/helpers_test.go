@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/feed/internal/coinbase"
 	"vigil.dev/services/feed/internal/fakecoinbase"
 )
@@ -43,18 +44,6 @@ func eventsOf[T coinbase.Event](r *recorder) []T {
 		}
 	}
 	return out
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // streamHarness is a fake exchange plus a running Stream connected to it.
@@ -103,7 +92,7 @@ func startStream(t *testing.T, fakeOpts []fakecoinbase.Option, adjust func(*coin
 		}
 	})
 	h := &streamHarness{fake: fake, stream: stream, events: events}
-	waitFor(t, 5*time.Second, "the heartbeats subscription", func() bool { return fake.Subscribed("heartbeats", "heartbeats") == 1 })
+	testenv.WaitFor(t, 5*time.Second, "the heartbeats subscription", func() bool { return fake.Subscribed("heartbeats", "heartbeats") == 1 })
 	return h
 }
 
@@ -113,7 +102,7 @@ func (h *streamHarness) subscribe(t *testing.T, channel coinbase.Channel, produc
 	if err := h.stream.Subscribe(channel, product); err != nil {
 		t.Fatalf("Subscribe(%s, %s): %v", channel, product, err)
 	}
-	waitFor(t, 5*time.Second, "upstream subscription to "+string(channel)+" "+product, func() bool {
+	testenv.WaitFor(t, 5*time.Second, "upstream subscription to "+string(channel)+" "+product, func() bool {
 		return h.fake.Subscribed(string(channel), product) == 1
 	})
 }

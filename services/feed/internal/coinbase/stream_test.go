@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/feed/internal/coinbase"
 	"vigil.dev/services/feed/internal/fakecoinbase"
 )
@@ -86,8 +87,8 @@ func TestStreamDeliversMarketData(t *testing.T) {
 			if n := tt.push(); n != 1 {
 				t.Fatalf("push reached %d connections, want 1", n)
 			}
-			waitFor(t, 5*time.Second, tt.name+" event", func() bool { return tt.check(t) })
-			waitFor(t, 5*time.Second, "freshness of "+tt.product, func() bool {
+			testenv.WaitFor(t, 5*time.Second, tt.name+" event", func() bool { return tt.check(t) })
+			testenv.WaitFor(t, 5*time.Second, "freshness of "+tt.product, func() bool {
 				for _, f := range h.stream.Freshness() {
 					if f.Channel == tt.channel && f.Product == tt.product {
 						return !f.LastMessage.IsZero() && f.Subscribers == 1
@@ -99,7 +100,7 @@ func TestStreamDeliversMarketData(t *testing.T) {
 	}
 
 	t.Run("heartbeats", func(t *testing.T) {
-		waitFor(t, 5*time.Second, "three heartbeats", func() bool { return len(eventsOf[*coinbase.HeartbeatEvent](h.events)) >= 3 })
+		testenv.WaitFor(t, 5*time.Second, "three heartbeats", func() bool { return len(eventsOf[*coinbase.HeartbeatEvent](h.events)) >= 3 })
 		beats := eventsOf[*coinbase.HeartbeatEvent](h.events)
 		for i := 1; i < len(beats); i++ {
 			if beats[i].Counter <= beats[i-1].Counter {
@@ -161,7 +162,7 @@ func TestStreamReferenceCountsSubscriptions(t *testing.T) {
 	if err := h.stream.Unsubscribe(coinbase.ChannelCandles, product); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "upstream unsubscribe", func() bool { return h.fake.Subscribed("candles", product) == 0 })
+	testenv.WaitFor(t, 5*time.Second, "upstream unsubscribe", func() bool { return h.fake.Subscribed("candles", product) == 0 })
 	if n := h.fake.SubscribeCount("unsubscribe", "candles", product); n != 1 {
 		t.Fatalf("upstream unsubscribes = %d, want 1", n)
 	}
@@ -227,13 +228,13 @@ func TestNewStreamValidatesConfig(t *testing.T) {
 func TestStreamReconnectsAfterDroppedConnection(t *testing.T) {
 	h := startStream(t, nil, nil)
 	h.subscribe(t, coinbase.ChannelCandles, "BTC-USD")
-	waitFor(t, 5*time.Second, "a heartbeat", func() bool { return len(eventsOf[*coinbase.HeartbeatEvent](h.events)) > 0 })
+	testenv.WaitFor(t, 5*time.Second, "a heartbeat", func() bool { return len(eventsOf[*coinbase.HeartbeatEvent](h.events)) > 0 })
 
 	beforeDrop := time.Now()
 	if n := h.fake.DropConnections(); n != 1 {
 		t.Fatalf("DropConnections closed %d connections, want 1", n)
 	}
-	waitFor(t, 5*time.Second, "a Reconnected event", func() bool { return len(eventsOf[*coinbase.ReconnectedEvent](h.events)) == 1 })
+	testenv.WaitFor(t, 5*time.Second, "a Reconnected event", func() bool { return len(eventsOf[*coinbase.ReconnectedEvent](h.events)) == 1 })
 	ev := eventsOf[*coinbase.ReconnectedEvent](h.events)[0]
 	if ev.From.After(beforeDrop) || beforeDrop.Sub(ev.From) > time.Second {
 		t.Errorf("Reconnected.From = %v, want the last frame shortly before the drop at %v", ev.From, beforeDrop)
@@ -245,12 +246,12 @@ func TestStreamReconnectsAfterDroppedConnection(t *testing.T) {
 		t.Errorf("Reconnected = %+v, want Attempts >= 1 and a Cause", ev)
 	}
 
-	waitFor(t, 5*time.Second, "resubscription on the new connection", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "resubscription on the new connection", func() bool {
 		return h.fake.Accepted() == 2 && h.fake.Subscribed("candles", "BTC-USD") == 1 && h.fake.Subscribed("heartbeats", "heartbeats") == 1
 	})
 	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	h.fake.PushCandle("BTC-USD", fakecoinbase.Candle{Start: start, Open: 1, High: 2, Low: 1, Close: 2, Volume: 3})
-	waitFor(t, 5*time.Second, "a candle after the reconnect", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "a candle after the reconnect", func() bool {
 		for _, e := range eventsOf[*coinbase.CandlesEvent](h.events) {
 			if len(e.Candles) == 1 && e.Candles[0].Start.Equal(start) {
 				return true
@@ -266,10 +267,10 @@ func TestStreamReconnectsAfterDroppedConnection(t *testing.T) {
 func TestStreamReportsSequenceGapAndResubscribes(t *testing.T) {
 	h := startStream(t, nil, nil)
 	h.subscribe(t, coinbase.ChannelCandles, "BTC-USD")
-	waitFor(t, 5*time.Second, "a heartbeat", func() bool { return len(eventsOf[*coinbase.HeartbeatEvent](h.events)) > 0 })
+	testenv.WaitFor(t, 5*time.Second, "a heartbeat", func() bool { return len(eventsOf[*coinbase.HeartbeatEvent](h.events)) > 0 })
 
 	h.fake.SkipSequence(5)
-	waitFor(t, 5*time.Second, "a Gap event", func() bool { return len(eventsOf[*coinbase.GapEvent](h.events)) == 1 })
+	testenv.WaitFor(t, 5*time.Second, "a Gap event", func() bool { return len(eventsOf[*coinbase.GapEvent](h.events)) == 1 })
 	gap := eventsOf[*coinbase.GapEvent](h.events)[0]
 	if gap.Got-gap.Expected != 5 {
 		t.Errorf("gap Expected=%d Got=%d, want a jump of 5", gap.Expected, gap.Got)
@@ -277,12 +278,12 @@ func TestStreamReportsSequenceGapAndResubscribes(t *testing.T) {
 	if !gap.From.Before(gap.To) || gap.To.Sub(gap.From) > time.Second {
 		t.Errorf("gap interval [%v, %v], want the last frame to now", gap.From, gap.To)
 	}
-	waitFor(t, 5*time.Second, "unsubscribe and resubscribe after the gap", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "unsubscribe and resubscribe after the gap", func() bool {
 		return h.fake.SubscribeCount("unsubscribe", "candles", "BTC-USD") == 1 &&
 			h.fake.SubscribeCount("subscribe", "candles", "BTC-USD") == 2 &&
 			h.fake.Subscribed("candles", "BTC-USD") == 1
 	})
-	waitFor(t, 5*time.Second, "heartbeats after the gap", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "heartbeats after the gap", func() bool {
 		return len(eventsOf[*coinbase.HeartbeatEvent](h.events)) > 3
 	})
 	if s := h.stream.Stats(); s.Gaps != 1 || s.Reconnects != 0 || s.OutOfOrder != 0 {
@@ -297,7 +298,7 @@ func TestStreamWatchdogReconnectsSilentConnection(t *testing.T) {
 
 	wentSilent := time.Now()
 	h.fake.GoSilent(time.Minute)
-	waitFor(t, 5*time.Second, "a Reconnected event", func() bool { return len(eventsOf[*coinbase.ReconnectedEvent](h.events)) == 1 })
+	testenv.WaitFor(t, 5*time.Second, "a Reconnected event", func() bool { return len(eventsOf[*coinbase.ReconnectedEvent](h.events)) == 1 })
 	ev := eventsOf[*coinbase.ReconnectedEvent](h.events)[0]
 	if elapsed := ev.To.Sub(wentSilent); elapsed < silence || elapsed > silence+time.Second {
 		t.Errorf("reconnected %v after the stream went silent, want between %v and %v", elapsed, silence, silence+time.Second)
@@ -305,7 +306,7 @@ func TestStreamWatchdogReconnectsSilentConnection(t *testing.T) {
 	if !errors.Is(ev.Cause, coinbase.ErrSilence) {
 		t.Errorf("Reconnected.Cause = %v, want ErrSilence", ev.Cause)
 	}
-	waitFor(t, 5*time.Second, "resubscription", func() bool { return h.fake.Subscribed("candles", "BTC-USD") == 1 })
+	testenv.WaitFor(t, 5*time.Second, "resubscription", func() bool { return h.fake.Subscribed("candles", "BTC-USD") == 1 })
 	if s := h.stream.Stats(); s.SilenceTimeouts != 1 {
 		t.Fatalf("SilenceTimeouts = %d, want 1", s.SilenceTimeouts)
 	}
@@ -390,14 +391,14 @@ func TestStreamCountsMalformedFrames(t *testing.T) {
 			if n := tt.inject(); n != 1 {
 				t.Fatalf("injected into %d connections, want 1", n)
 			}
-			waitFor(t, 5*time.Second, "the counter to grow", func() bool { return tt.count(h.stream.Stats()) == before+1 })
+			testenv.WaitFor(t, 5*time.Second, "the counter to grow", func() bool { return tt.count(h.stream.Stats()) == before+1 })
 		})
 	}
 
 	// The stream survived all of it: the next good frame is a candle, on the
 	// same connection, with no gap.
 	h.fake.InjectFrame("candles", candle(good))
-	waitFor(t, 5*time.Second, "the good candle", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "the good candle", func() bool {
 		for _, e := range eventsOf[*coinbase.CandlesEvent](h.events) {
 			if len(e.Candles) > 0 {
 				return true
@@ -447,20 +448,20 @@ func TestStreamSignsSubscribeMessages(t *testing.T) {
 			go func() { defer close(done); _ = stream.Run(ctx) }()
 			t.Cleanup(func() { cancel(); <-done })
 
-			waitFor(t, 5*time.Second, "two subscribe messages", func() bool { return len(fake.SubscribeRequests()) >= 2 })
+			testenv.WaitFor(t, 5*time.Second, "two subscribe messages", func() bool { return len(fake.SubscribeRequests()) >= 2 })
 			for _, r := range fake.SubscribeRequests() {
 				if !r.HasJWT || r.Rejected != tt.wantRejected {
 					t.Fatalf("subscribe request %+v: want a jwt and Rejected=%v (auth failures: %v)", r, tt.wantRejected, fake.AuthFailures())
 				}
 			}
 			if tt.wantRejected {
-				waitFor(t, 5*time.Second, "error frames", func() bool { return stream.Stats().ErrorFrames >= 2 })
+				testenv.WaitFor(t, 5*time.Second, "error frames", func() bool { return stream.Stats().ErrorFrames >= 2 })
 				if msg := eventsOf[*coinbase.ErrorEvent](events)[0].Message; msg != "authentication failure" {
 					t.Fatalf("error message = %q, want authentication failure", msg)
 				}
 				return
 			}
-			waitFor(t, 5*time.Second, "upstream subscription", func() bool { return fake.Subscribed("candles", "BTC-USD") == 1 })
+			testenv.WaitFor(t, 5*time.Second, "upstream subscription", func() bool { return fake.Subscribed("candles", "BTC-USD") == 1 })
 			if f := fake.AuthFailures(); len(f) != 0 {
 				t.Fatalf("auth failures: %v", f)
 			}

@@ -134,17 +134,6 @@ func newEngineWith(t *testing.T, tune func(*engine.Config)) (*engine.Engine, *ex
 	return e, x, store
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func stored(t *testing.T, store *redisstore.Store, id contract.SeriesID, start time.Time) (contract.Candle, bool) {
 	t.Helper()
 	cs, err := store.Candles(context.Background(), id, start.Unix(), start.Unix())
@@ -181,7 +170,7 @@ func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
 	if _, err := e.Attach(sub); err != nil { // the same subscriber again changes nothing
 		t.Fatal(err)
 	}
-	waitFor(t, "seeding", func() bool { p := e.Products()["BTC-USD"]; return !p.Syncing })
+	testenv.WaitFor(t, 30*time.Second, "seeding", func() bool { p := e.Products()["BTC-USD"]; return !p.Syncing })
 	if x.subs[market.ChannelBars] != 1 || e.Products()["BTC-USD"].Subscribers != 1 {
 		t.Fatalf("upstream subscriptions %v, subscribers %d; want one of each", x.subs, e.Products()["BTC-USD"].Subscribers)
 	}
@@ -198,7 +187,7 @@ func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
 	with := func(tf contract.Timeframe) contract.SeriesID { id.Timeframe = tf; return id }
 
 	// The seeded minute merged with the live trades after the seed.
-	waitFor(t, "the live 1m bar", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the live 1m bar", func() bool {
 		c, ok := stored(t, store, with(contract.TF1m), minute)
 		return ok && sameBar(c, bar(contract.TF1m, minute, 220, 230, 218, 218, 6)) && !c.Closed
 	})
@@ -219,7 +208,7 @@ func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
 			}
 		}
 		want := market.Aggregate("BTC-USD", tc.tf, in)[0]
-		waitFor(t, string(tc.tf)+" aggregate", func() bool {
+		testenv.WaitFor(t, 30*time.Second, string(tc.tf)+" aggregate", func() bool {
 			c, ok := stored(t, store, with(tc.tf), tc.start)
 			return ok && sameBar(c, want) && !c.Closed
 		})
@@ -228,7 +217,7 @@ func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
 	// The minute closes; the exchange's final record then wins.
 	liveClosed := contract.Candle{}
 	x.advance(minute.Add(time.Minute))
-	waitFor(t, "the closed live 1m bar", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the closed live 1m bar", func() bool {
 		c, ok := stored(t, store, with(contract.TF1m), minute)
 		liveClosed = c
 		return ok && c.Closed
@@ -236,7 +225,7 @@ func TestBarsFromTradesBucketsAggregatesAndReconcile(t *testing.T) {
 	final := bar(contract.TF1m, minute, 220, 231, 217, 219, 9)
 	x.set(final)
 	src.Trade(market.Trade{Product: "BTC-USD", Price: 1000, Size: 1, Time: minute.Add(59 * time.Second)}) // late
-	waitFor(t, "the reconciled 1m bar", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the reconciled 1m bar", func() bool {
 		c, ok := stored(t, store, with(contract.TF1m), minute)
 		return ok && c.Closed && sameBar(c, final) && c.Version > liveClosed.Version && c.Source == "rest"
 	})
@@ -272,7 +261,7 @@ func TestFlushRetriesWhatRedisRefused(t *testing.T) {
 	if _, err := e.Attach(sub); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "seeding", func() bool { return !e.Products()["BTC-USD"].Syncing })
+	testenv.WaitFor(t, 30*time.Second, "seeding", func() bool { return !e.Products()["BTC-USD"].Syncing })
 	rdb := store.Client()
 	ctx := context.Background()
 	// A real refusal: Redis rejects writes without enough replicas.
@@ -281,12 +270,12 @@ func TestFlushRetriesWhatRedisRefused(t *testing.T) {
 	}
 	t.Cleanup(func() { rdb.ConfigSet(context.Background(), "min-replicas-to-write", "0") })
 	x.sink.Trade(market.Trade{Product: "BTC-USD", Price: 42, Size: 1, Time: minute.Add(20 * time.Second)})
-	waitFor(t, "a refused write", func() bool { return e.Stats().WriteErrors > 0 })
+	testenv.WaitFor(t, 30*time.Second, "a refused write", func() bool { return e.Stats().WriteErrors > 0 })
 	if err := rdb.ConfigSet(ctx, "min-replicas-to-write", "0").Err(); err != nil {
 		t.Fatal(err)
 	}
 	id := sub.Series(contract.TF1m)
-	waitFor(t, "the refused bar written once Redis takes writes again", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the refused bar written once Redis takes writes again", func() bool {
 		c, ok := stored(t, store, id, minute)
 		return ok && c.Close == 42
 	})
@@ -311,10 +300,10 @@ func TestQuietTimeframesAreCoalesced(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			waitFor(t, "seeding", func() bool { return !e.Products()["BTC-USD"].Syncing })
+			testenv.WaitFor(t, 30*time.Second, "seeding", func() bool { return !e.Products()["BTC-USD"].Syncing })
 			sinkOf(x).Trade(market.Trade{Product: "BTC-USD", Price: 230, Size: 1, Time: x.now.Add(time.Second)})
 			var ann contract.Candle
-			waitFor(t, "ann's in-progress 1m bar", func() bool {
+			testenv.WaitFor(t, 30*time.Second, "ann's in-progress 1m bar", func() bool {
 				c, ok := stored(t, store, live.Series(contract.TF1m), minute)
 				ann = c
 				return ok && c.Close == 230
@@ -323,7 +312,7 @@ func TestQuietTimeframesAreCoalesced(t *testing.T) {
 				// The first flush is a quiet round; a trade after it is
 				// held back for bob.
 				sinkOf(x).Trade(market.Trade{Product: "BTC-USD", Price: 240, Size: 1, Time: x.now.Add(2 * time.Second)})
-				waitFor(t, "ann's second update", func() bool {
+				testenv.WaitFor(t, 30*time.Second, "ann's second update", func() bool {
 					c, ok := stored(t, store, live.Series(contract.TF1m), minute)
 					return ok && c.Close == 240
 				})
@@ -334,13 +323,13 @@ func TestQuietTimeframesAreCoalesced(t *testing.T) {
 					t.Errorf("ann's 5m bar, outside her live set, got the in-progress update at once: %+v", c)
 				}
 			} else {
-				waitFor(t, "bob's in-progress 1m bar in a quiet round", func() bool {
+				testenv.WaitFor(t, 30*time.Second, "bob's in-progress 1m bar in a quiet round", func() bool {
 					c, ok := stored(t, store, quiet.Series(contract.TF1m), minute)
 					return ok && c.Close == ann.Close && !c.Closed
 				})
 			}
 			x.advance(minute.Add(time.Minute))
-			waitFor(t, "bob's closed 1m bar at once", func() bool {
+			testenv.WaitFor(t, 30*time.Second, "bob's closed 1m bar at once", func() bool {
 				c, ok := stored(t, store, quiet.Series(contract.TF1m), minute)
 				return ok && c.Closed
 			})

@@ -171,13 +171,13 @@ func TestCoinbaseGapsAreBackfilledWithoutHolesOrOlderVersions(t *testing.T) {
 	startFeed(t, s, coinbaseEnv(x, map[string]string{"VIGIL_COINBASE_PUBLIC_RPS": "10"}))
 	s.putState(t, contract.DesiredState{User: "carl", UserID: 4, ExchangeID: 2, Mode: contract.ModeScalperMACDV, Symbols: []string{"BTC-USD"}})
 	series := contract.SeriesID{User: "carl", UserID: 4, ExchangeID: 2, Symbol: "BTC-USD"}
-	waitFor(t, 20*time.Second, "the user's history and the upstream subscriptions", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the user's history and the upstream subscriptions", func() bool {
 		return len(s.series(t, with(series, contract.TF1d))) >= 59 &&
 			x.fake.Subscribed("candles", "BTC-USD") == 1 && x.fake.Subscribed("market_trades", "BTC-USD") == 1
 	})
 	stopLive := x.pushLive("BTC-USD")
 	defer stopLive()
-	waitFor(t, 5*time.Second, "live trades in the 1m series", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "live trades in the 1m series", func() bool {
 		for _, c := range log.maxVersions(with(series, contract.TF1m)) {
 			if c.Source == "coinbase" {
 				return true
@@ -197,7 +197,7 @@ func TestCoinbaseGapsAreBackfilledWithoutHolesOrOlderVersions(t *testing.T) {
 	for i, fault := range faults {
 		at := time.Now()
 		fault.inject()
-		waitFor(t, 15*time.Second, fault.name+" backfilled", func() bool {
+		testenv.WaitFor(t, 15*time.Second, fault.name+" backfilled", func() bool {
 			return engineStats(t, s).Engine.GapFills >= uint64(i+1)
 		})
 		st := engineStats(t, s)
@@ -212,14 +212,14 @@ func TestCoinbaseGapsAreBackfilledWithoutHolesOrOlderVersions(t *testing.T) {
 			t.Errorf("a sequence gap made %d connections, want a resubscribe on the same one", x.fake.Accepted())
 		}
 	}
-	waitFor(t, 10*time.Second, "live data after the faults", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "live data after the faults", func() bool {
 		return x.fake.Subscribed("market_trades", "BTC-USD") == 1
 	})
 	stopLive()
 
 	// Closed bars are Coinbase's buckets once reconciled; wait for the last.
 	for _, tf := range contract.Timeframes {
-		waitFor(t, 10*time.Second, string(tf)+" closed bars equal to the exchange's", func() bool {
+		testenv.WaitFor(t, 10*time.Second, string(tf)+" closed bars equal to the exchange's", func() bool {
 			return x.mismatch(s.series(t, with(series, tf))) == ""
 		})
 	}
@@ -258,7 +258,7 @@ func TestCoinbaseRateLimitIsKeptAnd429Honoured(t *testing.T) {
 	startFeed(t, s, coinbaseEnv(x, map[string]string{"VIGIL_COINBASE_PUBLIC_RPS": strconv.Itoa(rps)}))
 	state := contract.DesiredState{User: "dora", UserID: 5, ExchangeID: 3, Mode: contract.ModePositionMonitor, Symbols: []string{"ETH-USD"}}
 	s.putState(t, state)
-	waitFor(t, 20*time.Second, "the user's first gap fill", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the user's first gap fill", func() bool {
 		return len(s.series(t, contract.SeriesID{User: "dora", UserID: 5, ExchangeID: 3, Symbol: "ETH-USD", Timeframe: contract.TF1d})) >= 59
 	})
 
@@ -289,7 +289,7 @@ func TestCoinbaseRateLimitIsKeptAnd429Honoured(t *testing.T) {
 		t.Errorf("candles = %v, want 1501 1m and 301 5m", candles)
 	}
 	var events []contract.Progress
-	waitFor(t, 5*time.Second, "the progress events", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "the progress events", func() bool {
 		for {
 			select {
 			case p := <-progress:
@@ -342,7 +342,7 @@ func TestCoinbaseJWTIsVerifiedByTheExchange(t *testing.T) {
 		"VIGIL_COINBASE_KEY_FILE": keyFile,
 	}), logs)
 	s.putState(t, contract.DesiredState{User: "erin", UserID: 6, ExchangeID: 1, Mode: contract.ModePositionMonitor, Symbols: []string{"BTC-USD"}})
-	waitFor(t, 20*time.Second, "the user's history through the private endpoint", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the user's history through the private endpoint", func() bool {
 		return len(s.series(t, contract.SeriesID{User: "erin", UserID: 6, ExchangeID: 1, Symbol: "BTC-USD", Timeframe: contract.TF1d})) >= 59
 	})
 	if f := x.fake.AuthFailures(); len(f) != 0 {
@@ -378,7 +378,7 @@ func TestBadFramesNeverCrashNorWriteACandle(t *testing.T) {
 	startFeed(t, s, coinbaseEnv(x, nil))
 	s.putState(t, contract.DesiredState{User: "fred", UserID: 7, ExchangeID: 1, Mode: contract.ModeScalperOrderbook, Symbols: []string{"BTC-USD"}})
 	series := contract.SeriesID{User: "fred", UserID: 7, ExchangeID: 1, Symbol: "BTC-USD"}
-	waitFor(t, 20*time.Second, "the upstream subscriptions", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the upstream subscriptions", func() bool {
 		return x.fake.Subscribed("candles", "BTC-USD") == 1 && x.fake.Subscribed("level2", "BTC-USD") == 1
 	})
 	// A bucket far from anything real: no candle may ever start there.
@@ -414,7 +414,7 @@ func TestBadFramesNeverCrashNorWriteACandle(t *testing.T) {
 		}
 	}
 	var malformed int64
-	waitFor(t, 5*time.Second, "every bad frame counted", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "every bad frame counted", func() bool {
 		var src struct {
 			Stream coinbase.StreamStats `json:"stream"`
 		}
@@ -428,7 +428,7 @@ func TestBadFramesNeverCrashNorWriteACandle(t *testing.T) {
 	now := time.Now()
 	good := fakecoinbase.Candle{Start: contract.TF5m.BarStart(now), Open: 50, High: 60, Low: 40, Close: 55, Volume: 3}
 	x.fake.PushCandle("BTC-USD", good)
-	waitFor(t, 5*time.Second, "a good candle after the bad frames", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "a good candle after the bad frames", func() bool {
 		c, ok, err := s.store.LastCandle(t.Context(), with(series, contract.TF5m))
 		return err == nil && ok && c.Start == good.Start.Unix() && c.High == 60
 	})
@@ -458,7 +458,7 @@ func TestCoinbaseOneSubscriptionPerProductAndBooksForOrderbookUsers(t *testing.T
 	scalper := contract.DesiredState{User: "gus", UserID: 8, ExchangeID: 1, Mode: contract.ModeScalperOrderbook, Symbols: []string{"BTC-USD"}, Revision: 1}
 	s.putState(t, scalper)
 	s.putState(t, contract.DesiredState{User: "hal", UserID: 9, ExchangeID: 1, Mode: contract.ModePositionMonitor, Symbols: []string{"BTC-USD"}, Revision: 1})
-	waitFor(t, 20*time.Second, "both users on the product", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "both users on the product", func() bool {
 		v, err := s.tryStatuses(1, time.Second)
 		if err != nil {
 			return false
@@ -508,7 +508,7 @@ func TestCoinbaseOneSubscriptionPerProductAndBooksForOrderbookUsers(t *testing.T
 	// Leaving the orderbook mode drops level2 upstream; the bars stay.
 	scalper.Mode, scalper.Revision = contract.ModeScalperMACDV, 2
 	s.putState(t, scalper)
-	waitFor(t, 10*time.Second, "level2 unsubscribed", func() bool { return x.fake.Subscribed("level2", "BTC-USD") == 0 })
+	testenv.WaitFor(t, 10*time.Second, "level2 unsubscribed", func() bool { return x.fake.Subscribed("level2", "BTC-USD") == 0 })
 	if x.fake.Subscribed("candles", "BTC-USD") != 1 || x.fake.Subscribed("market_trades", "BTC-USD") != 1 {
 		t.Error("the bar channels went with level2")
 	}

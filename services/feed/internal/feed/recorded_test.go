@@ -30,7 +30,7 @@ func TestRecordedBookFramesThroughTheFeed(t *testing.T) {
 	defer sub.Unsubscribe()
 	startFeed(t, s, coinbaseEnv(x, nil))
 	s.putState(t, contract.DesiredState{User: "ivy", UserID: 10, ExchangeID: 1, Mode: contract.ModeScalperOrderbook, Symbols: []string{"BTC-USD"}, Revision: 1})
-	waitFor(t, 20*time.Second, "the level2 subscription", func() bool { return x.fake.Subscribed("level2", "BTC-USD") == 1 })
+	testenv.WaitFor(t, 20*time.Second, "the level2 subscription", func() bool { return x.fake.Subscribed("level2", "BTC-USD") == 1 })
 
 	book := map[string]map[float64]float64{"bid": {}, "offer": {}}
 	for _, name := range []string{
@@ -136,10 +136,10 @@ func TestCoinbaseTradeSnapshotAfterReconnectCountsEachTradeOnce(t *testing.T) {
 	s := newStack(t, 0)
 	startFeed(t, s, coinbaseEnv(x, nil))
 	s.putState(t, contract.DesiredState{User: "jon", UserID: 11, ExchangeID: 1, Mode: contract.ModeScalperMACDV, Symbols: []string{"ETH-USD"}})
-	waitFor(t, 20*time.Second, "the market_trades subscription", func() bool { return x.fake.Subscribed("market_trades", "ETH-USD") == 1 })
+	testenv.WaitFor(t, 20*time.Second, "the market_trades subscription", func() bool { return x.fake.Subscribed("market_trades", "ETH-USD") == 1 })
 	// Room in the minute for the reconnect: the trades are stamped in its
 	// last 20 seconds, and the bar must still be open when they arrive.
-	waitFor(t, 70*time.Second, "the first 15 seconds of a minute", func() bool { return time.Now().Second() < 15 })
+	testenv.WaitFor(t, 70*time.Second, "the first 15 seconds of a minute", func() bool { return time.Now().Second() < 15 })
 	minute := contract.TF1m.BarStart(time.Now())
 	trade := func(id int, price, size float64) fakecoinbase.Trade {
 		return fakecoinbase.Trade{ID: strconv.Itoa(id), Price: price, Size: size, Side: "BUY", Time: minute.Add(time.Duration(40+id) * time.Second)}
@@ -159,7 +159,7 @@ func TestCoinbaseTradeSnapshotAfterReconnectCountsEachTradeOnce(t *testing.T) {
 	for _, tr := range before {
 		x.fake.PushTrade("ETH-USD", tr)
 	}
-	waitFor(t, 10*time.Second, "the live trades in the bar", func() bool { c, ok := bar(); return ok && c.Volume == 7 })
+	testenv.WaitFor(t, 10*time.Second, "the live trades in the bar", func() bool { c, ok := bar(); return ok && c.Volume == 7 })
 
 	// Drop the connection; the trades made while it is down reach the
 	// feed only in the snapshot after the reconnect, behind the ones it
@@ -168,10 +168,10 @@ func TestCoinbaseTradeSnapshotAfterReconnectCountsEachTradeOnce(t *testing.T) {
 	for _, tr := range after {
 		x.fake.PushTrade("ETH-USD", tr)
 	}
-	waitFor(t, 15*time.Second, "the resubscribe", func() bool {
+	testenv.WaitFor(t, 15*time.Second, "the resubscribe", func() bool {
 		return x.fake.Accepted() >= 2 && x.fake.Subscribed("market_trades", "ETH-USD") == 1
 	})
-	waitFor(t, 15*time.Second, "every trade in the bar once", func() bool { c, ok := bar(); return ok && c.Volume == 31 })
+	testenv.WaitFor(t, 15*time.Second, "every trade in the bar once", func() bool { c, ok := bar(); return ok && c.Volume == 31 })
 	// The snapshot's new trades went in oldest first: the close is the
 	// newest trade's price.
 	c, _ := bar()

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/testenv"
 )
 
 // sharedFile finds ../shared/<rel> above the working directory (the repo
@@ -102,7 +103,7 @@ func TestReplayPublishesTheFileAndItsAggregates(t *testing.T) {
 	s.putState(t, user)
 	series := contract.SeriesID{User: "rita", UserID: 3, ExchangeID: 1, Symbol: "BTC-USD"}
 	last := rows[len(rows)-1].start
-	waitFor(t, 30*time.Second, "the whole file in the 1h, 4h and 1d series", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the whole file in the 1h, 4h and 1d series", func() bool {
 		if n, err := s.rdb.ZCard(t.Context(), contract.CandleKey(with(series, contract.TF1h))).Result(); err != nil || n != int64(len(rows)) {
 			return false
 		}
@@ -119,7 +120,7 @@ func TestReplayPublishesTheFileAndItsAggregates(t *testing.T) {
 	// an in-progress bar, never a second time.
 	subject := contract.CandleSubject(with(series, contract.TF1h))
 	var sent []contract.Candle
-	waitFor(t, 30*time.Second, "every row published closed", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "every row published closed", func() bool {
 		sent = published(t, s.js, subject)
 		closed := 0
 		for _, c := range sent {

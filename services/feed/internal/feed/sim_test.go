@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/feed/internal/sim"
 )
 
@@ -56,7 +57,7 @@ func TestSimCandlesMatchTheSimulatorsHistory(t *testing.T) {
 
 	aliceBTC := contract.SeriesID{User: "alice", UserID: 1, ExchangeID: 7, Symbol: "BTC-USD"}
 	// 15m bars close every 1.5 s of wall time: wait for three live ones.
-	waitFor(t, 20*time.Second, "three live closed 15m bars", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "three live closed 15m bars", func() bool {
 		n := 0
 		for _, c := range log.maxVersions(with(aliceBTC, contract.TF15m)) {
 			if c.Closed && c.Source == "sim" {

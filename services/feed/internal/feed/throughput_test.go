@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 )
 
 // TestThroughputManyUsers measures candles written per second with 10
@@ -24,7 +25,7 @@ func TestThroughputManyUsers(t *testing.T) {
 		s.putState(t, contract.DesiredState{User: fmt.Sprintf("load%d", i), UserID: int64(100 + i), ExchangeID: 1,
 			Mode: contract.ModeScalperMACDV, Symbols: symbols})
 	}
-	waitFor(t, 20*time.Second, "every user running", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "every user running", func() bool {
 		v, err := s.tryStatuses(1, time.Second)
 		if err != nil {
 			return false
@@ -38,7 +39,7 @@ func TestThroughputManyUsers(t *testing.T) {
 	begin := time.Now()
 	const want = 5_000
 	var last statusView
-	waitFor(t, 60*time.Second, fmt.Sprintf("%d more candles written", want), func() bool {
+	testenv.WaitFor(t, 60*time.Second, fmt.Sprintf("%d more candles written", want), func() bool {
 		// A loaded machine may answer one status late: ask again.
 		v, err := s.tryStatuses(1, 10*time.Second)
 		for _, st := range v {

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/redisstore"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/feed/internal/sim"
 )
 
@@ -64,7 +65,7 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 		users = append(users, st.User)
 		s.putState(t, st)
 	}
-	waitFor(t, 20*time.Second, "every user running on exactly one of two instances", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "every user running on exactly one of two instances", func() bool {
 		v, err := s.tryStatuses(2, time.Second)
 		if err != nil {
 			return false
@@ -129,7 +130,7 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 			mark = before[len(before)-1].Start
 		}
 		paused := ref.Now()
-		waitFor(t, 10*time.Second, "five sim minutes", func() bool { return ref.Now().Sub(paused) >= 5*time.Minute })
+		testenv.WaitFor(t, 10*time.Second, "five sim minutes", func() bool { return ref.Now().Sub(paused) >= 5*time.Minute })
 		st := states["u0"]
 		st.Paused, st.Revision = false, 3
 		s.putState(t, st)
@@ -351,7 +352,7 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 	})
 
 	first.stop(t)
-	waitFor(t, 15*time.Second, "every user on the surviving instance", func() bool {
+	testenv.WaitFor(t, 15*time.Second, "every user on the surviving instance", func() bool {
 		v, err := s.tryStatuses(1, time.Second)
 		return err == nil && eachOnce(placement(v), users)
 	})
