@@ -28,8 +28,7 @@ type lanes struct {
 
 	mu    sync.Mutex
 	byKey map[laneKey][]func()
-	// idle are closed when the last lane ends.
-	idle []chan struct{}
+	idle  idleSignal
 }
 
 func newLanes(limit int) *lanes {
@@ -64,10 +63,7 @@ func (l *lanes) drain(key laneKey) {
 		if len(queue) == 0 {
 			delete(l.byKey, key)
 			if len(l.byKey) == 0 {
-				for _, c := range l.idle {
-					close(c)
-				}
-				l.idle = nil
+				l.idle.empty()
 			}
 			l.mu.Unlock()
 			return
@@ -84,13 +80,36 @@ func (l *lanes) drain(key laneKey) {
 // wait waits until every lane is empty or ctx ends.
 func (l *lanes) wait(ctx context.Context) error {
 	l.mu.Lock()
-	if len(l.byKey) == 0 {
-		l.mu.Unlock()
+	return l.idle.wait(ctx, &l.mu, len(l.byKey) == 0)
+}
+
+// idleSignal tells waiters when a set of lanes has become empty; the
+// mutex of the lanes that hold it guards it.
+type idleSignal struct {
+	// waiters are closed when the last lane ends.
+	waiters []chan struct{}
+}
+
+// empty releases the waiters; called, the owner's mutex held, when the
+// last lane ended.
+func (s *idleSignal) empty() {
+	for _, c := range s.waiters {
+		close(c)
+	}
+	s.waiters = nil
+}
+
+// wait is called with the owner's mutex mu held, which it unlocks; it
+// returns at once when idle (no lane runs), else when empty is called or
+// ctx ends.
+func (s *idleSignal) wait(ctx context.Context, mu *sync.Mutex, idle bool) error {
+	if idle {
+		mu.Unlock()
 		return nil
 	}
 	done := make(chan struct{})
-	l.idle = append(l.idle, done)
-	l.mu.Unlock()
+	s.waiters = append(s.waiters, done)
+	mu.Unlock()
 	select {
 	case <-done:
 		return nil

@@ -271,8 +271,7 @@ type stateLanes struct {
 	// next holds, per user with a lane, the state waiting behind the
 	// one being applied (nil: none).
 	next map[string]*queuedState
-	// idle are closed when the last lane ends.
-	idle []chan struct{}
+	idle idleSignal
 }
 
 // queuedState is a state waiting on its lane, with the context it was
@@ -311,10 +310,7 @@ func (l *stateLanes) run(ctx context.Context, us UserState) {
 		if q == nil {
 			delete(l.next, us.User)
 			if len(l.next) == 0 {
-				for _, c := range l.idle {
-					close(c)
-				}
-				l.idle = nil
+				l.idle.empty()
 			}
 			l.mu.Unlock()
 			return
@@ -328,17 +324,5 @@ func (l *stateLanes) run(ctx context.Context, us UserState) {
 // wait waits until every lane is idle, or ctx ends.
 func (l *stateLanes) wait(ctx context.Context) error {
 	l.mu.Lock()
-	if len(l.next) == 0 {
-		l.mu.Unlock()
-		return nil
-	}
-	done := make(chan struct{})
-	l.idle = append(l.idle, done)
-	l.mu.Unlock()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return l.idle.wait(ctx, &l.mu, len(l.next) == 0)
 }
