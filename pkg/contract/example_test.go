@@ -1,6 +1,7 @@
 package contract_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -64,4 +65,20 @@ func ExampleCandleKey() {
 	// Output:
 	// candles:7:3:BTC-USD:1h
 	// vigil.candle.alice.3.BTC-USD.1h
+}
+
+// Every instance answers a per-user verb; only the user's owner with a
+// result, the others with OwnerReply{} alone. control decodes each
+// instance's reply into the verb's result type.
+func ExampleOwnerReply() {
+	notOwner, _ := json.Marshal(contract.OwnerReply{})
+	paused, _ := json.Marshal(contract.FeedPauseResult{OwnerReply: contract.OwnerReply{Owner: true}, Paused: true, Symbols: []string{"BTC-USD"}})
+	fmt.Println(string(notOwner))
+	fmt.Println(string(paused))
+	res, err := contract.DecodePeer[contract.FeedPauseResult](paused)
+	fmt.Println(res.Owner, res.Symbols, err)
+	// Output:
+	// {"owner":false}
+	// {"owner":true,"paused":true,"symbols":["BTC-USD"]}
+	// true [BTC-USD] <nil>
 }

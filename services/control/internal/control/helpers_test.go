@@ -119,7 +119,7 @@ func newEnvOn(t testing.TB, instances int, pool *pgxpool.Pool) *env {
 		for i := range instances {
 			e.peers[svc] = append(e.peers[svc], testpeer.Start(t, e.url, svc, e.rec, testpeer.Options{
 				Owner: i == 0, BackfillPages: 2,
-				GapFilled: map[string]map[string]int{"BTC-USD": {"1m": 3}},
+				GapFilled: contract.GapFill{"BTC-USD": {contract.TF1m: 3}},
 			}))
 		}
 	}

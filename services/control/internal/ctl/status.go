@@ -80,19 +80,6 @@ type StatusReport struct {
 	Users    []UserStatus     `json:"users"`
 }
 
-// feedStatus is the part of a vigil-feed status result that status reads
-// (docs/design.md, "Operator tools"): per user whether this instance owns
-// it and, per symbol, how long ago live data last arrived.
-type feedStatus struct {
-	Users map[string]struct {
-		// Owner is nil in replies that do not say; they count as owner.
-		Owner     *bool `json:"owner"`
-		Freshness map[string]struct {
-			LagMs *int64 `json:"lag_ms"`
-		} `json:"freshness"`
-	} `json:"users"`
-}
-
 // controlStatus is the part of a vigil-control status result that status
 // reads.
 type controlStatus struct {
@@ -222,23 +209,21 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 
 	lags := map[string]map[string]int64{}
 	for _, reply := range svcResults(feeds) {
-		var fs feedStatus
+		// Per user the owner's freshness: how long ago live data of each
+		// symbol last arrived.
+		var fs contract.FeedStatus
 		if json.Unmarshal(reply, &fs) != nil {
 			continue
 		}
 		for token, u := range fs.Users {
-			if u.Freshness == nil || (u.Owner != nil && !*u.Owner) {
+			if u.Freshness == nil || !u.Owner {
 				continue
 			}
 			if lags[token] == nil {
 				lags[token] = map[string]int64{}
 			}
 			for symbol, f := range u.Freshness {
-				lag := int64(-1)
-				if f.LagMs != nil {
-					lag = *f.LagMs
-				}
-				lags[token][symbol] = lag
+				lags[token][symbol] = f.LagMs
 			}
 		}
 	}

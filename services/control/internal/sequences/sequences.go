@@ -302,11 +302,9 @@ func (r *Runner) resume(ctx context.Context, cmd Command, p contract.ResumePaylo
 		next.Revision++
 	}
 	return r.sequence(ctx, cmd, next, cur.KVRev, resumeSteps, func(replies [][]contract.SvcReply) any {
-		gap := map[string]map[string]int{}
+		gap := contract.GapFill{}
 		for _, rep := range replies[1] { // feed.resume
-			var res struct {
-				GapFilled map[string]map[string]int `json:"gap_filled"`
-			}
+			var res contract.FeedResumeResult
 			if json.Unmarshal(rep.Result, &res) == nil {
 				mergeCounts(gap, res.GapFilled)
 			}
@@ -600,10 +598,10 @@ func sameSet(a, b []string) bool {
 }
 
 // mergeCounts adds src's counts into dst.
-func mergeCounts(dst, src map[string]map[string]int) {
+func mergeCounts(dst, src contract.GapFill) {
 	for sym, byTF := range src {
 		if dst[sym] == nil {
-			dst[sym] = map[string]int{}
+			dst[sym] = map[contract.Timeframe]int{}
 		}
 		for tf, n := range byTF {
 			dst[sym][tf] += n

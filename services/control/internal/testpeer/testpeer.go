@@ -90,7 +90,7 @@ type Options struct {
 	// results, the others with {"owner":false}.
 	Owner bool
 	// GapFilled is feed.resume's gap_filled result.
-	GapFilled map[string]map[string]int
+	GapFilled contract.GapFill
 	// BackfillPages is how many progress events feed.backfill publishes.
 	BackfillPages int
 }
@@ -293,7 +293,7 @@ func (p *Peer) answer(verb contract.Verb, req contract.SvcRequest) (any, error) 
 		if verb == contract.VerbPause && p.Svc == contract.SvcFeed {
 			p.cancelBackfills(req.User)
 		}
-		return map[string]any{"owner": false}, nil
+		return contract.OwnerReply{}, nil
 	}
 	switch {
 	case p.Svc == contract.SvcFeed && verb == contract.VerbPause:
@@ -303,13 +303,13 @@ func (p *Peer) answer(verb contract.Verb, req contract.SvcRequest) (any, error) 
 		if req.State != nil {
 			symbols = req.State.Symbols
 		}
-		return map[string]any{"symbols": symbols, "gap_filled": p.opts.GapFilled}, nil
+		return contract.FeedResumeResult{OwnerReply: contract.OwnerReply{Owner: true}, Symbols: symbols, GapFilled: p.opts.GapFilled}, nil
 	case p.Svc == contract.SvcIndicators && verb == contract.VerbRecompute:
 		return map[string]any{"bars": 42}, nil
 	case verb == contract.VerbPlan:
 		return p.plan(req)
 	}
-	return map[string]any{"owner": true}, nil
+	return contract.OwnerReply{Owner: true}, nil
 }
 
 // plan answers a plan request: the verb it plans, and for feed.backfill
@@ -403,5 +403,5 @@ func (p *Peer) cancelJob(req contract.SvcRequest) (any, error) {
 		n := p.opts.BackfillPages
 		stopped = append(stopped, contract.JobProgress{Pages: n, Total: n + 1, Candles: map[contract.Timeframe]int{job.tf: 300 * n}})
 	}
-	return map[string]any{"owner": p.opts.Owner, "stopped": stopped}, nil
+	return contract.FeedCancelResult{OwnerReply: contract.OwnerReply{Owner: p.opts.Owner}, Stopped: stopped}, nil
 }

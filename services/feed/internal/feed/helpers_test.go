@@ -252,6 +252,10 @@ func (s *stack) tryStatuses(instances int, timeout time.Duration) (map[string]st
 		if err := json.Unmarshal(r.Result, &v); err != nil {
 			return nil, fmt.Errorf("status %s: %w", r.Result, err)
 		}
+		// Every field the feed sends is one of contract.FeedStatus.
+		if _, err := contract.DecodeStrict[contract.FeedStatus](r.Result); err != nil {
+			return nil, fmt.Errorf("status %s is not a contract.FeedStatus: %w", r.Result, err)
+		}
 		out[r.Instance] = v
 	}
 	return out, nil

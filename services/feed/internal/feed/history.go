@@ -72,8 +72,8 @@ type fillTarget struct {
 // publishes per candlewriter.Batch candles instead of one per timeframe.
 // It returns how many closed bars each series was missing and got, and the
 // problems met; it stops when ctx ends.
-func (f *feed) fillGaps(ctx context.Context, targets []fillTarget, from marks) (map[string]map[contract.Timeframe]int, []string) {
-	result := map[string]map[contract.Timeframe]int{}
+func (f *feed) fillGaps(ctx context.Context, targets []fillTarget, from marks) (contract.GapFill, []string) {
+	result := contract.GapFill{}
 	var errs []string
 	var cs []contract.Candle
 	var after []int64 // per candle: it counts as gained when it starts after this

@@ -57,7 +57,7 @@ type symbolDiff struct {
 // fillJob is a running or finished gap fill of some of a user's symbols.
 type fillJob struct {
 	done   chan struct{}
-	result map[string]map[contract.Timeframe]int
+	result contract.GapFill
 	errs   []string
 }
 

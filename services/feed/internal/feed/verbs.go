@@ -14,8 +14,11 @@ import (
 	"vigil.dev/services/feed/internal/engine"
 )
 
+// ownerReply starts the result of the user's owner.
+var ownerReply = contract.OwnerReply{Owner: true}
+
 // notOwner is every verb's answer from an instance that does not own the user.
-var notOwner = map[string]any{"owner": false}
+var notOwner = contract.OwnerReply{}
 
 // ErrNoState means a verb that needs the user's desired state got none and
 // the instance knows none.
@@ -104,7 +107,7 @@ func (f *feed) pause(ctx context.Context, req contract.SvcRequest) (any, error) 
 			return nil, &contract.Error{Code: contract.CodeTimeout, Message: "cancelled jobs did not stop: " + ctx.Err().Error()}
 		}
 	}
-	return map[string]any{"owner": true, "paused": true, "symbols": symbols}, nil
+	return contract.FeedPauseResult{OwnerReply: ownerReply, Paused: true, Symbols: symbols}, nil
 }
 
 // resume resubscribes State.Symbols and answers once the gap since the last
@@ -128,7 +131,7 @@ func (f *feed) resume(ctx context.Context, req contract.SvcRequest) (any, error)
 	f.convergeLocked(req.User)
 	job, symbols := u.fill, slices.Clone(u.state.Symbols)
 	f.mu.Unlock()
-	out := map[string]any{"owner": true, "symbols": symbols, "gap_filled": map[string]any{}}
+	out := contract.FeedResumeResult{OwnerReply: ownerReply, Symbols: symbols, GapFilled: contract.GapFill{}}
 	if job == nil {
 		return out, nil
 	}
@@ -137,10 +140,7 @@ func (f *feed) resume(ctx context.Context, req contract.SvcRequest) (any, error)
 	case <-ctx.Done():
 		return nil, &contract.Error{Code: contract.CodeTimeout, Message: "gap fill did not finish: " + ctx.Err().Error()}
 	}
-	out["gap_filled"] = job.result
-	if len(job.errs) > 0 {
-		out["gap_fill_errors"] = job.errs
-	}
+	out.GapFilled, out.GapFillErrors = job.result, job.errs
 	return out, nil
 }
 
@@ -164,8 +164,8 @@ func (f *feed) apply(_ context.Context, req contract.SvcRequest) (any, error) {
 	if u.diff.revision == req.State.Revision {
 		added, removed = u.diff.added, u.diff.removed
 	}
-	out := map[string]any{"owner": true, "added": added, "removed": removed, "symbols": slices.Clone(u.state.Symbols),
-		"book": u.state.Mode.UsesOrderBook() && !u.state.Paused, "paused": u.state.Paused}
+	out := contract.FeedApplyResult{OwnerReply: ownerReply, Added: added, Removed: removed, Symbols: slices.Clone(u.state.Symbols),
+		Book: u.state.Mode.UsesOrderBook() && !u.state.Paused, Paused: u.state.Paused}
 	f.mu.Unlock()
 	// As in pause: a flush that collected candles or book snapshots of
 	// removed symbols or of a book channel now off publishes them before
@@ -244,7 +244,7 @@ func (f *feed) cancel(ctx context.Context, req contract.SvcRequest) (any, error)
 		}
 		stopped = append(stopped, j.progress())
 	}
-	return map[string]any{"owner": owner, "stopped": stopped}, nil
+	return contract.FeedCancelResult{OwnerReply: contract.OwnerReply{Owner: owner}, Stopped: stopped}, nil
 }
 
 func orEmpty(b json.RawMessage) []byte {
@@ -369,7 +369,7 @@ func (f *feed) runBackfill(ctx context.Context, stop context.CancelFunc, req con
 			return nil, &contract.Error{Code: contract.CodeUnavailable, Message: fmt.Sprintf("backfill of %s %s: %v", plan.sub.Symbol, r.tf, err)}
 		}
 	}
-	return map[string]any{"owner": true, "symbol": plan.sub.Symbol, "candles": candles, "pages": done}, nil
+	return contract.FeedBackfillResult{OwnerReply: ownerReply, Symbol: plan.sub.Symbol, Candles: candles, Pages: done}, nil
 }
 
 // publishProgress publishes one progress event on JetStream; a failure is
@@ -388,28 +388,28 @@ func (f *feed) publishProgress(ctx context.Context, subject string, p contract.P
 func (f *feed) status(started time.Time) any {
 	f.mu.Lock()
 	products := f.eng.Products()
-	users := map[string]any{}
+	users := map[string]contract.FeedUserStatus{}
 	for token, u := range f.users {
-		fresh := map[string]any{}
+		fresh := map[string]contract.FeedFreshness{}
 		for sym := range u.attached {
 			if p, ok := products[sym]; ok {
-				fresh[sym] = map[string]any{"lag_ms": p.LagMs, "last_trade": p.LastTrade, "last_candle": p.LastCandle, "last_book": p.LastBook, "syncing": p.Syncing}
+				fresh[sym] = contract.FeedFreshness{LagMs: p.LagMs, LastTrade: p.LastTrade, LastCandle: p.LastCandle, LastBook: p.LastBook, Syncing: p.Syncing}
 			}
 		}
-		entry := map[string]any{
-			"owner": f.owns(token), "active": len(u.attached) > 0, "paused": u.state.Paused, "mode": u.state.Mode,
-			"symbols": u.state.Symbols, "subscribed": sortedKeys(u.attached), "book": u.state.Mode.UsesOrderBook() && len(u.attached) > 0,
-			"revision": u.state.Revision, "jobs": len(u.jobs), "freshness": fresh,
+		us := contract.FeedUserStatus{
+			OwnerReply: contract.OwnerReply{Owner: f.owns(token)}, Active: len(u.attached) > 0, Paused: u.state.Paused, Mode: u.state.Mode,
+			Symbols: u.state.Symbols, Subscribed: sortedKeys(u.attached), Book: u.state.Mode.UsesOrderBook() && len(u.attached) > 0,
+			Revision: u.state.Revision, Jobs: len(u.jobs), Freshness: fresh,
 		}
 		if u.fill != nil {
 			select {
 			case <-u.fill.done:
-				entry["gap_filled"] = u.fill.result
+				us.GapFilled = u.fill.result
 			default:
-				entry["gap_filling"] = true
+				us.GapFilling = true
 			}
 		}
-		users[token] = entry
+		users[token] = us
 	}
 	var members []string
 	if f.group != nil {
@@ -417,10 +417,10 @@ func (f *feed) status(started time.Time) any {
 	}
 	f.mu.Unlock()
 	stats := f.eng.Stats()
-	return map[string]any{
-		"source": f.eng.Source().Name(), "started_at": started, "members": members, "users": users, "products": products,
-		"engine": stats, "last_gap_fill_ms": stats.LastGapFill.Milliseconds(), "max_gap_fill_ms": stats.MaxGapFill.Milliseconds(),
-		"source_status": f.eng.Source().Status(),
+	return contract.FeedStatus{
+		Source: f.eng.Source().Name(), StartedAt: started, Members: members, Users: users, Products: products,
+		Engine: stats, LastGapFillMs: stats.LastGapFill.Milliseconds(), MaxGapFillMs: stats.MaxGapFill.Milliseconds(),
+		SourceStatus: f.eng.Source().Status(),
 	}
 }
 
