@@ -103,8 +103,14 @@ type InstanceRevision struct {
 	Instance string `json:"instance"`
 	// Revision is the revision the instance last confirmed (an instance
 	// that refused the new one kept the previous one); 0 when it answered
-	// neither (it converges to the desired state from VIGIL_STATE).
+	// neither and no status probe told (it converges to the desired
+	// state from VIGIL_STATE).
 	Revision int64 `json:"revision"`
+	// Probed is true when Revision is what the instance's status said,
+	// asked after the rollback because it answered no apply; Unreachable
+	// is true when it did not answer that probe either.
+	Probed      bool `json:"probed,omitempty"`
+	Unreachable bool `json:"unreachable,omitempty"`
 }
 
 // Result is the final result of a command on vigil.result.<user>.<id>.

@@ -126,12 +126,10 @@ func TestAllOrNothing(t *testing.T) {
 		rb := e.checkRolledBack(t, r, before, slow, contract.CodeTimeout, true)
 		checkSteps(t, r.Steps, []string{"feed.apply", "indicators.apply", "indicators.apply", "feed.apply"}, 2)
 		for _, in := range rb.Instances {
-			want := before.State.Revision
-			if in.Instance == slow.ID() {
-				want = 0 // answered neither
-			}
-			if in.Revision != want {
-				t.Errorf("%s %s on revision %d, want %d", in.Service, in.Instance, in.Revision, want)
+			// The slow instance answered neither apply: its status, asked
+			// after the rollback, says it is still on the old revision.
+			if in.Revision != before.State.Revision || in.Probed != (in.Instance == slow.ID()) || in.Unreachable {
+				t.Errorf("%+v, want revision %d, probed only for %s", in, before.State.Revision, slow.ID())
 			}
 		}
 		// The slow instance takes both requests in order once it goes on:
@@ -166,15 +164,48 @@ func TestAllOrNothing(t *testing.T) {
 		}
 		for _, in := range rb.Instances {
 			want := before.State.Revision
-			switch in.Instance {
-			case dying.ID():
+			if in.Instance == dying.ID() {
 				want++ // confirmed the new revision, then nothing
-			case slow.ID():
-				want = 0
 			}
-			if in.Revision != want {
-				t.Errorf("%s %s on revision %d, want %d", in.Service, in.Instance, in.Revision, want)
+			if in.Revision != want || in.Probed != (in.Instance == slow.ID()) {
+				t.Errorf("%+v, want revision %d (probed only for %s)", in, want, slow.ID())
 			}
+		}
+	})
+
+	t.Run("a silent instance that is gone is reported unreachable", func(t *testing.T) {
+		before := e.seedState(t, "ines")
+		e.setSettings(t, "ines", newSettings)
+		silent := e.peers[contract.SvcIndicators][2]
+		silent.Set(contract.VerbApply, testpeer.Hang)
+		ack := e.accept("ines", "reload-settings", "")
+		testenv.WaitFor(t, waitTimeout, "the apply to reach the silent instance", func() bool {
+			for _, c := range e.callsOf(ack.ID, contract.VerbApply) {
+				if c.Instance == silent.ID() {
+					return true
+				}
+			}
+			return false
+		})
+		silent.Disappear()
+		r := e.result("ines", ack.ID)
+		// Rolled back: it never confirmed the new revision; it is reported
+		// as unreachable, its revision unknown (it converges from
+		// VIGIL_STATE when it comes back).
+		rb := e.checkRolledBack(t, r, before, silent, contract.CodeTimeout, true)
+		found := false
+		for _, in := range rb.Instances {
+			if in.Instance == silent.ID() {
+				found = true
+				if in.Revision != 0 || !in.Unreachable || in.Probed {
+					t.Errorf("%+v, want revision 0 and unreachable", in)
+				}
+			} else if in.Unreachable {
+				t.Errorf("%+v reported unreachable", in)
+			}
+		}
+		if !found {
+			t.Errorf("the silent instance %s is not among %+v", silent.ID(), rb.Instances)
 		}
 	})
 }

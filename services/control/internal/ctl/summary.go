@@ -161,9 +161,17 @@ func rollbackLines(rb contract.Rollback) []string {
 		switch in.Revision {
 		case rb.Revision:
 		case 0:
-			lines = append(lines, fmt.Sprintf("%s %s: revision unknown (answered neither)", in.Service, in.Instance))
+			why := "answered neither apply"
+			if in.Unreachable {
+				why += " nor a status probe"
+			}
+			lines = append(lines, fmt.Sprintf("%s %s: revision unknown (%s)", in.Service, in.Instance, why))
 		default:
-			lines = append(lines, fmt.Sprintf("%s %s: on revision %d", in.Service, in.Instance, in.Revision))
+			probed := ""
+			if in.Probed {
+				probed = " (its status said)"
+			}
+			lines = append(lines, fmt.Sprintf("%s %s: on revision %d%s", in.Service, in.Instance, in.Revision, probed))
 		}
 	}
 	return lines

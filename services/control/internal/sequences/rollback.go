@@ -2,7 +2,9 @@ package sequences
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -51,7 +53,8 @@ func (r *Runner) allOrNothing(ctx context.Context, cmd Command, prev desired.Ent
 // not leave instances on the new revision.
 func (r *Runner) rollback(ctx context.Context, cmd Command, prev, next contract.DesiredState, kvRev uint64, specs []stepSpec, forward []contract.Step, cause *contract.Error) Outcome {
 	comp := compensation(specs, forward, prev.Paused)
-	bound := time.Duration(len(comp))*r.cfg.StepTimeout + rollbackGrace
+	// Each compensation step, once more each, and the status probe.
+	bound := time.Duration(2*len(comp)+1)*r.cfg.StepTimeout + rollbackGrace
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 	defer cancel()
 	ctx, span := otel.Tracer("vigil.dev/services/control/sequences").Start(ctx, "vigil-control rollback", trace.WithAttributes(
@@ -96,6 +99,7 @@ func (r *Runner) rollback(ctx context.Context, cmd Command, prev, next contract.
 		}
 	}
 	rb.Instances = instanceRevisions(prev.Revision, next.Revision, steps)
+	r.probeRevisions(ctx, cmd.User, rb.Instances)
 	span.SetAttributes(attribute.Bool("vigil.rolled_back", rb.RolledBack))
 	e := *cause
 	if rb.RolledBack {
@@ -107,6 +111,43 @@ func (r *Runner) rollback(ctx context.Context, cmd Command, prev, next contract.
 	out := failed(steps, &e)
 	out.Result = rb
 	return out
+}
+
+// probeRevisions asks the instances whose revision the apply steps left
+// unknown (they answered none) for their status, one status request per
+// service, and records the user's revision each reports (Probed), or
+// that it did not answer (Unreachable).
+func (r *Runner) probeRevisions(ctx context.Context, user string, instances []contract.InstanceRevision) {
+	unknown := map[string][]int{} // by service
+	for i, in := range instances {
+		if in.Revision == 0 {
+			unknown[in.Service] = append(unknown[in.Service], i)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(unknown)) {
+		svc := contract.Svc(strings.TrimPrefix(name, "vigil-"))
+		// Not every instance need answer: the error says only that.
+		a, _ := r.d.Steps.Call(ctx, svc, contract.VerbStatus, contract.SvcRequest{User: user}, r.cfg.StepTimeout)
+		answered := map[string]contract.SvcReply{}
+		for _, rep := range a.Replies {
+			answered[rep.Instance] = rep
+		}
+		for _, i := range unknown[name] {
+			rep, ok := answered[instances[i].Instance]
+			if !ok {
+				instances[i].Unreachable = true
+				continue
+			}
+			var st struct {
+				Users map[string]struct {
+					Revision int64 `json:"revision"`
+				} `json:"users"`
+			}
+			if json.Unmarshal(rep.Result, &st) == nil {
+				instances[i].Revision, instances[i].Probed = st.Users[user].Revision, true
+			}
+		}
+	}
 }
 
 // compStep is one compensation step: the verb that undoes a forward step

@@ -130,7 +130,7 @@ func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Optio
 		failRevs: map[contract.Verb]map[revOf]int{}, applied: map[string]int64{}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p.svc, err = service.Start(nc, service.Config{Svc: svc, Name: svc.MicroName(), Description: "test stand-in", Instance: "peer"}, log,
-		func(context.Context, string) any { return map[string]any{"peer": true} })
+		func(context.Context, string) any { return p.status() })
 	if err != nil {
 		t.Fatalf("testpeer: start %s: %v", svc, err)
 	}
@@ -154,6 +154,28 @@ func Start(t testing.TB, url string, svc contract.Svc, rec *Recorder, opts Optio
 	}
 	t.Cleanup(p.stop)
 	return p
+}
+
+// peerStatus is a peer's status: the revision of each user's last apply
+// it answered ok, as the services report it.
+type peerStatus struct {
+	Peer  bool                      `json:"peer"`
+	Users map[string]peerUserStatus `json:"users"`
+}
+
+// peerUserStatus is one user in a peer's status.
+type peerUserStatus struct {
+	Revision int64 `json:"revision"`
+}
+
+func (p *Peer) status() peerStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := peerStatus{Peer: true, Users: map[string]peerUserStatus{}}
+	for user, rev := range p.applied {
+		st.Users[user] = peerUserStatus{Revision: rev}
+	}
+	return st
 }
 
 // ID is the peer's micro service id, as $SRV.PING reports it.
