@@ -103,7 +103,9 @@ func TestPrinterResult(t *testing.T) {
 			Result: json.RawMessage(`{"rolled_back":false,"restored":true,"revision":7,"attempted_revision":8,
 				"reason":"vigil-feed apply not confirmed by feed-2","instances":[
 				{"service":"vigil-feed","instance":"feed-1","revision":7},{"service":"vigil-feed","instance":"feed-2","revision":8},
-				{"service":"vigil-indicators","instance":"ind-3","revision":0}]}`)}
+				{"service":"vigil-feed","instance":"feed-3","revision":8,"probed":true},
+				{"service":"vigil-indicators","instance":"ind-2","revision":0},
+				{"service":"vigil-indicators","instance":"ind-3","revision":0,"unreachable":true}]}`)}
 		var buf bytes.Buffer
 		printer{stdout: &buf}.result(r, nil)
 		want := `switch-mode for demo failed
@@ -111,7 +113,9 @@ func TestPrinterResult(t *testing.T) {
   result  NOT rolled back: revision 8 attempted, 7 desired (restored: true)
           vigil-feed apply not confirmed by feed-2
           vigil-feed feed-2: on revision 8
-          vigil-indicators ind-3: revision unknown (answered neither)
+          vigil-feed feed-3: on revision 8 (its status said)
+          vigil-indicators ind-2: revision unknown (answered neither apply)
+          vigil-indicators ind-3: revision unknown (answered neither apply nor a status probe)
 `
 		if buf.String() != want {
 			t.Errorf("summary:\n%s\nwant:\n%s", buf.String(), want)
