@@ -378,6 +378,22 @@ func (e *env) callsOf(id string, verb contract.Verb) []testpeer.Call {
 	return out
 }
 
+// checkRecomputedOnly checks that a stopped force-backfill recomputed
+// BTC-USD's tf series once on each of the three indicators instances and
+// nothing else.
+func checkRecomputedOnly(t *testing.T, calls []testpeer.Call, tf contract.Timeframe) {
+	t.Helper()
+	if len(calls) != 3 {
+		t.Errorf("%d recompute calls, want one per indicators instance (3): %+v", len(calls), calls)
+	}
+	for _, c := range calls {
+		var args contract.RecomputeArgs
+		if err := json.Unmarshal(c.Args, &args); err != nil || args.Series.Symbol != "BTC-USD" || args.Series.Timeframe != tf {
+			t.Errorf("recompute of %s (%v), want BTC-USD %s only", c.Args, err, tf)
+		}
+	}
+}
+
 // decode unmarshals a result object.
 func decode[T any](t testing.TB, raw json.RawMessage) T {
 	t.Helper()

@@ -432,9 +432,7 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 		if err == nil {
 			candles[tf] = 0
 			for _, rep := range replies[0] {
-				var res struct {
-					Candles map[contract.Timeframe]int `json:"candles"`
-				}
+				var res contract.FeedBackfillResult
 				if json.Unmarshal(rep.Result, &res) == nil {
 					candles[tf] += res.Candles[tf]
 				}
@@ -445,7 +443,7 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 		if err != nil {
 			var c *CancelledError
 			if errors.As(err, &c) {
-				return r.stopBackfill(ctx, cmd, &st, c, steps, backfillProgress{symbol: p.Symbol, candles: candles, done: i, timeframes: len(tfs), tf: tf})
+				return r.stopBackfill(ctx, cmd, &st, c, steps, backfillProgress{symbol: p.Symbol, candles: candles, done: i, timeframes: len(tfs), tf: tf, series: series})
 			}
 			return failed(steps, contract.ErrorOf(err))
 		}
@@ -455,32 +453,37 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 }
 
 // backfillProgress is how far a force-backfill got: the timeframes done
-// (with candles) and the one in flight.
+// (with candles) and the one in flight with its series.
 type backfillProgress struct {
 	symbol           string
 	candles          map[contract.Timeframe]int
 	done, timeframes int
 	tf               contract.Timeframe
+	series           contract.SeriesID
 }
 
 // stopBackfill ends a force-backfill that a pause or a cancel stopped: the
 // feed stops the job of the timeframe in flight once its page is written
 // (feed.cancel, on a context of its own, as cmd's has ended) and reports
-// how far it got. The result keeps the candles written and says how far
-// the backfill got; the indicators of the timeframe in flight are not
-// recomputed.
+// how far it got. When pages of that timeframe were written, its series is
+// recomputed (indicators.recompute, also on a context of its own), so the
+// indicators agree with the candles the cancelled job left in Redis; the
+// result's progress says "recomputed" (or "recompute_failed" with why).
+// The result keeps the candles written and says how far the backfill got.
 func (r *Runner) stopBackfill(ctx context.Context, cmd Command, st *contract.DesiredState, c *CancelledError, steps []contract.Step, p backfillProgress) Outcome {
-	s, replies, err := r.run(context.WithoutCancel(ctx), cmd, st, []stepSpec{{contract.SvcFeed, contract.VerbCancel}},
+	ctx = context.WithoutCancel(ctx)
+	s, replies, err := r.run(ctx, cmd, st, []stepSpec{{contract.SvcFeed, contract.VerbCancel}},
 		contract.CancelArgs{CommandID: cmd.ID}, r.cfg.StepTimeout)
 	steps = append(steps, s...)
 	progress := map[string]any{"timeframes_done": p.done, "timeframes": p.timeframes}
+	if err != nil {
+		progress["feed_not_confirmed"] = contract.ErrorOf(err).Message
+	}
 	if p.done < p.timeframes {
 		pages, total := 0, 0
 		for _, rep := range replies {
 			for _, reply := range rep {
-				var res struct {
-					Stopped []contract.JobProgress `json:"stopped"`
-				}
+				var res contract.FeedCancelResult
 				if json.Unmarshal(reply.Result, &res) != nil {
 					continue
 				}
@@ -491,9 +494,16 @@ func (r *Runner) stopBackfill(ctx context.Context, cmd Command, st *contract.Des
 			}
 		}
 		progress["timeframe"], progress["pages"], progress["pages_total"] = p.tf, pages, total
-	}
-	if err != nil {
-		progress["feed_not_confirmed"] = contract.ErrorOf(err).Message
+		if pages > 0 {
+			s, _, err := r.run(ctx, cmd, st, []stepSpec{{contract.SvcIndicators, contract.VerbRecompute}},
+				contract.RecomputeArgs{Series: p.series}, r.cfg.StepTimeout)
+			steps = append(steps, s...)
+			if err != nil {
+				progress["recompute_failed"] = contract.ErrorOf(err).Message
+			} else {
+				progress["recomputed"] = p.tf
+			}
+		}
 	}
 	progress["candles"] = p.candles
 	return Outcome{Status: contract.StatusCancelled, Steps: steps, Result: map[string]any{"backfilled": false, "symbol": p.symbol,
