@@ -1,17 +1,14 @@
 package indicators_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,9 +17,7 @@ import (
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/indicators/internal/catalog"
 	"vigil.dev/services/indicators/internal/indicators"
-	"vigil.dev/services/indicators/internal/ta"
 )
 
 // heavyBars is the length of the heavy user's series. Issue 17 names a
@@ -42,8 +37,8 @@ func heavyBars(t *testing.T) int {
 }
 
 // Sampling of the light user's commands: each phase takes at least
-// phaseSamples of them and, beside the heavy job, lasts at least one whole
-// recompute (its read, compute and write); a phase ends after phaseMax
+// phaseSamples of them beside at least one whole recompute of the heavy
+// series (its read, compute and write); a phase ends after phaseMax
 // (phaseMaxPer4000 per 4,000 heavy bars) whatever it has.
 const (
 	phaseSamples    = 20
@@ -56,42 +51,39 @@ const (
 // TestNoHeadOfLineBlocking: one user's heavy work never delays another
 // user's commands beyond their normal time (ARCHITECTURE.md §5). Bob sends
 // a stream of apply requests (the reload-settings step, each with a new
-// RSI period, so his 300-bar series is rebuilt) while, in
-// alternating phases of the same run, either alice's recomputes of her
-// long series run back to back on the same instance, or a CPU-bound
-// burner (what a rebuild computes, outside the service) runs in this
-// process with the weight the heavy job had (the CPU this process and
-// redis-server spent per second of it, rounded, at least one goroutine). Bob's
-// latency beside alice's job must stay within 1.5x of his latency beside
-// the burner, at the median and the 90th percentile, so the test measures
-// blocking, not the machine's cores.
+// RSI period, so his 300-bar series is rebuilt) while, in alternating
+// phases of the same run, alice's recomputes of her long series run back
+// to back either on bob's instance or on a twin: a second instance in
+// this process, on a NATS server of its own and a database of its own in
+// the same redis-server, with the same series. Both phases put the same
+// work on the cores, the garbage collector and redis-server; only the
+// first shares bob's instance. Bob's latency beside alice's job on his
+// instance must stay within 1.5x of his latency beside her job on the
+// twin, at the median and the 90th percentile, so the test measures
+// blocking inside the instance, not the machine or Redis.
 func TestNoHeadOfLineBlocking(t *testing.T) {
-	h := newHarness(t)
+	h, twin := newHarness(t), newHarness(t)
 	bars := heavyBars(t)
 	phaseMax := phaseMaxPer4000 * time.Duration(max(1, bars/4000))
-	cfg := h.config("one")
-	cfg.Retention = bars
-	h.startConfigured(cfg)
-	h.waitMembers(1)
 	heavy := contract.SeriesID{User: "alice", UserID: 41, ExchangeID: 1, Symbol: "HEAVY-USD", Timeframe: contract.TF1h}
 	light := contract.SeriesID{User: "bob", UserID: 42, ExchangeID: 1, Symbol: "LIGHT-USD", Timeframe: contract.TF1h}
-	store := redisstore.New(h.store.Client(), bars)
-	ctx := context.Background()
 	heavyCandles, lightCandles := longCandles(t, heavy, bars), candles(t, light, 300, 1)
-	for _, cs := range [][]contract.Candle{heavyCandles, lightCandles} {
-		for chunk := range slices.Chunk(cs, 2000) {
-			if _, err := store.WriteCandles(ctx, chunk); err != nil {
-				t.Fatal(err)
-			}
-		}
+	heavyState := contract.DesiredState{User: heavy.User, UserID: heavy.UserID, ExchangeID: heavy.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{heavy.Symbol}}
+	var stateB contract.DesiredState
+	for _, in := range []*harness{h, twin} {
+		cfg := in.config("one")
+		cfg.Retention = bars
+		in.startConfigured(cfg)
+		in.waitMembers(1)
+		in.writeCandles(bars, heavyCandles)
+		in.putState(heavyState)
+		in.waitUpdate(heavy, heavyCandles[bars-1].Start, true)
 	}
-	h.putState(contract.DesiredState{User: heavy.User, UserID: heavy.UserID, ExchangeID: heavy.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{heavy.Symbol}})
-	stateB := h.putState(contract.DesiredState{User: light.User, UserID: light.UserID, ExchangeID: light.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{light.Symbol}})
-	// Both series are built once their newest bar is published.
-	h.waitUpdate(heavy, heavyCandles[bars-1].Start, true)
+	h.writeCandles(bars, lightCandles)
+	stateB = h.putState(contract.DesiredState{User: light.User, UserID: light.UserID, ExchangeID: light.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{light.Symbol}})
 	h.waitUpdate(light, lightCandles[len(lightCandles)-1].Start, true)
 
-	recomputeHeavy := h.asyncRequest(contract.VerbRecompute, contract.SvcRequest{User: heavy.User, Args: mustJSON(t, contract.RecomputeArgs{Series: heavy})})
+	recompute := contract.SvcRequest{User: heavy.User, Args: mustJSON(t, contract.RecomputeArgs{Series: heavy})}
 	// Each of bob's applies is a reload-settings with a new RSI period:
 	// his 1h series is rebuilt for it (300 bars).
 	applies := 0
@@ -103,32 +95,21 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 		st.UpdatedAt = time.Now().UTC()
 		return h.timedCommand(contract.VerbApply, contract.SvcRequest{User: light.User, State: &st})
 	}
-	// sample sends bob's applies until enough says so and returns their
-	// latencies.
-	sample := func(enough func(n int) bool) []time.Duration {
-		var out []time.Duration
-		for !enough(len(out)) {
-			began := time.Now()
-			if err := apply(); err != nil {
-				t.Fatalf("bob's apply %d: %v", len(out), err)
-			}
-			out = append(out, time.Since(began))
-		}
-		return out
-	}
-	var withBurner, withJob []time.Duration
-	for round := range phaseRounds {
-		// Beside alice's job: her recomputes back to back, the first
-		// sent before bob's first command, the last one waited for.
+	// phase sends bob's applies while alice's recomputes run back to back
+	// on instance in (the first sent before bob's first command, the last
+	// one waited for), until enough samples beside at least one whole
+	// recompute, and returns their latencies.
+	phase := func(round int, where string, in *harness) []time.Duration {
 		var job sync.WaitGroup
 		stopJob := make(chan struct{})
 		var recomputes atomic.Int64
-		began, cpuBefore := time.Now(), h.cpuTime(t)
-		reply := recomputeHeavy()
+		began := time.Now()
+		send := in.asyncRequest(contract.VerbRecompute, recompute)
+		reply := send()
 		job.Go(func() {
 			for {
 				if r := <-reply; !r.OK {
-					t.Errorf("alice's recompute: %+v", r.Error)
+					t.Errorf("alice's recompute on %s: %+v", where, r.Error)
 					return
 				}
 				recomputes.Add(1)
@@ -137,35 +118,47 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 					return
 				default:
 				}
-				reply = recomputeHeavy()
+				reply = send()
 			}
 		})
-		phaseEnd := time.Now().Add(phaseMax)
-		got := sample(func(n int) bool {
-			return (n >= phaseSamples && recomputes.Load() > 0) || time.Now().After(phaseEnd)
-		})
+		var out []time.Duration
+		end := time.Now().Add(phaseMax)
+		for (len(out) < phaseSamples || recomputes.Load() == 0) && time.Now().Before(end) {
+			sent := time.Now()
+			if err := apply(); err != nil {
+				t.Fatalf("bob's apply %d: %v", applies, err)
+			}
+			out = append(out, time.Since(sent))
+		}
 		close(stopJob)
 		job.Wait()
-		withJob = append(withJob, got...)
-		weight := float64(h.cpuTime(t)-cpuBefore) / float64(time.Since(began))
-		burners := max(1, int(weight+0.5))
-		t.Logf("round %d: %d applies beside %d recomputes of alice's %d bars (%s, %.2f cores of this process and redis-server)",
-			round, len(got), recomputes.Load(), bars, time.Since(began).Round(time.Millisecond), weight)
-
-		// Beside the burner, of the job's weight.
-		stopBurn := burn(t, burners, heavyCandles)
-		phaseEnd = time.Now().Add(phaseMax)
-		got = sample(func(n int) bool { return n >= phaseSamples || time.Now().After(phaseEnd) })
-		stopBurn()
-		withBurner = append(withBurner, got...)
-		t.Logf("round %d: %d applies beside %d burner goroutines", round, len(got), burners)
+		t.Logf("round %d: %d applies beside %d recomputes of alice's %d bars on %s (%s)",
+			round, len(out), recomputes.Load(), bars, where, time.Since(began).Round(time.Millisecond))
+		return out
 	}
-	b50, b90 := percentile(withBurner, 50), percentile(withBurner, 90)
-	j50, j90 := percentile(withJob, 50), percentile(withJob, 90)
-	t.Logf("bob's applies beside the burner: n=%d p50=%s p90=%s; beside alice's heavy job: n=%d p50=%s p90=%s",
-		len(withBurner), b50, b90, len(withJob), j50, j90)
+	var besideTwin, besideJob []time.Duration
+	for round := range phaseRounds {
+		besideJob = append(besideJob, phase(round, "bob's instance", h)...)
+		besideTwin = append(besideTwin, phase(round, "the twin", twin)...)
+	}
+	b50, b90 := percentile(besideTwin, 50), percentile(besideTwin, 90)
+	j50, j90 := percentile(besideJob, 50), percentile(besideJob, 90)
+	t.Logf("bob's applies beside alice's job on the twin: n=%d p50=%s p90=%s; on his instance: n=%d p50=%s p90=%s",
+		len(besideTwin), b50, b90, len(besideJob), j50, j90)
 	if float64(j50) > 1.5*float64(b50) || float64(j90) > 1.5*float64(b90) {
-		t.Fatalf("alice's heavy job delays bob: p50 %s vs %s, p90 %s vs %s beside the burner (limit 1.5x)", j50, b50, j90, b90)
+		t.Fatalf("alice's heavy job delays bob: p50 %s vs %s, p90 %s vs %s beside the same job on the twin (limit 1.5x)", j50, b50, j90, b90)
+	}
+}
+
+// writeCandles writes cs to the harness's Redis database (keeping
+// retention bars per series), in chunks.
+func (h *harness) writeCandles(retention int, cs []contract.Candle) {
+	h.t.Helper()
+	store := redisstore.New(h.store.Client(), retention)
+	for chunk := range slices.Chunk(cs, 2000) {
+		if _, err := store.WriteCandles(context.Background(), chunk); err != nil {
+			h.t.Fatal(err)
+		}
 	}
 }
 
@@ -218,100 +211,6 @@ func (h *harness) asyncRequest(verb contract.Verb, req contract.SvcRequest) func
 func (h *harness) timedCommand(verb contract.Verb, req contract.SvcRequest) error {
 	_, err := h.tryRequest(verb, req, 1, commandTimeout)
 	return err
-}
-
-// burn runs n CPU-bound goroutines until the returned stop is called.
-// Each does what a rebuild computes, over and over, outside the service:
-// decode the stored candles and run the mode's indicators over them, so
-// they weigh on the cores and the garbage collector as the heavy job does,
-// without its locks.
-func burn(t *testing.T, n int, cs []contract.Candle) (stop func()) {
-	t.Helper()
-	plan, err := catalog.For(contract.ModePositionMonitor, contract.IndicatorParams{}.WithDefaults())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored, err := json.Marshal(cs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			for {
-				if err := rebuildOnce(plan.Candle, stored); err != nil {
-					t.Error(err)
-					return
-				}
-				select {
-				case <-done:
-					return
-				default:
-				}
-			}
-		})
-	}
-	return func() { close(done); wg.Wait() }
-}
-
-// rebuildOnce decodes stored candles and runs specs over them.
-func rebuildOnce(specs []ta.Spec, stored []byte) error {
-	var cs []contract.Candle
-	if err := json.Unmarshal(stored, &cs); err != nil {
-		return err
-	}
-	bars := make([]ta.Candle, len(cs))
-	for i, c := range cs {
-		bars[i] = ta.Candle{Start: c.Start, Open: c.Open, High: c.High, Low: c.Low, Close: c.Close, Volume: c.Volume}
-	}
-	calc, err := ta.NewSeries(specs)
-	if err != nil {
-		return err
-	}
-	_, err = calc.Rebuild(bars)
-	return err
-}
-
-// cpuTime is the CPU time (user and system) this process and the
-// test's redis-server used so far.
-func (h *harness) cpuTime(t *testing.T) time.Duration {
-	t.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano()+ru.Stime.Nano()) + h.redisCPU(t)
-}
-
-// redisCPU is the CPU time redis-server used so far, from its process_id
-// (INFO server) and /proc/<pid>/stat (utime and stime, in clock ticks of
-// 1/100 s).
-func (h *harness) redisCPU(t *testing.T) time.Duration {
-	t.Helper()
-	info, err := h.store.Client().Info(context.Background(), "server").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pid string
-	for line := range strings.Lines(info) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
-			pid = v
-		}
-	}
-	stat, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		t.Fatalf("CPU time of redis-server (pid %q): %v", pid, err)
-	}
-	// The fields after the command's closing parenthesis start at field
-	// 3 (state); utime and stime are fields 14 and 15.
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("CPU time of redis-server: bad /proc/%s/stat %q", pid, stat)
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // percentile is the p-th percentile of ds (nearest rank).
