@@ -211,9 +211,73 @@ func TestNATSRestart(t *testing.T) {
 	defer cancel()
 	h, verify := startSingleHost(t, ctx, 2)
 	h.checkShared(t, ctx, "before the kill")
+	h.candlePublishes(t, publishWindow) // the start-up gap fills
+	before := h.candlePublishes(t, publishWindow)
 	h.outage(t, "NATS", false, h.nats.kill, h.nats.start)
 	h.checkShared(t, ctx, "after the restart")
+	after := h.candlePublishes(t, publishWindow)
+	t.Logf("1m candle publishes over %v: %d before the kill, %d after the restart (%d and %d versions published twice)",
+		publishWindow, before.oneMinute, after.oneMinute, before.twice, after.twice)
+	// Two feeds owning a user would publish each of its series twice:
+	// the same versions (seen twice by a core subscriber although the
+	// stream drops the second) or twice the updates.
+	if after.twice > 0 || before.twice > 0 {
+		t.Errorf("candle versions published twice: %d before the kill, %d after the restart", before.twice, after.twice)
+	}
+	if float64(after.oneMinute) > 1.5*float64(before.oneMinute) {
+		t.Errorf("1m candle publishes went from %d to %d per %v after the restart: more than one feed publishes a series",
+			before.oneMinute, after.oneMinute, publishWindow)
+	}
 	verify()
+}
+
+// publishWindow is how long candlePublishes listens.
+const publishWindow = 10 * time.Second
+
+// publishes counts what a core subscriber of every candle subject saw.
+type publishes struct {
+	// oneMinute is the number of 1m candle messages.
+	oneMinute int
+	// twice is the number of candle versions (Nats-Msg-Id) seen more than
+	// once.
+	twice int
+}
+
+// candlePublishes subscribes to vigil.candle.> (core NATS, as an operator's
+// nats sub does) for window and counts the 1m candle messages and the
+// versions that came more than once.
+func (h *singleHost) candlePublishes(t *testing.T, window time.Duration) publishes {
+	t.Helper()
+	seen := map[string]int{}
+	var p publishes
+	msgs := make(chan *nats.Msg, 65536)
+	sub, err := h.admin.ChanSubscribe(contract.CandleSubjects, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := time.After(window)
+	for done := false; !done; {
+		select {
+		case m := <-msgs:
+			if strings.HasSuffix(m.Subject, "."+string(contract.TF1m)) {
+				p.oneMinute++
+			}
+			if id := m.Header.Get(nats.MsgIdHdr); id != "" {
+				if seen[id]++; seen[id] == 2 {
+					p.twice++
+				}
+			}
+		case <-end:
+			done = true
+		}
+	}
+	if dropped, err := sub.Dropped(); err != nil || dropped > 0 {
+		t.Fatalf("the candle subscriber dropped %d messages (%v)", dropped, err)
+	}
+	if err := sub.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // checkShared waits until the instances share the work: the membership
