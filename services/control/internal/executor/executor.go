@@ -193,7 +193,9 @@ func New(cfg Config, l Ledger, r Runner, m Membership, pub Publisher, nc *nats.C
 // Start subscribes to the cancel subject and starts the sweeps. The
 // executor runs until Stop, or stops at once (crash) when ctx ends.
 func (e *Executor) Start(ctx context.Context) error {
+	e.mu.Lock() // Kick may come from the ledger's watch meanwhile
 	e.ctx = ctx
+	e.mu.Unlock()
 	cancel, err := e.nc.Subscribe(CancelSubjects, func(m *nats.Msg) {
 		if user, ok := userOf(m.Subject); ok {
 			e.cancelLocalJobs(user, nil, &sequences.CancelledError{By: string(m.Data), Command: contract.CmdPause})
