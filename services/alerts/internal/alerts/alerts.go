@@ -302,36 +302,9 @@ func (in *instance) closeResources() {
 	})
 }
 
-// statusReply is this instance's answer to the status verb.
-type statusReply struct {
-	Instance  string    `json:"instance"`
-	StartedAt time.Time `json:"started_at"`
-	// Members are the live instances of vigil-alerts as this one sees them.
-	Members []string `json:"members"`
-	// Partitions are the partitions of VIGIL_INDICATORS this instance owns.
-	Partitions []int `json:"partitions"`
-	// Consumer is this instance's backlog on VIGIL_INDICATORS.
-	Consumer *consumerStatus `json:"consumer,omitempty"`
-	// Users are the users this instance runs.
-	Users map[string]monitor.UserStatus `json:"users"`
-	// Webhooks are the webhook deliveries this instance runs, by user.
-	Webhooks map[string]webhook.Status `json:"webhooks,omitempty"`
-	// Projection is the backlog of alerts not yet in alert_events (all
-	// instances together); nil when the server could not be asked.
-	Projection *consumerStatus `json:"projection,omitempty"`
-}
-
-// consumerStatus is the backlog of the instance's consumer.
-type consumerStatus struct {
-	// Pending updates are not delivered yet; AckPending ones are delivered
-	// and not acknowledged yet (in evaluation or waiting for a worker).
-	Pending    uint64 `json:"pending"`
-	AckPending int    `json:"ack_pending"`
-}
-
 // status answers the status verb.
 func (in *instance) status(ctx context.Context) any {
-	reply := statusReply{Instance: in.rt.Instance, StartedAt: in.started, Users: map[string]monitor.UserStatus{}}
+	reply := contract.AlertsStatus{Instance: in.rt.Instance, StartedAt: in.started, Users: map[string]contract.AlertsUserStatus{}}
 	if !in.ready.Load() {
 		return reply
 	}
@@ -340,11 +313,11 @@ func (in *instance) status(ctx context.Context) any {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if info, err := in.consumer.Info(ctx); err == nil {
-		reply.Consumer = &consumerStatus{Pending: info.NumPending, AckPending: info.NumAckPending}
+		reply.Consumer = &contract.ConsumerBacklog{Pending: info.NumPending, AckPending: info.NumAckPending}
 	}
 	if cons, err := in.rt.JS.Consumer(ctx, contract.StreamAlerts, record.ProjectorConsumer); err == nil {
 		info := cons.CachedInfo()
-		reply.Projection = &consumerStatus{Pending: info.NumPending, AckPending: info.NumAckPending}
+		reply.Projection = &contract.ConsumerBacklog{Pending: info.NumPending, AckPending: info.NumAckPending}
 	}
 	reply.Users = in.monitor.Status()
 	if hooks := in.hooks.Status(ctx); len(hooks) > 0 {

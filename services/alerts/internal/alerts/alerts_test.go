@@ -404,7 +404,7 @@ func TestWebhookIsSignedAndRetried(t *testing.T) {
 		t.Errorf("failed webhook attempts %d (%v), want 1", n, err)
 	}
 	e.waitFor("the status verb to show the delivery", func() (bool, error) {
-		var s statusReply
+		var s contract.AlertsStatus
 		if err := json.Unmarshal(e.svcReplies(contract.VerbStatus, contract.SvcRequest{}, 1)[0].Result, &s); err != nil {
 			return false, err
 		}
@@ -467,15 +467,15 @@ func TestControlVerbs(t *testing.T) {
 		}
 		return *owner
 	}
-	status := func() monitor.UserStatus {
+	status := func() contract.AlertsUserStatus {
 		t.Helper()
 		replies := e.svcReplies(contract.VerbStatus, contract.SvcRequest{}, 2)
-		var found []monitor.UserStatus
+		var found []contract.AlertsUserStatus
 		for _, r := range replies {
 			var s struct {
 				Members  []string                      `json:"members"`
-				Consumer *consumerStatus               `json:"consumer"`
-				Users    map[string]monitor.UserStatus `json:"users"`
+				Consumer *contract.ConsumerBacklog               `json:"consumer"`
+				Users    map[string]contract.AlertsUserStatus `json:"users"`
 			}
 			if err := json.Unmarshal(r.Result, &s); err != nil {
 				t.Fatal(err)
@@ -698,7 +698,7 @@ func TestDesiredStateConverges(t *testing.T) {
 	alice := userState("alice", 1, rsiHot)
 	e.putState(alice)
 	in := e.start("a")
-	waitStatus := func(what string, cond func(s monitor.UserStatus, ok bool) bool) {
+	waitStatus := func(what string, cond func(s contract.AlertsUserStatus, ok bool) bool) {
 		t.Helper()
 		e.waitFor(what, func() (bool, error) {
 			s, ok := in.monitor.Status()["alice"]
@@ -710,11 +710,11 @@ func TestDesiredStateConverges(t *testing.T) {
 	paused := alice
 	paused.Paused = true
 	e.putState(paused)
-	waitStatus("alice paused", func(s monitor.UserStatus, _ bool) bool { return s.Paused })
+	waitStatus("alice paused", func(s contract.AlertsUserStatus, _ bool) bool { return s.Paused })
 	e.closeBar(alice, rsiBar(1, 75, 1)) // not evaluated
 	e.settle()
 	e.putState(alice)
-	waitStatus("alice running", func(s monitor.UserStatus, _ bool) bool { return !s.Paused })
+	waitStatus("alice running", func(s contract.AlertsUserStatus, _ bool) bool { return !s.Paused })
 	e.closeBar(alice, rsiBar(2, 60, 1))
 	e.closeBar(alice, rsiBar(3, 75, 1))
 	e.waitAlerts(id("alice", rsiHot, 3))
@@ -723,14 +723,14 @@ func TestDesiredStateConverges(t *testing.T) {
 	revised.Revision = 2
 	revised.Settings.Rules = map[contract.Mode][]contract.Rule{contract.ModePositionMonitor: {rsiHot, rsiCold}}
 	e.putState(revised)
-	waitStatus("revision 2", func(s monitor.UserStatus, _ bool) bool { return s.Revision == 2 && s.RulesLoaded == 2 })
+	waitStatus("revision 2", func(s contract.AlertsUserStatus, _ bool) bool { return s.Revision == 2 && s.RulesLoaded == 2 })
 
 	switched := revised
 	switched.Mode, switched.Settings.Mode = contract.ModeScalperMACDV, contract.ModeScalperMACDV
 	switched.Settings.Rules[contract.ModeScalperMACDV] = []contract.Rule{{ID: "macdv-hot", Symbol: "BTC-USD", Timeframe: contract.TF1m,
 		Kind: contract.RuleMACDVZone, SeriesRef: contract.SeriesRef{Indicator: "macdv_12_26_9"}, Zone: contract.ZoneOverbought}}
 	e.putState(switched)
-	waitStatus("scalper-macdv rules", func(s monitor.UserStatus, _ bool) bool {
+	waitStatus("scalper-macdv rules", func(s contract.AlertsUserStatus, _ bool) bool {
 		return s.Mode == contract.ModeScalperMACDV && s.RulesLoaded == 1
 	})
 
@@ -741,7 +741,7 @@ func TestDesiredStateConverges(t *testing.T) {
 	if err := kv.Delete(context.Background(), contract.StateKey("alice")); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus("alice forgotten", func(_ monitor.UserStatus, ok bool) bool { return !ok })
+	waitStatus("alice forgotten", func(_ contract.AlertsUserStatus, ok bool) bool { return !ok })
 	e.closeBar(alice, rsiBar(4, 60, 1))
 	e.closeBar(alice, rsiBar(5, 75, 1)) // alice is unknown now: acknowledged, not evaluated
 	e.settle()

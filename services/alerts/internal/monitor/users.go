@@ -40,7 +40,7 @@ type user struct {
 
 	// info mirrors the fields above for Status, which must not wait for
 	// a user whose work is in progress.
-	info        atomic.Pointer[UserStatus]
+	info        atomic.Pointer[contract.AlertsUserStatus]
 	evaluations atomic.Int64
 	fired       atomic.Int64
 	lastEval    atomic.Int64 // UNIX nanoseconds, 0 before the first

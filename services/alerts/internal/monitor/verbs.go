@@ -153,23 +153,6 @@ func (m *Monitor) Apply(ctx context.Context, user string, st *contract.DesiredSt
 	return VerbResult{Owner: true, Status: StatusApplied, Mode: us.applied.mode, Revision: us.applied.revision, Rules: &n}, nil
 }
 
-// UserStatus is what status reports about one owned user.
-type UserStatus struct {
-	Paused      bool          `json:"paused"`
-	Mode        contract.Mode `json:"mode,omitempty"`
-	Revision    int64         `json:"revision"`
-	RulesLoaded int           `json:"rules_loaded"`
-	// RulesError is why the last desired rule set was rejected.
-	RulesError  string `json:"rules_error,omitempty"`
-	Evaluations int64  `json:"evaluations"`
-	AlertsFired int64  `json:"alerts_fired"`
-	// AlertsSuppressed counts alerts over the alerts per minute limit.
-	AlertsSuppressed int64      `json:"alerts_suppressed,omitempty"`
-	LastEvaluation   *time.Time `json:"last_evaluation,omitempty"`
-	// LastBar is the start of the newest bar evaluated.
-	LastBar *time.Time `json:"last_bar,omitempty"`
-}
-
 // publishInfo refreshes the user's status mirror; call it under us.mu
 // after a change.
 func (m *Monitor) publishInfo(us *user) {
@@ -177,7 +160,7 @@ func (m *Monitor) publishInfo(us *user) {
 		us.info.Store(nil)
 		return
 	}
-	info := &UserStatus{Paused: us.paused, Mode: us.applied.mode, Revision: us.applied.revision, RulesLoaded: len(us.applied.rules)}
+	info := &contract.AlertsUserStatus{Paused: us.paused, Mode: us.applied.mode, Revision: us.applied.revision, RulesLoaded: len(us.applied.rules)}
 	if us.rulesErr != nil {
 		info.RulesError = us.rulesErr.Error()
 	}
@@ -186,11 +169,11 @@ func (m *Monitor) publishInfo(us *user) {
 
 // Status reports every user this instance runs, by token. It never waits
 // for work in progress.
-func (m *Monitor) Status() map[string]UserStatus {
+func (m *Monitor) Status() map[string]contract.AlertsUserStatus {
 	m.mu.Lock()
 	users := slices.Collect(maps.Values(m.users))
 	m.mu.Unlock()
-	out := make(map[string]UserStatus, len(users))
+	out := make(map[string]contract.AlertsUserStatus, len(users))
 	for _, us := range users {
 		info := us.info.Load()
 		if info == nil {

@@ -102,7 +102,7 @@ func TestTwoInstancesNeverConcurrent(t *testing.T) {
 			if !r.OK {
 				t.Fatalf("status failed: %+v", r.Error)
 			}
-			var st control.Status
+			var st contract.ControlStatus
 			if err := json.Unmarshal(r.Result, &st); err != nil {
 				t.Fatal(err)
 			}

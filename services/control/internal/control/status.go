@@ -18,27 +18,8 @@ import (
 // StatusSubject is the status verb of control, answered by every instance.
 var StatusSubject = contract.SvcSubject(contract.SvcControl, contract.VerbStatus)
 
-// Status is one instance's answer on StatusSubject.
-type Status struct {
-	Instance  string    `json:"instance"`
-	StartedAt time.Time `json:"started_at"`
-	// Members are the live control instances.
-	Members []string `json:"members"`
-	// Users are the users with unfinished commands (all of them, or the
-	// one asked for), with the instance that owns each.
-	Users map[string]UserStatus `json:"users"`
-	// RunningHere are the command ids this instance runs, by user.
-	RunningHere map[string][]string `json:"running_here"`
-}
-
-// UserStatus is a user's queue.
-type UserStatus struct {
-	ledger.Depth
-	Owner string `json:"owner"`
-}
-
 // status answers StatusSubject with a contract.SvcReply whose result is a
-// Status; a request {"user":"alice"} narrows it to alice.
+// contract.ControlStatus; a request {"user":"alice"} narrows it to alice.
 func (i *Instance) status(r micro.Request) {
 	reply := contract.SvcReply{Service: contract.ServiceControl, Instance: i.ID(), OK: true}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -55,25 +36,25 @@ func (i *Instance) status(r micro.Request) {
 	}
 }
 
-func (i *Instance) snapshot(ctx context.Context, body []byte) (Status, error) {
+func (i *Instance) snapshot(ctx context.Context, body []byte) (contract.ControlStatus, error) {
 	req := contract.SvcRequest{}
 	if len(body) > 0 {
 		var err error
 		if req, err = contract.DecodeStrict[contract.SvcRequest](body); err != nil {
-			return Status{}, err
+			return contract.ControlStatus{}, err
 		}
 	}
 	depths := i.ledger.Depths()
-	st := Status{Instance: i.ID(), StartedAt: i.started, Members: i.group.Members(),
-		Users: map[string]UserStatus{}, RunningHere: i.exec.Running()}
+	st := contract.ControlStatus{Instance: i.ID(), StartedAt: i.started, Members: i.group.Members(),
+		Users: map[string]contract.ControlUserStatus{}, RunningHere: i.exec.Running()}
 	for user, d := range depths {
 		if req.User == "" || req.User == user {
-			st.Users[user] = UserStatus{Depth: d, Owner: i.group.Owner(user)}
+			st.Users[user] = contract.ControlUserStatus{QueueDepth: d, Owner: i.group.Owner(user)}
 		}
 	}
 	if req.User != "" {
 		if _, ok := st.Users[req.User]; !ok {
-			st.Users[req.User] = UserStatus{Owner: i.group.Owner(req.User)}
+			st.Users[req.User] = contract.ControlUserStatus{Owner: i.group.Owner(req.User)}
 		}
 	}
 	return st, nil

@@ -202,16 +202,13 @@ func collectWebhooks(ctx context.Context, nc *nats.Conn, user string) ([]Webhook
 	var out []WebhookStatus
 	for _, m := range msgs {
 		var reply contract.SvcReply
-		var result struct {
-			Webhooks map[string]WebhookStatus `json:"webhooks"`
-		}
+		var result contract.AlertsStatus
 		if json.Unmarshal(m.Data, &reply) != nil || json.Unmarshal(reply.Result, &result) != nil {
 			continue
 		}
 		for u, s := range result.Webhooks {
 			if user == "" || u == user {
-				s.User, s.Instance = u, reply.Instance
-				out = append(out, s)
+				out = append(out, WebhookStatus{User: u, Instance: reply.Instance, WebhookStatus: s})
 			}
 		}
 	}

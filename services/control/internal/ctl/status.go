@@ -80,12 +80,6 @@ type StatusReport struct {
 	Users    []UserStatus     `json:"users"`
 }
 
-// controlStatus is the part of a vigil-control status result that status
-// reads.
-type controlStatus struct {
-	Users map[string]QueueStatus `json:"users"`
-}
-
 func newStatusCmd(sys IO, conn *connFlags) *cobra.Command {
 	var user string
 	var asJSON bool
@@ -230,12 +224,12 @@ func collectStatus(ctx context.Context, nc *nats.Conn, user string, wait time.Du
 	queues := map[string]QueueStatus{}
 	controlAnswered := len(svcResults(controls)) > 0
 	for _, reply := range svcResults(controls) {
-		var cs controlStatus
+		var cs contract.ControlStatus
 		if json.Unmarshal(reply, &cs) != nil {
 			continue
 		}
 		for token, q := range cs.Users {
-			queues[token] = q
+			queues[token] = QueueStatus{Queued: q.Queued, Running: q.Running, Jobs: q.Jobs}
 		}
 	}
 	for _, st := range states {

@@ -65,24 +65,9 @@ type SourceClock struct {
 	SimTime time.Time `json:"sim_time,omitzero"`
 }
 
-// serviceStatus is the part of the feed's, indicators' and alerts' status
-// results that top reads: the users by token, each with whether this
-// instance owns it (feed; absent means yes) and its lag (indicators) or
-// its symbols' freshness (feed), and the feed's source.
-type serviceStatus struct {
-	Users map[string]struct {
-		Owner     *bool    `json:"owner"`
-		LagMs     *float64 `json:"lag_ms"`
-		Freshness map[string]struct {
-			LagMs *int64 `json:"lag_ms"`
-		} `json:"freshness"`
-	} `json:"users"`
-	// Consumer is vigil-alerts' backlog on VIGIL_INDICATORS.
-	Consumer *struct {
-		Pending    int64 `json:"pending"`
-		AckPending int64 `json:"ack_pending"`
-	} `json:"consumer"`
-	Source       string `json:"source"`
+// sourceClock is the part of a vigil-feed status's source_status (the
+// market source's own diagnostics) that top shows: the simulator's clock.
+type sourceClock struct {
 	SourceStatus struct {
 		Clock   string    `json:"clock"`
 		SimTime time.Time `json:"sim_time"`
@@ -230,14 +215,17 @@ func collectTop(ctx context.Context, nc *nats.Conn, wait time.Duration) (TopRepo
 	for _, svc := range []contract.Svc{contract.SvcFeed, contract.SvcIndicators, contract.SvcAlerts} {
 		for _, m := range replies[svc] {
 			var r contract.SvcReply
-			var st serviceStatus
-			if json.Unmarshal(m.Data, &r) != nil || !r.OK || json.Unmarshal(r.Result, &st) != nil {
+			if json.Unmarshal(m.Data, &r) != nil || !r.OK {
 				continue
 			}
-			owned[r.Instance] = ownershipOf(st)
-			if svc == contract.SvcFeed && st.Source != "" {
-				report.Sources = append(report.Sources, SourceClock{Instance: r.Instance, Source: st.Source,
-					Clock: st.SourceStatus.Clock, SimTime: st.SourceStatus.SimTime})
+			o, source, err := ownershipOf(svc, r.Result)
+			if err != nil {
+				continue
+			}
+			owned[r.Instance] = o
+			if source != nil {
+				source.Instance = r.Instance
+				report.Sources = append(report.Sources, *source)
 			}
 		}
 	}
@@ -285,9 +273,7 @@ type ownership struct {
 // membership.Owner names). ok is false for a reply that is not one.
 func controlOwnership(reply []byte, users []string) (id string, o ownership, ok bool) {
 	var r contract.SvcReply
-	var st struct {
-		Members []string `json:"members"`
-	}
+	var st contract.ControlStatus
 	if json.Unmarshal(reply, &r) != nil || !r.OK || r.Instance == "" || json.Unmarshal(r.Result, &st) != nil {
 		return "", o, false
 	}
@@ -300,28 +286,60 @@ func controlOwnership(reply []byte, users []string) (id string, o ownership, ok 
 	return r.Instance, o, true
 }
 
-// ownershipOf counts the users an instance's status says it owns and its
-// largest lag over them, and reads its consumer's backlog.
-func ownershipOf(st serviceStatus) ownership {
+// ownershipOf reads a status result of svc (feed, indicators or alerts):
+// the users the instance owns (a feed reports the users it does not own
+// too), the largest lag over them (the feed's freshness per symbol, the
+// indicators' lag behind the candles) and the alerts' consumer backlog;
+// and, of a feed, its source and the simulator's clock.
+func ownershipOf(svc contract.Svc, result []byte) (ownership, *SourceClock, error) {
 	o := ownership{lagMs: -1, pending: -1}
-	if st.Consumer != nil {
-		o.pending = st.Consumer.Pending + st.Consumer.AckPending
-	}
-	for _, u := range st.Users {
-		if u.Owner != nil && !*u.Owner {
-			continue
+	switch svc {
+	case contract.SvcFeed:
+		var st contract.FeedStatus
+		var clock sourceClock
+		if err := json.Unmarshal(result, &st); err != nil {
+			return o, nil, err
 		}
-		o.users++
-		if u.LagMs != nil {
-			o.lagMs = max(o.lagMs, int64(*u.LagMs))
+		if err := json.Unmarshal(result, &clock); err != nil {
+			return o, nil, err
 		}
-		for _, f := range u.Freshness {
-			if f.LagMs != nil {
-				o.lagMs = max(o.lagMs, *f.LagMs)
+		for _, u := range st.Users {
+			if !u.Owner {
+				continue
+			}
+			o.users++
+			for _, f := range u.Freshness {
+				o.lagMs = max(o.lagMs, f.LagMs)
 			}
 		}
+		if st.Source == "" {
+			return o, nil, nil
+		}
+		return o, &SourceClock{Source: st.Source, Clock: clock.SourceStatus.Clock, SimTime: clock.SourceStatus.SimTime}, nil
+	case contract.SvcIndicators:
+		var st contract.IndicatorsStatus
+		if err := json.Unmarshal(result, &st); err != nil {
+			return o, nil, err
+		}
+		for _, u := range st.Users {
+			o.users++
+			if u.LastCandle != nil {
+				o.lagMs = max(o.lagMs, int64(u.LagMs))
+			}
+		}
+		return o, nil, nil
+	case contract.SvcAlerts:
+		var st contract.AlertsStatus
+		if err := json.Unmarshal(result, &st); err != nil {
+			return o, nil, err
+		}
+		o.users = len(st.Users)
+		if st.Consumer != nil {
+			o.pending = st.Consumer.Total()
+		}
+		return o, nil, nil
 	}
-	return o
+	return o, nil, fmt.Errorf("no status of %s in top", svc)
 }
 
 // alertsSince counts, per user, the alerts VIGIL_ALERTS received since

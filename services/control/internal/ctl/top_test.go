@@ -14,29 +14,35 @@ import (
 func TestOwnershipCountsOwnedUsersAndTheLargestLag(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
+		svc    contract.Svc
 		status string
 		users  int
 		lagMs  int64
+		// pending is the alerts' consumer backlog (-1: none reported).
+		pending int64
 	}{
-		{"feed", `{"users":{"a":{"owner":true,"freshness":{"BTC-USD":{"lag_ms":120},"ETH-USD":{"lag_ms":900}}},"b":{"owner":false,"freshness":{"BTC-USD":{"lag_ms":99999}}}}}`, 1, 900},
-		{"indicators", `{"users":{"a":{"lag_ms":4.6},"b":{"lag_ms":12.2}}}`, 2, 12},
-		{"alerts without lag", `{"users":{"a":{},"b":{},"c":{}}}`, 3, -1},
-		{"alerts with its consumer", `{"users":{"a":{}},"consumer":{"pending":12,"ack_pending":3}}`, 1, -1},
-		{"no users", `{"users":{}}`, 0, -1},
+		{"feed", contract.SvcFeed, `{"users":{"a":{"owner":true,"freshness":{"BTC-USD":{"lag_ms":120},"ETH-USD":{"lag_ms":900}}},"b":{"owner":false,"freshness":{"BTC-USD":{"lag_ms":99999}}}}}`, 1, 900, -1},
+		{"indicators", contract.SvcIndicators, `{"users":{"a":{"lag_ms":4.6,"last_candle":"2026-12-03T00:00:00Z"},"b":{"lag_ms":12.2,"last_candle":"2026-12-03T00:00:00Z"},"c":{}}}`, 3, 12, -1},
+		{"alerts without lag", contract.SvcAlerts, `{"users":{"a":{},"b":{},"c":{}}}`, 3, -1, -1},
+		{"alerts with its consumer", contract.SvcAlerts, `{"users":{"a":{}},"consumer":{"pending":12,"ack_pending":3}}`, 1, -1, 15},
+		{"no users", contract.SvcIndicators, `{"users":{}}`, 0, -1, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var st serviceStatus
-			if err := json.Unmarshal([]byte(tc.status), &st); err != nil {
+			o, _, err := ownershipOf(tc.svc, []byte(tc.status))
+			if err != nil {
 				t.Fatal(err)
 			}
-			wantPending := int64(-1)
-			if st.Consumer != nil {
-				wantPending = 15
-			}
-			if o := ownershipOf(st); o.users != tc.users || o.lagMs != tc.lagMs || o.pending != wantPending {
-				t.Errorf("ownership %+v, want %d users, lag %d ms, %d pending", o, tc.users, tc.lagMs, wantPending)
+			if o.users != tc.users || o.lagMs != tc.lagMs || o.pending != tc.pending {
+				t.Errorf("ownership %+v, want %d users, lag %d ms, %d pending", o, tc.users, tc.lagMs, tc.pending)
 			}
 		})
+	}
+	if _, _, err := ownershipOf(contract.SvcAlerts, []byte(`{"users":[]}`)); err == nil {
+		t.Error("a malformed alerts status was read")
+	}
+	o, clock, err := ownershipOf(contract.SvcFeed, []byte(`{"source":"sim","source_status":{"clock":"wall","sim_time":"2026-12-03T01:02:03Z"},"users":{}}`))
+	if err != nil || clock == nil || clock.Source != "sim" || clock.Clock != "wall" || !clock.SimTime.Equal(time.Date(2026, 12, 3, 1, 2, 3, 0, time.UTC)) || o.users != 0 {
+		t.Errorf("feed source clock %+v %+v %v", clock, o, err)
 	}
 }
 

@@ -457,25 +457,16 @@ func (l *Ledger) UsersWithWork() []string {
 	return users
 }
 
-// Depth is a user's queue at one moment.
-type Depth struct {
-	Queued int `json:"queued"`
-	// Running is the id of the queued command being executed, or "".
-	Running  string `json:"running,omitempty"`
-	Executor string `json:"executor,omitempty"`
-	Jobs     int    `json:"jobs"`
-}
-
 // Depths returns the queue of every user with unsettled commands.
-func (l *Ledger) Depths() map[string]Depth {
+func (l *Ledger) Depths() map[string]contract.QueueDepth {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := map[string]Depth{}
+	out := map[string]contract.QueueDepth{}
 	for user, c := range l.cache {
 		if len(c.q.Items) == 0 {
 			continue
 		}
-		var d Depth
+		var d contract.QueueDepth
 		for _, e := range c.q.Items {
 			switch {
 			case e.queued():

@@ -259,48 +259,17 @@ func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (res Seri
 	return SeriesResult{Owner: n > 0, Series: n}, nil
 }
 
-// UserStatus is one user's part of Status.
-type UserStatus struct {
-	Paused   bool          `json:"paused"`
-	Mode     contract.Mode `json:"mode"`
-	Revision int64         `json:"revision"`
-	// Series counts the user's series this instance runs (candle and
-	// order book); Warming those with an indicator still warming up.
-	Series  int `json:"series"`
-	Warming int `json:"warming"`
-	// LastCandle is when this instance last processed a candle of the
-	// user; LagMs how long after the candle's observation that was.
-	LastCandle *time.Time `json:"last_candle,omitempty"`
-	LagMs      float64    `json:"lag_ms,omitempty"`
-}
-
-// Status is the answer of the status verb.
-type Status struct {
-	// Instance is the instance id (as $SRV.PING reports it), Name its
-	// configured name; Members the live instances' ids.
-	Instance string   `json:"instance"`
-	Name     string   `json:"name"`
-	Members  []string `json:"members"`
-	// Partitions are the partitions of VIGIL_CANDLES this instance owns.
-	Partitions []int `json:"partitions"`
-	// Series counts the series this instance runs, Warming those with an
-	// indicator still warming up.
-	Series  int                   `json:"series"`
-	Warming int                   `json:"warming"`
-	Users   map[string]UserStatus `json:"users"`
-}
-
 // Status reports the series this instance runs, per user and in total.
 // With a user token it reports only that user.
-func (e *Engine) Status(token string) Status {
+func (e *Engine) Status(token string) contract.IndicatorsStatus {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := Status{Instance: e.instance, Name: e.name, Members: e.owner.Members(), Partitions: e.owner.Partitions(), Users: map[string]UserStatus{}}
+	st := contract.IndicatorsStatus{Instance: e.instance, Name: e.name, Members: e.owner.Members(), Partitions: e.owner.Partitions(), Users: map[string]contract.IndicatorsUserStatus{}}
 	for t, u := range e.users {
 		if token != "" && t != token {
 			continue
 		}
-		us := UserStatus{Paused: u.state.Paused, Mode: u.mode(), Revision: u.state.Revision}
+		us := contract.IndicatorsUserStatus{Paused: u.state.Paused, Mode: u.mode(), Revision: u.state.Revision}
 		us.Series, us.Warming = e.countUser(t)
 		if !u.lastCandle.IsZero() {
 			last := u.lastCandle.UTC()

@@ -231,7 +231,7 @@ func (h *harness) tryRequest(verb contract.Verb, req contract.SvcRequest, want i
 }
 
 // statuses returns the status of each of n instances.
-func (h *harness) statuses(n int) []engine.Status {
+func (h *harness) statuses(n int) []contract.IndicatorsStatus {
 	h.t.Helper()
 	sts, err := h.tryStatuses(n)
 	if err != nil {
@@ -240,14 +240,14 @@ func (h *harness) statuses(n int) []engine.Status {
 	return sts
 }
 
-func (h *harness) tryStatuses(n int) ([]engine.Status, error) {
+func (h *harness) tryStatuses(n int) ([]contract.IndicatorsStatus, error) {
 	replies, err := h.tryRequest(contract.VerbStatus, contract.SvcRequest{}, n, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	var out []engine.Status
+	var out []contract.IndicatorsStatus
 	for _, r := range replies {
-		var st engine.Status
+		var st contract.IndicatorsStatus
 		if err := json.Unmarshal(r.Result, &st); err != nil {
 			return nil, err
 		}

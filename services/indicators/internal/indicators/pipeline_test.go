@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
-	"vigil.dev/services/indicators/internal/engine"
 )
 
 // positionMonitor is the indicator set of position-monitor with the
@@ -182,7 +181,7 @@ func partialOf(c contract.Candle) contract.Candle {
 }
 
 // statusHasUsers checks that a status lists the users.
-func statusHasUsers(st engine.Status, users ...string) error {
+func statusHasUsers(st contract.IndicatorsStatus, users ...string) error {
 	for _, u := range users {
 		if _, ok := st.Users[u]; !ok {
 			return fmt.Errorf("status of %s does not list %s: %+v", st.Instance, u, st.Users)

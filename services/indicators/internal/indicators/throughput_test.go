@@ -17,7 +17,6 @@ import (
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/indicators/internal/engine"
 	"vigil.dev/services/indicators/internal/indicators"
 )
 
@@ -109,7 +108,7 @@ func benchmarkThroughput(b *testing.B, users int) {
 			return false
 		}
 		var reply contract.SvcReply
-		var st engine.Status
+		var st contract.IndicatorsStatus
 		return json.Unmarshal(msg.Data, &reply) == nil && json.Unmarshal(reply.Result, &st) == nil && st.Series == len(series)
 	})
 
