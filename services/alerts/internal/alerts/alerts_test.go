@@ -473,8 +473,8 @@ func TestControlVerbs(t *testing.T) {
 		var found []contract.AlertsUserStatus
 		for _, r := range replies {
 			var s struct {
-				Members  []string                      `json:"members"`
-				Consumer *contract.ConsumerBacklog               `json:"consumer"`
+				Members  []string                             `json:"members"`
+				Consumer *contract.ConsumerBacklog            `json:"consumer"`
 				Users    map[string]contract.AlertsUserStatus `json:"users"`
 			}
 			if err := json.Unmarshal(r.Result, &s); err != nil {
