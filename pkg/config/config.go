@@ -3,9 +3,17 @@
 // struct tags, a one-line error naming the variable for a bad or missing
 // value, -h listing every variable, and a log form with secrets masked.
 //
-// Fields are tagged `env:"NAME"`, optionally `envDefault:"..."`, `help:"..."`
-// and `secret:"true"`. A struct with a Validate() error method is validated
-// after parsing.
+// Fields are tagged `env:"NAME"`, optionally `envDefault:"..."`, `help:"..."`,
+// `secret:"true"` and `was:"OLD_NAME"` (a name the variable had before: it
+// is still read, with a warning on stderr, when NAME is not set). A struct
+// with a Validate() error method is validated after parsing.
+//
+// Names follow one rule (docs/design.md "Configuration names"): a variable
+// one service alone reads is VIGIL_<SERVICE>_<NAME>, or inside a service
+// VIGIL_<COMPONENT>_<NAME> for the component it configures (COINBASE, SIM,
+// REPLAY, WEBHOOK); a variable more than one service (or vigilctl) reads is
+// VIGIL_<NAME>; the ecosystem's names stay as they are (NATS_URL,
+// REDIS_URL, DATABASE_URL, OTEL_*).
 package config
 
 import (
@@ -15,6 +23,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
 	"reflect"
 	"strings"
 	"text/tabwriter"
@@ -44,7 +53,11 @@ func Load(cfg any, binary, description string, args []string, out io.Writer) err
 		}
 		return fmt.Errorf("%s: %w (use -h to list the environment variables)", binary, err)
 	}
-	if err := env.Parse(cfg); err != nil {
+	environ, renamed := withFormerNames(cfg, env.ToMap(os.Environ()))
+	for _, r := range renamed {
+		fmt.Fprintf(os.Stderr, "%s: config: %s is deprecated, read as %s; rename it, the old name goes in the next release\n", binary, r[0], r[1])
+	}
+	if err := env.ParseWithOptions(cfg, env.Options{Environment: environ}); err != nil {
 		return fmt.Errorf("config: %s", oneLine(err, cfg))
 	}
 	if v, ok := cfg.(Validator); ok {
@@ -53,6 +66,28 @@ func Load(cfg any, binary, description string, args []string, out io.Writer) err
 		}
 	}
 	return nil
+}
+
+// withFormerNames returns environ with the value of each variable of cfg
+// that is not set (or empty) but is under its former name (its `was` tag) set under
+// its name, and the pairs {former, name} so read.
+func withFormerNames(cfg any, environ map[string]string) (map[string]string, [][2]string) {
+	var renamed [][2]string
+	walk(reflect.ValueOf(cfg), func(f reflect.StructField, _ reflect.Value) {
+		was := f.Tag.Get("was")
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if was == "" {
+			return
+		}
+		if environ[name] != "" {
+			return
+		}
+		if v := environ[was]; v != "" {
+			environ[name] = v
+			renamed = append(renamed, [2]string{was, name})
+		}
+	})
+	return environ, renamed
 }
 
 // oneLine joins caarlos0/env's errors into one line that names each

@@ -167,3 +167,47 @@ func TestRedisSentinelURL(t *testing.T) {
 		t.Error("IsSentinelURL misclassifies")
 	}
 }
+
+// renamedConfig has a variable that was renamed.
+type renamedConfig struct {
+	QueueLimit int `env:"VIGIL_TEST_CONTROL_QUEUE_LIMIT" was:"VIGIL_TEST_QUEUE_LIMIT" envDefault:"16"`
+}
+
+// TestFormerNamesStillWork: a variable set only under its former name is
+// read; the new name wins when both are set; the default applies to
+// neither.
+func TestFormerNamesStillWork(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		env      map[string]string
+		want     int
+		warnings int
+	}{
+		{"neither", map[string]string{}, 16, 0},
+		{"former only", map[string]string{"VIGIL_TEST_QUEUE_LIMIT": "4"}, 4, 1},
+		{"new only", map[string]string{"VIGIL_TEST_CONTROL_QUEUE_LIMIT": "5"}, 5, 0},
+		{"both", map[string]string{"VIGIL_TEST_QUEUE_LIMIT": "4", "VIGIL_TEST_CONTROL_QUEUE_LIMIT": "5"}, 5, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("VIGIL_TEST_QUEUE_LIMIT", "")
+			t.Setenv("VIGIL_TEST_CONTROL_QUEUE_LIMIT", "")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var cfg renamedConfig
+			if err := Load(&cfg, "vigil-test", "test", nil, &bytes.Buffer{}); err != nil {
+				t.Fatal(err)
+			}
+			if cfg.QueueLimit != tc.want {
+				t.Errorf("queue limit %d, want %d", cfg.QueueLimit, tc.want)
+			}
+			environ := map[string]string{}
+			for k, v := range tc.env {
+				environ[k] = v
+			}
+			if _, renamed := withFormerNames(&cfg, environ); len(renamed) != tc.warnings {
+				t.Errorf("renamed %v, want %d", renamed, tc.warnings)
+			}
+		})
+	}
+}

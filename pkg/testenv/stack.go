@@ -109,7 +109,10 @@ func (s *Stack) Bin(name string) string { return filepath.Join(s.bin, name) }
 func (s *Stack) Environ(extra ...string) []string {
 	env := append(os.Environ(),
 		"NATS_URL="+s.NATSURL, "REDIS_URL="+s.RedisURL, "DATABASE_URL="+s.DatabaseURL,
-		"VIGIL_LOG_LEVEL=debug", "VIGIL_SHUTDOWN_TIMEOUT=5s", "VIGIL_STEP_TIMEOUT=30s")
+		"VIGIL_LOG_LEVEL=debug", "VIGIL_SHUTDOWN_TIMEOUT=5s", "VIGIL_CONTROL_STEP_TIMEOUT=30s",
+		// The same for a control of the previous release (make
+		// test-upgrade), which knows only the former name.
+		"VIGIL_STEP_TIMEOUT=30s")
 	env = append(env, s.Env...)
 	return append(env, extra...)
 }

@@ -126,7 +126,7 @@ func perUserAt(ctx context.Context, env *Env, quiet time.Duration) (perUserRun, 
 	}
 	// A resume waits for the user's gap fill, slow on a loaded machine
 	// with the simulator's fast clock: a long step timeout.
-	procs, err := s.start(ctx, stackServices, 1, 1, "VIGIL_FEED_QUIET_INTERVAL="+quiet.String(), "VIGIL_STEP_TIMEOUT=1m")
+	procs, err := s.start(ctx, stackServices, 1, 1, "VIGIL_FEED_QUIET_INTERVAL="+quiet.String(), "VIGIL_CONTROL_STEP_TIMEOUT=1m")
 	if err != nil {
 		return run, err
 	}

@@ -154,7 +154,7 @@ func TestCommandsCoinbase(t *testing.T) {
 	fake := startFakeExchange(t, "-products", "BTC-USD,ETH-USD", "-history", "168h", "-heartbeat", "250ms")
 	const rps = 8
 	s := newCmdStack(t, "VIGIL_FEED_SOURCE=coinbase", "VIGIL_COINBASE_WS_URL="+fake.WS, "VIGIL_COINBASE_REST_URL="+fake.REST,
-		"VIGIL_COINBASE_PUBLIC_RPS="+strconv.Itoa(rps), "VIGIL_GAP_FILL_BARS=5", "VIGIL_CANDLE_RETENTION=20000")
+		"VIGIL_COINBASE_PUBLIC_RPS="+strconv.Itoa(rps), "VIGIL_FEED_GAP_FILL_BARS=5", "VIGIL_FEED_CANDLE_RETENTION=20000")
 	s.seed(t, backfillUser, `{"mode":"position-monitor","symbols":["BTC-USD"]}`)
 	s.seed(t, longBackfillUser, `{"mode":"position-monitor","symbols":["ETH-USD"]}`)
 	began := time.Now()
@@ -164,7 +164,7 @@ func TestCommandsCoinbase(t *testing.T) {
 	// The backfilled range: the two days before yesterday (UTC), whole bars
 	// of every timeframe, so that nothing but the backfill reads it at any
 	// time of day. The feed seeds today's buckets when it subscribes a
-	// product, and the user's start-up gap fill reads VIGIL_GAP_FILL_BARS-1
+	// product, and the user's start-up gap fill reads VIGIL_FEED_GAP_FILL_BARS-1
 	// bars before the attach: for 4h that reaches back 16-20 hours, into
 	// yesterday whenever the test starts before 16:00 UTC (it did end at
 	// today's midnight, and the gap fill's 4h request counted as a page).
@@ -231,7 +231,7 @@ func testForceBackfill(t *testing.T, s *cmdStack, fake fakeExchange, from, to ti
 	testenv.WaitFor(t, 30*time.Second, "the gap fill of "+backfillUser, func() bool { return s.lastCandle(t, hourly).Start > 0 })
 	for _, tf := range tfs {
 		if n := len(inRange(s.candles(t, a.series(backfillUser, "BTC-USD", tf)))); n != 0 {
-			t.Fatalf("%d %s bars in the range before the backfill (VIGIL_GAP_FILL_BARS=5 should keep it empty)", n, tf)
+			t.Fatalf("%d %s bars in the range before the backfill (VIGIL_FEED_GAP_FILL_BARS=5 should keep it empty)", n, tf)
 		}
 	}
 	for _, name := range indicators {

@@ -53,22 +53,22 @@ type Config struct {
 
 // Settings are control's own settings.
 type Settings struct {
-	QueueLimit      int           `env:"VIGIL_QUEUE_LIMIT" envDefault:"32" help:"queued commands per user; one more is rejected busy"`
+	QueueLimit      int           `env:"VIGIL_CONTROL_QUEUE_LIMIT" was:"VIGIL_QUEUE_LIMIT" envDefault:"32" help:"queued commands per user; one more is rejected busy"`
 	CommandsPerMin  int           `env:"VIGIL_COMMANDS_PER_MINUTE" envDefault:"600" help:"commands per user and minute each instance takes (pause and cancel excepted), as a burst refilled over the minute; one more is rejected busy; 0: no limit"`
-	StepTimeout     time.Duration `env:"VIGIL_STEP_TIMEOUT" envDefault:"5s" help:"how long a sequence step waits for every instance"`
-	BackfillTimeout time.Duration `env:"VIGIL_BACKFILL_TIMEOUT" envDefault:"10m" help:"how long force-backfill waits for the feed, per timeframe"`
-	BackfillBars    int           `env:"VIGIL_BACKFILL_BARS" envDefault:"1000" help:"force-backfill's default range, in bars of each timeframe"`
-	PingWait        time.Duration `env:"VIGIL_PING_WAIT" envDefault:"1s" help:"how long a step waits for the first $SRV.PING answer"`
-	PingStall       time.Duration `env:"VIGIL_PING_STALL" envDefault:"100ms" help:"a step stops discovering instances after this long without a new $SRV.PING answer"`
-	SweepInterval   time.Duration `env:"VIGIL_SWEEP_INTERVAL" envDefault:"2s" help:"how often the command log is searched for work of dead or silent instances"`
-	MaxJobs         int           `env:"VIGIL_MAX_JOBS_PER_USER" envDefault:"2" help:"force-backfill jobs running at once per user"`
+	StepTimeout     time.Duration `env:"VIGIL_CONTROL_STEP_TIMEOUT" was:"VIGIL_STEP_TIMEOUT" envDefault:"5s" help:"how long a sequence step waits for every instance"`
+	BackfillTimeout time.Duration `env:"VIGIL_CONTROL_BACKFILL_TIMEOUT" was:"VIGIL_BACKFILL_TIMEOUT" envDefault:"10m" help:"how long force-backfill waits for the feed, per timeframe"`
+	BackfillBars    int           `env:"VIGIL_CONTROL_BACKFILL_BARS" was:"VIGIL_BACKFILL_BARS" envDefault:"1000" help:"force-backfill's default range, in bars of each timeframe"`
+	PingWait        time.Duration `env:"VIGIL_CONTROL_PING_WAIT" was:"VIGIL_PING_WAIT" envDefault:"1s" help:"how long a step waits for the first $SRV.PING answer"`
+	PingStall       time.Duration `env:"VIGIL_CONTROL_PING_STALL" was:"VIGIL_PING_STALL" envDefault:"100ms" help:"a step stops discovering instances after this long without a new $SRV.PING answer"`
+	SweepInterval   time.Duration `env:"VIGIL_CONTROL_SWEEP_INTERVAL" was:"VIGIL_SWEEP_INTERVAL" envDefault:"2s" help:"how often the command log is searched for work of dead or silent instances"`
+	MaxJobs         int           `env:"VIGIL_CONTROL_MAX_JOBS_PER_USER" was:"VIGIL_MAX_JOBS_PER_USER" envDefault:"2" help:"force-backfill jobs running at once per user"`
 	MaxSymbols      int           `env:"VIGIL_MAX_SYMBOLS" envDefault:"50" help:"symbols per user"`
 	MaxRules        int           `env:"VIGIL_MAX_RULES" envDefault:"200" help:"alert rules per user"`
-	UserCacheTTL    time.Duration `env:"VIGIL_USER_CACHE_TTL" envDefault:"1m" help:"how long a user lookup is cached (reload-settings refreshes it)"`
-	Migrate         bool          `env:"VIGIL_DB_MIGRATE" envDefault:"true" help:"apply the database migrations at start"`
-	SeedStates      bool          `env:"VIGIL_SEED_STATES" envDefault:"true" help:"at start, write the initial desired state of every user that has none"`
-	TenantInboxes   bool          `env:"VIGIL_TENANT_INBOXES" envDefault:"false" help:"answer a command of user u only on a reply subject under _INBOX_<u>. or VIGIL_OPERATOR_INBOXES (turn on with per-tenant inbox prefixes)"`
-	OperatorInboxes []string      `env:"VIGIL_OPERATOR_INBOXES" envDefault:"_INBOX." envSeparator:"," help:"inbox prefixes (comma-separated, each ending in .) of operators that may command every user, with VIGIL_TENANT_INBOXES"`
+	UserCacheTTL    time.Duration `env:"VIGIL_CONTROL_USER_CACHE_TTL" was:"VIGIL_USER_CACHE_TTL" envDefault:"1m" help:"how long a user lookup is cached (reload-settings refreshes it)"`
+	Migrate         bool          `env:"VIGIL_CONTROL_DB_MIGRATE" was:"VIGIL_DB_MIGRATE" envDefault:"true" help:"apply the database migrations at start"`
+	SeedStates      bool          `env:"VIGIL_CONTROL_SEED_STATES" was:"VIGIL_SEED_STATES" envDefault:"true" help:"at start, write the initial desired state of every user that has none"`
+	TenantInboxes   bool          `env:"VIGIL_CONTROL_TENANT_INBOXES" was:"VIGIL_TENANT_INBOXES" envDefault:"false" help:"answer a command of user u only on a reply subject under _INBOX_<u>. or VIGIL_CONTROL_OPERATOR_INBOXES (turn on with per-tenant inbox prefixes)"`
+	OperatorInboxes []string      `env:"VIGIL_CONTROL_OPERATOR_INBOXES" was:"VIGIL_OPERATOR_INBOXES" envDefault:"_INBOX." envSeparator:"," help:"inbox prefixes (comma-separated, each ending in .) of operators that may command every user, with VIGIL_CONTROL_TENANT_INBOXES"`
 }
 
 // Validate checks control's settings.
@@ -77,21 +77,21 @@ func (s Settings) Validate() error {
 		name string
 		ok   bool
 	}{
-		{"VIGIL_QUEUE_LIMIT", s.QueueLimit > 0}, {"VIGIL_STEP_TIMEOUT", s.StepTimeout > 0},
-		{"VIGIL_BACKFILL_TIMEOUT", s.BackfillTimeout > 0},
-		{"VIGIL_BACKFILL_BARS", s.BackfillBars > 0 && s.BackfillBars <= contract.MaxBackfillBars},
-		{"VIGIL_PING_WAIT", s.PingWait > 0}, {"VIGIL_PING_STALL", s.PingStall > 0},
-		{"VIGIL_SWEEP_INTERVAL", s.SweepInterval > 0}, {"VIGIL_MAX_JOBS_PER_USER", s.MaxJobs > 0},
+		{"VIGIL_CONTROL_QUEUE_LIMIT", s.QueueLimit > 0}, {"VIGIL_CONTROL_STEP_TIMEOUT", s.StepTimeout > 0},
+		{"VIGIL_CONTROL_BACKFILL_TIMEOUT", s.BackfillTimeout > 0},
+		{"VIGIL_CONTROL_BACKFILL_BARS", s.BackfillBars > 0 && s.BackfillBars <= contract.MaxBackfillBars},
+		{"VIGIL_CONTROL_PING_WAIT", s.PingWait > 0}, {"VIGIL_CONTROL_PING_STALL", s.PingStall > 0},
+		{"VIGIL_CONTROL_SWEEP_INTERVAL", s.SweepInterval > 0}, {"VIGIL_CONTROL_MAX_JOBS_PER_USER", s.MaxJobs > 0},
 		{"VIGIL_MAX_SYMBOLS", s.MaxSymbols > 0}, {"VIGIL_MAX_RULES", s.MaxRules > 0},
-		{"VIGIL_USER_CACHE_TTL", s.UserCacheTTL > 0}, {"VIGIL_COMMANDS_PER_MINUTE", s.CommandsPerMin >= 0},
+		{"VIGIL_CONTROL_USER_CACHE_TTL", s.UserCacheTTL > 0}, {"VIGIL_COMMANDS_PER_MINUTE", s.CommandsPerMin >= 0},
 	} {
 		if !v.ok {
-			return fmt.Errorf("%s: must be positive (VIGIL_COMMANDS_PER_MINUTE may be 0, VIGIL_BACKFILL_BARS at most %d)", v.name, contract.MaxBackfillBars)
+			return fmt.Errorf("%s: must be positive (VIGIL_COMMANDS_PER_MINUTE may be 0, VIGIL_CONTROL_BACKFILL_BARS at most %d)", v.name, contract.MaxBackfillBars)
 		}
 	}
 	for _, p := range s.OperatorInboxes {
 		if p == "" || !strings.HasSuffix(p, ".") || strings.ContainsAny(p, " *>") {
-			return fmt.Errorf("VIGIL_OPERATOR_INBOXES: %q must be a subject prefix ending in \".\" without wildcards", p)
+			return fmt.Errorf("VIGIL_CONTROL_OPERATOR_INBOXES: %q must be a subject prefix ending in \".\" without wildcards", p)
 		}
 	}
 	return nil

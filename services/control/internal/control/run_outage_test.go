@@ -42,7 +42,7 @@ func TestRunWhilePostgresIsDown(t *testing.T) {
 	t.Setenv("REDIS_URL", testenv.Redis(t))
 	t.Setenv("DATABASE_URL", pg.URL())
 	t.Setenv("VIGIL_INSTANCE", "outage")
-	t.Setenv("VIGIL_STEP_TIMEOUT", "2s")
+	t.Setenv("VIGIL_CONTROL_STEP_TIMEOUT", "2s")
 	t.Setenv("VIGIL_HEALTH_ADDR", strings.TrimSuffix(strings.TrimPrefix(readyz, "http://"), "/readyz"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done, returned := make(chan error, 1), make(chan struct{})

@@ -24,7 +24,7 @@ func TestRun(t *testing.T) {
 	t.Setenv("REDIS_URL", testenv.Redis(t))
 	t.Setenv("DATABASE_URL", databaseURL(t, e))
 	t.Setenv("VIGIL_INSTANCE", "run-test")
-	t.Setenv("VIGIL_STEP_TIMEOUT", "2s")
+	t.Setenv("VIGIL_CONTROL_STEP_TIMEOUT", "2s")
 	ctx, cancel := context.WithCancel(context.Background())
 	var out testenv.Buffer
 	done, returned := make(chan error, 1), make(chan struct{})
@@ -75,7 +75,7 @@ func TestRunHelp(t *testing.T) {
 	if err := control.Run(context.Background(), []string{"-h"}, &out); !errors.Is(err, config.ErrHelp) {
 		t.Fatalf("err = %v", err)
 	}
-	for _, v := range []string{"VIGIL_QUEUE_LIMIT", "VIGIL_STEP_TIMEOUT", "DATABASE_URL", "REDIS_URL", "NATS_URL"} {
+	for _, v := range []string{"VIGIL_CONTROL_QUEUE_LIMIT", "VIGIL_CONTROL_STEP_TIMEOUT", "DATABASE_URL", "REDIS_URL", "NATS_URL"} {
 		if !strings.Contains(out.String(), v) {
 			t.Errorf("usage lacks %s", v)
 		}
@@ -95,7 +95,7 @@ func TestRunBadConfig(t *testing.T) {
 	t.Setenv("REDIS_URL", "redis://127.0.0.1:1/0")
 	t.Setenv("DATABASE_URL", "postgres://vigil@127.0.0.1:1/vigil")
 	for _, tc := range []struct{ name, value string }{
-		{"VIGIL_QUEUE_LIMIT", "0"}, {"VIGIL_STEP_TIMEOUT", "-1s"}, {"VIGIL_BACKFILL_BARS", "1000000"}, {"VIGIL_PING_STALL", "soon"},
+		{"VIGIL_CONTROL_QUEUE_LIMIT", "0"}, {"VIGIL_CONTROL_STEP_TIMEOUT", "-1s"}, {"VIGIL_CONTROL_BACKFILL_BARS", "1000000"}, {"VIGIL_CONTROL_PING_STALL", "soon"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(tc.name, tc.value)

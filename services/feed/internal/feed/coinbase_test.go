@@ -76,7 +76,7 @@ func coinbaseEnv(x *exchange, extra map[string]string) map[string]string {
 		"VIGIL_COINBASE_PUBLIC_RPS":      "50",
 		"VIGIL_COINBASE_SILENCE_TIMEOUT": "1s",
 		"VIGIL_COINBASE_RECONCILE_DELAY": "200ms",
-		"VIGIL_GAP_FILL_BARS":            "60",
+		"VIGIL_FEED_GAP_FILL_BARS":       "60",
 		"VIGIL_FEED_FLUSH_INTERVAL":      "50ms",
 	}
 	for k, v := range extra {

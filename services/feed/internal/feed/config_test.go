@@ -27,8 +27,8 @@ func TestBadConfigFailsAtStartWithOneLine(t *testing.T) {
 		{"unreadable key", map[string]string{"VIGIL_FEED_SOURCE": "coinbase", "VIGIL_COINBASE_KEY_NAME": "k", "VIGIL_COINBASE_KEY_FILE": "/secret/nope.pem"}, "VIGIL_COINBASE_KEY_FILE"},
 		{"websocket URL", map[string]string{"VIGIL_FEED_SOURCE": "coinbase", "VIGIL_COINBASE_WS_URL": "http://x"}, "VIGIL_COINBASE_WS_URL"},
 		{"zero rate", map[string]string{"VIGIL_FEED_SOURCE": "coinbase", "VIGIL_COINBASE_PUBLIC_RPS": "0"}, "VIGIL_COINBASE_PUBLIC_RPS"},
-		{"book depth", map[string]string{"VIGIL_BOOK_DEPTH": "5000"}, "VIGIL_BOOK_DEPTH"},
-		{"retention", map[string]string{"VIGIL_CANDLE_RETENTION": "0"}, "VIGIL_CANDLE_RETENTION"},
+		{"book depth", map[string]string{"VIGIL_FEED_BOOK_DEPTH": "5000"}, "VIGIL_FEED_BOOK_DEPTH"},
+		{"retention", map[string]string{"VIGIL_FEED_CANDLE_RETENTION": "0"}, "VIGIL_FEED_CANDLE_RETENTION"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("REDIS_URL", "redis://127.0.0.1:1/0")

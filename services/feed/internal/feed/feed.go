@@ -47,13 +47,13 @@ type Config struct {
 	config.Service
 	config.Redis
 	Source        string        `env:"VIGIL_FEED_SOURCE" envDefault:"sim" help:"market data source: sim, coinbase or replay"`
-	Retention     int           `env:"VIGIL_CANDLE_RETENTION" envDefault:"1000" help:"candles kept per series in Redis"`
+	Retention     int           `env:"VIGIL_FEED_CANDLE_RETENTION" was:"VIGIL_CANDLE_RETENTION" envDefault:"1000" help:"candles kept per series in Redis"`
 	FlushInterval time.Duration `env:"VIGIL_FEED_FLUSH_INTERVAL" envDefault:"100ms" help:"how often bar updates are written and published"`
 	QuietInterval time.Duration `env:"VIGIL_FEED_QUIET_INTERVAL" envDefault:"5s" help:"how often in-progress bars that none of a user's live rules needs are written and published (closed bars, and the timeframes of live rules, every flush)"`
-	GapFillBars   int           `env:"VIGIL_GAP_FILL_BARS" envDefault:"300" help:"most bars per series read from history when a user starts (start, failover, resume) or after a reconnect"`
-	BookDepth     int           `env:"VIGIL_BOOK_DEPTH" envDefault:"50" help:"levels per side in order-book snapshots (scalper-orderbook)"`
-	BookInterval  time.Duration `env:"VIGIL_BOOK_INTERVAL" envDefault:"250ms" help:"least time between two order-book snapshots of a product"`
-	BackfillMax   time.Duration `env:"VIGIL_BACKFILL_TIMEOUT" envDefault:"10m" help:"longest a backfill job may run"`
+	GapFillBars   int           `env:"VIGIL_FEED_GAP_FILL_BARS" was:"VIGIL_GAP_FILL_BARS" envDefault:"300" help:"most bars per series read from history when a user starts (start, failover, resume) or after a reconnect"`
+	BookDepth     int           `env:"VIGIL_FEED_BOOK_DEPTH" was:"VIGIL_BOOK_DEPTH" envDefault:"50" help:"levels per side in order-book snapshots (scalper-orderbook)"`
+	BookInterval  time.Duration `env:"VIGIL_FEED_BOOK_INTERVAL" was:"VIGIL_BOOK_INTERVAL" envDefault:"250ms" help:"least time between two order-book snapshots of a product"`
+	BackfillMax   time.Duration `env:"VIGIL_FEED_BACKFILL_TIMEOUT" was:"VIGIL_BACKFILL_TIMEOUT" envDefault:"10m" help:"longest a backfill job may run"`
 
 	SimSeed   uint64        `env:"VIGIL_SIM_SEED" envDefault:"1" help:"sim: random walk seed"`
 	SimSpeed  float64       `env:"VIGIL_SIM_SPEED" envDefault:"60" help:"sim: sim seconds per wall second (60: a 1m bar closes every second)"`
@@ -85,13 +85,13 @@ func (c Config) Validate() error {
 		name string
 		ok   bool
 	}{
-		{"VIGIL_CANDLE_RETENTION", c.Retention > 0},
+		{"VIGIL_FEED_CANDLE_RETENTION", c.Retention > 0},
 		{"VIGIL_FEED_FLUSH_INTERVAL", c.FlushInterval > 0},
 		{"VIGIL_FEED_QUIET_INTERVAL", c.QuietInterval > 0},
-		{"VIGIL_GAP_FILL_BARS", c.GapFillBars > 0},
-		{"VIGIL_BOOK_DEPTH", c.BookDepth > 0 && c.BookDepth <= contract.MaxBookLevels},
-		{"VIGIL_BOOK_INTERVAL", c.BookInterval > 0},
-		{"VIGIL_BACKFILL_TIMEOUT", c.BackfillMax > 0},
+		{"VIGIL_FEED_GAP_FILL_BARS", c.GapFillBars > 0},
+		{"VIGIL_FEED_BOOK_DEPTH", c.BookDepth > 0 && c.BookDepth <= contract.MaxBookLevels},
+		{"VIGIL_FEED_BOOK_INTERVAL", c.BookInterval > 0},
+		{"VIGIL_FEED_BACKFILL_TIMEOUT", c.BackfillMax > 0},
 	}
 	for _, p := range positive {
 		if !p.ok {

@@ -93,10 +93,10 @@ func TestReplayPublishesTheFileAndItsAggregates(t *testing.T) {
 	rows := readCSV(t, path)
 	s := newStack(t, 0)
 	startFeed(t, s, map[string]string{
-		"VIGIL_FEED_SOURCE":      "replay",
-		"VIGIL_REPLAY_FILE":      path,
-		"VIGIL_REPLAY_SPEED":     "0",
-		"VIGIL_CANDLE_RETENTION": "5000",
+		"VIGIL_FEED_SOURCE":           "replay",
+		"VIGIL_REPLAY_FILE":           path,
+		"VIGIL_REPLAY_SPEED":          "0",
+		"VIGIL_FEED_CANDLE_RETENTION": "5000",
 	})
 	user := contract.DesiredState{User: "rita", UserID: 3, ExchangeID: 1, Mode: contract.ModePositionMonitor, Symbols: []string{"BTC-USD"}}
 	begin := time.Now()

@@ -24,7 +24,7 @@ func simEnv(anchor time.Time) map[string]string {
 		"VIGIL_SIM_ANCHOR":          anchor.Format(time.RFC3339),
 		"VIGIL_SIM_TICK":            "20ms",
 		"VIGIL_FEED_FLUSH_INTERVAL": "50ms",
-		"VIGIL_GAP_FILL_BARS":       "50",
+		"VIGIL_FEED_GAP_FILL_BARS":  "50",
 	}
 }
 

@@ -17,7 +17,7 @@ func TestThroughputManyUsers(t *testing.T) {
 	s := newStack(t, 0)
 	env := simEnv(time.Now().UTC().Truncate(time.Hour))
 	env["VIGIL_SIM_SPEED"] = "3600"
-	env["VIGIL_GAP_FILL_BARS"] = "5"
+	env["VIGIL_FEED_GAP_FILL_BARS"] = "5"
 	startFeed(t, s, env)
 	symbols := []string{"BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD"}
 	const users = 10

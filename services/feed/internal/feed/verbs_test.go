@@ -46,7 +46,7 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 	s := newStack(t, 0)
 	anchor := time.Now().UTC().Truncate(time.Hour)
 	env := simEnv(anchor)
-	env["VIGIL_GAP_FILL_BARS"] = "30"
+	env["VIGIL_FEED_GAP_FILL_BARS"] = "30"
 	first := startFeed(t, s, env)
 	startFeed(t, s, env)
 	ref, err := sim.New(sim.Config{Seed: 7, Speed: 600, Anchor: anchor}, nil)
@@ -122,7 +122,7 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 	t.Run("resume fills the gap", func(t *testing.T) {
 		id := contract.SeriesID{User: "u0", UserID: 1, ExchangeID: 1, Symbol: "BTC-USD", Timeframe: contract.TF1m}
 		// The gap resume fills: from the last bar stored before the pause,
-		// at most VIGIL_GAP_FILL_BARS (30) bars back from the attach, which
+		// at most VIGIL_FEED_GAP_FILL_BARS (30) bars back from the attach, which
 		// is before the reply (at 600× a loaded machine can take longer
 		// than 30 sim minutes between pause and resume).
 		var mark int64

@@ -21,8 +21,8 @@ func TestRunConfig(t *testing.T) {
 		{"help", nil, []string{"-h"}, "help requested"},
 		{"no redis", map[string]string{"REDIS_URL": ""}, nil, "REDIS_URL"},
 		{"bad redis", map[string]string{"REDIS_URL": "http://x"}, nil, "REDIS_URL"},
-		{"retention too small", map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0", "VIGIL_INDICATOR_RETENTION": "5"}, nil, "VIGIL_INDICATOR_RETENTION"},
-		{"retention not a number", map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0", "VIGIL_INDICATOR_RETENTION": "lots"}, nil, "VIGIL_INDICATOR_RETENTION"},
+		{"retention too small", map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0", "VIGIL_INDICATORS_RETENTION": "5"}, nil, "VIGIL_INDICATORS_RETENTION"},
+		{"retention not a number", map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0", "VIGIL_INDICATORS_RETENTION": "lots"}, nil, "VIGIL_INDICATORS_RETENTION"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -35,8 +35,8 @@ func TestRunConfig(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("err %v, want one line naming %s", err, tt.wantErr)
 			}
-			if errors.Is(err, config.ErrHelp) && !strings.Contains(out.String(), "VIGIL_INDICATOR_RETENTION") {
-				t.Fatalf("usage does not list VIGIL_INDICATOR_RETENTION:\n%s", out.String())
+			if errors.Is(err, config.ErrHelp) && !strings.Contains(out.String(), "VIGIL_INDICATORS_RETENTION") {
+				t.Fatalf("usage does not list VIGIL_INDICATORS_RETENTION:\n%s", out.String())
 			}
 		})
 	}

@@ -165,7 +165,7 @@ func (h *harness) startProcess(name string) *instance {
 	h.t.Helper()
 	cmd := exec.Command(os.Args[0]) // TestMain runs the service, not the tests
 	cmd.Env = append(os.Environ(), childEnv+"=1", "NATS_URL="+h.url, "REDIS_URL="+h.redis,
-		"VIGIL_INSTANCE="+name, "VIGIL_INDICATOR_RETENTION="+strconv.Itoa(retention), "VIGIL_LOG_LEVEL=info")
+		"VIGIL_INSTANCE="+name, "VIGIL_INDICATORS_RETENTION="+strconv.Itoa(retention), "VIGIL_LOG_LEVEL=info")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -31,7 +31,7 @@ type Config struct {
 	config.Service
 	config.Redis
 	// Retention is how many bars each indicator series keeps in Redis.
-	Retention int `env:"VIGIL_INDICATOR_RETENTION" envDefault:"1000" help:"bars kept per indicator series in Redis"`
+	Retention int `env:"VIGIL_INDICATORS_RETENTION" was:"VIGIL_INDICATOR_RETENTION" envDefault:"1000" help:"bars kept per indicator series in Redis"`
 }
 
 // publishAckTimeout is how long a published indicator update waits for the
@@ -39,7 +39,7 @@ type Config struct {
 const publishAckTimeout = 5 * time.Second
 
 // ErrRetention reports a retention out of range.
-var ErrRetention = errors.New("VIGIL_INDICATOR_RETENTION: must be between 10 and 100000")
+var ErrRetention = errors.New("VIGIL_INDICATORS_RETENTION: must be between 10 and 100000")
 
 // Validate checks every part of the configuration.
 func (c Config) Validate() error {
