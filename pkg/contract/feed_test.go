@@ -16,12 +16,7 @@ func TestFeedRepliesRoundTrip(t *testing.T) {
 		t.Errorf("not owner: %s", got)
 	}
 	owner := contract.OwnerReply{Owner: true}
-	cases := []struct {
-		name string
-		v    any
-		want string
-		back func([]byte) (any, error)
-	}{
+	cases := []roundTrip{
 		{"pause", contract.FeedPauseResult{OwnerReply: owner, Paused: true, Symbols: []string{"BTC-USD"}},
 			`{"owner":true,"paused":true,"symbols":["BTC-USD"]}`, decodeAs[contract.FeedPauseResult]},
 		{"resume", contract.FeedResumeResult{OwnerReply: owner, Symbols: []string{"BTC-USD"}, GapFilled: contract.GapFill{"BTC-USD": {contract.TF1m: 3}}},
@@ -33,6 +28,21 @@ func TestFeedRepliesRoundTrip(t *testing.T) {
 		{"cancel", contract.FeedCancelResult{Stopped: []contract.JobProgress{{Pages: 1, Total: 2, Candles: map[contract.Timeframe]int{contract.TF1h: 300}}}},
 			`{"owner":false,"stopped":[{"pages":1,"total":2,"candles":{"1h":300}}]}`, decodeAs[contract.FeedCancelResult]},
 	}
+	checkRoundTrips(t, cases)
+}
+
+// roundTrip is a value, its wire form and how to decode that again.
+type roundTrip struct {
+	name string
+	v    any
+	want string
+	back func([]byte) (any, error)
+}
+
+// checkRoundTrips checks that each value encodes to its wire form, which
+// decodes (strictly and as a peer) and encodes to the same form again.
+func checkRoundTrips(t *testing.T, cases []roundTrip) {
+	t.Helper()
 	for _, c := range cases {
 		got, err := json.Marshal(c.v)
 		if err != nil || string(got) != c.want {
@@ -44,8 +54,7 @@ func TestFeedRepliesRoundTrip(t *testing.T) {
 			t.Errorf("%s: %v", c.name, err)
 			continue
 		}
-		again, _ := json.Marshal(back)
-		if string(again) != c.want {
+		if again, _ := json.Marshal(back); string(again) != c.want {
 			t.Errorf("%s: decoded and encoded again %s, want %s", c.name, again, c.want)
 		}
 	}

@@ -14,12 +14,7 @@ import (
 // an encode, a decode and another encode.
 func TestStatusRepliesRoundTrip(t *testing.T) {
 	at := time.Date(2026, 12, 3, 1, 0, 0, 0, time.UTC)
-	cases := []struct {
-		name string
-		v    any
-		want string
-		back func([]byte) (any, error)
-	}{
+	cases := []roundTrip{
 		{"indicators", contract.IndicatorsStatus{Instance: "ID1", Name: "ind-1", Members: []string{"ID1"}, Partitions: []int{0, 1}, Series: 2, Warming: 1,
 			Users: map[string]contract.IndicatorsUserStatus{"alice": {Mode: contract.ModePositionMonitor, Revision: 3, Series: 2, Warming: 1, LastCandle: &at, LagMs: 1.5}}},
 			`{"instance":"ID1","name":"ind-1","members":["ID1"],"partitions":[0,1],"series":2,"warming":1,"users":{"alice":{"paused":false,"mode":"position-monitor","revision":3,"series":2,"warming":1,"last_candle":"2026-12-03T01:00:00Z","lag_ms":1.5}}}`,
@@ -34,21 +29,7 @@ func TestStatusRepliesRoundTrip(t *testing.T) {
 			`{"instance":"ID3","started_at":"2026-12-03T01:00:00Z","members":["ID3"],"users":{"alice":{"queued":2,"running":"op-1","executor":"ID3","jobs":1,"owner":"ID3"}},"running_here":{"alice":["op-1"]}}`,
 			decodeAs[contract.ControlStatus]},
 	}
-	for _, c := range cases {
-		got, err := json.Marshal(c.v)
-		if err != nil || string(got) != c.want {
-			t.Errorf("%s: %s (%v), want %s", c.name, got, err, c.want)
-			continue
-		}
-		back, err := c.back(got)
-		if err != nil {
-			t.Errorf("%s: %v", c.name, err)
-			continue
-		}
-		if again, _ := json.Marshal(back); string(again) != c.want {
-			t.Errorf("%s: decoded and encoded again %s, want %s", c.name, again, c.want)
-		}
-	}
+	checkRoundTrips(t, cases)
 }
 
 // An alerts instance's status says how far its consumer is behind.

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
 
 	"vigil.dev/pkg/contract"
@@ -136,21 +135,13 @@ type harness struct {
 
 func newHarness(t *testing.T, owns bool) *harness {
 	t.Helper()
-	srv := testenv.StartNATS(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := testenv.Connect(t, testenv.StartNATS(t).URL())
 	ctx := context.Background()
 	if err := natsx.EnsureControl(ctx, js); err != nil {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, nc: nc, runner: newRecordingRunner(), members: &staticMembers{owns: owns, changes: make(chan struct{}, 1)}, pub: &recordingPublisher{}}
+	var err error
 	if h.ledger, err = ledger.Open(ctx, js, ledger.Options{OnChange: func(user string) {
 		if e := h.built.Load(); e != nil {
 			e.Kick(user)
