@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"vigil.dev/pkg/wait"
 )
 
 // Bucket is the KV bucket of service members (key <service>.<instance>).
@@ -93,13 +94,16 @@ func Join(ctx context.Context, js jetstream.JetStream, service, self string, opt
 	if err != nil {
 		return nil, err
 	}
-	kv, err := ensureBucket(ctx, js)
-	if err != nil {
+	var kv jetstream.KeyValue
+	if err := untilDone(ctx, opts.Log, "opening the membership bucket", func() (err error) {
+		kv, err = ensureBucket(ctx, js)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	g := &Group{kv: kv, js: js, service: service, self: self, opts: opts, log: opts.Log,
 		selfTimeout: opts.Timeout - opts.Interval, done: make(chan struct{})}
-	if err := g.beat(ctx); err != nil {
+	if err := untilDone(ctx, opts.Log, "the first heartbeat", func() error { return g.beat(ctx) }); err != nil {
 		return nil, err
 	}
 	// A watch that sees none of the beats (every Interval) for two
@@ -114,6 +118,32 @@ func Join(ctx context.Context, js jetstream.JetStream, service, self string, opt
 	g.cancel = cancel
 	go g.loop(runCtx)
 	return g, nil
+}
+
+// startRetry is how long Join and WatchRoster wait before trying a failed
+// step of their set-up again.
+const startRetry = time.Second
+
+// untilDone runs step until it succeeds or ctx ends (then it returns the
+// last error), logging each failure: an instance started while JetStream
+// is not ready yet (its node just restarted and catching up, a leader
+// being elected) waits for it instead of exiting.
+func untilDone(ctx context.Context, log *slog.Logger, what string, step func() error) error {
+	for {
+		err := step()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		if log != nil {
+			log.Warn("membership: "+what+" failed; trying again", "err", err)
+		}
+		if !wait.Sleep(ctx, startRetry) {
+			return err
+		}
+	}
 }
 
 func (o Options) withDefaults() (Options, error) {

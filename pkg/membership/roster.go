@@ -72,11 +72,15 @@ func newRoster(js jetstream.JetStream, keys string, timeout, staleAfter time.Dur
 }
 
 // start takes in the current heartbeats before returning, so Live is right
-// at once, and follows them until Stop, not until ctx ends.
+// at once, and follows them until Stop, not until ctx ends. A failed first
+// watch is tried again until ctx ends.
 func (r *Roster) start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
-	watcher, err := r.watch(ctx, runCtx)
-	if err != nil {
+	var watcher jetstream.KeyWatcher
+	if err := untilDone(ctx, r.log, "watching the heartbeats", func() (err error) {
+		watcher, err = r.watch(ctx, runCtx)
+		return err
+	}); err != nil {
 		cancel()
 		r.stopStarting()
 		return err
