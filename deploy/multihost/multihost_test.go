@@ -180,7 +180,9 @@ func startNode(t *testing.T, n network, server string, i int, store string) *nat
 	for k, v := range passwords {
 		env = append(env, k+"="+v)
 	}
-	logFile, err := os.Create(filepath.Join(t.TempDir(), fmt.Sprintf("nats-%d.log", i)))
+	// Beside the store (appended to across restarts), so a kept host
+	// directory (VIGIL_TEST_KEEP_DIR) has the node's log too.
+	logFile, err := os.OpenFile(store+".log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -161,9 +161,10 @@ type cluster struct {
 }
 
 // sentinelURL is REDIS_URL in go-redis's failover form, host i's sentinel
-// first.
+// first, with the 1 s socket timeouts docs/deploy.md recommends for HA (a
+// pooled connection to a master whose host died fails in 1 s, not 3 s).
 func (c *cluster) sentinelURL(i int) string {
-	q := []string{"master_name=" + masterName}
+	q := []string{"master_name=" + masterName, "dial_timeout=1s", "read_timeout=1s", "write_timeout=1s"}
 	for k := 1; k < hosts; k++ {
 		q = append(q, fmt.Sprintf("addr=%s:%d", c.n.ip((i-1+k)%hosts+1), sentinelPort))
 	}
@@ -436,8 +437,17 @@ func TestKillRotation(t *testing.T) {
 		nodes: map[int]*natsNode{}, procs: map[int][]*localstack.ServiceProcess{}}
 	c.server = buildNATSServer(t, c.bin)
 	c.n = newNetwork(t, script)
+	// VIGIL_TEST_KEEP_DIR keeps each host's files (services' logs, Redis,
+	// sentinel) under <dir>/host-<i> for a look after the run.
+	keep := os.Getenv("VIGIL_TEST_KEEP_DIR")
 	for i := 1; i <= hosts; i++ {
 		c.dir[i] = t.TempDir()
+		if keep != "" {
+			c.dir[i] = filepath.Join(keep, fmt.Sprintf("host-%d", i))
+			if err := os.MkdirAll(c.dir[i], 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 
 	var adminURLs []string

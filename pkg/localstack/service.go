@@ -54,7 +54,9 @@ func StartService(ctx context.Context, nc *nats.Conn, opts ServiceOptions) (*Ser
 	if opts.RegisterTimeout <= 0 {
 		opts.RegisterTimeout = 90 * time.Second
 	}
-	logFile, err := os.Create(opts.LogPath)
+	// Appended to: a service started again after a kill keeps the
+	// earlier run's lines.
+	logFile, err := os.OpenFile(opts.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("localstack: %w", err)
 	}
