@@ -48,7 +48,7 @@ type devAuth struct {
 func authUsers() []string {
 	users := append([]string{adminUser}, devTenants(os.Getenv)...)
 	for _, s := range services {
-		users = append(users, s.binary)
+		users = append(users, s.Name)
 	}
 	return users
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"vigil.dev/pkg/binaries"
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/localstack"
@@ -72,18 +73,10 @@ func (c devConfig) Validate() error {
 	return nil
 }
 
-// services are the service binaries the dev stack builds and runs: the
-// short name (the directory under services/, the output prefix and the log
-// file's name) and the binary name, which is also the micro service name.
-var services = []struct{ name, binary string }{
-	{"feed", "vigil-feed"},
-	{"indicators", "vigil-indicators"},
-	{"alerts", "vigil-alerts"},
-	{"control", "vigil-control"},
-}
-
-// vigilctl is the operator CLI, built but not run.
-const vigilctlPackage = "./services/control/cmd/vigilctl"
+// services are the service binaries the dev stack builds and runs; a
+// binary's Short name is its output prefix and its log file's name, its
+// Name the micro service name.
+var services = binaries.Services
 
 // Demo user seeded into the database.
 const (
@@ -371,10 +364,10 @@ func buildServices(ctx context.Context, log *slog.Logger, root, binDir string) (
 	var built []builtService
 	pkgs := make([]string, 0, len(services)+1)
 	for _, s := range services {
-		pkgs = append(pkgs, "./services/"+s.name)
-		built = append(built, builtService{name: s.name, binary: s.binary, path: filepath.Join(binDir, s.binary)})
+		pkgs = append(pkgs, s.Package)
+		built = append(built, builtService{name: s.Short(), binary: s.Name, path: filepath.Join(binDir, s.Name)})
 	}
-	pkgs = append(pkgs, vigilctlPackage)
+	pkgs = append(pkgs, binaries.Vigilctl.Package) // built, not run
 	// go build -o <dir>/ names each binary after its package's directory
 	// (feed, ...): build into a directory of the dev stack's own and link
 	// them to their names. The staged binaries stay, so that the next go

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"vigil.dev/pkg/binaries"
 	"vigil.dev/pkg/localstack"
 )
 
@@ -17,7 +18,7 @@ var revisionBuilds struct {
 	dirs map[string]string
 }
 
-// BuildRevision builds the binaries of Binaries as they were at git
+// BuildRevision builds the binaries of binaries.All as they were at git
 // revision rev (a commit name git understands) and returns their
 // directory, for tests that run two versions side by side (the rolling
 // upgrade test). The sources come from git archive (the repository and
@@ -70,19 +71,16 @@ func buildRevision(rev string) (string, error) {
 	if out, err := archive.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("git archive %s: %v\n%s", commit, err, out)
 	}
-	var pkgs []string
-	for name, pkg := range Binaries {
-		if _, err := os.Stat(filepath.Join(src, pkg, "main.go")); err == nil {
-			pkgs = append(pkgs, name+"="+pkg)
+	for _, b := range binaries.All() {
+		// A binary the revision did not have yet is left out.
+		if _, err := os.Stat(filepath.Join(src, b.Package, "main.go")); err != nil {
+			continue
 		}
-	}
-	for _, p := range pkgs {
-		name, pkg, _ := strings.Cut(p, "=")
 		cmd := exec.Command("go", "build", "-p", "2", "-buildvcs=false",
-			"-ldflags", "-X vigil.dev/pkg/service.Revision="+commit[:7], "-o", filepath.Join(bin+".partial", name), pkg)
+			"-ldflags", "-X vigil.dev/pkg/service.Revision="+commit[:7], "-o", filepath.Join(bin+".partial", b.Name), b.Package)
 		cmd.Dir = src
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("go build %s at %s: %v\n%s", pkg, commit[:7], err, out)
+			return "", fmt.Errorf("go build %s at %s: %v\n%s", b.Package, commit[:7], err, out)
 		}
 	}
 	if err := os.Rename(bin+".partial", bin); err != nil {

@@ -11,17 +11,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"vigil.dev/pkg/binaries"
 	"vigil.dev/pkg/localstack"
 )
-
-// Binaries are the vigil service binaries a Stack runs, by service name.
-var Binaries = map[string]string{
-	"vigil-feed":       "./services/feed",
-	"vigil-indicators": "./services/indicators",
-	"vigil-alerts":     "./services/alerts",
-	"vigil-control":    "./services/control",
-	"vigilctl":         "./services/control/cmd/vigilctl",
-}
 
 var build struct {
 	once sync.Once
@@ -29,7 +21,7 @@ var build struct {
 	err  error
 }
 
-// BuildBinaries builds every binary of Binaries that exists into
+// BuildBinaries builds every binary of binaries.All into
 // <repo>/bin/test once per test package (go build is incremental) and
 // returns that directory.
 func BuildBinaries(t testing.TB) string {
@@ -41,14 +33,11 @@ func BuildBinaries(t testing.TB) string {
 			return
 		}
 		build.dir = filepath.Join(root, "bin", "test")
-		for name, pkg := range Binaries {
-			if _, err := os.Stat(filepath.Join(root, pkg, "main.go")); err != nil {
-				continue
-			}
-			cmd := exec.Command("go", "build", "-o", filepath.Join(build.dir, name), pkg)
+		for _, b := range binaries.All() {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(build.dir, b.Name), b.Package)
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
-				build.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				build.err = fmt.Errorf("go build %s: %v\n%s", b.Package, err, out)
 				return
 			}
 		}

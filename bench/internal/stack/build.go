@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+
+	"vigil.dev/pkg/binaries"
 )
 
 // ErrBuild reports a binary or test that does not compile.
@@ -25,13 +27,13 @@ const (
 )
 
 // packages maps each binary to its package, relative to the repository.
-var packages = map[string]string{
-	Feed:         "./services/feed",
-	Indicators:   "./services/indicators",
-	Alerts:       "./services/alerts",
-	Control:      "./services/control",
-	FakeCoinbase: "./services/feed/cmd/benchfakecoinbase",
-}
+var packages = func() map[string]string {
+	m := map[string]string{FakeCoinbase: "./services/feed/cmd/benchfakecoinbase"}
+	for _, b := range binaries.Services {
+		m[b.Name] = b.Package
+	}
+	return m
+}()
 
 // services are the binaries that may get the profiling file.
 var services = []string{Feed, Indicators, Alerts, Control}

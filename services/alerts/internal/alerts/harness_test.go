@@ -284,17 +284,7 @@ func (e *env) putState(st contract.DesiredState) {
 	if err := st.Settings.Validate(contract.DefaultLimits); err != nil {
 		e.t.Fatalf("settings of %s: %v", st.User, err)
 	}
-	doc, err := json.Marshal(st)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	kv, err := e.js.KeyValue(context.Background(), contract.BucketState)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := kv.Put(context.Background(), contract.StateKey(st.User), doc); err != nil {
-		e.t.Fatal(err)
-	}
+	testenv.PutState(e.t, e.js, st)
 }
 
 // bar is one closed hourly bar of a test series.

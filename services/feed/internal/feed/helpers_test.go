@@ -126,20 +126,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 // putState writes a user's desired state to KV VIGIL_STATE.
 func (s *stack) putState(t *testing.T, st contract.DesiredState) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	kv, err := s.js.KeyValue(ctx, contract.BucketState)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.UpdatedAt = time.Now().UTC()
-	data, err := json.Marshal(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, contract.StateKey(st.User), data); err != nil {
-		t.Fatal(err)
-	}
+	testenv.PutState(t, s.js, st)
 }
 
 // call sends a vigil.svc.feed.<verb> request and collects want replies.

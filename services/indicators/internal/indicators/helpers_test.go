@@ -241,16 +241,12 @@ func (h *harness) statuses(n int) []contract.IndicatorsStatus {
 }
 
 func (h *harness) tryStatuses(n int) ([]contract.IndicatorsStatus, error) {
-	replies, err := h.tryRequest(contract.VerbStatus, contract.SvcRequest{}, n, 2*time.Second)
+	sts, err := testenv.Statuses[contract.IndicatorsStatus](h.nc, contract.SvcIndicators, n, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	var out []contract.IndicatorsStatus
-	for _, r := range replies {
-		var st contract.IndicatorsStatus
-		if err := json.Unmarshal(r.Result, &st); err != nil {
-			return nil, err
-		}
+	out := make([]contract.IndicatorsStatus, 0, len(sts))
+	for _, st := range sts {
 		if st.Instance == "" {
 			return nil, fmt.Errorf("an instance is starting")
 		}
@@ -284,15 +280,7 @@ func (h *harness) waitMembers(n int) map[string]string {
 // putState writes a user's desired state to KV VIGIL_STATE as control does.
 func (h *harness) putState(st contract.DesiredState) contract.DesiredState {
 	h.t.Helper()
-	st.UpdatedAt = time.Now().UTC()
-	data, err := json.Marshal(st)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if _, err := h.kv.Put(context.Background(), contract.StateKey(st.User), data); err != nil {
-		h.t.Fatal(err)
-	}
-	return st
+	return testenv.PutState(h.t, h.js, st)
 }
 
 // feed does what vigil-feed does with a candle update: write it to Redis,
