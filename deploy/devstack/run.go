@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,12 +20,6 @@ import (
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/localstack"
 	"vigil.dev/pkg/telemetry"
-)
-
-// Errors of the dev stack.
-var (
-	// ErrBuild reports a service that does not compile.
-	ErrBuild = errors.New("devstack: build failed")
 )
 
 // devConfig is the dev stack's configuration, from the environment.
@@ -73,9 +66,9 @@ func (c devConfig) Validate() error {
 	return nil
 }
 
-// services are the service binaries the dev stack builds and runs; a
-// binary's Short name is its output prefix and its log file's name, its
-// Name the micro service name.
+// services are the service binaries the dev stack builds and runs (with
+// vigilctl, built but not run); a service's Short name is its output
+// prefix and its log file's name, its Name also its micro service name.
 var services = binaries.Services
 
 // Demo user seeded into the database.
@@ -358,67 +351,20 @@ type builtService struct {
 }
 
 // buildServices builds the four services and vigilctl into binDir with
-// one go build, which compiles their shared packages once and links them
-// in parallel.
+// binaries.Build: the staged binaries stay, so that a warm start finds
+// them up to date and links nothing.
 func buildServices(ctx context.Context, log *slog.Logger, root, binDir string) ([]builtService, error) {
-	var built []builtService
-	pkgs := make([]string, 0, len(services)+1)
-	for _, s := range services {
-		pkgs = append(pkgs, s.Package)
-		built = append(built, builtService{name: s.Short(), binary: s.Name, path: filepath.Join(binDir, s.Name)})
-	}
-	pkgs = append(pkgs, binaries.Vigilctl.Package) // built, not run
-	// go build -o <dir>/ names each binary after its package's directory
-	// (feed, ...): build into a directory of the dev stack's own and link
-	// them to their names. The staged binaries stay, so that the next go
-	// build finds them up to date and links nothing (a warm start).
-	staging := filepath.Join(binDir, ".devstack")
-	if err := os.MkdirAll(staging, 0o755); err != nil {
-		return nil, fmt.Errorf("devstack: %w", err)
-	}
 	started := time.Now()
 	log.Info("building the services and vigilctl", "into", binDir)
-	args := append([]string{"build", "-ldflags", "-X vigil.dev/pkg/service.Revision=" + gitRevision(ctx, root), "-o", staging + string(filepath.Separator)}, pkgs...)
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("%w: go build: %w\n%s", ErrBuild, err, out)
-	}
-	for _, b := range built {
-		if err := replaceWithLink(filepath.Join(staging, b.name), b.path); err != nil {
-			return nil, err
-		}
-	}
-	if err := replaceWithLink(filepath.Join(staging, "vigilctl"), filepath.Join(binDir, "vigilctl")); err != nil {
+	if err := binaries.Build(ctx, root, binDir, binaries.All(), "-ldflags", "-X vigil.dev/pkg/service.Revision="+gitRevision(ctx, root)); err != nil {
 		return nil, err
+	}
+	var built []builtService
+	for _, s := range services {
+		built = append(built, builtService{name: s.Short(), binary: s.Name, path: filepath.Join(binDir, s.Name)})
 	}
 	log.Info("built", "took", time.Since(started).Round(time.Millisecond))
 	return built, nil
-}
-
-// replaceWithLink makes path a hard link to staged (a copy where links
-// are not possible), replacing what was there.
-func replaceWithLink(staged, path string) error {
-	tmp := path + ".tmp"
-	_ = os.Remove(tmp)
-	if err := os.Link(staged, tmp); err != nil {
-		if err := copyFile(staged, tmp); err != nil {
-			return fmt.Errorf("devstack: %w", err)
-		}
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("devstack: %w", err)
-	}
-	return nil
-}
-
-// copyFile copies an executable file.
-func copyFile(from, to string) error {
-	data, err := os.ReadFile(from)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(to, data, 0o755)
 }
 
 // gitRevision is the short commit of root's checkout, "dev" outside git;

@@ -1,8 +1,7 @@
 // Package binaries is the one list of vigil's programs and the Go
-// packages they are built from: the tests (pkg/testenv), the benchmark
-// (bench/internal/stack) and the dev stack (deploy/devstack) build from
-// it, each in its own way (once per test package; with the benchmark's
-// overlay; staged for warm starts).
+// packages they are built from, and the one build of them (Build): the
+// tests (pkg/testenv), the benchmark (bench/internal/stack, with its
+// overlay) and the dev stack (deploy/devstack) build with it.
 package binaries
 
 import "strings"

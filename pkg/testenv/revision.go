@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -71,17 +72,16 @@ func buildRevision(rev string) (string, error) {
 	if out, err := archive.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("git archive %s: %v\n%s", commit, err, out)
 	}
+	var bins []binaries.Binary
 	for _, b := range binaries.All() {
 		// A binary the revision did not have yet is left out.
-		if _, err := os.Stat(filepath.Join(src, b.Package, "main.go")); err != nil {
-			continue
+		if _, err := os.Stat(filepath.Join(src, b.Package, "main.go")); err == nil {
+			bins = append(bins, b)
 		}
-		cmd := exec.Command("go", "build", "-p", "2", "-buildvcs=false",
-			"-ldflags", "-X vigil.dev/pkg/service.Revision="+commit[:7], "-o", filepath.Join(bin+".partial", b.Name), b.Package)
-		cmd.Dir = src
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("go build %s at %s: %v\n%s", b.Package, commit[:7], err, out)
-		}
+	}
+	if err := binaries.Build(context.Background(), src, bin+".partial", bins, "-p", "2", "-buildvcs=false",
+		"-ldflags", "-X vigil.dev/pkg/service.Revision="+commit[:7]); err != nil {
+		return "", fmt.Errorf("at %s: %w", commit[:7], err)
 	}
 	if err := os.Rename(bin+".partial", bin); err != nil {
 		return "", err

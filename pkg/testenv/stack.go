@@ -2,9 +2,7 @@ package testenv
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -21,9 +19,9 @@ var build struct {
 	err  error
 }
 
-// BuildBinaries builds every binary of binaries.All into
-// <repo>/bin/test once per test package (go build is incremental) and
-// returns that directory.
+// BuildBinaries builds every binary of binaries.All into <repo>/bin/test
+// once per test package (reusing an up-to-date build, see binaries.Build)
+// and returns that directory.
 func BuildBinaries(t testing.TB) string {
 	t.Helper()
 	build.once.Do(func() {
@@ -33,14 +31,7 @@ func BuildBinaries(t testing.TB) string {
 			return
 		}
 		build.dir = filepath.Join(root, "bin", "test")
-		for _, b := range binaries.All() {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(build.dir, b.Name), b.Package)
-			cmd.Dir = root
-			if out, err := cmd.CombinedOutput(); err != nil {
-				build.err = fmt.Errorf("go build %s: %v\n%s", b.Package, err, out)
-				return
-			}
-		}
+		build.err = binaries.Build(context.Background(), root, build.dir, binaries.All())
 	})
 	if build.err != nil {
 		t.Fatalf("testenv: %v", build.err)

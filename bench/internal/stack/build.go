@@ -1,23 +1,18 @@
 package stack
 
 import (
-	"bytes"
 	"context"
 	"embed"
 	"encoding/json"
-	"errors"
+
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-
 	"vigil.dev/pkg/binaries"
 )
 
-// ErrBuild reports a binary or test that does not compile.
-var ErrBuild = errors.New("stack: build failed")
-
-// The service binaries a stack runs, and the fake Coinbase server.
+// The service binaries a stack runs (names of binaries.Services), and the
+// fake Coinbase server.
 const (
 	Feed         = "vigil-feed"
 	Indicators   = "vigil-indicators"
@@ -26,17 +21,9 @@ const (
 	FakeCoinbase = "bench-fakecoinbase"
 )
 
-// packages maps each binary to its package, relative to the repository.
-var packages = func() map[string]string {
-	m := map[string]string{FakeCoinbase: "./services/feed/cmd/benchfakecoinbase"}
-	for _, b := range binaries.Services {
-		m[b.Name] = b.Package
-	}
-	return m
-}()
-
-// services are the binaries that may get the profiling file.
-var services = []string{Feed, Indicators, Alerts, Control}
+// fakeCoinbase is the fake Coinbase server, a main package only the
+// overlay adds.
+var fakeCoinbase = binaries.Binary{Name: FakeCoinbase, Package: "./services/feed/cmd/benchfakecoinbase"}
 
 // overlaySources are the files the runner adds to the services' tree at
 // build time (go build -overlay), never on disk: the pprof server of a
@@ -89,8 +76,8 @@ func Overlay(root, dir string, profiling bool) (string, error) {
 		return "", err
 	}
 	if profiling {
-		for _, svc := range services {
-			if err := add(filepath.Join(packages[svc], "zz_bench_pprof.go"), "pprof.go"); err != nil {
+		for _, svc := range binaries.Services {
+			if err := add(filepath.Join(svc.Package, "zz_bench_pprof.go"), "pprof.go"); err != nil {
 				return "", err
 			}
 		}
@@ -103,18 +90,13 @@ func Overlay(root, dir string, profiling bool) (string, error) {
 	return path, os.WriteFile(path, data, 0o644)
 }
 
-// Build builds every binary of a stack from the repository at root into
-// dir (incremental, through the go build cache), with the overlay file
-// overlay (see Overlay).
+// Build builds every binary of a stack (binaries.Services and the fake
+// Coinbase server) from the repository at root into dir with the overlay
+// file overlay (see Overlay), reusing an up-to-date build (binaries.Build).
 func Build(ctx context.Context, root, dir, overlay string, profiling bool) (*Binaries, error) {
-	for _, name := range append(services, FakeCoinbase) {
-		cmd := exec.CommandContext(ctx, "go", "build", "-overlay", overlay, "-o", filepath.Join(dir, name), packages[name])
-		cmd.Dir = root
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("%w: go build %s: %v\n%s", ErrBuild, packages[name], err, out.String())
-		}
+	bins := append(append([]binaries.Binary(nil), binaries.Services...), fakeCoinbase)
+	if err := binaries.Build(ctx, root, dir, bins, "-overlay", overlay); err != nil {
+		return nil, err
 	}
 	return &Binaries{Dir: dir, Profiling: profiling}, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"vigil.dev/pkg/binaries"
 	"vigil.dev/pkg/localstack"
 )
 
@@ -31,7 +32,7 @@ func TestOverlayAddsFilesWithoutTouchingTheTree(t *testing.T) {
 		}
 		want := 2
 		if profiling {
-			want += len(services)
+			want += len(binaries.Services)
 		}
 		if len(o.Replace) != want {
 			t.Errorf("profiling=%v: %d overlay files, want %d: %v", profiling, len(o.Replace), want, o.Replace)
