@@ -18,7 +18,6 @@ import (
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/alerts/internal/monitor"
 	"vigil.dev/services/alerts/internal/rules"
 	"vigil.dev/services/alerts/internal/webhook"
 )
@@ -440,7 +439,7 @@ func TestControlVerbs(t *testing.T) {
 			if r.Service != contract.ServiceAlerts {
 				t.Fatalf("%s: reply from service %q", v, r.Service)
 			}
-			var res monitor.VerbResult
+			var res contract.AlertsVerbResult
 			if err := json.Unmarshal(r.Result, &res); r.OK && err != nil {
 				t.Fatalf("%s: result %s: %v", v, r.Result, err)
 			}
@@ -460,7 +459,7 @@ func TestControlVerbs(t *testing.T) {
 			t.Fatalf("%s: no owner answered: %+v", v, replies)
 		}
 		if len(want) > 0 {
-			var res monitor.VerbResult
+			var res contract.AlertsVerbResult
 			if err := json.Unmarshal(owner.Result, &res); err != nil || !slices.Contains(want, res.Status) {
 				t.Fatalf("%s: owner answered %s (%v), want status %v", v, owner.Result, err, want)
 			}
@@ -497,8 +496,8 @@ func TestControlVerbs(t *testing.T) {
 	paused.Paused = true
 	e.closeBar(alice, rsiBar(0, 60, 1))
 	e.settle()
-	verb(contract.VerbPause, &paused, monitor.StatusPaused, monitor.StatusAlreadyPaused)
-	verb(contract.VerbPause, &paused, monitor.StatusAlreadyPaused)
+	verb(contract.VerbPause, &paused, contract.AlertsPaused, contract.AlertsAlreadyPaused)
+	verb(contract.VerbPause, &paused, contract.AlertsAlreadyPaused)
 	if s := status(); !s.Paused || s.RulesLoaded != 1 || s.Evaluations != 1 || s.LastEvaluation == nil ||
 		s.LastBar == nil || !s.LastBar.Equal(time.Unix(base, 0)) {
 		t.Fatalf("status while paused: %+v", s)
@@ -506,15 +505,15 @@ func TestControlVerbs(t *testing.T) {
 	// Not evaluated while paused: it would fire.
 	e.closeBar(alice, rsiBar(1, 75, 1))
 	e.settle()
-	verb(contract.VerbResume, &running, monitor.StatusResumed, monitor.StatusAlreadyRunning)
-	verb(contract.VerbResume, &running, monitor.StatusAlreadyRunning)
+	verb(contract.VerbResume, &running, contract.AlertsResumed, contract.AlertsAlreadyRunning)
+	verb(contract.VerbResume, &running, contract.AlertsAlreadyRunning)
 	e.closeBar(alice, rsiBar(2, 60, 1))
 	e.closeBar(alice, rsiBar(3, 61, 1))
 	e.settle()
 	// A pause and resume between bars 3 and 4: bar 4 would cross over
 	// bar 3, a value seen before the pause, so it must not fire.
-	verb(contract.VerbPause, &paused, monitor.StatusPaused, monitor.StatusAlreadyPaused)
-	verb(contract.VerbResume, &running, monitor.StatusResumed, monitor.StatusAlreadyRunning)
+	verb(contract.VerbPause, &paused, contract.AlertsPaused, contract.AlertsAlreadyPaused)
+	verb(contract.VerbResume, &running, contract.AlertsResumed, contract.AlertsAlreadyRunning)
 	e.closeBar(alice, rsiBar(4, 75, 1))
 	e.closeBar(alice, rsiBar(5, 60, 1))
 	e.closeBar(alice, rsiBar(6, 75, 1))
@@ -524,7 +523,7 @@ func TestControlVerbs(t *testing.T) {
 	applied := running
 	applied.Revision = 2
 	applied.Settings.Rules = map[contract.Mode][]contract.Rule{contract.ModePositionMonitor: {rsiHot, rsiCold}}
-	if r := verb(contract.VerbApply, &applied, monitor.StatusApplied); !strings.Contains(string(r.Result), `"rules":2`) || !strings.Contains(string(r.Result), `"revision":2`) {
+	if r := verb(contract.VerbApply, &applied, contract.AlertsApplied); !strings.Contains(string(r.Result), `"rules":2`) || !strings.Contains(string(r.Result), `"revision":2`) {
 		t.Fatalf("apply: %s", r.Result)
 	}
 	invalid := applied

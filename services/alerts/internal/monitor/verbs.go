@@ -11,26 +11,6 @@ import (
 	"vigil.dev/services/alerts/internal/rules"
 )
 
-// Statuses of VerbResult.
-const (
-	StatusPaused         = "paused"
-	StatusAlreadyPaused  = "already_paused"
-	StatusResumed        = "resumed"
-	StatusAlreadyRunning = "already_running"
-	StatusApplied        = "applied"
-)
-
-// VerbResult is an instance's result of pause, resume or apply for one
-// user: {"owner":false} from the instances that do not own the user.
-type VerbResult struct {
-	Owner  bool   `json:"owner"`
-	Status string `json:"status,omitempty"`
-	// Mode, Revision and Rules describe the running rule set (apply).
-	Mode     contract.Mode `json:"mode,omitempty"`
-	Revision int64         `json:"revision,omitempty"`
-	Rules    *int          `json:"rules,omitempty"`
-}
-
 // verbUser takes st (the desired state control has just written), when
 // given and not older than the one held, and returns the user locked. The
 // caller unlocks it.
@@ -54,42 +34,42 @@ func (m *Monitor) verbUser(user string, st *contract.DesiredState) (*user, error
 
 // Pause stops evaluating user (idempotent). st, when given, is the desired
 // state control has just written.
-func (m *Monitor) Pause(ctx context.Context, user string, st *contract.DesiredState) (VerbResult, error) {
+func (m *Monitor) Pause(ctx context.Context, user string, st *contract.DesiredState) (contract.AlertsVerbResult, error) {
 	us, err := m.verbUser(user, st)
 	if err != nil {
-		return VerbResult{}, err
+		return contract.AlertsVerbResult{}, err
 	}
 	defer us.mu.Unlock()
 	us.desired.Paused = true
 	if !m.deps.Ownership.Owns(user) {
 		m.loseLocked(us, "owned by another instance")
-		return VerbResult{}, nil
+		return contract.AlertsVerbResult{}, nil
 	}
 	if !us.active {
 		if err := m.gainLocked(ctx, us, false); err != nil {
-			return VerbResult{}, err
+			return contract.AlertsVerbResult{}, err
 		}
-		return VerbResult{Owner: true, Status: StatusPaused}, nil
+		return contract.AlertsVerbResult{OwnerReply: contract.OwnerReply{Owner: true}, Status: contract.AlertsPaused}, nil
 	}
 	if us.paused {
-		return VerbResult{Owner: true, Status: StatusAlreadyPaused}, nil
+		return contract.AlertsVerbResult{OwnerReply: contract.OwnerReply{Owner: true}, Status: contract.AlertsAlreadyPaused}, nil
 	}
 	m.pauseLocked(ctx, us)
-	return VerbResult{Owner: true, Status: StatusPaused}, nil
+	return contract.AlertsVerbResult{OwnerReply: contract.OwnerReply{Owner: true}, Status: contract.AlertsPaused}, nil
 }
 
 // Resume starts evaluating user again (idempotent): the rules forget their
 // remembered values and fire only on bars seen from now on.
-func (m *Monitor) Resume(ctx context.Context, user string, st *contract.DesiredState) (VerbResult, error) {
+func (m *Monitor) Resume(ctx context.Context, user string, st *contract.DesiredState) (contract.AlertsVerbResult, error) {
 	us, err := m.verbUser(user, st)
 	if err != nil {
-		return VerbResult{}, err
+		return contract.AlertsVerbResult{}, err
 	}
 	defer us.mu.Unlock()
 	us.desired.Paused = false
 	if !m.deps.Ownership.Owns(user) {
 		m.loseLocked(us, "owned by another instance")
-		return VerbResult{}, nil
+		return contract.AlertsVerbResult{}, nil
 	}
 	if !us.active {
 		// Gain paused, without catch-up: the restored memory may predate
@@ -98,33 +78,33 @@ func (m *Monitor) Resume(ctx context.Context, user string, st *contract.DesiredS
 		err := m.gainLocked(ctx, us, false)
 		us.desired.Paused = false
 		if err != nil {
-			return VerbResult{}, err
+			return contract.AlertsVerbResult{}, err
 		}
 	}
 	if !us.paused {
-		return VerbResult{Owner: true, Status: StatusAlreadyRunning}, nil
+		return contract.AlertsVerbResult{OwnerReply: contract.OwnerReply{Owner: true}, Status: contract.AlertsAlreadyRunning}, nil
 	}
 	m.resumeLocked(ctx, us)
-	return VerbResult{Owner: true, Status: StatusResumed}, nil
+	return contract.AlertsVerbResult{OwnerReply: contract.OwnerReply{Owner: true}, Status: contract.AlertsResumed}, nil
 }
 
 // Apply installs the rules of st's mode (st defaults to the desired state
 // held). Invalid rules are rejected as a whole with an error that wraps
 // contract.ErrInvalid and names each rule and field; the running rules
 // stay, and so does the desired state held before.
-func (m *Monitor) Apply(ctx context.Context, user string, st *contract.DesiredState) (VerbResult, error) {
+func (m *Monitor) Apply(ctx context.Context, user string, st *contract.DesiredState) (contract.AlertsVerbResult, error) {
 	if st == nil && m.lookup(user) == nil {
-		return VerbResult{}, contract.FieldError{Field: "state", Problem: "is required: no desired state is known for " + user}
+		return contract.AlertsVerbResult{}, contract.FieldError{Field: "state", Problem: "is required: no desired state is known for " + user}
 	}
 	us, err := m.verbUser(user, nil)
 	if err != nil {
-		return VerbResult{}, err
+		return contract.AlertsVerbResult{}, err
 	}
 	defer us.mu.Unlock()
 	before := us.desired
 	if st != nil {
 		if st.User != user {
-			return VerbResult{}, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, user)}
+			return contract.AlertsVerbResult{}, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, user)}
 		}
 		if us.accept(*st) {
 			us.desired = *st
@@ -132,7 +112,7 @@ func (m *Monitor) Apply(ctx context.Context, user string, st *contract.DesiredSt
 	}
 	if !m.deps.Ownership.Owns(user) {
 		m.loseLocked(us, "owned by another instance")
-		return VerbResult{}, nil
+		return contract.AlertsVerbResult{}, nil
 	}
 	want := desiredRules(us.desired)
 	if !us.active {
@@ -147,10 +127,10 @@ func (m *Monitor) Apply(ctx context.Context, user string, st *contract.DesiredSt
 		// A refused state does not become the desired one, so that a later
 		// gain does not start with rules that were rejected.
 		us.desired = before
-		return VerbResult{}, err
+		return contract.AlertsVerbResult{}, err
 	}
 	n := len(us.applied.rules)
-	return VerbResult{Owner: true, Status: StatusApplied, Mode: us.applied.mode, Revision: us.applied.revision, Rules: &n}, nil
+	return contract.AlertsVerbResult{OwnerReply: contract.OwnerReply{Owner: true}, Status: contract.AlertsApplied, Mode: us.applied.mode, Revision: us.applied.revision, Rules: &n}, nil
 }
 
 // publishInfo refreshes the user's status mirror; call it under us.mu

@@ -327,7 +327,7 @@ func (p *Peer) answer(verb contract.Verb, req contract.SvcRequest) (any, error) 
 		}
 		return contract.FeedResumeResult{OwnerReply: contract.OwnerReply{Owner: true}, Symbols: symbols, GapFilled: p.opts.GapFilled}, nil
 	case p.Svc == contract.SvcIndicators && verb == contract.VerbRecompute:
-		return map[string]any{"bars": 42}, nil
+		return contract.IndicatorsRecomputeResult{OwnerReply: contract.OwnerReply{Owner: true}, Bars: 42}, nil
 	case verb == contract.VerbPlan:
 		return p.plan(req)
 	}

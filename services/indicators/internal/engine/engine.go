@@ -240,26 +240,12 @@ func (e *Engine) isForgotten(id contract.SeriesID) bool {
 	return slices.ContainsFunc(e.forgotten, func(f forgotten) bool { return f.sel.Matches(id) })
 }
 
-// Change counts what converging a user's series did on this instance.
-type Change struct {
-	// Series is how many of the user's series (candle and order book)
-	// this instance runs afterwards.
-	Series int `json:"series"`
-	// Warming is how many of those have an indicator still warming up.
-	Warming int `json:"warming"`
-	// Added, Removed and Recomputed count series built, dropped, and
-	// rebuilt for new parameters.
-	Added      int `json:"added"`
-	Removed    int `json:"removed"`
-	Recomputed int `json:"recomputed"`
-}
-
 // SetState makes st the user's desired state and converges this
 // instance's series of the user to it. A state older (by UpdatedAt) than
 // the one known is ignored.
-func (e *Engine) SetState(ctx context.Context, st contract.DesiredState) (Change, error) {
+func (e *Engine) SetState(ctx context.Context, st contract.DesiredState) (contract.IndicatorsChange, error) {
 	if err := st.Validate(); err != nil {
-		return Change{}, fmt.Errorf("%w of %q: %w", ErrState, st.User, err)
+		return contract.IndicatorsChange{}, fmt.Errorf("%w of %q: %w", ErrState, st.User, err)
 	}
 	e.mu.Lock()
 	if cur := e.users[st.User]; cur != nil && st.UpdatedAt.Before(cur.state.UpdatedAt) {
@@ -289,7 +275,7 @@ func newUser(st contract.DesiredState) (*user, error) {
 
 // updateState changes the known state of a user with f and converges;
 // false when the user is unknown.
-func (e *Engine) updateState(ctx context.Context, token string, f func(*contract.DesiredState)) (Change, bool) {
+func (e *Engine) updateState(ctx context.Context, token string, f func(*contract.DesiredState)) (contract.IndicatorsChange, bool) {
 	e.mu.Lock()
 	u := e.users[token]
 	if u != nil {
@@ -297,7 +283,7 @@ func (e *Engine) updateState(ctx context.Context, token string, f func(*contract
 	}
 	e.mu.Unlock()
 	if u == nil {
-		return Change{}, false
+		return contract.IndicatorsChange{}, false
 	}
 	return e.Converge(ctx, token), true
 }
@@ -407,8 +393,8 @@ func (e *Engine) fateOf(u *user, id contract.SeriesID, s *series) fate {
 // (except those within a forget's grace, which rebuild on their next
 // candle), each without holding e.mu (rebuildOutside) and after a
 // rebuild of it in flight.
-func (e *Engine) Converge(ctx context.Context, token string) Change {
-	var c Change
+func (e *Engine) Converge(ctx context.Context, token string) contract.IndicatorsChange {
+	var c contract.IndicatorsChange
 	e.mu.Lock()
 	removed, replanned := e.dropUnowned(ctx, token)
 	c.Removed = removed

@@ -14,38 +14,13 @@ import (
 	"vigil.dev/pkg/contract"
 )
 
-// SeriesResult is the result of pause, resume and forget on one instance.
-type SeriesResult struct {
-	// Owner is true when this instance ran (pause, forget) or runs
-	// (resume) some of the user's series.
-	Owner bool `json:"owner"`
-	// Series counts those series.
-	Series int `json:"series"`
-	// Warming counts the resumed series with an indicator still warming.
-	Warming int `json:"warming,omitempty"`
-}
-
-// ApplyResult is the result of apply on one instance.
-type ApplyResult struct {
-	Owner bool `json:"owner"`
-	Change
-}
-
-// RecomputeResult is the result of recompute on one instance.
-type RecomputeResult struct {
-	// Owner is true on the instance that owns the series.
-	Owner bool `json:"owner"`
-	// Bars is the number of candles the series was rebuilt from.
-	Bars int `json:"bars"`
-}
-
 // Pause stops the user's series on this instance, after the candle update
 // in flight and the user's rebuilds in flight (stopped): the user's state
 // becomes st (or the known state marked paused) and their candles are
 // ignored until resume. The indicator state
 // of their candle series is kept (see keepsPaused) unless a candle of the
 // series arrives while paused, which drops it; order books are dropped.
-func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredState) (SeriesResult, error) {
+func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredState) (contract.IndicatorsSeriesResult, error) {
 	e.mu.Lock() // waits for the candle update in flight
 	before, _ := e.countUser(token)
 	e.mu.Unlock()
@@ -61,15 +36,15 @@ func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredSt
 	done := e.stopBuilds(func(id contract.SeriesID) bool { return id.User == token })
 	e.mu.Unlock()
 	err = errors.Join(err, waitBuilds(ctx, done))
-	return SeriesResult{Owner: before > 0, Series: before}, err
+	return contract.IndicatorsSeriesResult{OwnerReply: contract.OwnerReply{Owner: before > 0}, Series: before}, err
 }
 
 // Resume starts the user's series this instance owns: the user's state
 // becomes st (or the known state marked running). A series kept over the
 // pause catches up with the candles Redis holds from its last closed bar
 // on; the others are rebuilt from Redis. Series already running are kept.
-func (e *Engine) Resume(ctx context.Context, token string, st *contract.DesiredState) (SeriesResult, error) {
-	var c Change
+func (e *Engine) Resume(ctx context.Context, token string, st *contract.DesiredState) (contract.IndicatorsSeriesResult, error) {
+	var c contract.IndicatorsChange
 	var err error
 	if st != nil {
 		running := *st
@@ -78,7 +53,7 @@ func (e *Engine) Resume(ctx context.Context, token string, st *contract.DesiredS
 	} else {
 		c, _ = e.updateState(ctx, token, func(s *contract.DesiredState) { s.Paused = false })
 	}
-	return SeriesResult{Owner: c.Series > 0, Series: c.Series, Warming: c.Warming}, err
+	return contract.IndicatorsSeriesResult{OwnerReply: contract.OwnerReply{Owner: c.Series > 0}, Series: c.Series, Warming: c.Warming}, err
 }
 
 // keepsPaused reports whether series s, which does not run, is kept in
@@ -183,39 +158,39 @@ func (e *Engine) storedSince(ctx context.Context, list []*series) ([][]contract.
 // rebuilt from Redis, series of timeframes or symbols no longer in the
 // plan dropped, new ones built. Without st it converges to the known
 // state.
-func (e *Engine) Apply(ctx context.Context, token string, st *contract.DesiredState) (ApplyResult, error) {
-	var c Change
+func (e *Engine) Apply(ctx context.Context, token string, st *contract.DesiredState) (contract.IndicatorsApplyResult, error) {
+	var c contract.IndicatorsChange
 	var err error
 	if st != nil {
 		c, err = e.SetState(ctx, *st)
 	} else {
 		c = e.Converge(ctx, token)
 	}
-	return ApplyResult{Owner: c.Series+c.Removed > 0, Change: c}, err
+	return contract.IndicatorsApplyResult{OwnerReply: contract.OwnerReply{Owner: c.Series+c.Removed > 0}, IndicatorsChange: c}, err
 }
 
 // Recompute rebuilds series id from the candles in Redis, rewrites all its
 // values and publishes the newest, if this instance owns it, without
 // holding the engine's mutex (rebuildOutside). The series keeps running
 // unless its user is paused.
-func (e *Engine) Recompute(ctx context.Context, id contract.SeriesID) (RecomputeResult, error) {
+func (e *Engine) Recompute(ctx context.Context, id contract.SeriesID) (contract.IndicatorsRecomputeResult, error) {
 	if err := id.Validate(); err != nil {
-		return RecomputeResult{}, fmt.Errorf("series: %w", err)
+		return contract.IndicatorsRecomputeResult{}, fmt.Errorf("series: %w", err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.owner.Owns(id.String()) {
-		return RecomputeResult{}, nil
+		return contract.IndicatorsRecomputeResult{}, nil
 	}
 	u := e.users[id.User]
 	if u == nil || len(u.plan.Candle) == 0 || !u.inPlan(id) {
-		return RecomputeResult{Owner: true}, nil
+		return contract.IndicatorsRecomputeResult{OwnerReply: contract.OwnerReply{Owner: true}}, nil
 	}
 	bars, err := e.rebuildOutside(ctx, id, writeAll)
 	if err != nil {
-		return RecomputeResult{Owner: true}, fmt.Errorf("recompute %s: %w", id, err)
+		return contract.IndicatorsRecomputeResult{OwnerReply: contract.OwnerReply{Owner: true}}, fmt.Errorf("recompute %s: %w", id, err)
 	}
-	return RecomputeResult{Owner: true, Bars: bars}, nil
+	return contract.IndicatorsRecomputeResult{OwnerReply: contract.OwnerReply{Owner: true}, Bars: bars}, nil
 }
 
 // Forget drops the in-memory state of the series matching args (candle
@@ -223,17 +198,17 @@ func (e *Engine) Recompute(ctx context.Context, id contract.SeriesID) (Recompute
 // for ForgetGrace, rebuilds matching series from
 // Redis on each candle, so nothing read before the clear-cache that
 // follows is written back after it.
-func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (res SeriesResult, err error) {
+func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (res contract.IndicatorsSeriesResult, err error) {
 	sel := args.Selector()
 	if err = sel.Validate(); err != nil {
-		return SeriesResult{}, err
+		return contract.IndicatorsSeriesResult{}, err
 	}
 	e.mu.Lock() // waits for the candle update in flight
 	done := e.stopBuilds(sel.Matches)
 	defer func() {
 		e.mu.Unlock()
 		if werr := waitBuilds(ctx, done); werr != nil {
-			res, err = SeriesResult{}, werr
+			res, err = contract.IndicatorsSeriesResult{}, werr
 		}
 	}()
 	n := 0
@@ -256,7 +231,7 @@ func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (res Seri
 	}
 	e.forgotten = append(e.forgotten, forgotten{sel: sel, until: time.Now().Add(ForgetGrace)})
 	e.log.InfoContext(ctx, "series forgotten", "user_id", args.UserID, "exchange_id", args.ExchangeID, "scope", args.Scope, "series", n)
-	return SeriesResult{Owner: n > 0, Series: n}, nil
+	return contract.IndicatorsSeriesResult{OwnerReply: contract.OwnerReply{Owner: n > 0}, Series: n}, nil
 }
 
 // Status reports the series this instance runs, per user and in total.

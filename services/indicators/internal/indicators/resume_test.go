@@ -10,7 +10,6 @@ import (
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/services/indicators/internal/catalog"
-	"vigil.dev/services/indicators/internal/engine"
 	"vigil.dev/services/indicators/internal/ta"
 )
 
@@ -58,7 +57,7 @@ func TestResumeIsExact(t *testing.T) {
 
 			paused := state
 			paused.Paused = true
-			for _, r := range results[engine.SeriesResult](t, h.request(contract.VerbPause, contract.SvcRequest{User: id.User, State: &paused}, 1)) {
+			for _, r := range results[contract.IndicatorsSeriesResult](t, h.request(contract.VerbPause, contract.SvcRequest{User: id.User, State: &paused}, 1)) {
 				if r.Series != 3 {
 					t.Fatalf("pause stopped %d series, want 3", r.Series)
 				}
@@ -84,7 +83,7 @@ func TestResumeIsExact(t *testing.T) {
 
 			running := paused // as new as the state known
 			running.Paused = false
-			for _, r := range results[engine.SeriesResult](t, h.request(contract.VerbResume, contract.SvcRequest{User: id.User, State: &running}, 1)) {
+			for _, r := range results[contract.IndicatorsSeriesResult](t, h.request(contract.VerbResume, contract.SvcRequest{User: id.User, State: &running}, 1)) {
 				if r.Series != 3 {
 					t.Fatalf("resume started %d series, want 3", r.Series)
 				}

@@ -10,7 +10,6 @@ import (
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/redisstore"
-	"vigil.dev/services/indicators/internal/engine"
 )
 
 // results decodes the result of each reply into T.
@@ -81,7 +80,7 @@ func TestControlVerbs(t *testing.T) {
 		paused := stateA
 		paused.Paused = true
 		var total int
-		for _, r := range results[engine.SeriesResult](t, h.request(contract.VerbPause, contract.SvcRequest{User: "alice", State: &paused}, 2)) {
+		for _, r := range results[contract.IndicatorsSeriesResult](t, h.request(contract.VerbPause, contract.SvcRequest{User: "alice", State: &paused}, 2)) {
 			total += r.Series
 		}
 		if total != 3 {
@@ -119,7 +118,7 @@ func TestControlVerbs(t *testing.T) {
 		running := stateA
 		running.Paused = false
 		var total int
-		for _, r := range results[engine.SeriesResult](t, h.request(contract.VerbResume, contract.SvcRequest{User: "alice", State: &running}, 2)) {
+		for _, r := range results[contract.IndicatorsSeriesResult](t, h.request(contract.VerbResume, contract.SvcRequest{User: "alice", State: &running}, 2)) {
 			total += r.Series
 		}
 		if total != 3 {
@@ -146,7 +145,7 @@ func TestControlVerbs(t *testing.T) {
 		if n, err := h.store.WriteCandles(context.Background(), dataB[50:60]); err != nil || n != 10 {
 			t.Fatalf("backfill wrote %d: %v", n, err)
 		}
-		replies := results[engine.RecomputeResult](t, h.request(contract.VerbRecompute, contract.SvcRequest{User: "bob",
+		replies := results[contract.IndicatorsRecomputeResult](t, h.request(contract.VerbRecompute, contract.SvcRequest{User: "bob",
 			Args: mustJSON(t, contract.RecomputeArgs{Series: b})}, 2))
 		var owners, bars int
 		for _, r := range replies {
@@ -172,8 +171,8 @@ func TestControlVerbs(t *testing.T) {
 		changed := stateB
 		changed.Revision++
 		changed.Settings.Indicators = contract.IndicatorParams{EMA: []int{9, 21}}
-		var change engine.ApplyResult
-		for _, r := range results[engine.ApplyResult](t, h.request(contract.VerbApply, contract.SvcRequest{User: "bob", State: &changed}, 2)) {
+		var change contract.IndicatorsApplyResult
+		for _, r := range results[contract.IndicatorsApplyResult](t, h.request(contract.VerbApply, contract.SvcRequest{User: "bob", State: &changed}, 2)) {
 			change.Recomputed += r.Recomputed
 			change.Series += r.Series
 		}
@@ -196,8 +195,8 @@ func TestControlVerbs(t *testing.T) {
 		// A mode switch drops the 1h, 4h and 1d series for 1m and 5m.
 		switched := stateB
 		switched.Mode = contract.ModeScalperMACDV
-		var sw engine.ApplyResult
-		for _, r := range results[engine.ApplyResult](t, h.request(contract.VerbApply, contract.SvcRequest{User: "bob", State: &switched}, 2)) {
+		var sw contract.IndicatorsApplyResult
+		for _, r := range results[contract.IndicatorsApplyResult](t, h.request(contract.VerbApply, contract.SvcRequest{User: "bob", State: &switched}, 2)) {
 			sw.Added += r.Added
 			sw.Removed += r.Removed
 			sw.Series += r.Series
@@ -212,7 +211,7 @@ func TestControlVerbs(t *testing.T) {
 		h := h.sub(t)
 		args := contract.ForgetArgs{UserID: a.UserID, ExchangeID: a.ExchangeID, Scope: contract.ScopeSymbol, Symbol: a.Symbol}
 		var total int
-		for _, r := range results[engine.SeriesResult](t, h.request(contract.VerbForget, contract.SvcRequest{User: "alice", Args: mustJSON(t, args)}, 2)) {
+		for _, r := range results[contract.IndicatorsSeriesResult](t, h.request(contract.VerbForget, contract.SvcRequest{User: "alice", Args: mustJSON(t, args)}, 2)) {
 			total += r.Series
 		}
 		if total != 3 {
