@@ -81,18 +81,11 @@ func TestWebhooksSurviveAKilledProcess(t *testing.T) {
 	recv.failing.Store(true)
 	srv := httptest.NewServer(recv)
 	t.Cleanup(srv.Close)
-	kv, err := js.KeyValue(ctx, contract.BucketState)
-	if err != nil {
-		t.Fatal(err)
-	}
 	users := []string{"alice", "bob"}
 	for i, user := range users {
 		st := userState(user, int64(i+1), rsiHot)
 		st.Settings.Webhook = &contract.WebhookSettings{URL: srv.URL + "/hook"}
-		doc, _ := json.Marshal(st)
-		if _, err := kv.Put(ctx, contract.StateKey(user), doc); err != nil {
-			t.Fatal(err)
-		}
+		testenv.PutState(t, js, st)
 	}
 	env := []string{"VIGIL_WEBHOOK_ACK_WAIT=2s", "VIGIL_WEBHOOK_BACKOFF=20ms", "VIGIL_WEBHOOK_MAX_BACKOFF=200ms"}
 	first := stack.Start(contract.ServiceAlerts, "alerts-1", env...)

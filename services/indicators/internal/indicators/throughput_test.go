@@ -77,13 +77,9 @@ func benchmarkThroughput(b *testing.B, users int) {
 		}
 	})
 
-	kv, err := js.KeyValue(ctx, contract.BucketState)
-	if err != nil {
-		b.Fatal(err)
-	}
 	var series []contract.SeriesID
 	for u := range users {
-		st := contract.DesiredState{User: fmt.Sprintf("tp%d", u), UserID: int64(100 + u), ExchangeID: 1, UpdatedAt: time.Now().UTC(),
+		st := contract.DesiredState{User: fmt.Sprintf("tp%d", u), UserID: int64(100 + u), ExchangeID: 1,
 			Settings: contract.Settings{Mode: contract.ModePositionMonitor, Indicators: contract.IndicatorParams{
 				EMA: []int{3, 5}, RSI: 3, MACD: &contract.MACDParams{Fast: 2, Slow: 4, Signal: 2},
 				ATR: 3, Bollinger: &contract.BollingerParam{Period: 3, StdDev: 2}}}}
@@ -94,13 +90,7 @@ func benchmarkThroughput(b *testing.B, users int) {
 				series = append(series, contract.SeriesID{User: st.User, UserID: st.UserID, ExchangeID: st.ExchangeID, Symbol: sym, Timeframe: tf})
 			}
 		}
-		data, err := json.Marshal(st)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := kv.Put(ctx, contract.StateKey(st.User), data); err != nil {
-			b.Fatal(err)
-		}
+		testenv.PutState(b, js, st)
 	}
 	testenv.WaitFor(b, 60*time.Second, "the instance to run every series", func() bool {
 		msg, err := nc.Request(contract.SvcSubject(contract.SvcIndicators, contract.VerbStatus), []byte(`{}`), 2*time.Second)
