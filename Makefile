@@ -27,7 +27,7 @@ PARALLEL := -p 2
 GOTESTFLAGS ?=
 # Every module of go.work.
 PACKAGES := ./pkg/... ./services/feed/... ./services/indicators/... \
-	./services/alerts/... ./services/control/... ./deploy/... ./bench/...
+	./services/alerts/... ./services/control/... ./deploy/... ./bench/... ./e2e/...
 SERVICES := feed indicators alerts control
 # The commit the binaries report in their micro service metadata.
 LDFLAGS := -X vigil.dev/pkg/service.Revision=$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
@@ -75,7 +75,7 @@ test-scaleout: deps
 # restore"): a whole stack backed up, destroyed and restored, a minute or
 # more on a loaded machine, so not part of make test.
 test-drill: deps
-	$(GO) test $(PARALLEL) -race -count=1 -timeout 10m -tags drill -run 'TestBackupRestoreDrill|TestRestoreIntoACluster' $(GOTESTFLAGS) ./services/control/e2e/ ./services/control/internal/backup/
+	$(GO) test $(PARALLEL) -race -count=1 -timeout 10m -tags drill -run 'TestBackupRestoreDrill|TestRestoreIntoACluster' $(GOTESTFLAGS) ./e2e/ ./services/control/internal/backup/
 
 # The high-availability tests (issue 14, items 5-7): each dependency killed
 # with SIGKILL and restarted under the running services, and three hosts
@@ -95,7 +95,7 @@ test-ha-rotation: deps
 # from this tree, through a command sequence; not part of make test.
 UPGRADE_FROM ?=
 test-upgrade: deps
-	VIGIL_UPGRADE_FROM=$(UPGRADE_FROM) $(GO) test $(PARALLEL) -count=1 -timeout 20m -tags upgrade -run 'TestMixedVersions' $(GOTESTFLAGS) ./services/control/e2e/
+	VIGIL_UPGRADE_FROM=$(UPGRADE_FROM) $(GO) test $(PARALLEL) -count=1 -timeout 20m -tags upgrade -run 'TestMixedVersions' $(GOTESTFLAGS) ./e2e/
 
 # make fuzz runs every fuzz target (func FuzzX in a _test.go of pkg or
 # services) for FUZZTIME each, one after the other (go test -fuzz takes one

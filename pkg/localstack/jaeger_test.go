@@ -12,7 +12,7 @@ import (
 // TestJaegerConfigNamesTheBadField: a config with a wrong field is refused
 // naming it; a good one renders the pipelines it asks for (span metrics
 // only with SpanMetricsAddr, pointed at the Prometheus given). Jaeger
-// itself runs this YAML in services/control/e2e/tracing.
+// itself runs this YAML in e2e/tracing.
 func TestJaegerConfigNamesTheBadField(t *testing.T) {
 	good := localstack.JaegerConfig{OTLPHTTPAddr: "127.0.0.1:4318", QueryHTTPAddr: "127.0.0.1:16686", QueryGRPCAddr: "127.0.0.1:16685"}
 	for field, c := range map[string]localstack.JaegerConfig{

@@ -3,7 +3,6 @@ module vigil.dev/services/control
 go 1.26.0
 
 require (
-	github.com/creack/pty v1.1.24
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/oklog/ulid/v2 v2.1.2

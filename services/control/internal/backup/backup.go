@@ -98,6 +98,10 @@ type Manifest struct {
 	// NATSServer is the version of the server the streams came from.
 	NATSServer string        `json:"nats_server"`
 	Streams    []StreamEntry `json:"streams"`
+	// Rebuilt names the streams and buckets the backup leaves out (see
+	// Rebuilt), so that a reader of the manifest sees every stream vigil
+	// has as either taken or rebuilt.
+	Rebuilt []string `json:"rebuilt"`
 	// Postgres is the dump, nil when the backup left PostgreSQL out.
 	Postgres *PostgresEntry `json:"postgres,omitempty"`
 	// Seconds is how long the backup took.
@@ -144,6 +148,9 @@ func Backup(ctx context.Context, nc *nats.Conn, dir string, opts Options) (Manif
 		return Manifest{}, err
 	}
 	m := Manifest{CreatedAt: started.UTC(), NATSServer: nc.ConnectedServerVersion()}
+	for _, s := range Rebuilt {
+		m.Rebuilt = append(m.Rebuilt, s.Name)
+	}
 	for _, s := range Streams {
 		entry, err := snapshotStream(ctx, nc, s.Name, filepath.Join(dir, NATSDir, s.Name))
 		if err != nil {

@@ -3,9 +3,11 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,20 +17,39 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/control/internal/ctl"
 )
 
-// tenantCtl runs vigilctl in this process against s, with env added.
+// Exit codes of vigilctl (docs/operators.md).
+const (
+	exitOK       = 0
+	exitRejected = 2
+)
+
+// tenantCtl runs the vigilctl binary against s with only env and s's
+// URLs in its environment, and returns its exit code and output.
 func (s *cmdStack) tenantCtl(t *testing.T, env map[string]string, args ...string) (int, string) {
 	t.Helper()
 	base := map[string]string{"NATS_URL": s.NATSURL, "DATABASE_URL": s.DatabaseURL, "REDIS_URL": s.RedisURL, "USER": "test"}
 	for k, v := range env {
 		base[k] = v
 	}
-	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	code := ctl.Main(ctx, args, ctl.IO{Stdout: &out, Stderr: &out, Getenv: func(k string) string { return base[k] }})
+	cmd := exec.CommandContext(ctx, s.Bin("vigilctl"), args...)
+	cmd.Env = []string{}
+	for k, v := range base {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	code := 0
+	if err := cmd.Run(); err != nil {
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) {
+			t.Fatalf("vigilctl %s: %v", strings.Join(args, " "), err)
+		}
+		code = exit.ExitCode()
+	}
 	t.Logf("vigilctl %s: exit %d\n%s", strings.Join(args, " "), code, out.String())
 	return code, out.String()
 }
@@ -99,8 +120,8 @@ func TestTenantLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out := s.tenantCtl(t, map[string]string{"VIGIL_MAX_SYMBOLS": "2"}, "tenant", "add", "carol", "--settings", tooMany)
-	if code != ctl.ExitRejected || !strings.Contains(out, "symbols") || !strings.Contains(out, "the limit is 2") {
-		t.Errorf("settings over the symbol limit: exit %d, want %d naming the limit", code, ctl.ExitRejected)
+	if code != exitRejected || !strings.Contains(out, "symbols") || !strings.Contains(out, "the limit is 2") {
+		t.Errorf("settings over the symbol limit: exit %d, want %d naming the limit", code, exitRejected)
 	}
 	if _, err := s.users.UserByToken(context.Background(), "carol"); err == nil {
 		t.Fatal("a refused tenant was created")
@@ -111,7 +132,7 @@ func TestTenantLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out = s.tenantCtl(t, nil, "tenant", "add", "carol", "--settings", settings)
-	if code != ctl.ExitOK || !strings.Contains(out, "reload-settings for carol succeeded") || !strings.Contains(out, "limits: {max_connections: 16") {
+	if code != exitOK || !strings.Contains(out, "reload-settings for carol succeeded") || !strings.Contains(out, "limits: {max_connections: 16") {
 		t.Fatalf("tenant add: exit %d", code)
 	}
 	carol, err := s.users.UserByToken(context.Background(), "carol")
@@ -119,7 +140,7 @@ func TestTenantLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out = s.tenantCtl(t, nil, "tenant", "show", "carol")
-	if code != ctl.ExitOK || !strings.Contains(out, "symbols  1 of 50") || !strings.Contains(out, "commands 600 per minute") {
+	if code != exitOK || !strings.Contains(out, "symbols  1 of 50") || !strings.Contains(out, "commands 600 per minute") {
 		t.Errorf("tenant show: exit %d", code)
 	}
 	s.run(t, "carol", contract.CmdForceBackfill, `{"symbol":"BTC-USD","timeframes":["1m"]}`)
@@ -143,13 +164,13 @@ func TestTenantLifecycle(t *testing.T) {
 	bobKeys := s.redisKeys(t, bob.UserID)
 
 	code, out = s.tenantCtl(t, nil, "tenant", "delete", "dave")
-	if code != ctl.ExitRejected || !strings.Contains(out, `unknown tenant "dave"`) {
-		t.Errorf("delete of an unknown tenant: exit %d, want %d naming it", code, ctl.ExitRejected)
+	if code != exitRejected || !strings.Contains(out, `unknown tenant "dave"`) {
+		t.Errorf("delete of an unknown tenant: exit %d, want %d naming it", code, exitRejected)
 	}
 	code, out = s.tenantCtl(t, nil, "tenant", "delete", "carol")
 	// Her webhook consumer is deleted by vigilctl or, once her desired
 	// state is purged, by vigil-alerts first: either way it is gone below.
-	if code != ctl.ExitOK || !strings.Contains(out, "pause for carol succeeded") {
+	if code != exitOK || !strings.Contains(out, "pause for carol succeeded") {
 		t.Fatalf("tenant delete: exit %d", code)
 	}
 	if left := s.subjectsOf(t, "carol"); len(left) > 0 {
@@ -186,7 +207,7 @@ func TestTenantLifecycle(t *testing.T) {
 		t.Errorf("bob's Redis keys went from %d to %d", bobKeys, n)
 	}
 	code, out = s.tenantCtl(t, nil, "tenant", "delete", "carol")
-	if code != ctl.ExitOK || !strings.Contains(out, "was deleted before") || !strings.Contains(out, "no users row left") {
+	if code != exitOK || !strings.Contains(out, "was deleted before") || !strings.Contains(out, "no users row left") {
 		t.Errorf("second delete: exit %d", code)
 	}
 	if left := s.subjectsOf(t, "carol"); len(left) > 0 {

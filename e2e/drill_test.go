@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +20,6 @@ import (
 	"vigil.dev/pkg/localstack"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/control/internal/backup"
 )
 
 // Users of the backup drill.
@@ -136,13 +136,13 @@ func TestBackupRestoreDrill(t *testing.T) {
 	testenv.WaitFor(t, 60*time.Second, "3 alerts of "+drillAlerts+" in alert_events", func() bool {
 		return len(s.alertEvents(t, drillAlerts)) >= 3
 	})
-	checkInventory(t, s)
 	want := s.record(t, drillAlerts, drillPaused, drillSwitch)
 	t.Logf("before the backup (%v): %d commands, %d audit records, %d alerts", time.Since(began).Round(time.Millisecond),
 		len(want.commands), len(want.audit), len(want.alerts))
 
 	dir := filepath.Join(t.TempDir(), "backup")
 	out := runVigilctl(t, s, "backup", dir)
+	checkInventory(t, s, dir)
 	t.Logf("vigilctl backup (services running):\n%s", out)
 	if !strings.Contains(out, "backup complete") {
 		t.Fatalf("vigilctl backup did not say it completed:\n%s", out)
@@ -202,15 +202,32 @@ func runVigilctl(t *testing.T, s *cmdStack, args ...string) string {
 }
 
 // checkInventory fails the test when the running stack has a stream that
-// the backup neither takes nor names as rebuilt: a new stream must be
-// given a place in backup.Streams or backup.Rebuilt.
-func checkInventory(t *testing.T, s *cmdStack) {
+// the backup in dir neither took nor names as rebuilt (its manifest's
+// streams and rebuilt): a new stream must be given a place in control's
+// backup.Streams or backup.Rebuilt.
+func checkInventory(t *testing.T, s *cmdStack, dir string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	data, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Streams []struct {
+			Name string `json:"name"`
+		} `json:"streams"`
+		Rebuilt []string `json:"rebuilt"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
 	known := map[string]bool{}
-	for _, st := range append(slices.Clone(backup.Streams), backup.Rebuilt...) {
+	for _, st := range m.Streams {
 		known[st.Name] = true
+	}
+	for _, name := range m.Rebuilt {
+		known[name] = true
 	}
 	names := s.js.StreamNames(ctx)
 	for name := range names.Name() {

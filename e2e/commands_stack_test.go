@@ -21,7 +21,6 @@ import (
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/control/internal/ledger"
 )
 
 // cmdStack is a running vigil for the command tests: a testenv.Stack and
@@ -543,13 +542,30 @@ func (s *cmdStack) queueStates(t *testing.T, user string) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var q ledger.Queue
+	// The parts of control's queue record (its ledger.Queue) the state
+	// of an item follows from, read from outside as an operator would.
+	var q struct {
+		Items []struct {
+			ID       string `json:"id"`
+			Instance string `json:"instance"`
+			Ended    *struct {
+				Status string `json:"status"`
+			} `json:"ended"`
+		} `json:"items"`
+	}
 	if err := json.Unmarshal(e.Value(), &q); err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]string{}
 	for _, it := range q.Items {
-		out[it.ID] = it.State()
+		switch {
+		case it.Ended != nil:
+			out[it.ID] = it.Ended.Status
+		case it.Instance != "":
+			out[it.ID] = "running"
+		default:
+			out[it.ID] = "accepted"
+		}
 	}
 	return out
 }
