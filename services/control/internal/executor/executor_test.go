@@ -81,7 +81,7 @@ func TestRunsOnlyOwnedUsers(t *testing.T) {
 	h := newHarness(t, false)
 	h.start()
 	id := h.record(contract.CmdPause, `{}`)
-	h.exec.Kick("alice")
+	h.exec().Kick("alice")
 	// The sweep and the kick ran without ownership: still queued.
 	testenv.WaitFor(t, waitTimeout, "a sweep", func() bool { return h.members.asked() >= 3 })
 	if got := h.runner.ran(); len(got) != 0 {
@@ -104,7 +104,7 @@ func TestStopRequeuesRunningJobs(t *testing.T) {
 	h.runner.waitStarted(t, job)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	if err := h.exec.Stop(ctx); err != nil {
+	if err := h.exec().Stop(ctx); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	if got := h.pub.resultIDs(); len(got) != 0 {
@@ -128,8 +128,8 @@ type harness struct {
 	runner  *recordingRunner
 	members *staticMembers
 	pub     *recordingPublisher
-	exec    *executor.Executor
-	// built is exec once built: the ledger's watch may call before.
+	// built is the executor once built: the ledger's watch may call
+	// before (exec).
 	built atomic.Pointer[executor.Executor]
 }
 
@@ -155,10 +155,12 @@ func newHarness(t *testing.T, owns bool) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.exec = exec
 	h.built.Store(exec)
 	return h
 }
+
+// exec is the executor under test.
+func (h *harness) exec() *executor.Executor { return h.built.Load() }
 
 // start starts the executor; a crash-stop (its context ends) follows the
 // test.
@@ -166,7 +168,7 @@ func (h *harness) start() {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	h.t.Cleanup(cancel)
-	if err := h.exec.Start(ctx); err != nil {
+	if err := h.exec().Start(ctx); err != nil {
 		h.t.Fatal(err)
 	}
 }
