@@ -53,7 +53,7 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 					candles[tf] += res.Candles[tf]
 				}
 			}
-			s, _, err = r.run(ctx, cmd, &st, []stepSpec{{contract.SvcIndicators, contract.VerbRecompute}}, contract.RecomputeArgs{Series: series}, r.cfg.StepTimeout)
+			s, err = r.recompute(ctx, cmd, &st, series)
 			steps = append(steps, s...)
 		}
 		if err != nil {
@@ -111,8 +111,7 @@ func (r *Runner) stopBackfill(ctx context.Context, cmd Command, st *contract.Des
 		}
 		progress["timeframe"], progress["pages"], progress["pages_total"] = p.tf, pages, total
 		if pages > 0 {
-			s, _, err := r.run(ctx, cmd, st, []stepSpec{{contract.SvcIndicators, contract.VerbRecompute}},
-				contract.RecomputeArgs{Series: p.series}, r.cfg.StepTimeout)
+			s, err := r.recompute(ctx, cmd, st, p.series)
 			steps = append(steps, s...)
 			if err != nil {
 				progress["recompute_failed"] = contract.ErrorOf(err).Message
@@ -154,4 +153,11 @@ func (r *Runner) backfillJobs(cmd Command, p contract.ForceBackfillPayload, st c
 				Timeframes: []contract.Timeframe{tf}, From: tfFrom, To: to, ProgressSubject: contract.ProgressSubject(cmd.User, cmd.ID)}})
 	}
 	return jobs
+}
+
+// recompute is a force-backfill's indicators.recompute step of series:
+// its indicators are rebuilt from the candles the feed wrote.
+func (r *Runner) recompute(ctx context.Context, cmd Command, st *contract.DesiredState, series contract.SeriesID) ([]contract.Step, error) {
+	s, _, err := r.run(ctx, cmd, st, []stepSpec{{contract.SvcIndicators, contract.VerbRecompute}}, contract.RecomputeArgs{Series: series}, r.cfg.StepTimeout)
+	return s, err
 }
