@@ -76,19 +76,10 @@ func TestOperatorsAsTenant(t *testing.T) {
 	env := append(os.Environ(), "REDIS_URL="+redisURL, "DATABASE_URL="+dbURL,
 		"VIGIL_FEED_SOURCE=sim", "VIGIL_LOG_LEVEL=debug", "VIGIL_SHUTDOWN_TIMEOUT=5s")
 	for _, svc := range services {
-		p, err := localstack.StartService(ctx, admin, localstack.ServiceOptions{
+		testenv.StartService(t, admin, localstack.ServiceOptions{
 			Binary: filepath.Join(bin, svc), Service: svc, Instance: svc + "-1",
 			Env:     append(env, "NATS_URL="+accountURL(t, srv.URL(), svc)),
 			LogPath: filepath.Join(t.TempDir(), svc+".log"), RegisterTimeout: time.Minute,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = p.Stop(15 * time.Second)
-			if t.Failed() {
-				t.Logf("--- %s log (last lines) ---\n%s", svc, p.Tail(30))
-			}
 		})
 	}
 	testenv.WaitFor(t, time.Minute, "vigil-control's desired state of "+tenantUser, func() bool {

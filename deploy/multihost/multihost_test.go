@@ -293,21 +293,11 @@ func TestAcrossHosts(t *testing.T) {
 	for i := 1; i <= hosts; i++ {
 		for _, svc := range services {
 			instance := fmt.Sprintf("h%d-%s", i, strings.TrimPrefix(svc.binary, "vigil-"))
-			p, err := localstack.StartService(ctx, admin, localstack.ServiceOptions{
+			procs[i] = append(procs[i], testenv.StartService(t, admin, localstack.ServiceOptions{
 				Binary: filepath.Join(bin, svc.binary), Service: svc.binary, Instance: instance, NetNS: n.ns(i),
 				Env:     append(env, "NATS_URL="+serviceNATSURL(n, i, svc.binary, passwords[svc.password])),
 				LogPath: filepath.Join(t.TempDir(), instance+".log"), RegisterTimeout: time.Minute,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			procs[i] = append(procs[i], p)
-			t.Cleanup(func() {
-				_ = p.Stop(15 * time.Second)
-				if t.Failed() {
-					t.Logf("--- %s log (last lines) ---\n%s", instance, p.Tail(15))
-				}
-			})
+			}))
 		}
 	}
 	for _, svc := range services {

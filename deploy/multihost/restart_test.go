@@ -145,18 +145,9 @@ func startSingleHost(t *testing.T, ctx context.Context, instances int) (*singleH
 	for _, svc := range services {
 		for i := 1; i <= instances; i++ {
 			instance := fmt.Sprintf("s-%s-%d", strings.TrimPrefix(svc.binary, "vigil-"), i)
-			p, err := localstack.StartService(ctx, h.admin, localstack.ServiceOptions{
+			testenv.StartService(t, h.admin, localstack.ServiceOptions{
 				Binary: filepath.Join(bin, svc.binary), Service: svc.binary, Instance: instance, Env: env,
 				LogPath: filepath.Join(t.TempDir(), instance+".log"), RegisterTimeout: time.Minute,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				_ = p.Stop(15 * time.Second)
-				if t.Failed() {
-					t.Logf("--- %s log (last lines) ---\n%s", instance, p.Tail(25))
-				}
 			})
 		}
 	}

@@ -82,19 +82,10 @@ func TestServicesRunOnTheirOwnCredentials(t *testing.T) {
 	env := append(os.Environ(), "REDIS_URL="+testenv.Redis(t), "DATABASE_URL="+dbURL,
 		"VIGIL_FEED_SOURCE=sim", "VIGIL_LOG_LEVEL=debug", "VIGIL_SHUTDOWN_TIMEOUT=5s")
 	for _, svc := range []string{"vigil-feed", "vigil-indicators", "vigil-alerts", "vigil-control"} {
-		p, err := localstack.StartService(ctx, admin.Conn, localstack.ServiceOptions{
+		testenv.StartService(t, admin.Conn, localstack.ServiceOptions{
 			Binary: filepath.Join(bin, svc), Service: svc, Instance: svc + "-1",
 			Env:     append(env, "NATS_URL="+serviceURL(t, srv.url, serviceUsers[svc])),
 			LogPath: filepath.Join(t.TempDir(), svc+".log"), RegisterTimeout: time.Minute,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = p.Stop(15 * time.Second)
-			if t.Failed() {
-				t.Logf("--- %s log (last lines) ---\n%s", svc, p.Tail(30))
-			}
 		})
 	}
 

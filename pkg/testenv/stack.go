@@ -115,19 +115,27 @@ func (s *Stack) Start(service, instance string, extra ...string) *Proc {
 // version's (BuildRevision).
 func (s *Stack) StartBinary(binary, service, instance string, extra ...string) *Proc {
 	s.t.Helper()
-	sp, err := localstack.StartService(context.Background(), s.nc, localstack.ServiceOptions{
+	return &Proc{StartService(s.t, s.nc, localstack.ServiceOptions{
 		Binary: binary, Service: service, Instance: instance,
 		Env: s.Environ(extra...), LogPath: filepath.Join(s.t.TempDir(), instance+".log"),
 		RegisterTimeout: 60 * time.Second,
-	})
+	})}
+}
+
+// StartService runs a service process as opts says (localstack.StartService)
+// and waits until it answers $SRV.PING on nc; the test fails if it does
+// not. The process is stopped at the end of the test (SIGTERM, SIGKILL
+// after 15 s), and the last lines of its log shown if the test failed.
+func StartService(t testing.TB, nc *nats.Conn, opts localstack.ServiceOptions) *localstack.ServiceProcess {
+	t.Helper()
+	p, err := localstack.StartService(context.Background(), nc, opts)
 	if err != nil {
-		s.t.Fatalf("testenv: %v", err)
+		t.Fatalf("testenv: %v", err)
 	}
-	p := &Proc{sp}
-	s.t.Cleanup(func() {
-		p.Stop()
-		if s.t.Failed() {
-			s.t.Logf("--- %s log (last lines) ---\n%s", instance, p.Tail(40))
+	t.Cleanup(func() {
+		_ = p.Stop(15 * time.Second)
+		if t.Failed() {
+			t.Logf("--- %s log (last lines) ---\n%s", opts.Instance, p.Tail(40))
 		}
 	})
 	return p
