@@ -178,6 +178,16 @@ func (s *Store) Candles(ctx context.Context, series contract.SeriesID, from, to 
 	return readRange[contract.Candle](ctx, s.rdb, contract.CandleKey(series), from, to)
 }
 
+// CountCandles is how many candles of series are stored with start in
+// [from, to] (UNIX seconds, inclusive).
+func (s *Store) CountCandles(ctx context.Context, series contract.SeriesID, from, to int64) (int64, error) {
+	n, err := s.rdb.ZCount(ctx, contract.CandleKey(series), strconv.FormatInt(from, 10), strconv.FormatInt(to, 10)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", contract.CandleKey(series), err)
+	}
+	return n, nil
+}
+
 // LastCandle is the newest stored candle of series; ok is false when there
 // is none.
 func (s *Store) LastCandle(ctx context.Context, series contract.SeriesID) (c contract.Candle, ok bool, err error) {

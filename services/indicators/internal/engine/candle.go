@@ -226,9 +226,24 @@ func (e *Engine) rebuildInBackground(ctx context.Context, id contract.SeriesID) 
 // counts as closed. It returns their updates; ok is false when the state
 // cannot take them and the series must be rebuilt. Without stored bars in
 // between, the market had no trades then and c is simply the next bar.
+//
+// A series without closed bars was set up when Redis held none of its
+// bars before c (and before its in-progress bar): when Redis holds some
+// now, they were stored meanwhile and are delivered after c, so c must
+// not start the series (every later value would miss them, and a rebuild
+// could not replace those values, written under the same versions): ok
+// is false.
 func (e *Engine) fillGap(ctx context.Context, s *series, c contract.Candle) (ups []contract.IndicatorUpdate, ok bool, err error) {
 	last, has := s.lastClosed()
-	if !has || c.Start <= last.start+int64(c.Timeframe.Duration()/time.Second) {
+	if !has {
+		first := c.Start
+		if s.open.start > 0 {
+			first = min(first, s.open.start)
+		}
+		earlier, err := e.store.CountCandles(ctx, c.SeriesID, 0, first-1)
+		return nil, earlier == 0 && err == nil, err
+	}
+	if c.Start <= last.start+int64(c.Timeframe.Duration()/time.Second) {
 		return nil, true, nil
 	}
 	between, err := e.store.Candles(ctx, c.SeriesID, last.start+1, c.Start-1)

@@ -351,6 +351,29 @@ func (h *harness) waitUpdate(id contract.SeriesID, start int64, closed bool) rec
 	return got
 }
 
+// waitAllAcked waits until every consumer of VIGIL_CANDLES has acked
+// every candle: none waits for delivery or acknowledgement.
+func (h *harness) waitAllAcked() {
+	h.t.Helper()
+	ctx := context.Background()
+	eventually(h.t, 30*time.Second, func() error {
+		stream, err := h.js.Stream(ctx, contract.StreamCandles)
+		if err != nil {
+			return err
+		}
+		for name := range stream.ConsumerNames(ctx).Name() {
+			c, err := stream.Consumer(ctx, name)
+			if err != nil {
+				return err
+			}
+			if info := c.CachedInfo(); info.NumAckPending+int(info.NumPending) > 0 {
+				return fmt.Errorf("consumer %s: %d candles unacked, %d undelivered", name, info.NumAckPending, info.NumPending)
+			}
+		}
+		return nil
+	})
+}
+
 // stored returns the stored points of one indicator by bar start.
 func (h *harness) stored(id contract.SeriesID, name string) map[int64]redisstore.IndicatorPoint {
 	h.t.Helper()

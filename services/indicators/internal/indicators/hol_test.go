@@ -311,20 +311,5 @@ func TestCandleRebuildRunsBesideOtherUsers(t *testing.T) {
 	}
 	// Every candle is acked (the correction once its rebuild was done):
 	// none waits for delivery or acknowledgement.
-	eventually(t, 30*time.Second, func() error {
-		stream, err := h.js.Stream(ctx, contract.StreamCandles)
-		if err != nil {
-			return err
-		}
-		for name := range stream.ConsumerNames(ctx).Name() {
-			c, err := stream.Consumer(ctx, name)
-			if err != nil {
-				return err
-			}
-			if info := c.CachedInfo(); info.NumAckPending+int(info.NumPending) > 0 {
-				return fmt.Errorf("consumer %s: %d candles unacked, %d undelivered", name, info.NumAckPending, info.NumPending)
-			}
-		}
-		return nil
-	})
+	h.waitAllAcked()
 }

@@ -224,3 +224,31 @@ func TestConsumerLost(t *testing.T) {
 		h.checkStored(id, name, data)
 	}
 }
+
+// TestFirstBarStoredButNotYetPublished stores a series' first bar in
+// Redis but publishes it only after the later bars (the feed stores a
+// candle before it publishes it, and a publish may be retried), to a
+// series set up while Redis held none of its candles: the second bar must
+// not start the series, or every later value would miss the first bar
+// and the rebuild the first bar starts could not replace them (their
+// versions are the same).
+func TestFirstBarStoredButNotYetPublished(t *testing.T) {
+	h := newHarness(t)
+	h.startInstance("solo")
+	h.waitMembers(1)
+	id := contract.SeriesID{User: "early", UserID: 21, ExchangeID: 6, Symbol: "BTC-USD", Timeframe: contract.TF1h}
+	h.putState(contract.DesiredState{User: id.User, UserID: id.UserID, ExchangeID: id.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
+	eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
+
+	data := candles(t, id, 80, 1)
+	if _, err := h.store.WriteCandle(context.Background(), data[0]); err != nil {
+		t.Fatal(err)
+	}
+	h.feed(data[1:]...)
+	h.waitUpdate(id, data[len(data)-1].Start, true)
+	h.feed(data[0])
+	h.waitAllAcked()
+	for _, name := range positionMonitor {
+		h.checkStored(id, name, data)
+	}
+}
