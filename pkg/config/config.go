@@ -57,6 +57,15 @@ func Load(cfg any, binary, description string, args []string, out io.Writer) err
 	for _, r := range renamed {
 		fmt.Fprintf(os.Stderr, "%s: config: %s is deprecated, read as %s; rename it, the old name goes in the next release\n", binary, r[0], r[1])
 	}
+	return Parse(cfg, environ)
+}
+
+// Parse parses environ (variable names to values, as the environment
+// holds them) into cfg, a pointer to a struct, with the defaults of its
+// tags, and validates the result: Load without the flags, the process
+// environment and the former names, for a configuration built in code
+// (tests).
+func Parse(cfg any, environ map[string]string) error {
 	if err := env.ParseWithOptions(cfg, env.Options{Environment: environ}); err != nil {
 		return fmt.Errorf("config: %s", oneLine(err, cfg))
 	}

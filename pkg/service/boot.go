@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/health"
 	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/telemetry"
 )
 
@@ -32,7 +35,8 @@ func Main(binary string, run func(ctx context.Context, args []string, stdout io.
 
 // Runtime is what every service opens at start: its logger, telemetry, the
 // NATS connection with JetStream, the contract's streams, and its health
-// checks.
+// checks; later the resources the service opens (OnClose) and its micro
+// service (Start).
 type Runtime struct {
 	Log      *slog.Logger
 	NC       *nats.Conn
@@ -44,14 +48,18 @@ type Runtime struct {
 	// /metrics) and reported to systemd under a unit.
 	Health *health.Health
 
-	telemetry  *telemetry.Telemetry
-	stopHealth context.CancelFunc
+	name            string
+	shutdownTimeout time.Duration
+	telemetry       *telemetry.Telemetry
+	stopHealth      context.CancelFunc
+	svc             *Service
+	closers         []func()
 }
 
 // Boot opens the runtime of service name: logger, telemetry, NATS connection
 // (named "<name> <instance>") and the contract's streams and KV bucket.
 func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, cfg any, stdout io.Writer) (*Runtime, error) {
-	rt := &Runtime{Instance: svc.InstanceName()}
+	rt := &Runtime{Instance: svc.InstanceName(), name: name, shutdownTimeout: svc.ShutdownTimeout}
 	rt.Log = telemetry.NewLogger(stdout, telemetry.ParseLevel(svc.LogLevel), name, rt.Instance)
 	rt.Log.Info("starting", "version", Version, "revision", revision(), "config", config.LogValue(cfg))
 	var err error
@@ -94,9 +102,86 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 	return rt, nil
 }
 
-// Close stops the health checks, closes the connection (if Shutdown did
-// not drain it) and flushes telemetry.
+// Start starts the service's micro service on the runtime's connection,
+// named and described as Boot was, as Start does; Shutdown stops it.
+// cfg.Name and cfg.Instance are filled in when empty.
+func (rt *Runtime) Start(cfg Config, status StatusFunc) (*Service, error) {
+	if rt.svc != nil {
+		return nil, fmt.Errorf("service %s: started twice", rt.name)
+	}
+	if cfg.Name == "" {
+		cfg.Name = rt.name
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = rt.Instance
+	}
+	svc, err := Start(rt.NC, cfg, rt.Log, status)
+	if err != nil {
+		return nil, err
+	}
+	rt.svc = svc
+	return svc, nil
+}
+
+// OnClose registers f to run when the runtime closes, after the micro
+// service has shut down: resources the service opened (a database pool)
+// close in the reverse order of their opening.
+func (rt *Runtime) OnClose(f func()) {
+	rt.closers = append(rt.closers, f)
+}
+
+// OpenRedis opens the Redis client of cfg (redisstore.Open), checks it for
+// readiness as "redis" and closes it when the runtime closes.
+func (rt *Runtime) OpenRedis(ctx context.Context, cfg config.Redis) (*redis.Client, error) {
+	rdb, err := redisstore.Open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	rt.Health.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	rt.OnClose(func() { _ = rdb.Close() })
+	return rdb, nil
+}
+
+// Serve is the rest of every service's Serve once Boot has opened the
+// runtime: start opens the service's resources and starts its parts (see
+// the package doc for the order), then Serve logs "running", waits until
+// ctx ends and shuts down (Shutdown). When start fails, what it started is
+// shut down the same way and its error returned. start gets ctx: it
+// bounds what start waits for, the parts that outlive start run on
+// contexts of their own (Service.Go, Service.FollowStates).
+func (rt *Runtime) Serve(ctx context.Context, start func(ctx context.Context) error) error {
+	if err := start(ctx); err != nil {
+		return errors.Join(err, rt.Shutdown())
+	}
+	if rt.svc == nil {
+		return errors.Join(fmt.Errorf("service %s: start did not start the micro service", rt.name), rt.Shutdown())
+	}
+	rt.Log.Info("running", "id", rt.svc.ID())
+	<-ctx.Done()
+	rt.Log.Info("shutting down")
+	return rt.Shutdown()
+}
+
+// Shutdown shuts the instance down within VIGIL_SHUTDOWN_TIMEOUT: the
+// micro service (Service.Shutdown: its endpoints stop, the parts stop in
+// reverse order, the requests in flight finish, the connection drains),
+// then the runtime closes (Close).
+func (rt *Runtime) Shutdown() error {
+	var err error
+	if rt.svc != nil {
+		err = rt.svc.Shutdown(rt.shutdownTimeout)
+	}
+	return errors.Join(err, rt.Close(context.Background()))
+}
+
+// Close closes the resources registered with OnClose (in reverse order),
+// stops the health checks, closes the connection (if Shutdown did not
+// drain it) and flushes telemetry.
 func (rt *Runtime) Close(ctx context.Context) error {
+	for i := len(rt.closers) - 1; i >= 0; i-- {
+		rt.closers[i]()
+	}
+	rt.closers = nil
 	if rt.stopHealth != nil {
 		rt.stopHealth()
 	}

@@ -4,6 +4,37 @@
 // (queue group disabled), each traced from the caller's W3C context, and a
 // graceful shutdown that stops the service, runs the service's own drains
 // and drains the connection under a timeout.
+//
+// Every service starts the same way, in three functions of its wiring
+// package (internal/<svc>):
+//
+//	main:  service.Main("vigil-<svc>", <svc>.Run)
+//	Run:   config.Load (parse and validate the environment), then Serve
+//	Serve: rt := service.Boot(...); return rt.Serve(ctx, start)
+//
+// Tests call Serve with a Config built in code. Boot opens the runtime
+// (logger, telemetry, NATS and the contract's streams, health); start is
+// the service's own script, top to bottom:
+//
+//  1. open its resources (Runtime.OpenRedis, or Runtime.OnClose for what
+//     it opens itself);
+//  2. start the micro service (Runtime.Start), whose declared verbs wait
+//     for their handlers;
+//  3. start its parts in order (join the membership group, build the
+//     core, follow the desired states with Service.FollowStates, consume,
+//     give the verbs their handlers, background loops with Service.Go),
+//     registering each part's stop with Service.OnShutdown right after
+//     the part has started.
+//
+// Runtime.Serve then logs "running" and waits until the context ends
+// (SIGINT or SIGTERM under Main). Shutdown takes one path in every
+// service, within VIGIL_SHUTDOWN_TIMEOUT: the micro service stops
+// answering, the parts stop in the reverse order of their start (the last
+// started stops first; leaving the group, registered right after the
+// join, comes after the parts that use it), the requests in flight
+// finish, the connection drains, the resources close in reverse order and
+// telemetry flushes. A start that fails half way shuts down the same way,
+// stopping exactly what had started.
 package service
 
 import (
@@ -259,31 +290,67 @@ func orEmptyObject(b []byte) []byte {
 
 // OnShutdown registers f to run during Shutdown after the micro service has
 // stopped and before the connection drains (e.g. stop consumers, flush).
+// Register each part's stop right after the part has started: Shutdown
+// stops the parts in the reverse order, and a start that fails half way
+// stops exactly what had started.
 func (s *Service) OnShutdown(f func(context.Context) error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.drains = append(s.drains, f)
 }
 
+// Go runs part on a goroutine of its own until Shutdown: at part's place
+// in the reverse order, Shutdown ends part's context and waits for part to
+// return (part returns promptly once its context ends); part's error is
+// one of Shutdown's.
+func (s *Service) Go(part func(ctx context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- part(ctx) }()
+	s.OnShutdown(func(context.Context) error {
+		cancel()
+		return <-done
+	})
+}
+
+// minStopStep is the least time a shutdown step gets once the budget is
+// spent, so that leaving the membership group and draining the connection
+// are still attempted after a slow step.
+const minStopStep = time.Second
+
 // Shutdown stops the micro service, runs the OnShutdown functions in
 // reverse order, waits for the requests still being served (their replies
 // go out before the connection closes) and drains the connection, all
-// within timeout.
+// within timeout (one budget; a step that starts when it is spent still
+// gets a second).
 func (s *Service) Shutdown(timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
+	deadline := time.Now().Add(timeout)
 	errs := []error{s.micro.Stop()}
 	s.mu.Lock()
 	drains := s.drains
 	s.mu.Unlock()
 	for i := len(drains) - 1; i >= 0; i-- {
-		errs = append(errs, drains[i](ctx))
+		errs = append(errs, step(deadline, drains[i]))
 	}
-	if err := s.lanes.wait(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("requests still served: %w", err))
-	}
-	errs = append(errs, natsx.Drain(ctx, s.nc))
+	errs = append(errs, step(deadline, func(ctx context.Context) error {
+		if err := s.lanes.wait(ctx); err != nil {
+			return fmt.Errorf("requests still served: %w", err)
+		}
+		return nil
+	}))
+	errs = append(errs, step(deadline, func(ctx context.Context) error { return natsx.Drain(ctx, s.nc) }))
 	return errors.Join(errs...)
+}
+
+// step runs f with a context that ends at deadline, or minStopStep from
+// now when that is later.
+func step(deadline time.Time, f func(context.Context) error) error {
+	if least := time.Now().Add(minStopStep); deadline.Before(least) {
+		deadline = least
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	return f(ctx)
 }
 
 // Revision is the source revision, set at build time with

@@ -48,6 +48,24 @@ const (
 	checkBucketEvery = 2 * time.Second
 )
 
+// FollowStates follows the desired states (the function FollowStates)
+// for the instance's lifetime: from now until Shutdown reaches this
+// point of the reverse order, which then waits for the applies in flight.
+func (s *Service) FollowStates(ctx context.Context, js jetstream.JetStream, apply func(context.Context, UserState)) error {
+	bg, stop := context.WithCancel(context.Background())
+	f, err := FollowStates(ctx, bg, js, s.log, apply)
+	if err != nil {
+		stop()
+		return err
+	}
+	s.OnShutdown(func(context.Context) error {
+		stop()
+		<-f.Done()
+		return nil
+	})
+	return nil
+}
+
 // FollowStates is every service instance's view of the users' desired
 // states. It hands apply every user's current state before it returns, so
 // the instance starts converged (ctx bounds that first read and those

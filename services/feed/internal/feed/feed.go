@@ -157,23 +157,35 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Run runs vigil-feed until ctx ends.
+// Run runs vigil-feed until ctx ends: it loads the configuration from the
+// environment (-h in args lists it) and serves.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	var cfg Config
 	if err := config.Load(&cfg, contract.ServiceFeed, "turns exchange market data into versioned candles", args, stdout); err != nil {
 		return err
 	}
+	return Serve(ctx, cfg, stdout)
+}
+
+// Serve runs one vigil-feed instance with cfg until ctx ends, then shuts
+// down (pkg/service): the state watch stops, running gap fills and
+// backfills are cancelled, the engine's last flush goes out, and only then
+// the instance leaves the group, so that the next owner's gap fill starts
+// after this instance's last write.
+func Serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	rt, err := service.Boot(ctx, contract.ServiceFeed, cfg.Service, cfg.NATS, &cfg, stdout)
 	if err != nil {
 		return err
 	}
-	defer rt.Close(context.Background())
-	rdb, err := redisstore.Open(ctx, cfg.Redis)
+	return rt.Serve(ctx, func(ctx context.Context) error { return start(ctx, cfg, rt) })
+}
+
+// start opens Redis, builds the engine and starts the instance's parts.
+func start(ctx context.Context, cfg Config, rt *service.Runtime) error {
+	rdb, err := rt.OpenRedis(ctx, cfg.Redis)
 	if err != nil {
 		return err
 	}
-	rt.Health.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
-	defer rdb.Close()
 	metrics, err := engine.NewMetrics()
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -194,62 +206,31 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	f := newFeed(cfg, rt.Log, rt.JS, writer, eng, metrics)
 	started := time.Now()
-	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcFeed, Name: contract.ServiceFeed,
-		Description: "vigil feed: market data to versioned candles", Instance: rt.Instance, Verbs: verbs}, rt.Log,
+	svc, err := rt.Start(service.Config{Svc: contract.SvcFeed, Description: "vigil feed: market data to versioned candles", Verbs: verbs},
 		func(context.Context, string) any { return f.status(started) })
 	if err != nil {
 		return err
 	}
 	group, err := membership.Join(ctx, rt.JS, MembershipGroup, svc.ID(), membership.Options{Log: rt.Log})
 	if err != nil {
-		return errors.Join(err, svc.Shutdown(cfg.ShutdownTimeout))
+		return err
 	}
+	svc.OnShutdown(group.Leave)
 	f.mu.Lock()
 	f.group = group // status, served since Start, reads it under f.mu
 	f.mu.Unlock()
 	if err := f.register(svc); err != nil {
-		return errors.Join(err, group.Leave(context.Background()), svc.Shutdown(cfg.ShutdownTimeout))
+		return err
 	}
-	engCtx, stopEngine := context.WithCancel(context.Background())
-	engDone := make(chan error, 1)
-	go func() { engDone <- eng.Run(engCtx) }()
-	watchCtx, stopWatch := context.WithCancel(context.Background())
-	states, err := service.FollowStates(ctx, watchCtx, rt.JS, rt.Log, f.onState)
-	if err != nil {
-		stopWatch()
-		stopEngine()
-		return errors.Join(err, <-engDone, group.Leave(context.Background()), svc.Shutdown(cfg.ShutdownTimeout))
+	// The engine's last flush (whatever it holds, cut off at
+	// VIGIL_SHUTDOWN_TIMEOUT) comes before leaving the group.
+	svc.Go(eng.Run)
+	svc.OnShutdown(func(context.Context) error { f.cancelJobs(); return nil })
+	if err := svc.FollowStates(ctx, rt.JS, f.onState); err != nil {
+		return err
 	}
-	reconverged := make(chan struct{})
-	go func() { defer close(reconverged); f.reconverge(watchCtx) }()
-	rt.Log.Info("running", "id", svc.ID(), "source", cfg.Source)
-
-	<-ctx.Done()
-	rt.Log.Info("shutting down")
-	stopWatch()
-	<-states.Done()
-	<-reconverged
-	// One budget, ShutdownTimeout, for the whole shutdown: the engine's
-	// last flush (whatever it holds, cut off at the budget) comes first,
-	// then leaving the group (the next owner's gap fill then starts after
-	// this instance's last write) and the service drain.
-	deadline := time.Now().Add(cfg.ShutdownTimeout)
-	f.cancelJobs()
-	stopEngine()
-	errs := []error{<-engDone}
-	leaveCtx, cancel := context.WithTimeout(context.Background(), remaining(deadline))
-	defer cancel()
-	errs = append(errs, group.Leave(leaveCtx), svc.Shutdown(remaining(deadline)))
-	return errors.Join(errs...)
-}
-
-// minStopStep is the least time a shutdown step gets once the budget is
-// spent, so that leaving the group and draining are still attempted.
-const minStopStep = time.Second
-
-// remaining is the time left until deadline, at least minStopStep.
-func remaining(deadline time.Time) time.Duration {
-	return max(time.Until(deadline), minStopStep)
+	svc.Go(func(ctx context.Context) error { f.reconverge(ctx); return nil })
+	return nil
 }
 
 // newSource builds the configured source.

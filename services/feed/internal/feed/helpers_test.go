@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"runtime/pprof"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
+	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
@@ -69,7 +71,7 @@ type instance struct {
 	err    error
 }
 
-// stop cancels the instance and waits for Run to return.
+// stop cancels the instance and waits for Serve to return.
 func (i *instance) stop(t *testing.T) {
 	t.Helper()
 	i.once.Do(func() {
@@ -77,21 +79,21 @@ func (i *instance) stop(t *testing.T) {
 		began := time.Now()
 		select {
 		case i.err = <-i.done:
-			t.Logf("feed Run returned %v after cancel", time.Since(began).Round(time.Millisecond))
+			t.Logf("feed Serve returned %v after cancel", time.Since(began).Round(time.Millisecond))
 		case <-time.After(30 * time.Second):
 			var stacks strings.Builder
 			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
-			i.err = fmt.Errorf("Run did not return within 30s of cancel; goroutines:\n%s", stacks.String())
+			i.err = fmt.Errorf("Serve did not return within 30s of cancel; goroutines:\n%s", stacks.String())
 		}
 	})
 	if i.err != nil {
-		t.Errorf("feed Run: %v", i.err)
+		t.Errorf("feed Serve: %v", i.err)
 	}
 }
 
-// startFeed sets the environment (the stack's URLs plus env) and runs one
-// feed instance; it is stopped at cleanup. Logs go to the test log when
-// VIGIL_TEST_LOG is set.
+// startFeed runs one feed instance on the stack, configured by env (the
+// variables that differ from their defaults); it is stopped at cleanup.
+// Logs go to the test log when VIGIL_TEST_LOG is set.
 func startFeed(t *testing.T, s *stack, env map[string]string) *instance {
 	t.Helper()
 	var out io.Writer = io.Discard
@@ -104,16 +106,25 @@ func startFeed(t *testing.T, s *stack, env map[string]string) *instance {
 // startFeedLogging is startFeed with the instance's log going to out.
 func startFeedLogging(t *testing.T, s *stack, env map[string]string, out io.Writer) *instance {
 	t.Helper()
-	t.Setenv("NATS_URL", s.natsURL)
-	t.Setenv("REDIS_URL", s.redisURL)
-	for k, v := range env {
-		t.Setenv(k, v)
-	}
+	cfg := s.config(t, env)
 	ctx, cancel := context.WithCancel(context.Background())
 	inst := &instance{cancel: cancel, done: make(chan error, 1)}
-	go func() { inst.done <- feed.Run(ctx, nil, out) }()
+	go func() { inst.done <- feed.Serve(ctx, cfg, out) }()
 	t.Cleanup(func() { inst.stop(t) })
 	return inst
+}
+
+// config is the configuration of a feed instance on the stack: the
+// defaults, with the variables of env set.
+func (s *stack) config(t *testing.T, env map[string]string) feed.Config {
+	t.Helper()
+	environ := map[string]string{"NATS_URL": s.natsURL, "REDIS_URL": s.redisURL}
+	maps.Copy(environ, env)
+	var cfg feed.Config
+	if err := config.Parse(&cfg, environ); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 type testWriter struct{ t *testing.T }
