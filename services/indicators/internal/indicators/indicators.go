@@ -49,8 +49,8 @@ func (c Config) Validate() error {
 	return config.ValidateAll(c.NATS, c.Service, c.Redis)
 }
 
-// Run runs vigil-indicators with the configuration from the environment
-// until ctx ends.
+// Run runs vigil-indicators until ctx ends: it loads the configuration
+// from the environment (-h in args lists it) and serves.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	var cfg Config
 	if err := config.Load(&cfg, contract.ServiceIndicators, "keeps incremental indicator series per candle series", args, stdout); err != nil {
@@ -60,25 +60,26 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // Serve runs one vigil-indicators instance with cfg until ctx ends, then
-// shuts down: it stops consuming after the update in flight, leaves the
-// membership so its series move at once, and drains the connection.
-func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
+// shuts down (pkg/service): it stops consuming after the update in flight,
+// leaves the membership so its series move at once, and drains the
+// connection.
+func Serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	rt, err := service.Boot(ctx, contract.ServiceIndicators, cfg.Service, cfg.NATS, &cfg, stdout)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, rt.Close(context.Background())) }()
-	rdb, err := redisstore.Open(ctx, cfg.Redis)
+	return rt.Serve(ctx, func(ctx context.Context) error { return start(ctx, cfg, rt) })
+}
+
+// start opens Redis and starts the instance's parts.
+func start(ctx context.Context, cfg Config, rt *service.Runtime) error {
+	rdb, err := rt.OpenRedis(ctx, cfg.Redis)
 	if err != nil {
 		return err
 	}
-	rt.Health.Add("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
-	defer rdb.Close()
-
 	var eng atomic.Pointer[engine.Engine]
-	svc, err := service.Start(rt.NC, service.Config{Svc: contract.SvcIndicators, Name: contract.ServiceIndicators,
-		Description: "vigil indicators: keeps incremental indicator series per candle series", Instance: rt.Instance,
-		Verbs: verbs}, rt.Log,
+	svc, err := rt.Start(service.Config{Svc: contract.SvcIndicators,
+		Description: "vigil indicators: keeps incremental indicator series per candle series", Verbs: verbs},
 		func(_ context.Context, user string) any {
 			if e := eng.Load(); e != nil {
 				return e.Status(user)
@@ -88,12 +89,6 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	// From here on, a failed start shuts the micro service down again.
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, svc.Shutdown(cfg.ShutdownTimeout))
-		}
-	}()
 	id := svc.ID()
 	members, err := membership.Join(ctx, rt.JS, contract.ServiceIndicators, id, membership.Options{Log: rt.Log})
 	if err != nil {
@@ -120,33 +115,25 @@ func Serve(ctx context.Context, cfg Config, stdout io.Writer) (err error) {
 		return errors.Join(err, c.Stop(ctx))
 	}
 	c.engine = e
-	bg, stopBackground := context.WithCancel(context.Background())
-	svc.OnShutdown(func(context.Context) error { stopBackground(); return nil })
 	// Shutdown runs these in reverse: the consumer stops first, then the
-	// rebuilds its candles started end.
+	// rebuilds its candles started end, then the minutes stop closing.
+	svc.Go(func(ctx context.Context) error { closeMinutes(ctx, rt, e); return nil })
 	svc.OnShutdown(e.Close)
 	svc.OnShutdown(c.Stop)
 	c.Claim(ctx)
-	if _, err := service.FollowStates(ctx, bg, rt.JS, rt.Log, applyState(rt, e)); err != nil {
+	if err := svc.FollowStates(ctx, rt.JS, applyState(rt, e)); err != nil {
 		return err
 	}
 	eng.Store(e)
 	if err := handleVerbs(svc, e); err != nil {
 		return err
 	}
-	go closeMinutes(bg, rt, e)
 	sub, err := subscribeBooks(rt, e)
 	if err != nil {
 		return err
 	}
 	svc.OnShutdown(func(context.Context) error { return sub.Unsubscribe() })
-	if err := c.Start(bg); err != nil {
-		return err
-	}
-	rt.Log.Info("running", "id", id, "members", members.Members())
-	<-ctx.Done()
-	rt.Log.Info("shutting down")
-	return svc.Shutdown(cfg.ShutdownTimeout)
+	return c.Start(ctx)
 }
 
 // closeMinutes closes the order-book minutes that saw no snapshot of a
