@@ -24,7 +24,6 @@ package alerts
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -63,19 +62,18 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	return Serve(ctx, cfg, stdout)
 }
 
-// Serve runs vigil-alerts with cfg until ctx ends, then shuts down
-// gracefully within cfg.ShutdownTimeout.
+// Serve runs one vigil-alerts instance with cfg until ctx ends, then shuts
+// down (pkg/service, see instance.stopEvaluating and start for the
+// order).
 func Serve(ctx context.Context, cfg Config, stdout io.Writer) error {
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	in, err := start(ctx, cfg, stdout, options{})
+	rt, err := service.Boot(ctx, contract.ServiceAlerts, cfg.Service, cfg.NATS, &cfg, stdout)
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	in.log.Info("shutting down")
-	return in.shutdown(cfg.ShutdownTimeout)
+	return rt.Serve(ctx, func(ctx context.Context) error {
+		_, err := start(ctx, cfg, rt, options{})
+		return err
+	})
 }
 
 // options are the parts of an instance that tests replace.
@@ -111,37 +109,22 @@ type instance struct {
 	// webhooks are the users' webhooks as the desired states give them.
 	webhooks *webhookTargets
 	// projector writes alert_events from VIGIL_ALERTS until stopProjector.
-	projector          *record.Projector
-	stopProjector      context.CancelFunc
-	projecting         sync.WaitGroup
-	consumer           *partition.Consumer
-	dispatch           *dispatcher
-	closeResourcesOnce sync.Once
+	projector     *record.Projector
+	stopProjector context.CancelFunc
+	projecting    sync.WaitGroup
+	consumer      *partition.Consumer
+	dispatch      *dispatcher
 	// ready is set once start has built every part status reads.
 	ready atomic.Bool
 }
 
-// start opens everything and returns a running instance. On error what
-// was opened is closed again.
-func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *instance, err error) {
-	rt, err := service.Boot(ctx, contract.ServiceAlerts, cfg.Service, cfg.NATS, &cfg, stdout)
-	if err != nil {
-		return nil, err
-	}
+// start opens the instance's resources on rt and starts its parts; each
+// part's stop is registered with OnShutdown as it starts (rt.Shutdown
+// stops what started when start fails).
+func start(ctx context.Context, cfg Config, rt *service.Runtime, opts options) (_ *instance, err error) {
 	in := &instance{cfg: cfg, rt: rt, log: rt.Log, started: time.Now().UTC(), tracer: otel.Tracer(metrics.MeterName)}
 	in.loopCtx, in.stopLoops = context.WithCancel(context.Background())
 	in.workCtx, in.stopWork = context.WithCancel(context.Background())
-	defer func() {
-		if err != nil {
-			in.stopLoops()
-			in.stopWork()
-			if in.svc != nil {
-				_ = in.svc.Shutdown(cfg.ShutdownTimeout)
-			}
-			in.closeResources()
-			_ = rt.Close(context.Background())
-		}
-	}()
 	if in.metrics = opts.metrics; in.metrics == nil {
 		if in.metrics, err = metrics.New(nil); err != nil {
 			return nil, err
@@ -152,30 +135,28 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	if in.pool, err = db.Open(cfg.Postgres); err != nil {
 		return nil, err
 	}
-	if in.rdb, err = redisstore.Open(ctx, cfg.Redis); err != nil {
+	rt.OnClose(in.pool.Close)
+	if in.rdb, err = rt.OpenRedis(ctx, cfg.Redis); err != nil {
 		return nil, err
 	}
-	rt.Health.Add("redis", func(ctx context.Context) error { return in.rdb.Ping(ctx).Err() })
 	snaps, err := snapshots.Open(ctx, rt.JS)
 	if err != nil {
 		return nil, err
 	}
+	in.webhooks = newWebhookTargets()
+	if in.svc, err = rt.Start(service.Config{Svc: contract.SvcAlerts, Description: description, Verbs: verbs},
+		func(ctx context.Context, _ string) any { return in.status(ctx) }); err != nil {
+		return nil, err
+	}
+	// Shutdown runs these in reverse: stop evaluating, stop projecting,
+	// leave, stop the webhook deliveries (the alert in hand goes back to
+	// the stream).
 	if in.hooks, err = webhook.New(rt.JS, webhook.Options{
 		Timeout: cfg.WebhookTimeout, InitialBackoff: cfg.WebhookBackoff, MaxBackoff: cfg.WebhookMaxBackoff,
 		MaxAge: cfg.WebhookMaxAge, AckWait: cfg.WebhookAckWait, Log: rt.Log, Metrics: in.metrics,
 	}); err != nil {
 		return nil, err
 	}
-	in.webhooks = newWebhookTargets()
-	if in.svc, err = service.Start(rt.NC, service.Config{Svc: contract.SvcAlerts, Name: contract.ServiceAlerts,
-		Description: description, Instance: rt.Instance, Verbs: verbs}, rt.Log, func(ctx context.Context, _ string) any { return in.status(ctx) }); err != nil {
-		in.hooks.Close()
-		return nil, err
-	}
-	// Shutdown runs these in reverse: stop evaluating, stop projecting,
-	// leave, stop the webhook deliveries (the alert in hand goes back to
-	// the stream). Each is registered once its part runs, so that the
-	// error path below stops exactly what started.
 	in.svc.OnShutdown(in.closeHooks)
 	in.log = rt.Log.With("id", in.svc.ID())
 	if opts.membership.Log == nil {
@@ -208,15 +189,15 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 	if err != nil {
 		return nil, errors.Join(err, in.consumer.Stop(ctx))
 	}
+	in.loops.Add(1)
+	go func() { defer in.loops.Done(); <-states.Done() }()
 	in.dispatch = newDispatcher(cfg.Workers, in.process)
+	in.svc.OnShutdown(in.stopEvaluating)
 	if err = in.consumer.Start(in.loopCtx); err != nil {
-		_ = in.dispatch.close(context.Background())
 		return nil, err
 	}
-	in.loops.Add(2)
-	go func() { defer in.loops.Done(); <-states.Done() }()
+	in.loops.Add(1)
 	go in.reconcileLoop()
-	in.svc.OnShutdown(in.stopEvaluating)
 	handlers := map[contract.Verb]service.Handler{contract.VerbPause: in.pause, contract.VerbResume: in.resume, contract.VerbApply: in.apply, contract.VerbPlan: in.plan}
 	for _, verb := range verbs {
 		if err = in.svc.Handle(verb, handlers[verb]); err != nil {
@@ -224,7 +205,6 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 		}
 	}
 	in.ready.Store(true)
-	in.log.Info("running", "members", in.group.Members())
 	return in, nil
 }
 
@@ -232,15 +212,6 @@ func start(ctx context.Context, cfg Config, stdout io.Writer, opts options) (_ *
 // exist from the start and wait for the handlers, set once the instance
 // runs.
 var verbs = []contract.Verb{contract.VerbPause, contract.VerbResume, contract.VerbApply, contract.VerbPlan}
-
-// shutdown stops the instance gracefully: no more updates, the ones in
-// progress finish, the membership is left so others take over at once,
-// queued webhooks are sent, the connection drains; all within timeout.
-func (in *instance) shutdown(timeout time.Duration) error {
-	err := in.svc.Shutdown(timeout)
-	in.closeResources()
-	return errors.Join(err, in.rt.Close(context.Background()))
-}
 
 // stopEvaluating ends the loops, stops consuming after the updates
 // delivered (the consumer's Stop waits for them, hands the partitions over
@@ -288,18 +259,6 @@ func (in *instance) leave(ctx context.Context) error { return in.group.Leave(ctx
 func (in *instance) closeHooks(context.Context) error {
 	in.hooks.Close()
 	return nil
-}
-
-// closeResources closes the database pool and Redis client.
-func (in *instance) closeResources() {
-	in.closeResourcesOnce.Do(func() {
-		if in.pool != nil {
-			in.pool.Close()
-		}
-		if in.rdb != nil {
-			_ = in.rdb.Close()
-		}
-	})
 }
 
 // status answers the status verb.

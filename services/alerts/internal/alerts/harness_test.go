@@ -23,6 +23,7 @@ import (
 	"vigil.dev/pkg/membership"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
+	"vigil.dev/pkg/service"
 	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/alerts/internal/metrics"
 	"vigil.dev/services/alerts/internal/metrics/metricstest"
@@ -164,10 +165,14 @@ func (e *env) start(name string) *instance {
 	cfg.Instance = name
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	in, err := start(ctx, cfg, e.log, options{now: e.clock.Now, metrics: e.metrics,
+	rt, err := service.Boot(ctx, contract.ServiceAlerts, cfg.Service, cfg.NATS, &cfg, e.log)
+	if err != nil {
+		e.t.Fatalf("boot %s: %v", name, err)
+	}
+	in, err := start(ctx, cfg, rt, options{now: e.clock.Now, metrics: e.metrics,
 		membership: membership.Options{Interval: 200 * time.Millisecond, Timeout: 1500 * time.Millisecond}})
 	if err != nil {
-		e.t.Fatalf("start %s: %v", name, err)
+		e.t.Fatalf("start %s: %v", name, errors.Join(err, rt.Shutdown()))
 	}
 	e.mu.Lock()
 	e.instances = append(e.instances, in)
@@ -181,7 +186,7 @@ func (e *env) stop(in *instance) {
 	if !e.forget(in) {
 		return
 	}
-	if err := in.shutdown(10 * time.Second); err != nil {
+	if err := in.rt.Shutdown(); err != nil {
 		e.t.Errorf("shutdown %s: %v", in.rt.Instance, err)
 	}
 }
@@ -206,7 +211,7 @@ func (e *env) kill(in *instance) {
 	_ = in.stopProjecting(ctx)
 	_ = in.group.Leave(ctx) // stops the heartbeat; the delete fails on the closed connection
 	in.hooks.Close()
-	in.closeResources()
+	_ = in.rt.Close(ctx)
 }
 
 func (e *env) forget(in *instance) bool {
