@@ -88,6 +88,17 @@ func (p Partitioned) Filter(k int) string {
 	return p.Prefix + "." + partitionToken + "." + strconv.Itoa(k) + ".>"
 }
 
+// All is the filter of a consumer that owns every partition: the
+// stream's subjects (<prefix>.>), one filter instead of one per
+// partition. nats-server (2.15) delivers to a consumer with several
+// filters by intersecting them with every subject of a message block, per
+// message delivered, which at a thousand series made delivery the
+// bound of the whole pipeline; a consumer whose one filter is the stream's
+// subject is served by a linear scan.
+func (p Partitioned) All() string {
+	return p.Prefix + ".>"
+}
+
 // NoPartition is a consumer filter that matches no stored message: the
 // filter of a consumer that owns no partition (an empty filter would
 // match the whole stream).

@@ -125,3 +125,16 @@ func TestStoredFilter(t *testing.T) {
 		t.Fatal(got, k)
 	}
 }
+
+// TestAllIsTheStreamsSubjects: a consumer owning every partition filters
+// on All, which is the server's fast path only while it is exactly the
+// stream's one subject.
+func TestAllIsTheStreamsSubjects(t *testing.T) {
+	for _, p := range natsx.PartitionedStreams {
+		for _, cfg := range natsx.StreamConfigs(16) {
+			if cfg.Name == p.Stream && (len(cfg.Subjects) != 1 || cfg.Subjects[0] != p.All()) {
+				t.Errorf("%s: subjects %q, All %q", p.Stream, cfg.Subjects, p.All())
+			}
+		}
+	}
+}

@@ -134,6 +134,15 @@ func TestPartitionsSplitAndHandOver(t *testing.T) {
 	led := &ledger{holders: map[int]string{}}
 	a := start(t, js, nc, "a", led)
 	testenv.WaitFor(t, 2*time.Minute, "a to own every partition", func() bool { return len(a.consumer.Partitions()) == partitions })
+	// Owning them all, a filters on the stream's subjects, not on 16
+	// partition subjects (the server's fast path).
+	info, err := a.consumer.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := append([]string{info.Config.FilterSubject}, info.Config.FilterSubjects...); !slices.Contains(f, natsx.CandlePartitions.All()) || len(slices.DeleteFunc(f, func(s string) bool { return s == "" })) != 1 {
+		t.Errorf("filter of the consumer owning every partition: %q, want only %q", f, natsx.CandlePartitions.All())
+	}
 	publish(t, js, 0, 500)
 	testenv.WaitFor(t, 2*time.Minute, "a to handle 500 messages", func() bool { return a.count() == 500 })
 
