@@ -13,7 +13,6 @@ package control
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,10 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/redis/go-redis/v9"
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
@@ -107,49 +103,30 @@ func (c Config) Validate() error {
 	return config.ValidateAll(c.NATS, c.Service, c.Redis, c.Postgres, c.Settings)
 }
 
-// Run runs vigil-control until ctx ends, then shuts down cleanly.
+// Run runs vigil-control until ctx ends: it loads the configuration from
+// the environment (-h in args lists it) and serves.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	var cfg Config
 	if err := config.Load(&cfg, contract.ServiceControl, "the operator's control plane", args, stdout); err != nil {
 		return err
 	}
+	return Serve(ctx, cfg, stdout)
+}
+
+// Serve runs one vigil-control instance with cfg until ctx ends, then shuts
+// down (pkg/service): the endpoints stop, running jobs go back to the
+// queue, running commands finish (or fail when the time is up), the
+// instance leaves the group and the connection drains.
+func Serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	rt, err := service.Boot(ctx, contract.ServiceControl, cfg.Service, cfg.NATS, &cfg, stdout)
 	if err != nil {
 		return err
 	}
-	defer rt.Close(context.Background())
-	// PostgreSQL holds the users (cached in VIGIL_USERS) and the audit
-	// projection command_log: the instance starts while it is down, reports
-	// it degraded, and migrates once it is reachable.
-	pool, err := db.Open(cfg.Postgres)
-	if err != nil {
+	return rt.Serve(ctx, func(ctx context.Context) error {
+		// The parts run until Shutdown, not until ctx ends (see start).
+		_, err := start(context.WithoutCancel(ctx), cfg, rt, options{})
 		return err
-	}
-	defer pool.Close()
-	rt.Health.AddDegraded("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
-	if cfg.Migrate {
-		migrated := make(chan struct{})
-		go func() {
-			defer close(migrated)
-			migrateWhenReachable(ctx, pool, rt.Log)
-		}()
-		defer func() { <-migrated }()
-	}
-	rdb, err := redisstore.Open(ctx, cfg.Redis)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	inst, err := Start(context.WithoutCancel(ctx), cfg.Settings, Deps{
-		NC: rt.NC, JS: rt.JS, Pool: pool, Redis: rdb, Log: rt.Log, Instance: rt.Instance,
 	})
-	if err != nil {
-		return err
-	}
-	rt.Health.AddDegraded("audit", inst.projector.Ready)
-	<-ctx.Done()
-	rt.Log.Info("shutting down")
-	return inst.Shutdown(cfg.ShutdownTimeout)
 }
 
 // migrateWhenReachable applies the database migrations, retrying with
@@ -170,15 +147,8 @@ func migrateWhenReachable(ctx context.Context, pool *pgxpool.Pool, log *slog.Log
 	}
 }
 
-// Deps are the connections an instance runs on.
-type Deps struct {
-	NC    *nats.Conn
-	JS    jetstream.JetStream
-	Pool  *pgxpool.Pool
-	Redis redis.UniversalClient
-	Log   *slog.Logger
-	// Instance is the configured instance name (metadata and logs).
-	Instance string
+// options are the parts of an instance that tests replace.
+type options struct {
 	// Membership tunes this instance's heartbeats (defaults when zero).
 	Membership membership.Options
 	// ServiceTimeout is when another service's instance counts as dead
@@ -186,8 +156,8 @@ type Deps struct {
 	ServiceTimeout time.Duration
 }
 
-// Instance is a running vigil-control instance.
-type Instance struct {
+// instance is a running vigil-control instance.
+type instance struct {
 	svc     *service.Service
 	group   *membership.Group
 	members *membership.Roster
@@ -200,65 +170,82 @@ type Instance struct {
 	started   time.Time
 }
 
-// Start starts an instance on d: the micro service with the command and
-// status endpoints, membership, and the executor. It runs until Shutdown;
-// when ctx ends it stops at once without writing anything more, as if the
-// process had crashed (tests use this to kill an instance).
-func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
-	inst := &Instance{log: d.Log, started: time.Now().UTC()}
-	if err := natsx.EnsureControl(ctx, d.JS, natsx.LogTo(d.Log)); err != nil {
+// start opens PostgreSQL and Redis and starts the instance's parts on rt:
+// the micro service with the command and status endpoints, membership,
+// the executor. They run until Shutdown; when ctx ends they stop at once
+// without writing anything more, as if the process had crashed (tests use
+// this to kill an instance).
+func start(ctx context.Context, cfg Config, rt *service.Runtime, opts options) (*instance, error) {
+	s := cfg.Settings
+	// PostgreSQL holds the users (cached in VIGIL_USERS) and the audit
+	// projection command_log: the instance starts while it is down, reports
+	// it degraded, and migrates once it is reachable.
+	pool, err := db.Open(cfg.Postgres)
+	if err != nil {
 		return nil, err
 	}
-	svc, err := service.Start(d.NC, service.Config{Name: contract.ServiceControl,
-		Description: "vigil control: the operator's control plane", Instance: d.Instance}, d.Log, nil)
+	rt.OnClose(pool.Close)
+	rt.Health.AddDegraded("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	// Redis is only cleared by clear-cache: not a readiness check here.
+	rdb, err := redisstore.Open(ctx, cfg.Redis)
+	if err != nil {
+		return nil, err
+	}
+	rt.OnClose(func() { _ = rdb.Close() })
+	inst := &instance{log: rt.Log, started: time.Now().UTC()}
+	if err := natsx.EnsureControl(ctx, rt.JS, natsx.LogTo(rt.Log)); err != nil {
+		return nil, err
+	}
+	svc, err := rt.Start(service.Config{Description: "vigil control: the operator's control plane"}, nil)
 	if err != nil {
 		return nil, err
 	}
 	inst.svc = svc
-	fail := func(err error) (*Instance, error) {
-		return nil, errors.Join(err, svc.Shutdown(5*time.Second))
+	if cfg.Migrate {
+		svc.Go(func(ctx context.Context) error { migrateWhenReachable(ctx, pool, rt.Log); return nil })
 	}
-	if d.Membership.Log == nil {
-		d.Membership.Log = d.Log
+	if opts.Membership.Log == nil {
+		opts.Membership.Log = rt.Log
 	}
-	if inst.group, err = membership.Join(ctx, d.JS, contract.ServiceControl, svc.ID(), d.Membership); err != nil {
-		return fail(err)
+	if inst.group, err = membership.Join(ctx, rt.JS, contract.ServiceControl, svc.ID(), opts.Membership); err != nil {
+		return nil, err
 	}
 	svc.OnShutdown(inst.group.Leave)
-	if inst.members, err = membership.WatchRoster(ctx, d.JS, d.ServiceTimeout); err != nil {
-		return fail(err)
+	if inst.members, err = membership.WatchRoster(ctx, rt.JS, opts.ServiceTimeout); err != nil {
+		return nil, err
 	}
 	svc.OnShutdown(func(context.Context) error { inst.members.Stop(); return nil })
-	states, err := desired.Open(ctx, d.JS)
+	states, err := desired.Open(ctx, rt.JS)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	var running atomic.Pointer[executor.Executor]
-	out := streams{js: d.JS}
-	results, err := ledger.OpenResultIndex(ctx, d.JS, d.Log)
+	out := streams{js: rt.JS}
+	results, err := ledger.OpenResultIndex(ctx, rt.JS, rt.Log)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	svc.OnShutdown(func(context.Context) error { results.Stop(); return nil })
-	if inst.ledger, err = ledger.Open(ctx, d.JS, ledger.Options{OnChange: func(user string) {
+	if inst.ledger, err = ledger.Open(ctx, rt.JS, ledger.Options{OnChange: func(user string) {
 		if e := running.Load(); e != nil {
 			e.Kick(user)
 		}
 	}, Used: results.Used}); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	svc.OnShutdown(func(context.Context) error { inst.ledger.Stop(); return nil })
-	usersKV, err := d.JS.KeyValue(ctx, natsx.BucketUsers)
+	usersKV, err := rt.JS.KeyValue(ctx, natsx.BucketUsers)
 	if err != nil {
-		return fail(fmt.Errorf("open %s: %w", natsx.BucketUsers, err))
+		return nil, fmt.Errorf("open %s: %w", natsx.BucketUsers, err)
 	}
-	users := directory.New(d.Pool, usersKV, s.UserCacheTTL, d.Log)
+	users := directory.New(pool, usersKV, s.UserCacheTTL, rt.Log)
 	inst.users = users
-	projector, err := ledger.StartProjector(ctx, d.JS, d.Pool, d.Log)
+	projector, err := ledger.StartProjector(ctx, rt.JS, pool, rt.Log)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	inst.projector = projector
+	rt.Health.AddDegraded("audit", projector.Ready)
 	stopProjector := context.AfterFunc(ctx, projector.Stop)
 	svc.OnShutdown(func(context.Context) error {
 		if stopProjector() {
@@ -267,68 +254,57 @@ func Start(ctx context.Context, s Settings, d Deps) (*Instance, error) {
 		return nil
 	})
 	runner := sequences.New(sequences.Deps{
-		Steps:    fanout.NewCaller(d.NC, inst.members, fanout.Options{PingWait: s.PingWait, PingStall: s.PingStall}),
+		Steps:    fanout.NewCaller(rt.NC, inst.members, fanout.Options{PingWait: s.PingWait, PingStall: s.PingStall}),
 		States:   states,
 		Users:    users,
-		Cache:    redisstore.New(d.Redis, 0),
+		Cache:    redisstore.New(rdb, 0),
 		Progress: out,
-		Log:      d.Log,
+		Log:      rt.Log,
 	}, sequences.Config{Limits: s.Limits(), StepTimeout: s.StepTimeout, BackfillTimeout: s.BackfillTimeout, BackfillBars: s.BackfillBars})
 	exec, err := executor.New(executor.Config{Limits: s.Limits(), MaxJobs: s.MaxJobs, MaxAttempts: 3, SweepInterval: s.SweepInterval},
-		inst.ledger, runner, inst.group, out, d.NC, d.Log)
+		inst.ledger, runner, inst.group, out, rt.NC, rt.Log)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	inst.exec = exec
 	if err := exec.Start(ctx); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	running.Store(exec)
 	svc.OnShutdown(exec.Stop)
 	in, err := intake.New(intake.Config{Limits: s.Limits(), QueueLimit: s.QueueLimit,
-		TenantInboxes: s.TenantInboxes, OperatorInboxes: s.OperatorInboxes, CommandsPerMinute: s.CommandsPerMin}, inst.ledger, users, exec, d.Log)
+		TenantInboxes: s.TenantInboxes, OperatorInboxes: s.OperatorInboxes, CommandsPerMinute: s.CommandsPerMin}, inst.ledger, users, exec, rt.Log)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if err := inst.registerMetrics(ctx); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	m := svc.Micro()
 	if err := m.AddEndpoint("command", micro.HandlerFunc(in.Handle),
 		micro.WithEndpointSubject(contract.CommandSubjects), micro.WithEndpointQueueGroup(contract.ServiceControl),
 		micro.WithEndpointMetadata(map[string]string{"description": "operator commands: pause, resume, reload-settings, switch-mode, force-backfill, clear-cache, cancel"})); err != nil {
-		return fail(fmt.Errorf("command endpoint: %w", err))
+		return nil, fmt.Errorf("command endpoint: %w", err)
 	}
 	if err := m.AddEndpoint("status", micro.HandlerFunc(inst.status),
 		micro.WithEndpointSubject(StatusSubject), micro.WithEndpointQueueGroupDisabled()); err != nil {
-		return fail(fmt.Errorf("status endpoint: %w", err))
+		return nil, fmt.Errorf("status endpoint: %w", err)
 	}
-	if err := d.NC.Flush(); err != nil {
-		return fail(fmt.Errorf("flush: %w", err))
+	if err := rt.NC.Flush(); err != nil {
+		return nil, fmt.Errorf("flush: %w", err)
 	}
 	if s.SeedStates {
 		go inst.seed(ctx, users, runner)
 	}
-	d.Log.Info("running", "id", svc.ID(), "members", inst.group.Members())
 	return inst, nil
 }
 
 // ID is the instance's micro service id, its name in membership and in
 // command_log.control_instance.
-func (i *Instance) ID() string { return i.svc.ID() }
-
-// Members are the live control instances as this instance sees them.
-func (i *Instance) Members() []string { return i.group.Members() }
-
-// Shutdown stops the instance cleanly within timeout: the endpoints stop,
-// running jobs go back to the queue, running commands finish (or fail when
-// the time is up), the instance leaves the group and the connection drains.
-func (i *Instance) Shutdown(timeout time.Duration) error {
-	return i.svc.Shutdown(timeout)
-}
+func (i *instance) ID() string { return i.svc.ID() }
 
 // seed writes the initial desired state of every user without one.
-func (i *Instance) seed(ctx context.Context, users *directory.Directory, runner *sequences.Runner) {
+func (i *instance) seed(ctx context.Context, users *directory.Directory, runner *sequences.Runner) {
 	tokens, err := users.Tokens(ctx)
 	if err != nil {
 		i.log.Warn("desired states not seeded", "err", err)

@@ -5,7 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
+	"io"
 	"os"
 	"strconv"
 	"sync"
@@ -21,11 +21,13 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/membership"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
+	"vigil.dev/pkg/service"
 	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/control/internal/control"
 	"vigil.dev/services/control/internal/desired"
@@ -56,15 +58,19 @@ const validSettings = `{"mode":"position-monitor","symbols":["BTC-USD","ETH-USD"
 // env is one test's world: its own NATS server, database and Redis
 // database, stand-ins for the three services, and control instances.
 type env struct {
-	t     testing.TB
-	url   string
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	pool  *pgxpool.Pool
-	rdb   *redis.Client
-	rec   *testpeer.Recorder
-	peers map[contract.Svc][]*testpeer.Peer
-	users map[string]user
+	t   testing.TB
+	url string
+	// dbURL and redisURL are the database and Redis database the control
+	// instances use.
+	dbURL    string
+	redisURL string
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	pool     *pgxpool.Pool
+	rdb      *redis.Client
+	rec      *testpeer.Recorder
+	peers    map[contract.Svc][]*testpeer.Peer
+	users    map[string]user
 }
 
 type user struct{ id, exchange int64 }
@@ -73,7 +79,7 @@ type user struct{ id, exchange int64 }
 // first of each owns every user) and the users alice and bob.
 func newEnv(t testing.TB, instances int) *env {
 	t.Helper()
-	return newEnvOn(t, instances, testenv.PostgresPool(t))
+	return newEnvOn(t, instances, testenv.Postgres(t))
 }
 
 // newEnvOnOwnPostgres is newEnv with one instance of each service, on a
@@ -81,22 +87,21 @@ func newEnv(t testing.TB, instances int) *env {
 func newEnvOnOwnPostgres(t testing.TB) (*env, *testenv.PostgresServer) {
 	t.Helper()
 	pg := testenv.StartPostgresServer(t)
-	pool, err := db.NewPool(context.Background(), pg.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return newEnvOn(t, 1, pool), pg
+	return newEnvOn(t, 1, pg.URL()), pg
 }
 
-// newEnvOn is newEnv on the database of pool.
-func newEnvOn(t testing.TB, instances int, pool *pgxpool.Pool) *env {
+// newEnvOn is newEnv on the database at dbURL.
+func newEnvOn(t testing.TB, instances int, dbURL string) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	srv := testenv.StartNATS(t)
-	e := &env{t: t, url: srv.URL(), rec: &testpeer.Recorder{}, peers: map[contract.Svc][]*testpeer.Peer{}, users: map[string]user{}}
+	e := &env{t: t, url: srv.URL(), dbURL: dbURL, redisURL: testenv.Redis(t), rec: &testpeer.Recorder{}, peers: map[contract.Svc][]*testpeer.Peer{}, users: map[string]user{}}
 	var err error
+	if e.pool, err = db.NewPool(ctx, dbURL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.pool.Close)
 	if e.nc, err = nats.Connect(e.url, nats.Name("test operator")); err != nil {
 		t.Fatal(err)
 	}
@@ -107,8 +112,7 @@ func newEnvOn(t testing.TB, instances int, pool *pgxpool.Pool) *env {
 	if err := natsx.EnsureStreams(ctx, e.js); err != nil {
 		t.Fatal(err)
 	}
-	e.pool = pool
-	if e.rdb, err = redisstore.NewClient(ctx, testenv.Redis(t)); err != nil {
+	if e.rdb, err = redisstore.NewClient(ctx, e.redisURL); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.rdb.Close() })
@@ -148,7 +152,7 @@ func testSettings() control.Settings {
 // controlInstance is a control instance of a test.
 type controlInstance struct {
 	*control.Instance
-	nc     *nats.Conn
+	rt     *service.Runtime
 	cancel context.CancelFunc
 	once   sync.Once
 }
@@ -158,45 +162,59 @@ type controlInstance struct {
 func (c *controlInstance) Kill() {
 	c.once.Do(func() {
 		c.cancel()
-		c.nc.Close()
+		c.rt.NC.Close()
 	})
 }
 
-// startControl starts a control instance named name.
+// Stop shuts the instance down cleanly, as at the end of the test.
+func (c *controlInstance) Stop(t testing.TB) {
+	c.once.Do(func() {
+		if err := c.rt.Shutdown(); err != nil {
+			t.Errorf("shutdown %s: %v", c.rt.Instance, err)
+		}
+		c.cancel()
+	})
+}
+
+// config is the configuration of control instance name on the env.
+func (e *env) config(name string, s control.Settings) control.Config {
+	return control.Config{
+		NATS:     config.NATS{URL: e.url, Partitions: config.DefaultPartitions},
+		Service:  config.Service{Instance: name, LogLevel: "debug", ShutdownTimeout: 10 * time.Second},
+		Redis:    config.Redis{URL: e.redisURL},
+		Postgres: config.Postgres{URL: e.dbURL},
+		Settings: s,
+	}
+}
+
+// startControl starts a control instance named name, as Serve does but
+// with a context whose end kills it (Kill) and membership timings for
+// tests.
 func (e *env) startControl(name string, s control.Settings, serviceTimeout time.Duration) *controlInstance {
 	e.t.Helper()
-	nc, err := nats.Connect(e.url, nats.Name("vigil-control "+name))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	cfg := e.config(name, s)
 	ctx, cancel := context.WithCancel(context.Background())
-	inst, err := control.Start(ctx, s, control.Deps{
-		NC: nc, JS: js, Pool: e.pool, Redis: e.rdb, Log: testLogger(e.t, name), Instance: name,
-		Membership:     membership.Options{Interval: 200 * time.Millisecond, Timeout: time.Second},
-		ServiceTimeout: serviceTimeout,
-	})
+	rt, err := service.Boot(ctx, contract.ServiceControl, cfg.Service, cfg.NATS, &cfg, testLog(e.t, name))
 	if err != nil {
 		cancel()
 		e.t.Fatal(err)
 	}
-	c := &controlInstance{Instance: inst, nc: nc, cancel: cancel}
-	e.t.Cleanup(func() {
-		c.once.Do(func() {
-			if err := inst.Shutdown(10 * time.Second); err != nil {
-				e.t.Errorf("shutdown %s: %v", name, err)
-			}
-			cancel()
-		})
+	inst, err := control.Start(ctx, cfg, rt, control.Options{
+		Membership:     membership.Options{Interval: 200 * time.Millisecond, Timeout: time.Second},
+		ServiceTimeout: serviceTimeout,
 	})
+	if err != nil {
+		err = errors.Join(err, rt.Shutdown())
+		cancel()
+		e.t.Fatal(err)
+	}
+	c := &controlInstance{Instance: inst, rt: rt, cancel: cancel}
+	e.t.Cleanup(func() { c.Stop(e.t) })
 	return c
 }
 
-// testLogger logs into a buffer that is printed when the test fails.
-func testLogger(t testing.TB, name string) *slog.Logger {
+// testLog is a log that is printed when the test fails.
+func testLog(t testing.TB, name string) io.Writer {
 	var mu sync.Mutex
 	var buf bytes.Buffer
 	t.Cleanup(func() {
@@ -206,7 +224,7 @@ func testLogger(t testing.TB, name string) *slog.Logger {
 			mu.Unlock()
 		}
 	})
-	return slog.New(slog.NewJSONHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return lockedWriter{&mu, &buf}
 }
 
 type lockedWriter struct {

@@ -29,12 +29,7 @@ func TestRunWhilePostgresIsDown(t *testing.T) {
 		t.Fatalf("pause before the outage: %s %+v", r.Status, r.Error)
 	}
 	e.publishedRow(paused.ID)
-	warm.once.Do(func() {
-		if err := warm.Shutdown(10 * time.Second); err != nil {
-			t.Errorf("shutdown warm: %v", err)
-		}
-		warm.cancel()
-	})
+	warm.Stop(t)
 	pg.Stop()
 
 	readyz := "http://127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)) + "/readyz"

@@ -22,7 +22,7 @@ func TestRun(t *testing.T) {
 	e := newEnv(t, 1)
 	t.Setenv("NATS_URL", e.url)
 	t.Setenv("REDIS_URL", testenv.Redis(t))
-	t.Setenv("DATABASE_URL", databaseURL(t, e))
+	t.Setenv("DATABASE_URL", e.dbURL)
 	t.Setenv("VIGIL_INSTANCE", "run-test")
 	t.Setenv("VIGIL_CONTROL_STEP_TIMEOUT", "2s")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -80,13 +80,6 @@ func TestRunHelp(t *testing.T) {
 			t.Errorf("usage lacks %s", v)
 		}
 	}
-}
-
-// databaseURL is the URL of the env's database.
-func databaseURL(t *testing.T, e *env) string {
-	t.Helper()
-	cfg := e.pool.Config().ConnConfig
-	return "postgres://" + cfg.User + "@" + cfg.Host + ":" + itoa(int64(cfg.Port)) + "/" + cfg.Database + "?sslmode=disable"
 }
 
 // TestRunBadConfig fails at start with one line naming the variable.

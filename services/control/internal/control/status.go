@@ -20,7 +20,7 @@ var StatusSubject = contract.SvcSubject(contract.SvcControl, contract.VerbStatus
 
 // status answers StatusSubject with a contract.SvcReply whose result is a
 // contract.ControlStatus; a request {"user":"alice"} narrows it to alice.
-func (i *Instance) status(r micro.Request) {
+func (i *instance) status(r micro.Request) {
 	reply := contract.SvcReply{Service: contract.ServiceControl, Instance: i.ID(), OK: true}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -36,7 +36,7 @@ func (i *Instance) status(r micro.Request) {
 	}
 }
 
-func (i *Instance) snapshot(ctx context.Context, body []byte) (contract.ControlStatus, error) {
+func (i *instance) snapshot(ctx context.Context, body []byte) (contract.ControlStatus, error) {
 	req := contract.SvcRequest{}
 	if len(body) > 0 {
 		var err error
@@ -63,7 +63,7 @@ func (i *Instance) snapshot(ctx context.Context, body []byte) (contract.ControlS
 // registerMetrics reports the queue depth of the users this instance owns
 // (summed over the instances it is the whole queue) until the instance
 // stops or ctx ends.
-func (i *Instance) registerMetrics(ctx context.Context) error {
+func (i *instance) registerMetrics(ctx context.Context) error {
 	meter := otel.Meter("vigil.dev/services/control")
 	depth, err := meter.Int64ObservableGauge("vigil.control.queue.depth",
 		metric.WithDescription("queued commands of the users this instance owns"))
