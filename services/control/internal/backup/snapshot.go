@@ -56,6 +56,14 @@ func (e *apiError) Error() string {
 	return fmt.Sprintf("%s (code %d, error %d)", e.Description, e.Code, e.ErrCode)
 }
 
+// snapshotRequest is the body of a stream snapshot request (the part of
+// JetStream's JSApiStreamSnapshotRequest a backup sets): the server sends
+// the snapshot's chunks to DeliverSubject.
+type snapshotRequest struct {
+	DeliverSubject string `json:"deliver_subject"`
+	ChunkSize      int    `json:"chunk_size"`
+}
+
 // streamState is the part of a JetStream stream state a backup reports.
 type streamState struct {
 	Messages  uint64 `json:"messages"`
@@ -128,7 +136,7 @@ func snapshotStream(ctx context.Context, nc *nats.Conn, stream, dir string) (Str
 		return entry, err
 	}
 	var resp meta
-	err = request(ctx, nc, snapshotAPI+stream, map[string]any{"deliver_subject": inbox, "chunk_size": snapshotChunk}, &resp)
+	err = request(ctx, nc, snapshotAPI+stream, snapshotRequest{DeliverSubject: inbox, ChunkSize: snapshotChunk}, &resp)
 	if isNotFound(err) {
 		entry.Absent = true
 		return entry, nil

@@ -199,9 +199,7 @@ func (s sender) finish(out printer, bar *progressView, data []byte) error {
 		return &FailedError{Result: r}
 	}
 	if s.opts.dryRun && !s.opts.json {
-		var plan struct {
-			Plan string `json:"plan"`
-		}
+		var plan contract.DryRunResult
 		if json.Unmarshal(r.Result, &plan) == nil && plan.Plan != "" {
 			fmt.Fprintf(s.sys.Stdout, "plan %s: nothing was changed; run it with --plan-hash %s (it fails with conflict if its inputs changed)\n", plan.Plan, plan.Plan)
 		}

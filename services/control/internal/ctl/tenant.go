@@ -75,6 +75,20 @@ type tenantLimits struct {
 	MaxPayload        int `json:"nats_max_payload"`
 }
 
+// tenantView is what tenant show --json prints.
+type tenantView struct {
+	User     string `json:"user"`
+	UserID   int64  `json:"user_id"`
+	Provider string `json:"provider"`
+	// Symbols and Rules count the tenant's symbols and rules (all modes)
+	// in users.settings.
+	Symbols int          `json:"symbols"`
+	Rules   int          `json:"rules"`
+	Limits  tenantLimits `json:"limits"`
+	// State is the tenant's desired state, nil when it has none.
+	State *contract.DesiredState `json:"state"`
+}
+
 // readTenantLimits reads the limits, naming a variable that is not a
 // non-negative number.
 func readTenantLimits(getenv func(string) string) (tenantLimits, error) {
@@ -291,8 +305,8 @@ func newTenantShowCmd(sys IO, conn *connFlags) *cobra.Command {
 			defer nc.Close()
 			state, stateErr := readState(ctx, nc, name)
 			if asJSON {
-				return json.NewEncoder(sys.Stdout).Encode(map[string]any{"user": name, "user_id": u.ID, "provider": u.Provider,
-					"symbols": len(settings.Symbols), "rules": rules, "limits": limits, "state": state})
+				return json.NewEncoder(sys.Stdout).Encode(tenantView{User: name, UserID: u.ID, Provider: u.Provider,
+					Symbols: len(settings.Symbols), Rules: rules, Limits: limits, State: state})
 			}
 			fmt.Fprintf(sys.Stdout, "tenant %s: user id %d (%s)\n", name, u.ID, u.Provider)
 			fmt.Fprintf(sys.Stdout, "symbols  %d of %d (VIGIL_MAX_SYMBOLS)\n", len(settings.Symbols), limits.Symbols)

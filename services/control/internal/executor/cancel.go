@@ -49,7 +49,7 @@ func (e *Executor) cancelJobs(ctx context.Context, pause ledger.Entry) error {
 	if err := e.nc.Publish(CancelSubject(pause.User), []byte(pause.ID)); err != nil {
 		return fmt.Errorf("executor: cancel jobs of %s: %w", pause.User, err)
 	}
-	result, _ := json.Marshal(map[string]any{"backfilled": false, "cancelled_by": pause.ID})
+	result, _ := json.Marshal(contract.BackfillCancelledResult{CancelledResult: contract.CancelledResult{CancelledBy: pause.ID}})
 	_, err := e.ledger.FinishQueued(ctx, pause.User, contract.CmdForceBackfill, pause.Seq,
 		ledger.Outcome{Status: contract.StatusCancelled, Result: result})
 	return err

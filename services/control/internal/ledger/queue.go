@@ -71,7 +71,7 @@ func (q *Queue) admit(e Entry, now time.Time, queueLimit int) error {
 	if collapses(e.Command) {
 		for i, it := range q.Items {
 			if it.queued() && collapses(it.Command) {
-				result, _ := json.Marshal(map[string]any{"cancelled": true, "superseded_by": e.ID})
+				result, _ := json.Marshal(contract.CancelledResult{Cancelled: true, SupersededBy: e.ID})
 				q.Items[i].Ended = &Ended{Status: contract.StatusCancelled, Result: result, Steps: []contract.Step{}, FinishedAt: now}
 			}
 		}
@@ -112,7 +112,7 @@ func (q *Queue) cancel(c *Entry, now time.Time) error {
 	case t.Command == contract.CmdCancel:
 		return fmt.Errorf("%w: %q is a cancel waiting for its job to stop", ErrCancelRefused, p.ID)
 	case t.queued():
-		result, _ := json.Marshal(map[string]any{"cancelled": true, "cancelled_by": c.ID})
+		result, _ := json.Marshal(contract.CancelledResult{Cancelled: true, CancelledBy: c.ID})
 		t.Ended = &Ended{Status: contract.StatusCancelled, Result: result, Steps: []contract.Step{}, FinishedAt: now}
 		c.Ended = cancelSucceeded(p.ID, nil, now)
 	case !t.IsJob():
@@ -129,11 +129,7 @@ func (q *Queue) cancel(c *Entry, now time.Time) error {
 // cancelSucceeded is the outcome of a cancel that ended command id,
 // with the job's progress when it ran.
 func cancelSucceeded(id string, progress json.RawMessage, now time.Time) *Ended {
-	res := map[string]any{"cancelled": true, "id": id}
-	if len(progress) > 0 {
-		res["progress"] = progress
-	}
-	result, _ := json.Marshal(res)
+	result, _ := json.Marshal(contract.CancelResult{Cancelled: true, ID: id, Progress: progress})
 	return &Ended{Status: contract.StatusSucceeded, Result: result, Steps: []contract.Step{}, FinishedAt: now}
 }
 
@@ -155,7 +151,7 @@ func (q *Queue) settleCancels(now time.Time) bool {
 		}
 		changed = true
 		if i >= 0 && q.Items[i].queued() {
-			result, _ := json.Marshal(map[string]any{"backfilled": false, "cancelled": true, "cancelled_by": c.ID})
+			result, _ := json.Marshal(contract.BackfillCancelledResult{CancelledResult: contract.CancelledResult{Cancelled: true, CancelledBy: c.ID}})
 			q.Items[i].Ended = &Ended{Status: contract.StatusCancelled, Result: result, Steps: []contract.Step{}, FinishedAt: now}
 		}
 		if i < 0 {

@@ -65,7 +65,7 @@ func (r *Runner) forceBackfill(ctx context.Context, cmd Command, p contract.Forc
 		}
 		progress(i+1, fmt.Sprintf("%s %s: %d candles from %s", p.Symbol, tf, candles[tf], tfFrom.Format(time.RFC3339)))
 	}
-	return succeeded(map[string]any{"backfilled": true, "symbol": p.Symbol, "candles": candles}, steps)
+	return succeeded(contract.ForceBackfillResult{Backfilled: true, Symbol: p.Symbol, Candles: candles}, steps)
 }
 
 // backfillProgress is how far a force-backfill got: the timeframes done
@@ -91,9 +91,9 @@ func (r *Runner) stopBackfill(ctx context.Context, cmd Command, st *contract.Des
 	s, replies, err := r.run(ctx, cmd, st, []stepSpec{{contract.SvcFeed, contract.VerbCancel}},
 		contract.CancelArgs{CommandID: cmd.ID}, r.cfg.StepTimeout)
 	steps = append(steps, s...)
-	progress := map[string]any{"timeframes_done": p.done, "timeframes": p.timeframes}
+	progress := &contract.BackfillProgress{TimeframesDone: p.done, Timeframes: p.timeframes, Candles: p.candles}
 	if err != nil {
-		progress["feed_not_confirmed"] = contract.ErrorOf(err).Message
+		progress.FeedNotConfirmed = contract.ErrorOf(err).Message
 	}
 	if p.done < p.timeframes {
 		pages, total := 0, 0
@@ -109,20 +109,20 @@ func (r *Runner) stopBackfill(ctx context.Context, cmd Command, st *contract.Des
 				}
 			}
 		}
-		progress["timeframe"], progress["pages"], progress["pages_total"] = p.tf, pages, total
+		stopped := &contract.StoppedTimeframe{Timeframe: p.tf, Pages: pages, PagesTotal: total}
 		if pages > 0 {
 			s, err := r.recompute(ctx, cmd, st, p.series)
 			steps = append(steps, s...)
 			if err != nil {
-				progress["recompute_failed"] = contract.ErrorOf(err).Message
+				stopped.RecomputeFailed = contract.ErrorOf(err).Message
 			} else {
-				progress["recomputed"] = p.tf
+				stopped.Recomputed = p.tf
 			}
 		}
+		progress.StoppedTimeframe = stopped
 	}
-	progress["candles"] = p.candles
-	return Outcome{Status: contract.StatusCancelled, Steps: steps, Result: map[string]any{"backfilled": false, "symbol": p.symbol,
-		"candles": p.candles, "cancelled_by": c.By, "progress": progress}}
+	return Outcome{Status: contract.StatusCancelled, Steps: steps, Result: contract.ForceBackfillResult{Symbol: p.symbol,
+		Candles: p.candles, CancelledBy: c.By, Progress: progress}}
 }
 
 // backfillJob is one timeframe of a force-backfill: the feed's backfill

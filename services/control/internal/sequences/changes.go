@@ -7,41 +7,9 @@ import (
 	"vigil.dev/pkg/contract"
 )
 
-// Changes summarises what a reload-settings changed.
-type Changes struct {
-	Symbols SymbolChanges `json:"symbols"`
-	// Mode is set when the mode changed.
-	Mode *ModeChange `json:"mode,omitempty"`
-	// Rules counts the rules of the (new) mode before and after.
-	Rules RuleCounts `json:"rules"`
-	// Indicators names the indicator parameters that changed (ema, rsi,
-	// macd, ...), after defaults.
-	Indicators []string `json:"indicators"`
-	// Webhook is true when the webhook settings changed.
-	Webhook bool `json:"webhook,omitempty"`
-}
-
-// SymbolChanges are the symbols added and removed.
-type SymbolChanges struct {
-	Added   []string `json:"added"`
-	Removed []string `json:"removed"`
-}
-
-// ModeChange is a change of mode.
-type ModeChange struct {
-	From contract.Mode `json:"from"`
-	To   contract.Mode `json:"to"`
-}
-
-// RuleCounts are rule counts of the active mode.
-type RuleCounts struct {
-	Before int `json:"before"`
-	After  int `json:"after"`
-}
-
 // diff compares the state before a reload with the state after.
-func diff(before, after contract.DesiredState) Changes {
-	c := Changes{Symbols: SymbolChanges{Added: []string{}, Removed: []string{}}, Indicators: []string{}}
+func diff(before, after contract.DesiredState) contract.SettingsChanges {
+	c := contract.SettingsChanges{Symbols: contract.SymbolChanges{Added: []string{}, Removed: []string{}}, Indicators: []string{}}
 	for _, s := range after.Symbols {
 		if !slices.Contains(before.Symbols, s) {
 			c.Symbols.Added = append(c.Symbols.Added, s)
@@ -53,9 +21,9 @@ func diff(before, after contract.DesiredState) Changes {
 		}
 	}
 	if before.Mode != after.Mode {
-		c.Mode = &ModeChange{From: before.Mode, To: after.Mode}
+		c.Mode = &contract.ModeChange{From: before.Mode, To: after.Mode}
 	}
-	c.Rules = RuleCounts{Before: len(before.Settings.Rules[before.Mode]), After: len(after.Settings.Rules[after.Mode])}
+	c.Rules = contract.RuleCounts{Before: len(before.Settings.Rules[before.Mode]), After: len(after.Settings.Rules[after.Mode])}
 	b, a := before.Settings.Indicators.WithDefaults(), after.Settings.Indicators.WithDefaults()
 	for _, f := range []struct {
 		name string

@@ -22,40 +22,6 @@ var ErrStalePlan = contract.NewKind(contract.ErrConflict, "the plan is stale")
 // tracer makes the plan span of a dry run or plan check.
 var tracer = otel.Tracer("vigil.dev/services/control/sequences")
 
-// PlanInputs are what a plan depended on (docs/design.md, "Plan and dry
-// run"); the plan hash is the SHA-256 of their JSON. A real command given
-// that hash recomputes them the same way and fails with conflict when the
-// hash differs.
-type PlanInputs struct {
-	Command contract.Command `json:"command"`
-	// Payload is the command's payload without id, dry_run and plan.
-	Payload contract.Payload `json:"payload"`
-	// State is the SHA-256 of the user's desired state before the
-	// command (its content: paused, mode, symbols, revision, settings;
-	// not when or by which command it was written); StateRevision is that
-	// state's config revision, for reading.
-	State         string `json:"state,omitempty"`
-	StateRevision int64  `json:"state_revision,omitempty"`
-	// Next is the SHA-256 of the desired state the command would write.
-	Next string `json:"next,omitempty"`
-	// Settings is the SHA-256 of users.settings as read (reload-settings).
-	Settings string `json:"settings,omitempty"`
-	// Exchange is the exchange account the command works on.
-	Exchange int64 `json:"exchange,omitempty"`
-	// Keys counts, by prefix, the keys a clear-cache deletes.
-	Keys map[string]int `json:"keys,omitempty"`
-}
-
-// Hash is the plan hash of the inputs: 64 lowercase hex digits.
-func (in PlanInputs) Hash() string {
-	b, err := json.Marshal(in)
-	if err != nil {
-		panic(fmt.Sprintf("plan inputs not encodable: %v", err)) // every field is plain data
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
-}
-
 // digest is the SHA-256 of v's JSON.
 func digest(v any) string {
 	b, err := json.Marshal(v)
@@ -84,9 +50,18 @@ func planningOf(p contract.Payload) contract.Planning {
 // isDryRun reports whether cmd is a dry run.
 func isDryRun(cmd Command) bool { return planningOf(cmd.Payload).DryRun }
 
-// planPayload is p without id and dry-run fields: what of the payload a
-// plan depends on.
-func planPayload(p contract.Payload) contract.Payload {
+// planPayload is p's JSON without id and dry-run fields: what of the
+// payload a plan depends on.
+func planPayload(p contract.Payload) json.RawMessage {
+	b, err := json.Marshal(withoutPlanning(p))
+	if err != nil {
+		panic(fmt.Sprintf("payload not encodable: %v", err)) // every payload is plain data
+	}
+	return b
+}
+
+// withoutPlanning is p without id and dry-run fields.
+func withoutPlanning(p contract.Payload) contract.Payload {
 	switch v := p.(type) {
 	case contract.ReloadSettingsPayload:
 		v.ID, v.Planning = "", contract.Planning{}
@@ -105,13 +80,13 @@ func planPayload(p contract.Payload) contract.Payload {
 }
 
 // planInputs starts the inputs of cmd over the desired state before it.
-func planInputs(cmd Command, before contract.DesiredState) PlanInputs {
-	return PlanInputs{Command: cmd.Name, Payload: planPayload(cmd.Payload), State: stateDigest(before), StateRevision: before.Revision}
+func planInputs(cmd Command, before contract.DesiredState) contract.PlanInputs {
+	return contract.PlanInputs{Command: cmd.Name, Payload: planPayload(cmd.Payload), State: stateDigest(before), StateRevision: before.Revision}
 }
 
 // checkPlan compares the plan hash cmd was given (if any) with the hash of
 // in, as a span of the command's trace; a different hash is ErrStalePlan.
-func checkPlan(ctx context.Context, cmd Command, in PlanInputs) error {
+func checkPlan(ctx context.Context, cmd Command, in contract.PlanInputs) error {
 	given := planningOf(cmd.Payload).Plan
 	if given == "" {
 		return nil
@@ -165,14 +140,11 @@ type planSpec struct {
 	args any
 }
 
-// InstancePlans are the plans of one service, by instance id.
-type InstancePlans map[string]json.RawMessage
-
 // askPlans sends vigil.svc.<service>.plan for each spec in order, with st
 // as the request's state; every instance answers what the verb would do
 // there. It stops at the first step not confirmed.
-func (r *Runner) askPlans(ctx context.Context, cmd Command, st *contract.DesiredState, specs []planSpec, timeout time.Duration) ([]contract.Step, map[string]InstancePlans, error) {
-	plans := map[string]InstancePlans{}
+func (r *Runner) askPlans(ctx context.Context, cmd Command, st *contract.DesiredState, specs []planSpec, timeout time.Duration) ([]contract.Step, map[string]contract.InstancePlans, error) {
+	plans := map[string]contract.InstancePlans{}
 	var steps []contract.Step
 	for _, s := range specs {
 		args := contract.PlanArgs{Verb: s.verb}
@@ -190,7 +162,7 @@ func (r *Runner) askPlans(ctx context.Context, cmd Command, st *contract.Desired
 		}
 		name := s.svc.MicroName()
 		if plans[name] == nil {
-			plans[name] = InstancePlans{}
+			plans[name] = contract.InstancePlans{}
 		}
 		for _, rep := range replies[0] {
 			plans[name][rep.Instance] = rep.Result
@@ -199,19 +171,12 @@ func (r *Runner) askPlans(ctx context.Context, cmd Command, st *contract.Desired
 	return steps, plans, nil
 }
 
-// planned is the outcome of a dry run: result holds the command's own
-// plan fields, to which the hash, the inputs and the services' plans are
-// added.
-func planned(ctx context.Context, in PlanInputs, result map[string]any, plans map[string]InstancePlans, steps []contract.Step) Outcome {
+// dryRun is the dry-run part of a plan's result: the plan hash of in, in
+// and the services' plans (nil when none was asked).
+func dryRun(ctx context.Context, in contract.PlanInputs, plans map[string]contract.InstancePlans) contract.DryRunResult {
 	hash := in.Hash()
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("vigil.plan", hash))
-	result["dry_run"] = true
-	result["plan"] = hash
-	result["inputs"] = in
-	if plans != nil {
-		result["services"] = plans
-	}
-	return succeeded(result, steps)
+	return contract.DryRunResult{DryRun: true, Plan: hash, Inputs: in, Services: plans}
 }
 
 // planSpan starts the span of a dry run's plan.
@@ -221,8 +186,8 @@ func planSpan(ctx context.Context, cmd Command) (context.Context, trace.Span) {
 
 // planApply is the dry run of reload-settings and switch-mode: every
 // instance of feed, indicators and alerts says what apply of next would
-// change there.
-func (r *Runner) planApply(ctx context.Context, cmd Command, in PlanInputs, next contract.DesiredState, result map[string]any) Outcome {
+// change there. result builds the plan's result from the dry-run part.
+func (r *Runner) planApply(ctx context.Context, cmd Command, in contract.PlanInputs, next contract.DesiredState, result func(contract.DryRunResult) any) Outcome {
 	ctx, span := planSpan(ctx, cmd)
 	defer span.End()
 	var specs []planSpec
@@ -233,7 +198,7 @@ func (r *Runner) planApply(ctx context.Context, cmd Command, in PlanInputs, next
 	if err != nil {
 		return failed(steps, contract.ErrorOf(err))
 	}
-	return planned(ctx, in, result, plans, steps)
+	return succeeded(result(dryRun(ctx, in, plans)), steps)
 }
 
 // planBackfill is the dry run of force-backfill: for each timeframe, in
@@ -241,7 +206,7 @@ func (r *Runner) planApply(ctx context.Context, cmd Command, in PlanInputs, next
 // pages and requests its backfill takes and how long at the source's rate
 // limit, and the indicators' instances which one would recompute the
 // series.
-func (r *Runner) planBackfill(ctx context.Context, cmd Command, p contract.ForceBackfillPayload, in PlanInputs, st contract.DesiredState) Outcome {
+func (r *Runner) planBackfill(ctx context.Context, cmd Command, p contract.ForceBackfillPayload, in contract.PlanInputs, st contract.DesiredState) Outcome {
 	ctx, span := planSpan(ctx, cmd)
 	defer span.End()
 	var specs []planSpec
@@ -250,7 +215,7 @@ func (r *Runner) planBackfill(ctx context.Context, cmd Command, p contract.Force
 			planSpec{svc: contract.SvcIndicators, verb: contract.VerbRecompute, args: contract.RecomputeArgs{Series: job.series}})
 	}
 	var steps []contract.Step
-	byTF := map[contract.Timeframe]map[string]InstancePlans{}
+	byTF := map[contract.Timeframe]map[string]contract.InstancePlans{}
 	total := backfillEstimate{}
 	for i := 0; i < len(specs); i += 2 {
 		tf := p.BackfillTimeframes()[i/2]
@@ -267,8 +232,8 @@ func (r *Runner) planBackfill(ctx context.Context, cmd Command, p contract.Force
 			}
 		}
 	}
-	return planned(ctx, in, map[string]any{"backfilled": false, "symbol": p.Symbol, "pages": total.Pages,
-		"requests": total.Requests, "estimated_seconds": total.EstimatedSeconds, "timeframes": byTF}, nil, steps)
+	return succeeded(contract.ForceBackfillPlan{Symbol: p.Symbol, Pages: total.Pages, Requests: total.Requests,
+		EstimatedSeconds: total.EstimatedSeconds, Timeframes: byTF, DryRunResult: dryRun(ctx, in, nil)}, steps)
 }
 
 // backfillEstimate is the part of a feed instance's backfill plan that
@@ -301,7 +266,7 @@ func (r *Runner) planClearCache(ctx context.Context, cmd Command, args contract.
 	if err != nil {
 		return failed(nil, &contract.Error{Code: contract.CodeUnavailable, Message: "redis: counting the keys: " + err.Error()}), true
 	}
-	in := PlanInputs{Command: cmd.Name, Payload: planPayload(cmd.Payload), Exchange: args.ExchangeID, Keys: keys}
+	in := contract.PlanInputs{Command: cmd.Name, Payload: planPayload(cmd.Payload), Exchange: args.ExchangeID, Keys: keys}
 	if !dry {
 		if err := checkPlan(ctx, cmd, in); err != nil {
 			return failed(nil, contract.ErrorOf(err)), true
@@ -316,12 +281,6 @@ func (r *Runner) planClearCache(ctx context.Context, cmd Command, args contract.
 	for _, c := range keys {
 		n += c
 	}
-	result := map[string]any{"cleared": false, "scope": args.Scope, "exchange": args.ExchangeID, "keys": keys, "wouldDeleteCount": n}
-	if args.Symbol != "" {
-		result["symbol"] = args.Symbol
-	}
-	if args.Timeframe != "" {
-		result["timeframe"] = args.Timeframe
-	}
-	return planned(ctx, in, result, plans, steps), true
+	return succeeded(contract.ClearCachePlan{ClearedKeys: clearedKeys(args, false), Keys: keys, WouldDeleteCount: n,
+		DryRunResult: dryRun(ctx, in, plans)}, steps), true
 }

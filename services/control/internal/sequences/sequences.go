@@ -276,12 +276,12 @@ func (r *Runner) pause(ctx context.Context, cmd Command) Outcome {
 		return failed(nil, contract.ErrorOf(err))
 	}
 	if cur.State.Paused {
-		return succeeded(map[string]any{"status": "already_paused"}, nil)
+		return succeeded(contract.PauseResult{Status: contract.ResultAlreadyPaused}, nil)
 	}
 	next := cur.State
 	next.Paused = true
 	return r.sequence(ctx, cmd, next, cur.KVRev, pauseSteps, func([][]contract.SvcReply) any {
-		return map[string]any{"status": "paused"}
+		return contract.PauseResult{Status: contract.ResultPaused}
 	})
 }
 
@@ -293,7 +293,7 @@ func (r *Runner) resume(ctx context.Context, cmd Command, p contract.ResumePaylo
 	next := cur.State
 	newSymbols := p.Symbols != nil && !sameSet(p.Symbols, cur.State.Symbols)
 	if !cur.State.Paused && !newSymbols {
-		return succeeded(map[string]any{"status": "already_running", "symbols": cur.State.Symbols}, nil)
+		return succeeded(contract.ResumeResult{Status: contract.ResultAlreadyRunning, Symbols: cur.State.Symbols}, nil)
 	}
 	next.Paused = false
 	if newSymbols {
@@ -309,7 +309,7 @@ func (r *Runner) resume(ctx context.Context, cmd Command, p contract.ResumePaylo
 				mergeCounts(gap, res.GapFilled)
 			}
 		}
-		return map[string]any{"status": "resumed", "symbols": next.Symbols, "gap_filled": gap}
+		return contract.ResumeResult{Status: contract.ResultResumed, Symbols: next.Symbols, GapFilled: &gap}
 	})
 }
 
@@ -340,13 +340,15 @@ func (r *Runner) reloadSettings(ctx context.Context, cmd Command) Outcome {
 	in := planInputs(cmd, cur.State)
 	in.Next, in.Settings, in.Exchange = stateDigest(next), digest(u.Settings), next.ExchangeID
 	if isDryRun(cmd) {
-		return r.planApply(ctx, cmd, in, next, map[string]any{"reloaded": false, "revision": next.Revision, "changes": changes})
+		return r.planApply(ctx, cmd, in, next, func(d contract.DryRunResult) any {
+			return contract.ReloadSettingsPlan{ReloadSettingsResult: contract.ReloadSettingsResult{Revision: next.Revision, Changes: changes}, DryRunResult: d}
+		})
 	}
 	if err := checkPlan(ctx, cmd, in); err != nil {
 		return failed(nil, contract.ErrorOf(err))
 	}
 	return r.allOrNothing(ctx, cmd, cur, next, applySteps, func([][]contract.SvcReply) any {
-		return map[string]any{"reloaded": true, "revision": next.Revision, "changes": changes}
+		return contract.ReloadSettingsResult{Reloaded: true, Revision: next.Revision, Changes: changes}
 	})
 }
 
@@ -358,9 +360,9 @@ func (r *Runner) switchMode(ctx context.Context, cmd Command, p contract.SwitchM
 	in := planInputs(cmd, cur.State)
 	from := cur.State.Mode
 	if from == p.Mode {
-		result := map[string]any{"switched": false, "status": "already_in_mode", "mode": from}
+		result := contract.SwitchModeResult{Status: contract.ResultAlreadyInMode, Mode: from}
 		if isDryRun(cmd) {
-			return planned(ctx, in, result, nil, nil)
+			return succeeded(contract.SwitchModePlan{SwitchModeResult: result, DryRunResult: dryRun(ctx, in, nil)}, nil)
 		}
 		if err := checkPlan(ctx, cmd, in); err != nil {
 			return failed(nil, contract.ErrorOf(err))
@@ -372,13 +374,15 @@ func (r *Runner) switchMode(ctx context.Context, cmd Command, p contract.SwitchM
 	next.Revision++
 	in.Next = stateDigest(next)
 	if isDryRun(cmd) {
-		return r.planApply(ctx, cmd, in, next, map[string]any{"switched": false, "from": from, "to": p.Mode, "revision": next.Revision})
+		return r.planApply(ctx, cmd, in, next, func(d contract.DryRunResult) any {
+			return contract.SwitchModePlan{SwitchModeResult: contract.SwitchModeResult{From: from, To: p.Mode, Revision: next.Revision}, DryRunResult: d}
+		})
 	}
 	if err := checkPlan(ctx, cmd, in); err != nil {
 		return failed(nil, contract.ErrorOf(err))
 	}
 	return r.allOrNothing(ctx, cmd, cur, next, switchModeSteps(next.Paused), func([][]contract.SvcReply) any {
-		return map[string]any{"switched": true, "from": from, "to": p.Mode}
+		return contract.SwitchModeResult{Switched: true, From: from, To: p.Mode}
 	})
 }
 
@@ -434,19 +438,18 @@ func (r *Runner) clearCache(ctx context.Context, cmd Command, p contract.ClearCa
 		return failed(steps, contract.ErrorOf(err))
 	}
 	n, err := r.d.Cache.Clear(ctx, args.Selector())
-	result := map[string]any{"cleared": err == nil, "scope": p.Scope, "exchange": exchange, "deletedCount": n}
-	if p.Symbol != "" {
-		result["symbol"] = p.Symbol
-	}
-	if p.Timeframe != "" {
-		result["timeframe"] = p.Timeframe
-	}
+	result := contract.ClearCacheResult{ClearedKeys: clearedKeys(args, err == nil), DeletedCount: n}
 	if err != nil {
 		out := failed(steps, &contract.Error{Code: contract.CodeUnavailable, Message: fmt.Sprintf("redis: deleted %d keys, then: %v", n, err)})
 		out.Result = result
 		return out
 	}
 	return succeeded(result, steps)
+}
+
+// clearedKeys says which keys clear-cache args select.
+func clearedKeys(args contract.ForgetArgs, cleared bool) contract.ClearedKeys {
+	return contract.ClearedKeys{Cleared: cleared, Scope: args.Scope, Symbol: args.Symbol, Timeframe: args.Timeframe, Exchange: args.ExchangeID}
 }
 
 func succeeded(result any, steps []contract.Step) Outcome {

@@ -342,9 +342,25 @@ func (p *Peer) plan(req contract.SvcRequest) (any, error) {
 		return nil, err
 	}
 	if p.Svc == contract.SvcFeed && args.Verb == contract.VerbBackfill {
-		return map[string]any{"owner": true, "pages": 2, "requests": 2, "rate_per_second": 10, "estimated_seconds": 0.2}, nil
+		return backfillPlan{OwnerReply: contract.OwnerReply{Owner: true}, Pages: 2, Requests: 2, RatePerSecond: 10, EstimatedSeconds: 0.2}, nil
 	}
-	return map[string]any{"owner": true, "plan_of": args.Verb}, nil
+	return planOf{OwnerReply: contract.OwnerReply{Owner: true}, Verb: args.Verb}, nil
+}
+
+// backfillPlan is the part of vigil-feed's plan of a backfill that
+// control reads.
+type backfillPlan struct {
+	contract.OwnerReply
+	Pages            int     `json:"pages"`
+	Requests         int     `json:"requests"`
+	RatePerSecond    float64 `json:"rate_per_second"`
+	EstimatedSeconds float64 `json:"estimated_seconds"`
+}
+
+// planOf is a peer's plan of any other verb: the verb it plans.
+type planOf struct {
+	contract.OwnerReply
+	Verb contract.Verb `json:"plan_of"`
 }
 
 // backfill publishes page progress, then (after the gate opens when it
@@ -388,7 +404,7 @@ func (p *Peer) backfill(ctx context.Context, req contract.SvcRequest, hang bool,
 	for _, tf := range args.Timeframes {
 		candles[tf] = int(args.To.Sub(args.From) / tf.Duration())
 	}
-	return map[string]any{"candles": candles}, nil
+	return contract.FeedBackfillResult{OwnerReply: contract.OwnerReply{Owner: true}, Symbol: args.Symbol, Candles: candles}, nil
 }
 
 func (p *Peer) cancelBackfills(user string) {
