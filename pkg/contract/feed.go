@@ -50,6 +50,31 @@ type FeedBackfillResult struct {
 	Pages   int               `json:"pages"`
 }
 
+// FeedBackfillPlan is vigil-feed's plan of a backfill (vigil.svc.feed.plan
+// with verb backfill) from the user's owner: what the backfill would
+// take, changing nothing. A force-backfill's dry run adds up Pages,
+// Requests and EstimatedSeconds of the owners.
+type FeedBackfillPlan struct {
+	OwnerReply
+	// Pages is the number of history pages, Requests the REST requests
+	// they take (one a page, retries not counted).
+	Pages    int `json:"pages"`
+	Requests int `json:"requests"`
+	// RatePerSecond is the source's request limit (0: none) and
+	// EstimatedSeconds the time the requests take at it.
+	RatePerSecond    float64         `json:"rate_per_second"`
+	EstimatedSeconds float64         `json:"estimated_seconds"`
+	Ranges           []FeedPlanRange `json:"ranges"`
+}
+
+// FeedPlanRange is one timeframe's range of a FeedBackfillPlan.
+type FeedPlanRange struct {
+	Timeframe Timeframe `json:"tf"`
+	From      time.Time `json:"from"`
+	To        time.Time `json:"to"`
+	Pages     int       `json:"pages"`
+}
+
 // FeedCancelResult is vigil-feed's answer to feed.cancel: how far each
 // stopped backfill job of the command got. Owner is false on an instance
 // that no longer owns the user but may still have stopped a job.

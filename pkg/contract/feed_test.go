@@ -3,6 +3,7 @@ package contract_test
 import (
 	"encoding/json"
 	"testing"
+	"time"
 
 	"vigil.dev/pkg/contract"
 )
@@ -25,6 +26,10 @@ func TestFeedRepliesRoundTrip(t *testing.T) {
 			`{"owner":true,"added":["ETH-USD"],"removed":[],"symbols":["BTC-USD","ETH-USD"],"book":true,"paused":false}`, decodeAs[contract.FeedApplyResult]},
 		{"backfill", contract.FeedBackfillResult{OwnerReply: owner, Symbol: "BTC-USD", Candles: map[contract.Timeframe]int{contract.TF1h: 300}, Pages: 1},
 			`{"owner":true,"symbol":"BTC-USD","candles":{"1h":300},"pages":1}`, decodeAs[contract.FeedBackfillResult]},
+		{"backfill plan", contract.FeedBackfillPlan{OwnerReply: owner, Pages: 2, Requests: 2, RatePerSecond: 10, EstimatedSeconds: 0.2,
+			Ranges: []contract.FeedPlanRange{{Timeframe: contract.TF1h, From: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC), Pages: 2}}},
+			`{"owner":true,"pages":2,"requests":2,"rate_per_second":10,"estimated_seconds":0.2,"ranges":[{"tf":"1h","from":"2026-12-01T00:00:00Z","to":"2026-12-02T00:00:00Z","pages":2}]}`,
+			decodeAs[contract.FeedBackfillPlan]},
 		{"cancel", contract.FeedCancelResult{Stopped: []contract.JobProgress{{Pages: 1, Total: 2, Candles: map[contract.Timeframe]int{contract.TF1h: 300}}}},
 			`{"owner":false,"stopped":[{"pages":1,"total":2,"candles":{"1h":300}}]}`, decodeAs[contract.FeedCancelResult]},
 	}

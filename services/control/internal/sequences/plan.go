@@ -216,7 +216,7 @@ func (r *Runner) planBackfill(ctx context.Context, cmd Command, p contract.Force
 	}
 	var steps []contract.Step
 	byTF := map[contract.Timeframe]map[string]contract.InstancePlans{}
-	total := backfillEstimate{}
+	var total contract.FeedBackfillPlan // the owners' plans added up
 	for i := 0; i < len(specs); i += 2 {
 		tf := p.BackfillTimeframes()[i/2]
 		s, plans, err := r.askPlans(ctx, cmd, &st, specs[i:i+2], r.cfg.StepTimeout)
@@ -226,29 +226,16 @@ func (r *Runner) planBackfill(ctx context.Context, cmd Command, p contract.Force
 		}
 		byTF[tf] = plans
 		for _, raw := range plans[contract.SvcFeed.MicroName()] {
-			var e backfillEstimate
+			var e contract.FeedBackfillPlan
 			if json.Unmarshal(raw, &e) == nil && e.Owner {
-				total.add(e)
+				total.Pages += e.Pages
+				total.Requests += e.Requests
+				total.EstimatedSeconds += e.EstimatedSeconds
 			}
 		}
 	}
 	return succeeded(contract.ForceBackfillPlan{Symbol: p.Symbol, Pages: total.Pages, Requests: total.Requests,
 		EstimatedSeconds: total.EstimatedSeconds, Timeframes: byTF, DryRunResult: dryRun(ctx, in, nil)}, steps)
-}
-
-// backfillEstimate is the part of a feed instance's backfill plan that
-// the dry run adds up.
-type backfillEstimate struct {
-	Owner            bool    `json:"owner"`
-	Pages            int     `json:"pages"`
-	Requests         int     `json:"requests"`
-	EstimatedSeconds float64 `json:"estimated_seconds"`
-}
-
-func (e *backfillEstimate) add(o backfillEstimate) {
-	e.Pages += o.Pages
-	e.Requests += o.Requests
-	e.EstimatedSeconds += o.EstimatedSeconds
 }
 
 // planClearCache counts the keys clear-cache args would delete, by prefix

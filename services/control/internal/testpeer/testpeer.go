@@ -342,19 +342,9 @@ func (p *Peer) plan(req contract.SvcRequest) (any, error) {
 		return nil, err
 	}
 	if p.Svc == contract.SvcFeed && args.Verb == contract.VerbBackfill {
-		return backfillPlan{OwnerReply: contract.OwnerReply{Owner: true}, Pages: 2, Requests: 2, RatePerSecond: 10, EstimatedSeconds: 0.2}, nil
+		return contract.FeedBackfillPlan{OwnerReply: contract.OwnerReply{Owner: true}, Pages: 2, Requests: 2, RatePerSecond: 10, EstimatedSeconds: 0.2}, nil
 	}
 	return planOf{OwnerReply: contract.OwnerReply{Owner: true}, Verb: args.Verb}, nil
-}
-
-// backfillPlan is the part of vigil-feed's plan of a backfill that
-// control reads.
-type backfillPlan struct {
-	contract.OwnerReply
-	Pages            int     `json:"pages"`
-	Requests         int     `json:"requests"`
-	RatePerSecond    float64 `json:"rate_per_second"`
-	EstimatedSeconds float64 `json:"estimated_seconds"`
 }
 
 // planOf is a peer's plan of any other verb: the verb it plans.

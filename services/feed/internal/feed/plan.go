@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"time"
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/services/feed/internal/engine"
@@ -25,28 +24,6 @@ type applyPlan struct {
 	// state is paused.
 	Symbols []string `json:"symbols"`
 	Paused  bool     `json:"paused"`
-}
-
-// backfillPlanReply is what a backfill would take on the owning instance.
-type backfillPlanReply struct {
-	Owner bool `json:"owner"`
-	// Pages is the number of history pages, Requests the REST requests
-	// they take (one a page, retries not counted).
-	Pages    int `json:"pages"`
-	Requests int `json:"requests"`
-	// RatePerSecond is the source's request limit (0: none) and
-	// EstimatedSeconds the time the requests take at it.
-	RatePerSecond    float64          `json:"rate_per_second"`
-	EstimatedSeconds float64          `json:"estimated_seconds"`
-	Ranges           []plannedTFRange `json:"ranges"`
-}
-
-// plannedTFRange is one timeframe's range of a backfill plan.
-type plannedTFRange struct {
-	Timeframe contract.Timeframe `json:"tf"`
-	From      time.Time          `json:"from"`
-	To        time.Time          `json:"to"`
-	Pages     int                `json:"pages"`
 }
 
 // plan answers vigil.svc.feed.plan: what apply or backfill would do here,
@@ -139,12 +116,12 @@ func (f *feed) planBackfillReply(token string, a contract.BackfillArgs) (any, er
 		return nil, err
 	}
 	rate := f.eng.Source().Caps().HistoryRate
-	out := backfillPlanReply{Owner: true, Pages: plan.pages, Requests: plan.pages, RatePerSecond: rate, Ranges: []plannedTFRange{}}
+	out := contract.FeedBackfillPlan{OwnerReply: contract.OwnerReply{Owner: true}, Pages: plan.pages, Requests: plan.pages, RatePerSecond: rate, Ranges: []contract.FeedPlanRange{}}
 	if rate > 0 {
 		out.EstimatedSeconds = float64(out.Requests) / rate
 	}
 	for _, r := range plan.ranges {
-		out.Ranges = append(out.Ranges, plannedTFRange{Timeframe: r.tf, From: r.from, To: r.to, Pages: r.pages})
+		out.Ranges = append(out.Ranges, contract.FeedPlanRange{Timeframe: r.tf, From: r.from, To: r.to, Pages: r.pages})
 	}
 	return out, nil
 }
