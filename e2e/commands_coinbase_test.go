@@ -242,12 +242,7 @@ func testForceBackfill(t *testing.T, s *cmdStack, fake fakeExchange, from, to ti
 
 	payload := fmt.Sprintf(`{"symbol":"BTC-USD","timeframes":["1m","5m","1h","4h"],"from":%q,"to":%q}`, from.Format(time.RFC3339), to.Format(time.RFC3339))
 	res := s.run(t, backfillUser, contract.CmdForceBackfill, payload)
-	var r struct {
-		Backfilled bool                       `json:"backfilled"`
-		Symbol     string                     `json:"symbol"`
-		Candles    map[contract.Timeframe]int `json:"candles"`
-	}
-	decodeResult(t, res, &r)
+	r := resultAs[contract.ForceBackfillResult](t, res)
 	if !r.Backfilled || r.Symbol != "BTC-USD" || !maps.Equal(r.Candles, want) {
 		t.Errorf("force-backfill result %s, want backfilled BTC-USD with candles %v", res.Result, want)
 	}
@@ -359,11 +354,7 @@ func testPauseDuringBackfill(t *testing.T, s *cmdStack, fake fakeExchange) {
 		t.Errorf("the pause took %v from ACK to result, want it not to wait for the backfill", took)
 	}
 	bf := s.waitResult(t, longBackfillUser, backfill.ID, 30*time.Second)
-	var r struct {
-		Backfilled  bool   `json:"backfilled"`
-		CancelledBy string `json:"cancelled_by"`
-	}
-	decodeResult(t, bf, &r)
+	r := resultAs[contract.ForceBackfillResult](t, bf)
 	if bf.Status != contract.StatusCancelled || r.Backfilled || r.CancelledBy != pause.ID {
 		t.Errorf("backfill result %s, want cancelled by %s", resultString(bf), pause.ID)
 	}
@@ -383,11 +374,7 @@ func testPauseDuringBackfill(t *testing.T, s *cmdStack, fake fakeExchange) {
 	t.Logf("pause took %v from ACK to result; the backfill had fetched %d of %d pages", took, len(reqs), totalPages)
 
 	resume := s.run(t, longBackfillUser, contract.CmdResume, "{}")
-	var rr struct {
-		Status string `json:"status"`
-	}
-	decodeResult(t, resume, &rr)
-	if rr.Status != "resumed" {
+	if rr := resultAs[contract.ResumeResult](t, resume); rr.Status != contract.ResultResumed {
 		t.Errorf("resume after the cancelled backfill: %s", resume.Result)
 	}
 }

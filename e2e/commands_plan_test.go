@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -45,26 +44,29 @@ func testDryRun(t *testing.T, s *cmdStack) {
 	} {
 		res := s.run(t, planUser, dry.cmd, dry.payload)
 		ids = append(ids, res.ID)
-		var plan struct {
-			DryRun bool   `json:"dry_run"`
-			Plan   string `json:"plan"`
-			// clear-cache and force-backfill
-			WouldDelete *int `json:"wouldDeleteCount"`
-			Pages       *int `json:"pages"`
-		}
-		if err := json.Unmarshal(res.Result, &plan); err != nil || !plan.DryRun || contract.ValidatePlanHash(plan.Plan) != nil {
-			t.Errorf("%s %s: result %s is not a plan with a hash", dry.cmd, dry.payload, res.Result)
-		}
-		// The plans say what the real commands would do.
+		// Each is its command's plan type; the plans say what the real
+		// commands would do.
+		var plan contract.DryRunResult
 		switch dry.cmd {
+		case contract.CmdReloadSettings:
+			plan = resultAs[contract.ReloadSettingsPlan](t, res).DryRunResult
+		case contract.CmdSwitchMode:
+			plan = resultAs[contract.SwitchModePlan](t, res).DryRunResult
 		case contract.CmdClearCache:
-			if plan.WouldDelete == nil || *plan.WouldDelete != len(keys) {
+			p := resultAs[contract.ClearCachePlan](t, res)
+			if p.WouldDeleteCount != len(keys) {
 				t.Errorf("clear-cache plan %s: want wouldDeleteCount %d, the user's keys", res.Result, len(keys))
 			}
+			plan = p.DryRunResult
 		case contract.CmdForceBackfill:
-			if plan.Pages == nil || *plan.Pages < 1 {
+			p := resultAs[contract.ForceBackfillPlan](t, res)
+			if p.Pages < 1 {
 				t.Errorf("force-backfill plan %s: want at least one page", res.Result)
 			}
+			plan = p.DryRunResult
+		}
+		if !plan.DryRun || contract.ValidatePlanHash(plan.Plan) != nil {
+			t.Errorf("%s %s: result %s is not a plan with a hash", dry.cmd, dry.payload, res.Result)
 		}
 	}
 

@@ -120,11 +120,7 @@ func testPauseResume(t *testing.T, s *cmdStack) {
 
 	res := s.run(t, pauseUser, contract.CmdPause, "{}")
 	paused := s.seqs(t)
-	var status struct {
-		Status string `json:"status"`
-	}
-	decodeResult(t, res, &status)
-	if status.Status != "paused" {
+	if status := resultAs[contract.PauseResult](t, res); status.Status != contract.ResultPaused {
 		t.Errorf("pause result %s, want status paused", res.Result)
 	}
 	checkSteps(t, res, 1, "vigil-alerts pause", "vigil-feed pause", "vigil-indicators pause")
@@ -139,8 +135,7 @@ func testPauseResume(t *testing.T, s *cmdStack) {
 	otherLast := s.lastCandle(t, otherBars)
 
 	again := s.run(t, pauseUser, contract.CmdPause, "{}")
-	decodeResult(t, again, &status)
-	if status.Status != "already_paused" || len(again.Steps) != 0 {
+	if status := resultAs[contract.PauseResult](t, again); status.Status != contract.ResultAlreadyPaused || len(again.Steps) != 0 {
 		t.Errorf("second pause: result %s with %d steps, want already_paused and no steps", again.Result, len(again.Steps))
 	}
 
@@ -170,23 +165,17 @@ func testPauseResume(t *testing.T, s *cmdStack) {
 
 	res = s.run(t, pauseUser, contract.CmdResume, "{}")
 	resumed := s.seqs(t)
-	var resume struct {
-		Status    string                    `json:"status"`
-		Symbols   []string                  `json:"symbols"`
-		GapFilled map[string]map[string]int `json:"gap_filled"`
-	}
-	decodeResult(t, res, &resume)
+	resume := resultAs[contract.ResumeResult](t, res)
 	// The pause lasted 3 bars of the other user, so at least the 2 bars
 	// between the last one stored before the pause and the one in
 	// progress have closed since (gap_filled counts closed bars after the
 	// last stored one).
-	if resume.Status != "resumed" || !slices.Equal(resume.Symbols, []string{"BTC-USD"}) || resume.GapFilled["BTC-USD"]["1m"] < 2 {
+	if resume.Status != contract.ResultResumed || !slices.Equal(resume.Symbols, []string{"BTC-USD"}) || resume.GapFilled == nil || (*resume.GapFilled)["BTC-USD"][contract.TF1m] < 2 {
 		t.Errorf("resume result %s, want resumed, symbols [BTC-USD] and at least 2 closed 1m bars of the pause gap-filled", res.Result)
 	}
 	checkSteps(t, res, 1, "vigil-indicators resume", "vigil-feed resume", "vigil-alerts resume")
 	again = s.run(t, pauseUser, contract.CmdResume, "{}")
-	decodeResult(t, again, &status)
-	if status.Status != "already_running" || len(again.Steps) != 0 {
+	if status := resultAs[contract.ResumeResult](t, again); status.Status != contract.ResultAlreadyRunning || len(again.Steps) != 0 {
 		t.Errorf("second resume: result %s with %d steps, want already_running and no steps", again.Result, len(again.Steps))
 	}
 
@@ -216,20 +205,9 @@ func testReloadSettings(t *testing.T, s *cmdStack) {
 	testenv.WaitFor(t, 60*time.Second, "BTC-USD bars of "+reloadUser, func() bool { return s.lastCandle(t, btc).Start > 0 })
 	before, _, _ := s.state(reloadUser)
 
-	type reload struct {
-		Reloaded bool  `json:"reloaded"`
-		Revision int64 `json:"revision"`
-		Changes  struct {
-			Symbols struct {
-				Added   []string `json:"added"`
-				Removed []string `json:"removed"`
-			} `json:"symbols"`
-		} `json:"changes"`
-	}
 	check := func(t *testing.T, res contract.Result, revision int64, added, removed, symbols []string) {
 		t.Helper()
-		var r reload
-		decodeResult(t, res, &r)
+		r := resultAs[contract.ReloadSettingsResult](t, res)
 		if !r.Reloaded || r.Revision != revision || !slices.Equal(r.Changes.Symbols.Added, added) || !slices.Equal(r.Changes.Symbols.Removed, removed) {
 			t.Errorf("reload result %s, want revision %d, added %q, removed %q", res.Result, revision, added, removed)
 		}
@@ -392,12 +370,7 @@ func testSwitchMode(t *testing.T, s *cmdStack) {
 	switchTo := func(t *testing.T, from, to contract.Mode) contract.Result {
 		t.Helper()
 		res := s.run(t, switchUser, contract.CmdSwitchMode, fmt.Sprintf(`{"mode":%q}`, to))
-		var r struct {
-			Switched bool          `json:"switched"`
-			From     contract.Mode `json:"from"`
-			To       contract.Mode `json:"to"`
-		}
-		decodeResult(t, res, &r)
+		r := resultAs[contract.SwitchModeResult](t, res)
 		if !r.Switched || r.From != from || r.To != to {
 			t.Errorf("switch-mode result %s, want switched from %s to %s", res.Result, from, to)
 		}
@@ -458,12 +431,8 @@ func testSwitchMode(t *testing.T, s *cmdStack) {
 	t.Run("same mode", func(t *testing.T) {
 		rev, _ := s.stateEntry(t, switchUser)
 		res := s.run(t, switchUser, contract.CmdSwitchMode, `{"mode":"scalper-macdv"}`)
-		var r struct {
-			Switched bool   `json:"switched"`
-			Status   string `json:"status"`
-		}
-		decodeResult(t, res, &r)
-		if r.Switched || r.Status != "already_in_mode" || len(res.Steps) != 0 {
+		r := resultAs[contract.SwitchModeResult](t, res)
+		if r.Switched || r.Status != contract.ResultAlreadyInMode || len(res.Steps) != 0 {
 			t.Errorf("switch to the current mode: %s, want already_in_mode without steps", resultString(res))
 		}
 		if rev2, _ := s.stateEntry(t, switchUser); rev2 != rev {
@@ -581,14 +550,8 @@ func testClearCache(t *testing.T, s *cmdStack, kraken int64) {
 				t.Fatalf("no key of scope %s to delete", tc.payload)
 			}
 			res := s.run(t, cacheUser, contract.CmdClearCache, tc.payload)
-			var r struct {
-				Cleared      bool   `json:"cleared"`
-				Scope        string `json:"scope"`
-				Exchange     int64  `json:"exchange"`
-				DeletedCount int    `json:"deletedCount"`
-			}
-			decodeResult(t, res, &r)
-			if !r.Cleared || r.Scope != tc.scope || r.Exchange != tc.exchange || r.DeletedCount != len(want) {
+			r := resultAs[contract.ClearCacheResult](t, res)
+			if !r.Cleared || string(r.Scope) != tc.scope || r.Exchange != tc.exchange || r.DeletedCount != len(want) {
 				t.Errorf("clear-cache %s: result %s, want cleared %s of exchange %d with deletedCount %d", tc.payload, res.Result, tc.scope, tc.exchange, len(want))
 			}
 			checkSteps(t, res, 1, "vigil-indicators forget")
@@ -672,11 +635,7 @@ func testDuplicateIDs(t *testing.T, s *cmdStack) {
 	check := func(t *testing.T, id string) {
 		t.Helper()
 		res := s.waitResult(t, dupUser, id, 30*time.Second)
-		var r struct {
-			DeletedCount int `json:"deletedCount"`
-		}
-		decodeResult(t, res, &r)
-		if res.Status != contract.StatusSucceeded || r.DeletedCount != 1 {
+		if r := resultAs[contract.ClearCacheResult](t, res); res.Status != contract.StatusSucceeded || r.DeletedCount != 1 {
 			t.Errorf("result of %s: %s, want succeeded deleting the planted key", id, resultString(res))
 		}
 	}

@@ -570,12 +570,15 @@ func (s *cmdStack) queueStates(t *testing.T, user string) map[string]string {
 	return out
 }
 
-// decodeResult decodes a result's result object into v.
-func decodeResult(t *testing.T, res contract.Result, v any) {
+// resultAs decodes a result's result object into its type in
+// pkg/contract, strictly: a member the type does not know fails the test.
+func resultAs[T any](t *testing.T, res contract.Result) T {
 	t.Helper()
-	if err := json.Unmarshal(res.Result, v); err != nil {
+	v, err := contract.DecodeStrict[T](res.Result)
+	if err != nil {
 		t.Fatalf("result of %s %s: %v: %s", res.Command, res.ID, err, res.Result)
 	}
+	return v
 }
 
 // checkSteps fails the test unless the result's steps are exactly want
