@@ -143,23 +143,33 @@ func (rt *Runtime) OpenRedis(ctx context.Context, cfg config.Redis) (*redis.Clie
 }
 
 // Serve is the rest of every service's Serve once Boot has opened the
-// runtime: start opens the service's resources and starts its parts (see
-// the package doc for the order), then Serve logs "running", waits until
-// ctx ends and shuts down (Shutdown). When start fails, what it started is
-// shut down the same way and its error returned. start gets ctx: it
-// bounds what start waits for, the parts that outlive start run on
-// contexts of their own (Service.Go, Service.FollowStates).
+// runtime: Launch runs start (see the package doc for its order), then
+// Serve logs "running", waits until ctx ends and shuts down (Shutdown).
+// start gets ctx: it bounds what start waits for; the parts that outlive
+// start run on contexts of their own (Service.Go, Service.FollowStates).
 func (rt *Runtime) Serve(ctx context.Context, start func(ctx context.Context) error) error {
-	if err := start(ctx); err != nil {
-		return errors.Join(err, rt.Shutdown())
-	}
-	if rt.svc == nil {
-		return errors.Join(fmt.Errorf("service %s: start did not start the micro service", rt.name), rt.Shutdown())
+	if err := rt.Launch(ctx, start); err != nil {
+		return err
 	}
 	rt.Log.Info("running", "id", rt.svc.ID())
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
 	return rt.Shutdown()
+}
+
+// Launch runs start, which opens the service's resources and starts its
+// micro service (Start) and parts. When start fails, what it started is
+// shut down (Shutdown) and its error returned. Serve calls it; tests that
+// need the started instance itself call it instead of Serve.
+func (rt *Runtime) Launch(ctx context.Context, start func(ctx context.Context) error) error {
+	err := start(ctx)
+	if err == nil && rt.svc == nil {
+		err = fmt.Errorf("service %s: start did not start the micro service", rt.name)
+	}
+	if err != nil {
+		return errors.Join(err, rt.Shutdown())
+	}
+	return nil
 }
 
 // Shutdown shuts the instance down within VIGIL_SHUTDOWN_TIMEOUT: the

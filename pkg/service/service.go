@@ -12,7 +12,9 @@
 //	Run:   config.Load (parse and validate the environment), then Serve
 //	Serve: rt := service.Boot(...); return rt.Serve(ctx, start)
 //
-// Tests call Serve with a Config built in code. Boot opens the runtime
+// Tests call Serve with a Config built in code; tests that must reach into
+// the instance (to kill it like a crash) call Boot and Runtime.Launch
+// with start themselves. Boot opens the runtime
 // (logger, telemetry, NATS and the contract's streams, health); start is
 // the service's own script, top to bottom:
 //

@@ -169,10 +169,13 @@ func (e *env) start(name string) *instance {
 	if err != nil {
 		e.t.Fatalf("boot %s: %v", name, err)
 	}
-	in, err := start(ctx, cfg, rt, options{now: e.clock.Now, metrics: e.metrics,
-		membership: membership.Options{Interval: 200 * time.Millisecond, Timeout: 1500 * time.Millisecond}})
-	if err != nil {
-		e.t.Fatalf("start %s: %v", name, errors.Join(err, rt.Shutdown()))
+	var in *instance
+	if err := rt.Launch(ctx, func(ctx context.Context) (err error) {
+		in, err = start(ctx, cfg, rt, options{now: e.clock.Now, metrics: e.metrics,
+			membership: membership.Options{Interval: 200 * time.Millisecond, Timeout: 1500 * time.Millisecond}})
+		return err
+	}); err != nil {
+		e.t.Fatalf("start %s: %v", name, err)
 	}
 	e.mu.Lock()
 	e.instances = append(e.instances, in)

@@ -199,12 +199,14 @@ func (e *env) startControl(name string, s control.Settings, serviceTimeout time.
 		cancel()
 		e.t.Fatal(err)
 	}
-	inst, err := control.Start(ctx, cfg, rt, control.Options{
-		Membership:     membership.Options{Interval: 200 * time.Millisecond, Timeout: time.Second},
-		ServiceTimeout: serviceTimeout,
-	})
-	if err != nil {
-		err = errors.Join(err, rt.Shutdown())
+	var inst *control.Instance
+	if err := rt.Launch(ctx, func(ctx context.Context) (err error) {
+		inst, err = control.Start(ctx, cfg, rt, control.Options{
+			Membership:     membership.Options{Interval: 200 * time.Millisecond, Timeout: time.Second},
+			ServiceTimeout: serviceTimeout,
+		})
+		return err
+	}); err != nil {
 		cancel()
 		e.t.Fatal(err)
 	}

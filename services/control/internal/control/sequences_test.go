@@ -137,9 +137,9 @@ func TestPriority(t *testing.T) {
 	if firstCall(queued.ID) > firstCall(backfill.ID) {
 		t.Error("the force-backfill ran before the clear-cache")
 	}
-	p, _ := e.logRow(pause.ID)
-	q, _ := e.logRow(queued.ID)
-	if !p.Finished.Before(*q.Started) {
+	// command_log is projected from the audit records after the results.
+	p, q := e.publishedRow(pause.ID), e.publishedRow(queued.ID)
+	if p.Finished == nil || q.Started == nil || !p.Finished.Before(*q.Started) {
 		t.Errorf("pause finished %v, queued clear-cache started %v: they overlapped or ran in the wrong order", p.Finished, q.Started)
 	}
 }
