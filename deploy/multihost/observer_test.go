@@ -52,6 +52,9 @@ type sentCommand struct {
 	user   string
 	sentAt time.Time
 	acked  bool
+	// outcome says how the request ended and after how long, for the
+	// log of a slow recovery.
+	outcome string
 }
 
 // observer sends every user a resume every commandEvery (resume of a
@@ -132,12 +135,21 @@ func (o *observer) sendCommands(ctx context.Context, user string) {
 		o.sent[id] = &sentCommand{user: user, sentAt: time.Now()}
 		o.mu.Unlock()
 		reqCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		began := time.Now()
 		reply, err := o.nc.RequestMsgWithContext(reqCtx, msg)
 		cancel()
 		var ack contract.Ack
 		acked := err == nil && json.Unmarshal(reply.Data, &ack) == nil && ack.Accepted && ack.ID == id
+		outcome := "acked"
+		switch {
+		case err != nil:
+			outcome = err.Error()
+		case !acked:
+			outcome = "refused: " + string(reply.Data)
+		}
 		o.mu.Lock()
 		o.sent[id].acked = acked
+		o.sent[id].outcome = fmt.Sprintf("%s %s after %v", began.Format("15:04:05.000"), outcome, time.Since(began).Round(time.Millisecond))
 		if ctx.Err() == nil {
 			o.tried[user]++
 		}
@@ -241,13 +253,32 @@ func (o *observer) waitRecovered(since time.Time, bound time.Duration, what stri
 		if len(lagging) > 0 {
 			return false
 		}
+		slowest := ""
 		for _, u := range o.users {
-			r.commands = max(r.commands, cmds[u].Sub(since))
+			if d := cmds[u].Sub(since); d > r.commands {
+				r.commands, slowest = d, u
+			}
 			r.alerts = max(r.alerts, alerts[u].Sub(since))
+		}
+		if r.commands > 15*time.Second {
+			o.logRequests(slowest, since)
 		}
 		return true
 	})
 	return r
+}
+
+// logRequests logs how user's requests sent after since ended. The
+// caller holds o.mu.
+func (o *observer) logRequests(user string, since time.Time) {
+	var lines []string
+	for _, s := range o.sent {
+		if s.user == user && s.sentAt.After(since) && s.outcome != "" {
+			lines = append(lines, s.outcome)
+		}
+	}
+	slices.Sort(lines)
+	o.t.Logf("%s's commands after %s: %s", user, since.Format("15:04:05.000"), strings.Join(lines, "; "))
 }
 
 // commandIDs are the ids the observer sent and those that were acked.

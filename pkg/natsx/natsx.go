@@ -23,7 +23,7 @@ const ConnectTimeout = 15 * time.Second
 // Connect connects to cfg.URL as name: it retries the first connection
 // until ctx ends or ConnectTimeout passes, then reconnects forever with
 // jittered backoff, logging every disconnect and reconnect. A dead server
-// is detected by pings within 6-9 s.
+// is detected by pings within 4-6 s.
 func Connect(ctx context.Context, cfg config.NATS, name string, log *slog.Logger) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
@@ -32,9 +32,9 @@ func Connect(ctx context.Context, cfg config.NATS, name string, log *slog.Logger
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
 		// A server that died without closing the socket (its host gone)
-		// is noticed after 2 unanswered pings: 6-9 s, not the client's
+		// is noticed after 2 unanswered pings: 4-6 s, not the client's
 		// default 2-4 minutes, so the client moves to another node.
-		nats.PingInterval(3 * time.Second),
+		nats.PingInterval(2 * time.Second),
 		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {

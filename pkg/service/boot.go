@@ -19,6 +19,7 @@ import (
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/telemetry"
+	"vigil.dev/pkg/wait"
 )
 
 // Main is the whole of a binary's main: it runs run with a context that ends
@@ -75,7 +76,7 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
 	rt.JS = natsx.WithReplicas(js, nc.StreamReplicas)
-	if err = natsx.EnsurePartitionedStreams(ctx, rt.JS, nc.PartitionCount(), natsx.LogTo(rt.Log)); err != nil {
+	if err = ensureStreams(ctx, rt.JS, nc.PartitionCount(), rt.Log); err != nil {
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
 	rt.Health = health.New(rt.Log)
@@ -100,6 +101,40 @@ func Boot(ctx context.Context, name string, svc config.Service, nc config.NATS, 
 		return nil, errors.Join(err, rt.Close(ctx))
 	}
 	return rt, nil
+}
+
+// streamsReadyTimeout bounds how long Boot waits for JetStream to answer
+// the set-up of the contract's streams.
+const streamsReadyTimeout = time.Minute
+
+// ensureStreams sets up the contract's streams and KV bucket
+// (natsx.EnsurePartitionedStreams), trying again every second while
+// JetStream does not answer in time, for up to streamsReadyTimeout: a
+// node that is still catching up with its cluster (its host was just
+// restored) answers late, and exiting then would leave the instance to
+// its supervisor. A refusal (a partition count that differs, a change the
+// server cannot make) fails at once.
+func ensureStreams(ctx context.Context, js jetstream.JetStream, partitions int, log *slog.Logger) error {
+	giveUp := time.Now().Add(streamsReadyTimeout)
+	for {
+		err := natsx.EnsurePartitionedStreams(ctx, js, partitions, natsx.LogTo(log))
+		if err == nil || !unanswered(err) || ctx.Err() != nil || time.Now().After(giveUp) {
+			return err
+		}
+		log.Warn("JetStream did not answer the set-up of the streams; trying again", "err", err)
+		if !wait.Sleep(ctx, time.Second) {
+			return err
+		}
+	}
+}
+
+// unanswered reports whether err is a JetStream request that got no
+// answer in time (rather than a refusal).
+func unanswered(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
 }
 
 // Start starts the service's micro service on the runtime's connection,

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sync/errgroup"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/services/alerts/internal/rules"
 )
@@ -133,22 +134,40 @@ func (m *Monitor) Forget(user string) {
 
 // Reconcile converges every known user: it gains the owned users that are
 // not running yet (with a catch-up unless paused) and lets go of the users
-// another instance owns now. It returns the errors of the users that could
-// not be gained; the next Reconcile tries them again.
+// another instance owns now. Up to reconcileWorkers users converge at
+// once, so that the users gained after an owner died do not wait for each
+// other's catch-up reads (seconds each while Redis fails over). It returns
+// the errors of the users that could not be gained; the next Reconcile
+// tries them again.
 func (m *Monitor) Reconcile(ctx context.Context) error {
 	m.mu.Lock()
 	users := slices.Collect(maps.Values(m.users))
 	m.mu.Unlock()
+	var g errgroup.Group
+	g.SetLimit(reconcileWorkers)
+	var mu sync.Mutex
 	var errs []error
 	for _, us := range users {
-		us.mu.Lock()
-		if us.known {
-			errs = append(errs, m.convergeLocked(ctx, us))
-		}
-		us.mu.Unlock()
+		g.Go(func() error {
+			us.mu.Lock()
+			defer us.mu.Unlock()
+			if !us.known {
+				return nil
+			}
+			if err := m.convergeLocked(ctx, us); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+			return nil
+		})
 	}
+	_ = g.Wait() // the workers return nil; their errors are in errs
 	return errors.Join(errs...)
 }
+
+// reconcileWorkers is how many users Reconcile converges at once.
+const reconcileWorkers = 8
 
 // Wants reports whether updates of user are this instance's to evaluate:
 // the user is known and owned here. Handle checks again under the user's

@@ -429,15 +429,25 @@ func (e *Executor) finish(t *task, out sequences.Outcome, traceID string) {
 	}
 }
 
+// publishTimeout bounds one publish of an audit record or a result.
+const publishTimeout = 2 * time.Second
+
 // publish publishes an ended command's audit record and result, and
 // marks it settled so the user's next claim removes it; a failure leaves
 // it to a later claim, which hands it out again.
+// Each publish waits at most publishTimeout: one sent while its stream
+// changes leader gets no answer, and the next claim (a sweep later) sends
+// it again to the new leader sooner than a longer wait would end.
 func (e *Executor) publish(en ledger.Entry) bool {
-	if err := e.pub.PublishAudit(e.ctx, en); err != nil {
+	ctx, cancel := context.WithTimeout(e.ctx, publishTimeout)
+	defer cancel()
+	if err := e.pub.PublishAudit(ctx, en); err != nil {
 		e.logErr("audit record not published; retried later", err, "id", en.ID)
 		return false
 	}
-	if err := e.pub.PublishResult(e.ctx, en.Result()); err != nil {
+	ctx, cancel = context.WithTimeout(e.ctx, publishTimeout)
+	defer cancel()
+	if err := e.pub.PublishResult(ctx, en.Result()); err != nil {
 		e.logErr("result not published; retried later", err, "id", en.ID)
 		return false
 	}
