@@ -164,7 +164,7 @@ type cluster struct {
 // first, with the 1 s socket timeouts docs/deploy.md recommends for HA (a
 // pooled connection to a master whose host died fails in 1 s, not 3 s).
 func (c *cluster) sentinelURL(i int) string {
-	q := []string{"master_name=" + masterName, "dial_timeout=1s", "read_timeout=1s", "write_timeout=1s"}
+	q := []string{"master_name=" + masterName, "dial_timeout=1s", "dialer_retries=1", "read_timeout=1s", "write_timeout=1s"}
 	for k := 1; k < hosts; k++ {
 		q = append(q, fmt.Sprintf("addr=%s:%d", c.n.ip((i-1+k)%hosts+1), sentinelPort))
 	}
