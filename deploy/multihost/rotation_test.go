@@ -161,10 +161,12 @@ type cluster struct {
 }
 
 // sentinelURL is REDIS_URL in go-redis's failover form, host i's sentinel
-// first, with the 1 s socket timeouts docs/deploy.md recommends for HA (a
-// pooled connection to a master whose host died fails in 1 s, not 3 s).
+// first, with the settings docs/deploy.md recommends for HA: 1 s socket
+// timeouts (a pooled connection to a master whose host died fails in
+// 1 s, not 3 s), one dial attempt and a 3 s dial budget (connections
+// within 1 s, so a dead sentinel is dropped within one dial).
 func (c *cluster) sentinelURL(i int) string {
-	q := []string{"master_name=" + masterName, "dial_timeout=1s", "dialer_retries=1", "read_timeout=1s", "write_timeout=1s"}
+	q := []string{"master_name=" + masterName, "dial_timeout=3s", "dialer_retries=1", "read_timeout=1s", "write_timeout=1s"}
 	for k := 1; k < hosts; k++ {
 		q = append(q, fmt.Sprintf("addr=%s:%d", c.n.ip((i-1+k)%hosts+1), sentinelPort))
 	}
