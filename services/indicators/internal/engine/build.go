@@ -36,6 +36,12 @@ type build struct {
 	// stop cancels the build; done is closed when it ended.
 	stop context.CancelFunc
 	done chan struct{}
+	// after is the last batch of candles computed when it began: it
+	// reads Redis once that batch's updates (of the series among them)
+	// are sent.
+	after uint64
+	// rewrite: the series' last write failed, write every bar.
+	rewrite bool
 }
 
 // errBuildStopped reports a build that was stopped or whose series
@@ -73,27 +79,41 @@ func (e *Engine) beginBuild(ctx context.Context, id contract.SeriesID) (b *build
 	}
 	delete(e.series, id)
 	bctx, stop := context.WithCancel(ctx)
-	b = &build{specs: u.plan.Candle, stop: stop, done: make(chan struct{})}
+	b = &build{specs: u.plan.Candle, stop: stop, done: make(chan struct{}), after: e.last(), rewrite: e.rewrite[id]}
 	e.builds[id] = b
 	return b, bctx, nil
 }
 
 // finishBuild runs build b of series id (beginBuild) without holding e.mu,
-// then takes e.mu, ends the build and installs the series as
-// rebuildOutside says. It returns holding e.mu.
+// once the candle updates computed before it began are sent, then takes
+// e.mu, ends the build and installs the series as rebuildOutside says. It
+// returns holding e.mu.
 func (e *Engine) finishBuild(ctx, bctx context.Context, id contract.SeriesID, b *build, writes rebuildWrites) (int, error) {
 	var fences map[contract.SeriesID]redisstore.Fence
 	var writeErr error
-	s, bars, err := e.buildSeries(bctx, id, b.specs, writes, func(ctx context.Context, ups []contract.IndicatorUpdate) error {
-		fences, writeErr = e.writeFenced(ctx, ups)
-		return writeErr
-	})
+	var s *series
+	var bars int
+	if b.rewrite {
+		writes = writeAll
+	}
+	err := e.awaitSent(bctx, b.after)
+	if err == nil {
+		s, bars, err = e.buildSeries(bctx, id, b.specs, writes, func(ctx context.Context, ups []contract.IndicatorUpdate) error {
+			fences, writeErr = e.writeFenced(ctx, ups)
+			return writeErr
+		})
+	}
 	e.mu.Lock()
 	e.dropFenced(ctx, fences, writeErr)
 	stopped := bctx.Err() != nil && ctx.Err() == nil
 	b.stop()
 	delete(e.builds, id)
 	close(b.done)
+	if stopped || err != nil {
+		e.rewrite[id] = true
+	} else {
+		delete(e.rewrite, id)
+	}
 	switch {
 	case stopped:
 		return 0, errBuildStopped

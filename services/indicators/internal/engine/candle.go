@@ -19,72 +19,91 @@ type TracedCandle struct {
 }
 
 // HandleCandles processes a batch of candle updates from VIGIL_CANDLES, in
-// their order (so candles of one series stay in stream order). Candles of
+// their order (so candles of one series stay in stream order), and calls
+// finish with the batch's results once its updates are sent. Candles of
 // series this instance does not run (another owner, a paused user, a
 // timeframe outside the mode) are ignored. Otherwise each candle's values
-// are computed, and the values of the whole batch are written to Redis in
-// one pipeline and published, the stream's acknowledgements awaited,
-// before it returns; a candle that does not fit the state (out of order,
-// too old for replay, a gap that Redis cannot fill, a series not in
-// memory) starts a rebuild of the series from Redis in the background
-// instead, after the updates computed before it were sent: the rebuild
-// runs without the engine's mutex, so neither this batch nor any other
-// user waits for it.
+// are computed under the engine's mutex, and HandleCandles returns; the
+// values of the whole batch are then written to Redis in one pipeline and
+// published, and the stream's acknowledgements awaited, without the mutex
+// and while the next batches are computed (the pipeline: at most
+// MaxInFlight batches, HandleCandles waits for a free slot; each batch's
+// write follows the previous batch's write and its publishes follow the
+// previous batch's acknowledgements). A candle that does not fit the state
+// (out of order, too old for replay, a gap that Redis cannot fill, a
+// series not in memory) starts a rebuild of the series from Redis in the
+// background instead, once the updates computed before it are sent: the
+// rebuild runs without the engine's mutex, so neither this batch nor any
+// other user waits for it.
 //
-// The result has one error per candle: nil when the candle is done (ack
-// it; also when its write was fenced, see flush); a *Rebuilding when its
+// finish gets one error per candle: nil when the candle is done (ack it;
+// also when its write was fenced, see dropFenced); a *Rebuilding when its
 // series is rebuilt for it (ack it when Done yields nil); ErrBuilding when
 // its series is being rebuilt already (deliver it again after a while;
 // the series is kept); otherwise the candle should be delivered again and
 // its series is dropped, so that the next candle of the series rebuilds
-// it from Redis.
-// ctx bounds the batch's writes and publishes; control verbs wait for the
-// whole batch.
-func (e *Engine) HandleCandles(ctx context.Context, batch []TracedCandle) []error {
-	errs := make([]error, len(batch))
+// it from Redis (and the series' updates computed after the failed ones,
+// in the batches in flight, are not sent either). ctx bounds the
+// computation and the batch's writes and publishes; finish is called
+// exactly once, on another goroutine unless ctx ended before the batch
+// got a slot.
+func (e *Engine) HandleCandles(ctx context.Context, candles []TracedCandle, finish func([]error)) {
+	errs := make([]error, len(candles))
+	select {
+	case e.pipe.slots <- struct{}{}:
+	case <-ctx.Done():
+		for i := range errs {
+			errs[i] = fmt.Errorf("candle %s %d: %w", candles[i].Candle.SeriesID, candles[i].Candle.Start, ctx.Err())
+		}
+		finish(errs)
+		return
+	}
+	b := &batch{written: make(chan struct{}), done: make(chan struct{}), finish: finish,
+		out:    &outbox{batch: candles, errs: errs},
+		series: map[contract.SeriesID]*series{}, failed: map[contract.SeriesID]error{}}
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	o := &outbox{batch: batch, errs: errs}
-	var handled []int
-	for i, tc := range batch {
+	e.begin(b)
+	e.compute(ctx, b)
+	e.mu.Unlock()
+	go e.sendBatch(ctx, b)
+}
+
+// compute applies the candles of batch b to their series and queues their
+// updates in b.out. The caller holds e.mu.
+func (e *Engine) compute(ctx context.Context, b *batch) {
+	o := b.out
+	for i, tc := range o.batch {
 		id := tc.Candle.SeriesID
 		if _, runs := e.runsSeries(id); !runs {
 			delete(e.series, id)
 			continue
 		}
 		if e.builds[id] != nil {
-			errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, ErrBuilding)
+			o.errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, ErrBuilding)
 			continue
 		}
 		if err := e.handleCandle(ctx, i, o); err != nil {
 			if r, ok := err.(*Rebuilding); ok {
-				errs[i] = r
+				o.errs[i] = r
 				continue
 			}
 			delete(e.series, id)
 			if !errors.Is(err, redisstore.ErrFenced) {
-				errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, err)
+				o.errs[i] = fmt.Errorf("candle %s %d: %w", id, tc.Candle.Start, err)
 			}
 			continue
 		}
-		handled = append(handled, i)
-	}
-	e.flush(ctx, o)
-	now := time.Now()
-	for _, i := range handled {
-		if c := batch[i].Candle; errs[i] == nil {
-			u := e.users[c.User]
-			u.lastCandle, u.lag = now, now.Sub(time.UnixMicro(c.Version))
+		b.handled = append(b.handled, i)
+		if s := e.series[id]; s != nil {
+			b.series[id] = s
 		}
 	}
-	return errs
 }
 
 // outbox holds the updates of a batch of candles until they are sent.
 type outbox struct {
 	batch []TracedCandle
-	// errs are the batch's results, set for the candles whose updates
-	// could not be sent.
+	// errs are the batch's results.
 	errs    []error
 	pending []outgoing
 	// from are the indexes of the candles with updates in pending.
@@ -102,30 +121,6 @@ func (o *outbox) add(i int, ups []contract.IndicatorUpdate) {
 	o.from = append(o.from, i)
 }
 
-// flush sends the queued updates. When that fails, every candle they came
-// from gets the error and its series is dropped (it is rebuilt from Redis
-// on its next candle, so nothing computed but unsent is lost). The
-// caller holds e.mu.
-//
-// A candle whose series' updates were fenced is done (acked): its
-// partition belongs to another instance, which claimed it before the
-// refused write and rebuilt the series from Redis after that, where the
-// feed had stored the candle before publishing it.
-func (e *Engine) flush(ctx context.Context, o *outbox) {
-	err := e.send(ctx, o.pending)
-	if errors.Is(err, redisstore.ErrFenced) {
-		err = nil // write dropped the fenced series; the others were sent
-	}
-	if err != nil {
-		for _, i := range o.from {
-			c := o.batch[i].Candle
-			o.errs[i] = fmt.Errorf("candle %s %d: %w", c.SeriesID, c.Start, err)
-			delete(e.series, c.SeriesID)
-		}
-	}
-	o.pending, o.from = o.pending[:0], o.from[:0]
-}
-
 // handleCandle computes candle i of the batch and queues its updates in
 // o, or rebuilds its series. The caller holds e.mu.
 func (e *Engine) handleCandle(ctx context.Context, i int, o *outbox) error {
@@ -136,14 +131,14 @@ func (e *Engine) handleCandle(ctx context.Context, i int, o *outbox) error {
 		s = nil
 	}
 	if s == nil {
-		return e.rebuildInBatch(ctx, i, o)
+		return e.rebuildInBatch(i, o)
 	}
 	filled, ok, err := e.fillGap(cctx, s, c)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return e.rebuildInBatch(ctx, i, o)
+		return e.rebuildInBatch(i, o)
 	}
 	began := time.Now()
 	ups, rebuild, err := s.apply(c)
@@ -153,18 +148,18 @@ func (e *Engine) handleCandle(ctx context.Context, i int, o *outbox) error {
 		e.log.WarnContext(cctx, "candle rejected", "series", id.String(), "start", c.Start, "err", err)
 		ups = nil
 	case rebuild:
-		return e.rebuildInBatch(ctx, i, o)
+		return e.rebuildInBatch(i, o)
 	}
 	o.add(i, append(filled, ups...))
 	return nil
 }
 
 // rebuildInBatch starts a rebuild of the series of candle i from Redis in
-// the background (rebuildInBackground), after sending the updates queued
-// before it, so that the series' updates stay in order, and returns the
-// *Rebuilding that tells when the candle is done. The caller holds e.mu.
-func (e *Engine) rebuildInBatch(ctx context.Context, i int, o *outbox) error {
-	e.flush(ctx, o)
+// the background (rebuildInBackground), which reads Redis once the updates
+// queued before it (in this batch and those in flight) are sent, so that
+// the series' updates stay in order, and returns the *Rebuilding that
+// tells when the candle is done. The caller holds e.mu.
+func (e *Engine) rebuildInBatch(i int, o *outbox) error {
 	return e.rebuildInBackground(o.batch[i].Ctx, o.batch[i].Candle.SeriesID)
 }
 

@@ -12,8 +12,13 @@
 // instead of being rebuilt.
 //
 // All state is guarded by one mutex that a batch of candle updates holds
-// from its arrival to its last write and publish, so a control verb waits
-// for the batch in flight and never interleaves with it. The heavy work of
+// while its values are computed; its writes and publishes follow without
+// the mutex, in order, while the next batches are computed (pipeline.go,
+// at most MaxInFlight batches in flight). A control verb waits for the
+// computation in flight and never interleaves with it; the verbs whose
+// result promises that nothing more is written for a series (pause,
+// forget) and every rebuild also wait until the batches computed before
+// them are sent. The heavy work of
 // a verb, rebuilding a series from every stored candle (recompute, a
 // parameter change, a series gained), runs outside that mutex (see
 // build), so one user's long series never delays another user's verbs or
@@ -111,6 +116,14 @@ type Engine struct {
 	graceRuns map[contract.SeriesID]bool
 	// builds are the series being rebuilt outside mu.
 	builds map[contract.SeriesID]*build
+	// rewrite are the series whose last write failed: their next rebuild
+	// writes every bar (writeAll), not only those from the newest stored
+	// point on, since a failed pipeline may have written some of its
+	// later commands (Redis refuses commands one by one).
+	rewrite map[contract.SeriesID]bool
+
+	// pipe orders the batches of candle updates being sent.
+	pipe pipeline
 
 	// bg ends the builds candles started in the background (Close);
 	// background counts them.
@@ -147,7 +160,7 @@ func New(cfg Config) (*Engine, error) {
 	bg, stopBg := context.WithCancel(context.Background())
 	return &Engine{store: cfg.Store, js: cfg.JS, owner: cfg.Owner, instance: cfg.Instance, name: cfg.Name, log: cfg.Log, metrics: m,
 		users: map[string]*user{}, series: map[contract.SeriesID]*series{}, books: map[contract.SeriesID]*book{},
-		builds: map[contract.SeriesID]*build{}, graceRuns: map[contract.SeriesID]bool{}, bg: bg, stopBg: stopBg}, nil
+		builds: map[contract.SeriesID]*build{}, rewrite: map[contract.SeriesID]bool{}, graceRuns: map[contract.SeriesID]bool{}, pipe: newPipeline(), bg: bg, stopBg: stopBg}, nil
 }
 
 // Close stops the rebuilds that candles started in the background and

@@ -73,27 +73,36 @@ type outgoing struct {
 }
 
 // send writes the updates to Redis in pipelines of redisstore.PipelineChunk, then publishes them
-// in order without waiting for each (updates of one series keep their
-// order on the stream) and waits for every acknowledgement of the stream.
-// When it returns nil, Redis and the stream hold every update; ctx bounds
-// the whole. Updates refused by their fence (write) are not published:
-// once the others are, send returns the *redisstore.FencedError.
+// (publishAll). When it returns nil, Redis and the stream hold every
+// update; ctx bounds the whole. Updates refused by their fence (write) are
+// not published: once the others are, send returns the
+// *redisstore.FencedError. The caller holds e.mu. (Candle batches take
+// the same steps in the pipeline, sendBatch.)
 func (e *Engine) send(ctx context.Context, out []outgoing) error {
 	if len(out) == 0 {
 		return nil
 	}
-	ups := make([]contract.IndicatorUpdate, len(out))
-	for i, o := range out {
-		ups[i] = o.update
-	}
-	written := e.write(ctx, ups)
+	written := e.write(ctx, updatesOf(out))
 	var fenced *redisstore.FencedError
 	if written != nil && !errors.As(written, &fenced) {
-		return fmt.Errorf("write %d indicator updates: %w", len(ups), written)
+		return fmt.Errorf("write %d indicator updates: %w", len(out), written)
 	}
 	if fenced != nil {
 		out = slices.DeleteFunc(slices.Clone(out), func(o outgoing) bool { return slices.Contains(fenced.Series, o.update.SeriesID) })
 	}
+	if err := e.publishAll(ctx, out); err != nil {
+		return err
+	}
+	if fenced != nil {
+		return written
+	}
+	return nil
+}
+
+// publishAll publishes the updates in order without waiting for each
+// (updates of one series keep their order on the stream) and waits for
+// every acknowledgement of the stream; ctx bounds the whole.
+func (e *Engine) publishAll(ctx context.Context, out []outgoing) error {
 	acks := make([]jetstream.PubAckFuture, len(out))
 	for i, o := range out {
 		msg, err := e.updateMsg(o.ctx, o.update)
@@ -113,9 +122,6 @@ func (e *Engine) send(ctx context.Context, out []outgoing) error {
 		case <-ctx.Done():
 			return fmt.Errorf("publish update of %s: %w", out[i].update.SeriesID, ctx.Err())
 		}
-	}
-	if fenced != nil {
-		return written
 	}
 	return nil
 }

@@ -14,8 +14,8 @@ import (
 	"vigil.dev/pkg/contract"
 )
 
-// Pause stops the user's series on this instance, after the candle update
-// in flight and the user's rebuilds in flight (stopped): the user's state
+// Pause stops the user's series on this instance, after the candle updates
+// in flight (sent) and the user's rebuilds in flight (stopped): the user's state
 // becomes st (or the known state marked paused) and their candles are
 // ignored until resume. The indicator state
 // of their candle series is kept (see keepsPaused) unless a candle of the
@@ -34,8 +34,9 @@ func (e *Engine) Pause(ctx context.Context, token string, st *contract.DesiredSt
 	}
 	e.mu.Lock()
 	done := e.stopBuilds(func(id contract.SeriesID) bool { return id.User == token })
+	computed := e.last()
 	e.mu.Unlock()
-	err = errors.Join(err, waitBuilds(ctx, done))
+	err = errors.Join(err, waitBuilds(ctx, done), e.awaitSent(ctx, computed))
 	return contract.IndicatorsSeriesResult{OwnerReply: contract.OwnerReply{Owner: before > 0}, Series: before}, err
 }
 
@@ -194,7 +195,8 @@ func (e *Engine) Recompute(ctx context.Context, id contract.SeriesID) (contract.
 }
 
 // Forget drops the in-memory state of the series matching args (candle
-// and order book), stops their rebuilds in flight and waits for them, and,
+// and order book), stops their rebuilds in flight and waits for them and
+// for the candle updates in flight (sent), and,
 // for ForgetGrace, rebuilds matching series from
 // Redis on each candle, so nothing read before the clear-cache that
 // follows is written back after it.
@@ -203,11 +205,12 @@ func (e *Engine) Forget(ctx context.Context, args contract.ForgetArgs) (res cont
 	if err = sel.Validate(); err != nil {
 		return contract.IndicatorsSeriesResult{}, err
 	}
-	e.mu.Lock() // waits for the candle update in flight
+	e.mu.Lock() // waits for the candle updates being computed
 	done := e.stopBuilds(sel.Matches)
 	defer func() {
+		computed := e.last()
 		e.mu.Unlock()
-		if werr := waitBuilds(ctx, done); werr != nil {
+		if werr := errors.Join(waitBuilds(ctx, done), e.awaitSent(ctx, computed)); werr != nil {
 			res, err = contract.IndicatorsSeriesResult{}, werr
 		}
 	}()

@@ -43,10 +43,16 @@ const (
 	// pullMessages is how many candles the client pulls ahead.
 	pullMessages = 256
 	// maxBatch is the most candles handled as one batch: one Redis
-	// pipeline and one round of publishes. With the pulled candles and
-	// those waiting for the batch loop, at most pullMessages + 2*maxBatch
-	// + 1 candles are delivered and not yet acked, below MaxAckPending.
+	// pipeline and one round of publishes. With the pulled candles, those
+	// waiting for the batch loop, the batch being formed and the
+	// engine.MaxInFlight batches being computed and sent, at most
+	// pullMessages + (engine.MaxInFlight+2)*maxBatch + 1 candles are
+	// delivered and not yet acked (1537), below maxAckPending.
 	maxBatch = 256
+	// maxAckPending is the most candles the server delivers and waits
+	// for acks of (the pipeline's, plus those waiting for their series'
+	// rebuild).
+	maxAckPending = 2000
 )
 
 // ErrCandle reports a candle message that is not a valid contract.Candle
@@ -83,12 +89,18 @@ func newCandleConsumer(ctx context.Context, rt *service.Runtime, members partiti
 			DeliverPolicy:     jetstream.DeliverNewPolicy,
 			AckPolicy:         jetstream.AckExplicitPolicy,
 			AckWait:           candleAckWait,
-			MaxAckPending:     1000,
+			MaxAckPending:     maxAckPending,
 			InactiveThreshold: consumerInactive,
 			MemoryStorage:     true,
 		},
 		PullMessages: pullMessages, MaxBatch: maxBatch,
-		Handle:  c.handle,
+		Handle: c.handle,
+		Settle: func(ctx context.Context) error {
+			if c.engine == nil {
+				return nil
+			}
+			return c.engine.Settle(ctx)
+		},
 		Changed: func(ctx context.Context) { c.engine.ConvergeAll(ctx) },
 		Lost:    func(ctx context.Context) { c.engine.ResetAll(ctx) },
 		Fence: func(ctx context.Context, k int) (int64, error) {
@@ -140,12 +152,12 @@ func (c *candleConsumer) Owns(key string) bool {
 
 // handle processes a batch of candle messages: each candle continues the
 // feed's trace in a span of its own, and the batch's writes and publishes
-// run in a span linked to them. It acks each candle after the engine wrote
-// and published, naks it (for a retry) when that failed, and terminates a
-// message that is not a valid candle.
+// run in a span linked to them. It returns once the engine computed the
+// batch; when the engine wrote and published its updates (while the next
+// batches are computed), it acks each candle, or naks it (for a retry)
+// when that failed. A message that is not a valid candle is terminated.
 func (c *candleConsumer) handle(msgs []jetstream.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), handleTimeout)
-	defer cancel()
 	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
 		c.pending.Store(int64(md.NumPending))
 	}
@@ -171,11 +183,20 @@ func (c *candleConsumer) handle(msgs []jetstream.Msg) {
 		links = append(links, trace.LinkFromContext(mctx))
 	}
 	if len(candles) == 0 {
+		cancel()
 		return
 	}
 	bctx, batchSpan := c.tracer.Start(ctx, "vigil-indicators candle batch", trace.WithLinks(links...),
 		trace.WithAttributes(attribute.Int("messaging.batch.message_count", len(candles))))
-	errs := c.engine.HandleCandles(bctx, candles)
+	c.engine.HandleCandles(bctx, candles, func(errs []error) {
+		defer cancel()
+		c.settle(candles, acks, spans, errs, batchSpan)
+	})
+}
+
+// settle acks, naks or leaves to its series' rebuild each candle of a
+// batch by its result from the engine, and ends the spans.
+func (c *candleConsumer) settle(candles []engine.TracedCandle, acks []jetstream.Msg, spans []trace.Span, errs []error, batchSpan trace.Span) {
 	failed := 0
 	for i, err := range errs {
 		tc, msg, span := candles[i], acks[i], spans[i]

@@ -24,11 +24,19 @@ func TestCandlesToIndicators(t *testing.T) {
 	h.waitMembers(1)
 	pm := contract.SeriesID{User: "tester", UserID: 7, ExchangeID: 3, Symbol: "BTC-USD", Timeframe: contract.TF1h}
 	mv := contract.SeriesID{User: "scalper", UserID: 8, ExchangeID: 4, Symbol: "ETH-USD", Timeframe: contract.TF1m}
-	h.putState(contract.DesiredState{User: pm.User, UserID: pm.UserID, ExchangeID: pm.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{pm.Symbol}})
-	h.putState(contract.DesiredState{User: mv.User, UserID: mv.UserID, ExchangeID: mv.ExchangeID, Mode: contract.ModeScalperMACDV, Symbols: []string{mv.Symbol}})
+	pmState := h.putState(contract.DesiredState{User: pm.User, UserID: pm.UserID, ExchangeID: pm.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{pm.Symbol}})
+	mvState := h.putState(contract.DesiredState{User: mv.User, UserID: mv.UserID, ExchangeID: mv.ExchangeID, Mode: contract.ModeScalperMACDV, Symbols: []string{mv.Symbol}})
 	eventually(t, 10*time.Second, func() error {
 		return statusHasUsers(h.statuses(1)[0], pm.User, mv.User)
 	})
+	// Status lists a user once its state is known, while its series may
+	// still be built (the users' states are applied concurrently); apply
+	// answers after the builds in flight. A first bar delivered during
+	// the build would wait for it and then be covered by a rebuild that
+	// publishes only the newest bar.
+	for _, st := range []contract.DesiredState{pmState, mvState} {
+		h.request(contract.VerbApply, contract.SvcRequest{User: st.User, State: &st}, 1)
+	}
 
 	all := candles(t, pm, 5000, 1)
 	macdv := candles(t, mv, 300, 0.05)
