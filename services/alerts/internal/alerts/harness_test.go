@@ -489,30 +489,9 @@ func (e *env) waitAlerts(want ...string) []streamAlert {
 // replies of n instances.
 func (e *env) svcReplies(verb contract.Verb, req contract.SvcRequest, n int) []contract.SvcReply {
 	e.t.Helper()
-	doc, err := json.Marshal(req)
+	replies, err := testenv.Verb(e.nc, contract.SvcAlerts, verb, req, n, waitTimeout)
 	if err != nil {
 		e.t.Fatal(err)
-	}
-	inbox := nats.NewInbox()
-	sub, err := e.nc.SubscribeSync(inbox)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := e.nc.PublishRequest(contract.SvcSubject(contract.SvcAlerts, verb), inbox, doc); err != nil {
-		e.t.Fatal(err)
-	}
-	var replies []contract.SvcReply
-	for len(replies) < n {
-		m, err := sub.NextMsg(waitTimeout)
-		if err != nil {
-			e.t.Fatalf("%s: %d of %d replies: %v", verb, len(replies), n, err)
-		}
-		var r contract.SvcReply
-		if err := json.Unmarshal(m.Data, &r); err != nil {
-			e.t.Fatal(err)
-		}
-		replies = append(replies, r)
 	}
 	return replies
 }

@@ -10,11 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/membership"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/control/internal/control"
 	"vigil.dev/services/control/internal/testpeer"
 )
 
@@ -96,7 +94,10 @@ func TestTwoInstancesNeverConcurrent(t *testing.T) {
 		}
 	}
 	t.Run("status", func(t *testing.T) {
-		replies := requestAll(t, e.nc, control.StatusSubject, `{"user":"alice"}`, 2)
+		replies, err := testenv.Verb(e.nc, contract.SvcControl, contract.VerbStatus, contract.SvcRequest{User: "alice"}, 2, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
 		var seen []string
 		for _, r := range replies {
 			if !r.OK {
@@ -119,33 +120,6 @@ func TestTwoInstancesNeverConcurrent(t *testing.T) {
 			t.Errorf("status answered by %v, want %v", seen, members)
 		}
 	})
-}
-
-// requestAll sends a request and collects n replies.
-func requestAll(t *testing.T, nc *nats.Conn, subject, body string, n int) []contract.SvcReply {
-	t.Helper()
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest(subject, inbox, []byte(body)); err != nil {
-		t.Fatal(err)
-	}
-	var out []contract.SvcReply
-	for len(out) < n {
-		m, err := sub.NextMsg(5 * time.Second)
-		if err != nil {
-			t.Fatalf("%d of %d replies: %v", len(out), n, err)
-		}
-		var r contract.SvcReply
-		if err := json.Unmarshal(m.Data, &r); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	return out
 }
 
 // TestExecutorKilled kills the control instance that runs a user's command

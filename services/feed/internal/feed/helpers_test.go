@@ -150,34 +150,10 @@ func (s *stack) call(t *testing.T, verb contract.Verb, req contract.SvcRequest, 
 	return replies
 }
 
+// tryCall is call returning an error when fewer than want instances
+// answer within timeout.
 func (s *stack) tryCall(verb contract.Verb, req contract.SvcRequest, want int, timeout time.Duration) ([]contract.SvcReply, error) {
-	inbox := s.nc.NewRespInbox()
-	sub, err := s.nc.SubscribeSync(inbox)
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Unsubscribe()
-	data, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.nc.PublishRequest(contract.SvcSubject(contract.SvcFeed, verb), inbox, data); err != nil {
-		return nil, err
-	}
-	deadline := time.Now().Add(timeout)
-	var out []contract.SvcReply
-	for len(out) < want {
-		msg, err := sub.NextMsg(time.Until(deadline))
-		if err != nil {
-			return out, err
-		}
-		var r contract.SvcReply
-		if err := json.Unmarshal(msg.Data, &r); err != nil {
-			return out, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return testenv.Verb(s.nc, contract.SvcFeed, verb, req, want, timeout)
 }
 
 // ownerReply picks the one reply whose result says owner:true.
@@ -240,21 +216,21 @@ func (s *stack) statuses(t *testing.T, instances int) map[string]statusView {
 
 // tryStatuses is statuses that reports failure instead of failing.
 func (s *stack) tryStatuses(instances int, timeout time.Duration) (map[string]statusView, error) {
-	replies, err := s.tryCall(contract.VerbStatus, contract.SvcRequest{}, instances, timeout)
+	raw, err := testenv.Statuses[json.RawMessage](s.nc, contract.SvcFeed, instances, timeout)
 	if err != nil {
-		return nil, fmt.Errorf("%d of %d replies: %w", len(replies), instances, err)
+		return nil, err
 	}
 	out := map[string]statusView{}
-	for _, r := range replies {
+	for id, result := range raw {
 		var v statusView
-		if err := json.Unmarshal(r.Result, &v); err != nil {
-			return nil, fmt.Errorf("status %s: %w", r.Result, err)
+		if err := json.Unmarshal(result, &v); err != nil {
+			return nil, fmt.Errorf("status %s: %w", result, err)
 		}
 		// Every field the feed sends is one of contract.FeedStatus.
-		if _, err := contract.DecodeStrict[contract.FeedStatus](r.Result); err != nil {
-			return nil, fmt.Errorf("status %s is not a contract.FeedStatus: %w", r.Result, err)
+		if _, err := contract.DecodeStrict[contract.FeedStatus](result); err != nil {
+			return nil, fmt.Errorf("status %s is not a contract.FeedStatus: %w", result, err)
 		}
-		out[r.Instance] = v
+		out[id] = v
 	}
 	return out, nil
 }

@@ -196,38 +196,13 @@ func (h *harness) request(verb contract.Verb, req contract.SvcRequest, want int)
 }
 
 // tryRequest is request returning an error when fewer than want
-// instances answer within timeout.
+// instances answer within timeout, or one answers an error.
 func (h *harness) tryRequest(verb contract.Verb, req contract.SvcRequest, want int, timeout time.Duration) ([]contract.SvcReply, error) {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
+	replies, err := testenv.Verb(h.nc, contract.SvcIndicators, verb, req, want, timeout)
+	if err == nil {
+		err = replies.AllOK()
 	}
-	inbox := nats.NewInbox()
-	sub, err := h.nc.SubscribeSync(inbox)
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Unsubscribe()
-	if err := h.nc.PublishRequest(contract.SvcSubject(contract.SvcIndicators, verb), inbox, body); err != nil {
-		return nil, err
-	}
-	var replies []contract.SvcReply
-	deadline := time.Now().Add(timeout)
-	for len(replies) < want {
-		msg, err := sub.NextMsg(time.Until(deadline))
-		if err != nil {
-			return replies, fmt.Errorf("%s: %d of %d replies: %w", verb, len(replies), want, err)
-		}
-		var r contract.SvcReply
-		if err := json.Unmarshal(msg.Data, &r); err != nil {
-			return replies, err
-		}
-		if !r.OK {
-			return replies, fmt.Errorf("%s: %s answered %+v", verb, r.Instance, r.Error)
-		}
-		replies = append(replies, r)
-	}
-	return replies, nil
+	return replies, err
 }
 
 // statuses returns the status of each of n instances.

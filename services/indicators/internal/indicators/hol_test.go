@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/testenv"
@@ -190,28 +188,23 @@ func (h *harness) asyncRequest(verb contract.Verb, req contract.SvcRequest) func
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	failed := func(err error) contract.SvcReply {
+		return contract.SvcReply{Error: &contract.Error{Code: contract.CodeInternal, Message: err.Error()}}
+	}
 	return func() chan contract.SvcReply {
 		out := make(chan contract.SvcReply, 1)
-		inbox := nats.NewInbox()
-		sub, err := h.nc.SubscribeSync(inbox)
-		if err == nil {
-			err = h.nc.PublishRequest(contract.SvcSubject(contract.SvcIndicators, verb), inbox, body)
-		}
+		sent, err := testenv.SendVerb(h.nc, contract.SvcIndicators, verb, body)
 		if err != nil {
-			out <- contract.SvcReply{Error: &contract.Error{Code: contract.CodeInternal, Message: err.Error()}}
+			out <- failed(err)
 			return out
 		}
 		go func() {
-			defer sub.Unsubscribe()
-			var r contract.SvcReply
-			msg, err := sub.NextMsg(5 * time.Minute)
-			if err == nil {
-				err = json.Unmarshal(msg.Data, &r)
+			replies := sent.Collect(1, 5*time.Minute)
+			if err := replies.Answered(1); err != nil {
+				out <- failed(err)
+				return
 			}
-			if err != nil {
-				r = contract.SvcReply{Error: &contract.Error{Code: contract.CodeInternal, Message: err.Error()}}
-			}
-			out <- r
+			out <- replies[0]
 		}()
 		return out
 	}

@@ -93,13 +93,14 @@ func benchmarkThroughput(b *testing.B, users int) {
 		testenv.PutState(b, js, st)
 	}
 	testenv.WaitFor(b, 60*time.Second, "the instance to run every series", func() bool {
-		msg, err := nc.Request(contract.SvcSubject(contract.SvcIndicators, contract.VerbStatus), []byte(`{}`), 2*time.Second)
+		sts, err := testenv.Statuses[contract.IndicatorsStatus](nc, contract.SvcIndicators, 1, 2*time.Second)
 		if err != nil {
 			return false
 		}
-		var reply contract.SvcReply
-		var st contract.IndicatorsStatus
-		return json.Unmarshal(msg.Data, &reply) == nil && json.Unmarshal(reply.Result, &st) == nil && st.Series == len(series)
+		for _, st := range sts { // the one instance's
+			return st.Series == len(series)
+		}
+		return false
 	})
 
 	candles := make([]contract.Candle, b.N)
