@@ -39,6 +39,12 @@ type member struct {
 	// set of partitions after each change.
 	handled map[int]int
 	ids     []string
+	// filtered is how many partitions the consumer had after its last
+	// Changed, which comes once the server's filter has them: a member
+	// owns a partition (Partitions) from its claim on, but a message
+	// published before the filter took it is skipped by this consumer
+	// (the service's rebuild from Redis after Changed covers it).
+	filtered int
 }
 
 // ledger records which member held which partition, to catch two holders.
@@ -88,8 +94,14 @@ func start(t *testing.T, js jetstream.JetStream, nc *nats.Conn, name string, led
 				_ = msg.Ack()
 			}
 		},
-		Changed: func(context.Context) { led.set(name, m.consumer.Partitions()) },
-		Log:     quiet,
+		Changed: func(context.Context) {
+			parts := m.consumer.Partitions()
+			led.set(name, parts)
+			m.mu.Lock()
+			m.filtered = len(parts)
+			m.mu.Unlock()
+		},
+		Log: quiet,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +110,13 @@ func start(t *testing.T, js jetstream.JetStream, nc *nats.Conn, name string, led
 		t.Fatal(err)
 	}
 	return m
+}
+
+// filteredCount is how many partitions the member's consumer filters on.
+func (m *member) filteredCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.filtered
 }
 
 func (m *member) count() int {
@@ -133,7 +152,7 @@ func TestPartitionsSplitAndHandOver(t *testing.T) {
 	}
 	led := &ledger{holders: map[int]string{}}
 	a := start(t, js, nc, "a", led)
-	testenv.WaitFor(t, 2*time.Minute, "a to own every partition", func() bool { return len(a.consumer.Partitions()) == partitions })
+	testenv.WaitFor(t, 2*time.Minute, "a to own and filter on every partition", func() bool { return a.filteredCount() == partitions })
 	// Owning them all, a filters on the stream's subjects, not on 16
 	// partition subjects (the server's fast path).
 	info, err := a.consumer.Info(context.Background())
@@ -153,7 +172,7 @@ func TestPartitionsSplitAndHandOver(t *testing.T) {
 		var union []int
 		for _, m := range all {
 			p := m.consumer.Partitions()
-			if len(p) < partitions/3 || len(p) > partitions/3+1 {
+			if len(p) < partitions/3 || len(p) > partitions/3+1 || m.filteredCount() != len(p) {
 				return false
 			}
 			union = append(union, p...)
@@ -181,8 +200,8 @@ func TestPartitionsSplitAndHandOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	all = all[:2]
-	testenv.WaitFor(t, 2*time.Minute, "a and b to own every partition", func() bool {
-		return len(a.consumer.Partitions())+len(b.consumer.Partitions()) == partitions
+	testenv.WaitFor(t, 2*time.Minute, "a and b to own and filter on every partition", func() bool {
+		return a.filteredCount()+b.filteredCount() == partitions
 	})
 	publish(t, js, 2000, 2600)
 	testenv.WaitFor(t, 2*time.Minute, "2600 messages handled", func() bool { return total() >= 2600 })
@@ -291,7 +310,8 @@ func TestLeaseBucketDeletedWhileRunning(t *testing.T) {
 	a := start(t, js, nc, "a", led)
 	b := start(t, js, nc, "b", led)
 	testenv.WaitFor(t, 2*time.Minute, "a and b to split the partitions", func() bool {
-		return len(a.consumer.Partitions()) == partitions/2 && len(b.consumer.Partitions()) == partitions/2
+		return a.filteredCount() == partitions/2 && b.filteredCount() == partitions/2 &&
+			len(a.consumer.Partitions()) == partitions/2 && len(b.consumer.Partitions()) == partitions/2
 	})
 	leasesNameTheOwners := func() bool {
 		kv, err := js.KeyValue(ctx, partition.LeaseBucket)
@@ -328,7 +348,7 @@ func TestLeaseBucketDeletedWhileRunning(t *testing.T) {
 	if err := b.group.Leave(ctx); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, time.Minute, "a to own every partition", func() bool { return len(a.consumer.Partitions()) == partitions })
+	testenv.WaitFor(t, time.Minute, "a to own and filter on every partition", func() bool { return a.filteredCount() == partitions })
 	publish(t, js, 300, 600)
 	testenv.WaitFor(t, time.Minute, "600 messages handled", func() bool { return a.count()+b.count() >= 600 })
 	seen := map[string]bool{}
