@@ -326,6 +326,14 @@ func (h *harness) waitUpdate(id contract.SeriesID, start int64, closed bool) rec
 	return got
 }
 
+// monitorPositions gives id's user the position-monitor mode on id's
+// symbol and waits until the one instance runs the user.
+func (h *harness) monitorPositions(id contract.SeriesID) {
+	h.t.Helper()
+	h.putState(contract.DesiredState{User: id.User, UserID: id.UserID, ExchangeID: id.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
+	eventually(h.t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
+}
+
 // waitAllAcked waits until every consumer of VIGIL_CANDLES has acked
 // every candle: none waits for delivery or acknowledgement.
 func (h *harness) waitAllAcked() {

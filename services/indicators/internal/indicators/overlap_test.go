@@ -37,8 +37,7 @@ func TestFailedWriteIsNotOvertaken(t *testing.T) {
 	instance.startInstance("solo")
 	h.waitMembers(1)
 	id := contract.SeriesID{User: "overlap", UserID: 13, ExchangeID: 5, Symbol: "BTC-USD", Timeframe: contract.TF1h}
-	h.putState(contract.DesiredState{User: id.User, UserID: id.UserID, ExchangeID: id.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
-	eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
+	h.monitorPositions(id)
 	data := candles(t, id, 120, 1)
 	h.feed(data[:100]...)
 	h.waitUpdate(id, data[99].Start, true)

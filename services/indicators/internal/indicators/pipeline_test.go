@@ -206,8 +206,7 @@ func TestConsumerLost(t *testing.T) {
 	h.startInstance("solo")
 	ids := h.waitMembers(1)
 	id := contract.SeriesID{User: "lost", UserID: 9, ExchangeID: 1, Symbol: "BTC-USD", Timeframe: contract.TF4h}
-	h.putState(contract.DesiredState{User: id.User, UserID: id.UserID, ExchangeID: id.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
-	eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
+	h.monitorPositions(id)
 	data := candles(t, id, 200, 1)
 	h.feed(data[:100]...)
 	h.waitUpdate(id, data[99].Start, true)
@@ -245,8 +244,7 @@ func TestFirstBarStoredButNotYetPublished(t *testing.T) {
 	h.startInstance("solo")
 	h.waitMembers(1)
 	id := contract.SeriesID{User: "early", UserID: 21, ExchangeID: 6, Symbol: "BTC-USD", Timeframe: contract.TF1h}
-	h.putState(contract.DesiredState{User: id.User, UserID: id.UserID, ExchangeID: id.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
-	eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
+	h.monitorPositions(id)
 
 	data := candles(t, id, 80, 1)
 	if _, err := h.store.WriteCandle(context.Background(), data[0]); err != nil {

@@ -69,8 +69,7 @@ func TestFailedBatchIsRedelivered(t *testing.T) {
 			ids := h.waitMembers(1)
 			consumer := contract.ServiceIndicators + "-" + ids["solo"]
 			id := contract.SeriesID{User: "retry", UserID: 12, ExchangeID: 5, Symbol: "BTC-USD", Timeframe: contract.TF1h}
-			h.putState(contract.DesiredState{User: id.User, UserID: id.UserID, ExchangeID: id.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
-			eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
+			h.monitorPositions(id)
 
 			data := candles(t, id, 300, 1)
 			h.feed(data[:100]...)
