@@ -99,6 +99,9 @@ type env struct {
 
 	mu        sync.Mutex
 	instances []*instance
+	// published is the stream sequence of the latest update published
+	// for each user (settle waits until its owner was delivered it).
+	published map[string]uint64
 }
 
 func newEnv(t testing.TB) *env {
@@ -116,7 +119,7 @@ func newEnvOn(t testing.TB, databaseURL string) *env {
 		log.mu.Unlock()
 	})
 	srv := testenv.StartNATS(t)
-	e := &env{t: t, log: log, clock: &clock{now: time.Unix(base, 0)}}
+	e := &env{t: t, log: log, clock: &clock{now: time.Unix(base, 0)}, published: map[string]uint64{}}
 	e.cfg = Config{
 		NATS:     config.NATS{URL: srv.URL(), Partitions: config.DefaultPartitions},
 		Service:  config.Service{LogLevel: "info", ShutdownTimeout: 10 * time.Second},
@@ -255,7 +258,11 @@ func (e *env) waitFor(what string, cond func() (bool, error)) {
 }
 
 // settle waits until every running instance has acknowledged every update
-// published so far.
+// published so far. The server acknowledges a publish before it counts
+// the message as pending for the consumers (it tells them asynchronously),
+// so on a loaded machine the pending counts can still be zero just after
+// a publish: each instance must also have been delivered the latest
+// update published for each user it owns.
 func (e *env) settle() {
 	e.t.Helper()
 	ctx := context.Background()
@@ -269,12 +276,26 @@ func (e *env) settle() {
 			if err != nil {
 				return false, err
 			}
-			if info.NumPending > 0 || info.NumAckPending > 0 {
+			if info.NumPending > 0 || info.NumAckPending > 0 || info.Delivered.Stream < e.lastPublished(in) {
 				return false, nil
 			}
 		}
 		return true, nil
 	})
+}
+
+// lastPublished is the stream sequence of the latest update published for
+// a user whose partition in owns (0 when none).
+func (e *env) lastPublished(in *instance) uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var last uint64
+	for user, seq := range e.published {
+		if in.consumer.OwnsKey(user) {
+			last = max(last, seq)
+		}
+	}
+	return last
 }
 
 // userState is a test user's desired state in position-monitor mode.
@@ -362,9 +383,13 @@ func (e *env) publish(u contract.IndicatorUpdate, suffix string, h nats.Header) 
 		msg.Header[k] = v
 	}
 	msg.Header.Set(jetstream.MsgIDHeader, u.SeriesID.String()+":"+strconv.FormatInt(u.Start, 10)+":"+strconv.FormatInt(u.Version, 10)+suffix)
-	if _, err := e.js.PublishMsg(context.Background(), msg); err != nil {
+	ack, err := e.js.PublishMsg(context.Background(), msg)
+	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.published[u.User] = max(e.published[u.User], ack.Sequence)
 }
 
 // streamAlert is an alert as found in VIGIL_ALERTS.
