@@ -117,17 +117,13 @@ func converged(members []member, want []string) error {
 func waitConverged(t *testing.T, members []member, want []string) time.Duration {
 	t.Helper()
 	start := time.Now()
-	var last error
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if last = converged(members, want); last == nil {
-			return time.Since(start)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if err := converged(members, want); err != nil {
+			return fmt.Errorf("ownership did not converge: %w", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ownership did not converge: %v", last)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+	return time.Since(start)
 }
 
 // requireStable checks that, once two heartbeat timeouts have passed since

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -154,14 +155,37 @@ func (p *Proc) Stop() { _ = p.ServiceProcess.Stop(15 * time.Second) }
 // or timeout passes, then fails the test naming what it waited for.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	// Polled every 5 ms at first, backing off to every 50 ms.
-	for pause := 5 * time.Millisecond; !cond(); pause = min(2*pause, 50*time.Millisecond) {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		case <-time.After(pause):
+	if poll(timeout, func() error {
+		if cond() {
+			return nil
 		}
+		return errNotYet
+	}) != nil {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
+}
+
+// Eventually polls check as WaitFor polls its condition until it returns
+// nil or timeout passes, then fails the test with check's last error.
+func Eventually(t testing.TB, timeout time.Duration, check func() error) {
+	t.Helper()
+	if err := poll(timeout, check); err != nil {
+		t.Fatalf("after %s: %v", timeout, err)
+	}
+}
+
+// errNotYet is WaitFor's condition not yet true.
+var errNotYet = errors.New("not yet")
+
+// poll calls check (every 5 ms at first, backing off to every 50 ms)
+// until it returns nil, or returns its last error once timeout passed.
+func poll(timeout time.Duration, check func() error) error {
+	deadline := time.Now().Add(timeout)
+	for pause := 5 * time.Millisecond; ; pause = min(2*pause, 50*time.Millisecond) {
+		err := check()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(min(pause, time.Until(deadline)+time.Millisecond))
 	}
 }

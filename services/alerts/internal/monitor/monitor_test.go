@@ -3,6 +3,7 @@ package monitor_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/alerts/internal/monitor"
 	"vigil.dev/services/alerts/internal/record"
 	"vigil.dev/services/alerts/internal/rules"
@@ -69,22 +71,17 @@ func (r *recorder) set(down bool, reach int) {
 	r.down, r.reach = down, reach
 }
 
-// waitTries waits until Record was called n times, at most ten seconds.
+// waitTries waits until Record was called n times.
 func (r *recorder) waitTries(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		r.mu.Lock()
-		attempts := r.attempts
-		r.mu.Unlock()
-		if attempts >= n {
-			return
+		defer r.mu.Unlock()
+		if r.attempts < n {
+			return fmt.Errorf("%d attempts to record, want %d", r.attempts, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d attempts to record, want %d", attempts, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // recorded is the stream's alert ids in order and the table's, sorted.

@@ -231,21 +231,16 @@ func checkRestoredNATS(ctx context.Context, t *testing.T, o *origin, js jetstrea
 		t.Errorf("last alert of alice after restore: %v %v", msg, err)
 	}
 	// A replicated consumer reports an empty state until it has a leader.
-	var info *jetstream.ConsumerInfo
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	testenv.Eventually(t, 60*time.Second, func() error {
 		cons, err := alerts.Consumer(ctx, "projector")
-		if err == nil {
-			info = cons.CachedInfo()
-			if info.AckFloor.Stream == 2 && info.NumPending == 1 {
-				break
-			}
+		if err != nil {
+			return fmt.Errorf("restored consumer of VIGIL_ALERTS: %w", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restored consumer of VIGIL_ALERTS: %+v %v; want ack floor 2 and 1 pending", info, err)
+		if info := cons.CachedInfo(); info.AckFloor.Stream != 2 || info.NumPending != 1 {
+			return fmt.Errorf("restored consumer of VIGIL_ALERTS: %+v; want ack floor 2 and 1 pending", info)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	// docs/deploy.md says so: the server does not rebuild a restored
 	// stream's duplicate window, so an id published again right after a
 	// restore is stored again (the projections keep one row per id).

@@ -96,7 +96,7 @@ func TestProjectorCatchesUpAfterAnOutage(t *testing.T) {
 	}
 	run("alice", "up-", 5)
 	run("bob", "up-", 5) // the same ids for another user are other commands
-	waitUntil(t, "the rows written while PostgreSQL is up", func() bool { r, f := count(); return r == 10 && f == 10 })
+	testenv.WaitFor(t, time.Minute, "the rows written while PostgreSQL is up", func() bool { r, f := count(); return r == 10 && f == 10 })
 
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
@@ -108,7 +108,7 @@ func TestProjectorCatchesUpAfterAnOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the rows of the outage", func() bool { r, f := count(); return r == 20 && f == 20 })
+	testenv.WaitFor(t, time.Minute, "the rows of the outage", func() bool { r, f := count(); return r == 20 && f == 20 })
 	t.Logf("command_log complete %s after PostgreSQL started again", time.Since(began).Round(time.Millisecond))
 	var dups int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT user_token, id FROM command_log GROUP BY 1, 2 HAVING count(*) > 1) d`).Scan(&dups); err != nil || dups != 0 {
@@ -120,17 +120,6 @@ func TestProjectorCatchesUpAfterAnOutage(t *testing.T) {
 	}
 	if seqs != "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15" {
 		t.Fatalf("alice's seqs %s", seqs)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 )
 
 // TestOrderBook publishes level2 snapshots like the feed in the
@@ -22,7 +23,7 @@ func TestOrderBook(t *testing.T) {
 	st := contract.DesiredState{User: "ob", UserID: 31, ExchangeID: 5, Mode: contract.ModeScalperOrderbook,
 		Symbols: []string{"BTC-USD", "ETH-USD"}, Settings: contract.Settings{Indicators: contract.IndicatorParams{DepthBps: depthBps}}}
 	h.putState(st)
-	eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], "ob") })
+	testenv.Eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], "ob") })
 	btc := contract.SeriesID{User: "ob", UserID: 31, ExchangeID: 5, Symbol: "BTC-USD", Timeframe: contract.TF1m}
 	eth := btc
 	eth.Symbol = "ETH-USD"
@@ -79,7 +80,7 @@ func TestOrderBook(t *testing.T) {
 	first := h.waitUpdate(btc, minute.Unix(), false)
 	check(first, bids1, asks1)
 	publish("BTC-USD", minute.Add(20*time.Second), bids2, asks2)
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if n := len(h.received(func(r received) bool { return r.SeriesID == btc && !r.Closed })); n != 2 {
 			return fmt.Errorf("%d in-progress updates, want 2", n)
 		}
@@ -111,7 +112,7 @@ func TestOrderBook(t *testing.T) {
 	publish("ETH-USD", time.Now().UTC(), bids1, nil)
 	publish("BTC-USD", minute.Add(70*time.Second), bids2, asks2)
 	h.waitUpdate(btc, minute.Add(time.Minute).Unix(), false)
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if rs := h.received(func(r received) bool { return r.SeriesID == btc && r.Start == minute.Add(time.Minute).Unix() }); len(rs) != 2 {
 			return fmt.Errorf("%d updates of the open minute, want 2", len(rs))
 		}

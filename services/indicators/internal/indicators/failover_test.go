@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 )
 
 // TestFailover runs two instances, kills one while candles flow (a
@@ -47,7 +48,7 @@ func TestFailover(t *testing.T) {
 			}
 			h.putState(contract.DesiredState{User: "fo", UserID: 11, ExchangeID: 2, Mode: contract.ModePositionMonitor, Symbols: symbols})
 			series := append(slices.Clone(owned[ids["victim"]]), owned[ids["survivor"]]...)
-			eventually(t, 10*time.Second, func() error {
+			testenv.Eventually(t, 10*time.Second, func() error {
 				n := 0
 				for _, st := range h.statuses(2) {
 					n += st.Users["fo"].Series

@@ -44,7 +44,7 @@ func TestFormerOwnerCutOffIsFenced(t *testing.T) {
 
 	id := contract.SeriesID{User: "fz", UserID: 41, ExchangeID: 2, Symbol: "BTC-USD", Timeframe: contract.TF1h}
 	h.putState(contract.DesiredState{User: "fz", UserID: 41, ExchangeID: 2, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
-	eventually(t, 30*time.Second, func() error {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		if n := h.statuses(1)[0].Users["fz"].Series; n != 3 {
 			return fmt.Errorf("%d series running", n)
 		}
@@ -71,7 +71,7 @@ func TestFormerOwnerCutOffIsFenced(t *testing.T) {
 	// The feed stores and publishes bar b; a new instance takes over.
 	h.feed(data[b])
 	h.startInstance("successor")
-	eventually(t, 60*time.Second, func() error {
+	testenv.Eventually(t, 60*time.Second, func() error {
 		rs := h.received(func(r received) bool {
 			return r.SeriesID == id && r.Start == data[b].Start && r.instance != zombie
 		})

@@ -235,7 +235,7 @@ func (h *harness) tryStatuses(n int) ([]contract.IndicatorsStatus, error) {
 func (h *harness) waitMembers(n int) map[string]string {
 	h.t.Helper()
 	ids := map[string]string{}
-	eventually(h.t, 30*time.Second, func() error {
+	testenv.Eventually(h.t, 30*time.Second, func() error {
 		clear(ids)
 		sts, err := h.tryStatuses(n)
 		if err != nil {
@@ -315,7 +315,7 @@ func (h *harness) received(keep func(received) bool) []received {
 func (h *harness) waitUpdate(id contract.SeriesID, start int64, closed bool) received {
 	h.t.Helper()
 	var got received
-	eventually(h.t, 60*time.Second, func() error {
+	testenv.Eventually(h.t, 60*time.Second, func() error {
 		rs := h.received(func(r received) bool { return r.SeriesID == id && r.Start == start && r.Closed == closed })
 		if len(rs) == 0 {
 			return fmt.Errorf("no update of %s at %d (closed %v)", id, start, closed)
@@ -331,7 +331,7 @@ func (h *harness) waitUpdate(id contract.SeriesID, start int64, closed bool) rec
 func (h *harness) monitorPositions(id contract.SeriesID) {
 	h.t.Helper()
 	h.putState(contract.DesiredState{User: id.User, UserID: id.UserID, ExchangeID: id.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
-	eventually(h.t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
+	testenv.Eventually(h.t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], id.User) })
 }
 
 // waitAllAcked waits until every consumer of VIGIL_CANDLES has acked
@@ -339,7 +339,7 @@ func (h *harness) monitorPositions(id contract.SeriesID) {
 func (h *harness) waitAllAcked() {
 	h.t.Helper()
 	ctx := context.Background()
-	eventually(h.t, 30*time.Second, func() error {
+	testenv.Eventually(h.t, 30*time.Second, func() error {
 		stream, err := h.js.Stream(ctx, contract.StreamCandles)
 		if err != nil {
 			return err
@@ -369,22 +369,6 @@ func (h *harness) stored(id contract.SeriesID, name string) map[int64]redisstore
 		out[p.Start] = p
 	}
 	return out
-}
-
-// eventually polls check until it returns nil or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 }
 
 // candles turns the first n reference bars into closed candles of series

@@ -282,7 +282,7 @@ func TestCandleRebuildRunsBesideOtherUsers(t *testing.T) {
 		return r.SeriesID == heavy && r.Start == newest.Start && r.Version == corrected.Version
 	}
 	var alice received
-	eventually(t, 60*time.Second, func() error {
+	testenv.Eventually(t, 60*time.Second, func() error {
 		rs := h.received(func(r received) bool { return isBob(r) || isRebuilt(r) })
 		for _, r := range rs {
 			if isRebuilt(r) {

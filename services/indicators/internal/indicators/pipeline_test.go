@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 )
 
 // positionMonitor is the indicator set of position-monitor with the
@@ -26,7 +27,7 @@ func TestCandlesToIndicators(t *testing.T) {
 	mv := contract.SeriesID{User: "scalper", UserID: 8, ExchangeID: 4, Symbol: "ETH-USD", Timeframe: contract.TF1m}
 	pmState := h.putState(contract.DesiredState{User: pm.User, UserID: pm.UserID, ExchangeID: pm.ExchangeID, Mode: contract.ModePositionMonitor, Symbols: []string{pm.Symbol}})
 	mvState := h.putState(contract.DesiredState{User: mv.User, UserID: mv.UserID, ExchangeID: mv.ExchangeID, Mode: contract.ModeScalperMACDV, Symbols: []string{mv.Symbol}})
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		return statusHasUsers(h.statuses(1)[0], pm.User, mv.User)
 	})
 	// Status lists a user once its state is known, while its series may
@@ -217,7 +218,7 @@ func TestConsumerLost(t *testing.T) {
 	// Candles published before the consumer is back reach the series
 	// through the rebuild; keep feeding the last bar's newer versions
 	// until one is delivered.
-	eventually(t, 30*time.Second, func() error {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		if points := h.stored(id, "ema_20"); points[data[199].Start].Closed {
 			return nil
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 )
 
 // TestFailedBatchIsRedelivered makes the writes of the indicator values
@@ -78,7 +79,7 @@ func TestFailedBatchIsRedelivered(t *testing.T) {
 			restore := tt.fail(t, h, redisUser)
 			h.feedBurst(data[100:200])
 			// The candles of the failure are delivered again, never acked.
-			eventually(t, 30*time.Second, func() error {
+			testenv.Eventually(t, 30*time.Second, func() error {
 				info, err := h.js.Consumer(context.Background(), contract.StreamCandles, consumer)
 				if err != nil {
 					return err
@@ -93,7 +94,7 @@ func TestFailedBatchIsRedelivered(t *testing.T) {
 			h.feedBurst(data[200:])
 			last := data[len(data)-1]
 			h.waitUpdate(id, last.Start, true)
-			eventually(t, 30*time.Second, func() error {
+			testenv.Eventually(t, 30*time.Second, func() error {
 				info, err := h.js.Consumer(context.Background(), contract.StreamCandles, consumer)
 				if err != nil {
 					return err

@@ -55,7 +55,7 @@ func TestMatchesCTalibReference(t *testing.T) {
 			t.Fatalf("reference indicator %s is computed for no user", name)
 		}
 	}
-	eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], "ref-a", "ref-b", "ref-c") })
+	testenv.Eventually(t, 10*time.Second, func() error { return statusHasUsers(h.statuses(1)[0], "ref-a", "ref-b", "ref-c") })
 
 	series := make([][]contract.Candle, len(users))
 	for k, u := range users {

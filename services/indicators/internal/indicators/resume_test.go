@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/testenv"
 	"vigil.dev/services/indicators/internal/catalog"
 	"vigil.dev/services/indicators/internal/ta"
 )
@@ -44,7 +45,7 @@ func TestResumeIsExact(t *testing.T) {
 				Mode: contract.ModePositionMonitor, Symbols: []string{id.Symbol}})
 			h.putState(contract.DesiredState{User: other.User, UserID: other.UserID, ExchangeID: other.ExchangeID,
 				Mode: contract.ModePositionMonitor, Symbols: []string{other.Symbol}})
-			eventually(t, 10*time.Second, func() error {
+			testenv.Eventually(t, 10*time.Second, func() error {
 				st := h.statuses(1)[0]
 				if n := st.Users[id.User].Series + st.Users[other.User].Series; n != 6 {
 					return fmt.Errorf("%d series running, want 6", n)
@@ -104,7 +105,7 @@ func TestResumeIsExact(t *testing.T) {
 			if want.start != data[140].Start || !maps.EqualFunc(next.Values, want.values, maps.Equal) {
 				t.Fatalf("update of bar 140 after resume:\n got %v\nwant %v (bar %d)", next.Values, want.values, want.start)
 			}
-			eventually(t, 10*time.Second, func() error { return sameAsStored(h, id, fresh) })
+			testenv.Eventually(t, 10*time.Second, func() error { return sameAsStored(h, id, fresh) })
 		})
 	}
 }

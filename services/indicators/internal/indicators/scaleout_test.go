@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/testenv"
 )
 
 // TestScaleOut (issue 13, 4a; build tag scaleout, make test-scaleout:
@@ -46,7 +47,7 @@ func TestScaleOut(t *testing.T) {
 		}
 		h.putState(st)
 	}
-	eventually(t, 60*time.Second, func() error {
+	testenv.Eventually(t, 60*time.Second, func() error {
 		for _, st := range h.statuses(3) {
 			if len(st.Users) != users {
 				return fmt.Errorf("%s knows %d users", st.Instance, len(st.Users))
@@ -66,7 +67,7 @@ func TestScaleOut(t *testing.T) {
 		}
 		feedChunked(t, h, cs)
 		last := all[to-1].Start
-		eventually(t, 4*time.Minute, func() error {
+		testenv.Eventually(t, 4*time.Minute, func() error {
 			done := map[contract.SeriesID]bool{}
 			for _, r := range h.received(func(r received) bool { return r.Start == last && r.Closed }) {
 				done[r.SeriesID] = true
@@ -135,7 +136,7 @@ func TestScaleOut(t *testing.T) {
 // of every partition of VIGIL_CANDLES, within one of each other.
 func waitSplit(t *testing.T, h *harness, n int) {
 	t.Helper()
-	eventually(t, 60*time.Second, func() error {
+	testenv.Eventually(t, 60*time.Second, func() error {
 		sts, err := h.tryStatuses(n)
 		if err != nil {
 			return err

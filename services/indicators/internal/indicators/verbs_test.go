@@ -10,6 +10,7 @@ import (
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/redisstore"
+	"vigil.dev/pkg/testenv"
 )
 
 // results decodes the result of each reply into T.
@@ -54,7 +55,7 @@ func TestControlVerbs(t *testing.T) {
 		}
 		h.waitUpdate(b, dataB[to-1].Start, true)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		n := 0
 		for _, st := range h.statuses(2) {
 			n += st.Users["alice"].Series + st.Users["bob"].Series
