@@ -90,8 +90,9 @@ type Entry struct {
 	// another digest is a conflict.
 	Digest string `json:"digest"`
 	// Chosen is set when the requester chose the id (header or payload):
-	// only such an id can name an older command.
-	Chosen bool `json:"-"`
+	// only such an id can name an older command, so only such ids are
+	// kept in the queue's Recent after they settle.
+	Chosen bool `json:"chosen,omitempty"`
 	// TraceParent is the W3C traceparent of the accepting span.
 	TraceParent string `json:"trace_parent,omitempty"`
 	TraceID     string `json:"trace_id,omitempty"`
@@ -180,8 +181,11 @@ func PayloadDigest(cmd contract.Command, payload []byte) string {
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// Recent is an id accepted within DedupeWindow, or settled (its result
-// published and the command removed from the queue) within DedupeWindow.
+// Recent is an id the requester chose (Entry.Chosen), accepted within
+// DedupeWindow, or settled (its result published and the command removed
+// from the queue) within DedupeWindow. Ids vigil-control generated are
+// not kept: no requester can repeat a request under them, and the
+// queue's entry, rewritten by every write on the ACK path, stays small.
 type Recent struct {
 	ID         string           `json:"id"`
 	Command    contract.Command `json:"command"`
@@ -200,12 +204,13 @@ func (r Recent) expired(now time.Time) bool {
 
 // Ledger reads and writes VIGIL_QUEUE.
 type Ledger struct {
-	kv       jetstream.KeyValue
-	now      func() time.Time
-	onChange func(user string)
-	used     func(ctx context.Context, user, id string) (bool, error)
-	watcher  jetstream.KeyWatcher
-	done     chan struct{}
+	kv        jetstream.KeyValue
+	now       func() time.Time
+	onChange  func(user string)
+	used      func(ctx context.Context, user, id string) (bool, error)
+	published func(ctx context.Context, user, id string) (bool, error)
+	watcher   jetstream.KeyWatcher
+	done      chan struct{}
 
 	mu    sync.Mutex
 	cache map[string]cached
@@ -228,6 +233,11 @@ type Options struct {
 	// it for ids the requester chose that the queue does not know. Nil:
 	// such ids are taken as new.
 	Used func(ctx context.Context, user, id string) (bool, error)
+	// Published reports whether user's id has a result in VIGIL_RESULTS,
+	// asking the stream itself (ResultIndex.Published); Record asks it
+	// for the target of a cancel that the queue does not know, to refuse
+	// it as too late. Nil: such targets name no command.
+	Published func(ctx context.Context, user, id string) (bool, error)
 }
 
 // Open opens the bucket (natsx.EnsureControl creates it), loads every
@@ -237,7 +247,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Ledger, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %w", ErrStore, natsx.BucketQueue, err)
 	}
-	l := &Ledger{kv: kv, now: opts.Now, onChange: opts.OnChange, used: opts.Used, cache: map[string]cached{}, done: make(chan struct{})}
+	l := &Ledger{kv: kv, now: opts.Now, onChange: opts.OnChange, used: opts.Used, published: opts.Published, cache: map[string]cached{}, done: make(chan struct{})}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -280,6 +290,9 @@ func (l *Ledger) watch(loaded chan struct{}) {
 		if err != nil {
 			continue
 		}
+		if l.has(user, e.Revision()) {
+			continue // written by this instance: cached when written
+		}
 		var q Queue
 		if e.Operation() == jetstream.KeyValuePut {
 			if err := json.Unmarshal(e.Value(), &q); err != nil {
@@ -293,6 +306,14 @@ func (l *Ledger) watch(loaded chan struct{}) {
 	if initial {
 		close(loaded)
 	}
+}
+
+// has reports whether the cache holds user's queue at rev or newer.
+func (l *Ledger) has(user string, rev uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.cache[user]
+	return ok && c.rev >= rev
 }
 
 // store caches q at rev unless the cache holds a newer revision.
@@ -384,6 +405,7 @@ func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contr
 	if err := l.checkOld(ctx, e, now); err != nil {
 		return contract.Ack{}, false, err
 	}
+	targetSettled := l.cancelTargetSettled(ctx, e)
 	_, err = l.update(ctx, e.User, func(q *Queue) (bool, error) {
 		ack, duplicate = contract.Ack{}, false
 		q.Recent = slices.DeleteFunc(q.Recent, func(r Recent) bool { return r.expired(now) })
@@ -401,12 +423,14 @@ func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contr
 		e.Seq, e.AcceptedAt, e.Position = q.Seq, now, q.position(e)
 		if e.Command == contract.CmdCancel {
 			e.Position = 0
-			if err := q.cancel(&e, now); err != nil {
+			if err := q.cancel(&e, now, targetSettled); err != nil {
 				return false, err
 			}
 		}
 		q.Items = append(q.Items, e)
-		q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest, Position: e.Position, AcceptedAt: now})
+		if e.Chosen {
+			q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest, Position: e.Position, AcceptedAt: now})
+		}
 		ack = e.Ack()
 		return true, nil
 	})
@@ -434,6 +458,29 @@ func (l *Ledger) checkOld(ctx context.Context, e Entry, now time.Time) error {
 		return fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
 	}
 	return nil
+}
+
+// cancelTargetSettled reports whether e is a cancel whose target, unknown
+// to the queue, has a result (Published): the cancel is then refused as
+// too late rather than as naming no command. A failed lookup reports
+// false.
+func (l *Ledger) cancelTargetSettled(ctx context.Context, e Entry) bool {
+	if e.Command != contract.CmdCancel || l.published == nil {
+		return false
+	}
+	var p contract.CancelPayload
+	if json.Unmarshal(e.Payload, &p) != nil || p.ID == "" || l.queued(e.User, p.ID) {
+		return false
+	}
+	published, err := l.published(ctx, e.User, p.ID)
+	return err == nil && published
+}
+
+// queued reports whether user's queue, as this instance last saw it,
+// holds command id.
+func (l *Ledger) queued(user, id string) bool {
+	q := l.Queue(user)
+	return q.find(id) >= 0
 }
 
 // Queue returns user's queue as this instance last saw it.

@@ -26,7 +26,7 @@ const waitTimeout = 20 * time.Second
 // entry is a command of user to record.
 func entry(id, user string, cmd contract.Command) ledger.Entry {
 	return ledger.Entry{ID: id, User: user, UserID: 7, Command: cmd, Payload: []byte(`{}`),
-		Digest: ledger.PayloadDigest(cmd, []byte(`{}`))}
+		Digest: ledger.PayloadDigest(cmd, []byte(`{}`)), Chosen: true}
 }
 
 // clock is a settable clock.
@@ -275,6 +275,48 @@ func TestTakeover(t *testing.T) {
 	// The id stays known for the window after it was settled.
 	if ack, dup, err := l.Record(ctx, entry("done", "bob", contract.CmdPause), 32); err != nil || !dup || ack.ID != "done" {
 		t.Fatalf("settled id again: %+v %v %v", ack, dup, err)
+	}
+}
+
+// TestGeneratedIDs: an id vigil-control generated is known while its
+// command is in the queue (a repeated request is a duplicate) but not
+// kept after it settled, so the queue's entry does not grow with the
+// commands of the last DedupeWindow.
+func TestGeneratedIDs(t *testing.T) {
+	ctx := context.Background()
+	published := func(_ context.Context, user, id string) (bool, error) { return user == "carol" && id == "gen0", nil }
+	l := open(t, newJS(t), ledger.Options{Published: published})
+	for i := range 20 {
+		e := entry(fmt.Sprint("gen", i), "carol", contract.CmdPause)
+		e.Chosen = false
+		if _, dup, err := l.Record(ctx, e, 32); err != nil || dup {
+			t.Fatalf("record %s: %v %v", e.ID, dup, err)
+		}
+		if ack, dup, err := l.Record(ctx, e, 32); err != nil || !dup || ack.ID != e.ID {
+			t.Fatalf("repeated while queued: %+v %v %v", ack, dup, err)
+		}
+		c, err := l.Claim(ctx, "carol", claimOpts("x1", nil))
+		if err != nil || c.Next == nil || c.Next.ID != e.ID {
+			t.Fatalf("claim %s: %+v %v", e.ID, c, err)
+		}
+		if _, ok, err := l.Finish(ctx, "carol", e.ID, "x1", ledger.Outcome{Status: contract.StatusSucceeded}); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		opts := claimOpts("x1", nil)
+		opts.Settled = []string{e.ID}
+		if _, err := l.Claim(ctx, "carol", opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if q := l.Queue("carol"); len(q.Items) != 0 || len(q.Recent) != 0 || q.Seq != 20 {
+		t.Fatalf("after 20 settled commands with generated ids: %+v", q)
+	}
+	// A cancel of a settled command is refused as too late (its result
+	// is published), not as naming no command.
+	c := entry("c1", "carol", contract.CmdCancel)
+	c.Payload = []byte(`{"id":"gen0"}`)
+	if _, _, err := l.Record(ctx, c, 32); !errors.Is(err, ledger.ErrCancelRefused) || !strings.Contains(err.Error(), "has already ended") {
+		t.Fatalf("cancel of a settled command: %v", err)
 	}
 }
 

@@ -18,7 +18,8 @@ type Queue struct {
 	Seq int64 `json:"seq"`
 	// Items are the commands not settled yet, in order of acceptance.
 	Items []Entry `json:"items"`
-	// Recent are the ids accepted within DedupeWindow.
+	// Recent are the chosen ids accepted or settled within DedupeWindow
+	// (see Recent).
 	Recent []Recent `json:"recent,omitempty"`
 }
 
@@ -50,10 +51,19 @@ func (q *Queue) known(e Entry, now time.Time) (*Recent, error) {
 		}
 		return &r, nil
 	}
-	if i := q.find(e.ID); i >= 0 {
+	i := q.find(e.ID)
+	if i < 0 {
+		return nil, nil
+	}
+	it := q.Items[i]
+	if now.Sub(it.AcceptedAt) >= DedupeWindow {
 		return nil, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
 	}
-	return nil, nil
+	if it.Command != e.Command || it.Digest != e.Digest {
+		return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s with another payload; use a new id",
+			ErrIDConflict, e.ID, it.Command, it.AcceptedAt.Format(time.RFC3339))
+	}
+	return &Recent{ID: it.ID, Command: it.Command, Digest: it.Digest, Position: it.Position, AcceptedAt: it.AcceptedAt}, nil
 }
 
 // collapses reports whether cmd is exempt from the queue bound: at most
@@ -92,18 +102,28 @@ func (q *Queue) admit(e Entry, now time.Time, queueLimit int) error {
 // cancel settles cancel c (not yet in q) against its target, the
 // command c.Cancels of the same user: a queued target ends cancelled and c
 // succeeds; a running job is marked to stop and c waits for it; anything
-// else refuses c. Errors name only the user's own commands.
-func (q *Queue) cancel(c *Entry, now time.Time) error {
+// else refuses c. targetSettled reports that a target the queue no
+// longer holds has a result (Ledger.cancelTargetSettled). Errors name only
+// the user's own commands.
+func (q *Queue) cancel(c *Entry, now time.Time, targetSettled bool) error {
 	var p contract.CancelPayload
 	if err := json.Unmarshal(c.Payload, &p); err != nil || p.ID == "" {
 		return contract.FieldError{Field: "id", Problem: "is required: the id of the command to cancel"}
 	}
 	c.Cancels = p.ID
 	i := q.find(p.ID)
-	if i < 0 || q.Items[i].Ended != nil {
+	if i >= 0 && q.Items[i].Ended != nil {
+		return fmt.Errorf("%w: your %s %q has already ended; its result is on %s",
+			ErrCancelRefused, q.Items[i].Command, p.ID, contract.ResultSubject(c.User, p.ID))
+	}
+	if i < 0 {
 		if r := slices.IndexFunc(q.Recent, func(r Recent) bool { return r.ID == p.ID }); r >= 0 {
 			return fmt.Errorf("%w: your %s %q has already ended; its result is on %s",
 				ErrCancelRefused, q.Recent[r].Command, p.ID, contract.ResultSubject(c.User, p.ID))
+		}
+		if targetSettled {
+			return fmt.Errorf("%w: your command %q has already ended; its result is on %s",
+				ErrCancelRefused, p.ID, contract.ResultSubject(c.User, p.ID))
 		}
 		return contract.FieldError{Field: "id", Problem: fmt.Sprintf("%q is not a queued or running command of yours", p.ID)}
 	}
@@ -197,14 +217,17 @@ func (q *Queue) position(e Entry) int {
 }
 
 // forget removes the ended entries ids (their results are published) and
-// keeps their ids in Recent for DedupeWindow from now: a reused id is
-// then always found in the queue, in Recent, or (settled longer ago) in
-// the ResultIndex, which has long read its result.
+// keeps the chosen ones in Recent for DedupeWindow from now: a reused id
+// is then always found in the queue, in Recent, or (settled longer ago)
+// in the ResultIndex, which has long read its result.
 func (q *Queue) forget(ids []string, now time.Time) bool {
 	n := len(q.Items)
 	q.Items = slices.DeleteFunc(q.Items, func(e Entry) bool {
 		if e.Ended == nil || !slices.Contains(ids, e.ID) {
 			return false
+		}
+		if !e.Chosen {
+			return true
 		}
 		settled := now
 		if i := slices.IndexFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID }); i >= 0 {

@@ -99,7 +99,14 @@ func (x *ResultIndex) Used(ctx context.Context, user, id string) (bool, error) {
 	case caughtUp:
 		return false, nil
 	}
-	_, err := x.stream.GetLastMsgForSubject(ctx, subject)
+	return x.Published(ctx, user, id)
+}
+
+// Published reports whether user's id has a result in VIGIL_RESULTS,
+// asking the stream: unlike Used it also sees a result published a moment
+// ago that the index has not read yet.
+func (x *ResultIndex) Published(ctx context.Context, user, id string) (bool, error) {
+	_, err := x.stream.GetLastMsgForSubject(ctx, contract.ResultSubject(user, id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, nil
 	}
