@@ -119,8 +119,10 @@ var ackReply = []byte(`{"id":"01JD00000000000000000000000","user":"ack-0","comma
 // command waits for its previous result, so no queue builds up), each
 // interleaved with a bare NATS request to a trivial responder on the same
 // server and with a bare JetStream publish-ack (file storage, the replicas
-// of control's queue bucket): the ACK is one compare-and-set write to
-// that bucket, so the publish-ack is its floor.
+// of control's queue bucket), and with a request to a responder in a
+// process of its own that answers after such a publish-ack: the ACK is a
+// request to vigil-control answered after one compare-and-set write to
+// that bucket, so that request is its floor.
 func Ack(ctx context.Context, env *Env, out *Output) error {
 	cs, err := env.sharedStack(ctx)
 	if err != nil {
@@ -146,10 +148,15 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 	if err := responder.Flush(); err != nil {
 		return err
 	}
+	stopFloor, err := startFloor(ctx, cs.nc, cs.servers.NATSURL())
+	if err != nil {
+		return err
+	}
+	defer stopFloor()
 	const warmup = 20
 	n := env.Opts.AckIterations
 	env.Log.Info("ack: commands and bare requests", "iterations", n)
-	var vigil, bare, pg, jsAck []time.Duration
+	var vigil, bare, pg, jsAck, floor []time.Duration
 	pending := map[string]string{}
 	paused := map[string]bool{}
 	failed := map[string]int{}
@@ -170,6 +177,15 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 			return fmt.Errorf("bare publish-ack: %w", err)
 		}
 		jsRTT := time.Since(began)
+		began = time.Now()
+		m, err := cs.nc.Request(floorSubject, ackReply, 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("floor request: %w", err)
+		}
+		if string(m.Data) != string(ackReply) {
+			return fmt.Errorf("floor request: the responder's publish-ack failed: %s", m.Data)
+		}
+		floorRTT := time.Since(began)
 		began = time.Now()
 		if _, err := cs.pool.Exec(ctx, "SELECT 1"); err != nil {
 			return fmt.Errorf("postgres round trip: %w", err)
@@ -195,6 +211,7 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 		pending[user], paused[user] = ack.ID, !paused[user]
 		if i >= warmup {
 			bare, vigil, pg, jsAck = append(bare, rtt), append(vigil, ackRTT), append(pg, pgRTT), append(jsAck, jsRTT)
+			floor = append(floor, floorRTT)
 		}
 	}
 	for _, id := range pending {
@@ -213,9 +230,12 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 	vsBare.Compare("bare NATS request-reply RTT", report.Times(stats.Summarize(stats.Millis(bare))), false)
 	vsBare.SetMet(vsBare.Ratio != nil && vsBare.Ratio.Median <= 3 && vsBare.Ratio.Tail <= 3)
 	vsBare.Note = "same run, interleaved"
+	vsFloor := report.Row{Number: 1, Figure: "ack", Name: "command ACK latency p50/p99 vs floor", Unit: "ms", Value: value, Target: "reported",
+		Note: "floor: a request to a responder in its own process that answers after a JetStream publish-ack (BENCH_ACK), the least an ACK sent after a durable write costs; same run, interleaved"}
+	vsFloor.Compare("request + publish-ack in another process", report.Times(stats.Summarize(stats.Millis(floor))), false)
 	out.add("ack", map[string]any{"commands": n, "users": len(cs.ackUsers), "failed_results": failed,
 		"vigil_ms": stats.Summarize(stats.Millis(vigil)), "bare_ms": stats.Summarize(stats.Millis(bare)),
-		"jetstream_publish_ack_ms": stats.Summarize(stats.Millis(jsAck)), "replicas": max(replicas, 1), "postgres_select1_ms": pgSum}, row, vsBare)
+		"jetstream_publish_ack_ms": stats.Summarize(stats.Millis(jsAck)), "floor_ms": stats.Summarize(stats.Millis(floor)), "replicas": max(replicas, 1), "postgres_select1_ms": pgSum}, row, vsBare, vsFloor)
 	return nil
 }
 
