@@ -4,7 +4,7 @@ package main
 
 import (
 	"vigil.dev/pkg/service"
-	"vigil.dev/services/alerts/internal/alerts"
+	"vigil.dev/services/alerts/internal/daemon"
 )
 
-func main() { service.Main("vigil-alerts", alerts.Run) }
+func main() { service.Main("vigil-alerts", daemon.Run) }

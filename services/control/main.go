@@ -4,7 +4,7 @@ package main
 
 import (
 	"vigil.dev/pkg/service"
-	"vigil.dev/services/control/internal/control"
+	"vigil.dev/services/control/internal/daemon"
 )
 
-func main() { service.Main("vigil-control", control.Run) }
+func main() { service.Main("vigil-control", daemon.Run) }

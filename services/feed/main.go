@@ -4,7 +4,7 @@ package main
 
 import (
 	"vigil.dev/pkg/service"
-	"vigil.dev/services/feed/internal/feed"
+	"vigil.dev/services/feed/internal/daemon"
 )
 
-func main() { service.Main("vigil-feed", feed.Run) }
+func main() { service.Main("vigil-feed", daemon.Run) }

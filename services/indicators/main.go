@@ -4,7 +4,7 @@ package main
 
 import (
 	"vigil.dev/pkg/service"
-	"vigil.dev/services/indicators/internal/indicators"
+	"vigil.dev/services/indicators/internal/daemon"
 )
 
-func main() { service.Main("vigil-indicators", indicators.Run) }
+func main() { service.Main("vigil-indicators", daemon.Run) }

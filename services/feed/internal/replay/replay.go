@@ -28,7 +28,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
-	"vigil.dev/services/feed/internal/market"
+	"vigil.dev/services/feed/internal/source"
 )
 
 // Sentinel errors.
@@ -51,15 +51,15 @@ type Config struct {
 	Symbol string
 }
 
-// Replay plays a file; it implements market.Source.
+// Replay plays a file; it implements source.Source.
 type Replay struct {
 	cfg       Config
-	sink      market.Sink
-	rows      []market.Bar
+	sink      source.Sink
+	rows      []source.Bar
 	malformed []error
 
 	mu      sync.Mutex
-	refs    map[market.Channel]map[string]int
+	refs    map[source.Channel]map[string]int
 	played  int // rows delivered
 	wake    chan struct{}
 	started time.Time
@@ -69,7 +69,7 @@ type Replay struct {
 // negative values, high below low, a start not on an hour) are kept out and
 // reported to the sink as malformed when Run starts; rows must be in time
 // order.
-func New(cfg Config, sink market.Sink) (*Replay, error) {
+func New(cfg Config, sink source.Sink) (*Replay, error) {
 	if cfg.Speed < 0 {
 		return nil, fmt.Errorf("%w: speed %v is negative", ErrInvalidConfig, cfg.Speed)
 	}
@@ -85,14 +85,14 @@ func New(cfg Config, sink market.Sink) (*Replay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidFile, cfg.File, err)
 	}
-	return &Replay{cfg: cfg, sink: sink, rows: rows, malformed: malformed, refs: map[market.Channel]map[string]int{}, wake: make(chan struct{}, 1)}, nil
+	return &Replay{cfg: cfg, sink: sink, rows: rows, malformed: malformed, refs: map[source.Channel]map[string]int{}, wake: make(chan struct{}, 1)}, nil
 }
 
 // Parse reads the CSV: the header, then one 1h bar per row in time order.
 // Rows that fail validation are returned as malformed errors (naming the
 // line) instead of bars; a bad header, a row out of order or no usable row
 // at all is an error.
-func Parse(r io.Reader, symbol string) (rows []market.Bar, malformed []error, err error) {
+func Parse(r io.Reader, symbol string) (rows []source.Bar, malformed []error, err error) {
 	cr := csv.NewReader(r)
 	cr.FieldsPerRecord = -1
 	first, err := cr.Read()
@@ -108,7 +108,7 @@ func Parse(r io.Reader, symbol string) (rows []market.Bar, malformed []error, er
 			break
 		}
 		if err != nil {
-			malformed = append(malformed, fmt.Errorf("%w: line %d: %v", market.ErrMalformed, line, err))
+			malformed = append(malformed, fmt.Errorf("%w: line %d: %v", source.ErrMalformed, line, err))
 			continue
 		}
 		b, err := parseRow(rec, symbol)
@@ -135,33 +135,33 @@ func trimAll(ss []string) []string {
 	return out
 }
 
-func parseRow(rec []string, symbol string) (market.Bar, error) {
+func parseRow(rec []string, symbol string) (source.Bar, error) {
 	if len(rec) != len(header) {
-		return market.Bar{}, fmt.Errorf("%w: %d fields, want %d", market.ErrMalformed, len(rec), len(header))
+		return source.Bar{}, fmt.Errorf("%w: %d fields, want %d", source.ErrMalformed, len(rec), len(header))
 	}
 	start, err := strconv.ParseInt(strings.TrimSpace(rec[0]), 10, 64)
 	if err != nil {
-		return market.Bar{}, fmt.Errorf("%w: start %q is not UNIX seconds", market.ErrMalformed, rec[0])
+		return source.Bar{}, fmt.Errorf("%w: start %q is not UNIX seconds", source.ErrMalformed, rec[0])
 	}
 	var v [5]float64
 	for i := range v {
 		if v[i], err = strconv.ParseFloat(strings.TrimSpace(rec[i+1]), 64); err != nil {
-			return market.Bar{}, fmt.Errorf("%w: %s %q is not a number", market.ErrMalformed, header[i+1], rec[i+1])
+			return source.Bar{}, fmt.Errorf("%w: %s %q is not a number", source.ErrMalformed, header[i+1], rec[i+1])
 		}
 	}
-	b := market.Bar{Product: symbol, Timeframe: contract.TF1h, Start: time.Unix(start, 0).UTC(), Open: v[0], High: v[1], Low: v[2], Close: v[3], Volume: v[4]}
+	b := source.Bar{Product: symbol, Timeframe: contract.TF1h, Start: time.Unix(start, 0).UTC(), Open: v[0], High: v[1], Low: v[2], Close: v[3], Volume: v[4]}
 	return b, b.Validate()
 }
 
-// Name implements market.Source.
+// Name implements source.Source.
 func (r *Replay) Name() string { return "replay" }
 
-// Caps implements market.Source: 1h buckets, 4h and 1d aggregated.
-func (r *Replay) Caps() market.Caps {
-	return market.Caps{CandleTimeframe: contract.TF1h, Timeframes: []contract.Timeframe{contract.TF1h, contract.TF4h, contract.TF1d}}
+// Caps implements source.Source: 1h buckets, 4h and 1d aggregated.
+func (r *Replay) Caps() source.Caps {
+	return source.Caps{CandleTimeframe: contract.TF1h, Timeframes: []contract.Timeframe{contract.TF1h, contract.TF4h, contract.TF1d}}
 }
 
-// Now implements market.Source: the end of the last row played.
+// Now implements source.Source: the end of the last row played.
 func (r *Replay) Now() time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -175,8 +175,8 @@ func (r *Replay) nowLocked() time.Time {
 	return r.rows[r.played-1].End()
 }
 
-// Subscribe implements market.Source.
-func (r *Replay) Subscribe(ch market.Channel, product string) error {
+// Subscribe implements source.Source.
+func (r *Replay) Subscribe(ch source.Channel, product string) error {
 	if err := contract.ValidateSymbol(product); err != nil {
 		return err
 	}
@@ -193,8 +193,8 @@ func (r *Replay) Subscribe(ch market.Channel, product string) error {
 	return nil
 }
 
-// Unsubscribe implements market.Source.
-func (r *Replay) Unsubscribe(ch market.Channel, product string) error {
+// Unsubscribe implements source.Source.
+func (r *Replay) Unsubscribe(ch source.Channel, product string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch n := r.refs[ch][product]; n {
@@ -208,7 +208,7 @@ func (r *Replay) Unsubscribe(ch market.Channel, product string) error {
 	return nil
 }
 
-// Status implements market.Source.
+// Status implements source.Source.
 func (r *Replay) Status() any {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -216,7 +216,7 @@ func (r *Replay) Status() any {
 		"malformed_rows": len(r.malformed), "clock": r.nowLocked(), "finished": r.played == len(r.rows), "started_at": r.started}
 }
 
-// Run implements market.Source: it reports the malformed rows, then plays
+// Run implements source.Source: it reports the malformed rows, then plays
 // the rows while the symbol is subscribed, Speed rows per second.
 func (r *Replay) Run(ctx context.Context) error {
 	for _, err := range r.malformed {
@@ -230,7 +230,7 @@ func (r *Replay) Run(ctx context.Context) error {
 	}
 	for {
 		r.mu.Lock()
-		subscribed := r.refs[market.ChannelBars][r.cfg.Symbol] > 0
+		subscribed := r.refs[source.ChannelBars][r.cfg.Symbol] > 0
 		done := r.played == len(r.rows)
 		if subscribed && r.started.IsZero() {
 			r.started = time.Now()
@@ -267,15 +267,15 @@ func (r *Replay) Run(ctx context.Context) error {
 	}
 }
 
-// History implements market.Source: the rows played so far with start in
+// History implements source.Source: the rows played so far with start in
 // [tf.BarStart(from), to) for 1h, their aggregates for 4h and 1d, nothing
 // for shorter timeframes.
-func (r *Replay) History(_ context.Context, product string, tf contract.Timeframe, from, to time.Time) ([]market.Bar, error) {
+func (r *Replay) History(_ context.Context, product string, tf contract.Timeframe, from, to time.Time) ([]source.Bar, error) {
 	if err := tf.Validate(); err != nil {
 		return nil, err
 	}
 	if product != r.cfg.Symbol {
-		return nil, fmt.Errorf("%w: replay has only %s, not %q", market.ErrUnknownProduct, r.cfg.Symbol, product)
+		return nil, fmt.Errorf("%w: replay has only %s, not %q", source.ErrUnknownProduct, r.cfg.Symbol, product)
 	}
 	if tf.Duration() < time.Hour {
 		return nil, nil
@@ -284,7 +284,7 @@ func (r *Replay) History(_ context.Context, product string, tf contract.Timefram
 	played := r.rows[:r.played]
 	r.mu.Unlock()
 	start := tf.BarStart(from)
-	var in []market.Bar
+	var in []source.Bar
 	for _, b := range played {
 		if !b.Start.Before(start) && b.Start.Before(to) {
 			in = append(in, b)
@@ -293,5 +293,5 @@ func (r *Replay) History(_ context.Context, product string, tf contract.Timefram
 	if tf == contract.TF1h {
 		return in, nil
 	}
-	return market.Aggregate(product, tf, in), nil
+	return source.Aggregate(product, tf, in), nil
 }

@@ -13,8 +13,8 @@ import (
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/feed/internal/market"
 	"vigil.dev/services/feed/internal/replay"
+	"vigil.dev/services/feed/internal/source"
 )
 
 const header = "start,open,high,low,close,volume\n"
@@ -51,7 +51,7 @@ func TestParse(t *testing.T) {
 				t.Fatalf("%d rows and %d malformed (%v), want %d and %d", len(rows), len(malformed), malformed, tc.rows, tc.malformed)
 			}
 			for _, m := range malformed {
-				if !errors.Is(m, market.ErrMalformed) || !strings.Contains(m.Error(), "line ") {
+				if !errors.Is(m, source.ErrMalformed) || !strings.Contains(m.Error(), "line ") {
 					t.Errorf("malformed error %q does not wrap ErrMalformed with its line", m)
 				}
 			}
@@ -61,7 +61,7 @@ func TestParse(t *testing.T) {
 
 // sink counts what a replay delivers.
 type sink struct {
-	candles   []market.Bar
+	candles   []source.Bar
 	malformed int
 	clock     time.Time
 	// apart counts candles and clocks handed over separately, and
@@ -69,13 +69,13 @@ type sink struct {
 	apart, misclocked int
 }
 
-func (s *sink) Trade(market.Trade)     {}
-func (s *sink) Candle(b market.Bar)    { s.candles = append(s.candles, b); s.apart++ }
-func (s *sink) Book(market.BookUpdate) {}
+func (s *sink) Trade(source.Trade)     {}
+func (s *sink) Candle(b source.Bar)    { s.candles = append(s.candles, b); s.apart++ }
+func (s *sink) Book(source.BookUpdate) {}
 func (s *sink) Clock(now time.Time)    { s.clock = now; s.apart++ }
-func (s *sink) Gap(market.Gap)         {}
+func (s *sink) Gap(source.Gap)         {}
 func (s *sink) Malformed(error)        { s.malformed++ }
-func (s *sink) CandleThenClock(b market.Bar, now time.Time) {
+func (s *sink) CandleThenClock(b source.Bar, now time.Time) {
 	s.candles = append(s.candles, b)
 	s.clock = now
 	if !now.Equal(b.End()) {
@@ -101,7 +101,7 @@ func TestReplayPlaysWhileSubscribedAndAggregatesHistory(t *testing.T) {
 	if got, err := r.History(context.Background(), "BTC-USD", contract.TF1h, time.Unix(0, 0), time.Now()); err != nil || len(got) != 0 {
 		t.Fatalf("history before playback = %v, %v; want nothing played", got, err)
 	}
-	if err := r.Subscribe(market.ChannelBars, "BTC-USD"); err != nil {
+	if err := r.Subscribe(source.ChannelBars, "BTC-USD"); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -129,7 +129,7 @@ func TestReplayPlaysWhileSubscribedAndAggregatesHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []market.Bar{
+	want := []source.Bar{
 		{Product: "BTC-USD", Timeframe: contract.TF1d, Start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Open: 1, High: 3, Low: 0.5, Close: 2, Volume: 15},
 		{Product: "BTC-USD", Timeframe: contract.TF1d, Start: time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC), Open: 2, High: 4, Low: 1.5, Close: 2.6, Volume: 7},
 	}
@@ -139,7 +139,7 @@ func TestReplayPlaysWhileSubscribedAndAggregatesHistory(t *testing.T) {
 	if got, err := r.History(context.Background(), "BTC-USD", contract.TF5m, time.Unix(0, 0), r.Now()); err != nil || len(got) != 0 {
 		t.Errorf("5m history = %v, %v; hourly rows make no 5m bars", got, err)
 	}
-	if _, err := r.History(context.Background(), "ETH-USD", contract.TF1h, time.Unix(0, 0), r.Now()); !errors.Is(err, market.ErrUnknownProduct) {
+	if _, err := r.History(context.Background(), "ETH-USD", contract.TF1h, time.Unix(0, 0), r.Now()); !errors.Is(err, source.ErrUnknownProduct) {
 		t.Errorf("history of another symbol: %v, want ErrUnknownProduct", err)
 	}
 }

@@ -55,7 +55,7 @@ import (
 	"time"
 
 	"vigil.dev/pkg/contract"
-	"vigil.dev/services/feed/internal/market"
+	"vigil.dev/services/feed/internal/source"
 )
 
 // Defaults of Config.
@@ -106,20 +106,20 @@ type Config struct {
 	Wall func() time.Time
 }
 
-// Sim is a running simulator; it implements market.Source.
+// Sim is a running simulator; it implements source.Source.
 type Sim struct {
 	cfg  Config
-	sink market.Sink
+	sink source.Sink
 
 	mu         sync.Mutex
-	refs       map[market.Channel]map[string]int
+	refs       map[source.Channel]map[string]int
 	cursor     time.Time // live trades up to here were emitted
 	tradeCount uint64
 	bookCount  uint64
 }
 
 // New checks cfg and returns a simulator that delivers to sink.
-func New(cfg Config, sink market.Sink) (*Sim, error) {
+func New(cfg Config, sink source.Sink) (*Sim, error) {
 	if cfg.Speed == 0 {
 		cfg.Speed = DefaultSpeed
 	}
@@ -141,7 +141,7 @@ func New(cfg Config, sink market.Sink) (*Sim, error) {
 	if cfg.Anchor.IsZero() {
 		cfg.Anchor = defaultAnchor(cfg.Clock, cfg.Wall())
 	}
-	s := &Sim{cfg: cfg, sink: sink, refs: map[market.Channel]map[string]int{}}
+	s := &Sim{cfg: cfg, sink: sink, refs: map[source.Channel]map[string]int{}}
 	s.cursor = s.Now()
 	return s, nil
 }
@@ -176,15 +176,15 @@ func defaultAnchor(clock string, start time.Time) time.Time {
 	return start.UTC().Truncate(24 * time.Hour)
 }
 
-// Name implements market.Source.
+// Name implements source.Source.
 func (s *Sim) Name() string { return "sim" }
 
-// Caps implements market.Source: trades build every timeframe.
-func (s *Sim) Caps() market.Caps {
-	return market.Caps{TradeTimeframes: contract.Timeframes, Timeframes: contract.Timeframes}
+// Caps implements source.Source: trades build every timeframe.
+func (s *Sim) Caps() source.Caps {
+	return source.Caps{TradeTimeframes: contract.Timeframes, Timeframes: contract.Timeframes}
 }
 
-// Now implements market.Source: the sim clock.
+// Now implements source.Source: the sim clock.
 func (s *Sim) Now() time.Time { return s.At(s.cfg.Wall()) }
 
 // At is the sim time at wall time w.
@@ -208,8 +208,8 @@ func (s *Sim) CaughtUp() time.Time {
 	return s.cfg.Anchor.Add(time.Duration(float64(s.cfg.Replay) / (s.cfg.Speed - 1)))
 }
 
-// Subscribe implements market.Source.
-func (s *Sim) Subscribe(ch market.Channel, product string) error {
+// Subscribe implements source.Source.
+func (s *Sim) Subscribe(ch source.Channel, product string) error {
 	if err := contract.ValidateSymbol(product); err != nil {
 		return err
 	}
@@ -222,8 +222,8 @@ func (s *Sim) Subscribe(ch market.Channel, product string) error {
 	return nil
 }
 
-// Unsubscribe implements market.Source.
-func (s *Sim) Unsubscribe(ch market.Channel, product string) error {
+// Unsubscribe implements source.Source.
+func (s *Sim) Unsubscribe(ch source.Channel, product string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch n := s.refs[ch][product]; n {
@@ -237,7 +237,7 @@ func (s *Sim) Unsubscribe(ch market.Channel, product string) error {
 	return nil
 }
 
-// Status implements market.Source.
+// Status implements source.Source.
 func (s *Sim) Status() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -250,7 +250,7 @@ func (s *Sim) Status() any {
 	return st
 }
 
-// Run implements market.Source: every Tick it emits the trades of each
+// Run implements source.Source: every Tick it emits the trades of each
 // subscribed product up to the sim clock, a book snapshot of each product
 // with a book subscription, and the clock.
 func (s *Sim) Run(ctx context.Context) error {
@@ -265,8 +265,8 @@ func (s *Sim) Run(ctx context.Context) error {
 		now := s.Now()
 		s.mu.Lock()
 		from := s.cursor
-		bars := keys(s.refs[market.ChannelBars])
-		books := keys(s.refs[market.ChannelBook])
+		bars := keys(s.refs[source.ChannelBars])
+		books := keys(s.refs[source.ChannelBook])
 		s.mu.Unlock()
 		if !now.After(from) {
 			continue
@@ -298,9 +298,9 @@ func keys(m map[string]int) []string {
 	return out
 }
 
-// History implements market.Source: the bars rebuilt from the same trades
+// History implements source.Source: the bars rebuilt from the same trades
 // the live simulator emits, up to min(to, Now()).
-func (s *Sim) History(ctx context.Context, product string, tf contract.Timeframe, from, to time.Time) ([]market.Bar, error) {
+func (s *Sim) History(ctx context.Context, product string, tf contract.Timeframe, from, to time.Time) ([]source.Bar, error) {
 	if err := contract.ValidateSymbol(product); err != nil {
 		return nil, err
 	}
@@ -312,7 +312,7 @@ func (s *Sim) History(ctx context.Context, product string, tf contract.Timeframe
 	}
 	w := s.walkOf(product)
 	start := tf.BarStart(from)
-	var out []market.Bar
+	var out []source.Bar
 	toNs := to.UnixNano()
 	for m := start.Unix() / 60; m*60e9 < toNs; m++ {
 		if m%1440 == 0 && ctx.Err() != nil {
@@ -337,11 +337,11 @@ func (s *Sim) History(ctx context.Context, product string, tf contract.Timeframe
 // foldMinute adds a whole minute to bars exactly as its trades would: the
 // open is the first trade, the close the last, and the volume the sizes
 // summed one by one.
-func foldMinute(bars []market.Bar, product string, tf contract.Timeframe, m int64, mb *minuteBar) []market.Bar {
+func foldMinute(bars []source.Bar, product string, tf contract.Timeframe, m int64, mb *minuteBar) []source.Bar {
 	start := tf.BarStart(time.Unix(m*60, 0))
 	n := len(bars)
 	if n == 0 || !bars[n-1].Start.Equal(start) {
-		bars = append(bars, market.Bar{Product: product, Timeframe: tf, Start: start, Open: mb.price[0], High: mb.high, Low: mb.low})
+		bars = append(bars, source.Bar{Product: product, Timeframe: tf, Start: start, Open: mb.price[0], High: mb.high, Low: mb.low})
 		n++
 	}
 	b := &bars[n-1]
@@ -355,7 +355,7 @@ func foldMinute(bars []market.Bar, product string, tf contract.Timeframe, m int6
 }
 
 // addTrade folds t into the last bar of bars or starts a new one.
-func addTrade(bars []market.Bar, product string, tf contract.Timeframe, t market.Trade) []market.Bar {
+func addTrade(bars []source.Bar, product string, tf contract.Timeframe, t source.Trade) []source.Bar {
 	start := tf.BarStart(t.Time)
 	if n := len(bars); n > 0 && bars[n-1].Start.Equal(start) {
 		b := &bars[n-1]
@@ -365,13 +365,13 @@ func addTrade(bars []market.Bar, product string, tf contract.Timeframe, t market
 		b.Volume += t.Size
 		return bars
 	}
-	return append(bars, market.Bar{Product: product, Timeframe: tf, Start: start, Open: t.Price, High: t.Price, Low: t.Price, Close: t.Price, Volume: t.Size})
+	return append(bars, source.Bar{Product: product, Timeframe: tf, Start: start, Open: t.Price, High: t.Price, Low: t.Price, Close: t.Price, Volume: t.Size})
 }
 
 // tradesBetween are the trades of product with time in (from, to], in order.
-func (s *Sim) tradesBetween(product string, from, to time.Time) []market.Trade {
+func (s *Sim) tradesBetween(product string, from, to time.Time) []source.Trade {
 	w := s.walkOf(product)
-	var out []market.Trade
+	var out []source.Trade
 	for m := from.Unix() / 60; m <= to.Unix()/60; m++ {
 		mb := w.minute(m)
 		for _, t := range mb.trades(product, m) {
@@ -439,10 +439,10 @@ func (w walk) minute(m int64) minuteBar {
 }
 
 // trades are the minute's trades in time order.
-func (mb *minuteBar) trades(product string, m int64) []market.Trade {
-	out := make([]market.Trade, mb.n)
+func (mb *minuteBar) trades(product string, m int64) []source.Trade {
+	out := make([]source.Trade, mb.n)
 	for j := range mb.n {
-		out[j] = market.Trade{Product: product, Price: mb.price[j], Size: mb.size[j], Time: time.Unix(0, m*60e9+mb.offset[j]).UTC()}
+		out[j] = source.Trade{Product: product, Price: mb.price[j], Size: mb.size[j], Time: time.Unix(0, m*60e9+mb.offset[j]).UTC()}
 	}
 	return out
 }
@@ -467,16 +467,16 @@ func (w walk) logPrice(t float64) float64 {
 }
 
 // book is the simulated level2 book of product at sim time now.
-func (s *Sim) book(product string, now time.Time) market.BookUpdate {
+func (s *Sim) book(product string, now time.Time) source.BookUpdate {
 	w := s.walkOf(product)
 	mid := math.Exp(w.logPrice(float64(now.UnixNano()) / 1e9))
 	tick := mid * 0.0001
 	second := uint64(now.Unix())
-	u := market.BookUpdate{Product: product, Snapshot: true, Time: now}
+	u := source.BookUpdate{Product: product, Snapshot: true, Time: now}
 	for i := range s.cfg.BookLevels {
 		offset := tick/2 + float64(i)*tick
-		u.Bids = append(u.Bids, market.Level{Price: w.round(mid - offset), Quantity: quantity(w.unit(7, second, uint64(i)), i)})
-		u.Asks = append(u.Asks, market.Level{Price: w.round(mid + offset), Quantity: quantity(w.unit(8, second, uint64(i)), i)})
+		u.Bids = append(u.Bids, source.Level{Price: w.round(mid - offset), Quantity: quantity(w.unit(7, second, uint64(i)), i)})
+		u.Asks = append(u.Asks, source.Level{Price: w.round(mid + offset), Quantity: quantity(w.unit(8, second, uint64(i)), i)})
 	}
 	return u
 }

@@ -10,41 +10,41 @@ import (
 
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/testenv"
-	"vigil.dev/services/feed/internal/market"
 	"vigil.dev/services/feed/internal/sim"
+	"vigil.dev/services/feed/internal/source"
 )
 
-// recorder is a market.Sink that keeps trades and the last clock.
+// recorder is a source.Sink that keeps trades and the last clock.
 type recorder struct {
 	mu     sync.Mutex
-	trades []market.Trade
-	books  []market.BookUpdate
+	trades []source.Trade
+	books  []source.BookUpdate
 	clock  time.Time
 }
 
-func (r *recorder) Trade(t market.Trade) { r.mu.Lock(); r.trades = append(r.trades, t); r.mu.Unlock() }
-func (r *recorder) Candle(market.Bar)    {}
-func (r *recorder) Book(u market.BookUpdate) {
+func (r *recorder) Trade(t source.Trade) { r.mu.Lock(); r.trades = append(r.trades, t); r.mu.Unlock() }
+func (r *recorder) Candle(source.Bar)    {}
+func (r *recorder) Book(u source.BookUpdate) {
 	r.mu.Lock()
 	r.books = append(r.books, u)
 	r.mu.Unlock()
 }
 func (r *recorder) Clock(now time.Time) { r.mu.Lock(); r.clock = now; r.mu.Unlock() }
-func (r *recorder) Gap(market.Gap)      {}
-func (r *recorder) CandleThenClock(_ market.Bar, now time.Time) {
+func (r *recorder) Gap(source.Gap)      {}
+func (r *recorder) CandleThenClock(_ source.Bar, now time.Time) {
 	r.Clock(now)
 }
 func (r *recorder) Malformed(error) {}
 
-func (r *recorder) snapshot() ([]market.Trade, time.Time) {
+func (r *recorder) snapshot() ([]source.Trade, time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]market.Trade(nil), r.trades...), r.clock
+	return append([]source.Trade(nil), r.trades...), r.clock
 }
 
 // aggregate builds bars of tf from trades in order, as the feed's engine does.
-func aggregate(trades []market.Trade, tf contract.Timeframe) []market.Bar {
-	var out []market.Bar
+func aggregate(trades []source.Trade, tf contract.Timeframe) []source.Bar {
+	var out []source.Bar
 	for _, t := range trades {
 		start := tf.BarStart(t.Time)
 		if n := len(out); n > 0 && out[n-1].Start.Equal(start) {
@@ -55,7 +55,7 @@ func aggregate(trades []market.Trade, tf contract.Timeframe) []market.Bar {
 			b.Volume += t.Size
 			continue
 		}
-		out = append(out, market.Bar{Product: t.Product, Timeframe: tf, Start: start, Open: t.Price, High: t.Price, Low: t.Price, Close: t.Price, Volume: t.Size})
+		out = append(out, source.Bar{Product: t.Product, Timeframe: tf, Start: start, Open: t.Price, High: t.Price, Low: t.Price, Close: t.Price, Volume: t.Size})
 	}
 	return out
 }
@@ -66,7 +66,7 @@ func TestHistoryEqualsWhatTheLiveSimulatorEmitted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Subscribe(market.ChannelBars, "ETH-USD"); err != nil {
+	if err := s.Subscribe(source.ChannelBars, "ETH-USD"); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -98,7 +98,7 @@ func TestHistoryEqualsWhatTheLiveSimulatorEmitted(t *testing.T) {
 			if len(want) == 0 {
 				t.Fatal("no complete bar to compare")
 			}
-			byStart := map[time.Time]market.Bar{}
+			byStart := map[time.Time]source.Bar{}
 			for _, b := range live {
 				byStart[b.Start] = b
 			}
@@ -131,7 +131,7 @@ func TestHistoryOfAPartialBarStopsAtTo(t *testing.T) {
 	if len(part) != 1 || len(mins) != 23 {
 		t.Fatalf("%d hour bars and %d minute bars, want 1 and 23 (22 whole minutes and a partial one)", len(part), len(mins))
 	}
-	h := market.Aggregate("BTC-USD", contract.TF1h, mins)[0]
+	h := source.Aggregate("BTC-USD", contract.TF1h, mins)[0]
 	if h.Open != part[0].Open || h.High != part[0].High || h.Low != part[0].Low || h.Close != part[0].Close || math.Abs(h.Volume-part[0].Volume) > 1e-9 {
 		t.Errorf("partial hour %+v, its minutes give %+v", part[0], h)
 	}
