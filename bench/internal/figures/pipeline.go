@@ -71,19 +71,6 @@ func pipelineSettings(symbols int) func(int) contract.Settings {
 	}
 }
 
-// indicatorsStatus is the part of vigil-indicators' status the runner reads.
-type indicatorsStatus struct {
-	Series int `json:"series"`
-}
-
-// alertsStatus is the part of vigil-alerts' status the runner reads.
-type alertsStatus struct {
-	Users map[string]struct {
-		RulesLoaded int   `json:"rules_loaded"`
-		Evaluations int64 `json:"evaluations"`
-	} `json:"users"`
-}
-
 // Pipeline measures figure 3 at every PipelineSeries count, and the RSS
 // half of figure 7. The runner plays the feed: it writes each candle
 // update through pkg/redisstore (versioned EVALSHA pipelines of 500) and
@@ -214,11 +201,11 @@ func pipelineAt(ctx context.Context, env *Env, out *Output, series int, withRSS 
 // vigil-alerts every user with their rules.
 func waitPipelineReady(ctx context.Context, s *benchStack, series, users int) error {
 	return poll(ctx, 5*time.Minute, fmt.Sprintf("indicators running %d series and alerts %d users", series, users), func() (bool, error) {
-		ind, err := statuses[indicatorsStatus](s.nc, contract.SvcIndicators, 1)
+		ind, err := statuses[contract.IndicatorsStatus](s.nc, contract.SvcIndicators, 1)
 		if err != nil || len(ind) == 0 || ind[0].Series != series {
 			return false, err
 		}
-		al, err := statuses[alertsStatus](s.nc, contract.SvcAlerts, 1)
+		al, err := statuses[contract.AlertsStatus](s.nc, contract.SvcAlerts, 1)
 		if err != nil || len(al) == 0 || len(al[0].Users) != users {
 			return false, err
 		}
@@ -378,7 +365,7 @@ func runPipeline(ctx context.Context, env *Env, out *Output, s *benchStack, stor
 		return info.State.LastSeq, nil
 	}
 	evaluations := func() (int64, error) {
-		st, err := statuses[alertsStatus](s.nc, contract.SvcAlerts, 1)
+		st, err := statuses[contract.AlertsStatus](s.nc, contract.SvcAlerts, 1)
 		if err != nil || len(st) == 0 {
 			return 0, errors.Join(err, fmt.Errorf("%w: vigil-alerts did not answer status", ErrFigure))
 		}

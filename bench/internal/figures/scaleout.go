@@ -261,21 +261,9 @@ func scaleOutAt(ctx context.Context, env *Env, n int) (scaleOutRun, error) {
 // series between them, the n of alerts every user with their rules, and
 // each instance owns partitions.
 func waitScaleOutReady(ctx context.Context, s *benchStack, n, series, users int) error {
-	type indicatorsParts struct {
-		Partitions []int `json:"partitions"`
-		Users      map[string]struct {
-			Series int `json:"series"`
-		} `json:"users"`
-	}
-	type alertsParts struct {
-		Partitions []int `json:"partitions"`
-		Users      map[string]struct {
-			RulesLoaded int `json:"rules_loaded"`
-		} `json:"users"`
-	}
 	what := fmt.Sprintf("%d indicators instances running %d series and %d alerts instances %d users", n, series, n, users)
 	return poll(ctx, 5*time.Minute, what, func() (bool, error) {
-		ind, err := statuses[indicatorsParts](s.nc, contract.SvcIndicators, n)
+		ind, err := statuses[contract.IndicatorsStatus](s.nc, contract.SvcIndicators, n)
 		if err != nil || len(ind) != n {
 			return false, err
 		}
@@ -292,7 +280,7 @@ func waitScaleOutReady(ctx context.Context, s *benchStack, n, series, users int)
 		if running != series || parts != natsx.DefaultPartitions {
 			return false, nil
 		}
-		al, err := statuses[alertsParts](s.nc, contract.SvcAlerts, n)
+		al, err := statuses[contract.AlertsStatus](s.nc, contract.SvcAlerts, n)
 		if err != nil || len(al) != n {
 			return false, err
 		}
@@ -315,7 +303,7 @@ func waitScaleOutReady(ctx context.Context, s *benchStack, n, series, users int)
 // alertsEvaluations is the sum of the evaluations the n alerts instances
 // report.
 func alertsEvaluations(s *benchStack, n int) (int64, error) {
-	st, err := statuses[alertsStatus](s.nc, contract.SvcAlerts, n)
+	st, err := statuses[contract.AlertsStatus](s.nc, contract.SvcAlerts, n)
 	if err != nil {
 		return 0, err
 	}
