@@ -68,6 +68,9 @@ func testDryRun(t *testing.T, s *cmdStack) {
 		if !plan.DryRun || contract.ValidatePlanHash(plan.Plan) != nil {
 			t.Errorf("%s %s: result %s is not a plan with a hash", dry.cmd, dry.payload, res.Result)
 		}
+		if dry.cmd == contract.CmdReloadSettings || dry.cmd == contract.CmdSwitchMode {
+			checkApplyPlans(t, dry.cmd, plan.Services)
+		}
 	}
 
 	if r, v := s.stateEntry(t, planUser); r != revision || v != state {
@@ -83,6 +86,44 @@ func testDryRun(t *testing.T, s *cmdStack) {
 		id := m.Subject()[strings.LastIndex(m.Subject(), ".")+1:]
 		if !slices.Contains(ids, id) {
 			t.Errorf("a result other than the dry runs' own was published: %s", m.Subject())
+		}
+	}
+}
+
+// checkApplyPlans fails the test unless every instance's plan of apply is
+// exactly its service's contract type (no member the type lacks) and one
+// instance of each service owns the user.
+func checkApplyPlans(t *testing.T, cmd contract.Command, services map[string]contract.InstancePlans) {
+	t.Helper()
+	owners := map[string]int{}
+	for svc, plans := range services {
+		for instance, raw := range plans {
+			var owner bool
+			var err error
+			switch svc {
+			case contract.SvcFeed.MicroName():
+				p, e := contract.DecodeStrict[contract.FeedApplyPlan](raw)
+				owner, err = p.Owner, e
+			case contract.SvcIndicators.MicroName():
+				p, e := contract.DecodeStrict[contract.IndicatorsPlan](raw)
+				owner, err = p.Owner, e
+			case contract.SvcAlerts.MicroName():
+				p, e := contract.DecodeStrict[contract.AlertsApplyPlan](raw)
+				owner, err = p.Owner, e
+			default:
+				t.Errorf("%s plan: unexpected service %s", cmd, svc)
+			}
+			if err != nil {
+				t.Errorf("%s plan of %s %s: %v: %s", cmd, svc, instance, err, raw)
+			}
+			if owner {
+				owners[svc]++
+			}
+		}
+	}
+	for _, svc := range []contract.Svc{contract.SvcFeed, contract.SvcIndicators, contract.SvcAlerts} {
+		if owners[svc.MicroName()] != 1 {
+			t.Errorf("%s plan: %d instances of %s own the user, want 1: %v", cmd, owners[svc.MicroName()], svc.MicroName(), services[svc.MicroName()])
 		}
 	}
 }

@@ -174,35 +174,22 @@ func (m *Monitor) Status() map[string]contract.AlertsUserStatus {
 	return out
 }
 
-// ApplyPlan is what Apply would change for one user on this instance:
-// {"owner":false} from the instances that do not own the user.
-type ApplyPlan struct {
-	Owner bool `json:"owner"`
-	// Mode and Revision name the rule set Apply would install; Gain is
-	// true when the instance would start the user's engine for it.
-	Mode     contract.Mode `json:"mode,omitempty"`
-	Revision int64         `json:"revision,omitempty"`
-	Gain     bool          `json:"gain,omitempty"`
-	// Rules are the rule ids added, changed and removed.
-	Rules *rules.ReplacePlan `json:"rules,omitempty"`
-}
-
 // PlanApply is what Apply(user, st) would do, computed with Apply's
 // rules (which state is taken, gain or Replace, rule validation) and
 // changing nothing. Rules Apply would reject are the same error.
-func (m *Monitor) PlanApply(user string, st contract.DesiredState) (ApplyPlan, error) {
+func (m *Monitor) PlanApply(user string, st contract.DesiredState) (contract.AlertsApplyPlan, error) {
 	if err := contract.ValidateUserToken(user); err != nil {
-		return ApplyPlan{}, err
+		return contract.AlertsApplyPlan{}, err
 	}
 	if st.User != user {
-		return ApplyPlan{}, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, user)}
+		return contract.AlertsApplyPlan{}, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, user)}
 	}
 	if !m.deps.Ownership.Owns(user) {
-		return ApplyPlan{}, nil
+		return contract.AlertsApplyPlan{}, nil
 	}
 	active := false
 	want := desiredRules(st)
-	var plan rules.ReplacePlan
+	var plan contract.RulesPlan
 	var err error
 	if us := m.lookup(user); us != nil {
 		us.mu.Lock()
@@ -218,7 +205,7 @@ func (m *Monitor) PlanApply(user string, st contract.DesiredState) (ApplyPlan, e
 		plan, err = rules.PlanNew(want.rules)
 	}
 	if err != nil {
-		return ApplyPlan{}, fmt.Errorf("rules of mode %s, revision %d: %w", want.mode, want.revision, err)
+		return contract.AlertsApplyPlan{}, fmt.Errorf("rules of mode %s, revision %d: %w", want.mode, want.revision, err)
 	}
-	return ApplyPlan{Owner: true, Mode: want.mode, Revision: want.revision, Gain: !active, Rules: &plan}, nil
+	return contract.AlertsApplyPlan{Owner: true, Mode: want.mode, Revision: want.revision, Gain: !active, Rules: &plan}, nil
 }

@@ -121,21 +121,12 @@ func (e *Engine) Replace(rules []contract.Rule) error {
 	return nil
 }
 
-// ReplacePlan is what Replace would change: the ids of the rules added,
-// changed (same id, new definition: only the fired-bar memory stays) and
-// removed, each sorted.
-type ReplacePlan struct {
-	Added   []string `json:"added"`
-	Changed []string `json:"changed"`
-	Removed []string `json:"removed"`
-}
-
 // PlanReplace validates rules as Replace does and returns what Replace
 // would change, changing nothing.
-func (e *Engine) PlanReplace(rules []contract.Rule) (ReplacePlan, error) {
+func (e *Engine) PlanReplace(rules []contract.Rule) (contract.RulesPlan, error) {
 	states, err := newRuleStates(rules)
 	if err != nil {
-		return ReplacePlan{}, err
+		return contract.RulesPlan{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -144,16 +135,16 @@ func (e *Engine) PlanReplace(rules []contract.Rule) (ReplacePlan, error) {
 
 // PlanNew is PlanReplace for an engine that does not exist yet: every
 // rule is added.
-func PlanNew(rules []contract.Rule) (ReplacePlan, error) {
+func PlanNew(rules []contract.Rule) (contract.RulesPlan, error) {
 	states, err := newRuleStates(rules)
 	if err != nil {
-		return ReplacePlan{}, err
+		return contract.RulesPlan{}, err
 	}
 	return planReplace(nil, states), nil
 }
 
-func planReplace(old, next []*ruleState) ReplacePlan {
-	p := ReplacePlan{Added: []string{}, Changed: []string{}, Removed: []string{}}
+func planReplace(old, next []*ruleState) contract.RulesPlan {
+	p := contract.RulesPlan{Added: []string{}, Changed: []string{}, Removed: []string{}}
 	before := make(map[string]*ruleState, len(old))
 	for _, s := range old {
 		before[s.rule.ID] = s

@@ -9,23 +9,6 @@ import (
 	"vigil.dev/services/feed/internal/candles"
 )
 
-// applyPlan is what apply of a state would change on the owning instance.
-type applyPlan struct {
-	Owner bool `json:"owner"`
-	// Subscribe and Unsubscribe are the user's symbols the instance would
-	// attach and detach.
-	Subscribe   []string `json:"subscribe"`
-	Unsubscribe []string `json:"unsubscribe"`
-	// Level2On and Level2Off are the symbols whose order-book (level2)
-	// channel would be switched on and off.
-	Level2On  []string `json:"level2_on"`
-	Level2Off []string `json:"level2_off"`
-	// Symbols are the symbols the user would have; Paused whether the
-	// state is paused.
-	Symbols []string `json:"symbols"`
-	Paused  bool     `json:"paused"`
-}
-
 // plan answers vigil.svc.feed.plan: what apply or backfill would do here,
 // computed by their own code, changing nothing.
 func (f *feed) plan(_ context.Context, req contract.SvcRequest) (any, error) {
@@ -70,7 +53,7 @@ func (f *feed) planApply(req contract.SvcRequest) (any, error) {
 	}
 	f.setStateLocked(u, *req.State) // a copy: u.attached is only read
 	p := f.planConvergeLocked(req.User, u)
-	out := applyPlan{Owner: true, Subscribe: []string{}, Unsubscribe: []string{}, Level2On: []string{}, Level2Off: []string{},
+	out := contract.FeedApplyPlan{Owner: true, Subscribe: []string{}, Unsubscribe: []string{}, Level2On: []string{}, Level2Off: []string{},
 		Symbols: slices.Clone(u.state.Symbols), Paused: u.state.Paused}
 	if p.stop {
 		for _, sym := range sortedKeys(u.attached) {

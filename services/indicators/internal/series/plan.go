@@ -7,33 +7,16 @@ import (
 	"vigil.dev/pkg/contract"
 )
 
-// SeriesPlan is what a verb would do to this instance's series of a user,
-// computed by the verb's own rules (fateOf, runsFor, the forget selector)
-// without changing anything: the indicators' part of a dry run. Series
-// are named by SeriesID.String.
-type SeriesPlan struct {
-	// Owner is true when this instance runs or would run some of the
-	// user's series.
-	Owner bool `json:"owner"`
-	// Created are series that would be built from Redis, Recomputed
-	// those rebuilt for a changed indicator set, Dropped those removed
-	// from memory, KeptPaused those kept over a pause.
-	Created    []string `json:"created"`
-	Recomputed []string `json:"recomputed"`
-	Dropped    []string `json:"dropped"`
-	KeptPaused []string `json:"kept_paused,omitempty"`
-	// Series is how many of the user's series would run here afterwards.
-	Series int `json:"series"`
-	// Warning names indicators the plan would leave out.
-	Warning string `json:"warning,omitempty"`
+// This file: the verbs' plans (contract.IndicatorsPlan), computed by each
+// verb's own rules (fateOf, runsFor, the forget selector) without changing
+// anything: the indicators' part of a dry run.
+
+func newSeriesPlan() contract.IndicatorsPlan {
+	return contract.IndicatorsPlan{Created: []string{}, Recomputed: []string{}, Dropped: []string{}}
 }
 
-func newSeriesPlan() SeriesPlan {
-	return SeriesPlan{Created: []string{}, Recomputed: []string{}, Dropped: []string{}}
-}
-
-// sort orders the lists and sets Owner.
-func (p *SeriesPlan) sort() {
+// sortPlan orders p's lists and sets its Owner.
+func sortPlan(p *contract.IndicatorsPlan) {
 	for _, l := range [][]string{p.Created, p.Recomputed, p.Dropped, p.KeptPaused} {
 		slices.Sort(l)
 	}
@@ -42,12 +25,12 @@ func (p *SeriesPlan) sort() {
 
 // PlanApply is what Apply(st) would do here: the fate of each of the
 // user's series in memory under st, and the series st adds.
-func (e *Engine) PlanApply(token string, st contract.DesiredState) (SeriesPlan, error) {
+func (e *Engine) PlanApply(token string, st contract.DesiredState) (contract.IndicatorsPlan, error) {
 	if st.User != token {
-		return SeriesPlan{}, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, token)}
+		return contract.IndicatorsPlan{}, contract.FieldError{Field: "state.user", Problem: fmt.Sprintf("%q is not the request's user %q", st.User, token)}
 	}
 	if err := st.Validate(); err != nil {
-		return SeriesPlan{}, fmt.Errorf("%w of %q: %w", ErrState, st.User, err)
+		return contract.IndicatorsPlan{}, fmt.Errorf("%w of %q: %w", ErrState, st.User, err)
 	}
 	p := newSeriesPlan()
 	u, err := newUser(st)
@@ -91,15 +74,15 @@ func (e *Engine) PlanApply(token string, st contract.DesiredState) (SeriesPlan, 
 			p.Series++
 		}
 	}
-	p.sort()
+	sortPlan(&p)
 	return p, nil
 }
 
 // PlanForget is what Forget(args) would drop here.
-func (e *Engine) PlanForget(args contract.ForgetArgs) (SeriesPlan, error) {
+func (e *Engine) PlanForget(args contract.ForgetArgs) (contract.IndicatorsPlan, error) {
 	sel := args.Selector()
 	if err := sel.Validate(); err != nil {
-		return SeriesPlan{}, err
+		return contract.IndicatorsPlan{}, err
 	}
 	p := newSeriesPlan()
 	e.mu.Lock()
@@ -114,15 +97,15 @@ func (e *Engine) PlanForget(args contract.ForgetArgs) (SeriesPlan, error) {
 			p.Dropped = append(p.Dropped, id.String())
 		}
 	}
-	p.sort()
+	sortPlan(&p)
 	return p, nil
 }
 
 // PlanRecompute is what Recompute(id) would do here: on the owner, the
 // series is rebuilt (Recomputed) when it is in its user's plan.
-func (e *Engine) PlanRecompute(id contract.SeriesID) (SeriesPlan, error) {
+func (e *Engine) PlanRecompute(id contract.SeriesID) (contract.IndicatorsPlan, error) {
 	if err := id.Validate(); err != nil {
-		return SeriesPlan{}, fmt.Errorf("series: %w", err)
+		return contract.IndicatorsPlan{}, fmt.Errorf("series: %w", err)
 	}
 	p := newSeriesPlan()
 	e.mu.Lock()
