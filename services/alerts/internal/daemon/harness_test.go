@@ -238,23 +238,17 @@ func (e *env) running() []*instance {
 	return slices.Clone(e.instances)
 }
 
-// waitFor polls cond until it holds or waitTimeout passes.
+// waitFor polls cond until it holds or waitTimeout passes; an error from
+// cond fails the test at once.
 func (e *env) waitFor(what string, cond func() (bool, error)) {
 	e.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	testenv.WaitFor(e.t, waitTimeout, what, func() bool {
 		ok, err := cond()
 		if err != nil {
 			e.t.Fatalf("waiting for %s: %v", what, err)
 		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ok
+	})
 }
 
 // settle waits until every running instance has acknowledged every update

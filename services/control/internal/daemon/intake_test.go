@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -94,9 +95,8 @@ func TestRejections(t *testing.T) {
 	}
 	// micro counts a request after its handler returned, which may be after
 	// the reply reached us: poll until the last one is counted.
-	var requests, errs int
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testenv.WaitFor(t, waitTimeout, fmt.Sprintf("micro's statistics counting %d requests, all errors", len(tests)), func() bool {
+		var requests, errs int
 		resp, err := e.nc.Request("$SRV.STATS.vigil-control", nil, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -110,14 +110,8 @@ func TestRejections(t *testing.T) {
 				requests, errs = ep.NumRequests, ep.NumErrors
 			}
 		}
-		if (requests == len(tests) && errs == len(tests)) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if requests != len(tests) || errs != len(tests) {
-		t.Errorf("micro stats: %d requests, %d errors, want %d of each", requests, errs, len(tests))
-	}
+		return requests == len(tests) && errs == len(tests)
+	})
 	if calls := e.rec.Calls(); len(calls) != 0 {
 		t.Errorf("the services got %d calls, first %+v", len(calls), calls[0])
 	}
