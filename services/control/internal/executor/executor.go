@@ -434,21 +434,24 @@ const publishTimeout = 2 * time.Second
 
 // publish publishes an ended command's audit record and result, and
 // marks it settled so the user's next claim removes it; a failure leaves
-// it to a later claim, which hands it out again.
-// Each publish waits at most publishTimeout: one sent while its stream
-// changes leader gets no answer, and the next claim (a sweep later) sends
-// it again to the new leader sooner than a longer wait would end.
+// it to a later claim, which hands it out again. The two publishes run
+// side by side: each is deduplicated by its Nats-Msg-Id and neither needs
+// the other, so a retry after a failure of either sends both again.
+// They wait at most publishTimeout: one sent while its stream changes
+// leader gets no answer, and the next claim (a sweep later) sends it
+// again to the new leader sooner than a longer wait would end.
 func (e *Executor) publish(en ledger.Entry) bool {
 	ctx, cancel := context.WithTimeout(e.ctx, publishTimeout)
 	defer cancel()
-	if err := e.pub.PublishAudit(ctx, en); err != nil {
+	audit := make(chan error, 1)
+	go func() { audit <- e.pub.PublishAudit(ctx, en) }()
+	resultErr := e.pub.PublishResult(ctx, en.Result())
+	if err := <-audit; err != nil {
 		e.logErr("audit record not published; retried later", err, "id", en.ID)
 		return false
 	}
-	ctx, cancel = context.WithTimeout(e.ctx, publishTimeout)
-	defer cancel()
-	if err := e.pub.PublishResult(ctx, en.Result()); err != nil {
-		e.logErr("result not published; retried later", err, "id", en.ID)
+	if resultErr != nil {
+		e.logErr("result not published; retried later", resultErr, "id", en.ID)
 		return false
 	}
 	e.mu.Lock()
