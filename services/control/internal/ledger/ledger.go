@@ -90,9 +90,8 @@ type Entry struct {
 	// another digest is a conflict.
 	Digest string `json:"digest"`
 	// Chosen is set when the requester chose the id (header or payload):
-	// only such an id can name an older command, so only such ids are
-	// kept in the queue's Recent after they settle.
-	Chosen bool `json:"chosen,omitempty"`
+	// only such an id can name an older command.
+	Chosen bool `json:"-"`
 	// TraceParent is the W3C traceparent of the accepting span.
 	TraceParent string `json:"trace_parent,omitempty"`
 	TraceID     string `json:"trace_id,omitempty"`
@@ -181,11 +180,12 @@ func PayloadDigest(cmd contract.Command, payload []byte) string {
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// Recent is an id the requester chose (Entry.Chosen), accepted within
-// DedupeWindow, or settled (its result published and the command removed
-// from the queue) within DedupeWindow. Ids vigil-control generated are
-// not kept: no requester can repeat a request under them, and the
-// queue's entry, rewritten by every write on the ACK path, stays small.
+// Recent is an id accepted within DedupeWindow, or settled (its result
+// published and the command removed from the queue) within DedupeWindow.
+// Ids vigil-control generated are kept too: a requester may send one
+// again as its own, and only the queue's entry, read and written in one
+// compare-and-set, says for certain that it named a settled command (the
+// ResultIndex may not have read its result yet).
 type Recent struct {
 	ID         string           `json:"id"`
 	Command    contract.Command `json:"command"`
@@ -428,9 +428,7 @@ func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contr
 			}
 		}
 		q.Items = append(q.Items, e)
-		if e.Chosen {
-			q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest, Position: e.Position, AcceptedAt: now})
-		}
+		q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest, Position: e.Position, AcceptedAt: now})
 		ack = e.Ack()
 		return true, nil
 	})

@@ -26,7 +26,7 @@ const waitTimeout = 20 * time.Second
 // entry is a command of user to record.
 func entry(id, user string, cmd contract.Command) ledger.Entry {
 	return ledger.Entry{ID: id, User: user, UserID: 7, Command: cmd, Payload: []byte(`{}`),
-		Digest: ledger.PayloadDigest(cmd, []byte(`{}`)), Chosen: true}
+		Digest: ledger.PayloadDigest(cmd, []byte(`{}`))}
 }
 
 // clock is a settable clock.
@@ -278,17 +278,15 @@ func TestTakeover(t *testing.T) {
 	}
 }
 
-// TestGeneratedIDs: an id vigil-control generated is known while its
-// command is in the queue (a repeated request is a duplicate) but not
-// kept after it settled, so the queue's entry does not grow with the
-// commands of the last DedupeWindow.
-func TestGeneratedIDs(t *testing.T) {
+// TestSettledIDs: an id is a duplicate while its command is queued and
+// for DedupeWindow after it settled, also when vigil-control generated
+// it; a cancel of a settled command is refused as too late.
+func TestSettledIDs(t *testing.T) {
 	ctx := context.Background()
 	published := func(_ context.Context, user, id string) (bool, error) { return user == "carol" && id == "gen0", nil }
 	l := open(t, newJS(t), ledger.Options{Published: published})
 	for i := range 20 {
 		e := entry(fmt.Sprint("gen", i), "carol", contract.CmdPause)
-		e.Chosen = false
 		if _, dup, err := l.Record(ctx, e, 32); err != nil || dup {
 			t.Fatalf("record %s: %v %v", e.ID, dup, err)
 		}
@@ -308,11 +306,12 @@ func TestGeneratedIDs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if q := l.Queue("carol"); len(q.Items) != 0 || len(q.Recent) != 0 || q.Seq != 20 {
-		t.Fatalf("after 20 settled commands with generated ids: %+v", q)
+	if q := l.Queue("carol"); len(q.Items) != 0 || len(q.Recent) != 20 {
+		t.Fatalf("after 20 settled commands: %d items, %d recent ids", len(q.Items), len(q.Recent))
 	}
-	// A cancel of a settled command is refused as too late (its result
-	// is published), not as naming no command.
+	if ack, dup, err := l.Record(ctx, entry("gen3", "carol", contract.CmdPause), 32); err != nil || !dup || ack.ID != "gen3" {
+		t.Fatalf("settled id again: %+v %v %v", ack, dup, err)
+	}
 	c := entry("c1", "carol", contract.CmdCancel)
 	c.Payload = []byte(`{"id":"gen0"}`)
 	if _, _, err := l.Record(ctx, c, 32); !errors.Is(err, ledger.ErrCancelRefused) || !strings.Contains(err.Error(), "has already ended") {

@@ -18,8 +18,8 @@ type Queue struct {
 	Seq int64 `json:"seq"`
 	// Items are the commands not settled yet, in order of acceptance.
 	Items []Entry `json:"items"`
-	// Recent are the chosen ids accepted or settled within DedupeWindow
-	// (see Recent).
+	// Recent are the ids accepted or settled within DedupeWindow (see
+	// Recent).
 	Recent []Recent `json:"recent,omitempty"`
 }
 
@@ -217,17 +217,14 @@ func (q *Queue) position(e Entry) int {
 }
 
 // forget removes the ended entries ids (their results are published) and
-// keeps the chosen ones in Recent for DedupeWindow from now: a reused id
-// is then always found in the queue, in Recent, or (settled longer ago)
-// in the ResultIndex, which has long read its result.
+// keeps their ids in Recent for DedupeWindow from now: a reused id is
+// then always found in the queue, in Recent, or (settled longer ago) in
+// the ResultIndex, which has long read its result.
 func (q *Queue) forget(ids []string, now time.Time) bool {
 	n := len(q.Items)
 	q.Items = slices.DeleteFunc(q.Items, func(e Entry) bool {
 		if e.Ended == nil || !slices.Contains(ids, e.ID) {
 			return false
-		}
-		if !e.Chosen {
-			return true
 		}
 		settled := now
 		if i := slices.IndexFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID }); i >= 0 {
