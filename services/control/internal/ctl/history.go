@@ -5,36 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
+	"vigil.dev/services/control/internal/ledger"
 )
 
 // DefaultHistoryLimit is how many commands history shows by default.
 const DefaultHistoryLimit = 20
-
-// HistoryEntry is one command of a user's audit trail in command_log.
-type HistoryEntry struct {
-	ID       string `json:"id"`
-	User     string `json:"user"`
-	Command  string `json:"command"`
-	Status   string `json:"status"`
-	Operator string `json:"operator"`
-	// OperatorName is the display name the client chose (--operator);
-	// Operator the identity the NATS server authenticated.
-	OperatorName string          `json:"operator_name,omitempty"`
-	Payload      json.RawMessage `json:"payload"`
-	Result       json.RawMessage `json:"result,omitempty"`
-	Error        *contract.Error `json:"error,omitempty"`
-	TraceID      string          `json:"trace_id,omitempty"`
-	AcceptedAt   time.Time       `json:"accepted_at"`
-	FinishedAt   *time.Time      `json:"finished_at,omitempty"`
-}
 
 func newHistoryCmd(sys IO) *cobra.Command {
 	var user string
@@ -82,7 +63,7 @@ func newHistoryCmd(sys IO) *cobra.Command {
 }
 
 // readHistory reads the user's latest limit commands, oldest first.
-func readHistory(ctx context.Context, url, user string, limit int) ([]HistoryEntry, error) {
+func readHistory(ctx context.Context, url, user string, limit int) ([]ledger.HistoryEntry, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	pool, err := db.NewPool(ctx, url)
@@ -90,43 +71,11 @@ func readHistory(ctx context.Context, url, user string, limit int) ([]HistoryEnt
 		return nil, err
 	}
 	defer pool.Close()
-	rows, err := pool.Query(ctx, `
-		SELECT id, user_token, command, status, operator, operator_name, payload, result, error,
-		       coalesce(trace_id, ''), accepted_at, finished_at
-		FROM command_log
-		WHERE user_token = $1
-		ORDER BY accepted_at DESC, seq DESC
-		LIMIT $2`, user, limit)
-	if err != nil {
-		return nil, fmt.Errorf("read command_log: %w", err)
-	}
-	entries, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (HistoryEntry, error) {
-		var e HistoryEntry
-		var result, errJSON []byte
-		if err := row.Scan(&e.ID, &e.User, &e.Command, &e.Status, &e.Operator, &e.OperatorName, &e.Payload, &result, &errJSON,
-			&e.TraceID, &e.AcceptedAt, &e.FinishedAt); err != nil {
-			return e, err
-		}
-		if len(result) > 0 {
-			e.Result = result
-		}
-		if len(errJSON) > 0 && string(errJSON) != "null" {
-			e.Error = &contract.Error{}
-			if err := json.Unmarshal(errJSON, e.Error); err != nil {
-				e.Error = &contract.Error{Message: string(errJSON)}
-			}
-		}
-		return e, nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read command_log: %w", err)
-	}
-	slices.Reverse(entries)
-	return entries, nil
+	return ledger.History(ctx, pool, user, limit)
 }
 
 // printHistory writes the entries as a table.
-func printHistory(w io.Writer, user string, entries []HistoryEntry) {
+func printHistory(w io.Writer, user string, entries []ledger.HistoryEntry) {
 	if len(entries) == 0 {
 		fmt.Fprintf(w, "no commands for %s in command_log\n", user)
 		return

@@ -19,6 +19,7 @@ import (
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/redisstore"
+	"vigil.dev/services/control/internal/ledger"
 )
 
 // sweepRounds bounds how often delete sweeps the streams and Redis until
@@ -170,9 +171,8 @@ func (d deleter) pause(ctx context.Context, user string) {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for wctx.Err() == nil {
-		var status string
-		err := d.pool.QueryRow(wctx, `SELECT status FROM command_log WHERE id = $1`, s.opts.id).Scan(&status)
-		if err == nil && status != "accepted" && status != "running" {
+		status, found, err := ledger.Recorded(wctx, d.pool, s.opts.id)
+		if err == nil && found && status != ledger.StatusAccepted && status != ledger.StatusRunning {
 			return
 		}
 		select {
