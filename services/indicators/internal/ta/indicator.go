@@ -58,10 +58,12 @@ func newIndicator(s Spec, off int) indicator {
 func emaK(period int) float64 { return 2.0 / float64(period+1) }
 
 // input is what the indicators read of bar i (0-based since the series
-// start): its prices and, when i > 0, the close of bar i-1.
+// start): its prices and, when i > 0, the close of bar i-1. The bar is
+// pointed to, not copied: a closed bar is read where the history stores
+// it.
 type input struct {
 	i         int
-	bar       pastBar
+	bar       *pastBar
 	prevClose float64
 }
 
@@ -167,7 +169,7 @@ func (ind *indicator) rsiStep(f *Fields, st []float64, in *input) bool {
 
 // trueRange is TA-Lib's TRANGE of bar c after a bar that closed at
 // prevClose.
-func trueRange(c pastBar, prevClose float64) float64 {
+func trueRange(c *pastBar, prevClose float64) float64 {
 	greatest := c.high - c.low
 	if v := math.Abs(prevClose - c.high); v > greatest {
 		greatest = v

@@ -111,12 +111,20 @@ type history struct {
 
 func (h *history) at(i int) pastBar { return h.bars[i%h.size] }
 
-// set stores bar i, which is at most one past the newest stored bar.
-func (h *history) set(i int, b pastBar) {
+// slot is where bar i is stored, at most one past the newest stored bar;
+// the storage grows to hold it.
+func (h *history) slot(i int) *pastBar {
 	if i >= len(h.bars) && i < h.size {
 		h.bars = extend(h.bars, 1, h.size)
 	}
-	h.bars[i%h.size] = b
+	return &h.bars[i%h.size]
+}
+
+// store sets the slot of bar i to the prices of c and returns it.
+func (h *history) store(i int, c *Candle) *pastBar {
+	b := h.slot(i)
+	b.start, b.high, b.low, b.close = c.Start, c.High, c.Low, c.Close
+	return b
 }
 
 // extend returns s lengthened by n elements. When the capacity does not
@@ -260,7 +268,8 @@ func (s *Series) Apply(c Candle, closed bool) ([]Value, error) {
 	}
 	if !closed {
 		copy(s.scratch, s.state)
-		s.compute(s.values, s.scratch, s.bars, toPastBar(c), s.last.Close, false)
+		b := toPastBar(c)
+		s.compute(s.values, s.scratch, &input{i: s.bars, bar: &b, prevClose: s.last.Close}, false)
 		return s.values, nil
 	}
 	s.advance(c, s.values)
@@ -299,11 +308,9 @@ func (s *Series) advance(c Candle, out []Value) {
 	if i%checkpointEvery == 0 {
 		copy(s.checkpoint(i), s.state)
 	}
-	b := toPastBar(c)
-	s.past.set(i, b)
-	prevClose := s.last.Close
+	in := input{i: i, bar: s.past.store(i, &c), prevClose: s.last.Close}
 	s.last = c
-	s.compute(out, s.state, i, b, prevClose, true)
+	s.compute(out, s.state, &in, true)
 	s.bars++
 }
 
@@ -331,7 +338,7 @@ func (s *Series) correct(c Candle) ([]Value, error) {
 	}
 	from := k - k%checkpointEvery
 	copy(s.state, s.checkpoint(from))
-	s.past.set(k, b)
+	s.past.store(k, &c)
 	width := len(s.indicators)
 	if want := (s.bars - k) * width; want > cap(s.replayed) {
 		s.replayed = make([]Value, want, max(want, 2*cap(s.replayed)))
@@ -352,7 +359,7 @@ func (s *Series) correct(c Candle) ([]Value, error) {
 		if i > 0 {
 			prevClose = s.past.at(i - 1).close
 		}
-		s.compute(out, s.state, i, s.past.at(i), prevClose, true)
+		s.compute(out, s.state, &input{i: i, bar: s.past.slot(i), prevClose: prevClose}, true)
 	}
 	return s.replayed, nil
 }
@@ -372,13 +379,12 @@ func (s *Series) checkpoint(i int) []float64 {
 // that closed at prevClose (any number for bar 0), and writes the values
 // to out, in place: out's names and kinds are already set
 // (labelled).
-func (s *Series) compute(out []Value, st []float64, i int, b pastBar, prevClose float64, closed bool) {
-	in := input{i: i, bar: b, prevClose: prevClose}
+func (s *Series) compute(out []Value, st []float64, in *input, closed bool) {
 	out = out[:len(s.indicators)]
 	for j := range s.indicators {
 		v := &out[j]
-		v.Start, v.Closed = b.start, closed
-		v.Warming = !s.indicators[j].step(&v.Fields, st, &s.past, &in)
+		v.Start, v.Closed = in.bar.start, closed
+		v.Warming = !s.indicators[j].step(&v.Fields, st, &s.past, in)
 		if v.Warming {
 			v.Fields = Fields{}
 		}
