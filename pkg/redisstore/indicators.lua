@@ -44,12 +44,15 @@ for i = 1, n do
     end
   end
   if not newer then
-    for _, m in ipairs(current) do
-      redis.call('ZREM', key, m)
-    end
-    redis.call('ZADD', key, score, ARGV[4 + i])
-    if keep and keep > 0 then
-      redis.call('ZREMRANGEBYRANK', key, 0, -keep - 1)
+    if #current > 0 then
+      -- A replaced bar leaves the set's size as it was: nothing to trim.
+      redis.call('ZREMRANGEBYSCORE', key, score, score)
+      redis.call('ZADD', key, score, ARGV[4 + i])
+    else
+      redis.call('ZADD', key, score, ARGV[4 + i])
+      if keep and keep > 0 and redis.call('ZCARD', key) > keep then
+        redis.call('ZREMRANGEBYRANK', key, 0, -keep - 1)
+      end
     end
     written = written + 1
   end
