@@ -99,7 +99,15 @@ type pastBar struct {
 }
 
 func toPastBar(c Candle) pastBar {
-	return pastBar{start: c.Start, high: c.High, low: c.Low, close: c.Close}
+	var b pastBar
+	b.setPrices(&c)
+	return b
+}
+
+// setPrices sets b to the prices of c, field by field (no struct copy
+// through the stack: see input).
+func (b *pastBar) setPrices(c *Candle) {
+	b.start, b.high, b.low, b.close = c.Start, c.High, c.Low, c.Close
 }
 
 // history is a ring of the latest size closed bars, addressed by bar
@@ -123,7 +131,7 @@ func (h *history) slot(i int) *pastBar {
 // store sets the slot of bar i to the prices of c and returns it.
 func (h *history) store(i int, c *Candle) *pastBar {
 	b := h.slot(i)
-	b.start, b.high, b.low, b.close = c.Start, c.High, c.Low, c.Close
+	b.setPrices(c)
 	return b
 }
 
@@ -375,10 +383,10 @@ func (s *Series) checkpoint(i int) []float64 {
 	return s.checkpoints[slot*n : (slot+1)*n]
 }
 
-// compute steps every indicator over bar i with state st, after a bar
-// that closed at prevClose (any number for bar 0), and writes the values
-// to out, in place: out's names and kinds are already set
-// (labelled).
+// compute steps every indicator over the bar of in (bar in.i, after a
+// bar that closed at in.prevClose, any number for bar 0) with state st,
+// and writes the values to out, in place: out's names and kinds are
+// already set (labelled).
 func (s *Series) compute(out []Value, st []float64, in *input, closed bool) {
 	out = out[:len(s.indicators)]
 	for j := range s.indicators {
