@@ -230,7 +230,7 @@ func start(ctx context.Context, cfg Config, rt *service.Runtime, opts options) (
 		if e := running.Load(); e != nil {
 			e.Kick(user)
 		}
-	}, Used: results.Used, Published: results.Published}); err != nil {
+	}, Settled: results.Settled}); err != nil {
 		return nil, err
 	}
 	svc.OnShutdown(func(context.Context) error { inst.ledger.Stop(); return nil })

@@ -97,11 +97,19 @@ type streams struct {
 	js jetstream.JetStream
 }
 
-// PublishResult publishes r on vigil.result.<user>.<id> with Nats-Msg-Id =
-// <user>:<id> (ids are per user), so a republished result is dropped as a
-// duplicate.
-func (s streams) PublishResult(ctx context.Context, r contract.Result) error {
-	return s.publish(ctx, contract.ResultSubject(r.User, r.ID), r.User+":"+r.ID, r)
+// PublishResult publishes en's result (ledger.ResultMsg: a republished
+// result is dropped as a duplicate) and returns its stream sequence, the
+// first one's for a duplicate.
+func (s streams) PublishResult(ctx context.Context, en ledger.Entry) (uint64, error) {
+	msg, err := ledger.ResultMsg(en)
+	if err != nil {
+		return 0, err
+	}
+	ack, err := s.js.PublishMsg(ctx, msg)
+	if err != nil {
+		return 0, fmt.Errorf("publish %s: %w", msg.Subject, err)
+	}
+	return ack.Sequence, nil
 }
 
 // PublishAudit publishes e's audit record to VIGIL_COMMANDS.

@@ -94,7 +94,7 @@ func (e *Executor) publishUnrun(user string) {
 	}
 	var todo []ledger.Entry
 	for _, en := range e.ledger.Queue(user).Items {
-		if en.Ended != nil && en.Instance == "" && !slices.Contains(e.settled[user], en.ID) {
+		if en.Ended != nil && en.Instance == "" && !published(e.settled[user], en.ID) {
 			todo = append(todo, en)
 		}
 	}

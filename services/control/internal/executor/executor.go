@@ -80,7 +80,9 @@ type Membership interface {
 
 // Publisher publishes results and audit records.
 type Publisher interface {
-	PublishResult(ctx context.Context, r contract.Result) error
+	// PublishResult publishes en's result (ledger.ResultMsg) and returns
+	// its stream sequence.
+	PublishResult(ctx context.Context, en ledger.Entry) (uint64, error)
 	PublishAudit(ctx context.Context, e ledger.Entry) error
 }
 
@@ -115,7 +117,7 @@ type Executor struct {
 	mu       sync.Mutex
 	loops    map[string]bool // user → work asked for while its loop runs
 	tasks    map[string]*task
-	settled  map[string][]string // user → ended ids whose result is published
+	settled  map[string][]ledger.Settled // user → ended commands whose result is published
 	stopping bool
 }
 
@@ -134,7 +136,7 @@ func New(cfg Config, l Ledger, r Runner, m Membership, pub Publisher, nc *nats.C
 	}
 	return &Executor{cfg: cfg, ledger: l, runner: r, members: m, pub: pub, nc: nc, log: log,
 		tracer: otel.Tracer("vigil.dev/services/control/executor"), latency: latency,
-		stop: make(chan struct{}), loops: map[string]bool{}, tasks: map[string]*task{}, settled: map[string][]string{}}, nil
+		stop: make(chan struct{}), loops: map[string]bool{}, tasks: map[string]*task{}, settled: map[string][]ledger.Settled{}}, nil
 }
 
 // Start subscribes to the cancel subject and starts the sweeps. The
@@ -318,19 +320,24 @@ func (e *Executor) execute(en ledger.Entry) {
 	e.finish(t, out, traceID)
 }
 
-// settledOf returns the ids of user's ended commands whose results this
-// instance published.
-func (e *Executor) settledOf(user string) []string {
+// settledOf returns user's ended commands whose results this instance
+// published.
+func (e *Executor) settledOf(user string) []ledger.Settled {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return slices.Clone(e.settled[user])
 }
 
-// dropSettled forgets ids once a claim removed them.
-func (e *Executor) dropSettled(user string, ids []string) {
+// published reports whether settled holds command id.
+func published(settled []ledger.Settled, id string) bool {
+	return slices.ContainsFunc(settled, func(s ledger.Settled) bool { return s.ID == id })
+}
+
+// dropSettled forgets settled commands once a claim removed them.
+func (e *Executor) dropSettled(user string, removed []ledger.Settled) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	left := slices.DeleteFunc(e.settled[user], func(id string) bool { return slices.Contains(ids, id) })
+	left := slices.DeleteFunc(e.settled[user], func(s ledger.Settled) bool { return slices.Contains(removed, s) })
 	if len(left) == 0 {
 		delete(e.settled, user)
 		return
@@ -445,7 +452,7 @@ func (e *Executor) publish(en ledger.Entry) bool {
 	defer cancel()
 	audit := make(chan error, 1)
 	go func() { audit <- e.pub.PublishAudit(ctx, en) }()
-	resultErr := e.pub.PublishResult(ctx, en.Result())
+	seq, resultErr := e.pub.PublishResult(ctx, en)
 	if err := <-audit; err != nil {
 		e.logErr("audit record not published; retried later", err, "id", en.ID)
 		return false
@@ -455,8 +462,8 @@ func (e *Executor) publish(en ledger.Entry) bool {
 		return false
 	}
 	e.mu.Lock()
-	if !slices.Contains(e.settled[en.User], en.ID) {
-		e.settled[en.User] = append(e.settled[en.User], en.ID)
+	if !published(e.settled[en.User], en.ID) {
+		e.settled[en.User] = append(e.settled[en.User], ledger.Settled{ID: en.ID, ResultSeq: seq})
 	}
 	e.mu.Unlock()
 	return true

@@ -315,20 +315,21 @@ func (m *staticMembers) asked() int {
 type recordingPublisher struct {
 	mu   sync.Mutex
 	out  []contract.Result
-	seen map[string]bool
+	seen map[string]uint64 // <user>:<id> → its sequence in out, from 1
 }
 
-func (p *recordingPublisher) PublishResult(_ context.Context, r contract.Result) error {
+func (p *recordingPublisher) PublishResult(_ context.Context, en ledger.Entry) (uint64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.seen == nil {
-		p.seen = map[string]bool{}
+		p.seen = map[string]uint64{}
 	}
-	if !p.seen[r.User+":"+r.ID] {
-		p.seen[r.User+":"+r.ID] = true
-		p.out = append(p.out, r)
+	if seq, ok := p.seen[en.User+":"+en.ID]; ok {
+		return seq, nil
 	}
-	return nil
+	p.out = append(p.out, en.Result())
+	p.seen[en.User+":"+en.ID] = uint64(len(p.out))
+	return uint64(len(p.out)), nil
 }
 
 func (p *recordingPublisher) PublishAudit(context.Context, ledger.Entry) error { return nil }

@@ -30,7 +30,7 @@ type ClaimOptions struct {
 	OrphanError func(Entry) contract.Error
 	// Settled are ended entries whose result the caller published: the
 	// claim removes them.
-	Settled []string
+	Settled []Settled
 }
 
 // alive reports whether the executor of running entry e lives.
@@ -49,7 +49,7 @@ type Claimed struct {
 	// Ended are the entries with an outcome whose result is not published
 	// yet (cancelled, superseded, failed because their executor died, or
 	// finished by an executor that died before it published): the caller
-	// publishes them and passes their ids in the next claim's Settled.
+	// publishes them and passes them in the next claim's Settled.
 	Ended []Entry
 	// Requeued are orphaned jobs put back in the queue to run again.
 	Requeued []string
@@ -66,7 +66,7 @@ func (l *Ledger) Claim(ctx context.Context, user string, opts ClaimOptions) (Cla
 	now := l.now().UTC()
 	_, err := l.update(ctx, user, func(q *Queue) (bool, error) {
 		out = Claimed{}
-		changed := q.forget(opts.Settled, now)
+		changed := q.forget(opts.Settled)
 		queueBusy, jobs := false, 0
 		for i, e := range q.Items {
 			switch {

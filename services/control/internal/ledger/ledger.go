@@ -180,12 +180,9 @@ func PayloadDigest(cmd contract.Command, payload []byte) string {
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// Recent is an id accepted within DedupeWindow, or settled (its result
-// published and the command removed from the queue) within DedupeWindow.
-// Ids vigil-control generated are kept too: a requester may send one
-// again as its own, and only the queue's entry, read and written in one
-// compare-and-set, says for certain that it named a settled command (the
-// ResultIndex may not have read its result yet).
+// Recent is an earlier acceptance of a command id: a command in the
+// queue, one whose result is in VIGIL_RESULTS (ResultIndex.Settled), or
+// an entry of Queue.Recent.
 type Recent struct {
 	ID         string           `json:"id"`
 	Command    contract.Command `json:"command"`
@@ -202,15 +199,31 @@ func (r Recent) expired(now time.Time) bool {
 	return now.Sub(r.AcceptedAt) >= DedupeWindow && (r.SettledAt == nil || now.Sub(*r.SettledAt) >= DedupeWindow)
 }
 
+// repeats answers e, whose id was accepted before as r: r (the first ACK
+// again) for the same command and payload within DedupeWindow,
+// ErrIDConflict otherwise. Errors name only this user's command.
+func (r Recent) repeats(e Entry, now time.Time) (*Recent, error) {
+	switch {
+	case r.Digest == "":
+		return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s; use a new id",
+			ErrIDConflict, e.ID, r.Command, r.AcceptedAt.Format(time.RFC3339))
+	case r.Command != e.Command || r.Digest != e.Digest:
+		return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s with another payload; use a new id",
+			ErrIDConflict, e.ID, r.Command, r.AcceptedAt.Format(time.RFC3339))
+	case now.Sub(r.AcceptedAt) >= DedupeWindow:
+		return nil, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
+	}
+	return &r, nil
+}
+
 // Ledger reads and writes VIGIL_QUEUE.
 type Ledger struct {
-	kv        jetstream.KeyValue
-	now       func() time.Time
-	onChange  func(user string)
-	used      func(ctx context.Context, user, id string) (bool, error)
-	published func(ctx context.Context, user, id string) (bool, error)
-	watcher   jetstream.KeyWatcher
-	done      chan struct{}
+	kv       jetstream.KeyValue
+	now      func() time.Time
+	onChange func(user string)
+	settled  func(ctx context.Context, user, id string, atLeast uint64) (Recent, bool, error)
+	watcher  jetstream.KeyWatcher
+	done     chan struct{}
 
 	mu    sync.Mutex
 	cache map[string]cached
@@ -228,16 +241,12 @@ type Options struct {
 	OnChange func(user string)
 	// Now is the clock (time.Now when nil; tests move it).
 	Now func() time.Time
-	// Used reports whether user's id named a command settled longer than
-	// DedupeWindow ago (its result is still in VIGIL_RESULTS); Record asks
-	// it for ids the requester chose that the queue does not know. Nil:
-	// such ids are taken as new.
-	Used func(ctx context.Context, user, id string) (bool, error)
-	// Published reports whether user's id has a result in VIGIL_RESULTS,
-	// asking the stream itself (ResultIndex.Published); Record asks it
-	// for the target of a cancel that the queue does not know, to refuse
-	// it as too late. Nil: such targets name no command.
-	Published func(ctx context.Context, user, id string) (bool, error)
+	// Settled looks user's command id up among the results in
+	// VIGIL_RESULTS (ResultIndex.Settled), answering once it has read up
+	// to sequence atLeast (the queue entry's SettledSeq). Record asks it
+	// for an id the requester chose and for the target of a cancel when
+	// the user's queue does not hold them. Nil: no id has a result.
+	Settled func(ctx context.Context, user, id string, atLeast uint64) (Recent, bool, error)
 }
 
 // Open opens the bucket (natsx.EnsureControl creates it), loads every
@@ -247,7 +256,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Ledger, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %w", ErrStore, natsx.BucketQueue, err)
 	}
-	l := &Ledger{kv: kv, now: opts.Now, onChange: opts.OnChange, used: opts.Used, published: opts.Published, cache: map[string]cached{}, done: make(chan struct{})}
+	l := &Ledger{kv: kv, now: opts.Now, onChange: opts.OnChange, settled: opts.Settled, cache: map[string]cached{}, done: make(chan struct{})}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -399,17 +408,22 @@ func (l *Ledger) update(ctx context.Context, user string, change func(q *Queue) 
 // commands gets ErrBusy and nothing is stored; pause and resume are never
 // busy: a queued pause or resume is superseded by the new one (it ends
 // cancelled, naming the new one).
+//
+// An id the queue entry does not hold is looked up among the results
+// (Options.Settled) when the requester chose it, inside the
+// compare-and-set: the entry read there says how far the lookup must
+// have read (SettledSeq), and a command that leaves the queue after that
+// read makes the write fail and the decision start again.
 func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contract.Ack, duplicate bool, err error) {
 	now := l.now().UTC()
 	e.Priority = e.Command.Priority()
-	if err := l.checkOld(ctx, e, now); err != nil {
-		return contract.Ack{}, false, err
-	}
-	targetSettled := l.cancelTargetSettled(ctx, e)
 	_, err = l.update(ctx, e.User, func(q *Queue) (bool, error) {
 		ack, duplicate = contract.Ack{}, false
 		q.Recent = slices.DeleteFunc(q.Recent, func(r Recent) bool { return r.expired(now) })
 		known, err := q.known(e, now)
+		if err == nil && known == nil && e.Chosen {
+			known, err = l.settledBefore(ctx, e, q.SettledSeq, now)
+		}
 		if err != nil || known != nil {
 			if known != nil {
 				ack, duplicate = contract.Ack{ID: e.ID, User: e.User, Command: known.Command, Accepted: true, Position: known.Position}, true
@@ -423,12 +437,11 @@ func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contr
 		e.Seq, e.AcceptedAt, e.Position = q.Seq, now, q.position(e)
 		if e.Command == contract.CmdCancel {
 			e.Position = 0
-			if err := q.cancel(&e, now, targetSettled); err != nil {
+			if err := q.cancel(&e, now, l.cancelTargetSettled(ctx, e, q)); err != nil {
 				return false, err
 			}
 		}
 		q.Items = append(q.Items, e)
-		q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest, Position: e.Position, AcceptedAt: now})
 		ack = e.Ack()
 		return true, nil
 	})
@@ -438,47 +451,33 @@ func (l *Ledger) Record(ctx context.Context, e Entry, queueLimit int) (ack contr
 	return ack, duplicate, nil
 }
 
-// checkOld fails with ErrIDConflict when e's chosen id, unknown to the
-// queue, named a command settled longer than DedupeWindow ago.
-func (l *Ledger) checkOld(ctx context.Context, e Entry, now time.Time) error {
-	if !e.Chosen || l.used == nil {
-		return nil
+// settledBefore answers e when its id named a command of the user that
+// has a result (Recent.repeats), looked up up to sequence atLeast; nil
+// when it names none.
+func (l *Ledger) settledBefore(ctx context.Context, e Entry, atLeast uint64, now time.Time) (*Recent, error) {
+	if l.settled == nil {
+		return nil, nil
 	}
-	q := l.Queue(e.User)
-	if q.find(e.ID) >= 0 || slices.ContainsFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID && !r.expired(now) }) {
-		return nil
-	}
-	used, err := l.used(ctx, e.User, e.ID)
+	r, ok, err := l.settled(ctx, e.User, e.ID, atLeast)
 	if err != nil {
-		return fmt.Errorf("%w: look up id %q: %w", ErrStore, e.ID, err)
+		return nil, fmt.Errorf("%w: look up id %q: %w", ErrStore, e.ID, err)
 	}
-	if used {
-		return fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
+	if !ok {
+		return nil, nil
 	}
-	return nil
+	return r.repeats(e, now)
 }
 
-// cancelTargetSettled reports whether e is a cancel whose target, unknown
-// to the queue, has a result (Published): the cancel is then refused as
-// too late rather than as naming no command. A failed lookup reports
-// false.
-func (l *Ledger) cancelTargetSettled(ctx context.Context, e Entry) bool {
-	if e.Command != contract.CmdCancel || l.published == nil {
-		return false
-	}
+// cancelTargetSettled reports whether e is a cancel whose target, not in
+// q, has a result: the cancel is then refused as too late rather than as
+// naming no command. A failed lookup reports false.
+func (l *Ledger) cancelTargetSettled(ctx context.Context, e Entry, q *Queue) bool {
 	var p contract.CancelPayload
-	if json.Unmarshal(e.Payload, &p) != nil || p.ID == "" || l.queued(e.User, p.ID) {
+	if l.settled == nil || json.Unmarshal(e.Payload, &p) != nil || p.ID == "" || q.find(p.ID) >= 0 {
 		return false
 	}
-	published, err := l.published(ctx, e.User, p.ID)
-	return err == nil && published
-}
-
-// queued reports whether user's queue, as this instance last saw it,
-// holds command id.
-func (l *Ledger) queued(user, id string) bool {
-	q := l.Queue(user)
-	return q.find(id) >= 0
+	_, ok, err := l.settled(ctx, e.User, p.ID, q.SettledSeq)
+	return err == nil && ok
 }
 
 // Queue returns user's queue as this instance last saw it.

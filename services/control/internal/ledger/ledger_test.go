@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -117,6 +118,16 @@ func claimOpts(self string, running []string, members ...string) ledger.ClaimOpt
 		}}
 }
 
+// settled are ended commands whose results were published (at no
+// sequence in particular: these tests run without results).
+func settled(ids ...string) []ledger.Settled {
+	out := make([]ledger.Settled, len(ids))
+	for i, id := range ids {
+		out[i] = ledger.Settled{ID: id}
+	}
+	return out
+}
+
 // TestPriorities claims a user's commands in priority order, FIFO within
 // a priority, jobs beside the queue up to MaxJobs.
 func TestPriorities(t *testing.T) {
@@ -128,10 +139,10 @@ func TestPriorities(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var order, settled, running []string
+	var order, done, running []string
 	for range 10 {
 		opts := claimOpts("x1", running)
-		opts.Settled = settled
+		opts.Settled = settled(done...)
 		c, err := l.Claim(ctx, "alice", opts)
 		if err != nil {
 			t.Fatal(err)
@@ -148,7 +159,7 @@ func TestPriorities(t *testing.T) {
 		if err != nil || !ok || ended.Ended == nil {
 			t.Fatalf("finish %s: %v %v", c.Next.ID, ok, err)
 		}
-		settled = append(settled, c.Next.ID)
+		done = append(done, c.Next.ID)
 	}
 	want := []string{"c6", "c3", "c5", "c1", "c0", "c2"}
 	if fmt.Sprint(order) != fmt.Sprint(want) {
@@ -268,54 +279,165 @@ func TestTakeover(t *testing.T) {
 		t.Fatalf("unpublished outcome not handed out: %+v %v", b, err)
 	}
 	opts := claimOpts("x2", nil)
-	opts.Settled = []string{"done"}
+	opts.Settled = settled("done")
 	if b, err = l.Claim(ctx, "bob", opts); err != nil || len(b.Ended) != 0 || len(l.Queue("bob").Items) != 0 {
 		t.Fatalf("settled command not removed: %+v %v %+v", b, err, l.Queue("bob"))
-	}
-	// The id stays known for the window after it was settled.
-	if ack, dup, err := l.Record(ctx, entry("done", "bob", contract.CmdPause), 32); err != nil || !dup || ack.ID != "done" {
-		t.Fatalf("settled id again: %+v %v %v", ack, dup, err)
 	}
 }
 
 // TestSettledIDs: an id is a duplicate while its command is queued and
-// for DedupeWindow after it settled, also when vigil-control generated
-// it; a cancel of a settled command is refused as too late.
+// within DedupeWindow of its acceptance once it settled, also when
+// vigil-control generated it (sent again, it is the requester's), and a
+// conflict with another payload; a cancel of a settled command is
+// refused as too late. Settled commands leave nothing in the queue
+// entry: their ids are answered from their results in VIGIL_RESULTS
+// (ResultIndex), also while the index has not read them yet.
 func TestSettledIDs(t *testing.T) {
 	ctx := context.Background()
-	published := func(_ context.Context, user, id string) (bool, error) { return user == "carol" && id == "gen0", nil }
-	l := open(t, newJS(t), ledger.Options{Published: published})
+	js := newJS(t)
+	if err := natsx.EnsureStreams(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	results, err := ledger.OpenResultIndex(ctx, js, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(results.Stop)
+	clk := &clock{}
+	l := open(t, js, ledger.Options{Settled: results.Settled, Now: clk.now})
+	// end ends e, which x1 runs: finished, its result published, removed
+	// from the queue.
+	end := func(e ledger.Entry) {
+		t.Helper()
+		clk.advance(time.Second)
+		ended, ok, err := l.Finish(ctx, e.User, e.ID, "x1", ledger.Outcome{Status: contract.StatusSucceeded})
+		if !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		msg, err := ledger.ResultMsg(ended)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := js.PublishMsg(ctx, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := claimOpts("x1", nil)
+		opts.Settled = []ledger.Settled{{ID: e.ID, ResultSeq: pub.Sequence}}
+		if _, err := l.Claim(ctx, e.User, opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// settle claims e for x1 and ends it.
+	settle := func(e ledger.Entry) {
+		t.Helper()
+		c, err := l.Claim(ctx, e.User, claimOpts("x1", nil))
+		if err != nil || c.Next == nil || c.Next.ID != e.ID {
+			t.Fatalf("claim %s: %+v %v", e.ID, c, err)
+		}
+		end(e)
+	}
 	for i := range 20 {
 		e := entry(fmt.Sprint("gen", i), "carol", contract.CmdPause)
 		if _, dup, err := l.Record(ctx, e, 32); err != nil || dup {
 			t.Fatalf("record %s: %v %v", e.ID, dup, err)
 		}
+		e.Chosen = true
 		if ack, dup, err := l.Record(ctx, e, 32); err != nil || !dup || ack.ID != e.ID {
 			t.Fatalf("repeated while queued: %+v %v %v", ack, dup, err)
 		}
-		c, err := l.Claim(ctx, "carol", claimOpts("x1", nil))
-		if err != nil || c.Next == nil || c.Next.ID != e.ID {
-			t.Fatalf("claim %s: %+v %v", e.ID, c, err)
-		}
-		if _, ok, err := l.Finish(ctx, "carol", e.ID, "x1", ledger.Outcome{Status: contract.StatusSucceeded}); !ok || err != nil {
-			t.Fatal(ok, err)
-		}
-		opts := claimOpts("x1", nil)
-		opts.Settled = []string{e.ID}
-		if _, err := l.Claim(ctx, "carol", opts); err != nil {
-			t.Fatal(err)
+		settle(e)
+		// At once, before the index may have read the result: asked of the
+		// stream's leader.
+		if ack, dup, err := l.Record(ctx, e, 32); err != nil || !dup || ack.ID != e.ID {
+			t.Fatalf("repeated right after it settled: %+v %v %v", ack, dup, err)
 		}
 	}
-	if q := l.Queue("carol"); len(q.Items) != 0 || len(q.Recent) != 20 {
-		t.Fatalf("after 20 settled commands: %d items, %d recent ids", len(q.Items), len(q.Recent))
+	// A position other than 0 comes back too.
+	running := entry("run", "carol", contract.CmdClearCache)
+	if _, _, err := l.Record(ctx, running, 32); err != nil {
+		t.Fatal(err)
 	}
-	if ack, dup, err := l.Record(ctx, entry("gen3", "carol", contract.CmdPause), 32); err != nil || !dup || ack.ID != "gen3" {
+	if c, err := l.Claim(ctx, "carol", claimOpts("x1", nil)); err != nil || c.Next == nil || c.Next.ID != "run" {
+		t.Fatal(c, err)
+	}
+	second := entry("second", "carol", contract.CmdSwitchMode)
+	second.Chosen = true
+	first, _, err := l.Record(ctx, second, 32)
+	if err != nil || first.Position != 1 {
+		t.Fatalf("behind a running command: %+v %v", first, err)
+	}
+	end(running) // its removal claims second
+	end(second)
+	if ack, dup, err := l.Record(ctx, second, 32); err != nil || !dup || ack != first {
+		t.Fatalf("settled id again: %+v %v %v, want %+v", ack, dup, err, first)
+	}
+	q := l.Queue("carol")
+	if len(q.Items) != 0 || len(q.Recent) != 0 || q.SettledSeq == 0 {
+		t.Fatalf("after 22 settled commands: %d items, %d recent ids, settled seq %d", len(q.Items), len(q.Recent), q.SettledSeq)
+	}
+	bobs := entry("gen3", "bob", contract.CmdClearCache)
+	bobs.Chosen = true
+	if _, dup, err := l.Record(ctx, bobs, 32); err != nil || dup {
+		t.Fatalf("bob's own gen3: %v %v", dup, err)
+	}
+	again := entry("gen3", "carol", contract.CmdPause)
+	again.Chosen = true
+	if ack, dup, err := l.Record(ctx, again, 32); err != nil || !dup || ack.ID != "gen3" || ack.Command != contract.CmdPause {
 		t.Fatalf("settled id again: %+v %v %v", ack, dup, err)
+	}
+	other := entry("gen4", "carol", contract.CmdResume)
+	other.Chosen = true
+	if _, _, err := l.Record(ctx, other, 32); !errors.Is(err, ledger.ErrIDConflict) || !strings.Contains(err.Error(), "another payload") {
+		t.Fatalf("settled id for another command: %v", err)
 	}
 	c := entry("c1", "carol", contract.CmdCancel)
 	c.Payload = []byte(`{"id":"gen0"}`)
 	if _, _, err := l.Record(ctx, c, 32); !errors.Is(err, ledger.ErrCancelRefused) || !strings.Contains(err.Error(), "has already ended") {
 		t.Fatalf("cancel of a settled command: %v", err)
+	}
+	clk.advance(ledger.DedupeWindow)
+	if _, _, err := l.Record(ctx, again, 32); !errors.Is(err, ledger.ErrIDConflict) || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("settled id after the window: %v", err)
+	}
+	// Accepted 11 minutes ago, settled one minute ago: a conflict.
+	slow := entry("slow", "carol", contract.CmdPause)
+	slow.Chosen = true
+	if _, dup, err := l.Record(ctx, slow, 32); err != nil || dup {
+		t.Fatalf("a new chosen id: %v %v", dup, err)
+	}
+	clk.advance(ledger.DedupeWindow)
+	settle(slow)
+	if _, _, err := l.Record(ctx, slow, 32); !errors.Is(err, ledger.ErrIDConflict) || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("id accepted 11 minutes ago, settled a moment ago: %v", err)
+	}
+}
+
+// TestRecentOfAnEarlierVersion: ids kept in the queue entry's Recent by a
+// vigil-control before SettledSeq are still answered until they expire.
+func TestRecentOfAnEarlierVersion(t *testing.T) {
+	ctx := context.Background()
+	js := newJS(t)
+	kv, err := js.KeyValue(ctx, natsx.BucketQueue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := entry("old1", "dave", contract.CmdClearCache)
+	settledAt := time.Now().UTC()
+	doc := fmt.Sprintf(`{"seq":1,"items":[],"recent":[{"id":"old1","command":"clear-cache","digest":%q,"position":2,"accepted_at":%q,"settled_at":%q}]}`,
+		old.Digest, settledAt.Add(-time.Minute).Format(time.RFC3339Nano), settledAt.Format(time.RFC3339Nano))
+	if _, err := kv.Put(ctx, contract.StateKey("dave"), []byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	l := open(t, js, ledger.Options{})
+	old.Chosen = true
+	if ack, dup, err := l.Record(ctx, old, 32); err != nil || !dup || ack.Position != 2 {
+		t.Fatalf("an id an earlier version kept: %+v %v %v", ack, dup, err)
+	}
+	c := entry("c1", "dave", contract.CmdCancel)
+	c.Payload = []byte(`{"id":"old1"}`)
+	if _, _, err := l.Record(ctx, c, 32); !errors.Is(err, ledger.ErrCancelRefused) {
+		t.Fatalf("cancel of a command an earlier version settled: %v", err)
 	}
 }
 
@@ -357,79 +479,6 @@ func TestConcurrentRecords(t *testing.T) {
 	testenv.WaitFor(t, waitTimeout, "the second instance's cache", func() bool { return len(l2.Queue("alice").Items) == limit })
 	if changes.Load() == 0 {
 		t.Error("the watch reported no change")
-	}
-}
-
-// TestOldIDs: an id the requester chose that the queue no longer knows is
-// a conflict when it named a command whose result is still kept (Used),
-// so an id never names two commands in command_log.
-func TestOldIDs(t *testing.T) {
-	ctx := context.Background()
-	var clk clock
-	settled := map[string]bool{"old": true}
-	var mu sync.Mutex
-	l := open(t, newJS(t), ledger.Options{Now: clk.now, Used: func(_ context.Context, user, id string) (bool, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return user == "alice" && settled[id], nil
-	}})
-	chosen := func(id, user string) ledger.Entry {
-		e := entry(id, user, contract.CmdPause)
-		e.Chosen = true
-		return e
-	}
-	if _, _, err := l.Record(ctx, chosen("old", "alice"), 32); !errors.Is(err, ledger.ErrIDConflict) || !strings.Contains(err.Error(), "10m0s ago") {
-		t.Fatalf("old id: %v, want conflict", err)
-	}
-	if _, _, err := l.Record(ctx, chosen("old", "bob"), 32); err != nil {
-		t.Fatalf("bob's own id: %v", err)
-	}
-	if _, dup, err := l.Record(ctx, chosen("fresh", "alice"), 32); err != nil || dup {
-		t.Fatalf("new id: %v %v", dup, err)
-	}
-	c, err := l.Claim(ctx, "alice", claimOpts("x1", nil))
-	if err != nil || c.Next == nil {
-		t.Fatal(c, err)
-	}
-	if _, ok, err := l.Finish(ctx, "alice", "fresh", "x1", ledger.Outcome{Status: contract.StatusSucceeded}); !ok || err != nil {
-		t.Fatal(ok, err)
-	}
-	opts := claimOpts("x1", nil)
-	opts.Settled = []string{"fresh"}
-	if _, err := l.Claim(ctx, "alice", opts); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	settled["fresh"] = true
-	mu.Unlock()
-	if _, dup, err := l.Record(ctx, chosen("fresh", "alice"), 32); err != nil || !dup {
-		t.Fatalf("settled id within the window: %v %v, want the first ACK", dup, err)
-	}
-	clk.advance(ledger.DedupeWindow)
-	if _, _, err := l.Record(ctx, chosen("fresh", "alice"), 32); !errors.Is(err, ledger.ErrIDConflict) {
-		t.Fatalf("settled id after the window: %v, want conflict", err)
-	}
-
-	// A command that settles long after it was accepted stays known for
-	// the window after it settled, even to a Used that has not seen its
-	// result yet (the ResultIndex reading behind).
-	if _, _, err := l.Record(ctx, chosen("slow", "alice"), 32); err != nil {
-		t.Fatal(err)
-	}
-	if c, err := l.Claim(ctx, "alice", claimOpts("x1", nil)); err != nil || c.Next == nil || c.Next.ID != "slow" {
-		t.Fatal(c, err)
-	}
-	clk.advance(ledger.DedupeWindow - time.Minute)
-	if _, ok, err := l.Finish(ctx, "alice", "slow", "x1", ledger.Outcome{Status: contract.StatusSucceeded}); !ok || err != nil {
-		t.Fatal(ok, err)
-	}
-	opts.Settled = []string{"slow"}
-	if _, err := l.Claim(ctx, "alice", opts); err != nil {
-		t.Fatal(err)
-	}
-	clk.advance(2 * time.Minute)
-	if _, _, err := l.Record(ctx, chosen("slow", "alice"), 32); !errors.Is(err, ledger.ErrIDConflict) {
-		t.Fatalf("id settled a minute ago, accepted 11 minutes ago, unknown to Used: %v, want conflict", err)
 	}
 }
 

@@ -80,7 +80,7 @@ func TestProjectorCatchesUpAfterAnOutage(t *testing.T) {
 				t.Fatal(err)
 			}
 			opts := claimOpts("x1", nil)
-			opts.Settled = []string{id}
+			opts.Settled = settled(id)
 			if _, err := l.Claim(ctx, user, opts); err != nil {
 				t.Fatal(err)
 			}

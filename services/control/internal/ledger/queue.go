@@ -18,14 +18,19 @@ type Queue struct {
 	Seq int64 `json:"seq"`
 	// Items are the commands not settled yet, in order of acceptance.
 	Items []Entry `json:"items"`
-	// Recent are the ids accepted or settled within DedupeWindow (see
-	// Recent).
+	// SettledSeq is the VIGIL_RESULTS sequence of the newest result of a
+	// command removed from the queue (forget): an id the queue does not
+	// hold is looked up among the results read up to there.
+	SettledSeq uint64 `json:"settled_seq,omitempty"`
+	// Recent are the ids that vigil-control versions before SettledSeq
+	// kept for DedupeWindow after acceptance or settlement; read until they
+	// expire, never added to.
 	Recent []Recent `json:"recent,omitempty"`
 }
 
 // clone copies q so that changing the copy's slices leaves q alone.
 func (q Queue) clone() Queue {
-	return Queue{Seq: q.Seq, Items: slices.Clone(q.Items), Recent: slices.Clone(q.Recent)}
+	return Queue{Seq: q.Seq, Items: slices.Clone(q.Items), SettledSeq: q.SettledSeq, Recent: slices.Clone(q.Recent)}
 }
 
 // find returns the index of item id, or -1.
@@ -33,37 +38,17 @@ func (q *Queue) find(id string) int {
 	return slices.IndexFunc(q.Items, func(e Entry) bool { return e.ID == id })
 }
 
-// known returns the earlier acceptance of e.ID when it is a duplicate of
-// e, and ErrIDConflict when e.ID names another command or payload, or was
-// accepted longer than DedupeWindow ago. Errors name only this user's
-// command.
+// known returns the earlier acceptance of e.ID, when the queue holds it,
+// answered by Recent.repeats: e is a duplicate of it, or ErrIDConflict.
 func (q *Queue) known(e Entry, now time.Time) (*Recent, error) {
-	for _, r := range q.Recent {
-		if r.ID != e.ID {
-			continue
-		}
-		if r.Command != e.Command || r.Digest != e.Digest {
-			return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s with another payload; use a new id",
-				ErrIDConflict, e.ID, r.Command, r.AcceptedAt.Format(time.RFC3339))
-		}
-		if now.Sub(r.AcceptedAt) >= DedupeWindow {
-			return nil, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
-		}
-		return &r, nil
+	if i := q.find(e.ID); i >= 0 {
+		it := q.Items[i]
+		return Recent{ID: it.ID, Command: it.Command, Digest: it.Digest, Position: it.Position, AcceptedAt: it.AcceptedAt}.repeats(e, now)
 	}
-	i := q.find(e.ID)
-	if i < 0 {
-		return nil, nil
+	if i := slices.IndexFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID }); i >= 0 {
+		return q.Recent[i].repeats(e, now)
 	}
-	it := q.Items[i]
-	if now.Sub(it.AcceptedAt) >= DedupeWindow {
-		return nil, fmt.Errorf("%w: %q was accepted more than %s ago; use a new id", ErrIDConflict, e.ID, DedupeWindow)
-	}
-	if it.Command != e.Command || it.Digest != e.Digest {
-		return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s with another payload; use a new id",
-			ErrIDConflict, e.ID, it.Command, it.AcceptedAt.Format(time.RFC3339))
-	}
-	return &Recent{ID: it.ID, Command: it.Command, Digest: it.Digest, Position: it.Position, AcceptedAt: it.AcceptedAt}, nil
+	return nil, nil
 }
 
 // collapses reports whether cmd is exempt from the queue bound: at most
@@ -216,23 +201,24 @@ func (q *Queue) position(e Entry) int {
 	return n
 }
 
-// forget removes the ended entries ids (their results are published) and
-// keeps their ids in Recent for DedupeWindow from now: a reused id is
-// then always found in the queue, in Recent, or (settled longer ago) in
-// the ResultIndex, which has long read its result.
-func (q *Queue) forget(ids []string, now time.Time) bool {
+// Settled is an ended command whose result is published, at sequence
+// ResultSeq of VIGIL_RESULTS.
+type Settled struct {
+	ID        string
+	ResultSeq uint64
+}
+
+// forget removes the ended entries settled and raises SettledSeq to their
+// results: a reused id is then found in the queue or among the results
+// read up to SettledSeq (Options.Settled).
+func (q *Queue) forget(settled []Settled) bool {
 	n := len(q.Items)
 	q.Items = slices.DeleteFunc(q.Items, func(e Entry) bool {
-		if e.Ended == nil || !slices.Contains(ids, e.ID) {
+		i := slices.IndexFunc(settled, func(s Settled) bool { return s.ID == e.ID })
+		if e.Ended == nil || i < 0 {
 			return false
 		}
-		settled := now
-		if i := slices.IndexFunc(q.Recent, func(r Recent) bool { return r.ID == e.ID }); i >= 0 {
-			q.Recent[i].SettledAt = &settled
-		} else {
-			q.Recent = append(q.Recent, Recent{ID: e.ID, Command: e.Command, Digest: e.Digest,
-				Position: e.Position, AcceptedAt: e.AcceptedAt, SettledAt: &settled})
-		}
+		q.SettledSeq = max(q.SettledSeq, settled[i].ResultSeq)
 		return true
 	})
 	return len(q.Items) != n

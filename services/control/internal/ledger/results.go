@@ -2,12 +2,15 @@ package ledger
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
 )
@@ -16,26 +19,68 @@ import (
 // stream keeps.
 const resultsPruneEvery = time.Hour
 
-// ResultIndex knows which of the users' command ids have a result in
-// VIGIL_RESULTS, so that Record can refuse an id reused after
-// DedupeWindow without a round trip on the ACK path. It reads the
-// stream's result subjects (headers only) with an ordered consumer; until
-// it has read up to the stream's end, and whenever it falls behind, Used
-// asks the stream directly.
+// lookupTimeout bounds one question to VIGIL_RESULTS' leader.
+const lookupTimeout = 5 * time.Second
+
+// Headers vigil-control adds to a result (ResultMsg): what the command's
+// first ACK needs once the command has left its user's queue. They are
+// not part of the contract's result payload; subscribers ignore them.
+const (
+	// HeaderDigest is the command's PayloadDigest.
+	HeaderDigest = "Vigil-Digest"
+	// HeaderPosition is the queue position its ACK gave.
+	HeaderPosition = "Vigil-Position"
+)
+
+// ResultMsg is en's result as published on vigil.result.<user>.<id>: the
+// contract's Result as JSON, Nats-Msg-Id <user>:<id> (ids are per user; a
+// republished result is dropped as a duplicate), and the command's digest
+// and ACK position (HeaderDigest, HeaderPosition) for the ResultIndex.
+func ResultMsg(en Entry) (*nats.Msg, error) {
+	b, err := json.Marshal(en.Result())
+	if err != nil {
+		return nil, fmt.Errorf("encode result of %s: %w", en.ID, err)
+	}
+	msg := nats.NewMsg(contract.ResultSubject(en.User, en.ID))
+	msg.Data = b
+	msg.Header.Set(jetstream.MsgIDHeader, en.User+":"+en.ID)
+	msg.Header.Set(HeaderDigest, en.Digest)
+	msg.Header.Set(HeaderPosition, strconv.Itoa(en.Position))
+	return msg, nil
+}
+
+// ResultIndex knows the users' commands that have a result in
+// VIGIL_RESULTS, with what their first ACK said, so that Record answers
+// an id used before (a duplicate within DedupeWindow, a conflict after
+// it) without keeping settled ids in the user's queue entry and without
+// a round trip on the ACK path. It reads the stream's result subjects
+// with an ordered consumer, in stream order.
 //
-// Why the index is enough once it is caught up: an id stays in its user's
-// queue until its result is published, and in the queue's Recent for
-// DedupeWindow after that (Queue.forget), so Record consults the index
-// only for ids whose result was published more than DedupeWindow ago.
+// Why a miss in the index can be trusted: a command stays in its user's
+// queue until its result is published, and the write that removes it
+// raises the entry's SettledSeq to the stream sequence of that result
+// (Queue.forget). Record asks for ids the queue entry, read in the same
+// compare-and-set, does not hold; the index answers once it has read the
+// stream up to that entry's SettledSeq (and caught up with the stream
+// since it last started reading), else the stream's leader is asked.
 type ResultIndex struct {
 	stream jetstream.Stream
+	nc     *nats.Conn
 	maxAge time.Duration
 	cons   jetstream.ConsumeContext
 
 	mu        sync.Mutex
-	stored    map[string]time.Time // result subject → when it was stored
-	caughtUp  bool
+	stored    map[string]indexed // result subject → the command
+	read      uint64             // stream sequence of the last result read
+	caughtUp  bool               // read up to the stream's end since the last (re)start
 	lastPrune time.Time
+}
+
+// indexed is a result the index read: the command's acceptance and when
+// the result was stored.
+type indexed struct {
+	acceptance Recent
+	stored     time.Time
 }
 
 // OpenResultIndex starts reading VIGIL_RESULTS into an index; Stop ends it.
@@ -48,10 +93,9 @@ func OpenResultIndex(ctx context.Context, js jetstream.JetStream, log *slog.Logg
 	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrStore, contract.StreamResults, err)
 	}
-	x := &ResultIndex{stream: stream, maxAge: stream.CachedInfo().Config.MaxAge,
-		stored: map[string]time.Time{}, caughtUp: err != nil, lastPrune: time.Now()}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{contract.ResultSubjects}, HeadersOnly: true})
+	x := &ResultIndex{stream: stream, nc: js.Conn(), maxAge: stream.CachedInfo().Config.MaxAge,
+		stored: map[string]indexed{}, caughtUp: err != nil, lastPrune: time.Now()}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{contract.ResultSubjects}})
 	if err != nil {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrStore, contract.StreamResults, err)
 	}
@@ -72,45 +116,100 @@ func (x *ResultIndex) add(m jetstream.Msg) {
 	if err != nil {
 		return
 	}
+	acceptance := acceptanceOf(m.Headers(), m.Data())
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.stored[m.Subject()] = meta.Timestamp
-	x.caughtUp = meta.NumPending == 0
+	x.stored[m.Subject()] = indexed{acceptance: acceptance, stored: meta.Timestamp}
+	x.read = max(x.read, meta.Sequence.Stream)
+	if meta.NumPending == 0 {
+		x.caughtUp = true
+	}
 	if now := time.Now(); x.maxAge > 0 && now.Sub(x.lastPrune) >= resultsPruneEvery {
 		x.lastPrune = now
-		for subject, at := range x.stored {
-			if now.Sub(at) >= x.maxAge {
+		for subject, r := range x.stored {
+			if now.Sub(r.stored) >= x.maxAge {
 				delete(x.stored, subject)
 			}
 		}
 	}
 }
 
-// Used reports whether user's id has a result in VIGIL_RESULTS.
-func (x *ResultIndex) Used(ctx context.Context, user, id string) (bool, error) {
+// acceptanceOf reads a command's acceptance from its result message. A
+// result published by a vigil before the headers has no digest
+// (Recent.repeats then refuses the id as a conflict).
+func acceptanceOf(h nats.Header, data []byte) Recent {
+	var r struct {
+		ID         string           `json:"id"`
+		Command    contract.Command `json:"command"`
+		AcceptedAt time.Time        `json:"accepted_at"`
+	}
+	_ = json.Unmarshal(data, &r)
+	position, _ := strconv.Atoi(h.Get(HeaderPosition))
+	return Recent{ID: r.ID, Command: r.Command, Digest: h.Get(HeaderDigest), Position: position, AcceptedAt: r.AcceptedAt}
+}
+
+// Settled returns the acceptance of user's command id when it has a
+// result in VIGIL_RESULTS. atLeast is the SettledSeq of the user's queue
+// entry as the caller read it: the index answers once it has read that
+// far, else the stream's leader does (never a replica, which may not
+// have stored a result its leader acknowledged).
+func (x *ResultIndex) Settled(ctx context.Context, user, id string, atLeast uint64) (Recent, bool, error) {
 	subject := contract.ResultSubject(user, id)
 	x.mu.Lock()
-	at, ok := x.stored[subject]
-	caughtUp := x.caughtUp
+	r, ok := x.stored[subject]
+	trusted := x.caughtUp && x.read >= atLeast
 	x.mu.Unlock()
 	switch {
 	case ok:
-		return x.maxAge <= 0 || time.Since(at) < x.maxAge, nil
-	case caughtUp:
-		return false, nil
+		return r.acceptance, x.maxAge <= 0 || time.Since(r.stored) < x.maxAge, nil
+	case trusted:
+		return Recent{}, false, nil
 	}
-	return x.Published(ctx, user, id)
+	return x.lookup(ctx, subject)
 }
 
-// Published reports whether user's id has a result in VIGIL_RESULTS,
-// asking the stream: unlike Used it also sees a result published a moment
-// ago that the index has not read yet.
-func (x *ResultIndex) Published(ctx context.Context, user, id string) (bool, error) {
-	_, err := x.stream.GetLastMsgForSubject(ctx, contract.ResultSubject(user, id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, nil
+// lookup asks VIGIL_RESULTS' leader for the result on subject
+// ($JS.API.STREAM.MSG.GET: a direct get, which the stream allows for the
+// tenants, may be answered by a replica that lags).
+func (x *ResultIndex) lookup(ctx context.Context, subject string) (Recent, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	req, err := json.Marshal(map[string]string{"last_by_subj": subject})
+	if err != nil {
+		return Recent{}, false, err
 	}
-	return err == nil, err
+	reply, err := x.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+contract.StreamResults, req)
+	if err != nil {
+		return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
+	}
+	var resp struct {
+		Error *struct {
+			ErrCode     jetstream.ErrorCode `json:"err_code"`
+			Description string              `json:"description"`
+		} `json:"error"`
+		Message *struct {
+			Header []byte `json:"hdrs"`
+			Data   []byte `json:"data"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrCode == jetstream.JSErrCodeMessageNotFound:
+		return Recent{}, false, nil
+	case resp.Error != nil:
+		return Recent{}, false, fmt.Errorf("look up %s: %s", subject, resp.Error.Description)
+	case resp.Message == nil:
+		return Recent{}, false, fmt.Errorf("look up %s: an answer without a message", subject)
+	}
+	var h nats.Header
+	if len(resp.Message.Header) > 0 {
+		if h, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
+			return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
+		}
+	}
+	return acceptanceOf(h, resp.Message.Data), true, nil
 }
 
 // Stop ends the reading.

@@ -12,8 +12,10 @@ import (
 )
 
 // TestResultIndex: the index knows the results already in VIGIL_RESULTS
-// and those published after it opened, per user, and answers from memory
-// once caught up (a result deleted from the stream is still known).
+// and those published after it opened, per user, with their command's
+// acceptance; it answers from memory once it has read as far as asked
+// (a result deleted from the stream is still known), and asks the
+// stream's leader when asked for more than it has read.
 func TestResultIndex(t *testing.T) {
 	ctx := context.Background()
 	srv := testenv.StartNATS(t)
@@ -21,8 +23,13 @@ func TestResultIndex(t *testing.T) {
 	if err := natsx.EnsureStreams(ctx, js); err != nil {
 		t.Fatal(err)
 	}
+	accepted := time.Date(2026, 12, 4, 3, 0, 0, 0, time.UTC)
 	publish := func(user, id string) uint64 {
-		ack, err := js.Publish(ctx, contract.ResultSubject(user, id), []byte(`{}`))
+		msg, err := ResultMsg(Entry{ID: id, User: user, Command: contract.CmdReloadSettings, Digest: "d-" + id, Position: 3, AcceptedAt: accepted})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := js.PublishMsg(ctx, msg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -37,26 +44,31 @@ func TestResultIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(x.Stop)
-	publish("alice", "r2")
+	last := publish("alice", "r2")
 	testenv.WaitFor(t, 30*time.Second, "the index reads both results", func() bool {
 		x.mu.Lock()
 		defer x.mu.Unlock()
-		return len(x.stored) == 2 && x.caughtUp
+		return len(x.stored) == 2 && x.caughtUp && x.read == last
 	})
-	used := func(user, id string) bool {
-		ok, err := x.Used(ctx, user, id)
+	settled := func(user, id string, atLeast uint64) (Recent, bool) {
+		r, ok, err := x.Settled(ctx, user, id, atLeast)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return ok
+		return r, ok
 	}
 	for _, id := range []string{"r1", "r2"} {
-		if !used("alice", id) {
-			t.Errorf("alice's %s: not used", id)
+		r, ok := settled("alice", id, last)
+		want := Recent{ID: id, Command: contract.CmdReloadSettings, Digest: "d-" + id, Position: 3, AcceptedAt: accepted}
+		if !ok || r != want {
+			t.Errorf("alice's %s: %+v %v, want %+v", id, r, ok, want)
 		}
 	}
-	if used("bob", "r1") || used("alice", "r3") {
-		t.Error("an id without a result is used")
+	if _, ok := settled("bob", "r1", last); ok {
+		t.Error("bob's r1 has a result: ids are per user")
+	}
+	if _, ok := settled("alice", "r3", last); ok {
+		t.Error("alice's r3 has a result")
 	}
 	stream, err := js.Stream(ctx, contract.StreamResults)
 	if err != nil {
@@ -65,7 +77,21 @@ func TestResultIndex(t *testing.T) {
 	if err := stream.DeleteMsg(ctx, before); err != nil {
 		t.Fatal(err)
 	}
-	if !used("alice", "r1") {
+	if _, ok := settled("alice", "r1", last); !ok {
 		t.Error("a result read before it was deleted from the stream is forgotten: the index asked the stream")
+	}
+	// Asked for more than it read, the index asks the stream: a result
+	// it has not read is found, and a deleted one is not.
+	x.mu.Lock()
+	delete(x.stored, contract.ResultSubject("alice", "r2"))
+	x.mu.Unlock()
+	if r, ok := settled("alice", "r2", last+1); !ok || r.Digest != "d-r2" || r.Position != 3 {
+		t.Errorf("alice's r2 from the stream: %+v %v", r, ok)
+	}
+	x.mu.Lock()
+	delete(x.stored, contract.ResultSubject("alice", "r1"))
+	x.mu.Unlock()
+	if _, ok := settled("alice", "r1", last+1); ok {
+		t.Error("a result deleted from the stream found by the stream")
 	}
 }
