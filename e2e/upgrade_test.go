@@ -3,15 +3,19 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
 	"vigil.dev/pkg/testenv"
 )
 
@@ -104,8 +108,14 @@ func TestMixedVersions(t *testing.T) {
 }
 
 // runCommandSequence runs the command sequence of TestMixedVersions for
-// user: each must succeed with every step confirmed by 2 instances.
+// user: each must succeed with every step confirmed by 2 instances. Each
+// id is then sent again, so that both versions answer it after it
+// settled: the first ACK again, or a conflict (an old instance does not
+// read what a new one keeps of a settled command), never a second
+// acceptance, which the user's queue sequence would count.
 func runCommandSequence(t *testing.T, s *cmdStack, user string) {
+	seqBefore := queueSeq(t, s, user)
+	commands := 0
 	for _, c := range []struct {
 		cmd     contract.Command
 		payload string
@@ -119,9 +129,29 @@ func runCommandSequence(t *testing.T, s *cmdStack, user string) {
 		{contract.CmdForceBackfill, `{"symbol":"BTC-USD","timeframes":["5m"]}`, []string{"vigil-feed backfill", "vigil-indicators recompute"}},
 	} {
 		began := time.Now()
-		res := s.run(t, user, c.cmd, c.payload)
+		first := s.accept(t, user, c.cmd, c.payload)
+		res := s.waitResult(t, user, first.ID, 60*time.Second)
+		if res.Status != contract.StatusSucceeded {
+			t.Fatalf("%s of %s %s: %s", c.cmd, user, c.payload, resultString(res))
+		}
+		commands++
 		checkSteps(t, res, 2, c.steps...)
 		t.Logf("%s %s: %s in %v", user, c.cmd, res.Status, time.Since(began).Round(time.Millisecond))
+		answers := map[string]int{}
+		for range 6 {
+			switch ack := s.send(t, user, c.cmd, c.payload, first.ID); {
+			case ack.Accepted && ack.ID == first.ID && ack.Position == first.Position:
+				answers["first ACK"]++
+			case ack.Error != nil && ack.Error.Code == contract.CodeConflict:
+				answers["conflict"]++
+			default:
+				t.Errorf("%s %s sent again: %s, want the first ACK %s or a conflict", user, c.cmd, ackString(ack), ackString(first))
+			}
+		}
+		t.Logf("%s %s sent again 6 times: %v", user, c.cmd, answers)
+	}
+	if got := queueSeq(t, s, user) - seqBefore; got != int64(commands) {
+		t.Errorf("%s's queue accepted %d commands, want %d: an id sent again was accepted again", user, got, commands)
 	}
 	if st, _, _ := s.state(user); st.Paused || st.Mode != contract.ModeScalperMACDV {
 		t.Errorf("desired state of %s after the sequence: paused=%v mode=%s", user, st.Paused, st.Mode)
@@ -152,4 +182,30 @@ func revisions(t *testing.T, nc *nats.Conn, service string) map[string]string {
 			out[info.Metadata["instance"]] = info.Metadata["revision"]
 		}
 	}
+}
+
+// queueSeq is the sequence number of user's last accepted command, from
+// the user's entry in VIGIL_QUEUE.
+func queueSeq(t *testing.T, s *cmdStack, user string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := s.js.KeyValue(ctx, natsx.BucketQueue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, contract.StateKey(user))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q struct {
+		Seq int64 `json:"seq"`
+	}
+	if err := json.Unmarshal(e.Value(), &q); err != nil {
+		t.Fatalf("queue entry of %s: %v", user, err)
+	}
+	return q.Seq
 }
