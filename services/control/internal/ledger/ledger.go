@@ -206,8 +206,7 @@ func (r Recent) expired(now time.Time) bool {
 func (r Recent) repeats(e Entry, now time.Time) (*Recent, error) {
 	switch {
 	case r.Digest == "":
-		return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s; use a new id",
-			ErrIDConflict, e.ID, r.Command, r.AcceptedAt.Format(time.RFC3339))
+		return nil, fmt.Errorf("%w: %q is the id of a command of yours that has a result; use a new id", ErrIDConflict, e.ID)
 	case r.Command != e.Command || r.Digest != e.Digest:
 		return nil, fmt.Errorf("%w: %q is the id of your %s accepted at %s with another payload; use a new id",
 			ErrIDConflict, e.ID, r.Command, r.AcceptedAt.Format(time.RFC3339))

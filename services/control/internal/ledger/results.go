@@ -23,19 +23,24 @@ const resultsPruneEvery = time.Hour
 const lookupTimeout = 5 * time.Second
 
 // Headers vigil-control adds to a result (ResultMsg): what the command's
-// first ACK needs once the command has left its user's queue. They are
-// not part of the contract's result payload; subscribers ignore them.
+// first ACK said, for an id sent again once the command has left its
+// user's queue. They are not part of the contract's result payload;
+// subscribers ignore them.
 const (
-	// HeaderDigest is the command's PayloadDigest.
+	// HeaderCommand is the command.
+	HeaderCommand = "Vigil-Command"
+	// HeaderDigest is its PayloadDigest.
 	HeaderDigest = "Vigil-Digest"
 	// HeaderPosition is the queue position its ACK gave.
 	HeaderPosition = "Vigil-Position"
+	// HeaderAcceptedAt is when it was accepted (RFC 3339, nanoseconds).
+	HeaderAcceptedAt = "Vigil-Accepted-At"
 )
 
 // ResultMsg is en's result as published on vigil.result.<user>.<id>: the
 // contract's Result as JSON, Nats-Msg-Id <user>:<id> (ids are per user; a
-// republished result is dropped as a duplicate), and the command's digest
-// and ACK position (HeaderDigest, HeaderPosition) for the ResultIndex.
+// republished result is dropped as a duplicate), and what its first ACK
+// said in the headers above, which the ResultIndex reads.
 func ResultMsg(en Entry) (*nats.Msg, error) {
 	b, err := json.Marshal(en.Result())
 	if err != nil {
@@ -44,8 +49,10 @@ func ResultMsg(en Entry) (*nats.Msg, error) {
 	msg := nats.NewMsg(contract.ResultSubject(en.User, en.ID))
 	msg.Data = b
 	msg.Header.Set(jetstream.MsgIDHeader, en.User+":"+en.ID)
+	msg.Header.Set(HeaderCommand, string(en.Command))
 	msg.Header.Set(HeaderDigest, en.Digest)
 	msg.Header.Set(HeaderPosition, strconv.Itoa(en.Position))
+	msg.Header.Set(HeaderAcceptedAt, en.AcceptedAt.UTC().Format(time.RFC3339Nano))
 	return msg, nil
 }
 
@@ -53,8 +60,8 @@ func ResultMsg(en Entry) (*nats.Msg, error) {
 // VIGIL_RESULTS, with what their first ACK said, so that Record answers
 // an id used before (a duplicate within DedupeWindow, a conflict after
 // it) without keeping settled ids in the user's queue entry and without
-// a round trip on the ACK path. It reads the stream's result subjects
-// with an ordered consumer, in stream order.
+// a round trip on the ACK path. It reads the headers of the stream's
+// results (ResultMsg) with an ordered consumer, in stream order.
 //
 // Why a miss in the index can be trusted: a command stays in its user's
 // queue until its result is published, and the write that removes it
@@ -95,7 +102,8 @@ func OpenResultIndex(ctx context.Context, js jetstream.JetStream, log *slog.Logg
 	}
 	x := &ResultIndex{stream: stream, nc: js.Conn(), maxAge: stream.CachedInfo().Config.MaxAge,
 		stored: map[string]indexed{}, caughtUp: err != nil, lastPrune: time.Now()}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{contract.ResultSubjects}})
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{contract.ResultSubjects}, HeadersOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrStore, contract.StreamResults, err)
 	}
@@ -116,7 +124,7 @@ func (x *ResultIndex) add(m jetstream.Msg) {
 	if err != nil {
 		return
 	}
-	acceptance := acceptanceOf(m.Headers(), m.Data())
+	acceptance := acceptanceOf(m.Headers())
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.stored[m.Subject()] = indexed{acceptance: acceptance, stored: meta.Timestamp}
@@ -134,18 +142,13 @@ func (x *ResultIndex) add(m jetstream.Msg) {
 	}
 }
 
-// acceptanceOf reads a command's acceptance from its result message. A
-// result published by a vigil before the headers has no digest
-// (Recent.repeats then refuses the id as a conflict).
-func acceptanceOf(h nats.Header, data []byte) Recent {
-	var r struct {
-		ID         string           `json:"id"`
-		Command    contract.Command `json:"command"`
-		AcceptedAt time.Time        `json:"accepted_at"`
-	}
-	_ = json.Unmarshal(data, &r)
+// acceptanceOf reads a command's acceptance from its result's headers. A
+// result published by a vigil before them has none (Recent.repeats then
+// refuses the id as a conflict).
+func acceptanceOf(h nats.Header) Recent {
 	position, _ := strconv.Atoi(h.Get(HeaderPosition))
-	return Recent{ID: r.ID, Command: r.Command, Digest: h.Get(HeaderDigest), Position: position, AcceptedAt: r.AcceptedAt}
+	accepted, _ := time.Parse(time.RFC3339Nano, h.Get(HeaderAcceptedAt))
+	return Recent{Command: contract.Command(h.Get(HeaderCommand)), Digest: h.Get(HeaderDigest), Position: position, AcceptedAt: accepted}
 }
 
 // Settled returns the acceptance of user's command id when it has a
@@ -161,17 +164,18 @@ func (x *ResultIndex) Settled(ctx context.Context, user, id string, atLeast uint
 	x.mu.Unlock()
 	switch {
 	case ok:
+		r.acceptance.ID = id
 		return r.acceptance, x.maxAge <= 0 || time.Since(r.stored) < x.maxAge, nil
 	case trusted:
 		return Recent{}, false, nil
 	}
-	return x.lookup(ctx, subject)
+	return x.lookup(ctx, id, subject)
 }
 
 // lookup asks VIGIL_RESULTS' leader for the result on subject
 // ($JS.API.STREAM.MSG.GET: a direct get, which the stream allows for the
 // tenants, may be answered by a replica that lags).
-func (x *ResultIndex) lookup(ctx context.Context, subject string) (Recent, bool, error) {
+func (x *ResultIndex) lookup(ctx context.Context, id, subject string) (Recent, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	req, err := json.Marshal(map[string]string{"last_by_subj": subject})
@@ -189,7 +193,6 @@ func (x *ResultIndex) lookup(ctx context.Context, subject string) (Recent, bool,
 		} `json:"error"`
 		Message *struct {
 			Header []byte `json:"hdrs"`
-			Data   []byte `json:"data"`
 		} `json:"message"`
 	}
 	if err := json.Unmarshal(reply.Data, &resp); err != nil {
@@ -209,7 +212,9 @@ func (x *ResultIndex) lookup(ctx context.Context, subject string) (Recent, bool,
 			return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
 		}
 	}
-	return acceptanceOf(h, resp.Message.Data), true, nil
+	r := acceptanceOf(h)
+	r.ID = id
+	return r, true, nil
 }
 
 // Stop ends the reading.

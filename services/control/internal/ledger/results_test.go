@@ -64,6 +64,14 @@ func TestResultIndex(t *testing.T) {
 			t.Errorf("alice's %s: %+v %v, want %+v", id, r, ok, want)
 		}
 	}
+	// A result of a vigil before the headers is known, without a digest.
+	plain, err := js.Publish(ctx, contract.ResultSubject("alice", "r0"), []byte(`{"id":"r0"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := settled("alice", "r0", plain.Sequence); !ok || r.Digest != "" {
+		t.Errorf("alice's r0 (no headers): %+v %v", r, ok)
+	}
 	if _, ok := settled("bob", "r1", last); ok {
 		t.Error("bob's r1 has a result: ids are per user")
 	}
