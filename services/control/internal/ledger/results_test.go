@@ -93,13 +93,13 @@ func TestResultIndex(t *testing.T) {
 	x.mu.Lock()
 	delete(x.stored, contract.ResultSubject("alice", "r2"))
 	x.mu.Unlock()
-	if r, ok := settled("alice", "r2", last+1); !ok || r.Digest != "d-r2" || r.Position != 3 {
+	if r, ok := settled("alice", "r2", plain.Sequence+1); !ok || r.Digest != "d-r2" || r.Position != 3 {
 		t.Errorf("alice's r2 from the stream: %+v %v", r, ok)
 	}
 	x.mu.Lock()
 	delete(x.stored, contract.ResultSubject("alice", "r1"))
 	x.mu.Unlock()
-	if _, ok := settled("alice", "r1", last+1); ok {
+	if _, ok := settled("alice", "r1", plain.Sequence+1); ok {
 		t.Error("a result deleted from the stream found by the stream")
 	}
 }
