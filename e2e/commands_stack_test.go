@@ -257,17 +257,30 @@ func (s *cmdStack) state(user string) (contract.DesiredState, uint64, bool) {
 // stateEntry is user's raw KV entry: its revision and value.
 func (s *cmdStack) stateEntry(t *testing.T, user string) (uint64, string) {
 	t.Helper()
+	e := s.kvEntry(t, contract.BucketState, contract.StateKey(user))
+	if e == nil {
+		t.Fatalf("desired state of %s: none", user)
+	}
+	return e.Revision(), string(e.Value())
+}
+
+// kvEntry is the entry of key in bucket, nil when there is none.
+func (s *cmdStack) kvEntry(t *testing.T, bucket, key string) jetstream.KeyValueEntry {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	kv, err := s.js.KeyValue(ctx, contract.BucketState)
+	kv, err := s.js.KeyValue(ctx, bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := kv.Get(ctx, contract.StateKey(user))
-	if err != nil {
-		t.Fatalf("desired state of %s: %v", user, err)
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
 	}
-	return e.Revision(), string(e.Value())
+	if err != nil {
+		t.Fatalf("%s %s: %v", bucket, key, err)
+	}
+	return e
 }
 
 // lastSeq is the last sequence of stream now.

@@ -3,16 +3,13 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/natsx"
@@ -188,18 +185,9 @@ func revisions(t *testing.T, nc *nats.Conn, service string) map[string]string {
 // the user's entry in VIGIL_QUEUE.
 func queueSeq(t *testing.T, s *cmdStack, user string) int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	kv, err := s.js.KeyValue(ctx, natsx.BucketQueue)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := kv.Get(ctx, contract.StateKey(user))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	e := s.kvEntry(t, natsx.BucketQueue, contract.StateKey(user))
+	if e == nil {
 		return 0
-	}
-	if err != nil {
-		t.Fatal(err)
 	}
 	var q struct {
 		Seq int64 `json:"seq"`
