@@ -120,19 +120,6 @@ func (c *Consumer) reconcile(ctx context.Context) (complete bool) {
 		c.opts.Log.Info("partitions gained", "consumer", c.name, "partitions", gained, "owned", len(c.Partitions()))
 		c.opts.Changed(ctx)
 	}
-	c.mu.RLock()
-	stale := c.filterStale
-	c.mu.RUnlock()
-	if stale && len(gained) == 0 {
-		// A release could not update the filter: the server still
-		// delivers partitions this instance dropped (ignored as not
-		// owned) until it can.
-		if err := c.refilter(ctx); err != nil {
-			c.opts.Log.Warn("updating the filter failed; retried", "consumer", c.name, "err", err)
-			return false
-		}
-		c.opts.Log.Info("filter updated", "consumer", c.name, "owned", len(c.Partitions()))
-	}
 	return complete
 }
 

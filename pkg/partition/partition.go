@@ -74,12 +74,6 @@ const (
 	retryEvery = 200 * time.Millisecond
 	// reconcileEvery is how often ownership is checked without a change.
 	reconcileEvery = time.Second
-	// consumerUpdateTimeout bounds one create or update of the consumer.
-	// A request sent while the stream, the consumer or the cluster's
-	// metadata has no leader (a server died) is never answered: waiting
-	// the client's 5 s for it delayed every hand-over after a host died
-	// by up to 5 s; a shorter wait tries again once a leader is elected.
-	consumerUpdateTimeout = 2 * time.Second
 )
 
 // Members is the live membership partitions are assigned from;
@@ -148,9 +142,6 @@ type Consumer struct {
 	mu     sync.RWMutex
 	owned  map[int]lease
 	filter []string
-	// filterStale is set while the server's filter may not be filter:
-	// the last create or update failed.
-	filterStale bool
 
 	// bucketChecked is when reconcile last checked that the lease bucket
 	// exists, bucketCreated when the bucket this instance's leases are in
@@ -305,8 +296,6 @@ func (c *Consumer) create(ctx context.Context) error {
 	if cfg.AckPolicy == jetstream.AckNonePolicy {
 		cfg.AckPolicy = jetstream.AckExplicitPolicy
 	}
-	ctx, cancel := context.WithTimeout(ctx, consumerUpdateTimeout)
-	defer cancel()
 	cons, err := c.opts.JS.CreateOrUpdateConsumer(ctx, c.opts.Stream.Stream, cfg)
 	if err != nil {
 		return fmt.Errorf("consumer %s on %s: %w", c.name, c.opts.Stream.Stream, err)
@@ -474,11 +463,7 @@ func (c *Consumer) refilter(ctx context.Context) error {
 	slices.Sort(filter)
 	c.filter = filter
 	c.mu.Unlock()
-	err := c.create(ctx)
-	c.mu.Lock()
-	c.filterStale = err != nil
-	c.mu.Unlock()
-	return err
+	return c.create(ctx)
 }
 
 // recover recreates a lost consumer and has the service rebuild.
