@@ -242,9 +242,37 @@ sentinel parallel-syncs %[4]s 1
 			_ = p.Stop(15 * time.Second)
 			if t.Failed() {
 				t.Logf("--- %s log (last lines) ---\n%s", instance, p.Tail(15))
+				t.Logf("--- %s log before its shutdown: hand-overs, warnings, errors (last %d) ---\n%s", instance, postMortemLines, postMortem(p.Log()))
 			}
 		})
 	}
+}
+
+// postMortemLines bounds what postMortem keeps of one log.
+const postMortemLines = 80
+
+// postMortem is what a service's log says of users and partitions
+// changing hands, warnings and errors, up to its shutdown (a failed
+// run's tail shows only the shutdown): the last postMortemLines such
+// lines.
+func postMortem(log string) string {
+	var keep []string
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, `"msg":"shutting down"`) {
+			break
+		}
+		for _, mark := range []string{`"level":"WARN"`, `"level":"ERROR"`, `"msg":"partitions `, `"msg":"user gained"`,
+			`"msg":"user released"`, `"msg":"caught up"`, `"msg":"membership: `, `"msg":"taking over`} {
+			if strings.Contains(line, mark) {
+				keep = append(keep, line)
+				break
+			}
+		}
+	}
+	if len(keep) > postMortemLines {
+		keep = keep[len(keep)-postMortemLines:]
+	}
+	return strings.Join(keep, "\n")
 }
 
 // killHost SIGKILLs every process in host i's network namespace and takes
