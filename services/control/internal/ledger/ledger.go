@@ -7,14 +7,14 @@
 // of another's change within one watch delivery.
 //
 // A user's queue entry holds the commands accepted and not yet settled
-// (queued, running, or ended with a result waiting to be published).
-// A settled command's id is answered from its result in VIGIL_RESULTS
+// (queued, running, or ended with a result waiting to be published). A
+// settled command's id is answered from its result in VIGIL_RESULTS
 // (ResultIndex), which carries what its first ACK said: the entry does
-// not grow with the ids of the last DedupeWindow. Queued commands run by priority (highest first), then in
-// order of acceptance (seq). A running command other than force-backfill
-// is the user's queue lock: while it runs no other command of the user is
-// claimed. force-backfill commands run as background jobs beside the
-// queue, at most MaxJobs at once.
+// not grow with the ids of the last DedupeWindow. Queued commands run by
+// priority (highest first), then in order of acceptance (seq). A running
+// command other than force-backfill is the user's queue lock: while it
+// runs no other command of the user is claimed. force-backfill commands
+// run as background jobs beside the queue, at most MaxJobs at once.
 //
 // cancel is never queued: Record settles it in the same compare-and-set
 // that stores it. A queued target ends cancelled at once (and the cancel
