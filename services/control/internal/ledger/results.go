@@ -71,7 +71,6 @@ func ResultMsg(en Entry) (*nats.Msg, error) {
 // stream up to that entry's SettledSeq (and caught up with the stream
 // since it last started reading), else the stream's leader is asked.
 type ResultIndex struct {
-	stream jetstream.Stream
 	nc     *nats.Conn
 	maxAge time.Duration
 	cons   jetstream.ConsumeContext
@@ -100,7 +99,7 @@ func OpenResultIndex(ctx context.Context, js jetstream.JetStream, log *slog.Logg
 	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrStore, contract.StreamResults, err)
 	}
-	x := &ResultIndex{stream: stream, nc: js.Conn(), maxAge: stream.CachedInfo().Config.MaxAge,
+	x := &ResultIndex{nc: js.Conn(), maxAge: stream.CachedInfo().Config.MaxAge,
 		stored: map[string]indexed{}, caughtUp: err != nil, lastPrune: time.Now()}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{contract.ResultSubjects}, HeadersOnly: true})
@@ -124,10 +123,9 @@ func (x *ResultIndex) add(m jetstream.Msg) {
 	if err != nil {
 		return
 	}
-	acceptance := acceptanceOf(m.Headers())
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.stored[m.Subject()] = indexed{acceptance: acceptance, stored: meta.Timestamp}
+	x.stored[m.Subject()] = indexed{acceptance: acceptanceOf("", m.Headers()), stored: meta.Timestamp}
 	x.read = max(x.read, meta.Sequence.Stream)
 	if meta.NumPending == 0 {
 		x.caughtUp = true
@@ -142,13 +140,13 @@ func (x *ResultIndex) add(m jetstream.Msg) {
 	}
 }
 
-// acceptanceOf reads a command's acceptance from its result's headers. A
-// result published by a vigil before them has none (Recent.repeats then
-// refuses the id as a conflict).
-func acceptanceOf(h nats.Header) Recent {
+// acceptanceOf reads the acceptance of command id from its result's
+// headers. A result published by a vigil before them has none
+// (Recent.repeats then refuses the id as a conflict).
+func acceptanceOf(id string, h nats.Header) Recent {
 	position, _ := strconv.Atoi(h.Get(HeaderPosition))
 	accepted, _ := time.Parse(time.RFC3339Nano, h.Get(HeaderAcceptedAt))
-	return Recent{Command: contract.Command(h.Get(HeaderCommand)), Digest: h.Get(HeaderDigest), Position: position, AcceptedAt: accepted}
+	return Recent{ID: id, Command: contract.Command(h.Get(HeaderCommand)), Digest: h.Get(HeaderDigest), Position: position, AcceptedAt: accepted}
 }
 
 // Settled returns the acceptance of user's command id when it has a
@@ -212,9 +210,7 @@ func (x *ResultIndex) lookup(ctx context.Context, id, subject string) (Recent, b
 			return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
 		}
 	}
-	r := acceptanceOf(h)
-	r.ID = id
-	return r, true, nil
+	return acceptanceOf(id, h), true, nil
 }
 
 // Stop ends the reading.
