@@ -30,6 +30,13 @@ var bucketConfig = jetstream.KeyValueConfig{
 // bucketStream is the stream behind Bucket.
 const bucketStream = "KV_" + Bucket
 
+// bucketSubjectPrefix starts the subject of every key of Bucket: a put or
+// delete is a message published on it.
+const bucketSubjectPrefix = "$KV." + Bucket + "."
+
+// kvOperationHeader marks a delete or purge of a key (a put has none).
+const kvOperationHeader = "KV-Operation"
+
 // ensureBucket creates Bucket or updates it to bucketConfig. A bucket an
 // older vigil kept in memory cannot change its storage in place: it only
 // holds heartbeats, which every live member writes again within one

@@ -5,7 +5,10 @@
 // that rendezvous (highest-random-weight) hashing picks. Every instance
 // computes the same owner from the same member list, so no coordinator is
 // needed, and when an instance dies its keys move to the others once its
-// heartbeats stop (within Timeout).
+// heartbeats stop (within Timeout). While the bucket elects a new leader,
+// the heartbeats are still heard on core NATS, so the instances that can
+// hear a majority of their service go on owning their keys and only a
+// dead instance's keys move.
 package membership
 
 import (
@@ -59,11 +62,25 @@ type Group struct {
 	cancel      context.CancelFunc
 	done        chan struct{}
 
+	// beating is set while a heartbeat waits for the bucket's
+	// acknowledgement (used by the loop alone).
+	beating chan struct{}
+
 	mu sync.Mutex
 	// selfUntil is when this instance stops counting itself live: the
 	// send time of the newest of its heartbeats that came back through
 	// the watch, plus selfTimeout.
 	selfUntil time.Time
+	// heardUntil is the same for its heartbeats heard on core NATS; it
+	// keeps the instance live only while a majority of quorum is heard.
+	heardUntil time.Time
+	// quorum is the member list of the last time the bucket confirmed
+	// this instance (itself included): while the bucket confirms nothing,
+	// it stays live only while it hears a majority of these.
+	quorum []string
+	// onHeard is true while this instance is live on heard heartbeats
+	// alone (for the log).
+	onHeard   bool
 	left      bool
 	lost      bool // this instance was live and then was not
 	members   []string
@@ -109,7 +126,7 @@ func Join(ctx context.Context, js jetstream.JetStream, service, self string, opt
 	// A watch that sees none of the beats (every Interval) for two
 	// intervals is broken: started again.
 	g.roster = newRoster(js, service+".*", opts.Timeout, 2*opts.Interval, g.log)
-	g.roster.onEntry, g.roster.changed = g.heard, g.recompute
+	g.roster.onBeat, g.roster.changed = g.heard, g.recompute
 	if err := g.roster.start(ctx); err != nil {
 		return nil, err
 	}
@@ -180,10 +197,38 @@ func (g *Group) key(instance string) string { return g.service + "." + instance 
 // beat that comes back through the watch tells how long this instance
 // may count itself live.
 func (g *Group) beat(ctx context.Context) error {
-	if _, err := g.kv.Put(ctx, g.key(g.self), []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+	if _, err := g.kv.Put(ctx, g.key(g.self), beatValue()); err != nil {
 		return fmt.Errorf("membership heartbeat: %w", err)
 	}
 	return nil
+}
+
+// beatValue is a heartbeat's value: the local send time.
+func beatValue() []byte { return []byte(time.Now().UTC().Format(time.RFC3339Nano)) }
+
+// beatAside heartbeats without waiting: the beat is written to the bucket
+// aside (beatOrRepair), and while an earlier one still waits for the
+// bucket's acknowledgement (a leader election: up to an interval, more
+// with the repair) it is only published, so it is still heard on core
+// NATS on time (and stored, should the bucket have a leader again).
+func (g *Group) beatAside(ctx context.Context) {
+	select {
+	case <-g.beating:
+		g.beating = nil
+	default:
+		if g.beating != nil {
+			if err := g.js.Conn().Publish(bucketSubjectPrefix+g.key(g.self), beatValue()); err != nil {
+				g.log.Debug("membership heartbeat failed", "err", err)
+			}
+			return
+		}
+	}
+	done := make(chan struct{})
+	g.beating = done
+	go func() {
+		defer close(done)
+		g.beatOrRepair(ctx)
+	}()
 }
 
 // beatOrRepair heartbeats within an interval; when that fails it creates
@@ -210,21 +255,25 @@ func (g *Group) beatOrRepair(ctx context.Context) {
 	}
 }
 
-// heard takes in a heartbeat read from the bucket: this instance's own
-// one extends its liveness.
-func (g *Group) heard(e jetstream.KeyValueEntry) {
-	if e.Key() != g.key(g.self) || e.Operation() != jetstream.KeyValuePut {
+// heard takes in a heartbeat read from the bucket or heard on core NATS:
+// this instance's own one extends its liveness.
+func (g *Group) heard(b beat) {
+	if b.key != g.key(g.self) || !b.put {
 		return
 	}
-	sent, err := time.Parse(time.RFC3339Nano, string(e.Value()))
+	sent, err := time.Parse(time.RFC3339Nano, string(b.value))
 	if err != nil {
 		return
 	}
 	until := sent.Add(g.selfTimeout)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if until.After(g.selfUntil) {
-		g.selfUntil = until
+	last := &g.selfUntil
+	if b.heard {
+		last = &g.heardUntil
+	}
+	if until.After(*last) {
+		*last = until
 	}
 }
 
@@ -237,12 +286,17 @@ func (g *Group) loop(ctx context.Context) {
 	defer beat.Stop()
 	check := time.NewTicker(g.opts.Interval / 4)
 	defer check.Stop()
+	defer func() {
+		if g.beating != nil {
+			<-g.beating
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-beat.C:
-			g.beatOrRepair(ctx)
+			g.beatAside(ctx)
 		case <-check.C:
 			g.recompute()
 		}
@@ -254,18 +308,61 @@ func (g *Group) recompute() {
 	others := slices.DeleteFunc(g.roster.Live(g.service), func(m string) bool { return m == g.self })
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	now := time.Now()
 	live := others
-	if g.selfLiveLocked(time.Now()) {
+	if g.selfLiveLocked(now) {
 		live = append(live, g.self)
 		slices.Sort(live)
+	}
+	if now.Before(g.selfUntil) && !g.left {
+		g.quorum = live
 	}
 	g.setMembersLocked(live)
 }
 
-// selfLiveLocked reports whether this instance counts itself live at now.
-// The caller holds g.mu.
+// selfLiveLocked reports whether this instance counts itself live at now:
+// its heartbeats come back through the watch, or, while the bucket
+// confirms none (a leader election), they are heard on core NATS and so
+// are those of a majority of the members the bucket last confirmed. An
+// instance cut off from the others hears at most a minority, so it stops
+// owning Interval × 3/2 after it last heard a majority, before they count
+// it dead (Timeout ≥ 3 × Interval after they last heard it, which was no
+// more than an interval before it last heard them). The caller holds
+// g.mu.
 func (g *Group) selfLiveLocked(now time.Time) bool {
-	return !g.left && now.Before(g.selfUntil)
+	if g.left {
+		return false
+	}
+	if now.Before(g.selfUntil) {
+		g.setOnHeardLocked(false, 0)
+		return true
+	}
+	heard := 0
+	if now.Before(g.heardUntil) {
+		for _, m := range g.quorum {
+			if m == g.self || g.roster.heardWithin(g.service, m, g.opts.Interval*3/2, now) {
+				heard++
+			}
+		}
+	}
+	onHeard := 2*heard > len(g.quorum)
+	g.setOnHeardLocked(onHeard, heard)
+	return onHeard
+}
+
+// setOnHeardLocked records whether this instance is live on heard
+// heartbeats alone and logs the change. The caller holds g.mu.
+func (g *Group) setOnHeardLocked(onHeard bool, heard int) {
+	if onHeard == g.onHeard {
+		return
+	}
+	g.onHeard = onHeard
+	if onHeard {
+		g.log.Info("membership: the bucket confirms no heartbeat; this instance stays live while it hears a majority of its service on core NATS",
+			"service", g.service, "instance", g.self, "heard", heard, "of", len(g.quorum))
+	} else if now := time.Now(); now.Before(g.selfUntil) {
+		g.log.Info("membership: the bucket confirms heartbeats again", "service", g.service, "instance", g.self)
+	}
 }
 
 // setMembersLocked sets the member list and notifies watchers on change.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -304,8 +305,8 @@ func TestCutOffMemberStopsOwningBeforeOthersTakeOver(t *testing.T) {
 // VIGIL_STREAM_REPLICAS=3): every key has exactly one owner again within
 // two heartbeat timeouts of a new leader being elected after the bucket's
 // leader stepped down, and after the server leading it died (its members
-// reconnect to the others). The election itself takes seconds on a loaded
-// machine; meanwhile nobody owns anything.
+// reconnect to the others). A server shut down closes its routes, so the
+// election is quick; a silent death is TestSurvivorsKeepOwningWhileTheBucketElects.
 func TestOwnershipSurvivesALeaderElection(t *testing.T) {
 	cluster := testenv.StartNATSCluster(t, 3)
 	names := []string{"a", "b", "c"}
@@ -352,4 +353,155 @@ func TestOwnershipSurvivesALeaderElection(t *testing.T) {
 	waitConverged(t, members, names)
 	requireWithinTwoTimeouts(t, "leader's server died (from reconnection and the new leader's election)", time.Since(elected))
 	requireStable(t, js, members, names, elected)
+}
+
+// hosts is three members, each connected through a proxy of its own to a
+// server of its own of a cluster whose routes can be cut, with the bucket
+// replicated three times, and converged.
+type hosts struct {
+	cluster *testenv.Cluster
+	members []member
+	clients []*testenv.Proxy // clients[i] carries members[i]'s connection
+}
+
+func startHosts(t *testing.T) hosts {
+	t.Helper()
+	h := hosts{cluster: testenv.StartPartitionableNATSCluster(t, 3)}
+	for i, name := range []string{"a", "b", "c"} {
+		proxy := testenv.StartProxy(t, strings.TrimPrefix(h.cluster.Servers[i].ClientURL(), "nats://"))
+		h.clients = append(h.clients, proxy)
+		h.members = append(h.members, joinReplicated(t, proxy.URL(), 3, name)...)
+	}
+	waitConverged(t, h.members, []string{"a", "b", "c"})
+	return h
+}
+
+// bucketLeader is the index of the server leading the bucket, asked
+// through the server of members[asker] with a short timeout (a question
+// during an election is not answered, and the tests' checks must go on
+// meanwhile); -1 when there is none or no answer.
+func (h hosts) bucketLeader(t *testing.T, asker int) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	s, err := mustJS(t, h.members[asker].nc).Stream(ctx, "KV_"+membership.Bucket)
+	if err != nil || s.CachedInfo().Cluster == nil {
+		return -1
+	}
+	for i, srv := range h.cluster.Servers {
+		if srv.Name() == s.CachedInfo().Cluster.Leader {
+			return i
+		}
+	}
+	return -1
+}
+
+// TestSurvivorsKeepOwningWhileTheBucketElects kills a host: the server
+// leading the bucket and the member on it go silent at once (routes and
+// connection cut, nothing closed, as when a host dies). The bucket elects
+// a new leader only once the others miss its server's heartbeats
+// (seconds); meanwhile the two survivors hear each other's heartbeats on
+// core NATS, so neither stops owning for a moment, and the dead member's
+// keys move to them Timeout after its last beat, before the election
+// ends.
+func TestSurvivorsKeepOwningWhileTheBucketElects(t *testing.T) {
+	h := startHosts(t)
+	dead := -1
+	testenv.WaitFor(t, 30*time.Second, "the bucket to have a leader", func() bool { dead = h.bucketLeader(t, 0); return dead >= 0 })
+	var survivors []member
+	for i, m := range h.members {
+		if i != dead {
+			survivors = append(survivors, m)
+		}
+	}
+	want := []string{survivors[0].Self(), survivors[1].Self()}
+	asker := (dead + 1) % 3
+
+	h.clients[dead].Cut()
+	h.members[dead].nc.Close() // its process is gone: no goodbye reaches the server
+	h.cluster.Isolate(h.cluster.Servers[dead].Name())
+	killed := time.Now()
+	var tookOver, elected time.Duration
+	testenv.WaitFor(t, 60*time.Second, "the survivors to take the dead member's keys and the bucket to have a new leader", func() bool {
+		for _, m := range survivors {
+			if !m.Live() {
+				t.Fatalf("%s stopped owning %s after the kill", m.Self(), time.Since(killed).Round(time.Millisecond))
+			}
+		}
+		if tookOver == 0 && converged(survivors, want) == nil {
+			tookOver = time.Since(killed)
+		}
+		if l := h.bucketLeader(t, asker); elected == 0 && l >= 0 && l != dead {
+			elected = time.Since(killed)
+		}
+		return tookOver > 0 && elected > 0
+	})
+	t.Logf("host of the bucket's leader killed: the survivors owned the dead member's keys after %s, the bucket had a new leader after %s",
+		tookOver.Round(time.Millisecond), elected.Round(time.Millisecond))
+	if tookOver > 2*resilient.Timeout {
+		t.Fatalf("the dead member's keys moved after %s, more than two heartbeat timeouts (%s)", tookOver, 2*resilient.Timeout)
+	}
+	requireStable(t, mustJS(t, survivors[0].nc), survivors, want, killed)
+}
+
+// TestIsolatedMemberStopsOwningBeforeTheMajorityTakesOver cuts the server
+// leading the bucket off the other two servers while its member stays
+// connected to it: that member still hears its own heartbeats on core
+// NATS, but not the majority's, so it stops owning before the other two
+// (live on each other's heartbeats until the bucket has a new leader)
+// take its keys, and it does not count itself live again while it is
+// cut off, even once it has forgotten the others.
+func TestIsolatedMemberStopsOwningBeforeTheMajorityTakesOver(t *testing.T) {
+	h := startHosts(t)
+	cut := -1
+	testenv.WaitFor(t, 30*time.Second, "the bucket to have a leader", func() bool { cut = h.bucketLeader(t, 0); return cut >= 0 })
+	isolated := h.members[cut]
+	var majority []member
+	for i, m := range h.members {
+		if i != cut {
+			majority = append(majority, m)
+		}
+	}
+
+	h.cluster.Isolate(h.cluster.Servers[cut].Name())
+	cutAt := time.Now()
+	var selfDropped, tookOver time.Duration
+	check := func() {
+		for _, m := range majority {
+			if !m.Live() {
+				t.Fatalf("%s (majority) stopped owning %s after the cut", m.Self(), time.Since(cutAt).Round(time.Millisecond))
+			}
+		}
+		live := isolated.Live()
+		if !live && selfDropped == 0 {
+			selfDropped = time.Since(cutAt)
+		}
+		for _, m := range majority {
+			if live && !slices.Contains(m.Members(), isolated.Self()) {
+				t.Fatalf("%s still counts itself live %s after the cut, but %s took its keys", isolated.Self(), time.Since(cutAt).Round(time.Millisecond), m.Self())
+			}
+		}
+		if live && selfDropped > 0 {
+			t.Fatalf("%s counts itself live again %s after the cut, while cut off", isolated.Self(), time.Since(cutAt).Round(time.Millisecond))
+		}
+	}
+	testenv.WaitFor(t, 60*time.Second, "the majority to take the isolated member's keys", func() bool {
+		check()
+		if tookOver == 0 && converged(majority, []string{majority[0].Self(), majority[1].Self()}) == nil {
+			tookOver = time.Since(cutAt)
+		}
+		return tookOver > 0
+	})
+	t.Logf("cut off: %s stopped owning after %s, the majority took over after %s",
+		isolated.Self(), selfDropped.Round(time.Millisecond), tookOver.Round(time.Millisecond))
+	// Long enough for the isolated member to forget the others.
+	testenv.WaitFor(t, 60*time.Second, "three heartbeat timeouts more", func() bool {
+		check()
+		return time.Since(cutAt) > tookOver+3*resilient.Timeout
+	})
+	for _, key := range ownershipKeys {
+		if isolated.Owns(key) {
+			t.Fatalf("the isolated member owns %s", key)
+		}
+	}
 }

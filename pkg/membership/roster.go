@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -25,19 +26,28 @@ const stallFactor = 2
 // (a NATS restart lost its consumer, the bucket was deleted and created
 // anew), the roster creates the bucket if it is missing and watches it
 // again from the latest entry of every key.
+//
+// Beside the watch, the roster hears the heartbeats as they are published,
+// on a core NATS subscription to the bucket's subjects: core delivery
+// needs no stream leader, so while the bucket elects one (its leader's
+// server died) the beats of the instances still running keep arriving and
+// only a dead instance's stop. A beat heard that way keeps a member the
+// watch already knows alive; it never adds one (a member is first known
+// through the bucket, which takes a quorum of servers to write).
 type Roster struct {
 	js         jetstream.JetStream
 	keys       string
 	timeout    time.Duration
 	staleAfter time.Duration
 	log        *slog.Logger
-	// onEntry is called (outside the lock) with every heartbeat read,
-	// before changed.
-	onEntry func(jetstream.KeyValueEntry)
+	// onBeat is called (outside the lock) with every heartbeat read or
+	// heard, before changed.
+	onBeat func(beat)
 	// changed is called (outside the lock) after every heartbeat change.
 	changed func()
 	cancel  context.CancelFunc
 	done    chan struct{}
+	sub     *nats.Subscription
 	// started receives the watches started aside; starting counts those
 	// not received yet (both used by the loop alone).
 	started  chan watchResult
@@ -45,6 +55,17 @@ type Roster struct {
 
 	mu       sync.Mutex
 	lastSeen map[string]time.Time // key <service>.<instance>
+}
+
+// beat is one heartbeat (or deletion) of a key, read from the bucket or
+// heard on its subject.
+type beat struct {
+	key   string
+	value []byte // the sender's local send time (RFC 3339)
+	put   bool   // false: the key was deleted or purged
+	// heard is true for a beat heard on core NATS, false for one the
+	// bucket stored and the watch delivered.
+	heard bool
 }
 
 // WatchRoster starts following every service's heartbeats. An instance
@@ -75,6 +96,10 @@ func newRoster(js jetstream.JetStream, keys string, timeout, staleAfter time.Dur
 // at once, and follows them until Stop, not until ctx ends. A failed first
 // watch is tried again until ctx ends.
 func (r *Roster) start(ctx context.Context) error {
+	sub, err := r.js.Conn().Subscribe(bucketSubjectPrefix+r.keys, r.hear)
+	if err != nil {
+		return fmt.Errorf("membership: hearing the heartbeats: %w", err)
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	var watcher jetstream.KeyWatcher
 	if err := untilDone(ctx, r.log, "watching the heartbeats", func() (err error) {
@@ -83,9 +108,10 @@ func (r *Roster) start(ctx context.Context) error {
 	}); err != nil {
 		cancel()
 		r.stopStarting()
+		_ = sub.Unsubscribe()
 		return err
 	}
-	r.cancel, r.done = cancel, make(chan struct{})
+	r.cancel, r.done, r.sub = cancel, make(chan struct{}), sub
 	go r.loop(runCtx, watcher)
 	return nil
 }
@@ -122,9 +148,25 @@ func (r *Roster) watch(ctx, runCtx context.Context) (jetstream.KeyWatcher, error
 			if now := time.Now(); seen.After(now) {
 				seen = now
 			}
-			r.observe(e, seen)
+			r.observe(entryBeat(e), seen)
 		}
 	}
+}
+
+// entryBeat is the beat of an entry the watch delivered.
+func entryBeat(e jetstream.KeyValueEntry) beat {
+	return beat{key: e.Key(), value: e.Value(), put: e.Operation() == jetstream.KeyValuePut}
+}
+
+// hear takes in a heartbeat published on the bucket's subjects, stored or
+// not (core NATS delivers it whether or not the stream has a leader).
+func (r *Roster) hear(msg *nats.Msg) {
+	key, ok := strings.CutPrefix(msg.Subject, bucketSubjectPrefix)
+	if !ok {
+		return
+	}
+	op := msg.Header.Get(kvOperationHeader)
+	r.observe(beat{key: key, value: msg.Data, put: op == "", heard: true}, time.Now())
 }
 
 // watchResult is what kv.Watch returned.
@@ -209,7 +251,7 @@ func (r *Roster) loop(ctx context.Context, watcher jetstream.KeyWatcher) {
 			}
 			if ok {
 				lastUpdate = time.Now()
-				r.observe(e, lastUpdate)
+				r.observe(entryBeat(e), lastUpdate)
 				continue
 			}
 			r.log.Warn("membership watch ended; watching again")
@@ -256,16 +298,20 @@ func (r *Roster) rewatch(ctx context.Context) jetstream.KeyWatcher {
 // the newest time it was seen at: a watch started again reads the
 // bucket's stored beats, which must not make a member older than the
 // beats already seen. A key missing from a bucket read anew (deleted and
-// created again) keeps its time and times out as usual.
-func (r *Roster) observe(e jetstream.KeyValueEntry, seen time.Time) {
-	if r.onEntry != nil {
-		r.onEntry(e)
+// created again) keeps its time and times out as usual. A beat heard on
+// core NATS only keeps a known key alive.
+func (r *Roster) observe(b beat, seen time.Time) {
+	if r.onBeat != nil {
+		r.onBeat(b)
 	}
 	r.mu.Lock()
-	if e.Operation() != jetstream.KeyValuePut {
-		delete(r.lastSeen, e.Key())
-	} else if seen.After(r.lastSeen[e.Key()]) {
-		r.lastSeen[e.Key()] = seen
+	last, known := r.lastSeen[b.key]
+	switch {
+	case !b.put:
+		delete(r.lastSeen, b.key)
+	case b.heard && !known:
+	case seen.After(last):
+		r.lastSeen[b.key] = seen
 	}
 	r.mu.Unlock()
 	if r.changed != nil {
@@ -321,8 +367,18 @@ func (r *Roster) Live(service string) []string {
 	return out
 }
 
+// heardWithin reports whether a beat of service's instance was read or
+// heard within d before now.
+func (r *Roster) heardWithin(service, instance string, d time.Duration, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seen, ok := r.lastSeen[service+"."+instance]
+	return ok && now.Sub(seen) <= d
+}
+
 // Stop ends the watch.
 func (r *Roster) Stop() {
+	_ = r.sub.Unsubscribe()
 	r.cancel()
 	<-r.done
 }

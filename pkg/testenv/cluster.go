@@ -13,6 +13,9 @@ import (
 type Cluster struct {
 	// Servers are the cluster's servers, named n0, n1, ...
 	Servers []*server.Server
+	// routeProxies[i][j] carries server i's route to server j
+	// (StartPartitionableNATSCluster only).
+	routeProxies [][]*Proxy
 }
 
 // StartNATSCluster starts a cluster of n embedded NATS servers with
@@ -20,18 +23,64 @@ type Cluster struct {
 // stopped when the test ends, and waits until JetStream has a meta leader.
 func StartNATSCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return startNATSCluster(t, n, false)
+}
+
+// StartPartitionableNATSCluster is StartNATSCluster with every route
+// between two servers through a Proxy of its own, so that Isolate can cut
+// one server off the others as a network partition or a host's death
+// would: silently, nothing closed, noticed only when heartbeats stop.
+func StartPartitionableNATSCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	return startNATSCluster(t, n, true)
+}
+
+// Isolate cuts every route to and from the server named name (a cluster
+// from StartPartitionableNATSCluster); its clients stay connected to it.
+func (c *Cluster) Isolate(name string) {
+	for i, srv := range c.Servers {
+		for j, p := range c.routeProxies[i] {
+			if p != nil && (srv.Name() == name || c.Servers[j].Name() == name) {
+				p.Cut()
+			}
+		}
+	}
+}
+
+func startNATSCluster(t testing.TB, n int, proxied bool) *Cluster {
+	t.Helper()
 	ports := make([]int, n)
-	var routes []*url.URL
 	for i := range ports {
 		ports[i] = FreePort(t)
-		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", ports[i])})
 	}
 	c := &Cluster{}
 	for i := range n {
+		var routes []*url.URL
+		var proxies []*Proxy
+		for j := range n {
+			host := fmt.Sprintf("127.0.0.1:%d", ports[j])
+			var proxy *Proxy
+			if proxied && j != i {
+				proxy = StartProxy(t, host)
+				host = proxy.Addr()
+			}
+			proxies = append(proxies, proxy)
+			if !proxied || j != i {
+				routes = append(routes, &url.URL{Scheme: "nats", Host: host})
+			}
+		}
+		c.routeProxies = append(c.routeProxies, proxies)
+		cluster := server.ClusterOpts{Name: "vigil-test", Host: "127.0.0.1", Port: ports[i]}
+		if proxied {
+			// No route pool (its extra connections would be made to the
+			// address a server tells, not through the proxy) and no
+			// gossip of addresses that bypass the proxies.
+			cluster.PoolSize, cluster.NoAdvertise = -1, true
+		}
 		srv, err := server.NewServer(&server.Options{
 			ServerName: fmt.Sprintf("n%d", i), Host: "127.0.0.1", Port: -1,
 			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-			Cluster: server.ClusterOpts{Name: "vigil-test", Host: "127.0.0.1", Port: ports[i]},
+			Cluster: cluster,
 			Routes:  routes,
 		})
 		if err != nil {
