@@ -80,11 +80,11 @@ type Group struct {
 	quorum []string
 	// onHeard is true while this instance is live on heard heartbeats
 	// alone (for the log).
-	onHeard   bool
-	left      bool
-	lost      bool // this instance was live and then was not
-	members   []string
-	changes   []chan struct{}
+	onHeard bool
+	left    bool
+	lost    bool // this instance was live and then was not
+	members []string
+	changes []chan struct{}
 }
 
 // ErrInvalidName reports a service or instance name unusable as a KV key.
