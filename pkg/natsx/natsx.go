@@ -31,6 +31,13 @@ func Connect(ctx context.Context, cfg config.NATS, name string, log *slog.Logger
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
+		// The servers are tried in the order NATS_URL lists them, not
+		// shuffled: a host's services list their own host's node first,
+		// so a host that dies takes only its own services' connections
+		// with it (a service on another host connected to the dead node
+		// would stop until its pings notice, 4-6 s, and its
+		// subscriptions would linger on the others until theirs do).
+		nats.DontRandomize(),
 		// A server that died without closing the socket (its host gone)
 		// is noticed after 2 unanswered pings: 4-6 s, not the client's
 		// default 2-4 minutes, so the client moves to another node.
