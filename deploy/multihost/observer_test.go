@@ -203,10 +203,12 @@ func (o *observer) waitTries(before map[string]int, n int) {
 // since succeed and an alert fired after since arrive.
 type recovery struct {
 	commands, alerts time.Duration
+	// slowestAlerts names the user whose alerts came back last.
+	slowestAlerts string
 }
 
 func (r recovery) String() string {
-	return fmt.Sprintf("commands %v, alerts %v", r.commands.Round(100*time.Millisecond), r.alerts.Round(100*time.Millisecond))
+	return fmt.Sprintf("commands %v, alerts %v (last: %s)", r.commands.Round(100*time.Millisecond), r.alerts.Round(100*time.Millisecond), r.slowestAlerts)
 }
 
 // waitRecovered waits (at most bound after since) until every user has a
@@ -258,7 +260,9 @@ func (o *observer) waitRecovered(since time.Time, bound time.Duration, what stri
 			if d := cmds[u].Sub(since); d > r.commands {
 				r.commands, slowest = d, u
 			}
-			r.alerts = max(r.alerts, alerts[u].Sub(since))
+			if d := alerts[u].Sub(since); d > r.alerts {
+				r.alerts, r.slowestAlerts = d, u
+			}
 		}
 		if r.commands > 15*time.Second {
 			o.logRequests(slowest, since)

@@ -543,7 +543,7 @@ func TestKillRotation(t *testing.T) {
 		c.killHost(i)
 		killed := time.Now()
 		r := o.waitRecovered(killed, alertsAfterAHostBound, fmt.Sprintf("host %d died", i))
-		t.Logf("host %d killed: every user's commands and alerts recovered: %s (target 15s)", i, r)
+		t.Logf("host %d killed at %s: every user's commands and alerts recovered: %s (target 15s)", i, killed.UTC().Format("15:04:05.000"), r)
 		if r.commands > recoveryBound {
 			t.Errorf("host %d killed: commands took %v to recover, more than %v", i, r.commands, recoveryBound)
 		}

@@ -276,7 +276,10 @@ func (p *Peer) handler(verb contract.Verb) service.Handler {
 		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 			c.TraceID = sc.TraceID().String()
 		}
-		p.rec.add(c)
+		job := p.opts.Owner && p.Svc == contract.SvcFeed && verb == contract.VerbBackfill
+		if !job {
+			p.rec.add(c)
+		}
 		p.mu.Lock()
 		b, gate := p.behaviour[verb], p.gate
 		if req.State != nil {
@@ -293,8 +296,8 @@ func (p *Peer) handler(verb contract.Verb) service.Handler {
 		switch {
 		case b == Fail:
 			return nil, fmt.Errorf("%s %s: %w", p.Svc, verb, errFailing)
-		case p.opts.Owner && p.Svc == contract.SvcFeed && verb == contract.VerbBackfill:
-			return p.backfill(ctx, req, b == Hang, gate)
+		case job:
+			return p.backfill(ctx, req, b == Hang, gate, func() { p.rec.add(c) })
 		case verb == contract.VerbCancel:
 			return p.cancelJob(req)
 		case b == Hang:
@@ -355,8 +358,11 @@ type planOf struct {
 
 // backfill publishes page progress, then (after the gate opens when it
 // hangs) answers the bars of the range; a feed.pause of the user cancels
-// it.
-func (p *Peer) backfill(ctx context.Context, req contract.SvcRequest, hang bool, gate <-chan struct{}) (any, error) {
+// it. The call is recorded (record) once its job can be cancelled and its
+// pages are published, so a test that waits for the call may cancel it.
+func (p *Peer) backfill(ctx context.Context, req contract.SvcRequest, hang bool, gate <-chan struct{}, record func()) (any, error) {
+	record = sync.OnceFunc(record)
+	defer record()
 	args, err := contract.DecodePeer[contract.BackfillArgs](req.Args)
 	if err != nil {
 		return nil, err
@@ -381,6 +387,7 @@ func (p *Peer) backfill(ctx context.Context, req contract.SvcRequest, hang bool,
 			return nil, err
 		}
 	}
+	record()
 	if hang {
 		select {
 		case <-gate:
