@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"vigil.dev/pkg/config"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/wait"
 )
 
 // DefaultRetention is the number of bars kept per series by default.
@@ -78,7 +79,7 @@ func newClient(cfg config.Redis) (*redis.Client, error) {
 			return nil, err
 		}
 		opts.TLSConfig = withFiles(opts.TLSConfig, cfg)
-		opts.Dialer = failoverDialer(opts.DialTimeout, opts.TLSConfig)
+		opts.Dialer = failoverDialer(opts.DialTimeout, opts.TLSConfig, opts.SentinelAddrs)
 		return redis.NewFailoverClient(opts), nil
 	}
 	opts, err := redis.ParseURL(cfg.URL)
@@ -101,16 +102,39 @@ func newClient(cfg config.Redis) (*redis.Client, error) {
 // clients (docs/deploy.md). A connection attempt that fails by itself
 // within a third of the deadline leaves the dial time to drop the dead
 // sentinel and ask the others.
-func failoverDialer(dialTimeout time.Duration, tc *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+//
+// go-redis also asks every sentinel at once and keeps the first that
+// answers, and learns of a failover (and drops its connections to the old
+// master) only from that sentinel: a client that kept the sentinel on the
+// master's host, which answers quickest, heard nothing when that host
+// died and kept using the dead master's connections 10-15 s after the
+// failover. So connections to any sentinel but the first listed (the
+// URL's host: the sentinel on the client's own host, docs/deploy.md) wait
+// sentinelPreference first, and the first one is kept whenever it answers.
+func failoverDialer(dialTimeout time.Duration, tc *tls.Config, sentinels []string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	if dialTimeout <= 0 {
 		dialTimeout = defaultDialTimeout
 	}
 	nd := &net.Dialer{Timeout: dialTimeout / 3, KeepAlive: 5 * time.Minute}
-	if tc == nil {
-		return nd.DialContext
+	dial := nd.DialContext
+	if tc != nil {
+		dial = (&tls.Dialer{NetDialer: nd, Config: tc}).DialContext
 	}
-	return (&tls.Dialer{NetDialer: nd, Config: tc}).DialContext
+	var others []string
+	if len(sentinels) > 1 {
+		others = sentinels[1:]
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if slices.Contains(others, addr) && !wait.Sleep(ctx, sentinelPreference) {
+			return nil, ctx.Err()
+		}
+		return dial(ctx, network, addr)
+	}
 }
+
+// sentinelPreference is how long a connection to a sentinel other than the
+// first listed waits, so that the first wins go-redis's race when it is up.
+const sentinelPreference = 200 * time.Millisecond
 
 // defaultDialTimeout is go-redis's dial timeout when the URL sets none.
 const defaultDialTimeout = 5 * time.Second

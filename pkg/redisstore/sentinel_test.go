@@ -2,9 +2,11 @@ package redisstore_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"vigil.dev/pkg/redisstore"
 	"vigil.dev/pkg/testenv"
 )
@@ -80,5 +82,54 @@ func TestSentinelFailoverKeepsVersionedWrites(t *testing.T) {
 	}
 	if ok, err := store.WriteCandle(ctx, candle(60, 3, 61)); !ok || err != nil {
 		t.Fatalf("newer version after failover: written=%v err=%v", ok, err)
+	}
+}
+
+// TestSentinelClientKeepsTheFirstSentinel opens a client on each sentinel
+// URL of a group of three, each time with another sentinel listed first:
+// the client follows failovers through the first listed (the one on its
+// own host, whose death it would not survive anyway), not through
+// whichever answered quickest.
+func TestSentinelClientKeepsTheFirstSentinel(t *testing.T) {
+	g := testenv.RedisSentinels(t, 1, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// subscribers counts the connections subscribed to a channel on the
+	// sentinel at addr: the clients following its failover announcements.
+	subscribers := func(addr string) int {
+		c := redis.NewSentinelClient(&redis.Options{Addr: addr})
+		defer c.Close()
+		cmd := redis.NewStringCmd(ctx, "client", "list")
+		if err := c.Process(ctx, cmd); err != nil {
+			t.Fatalf("CLIENT LIST on sentinel %s: %v", addr, err)
+		}
+		n := 0
+		for _, line := range strings.Split(cmd.Val(), "\n") {
+			if strings.Contains(line, " sub=") && !strings.Contains(line, " sub=0 ") {
+				n++
+			}
+		}
+		return n
+	}
+	for round := range 2 {
+		for first, s := range g.Sentinels {
+			before := make([]int, len(g.Sentinels))
+			for i, o := range g.Sentinels {
+				before[i] = subscribers(o.Addr())
+			}
+			rdb, err := redisstore.NewClient(ctx, g.URLFrom(first, 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.WaitFor(t, 30*time.Second, "the client to follow a sentinel", func() bool {
+				return subscribers(s.Addr()) > before[first]
+			})
+			for i, o := range g.Sentinels {
+				if n := subscribers(o.Addr()); i != first && n != before[i] {
+					t.Errorf("round %d: the client listing sentinel %d first follows sentinel %d too (%d subscribers, %d before)", round, first, i, n, before[i])
+				}
+			}
+			rdb.Close()
+		}
 	}
 }

@@ -76,13 +76,18 @@ func RedisSentinels(t testing.TB, replicas, sentinels int) *SentinelGroup {
 
 // URL is the failover URL of the group (database db) that
 // redisstore.NewClient takes as REDIS_URL.
-func (g *SentinelGroup) URL(db int) string {
-	first := g.Sentinels[0].Addr()
+func (g *SentinelGroup) URL(db int) string { return g.URLFrom(0, db) }
+
+// URLFrom is URL with sentinel first (an index of Sentinels) listed first,
+// as a host lists its own sentinel.
+func (g *SentinelGroup) URLFrom(first, db int) string {
 	q := url.Values{"master_name": {g.MasterName}}
-	for _, s := range g.Sentinels[1:] {
-		q.Add("addr", s.Addr())
+	for i, s := range g.Sentinels {
+		if i != first {
+			q.Add("addr", s.Addr())
+		}
 	}
-	return fmt.Sprintf("redis://%s/%d?%s", first, db, q.Encode())
+	return fmt.Sprintf("redis://%s/%d?%s", g.Sentinels[first].Addr(), db, q.Encode())
 }
 
 // MasterAddr is the master's address as the first sentinel that answers
