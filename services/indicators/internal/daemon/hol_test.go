@@ -59,9 +59,14 @@ const (
 // the same redis-server, with the same series. Both phases put the same
 // work on the cores, the garbage collector and redis-server; only the
 // first shares bob's instance. Bob's latency beside alice's job on his
-// instance must stay within 1.5x of his latency beside her job on the
-// twin, at the median and the 90th percentile, so the test measures
-// blocking inside the instance, not the machine or Redis.
+// instance must stay within his latency beside her job on the twin plus a
+// quarter of one of her recomputes, at the median and the 90th
+// percentile: an apply that waited behind a recompute would wait half of
+// one on average, so blocking shows far beyond that margin, while the
+// noise of a busy machine (p90 of 40 samples: 27 ms on the twin and 41 ms
+// on his instance in one CI run, a recompute taking 750 ms) stays inside
+// it. The comparison measures blocking inside the instance, not the
+// machine or Redis.
 func TestNoHeadOfLineBlocking(t *testing.T) {
 	h, twin := newHarness(t), newHarness(t)
 	bars := heavyBars(t)
@@ -99,8 +104,9 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	// phase sends bob's applies while alice's recomputes run back to back
 	// on instance in (the first sent before bob's first command, the last
 	// one waited for), until enough samples beside at least one whole
-	// recompute, and returns their latencies.
-	phase := func(round int, where string, in *harness) []time.Duration {
+	// recompute, and returns their latencies and how long one recompute
+	// took on average.
+	phase := func(round int, where string, in *harness) ([]time.Duration, time.Duration) {
 		var job sync.WaitGroup
 		stopJob := make(chan struct{})
 		var recomputes atomic.Int64
@@ -133,29 +139,40 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 		}
 		close(stopJob)
 		job.Wait()
+		took := time.Since(began)
 		t.Logf("round %d: %d applies beside %d recomputes of alice's %d bars on %s (%s)",
-			round, len(out), recomputes.Load(), bars, where, time.Since(began).Round(time.Millisecond))
-		return out
+			round, len(out), recomputes.Load(), bars, where, took.Round(time.Millisecond))
+		return out, took / time.Duration(recomputes.Load())
 	}
-	var besideTwin, besideJob []time.Duration
+	var besideTwin, besideJob, recomputeTimes []time.Duration
+	onJob := func(round int) {
+		out, recomputeTime := phase(round, "bob's instance", h)
+		besideJob = append(besideJob, out...)
+		recomputeTimes = append(recomputeTimes, recomputeTime)
+	}
+	onTwin := func(round int) {
+		out, _ := phase(round, "the twin", twin)
+		besideTwin = append(besideTwin, out...)
+	}
 	// The phases run in the order job, twin, twin, job, ... so that a load
 	// of the machine that grows or falls during the run (other tests,
 	// other processes) weighs on both alike.
 	for round := range phaseRounds {
 		if round%2 == 0 {
-			besideJob = append(besideJob, phase(round, "bob's instance", h)...)
-			besideTwin = append(besideTwin, phase(round, "the twin", twin)...)
+			onJob(round)
+			onTwin(round)
 		} else {
-			besideTwin = append(besideTwin, phase(round, "the twin", twin)...)
-			besideJob = append(besideJob, phase(round, "bob's instance", h)...)
+			onTwin(round)
+			onJob(round)
 		}
 	}
 	b50, b90 := percentile(besideTwin, 50), percentile(besideTwin, 90)
 	j50, j90 := percentile(besideJob, 50), percentile(besideJob, 90)
-	t.Logf("bob's applies beside alice's job on the twin: n=%d p50=%s p90=%s; on his instance: n=%d p50=%s p90=%s",
-		len(besideTwin), b50, b90, len(besideJob), j50, j90)
-	if float64(j50) > 1.5*float64(b50) || float64(j90) > 1.5*float64(b90) {
-		t.Fatalf("alice's heavy job delays bob: p50 %s vs %s, p90 %s vs %s beside the same job on the twin (limit 1.5x)", j50, b50, j90, b90)
+	margin := percentile(recomputeTimes, 50) / 4
+	t.Logf("bob's applies beside alice's job on the twin: n=%d p50=%s p90=%s; on his instance: n=%d p50=%s p90=%s; margin %s (a quarter of a recompute)",
+		len(besideTwin), b50, b90, len(besideJob), j50, j90, margin)
+	if j50 > b50+margin || j90 > b90+margin {
+		t.Fatalf("alice's heavy job delays bob: p50 %s vs %s, p90 %s vs %s beside the same job on the twin (margin %s, a quarter of one of her recomputes)", j50, b50, j90, b90, margin)
 	}
 }
 
