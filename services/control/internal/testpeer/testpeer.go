@@ -376,9 +376,14 @@ func (p *Peer) backfill(ctx context.Context, req contract.SvcRequest, hang bool,
 	p.jobs[req.CommandID] = job
 	p.mu.Unlock()
 	defer func() {
-		p.mu.Lock()
-		delete(p.jobs, req.CommandID)
-		p.mu.Unlock()
+		// A job that was stopped (a pause, a cancel) stays known, as the
+		// feed keeps it, so that the command's cancel, which may come
+		// after the pause stopped it, reports how far it got.
+		if ctx.Err() == nil {
+			p.mu.Lock()
+			delete(p.jobs, req.CommandID)
+			p.mu.Unlock()
+		}
 	}()
 	for page := 1; page <= p.opts.BackfillPages; page++ {
 		ev := contract.Progress{ID: req.CommandID, Done: page, Total: p.opts.BackfillPages, Unit: "pages", Message: string(args.Timeframes[0])}

@@ -33,7 +33,26 @@ type feed struct {
 	mu    sync.Mutex
 	users map[string]*user
 	jobID int
+	// stopped are the backfills a pause or a lost user stopped, by user
+	// and command id (ids are per user), kept stoppedJobsKept so that the
+	// command's feed.cancel, which control sends beside the pause, still
+	// reports how far each got (control recomputes the timeframe it
+	// stopped in).
+	stopped map[commandKey][]stoppedJob
 }
+
+// commandKey names one user's command.
+type commandKey struct{ user, command string }
+
+// stoppedJob is a backfill stopped by something other than its cancel.
+type stoppedJob struct {
+	job *job
+	at  time.Time
+}
+
+// stoppedJobsKept is how long a stopped backfill's progress is kept for its
+// command's feed.cancel.
+const stoppedJobsKept = 5 * time.Minute
 
 // user is one user's desired state and what this instance does for them.
 type user struct {
@@ -62,7 +81,8 @@ type fillJob struct {
 }
 
 func newFeed(cfg Config, log *slog.Logger, js jetstream.JetStream, writer *candlewriter.Writer, eng *candles.Engine, metrics *candles.Metrics) *feed {
-	return &feed{cfg: cfg, log: log, js: js, writer: writer, eng: eng, metrics: metrics, users: map[string]*user{}}
+	return &feed{cfg: cfg, log: log, js: js, writer: writer, eng: eng, metrics: metrics, users: map[string]*user{},
+		stopped: map[commandKey][]stoppedJob{}}
 }
 
 // userLocked returns the user of token, creating an unknown one.
@@ -237,10 +257,32 @@ func (f *feed) stopLocked(token string, u *user) {
 		f.eng.Detach(sub.User, sub.ExchangeID, sym)
 	}
 	clear(u.attached)
+	now := time.Now()
+	for command, jobs := range f.stopped {
+		if now.Sub(jobs[len(jobs)-1].at) > stoppedJobsKept {
+			delete(f.stopped, command)
+		}
+	}
 	for id, j := range u.jobs {
 		j.cancel()
 		delete(u.jobs, id)
+		if j.command != "" {
+			k := commandKey{token, j.command}
+			f.stopped[k] = append(f.stopped[k], stoppedJob{job: j, at: now})
+		}
 	}
+}
+
+// takeStoppedLocked returns (and forgets) the backfills of the user's
+// command that a pause or a lost user stopped.
+func (f *feed) takeStoppedLocked(user, command string) []*job {
+	k := commandKey{user, command}
+	var out []*job
+	for _, s := range f.stopped[k] {
+		out = append(out, s.job)
+	}
+	delete(f.stopped, k)
+	return out
 }
 
 // cancelJobs cancels every user's gap fills and backfills (shutdown; the

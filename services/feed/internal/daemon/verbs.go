@@ -227,6 +227,7 @@ func (f *feed) cancel(ctx context.Context, req contract.SvcRequest) (any, error)
 			}
 		}
 	}
+	jobs = append(jobs, f.takeStoppedLocked(req.User, args.CommandID)...)
 	f.mu.Unlock()
 	stopped := []contract.JobProgress{}
 	for _, j := range jobs {

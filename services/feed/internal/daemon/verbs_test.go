@@ -263,7 +263,7 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 		}
 		done := make(chan outcome, 1)
 		go func() {
-			r, err := s.tryCall(contract.VerbBackfill, contract.SvcRequest{User: "u3", State: &st, Args: args}, 2, 60*time.Second)
+			r, err := s.tryCall(contract.VerbBackfill, contract.SvcRequest{CommandID: "long", User: "u3", State: &st, Args: args}, 2, 60*time.Second)
 			done <- outcome{r, err}
 		}()
 		select {
@@ -292,6 +292,14 @@ func TestVerbsOnTwoInstancesAndFailover(t *testing.T) {
 		}
 		if cancelled != 1 {
 			t.Errorf("backfill replies %+v, want the owner's cancelled", o.replies)
+		}
+		// Control sends the command's feed.cancel beside the pause, which
+		// may arrive first: the cancel still tells how far the job got.
+		cancelArgs, _ := json.Marshal(contract.CancelArgs{CommandID: "long"})
+		_, res := ownerReply(t, s.call(t, contract.VerbCancel, contract.SvcRequest{User: "u3", Args: cancelArgs}, 2, 10*time.Second))
+		var stopped []contract.JobProgress
+		if err := json.Unmarshal(res["stopped"], &stopped); err != nil || len(stopped) != 1 || stopped[0].Pages < 1 {
+			t.Errorf("cancel after the pause answered %s, want the job the pause stopped, with its pages", res["stopped"])
 		}
 		st.Revision = 3
 		s.putState(t, st)
