@@ -55,6 +55,11 @@ type Roster struct {
 
 	mu       sync.Mutex
 	lastSeen map[string]time.Time // key <service>.<instance>
+	// lastHeard is when a beat of a known key was last heard on core
+	// NATS (local receive time): the evidence Group's majority rule
+	// counts, never a beat read from the bucket (a watch started again
+	// reads stored beats whose times carry the clock offset's error).
+	lastHeard map[string]time.Time
 }
 
 // beat is one heartbeat (or deletion) of a key, read from the bucket or
@@ -89,7 +94,7 @@ func newRoster(js jetstream.JetStream, keys string, timeout, staleAfter time.Dur
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Roster{js: js, keys: keys, timeout: timeout, staleAfter: staleAfter, log: log,
-		started: make(chan watchResult, maxWatchesStarting), lastSeen: map[string]time.Time{}}
+		started: make(chan watchResult, maxWatchesStarting), lastSeen: map[string]time.Time{}, lastHeard: map[string]time.Time{}}
 }
 
 // start takes in the current heartbeats before returning, so Live is right
@@ -309,9 +314,15 @@ func (r *Roster) observe(b beat, seen time.Time) {
 	switch {
 	case !b.put:
 		delete(r.lastSeen, b.key)
+		delete(r.lastHeard, b.key)
 	case b.heard && !known:
-	case seen.After(last):
-		r.lastSeen[b.key] = seen
+	default:
+		if seen.After(last) {
+			r.lastSeen[b.key] = seen
+		}
+		if b.heard {
+			r.lastHeard[b.key] = seen
+		}
 	}
 	r.mu.Unlock()
 	if r.changed != nil {
@@ -327,6 +338,7 @@ func (r *Roster) prune() {
 	for key, seen := range r.lastSeen {
 		if time.Since(seen) > bucketTTL+r.timeout {
 			delete(r.lastSeen, key)
+			delete(r.lastHeard, key)
 		}
 	}
 }
@@ -367,13 +379,13 @@ func (r *Roster) Live(service string) []string {
 	return out
 }
 
-// heardWithin reports whether a beat of service's instance was read or
-// heard within d before now.
+// heardWithin reports whether a beat of service's instance was heard on
+// core NATS within d before now.
 func (r *Roster) heardWithin(service, instance string, d time.Duration, now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	seen, ok := r.lastSeen[service+"."+instance]
-	return ok && now.Sub(seen) <= d
+	heard, ok := r.lastHeard[service+"."+instance]
+	return ok && now.Sub(heard) <= d
 }
 
 // Stop ends the watch.

@@ -73,9 +73,13 @@ func startNATSCluster(t testing.TB, n int, proxied bool) *Cluster {
 		cluster := server.ClusterOpts{Name: "vigil-test", Host: "127.0.0.1", Port: ports[i]}
 		if proxied {
 			// No route pool (its extra connections would be made to the
-			// address a server tells, not through the proxy) and no
-			// gossip of addresses that bypass the proxies.
-			cluster.PoolSize, cluster.NoAdvertise = -1, true
+			// address a server tells, not through the proxy), no client
+			// URLs told, and a route address told to the others that
+			// refuses connections: a server that learns of another by
+			// gossip before its own route through the proxy is up would
+			// otherwise connect to it directly, and Isolate would leave
+			// that route up.
+			cluster.PoolSize, cluster.NoAdvertise, cluster.Advertise = -1, true, "127.0.0.1:1"
 		}
 		srv, err := server.NewServer(&server.Options{
 			ServerName: fmt.Sprintf("n%d", i), Host: "127.0.0.1", Port: -1,
