@@ -334,7 +334,7 @@ func (g *Group) selfLiveLocked(now time.Time) bool {
 		return false
 	}
 	if now.Before(g.selfUntil) {
-		g.setOnHeardLocked(false, 0)
+		g.setOnHeardLocked(now, false, 0)
 		return true
 	}
 	heard := 0
@@ -346,13 +346,13 @@ func (g *Group) selfLiveLocked(now time.Time) bool {
 		}
 	}
 	onHeard := 2*heard > len(g.quorum)
-	g.setOnHeardLocked(onHeard, heard)
+	g.setOnHeardLocked(now, onHeard, heard)
 	return onHeard
 }
 
 // setOnHeardLocked records whether this instance is live on heard
-// heartbeats alone and logs the change. The caller holds g.mu.
-func (g *Group) setOnHeardLocked(onHeard bool, heard int) {
+// heartbeats alone at now and logs the change. The caller holds g.mu.
+func (g *Group) setOnHeardLocked(now time.Time, onHeard bool, heard int) {
 	if onHeard == g.onHeard {
 		return
 	}
@@ -360,7 +360,7 @@ func (g *Group) setOnHeardLocked(onHeard bool, heard int) {
 	if onHeard {
 		g.log.Info("membership: the bucket confirms no heartbeat; this instance stays live while it hears a majority of its service on core NATS",
 			"service", g.service, "instance", g.self, "heard", heard, "of", len(g.quorum))
-	} else if now := time.Now(); now.Before(g.selfUntil) {
+	} else if now.Before(g.selfUntil) {
 		g.log.Info("membership: the bucket confirms heartbeats again", "service", g.service, "instance", g.self)
 	}
 }
