@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -111,6 +112,22 @@ func (cs *controlStack) Close() error {
 	return cs.benchStack.Close()
 }
 
+// benchAckStream creates BENCH_ACK, the stream of the baselines' and
+// floors' publish-acks (file storage, the replicas of control's queue
+// bucket), and returns its replicas.
+func (cs *controlStack) benchAckStream(ctx context.Context) (int, error) {
+	queue, err := cs.js.Stream(ctx, "KV_"+natsx.BucketQueue)
+	if err != nil {
+		return 0, fmt.Errorf("control's queue bucket: %w", err)
+	}
+	replicas := queue.CachedInfo().Config.Replicas
+	if _, err := cs.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_ACK", Subjects: []string{"bench.ack.>"},
+		Storage: jetstream.FileStorage, Replicas: replicas, MaxMsgsPerSubject: 1, Duplicates: 2 * time.Minute}); err != nil {
+		return 0, fmt.Errorf("baseline stream: %w", err)
+	}
+	return max(replicas, 1), nil
+}
+
 // ackReply is what the bare responder answers: an ACK-sized body.
 var ackReply = []byte(`{"id":"01JD00000000000000000000000","user":"ack-0","command":"pause","accepted":true,"position":0}`)
 
@@ -128,14 +145,9 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 	if err != nil {
 		return err
 	}
-	queue, err := cs.js.Stream(ctx, "KV_"+natsx.BucketQueue)
+	replicas, err := cs.benchAckStream(ctx)
 	if err != nil {
-		return fmt.Errorf("control's queue bucket: %w", err)
-	}
-	replicas := queue.CachedInfo().Config.Replicas
-	if _, err := cs.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_ACK", Subjects: []string{"bench.ack.>"},
-		Storage: jetstream.FileStorage, Replicas: replicas, MaxMsgsPerSubject: 1, Duplicates: 2 * time.Minute}); err != nil {
-		return fmt.Errorf("baseline stream: %w", err)
+		return err
 	}
 	responder, err := nats.Connect(cs.servers.NATSURL(), nats.Name("bench-responder"))
 	if err != nil {
@@ -222,7 +234,7 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 	waitProfile()
 	value := report.Times(stats.Summarize(stats.Millis(vigil)))
 	row := report.Row{Number: 1, Figure: "ack", Name: "command ACK latency p50/p99", Unit: "ms", Value: value, Target: "≤ 1.5×"}
-	row.Compare(fmt.Sprintf("bare JetStream publish-ack (R%d, file)", max(replicas, 1)), report.Times(stats.Summarize(stats.Millis(jsAck))), false)
+	row.Compare(fmt.Sprintf("bare JetStream publish-ack (R%d, file)", replicas), report.Times(stats.Summarize(stats.Millis(jsAck))), false)
 	row.SetMet(row.Ratio != nil && row.Ratio.Median <= 1.5 && row.Ratio.Tail <= 1.5)
 	pgSum := stats.Summarize(stats.Millis(pg))
 	row.Note = fmt.Sprintf("%d commands over %d users, pause/resume alternating; the ACK is one KV compare-and-set; Postgres SELECT 1 round trip %.2f / %.2f ms (not on the ACK path)", n, len(cs.ackUsers), pgSum.Median, pgSum.P99)
@@ -235,7 +247,7 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 	vsFloor.Compare("request + publish-ack in another process", report.Times(stats.Summarize(stats.Millis(floor))), false)
 	out.add("ack", map[string]any{"commands": n, "users": len(cs.ackUsers), "failed_results": failed,
 		"vigil_ms": stats.Summarize(stats.Millis(vigil)), "bare_ms": stats.Summarize(stats.Millis(bare)),
-		"jetstream_publish_ack_ms": stats.Summarize(stats.Millis(jsAck)), "floor_ms": stats.Summarize(stats.Millis(floor)), "replicas": max(replicas, 1), "postgres_select1_ms": pgSum}, row, vsBare, vsFloor)
+		"jetstream_publish_ack_ms": stats.Summarize(stats.Millis(jsAck)), "floor_ms": stats.Summarize(stats.Millis(floor)), "replicas": replicas, "postgres_select1_ms": pgSum}, row, vsBare, vsFloor)
 	return nil
 }
 
@@ -302,9 +314,13 @@ func (g *responderGroup) close() {
 	}
 }
 
-// scatterGather sends one request on a fresh inbox and waits for all n
-// answers.
-func (g *responderGroup) scatterGather(nc *nats.Conn) error {
+// scatterGather sends one request on a fresh inbox and waits for the
+// group's answers.
+func (g *responderGroup) scatterGather(nc *nats.Conn) error { return scatterGather(nc, g.n) }
+
+// scatterGather sends one request on bench.sg on a fresh inbox and waits
+// for n answers.
+func scatterGather(nc *nats.Conn, n int) error {
 	inbox := nc.NewInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -314,9 +330,9 @@ func (g *responderGroup) scatterGather(nc *nats.Conn) error {
 	if err := nc.PublishRequest("bench.sg", inbox, sgRequest); err != nil {
 		return err
 	}
-	for range g.n {
+	for range n {
 		if _, err := sub.NextMsg(5 * time.Second); err != nil {
-			return fmt.Errorf("scatter-gather over %d responders: %w", g.n, err)
+			return fmt.Errorf("scatter-gather over %d responders: %w", n, err)
 		}
 	}
 	return nil
@@ -324,7 +340,7 @@ func (g *responderGroup) scatterGather(nc *nats.Conn) error {
 
 // sequenceRun is the measurement of one command kind at one instance count.
 type sequenceRun struct {
-	e2e, acks, steps, baseline []time.Duration
+	e2e, acks, steps, baseline, floor []time.Duration
 	statuses                   map[string]int
 	// perStep are the durations of each step ("vigil-feed resume"), in ms.
 	perStep map[string][]float64
@@ -333,12 +349,27 @@ type sequenceRun struct {
 // Sequence measures figure 2: pause and resume from request to result
 // with 1 and then 3 instances of every service, each interleaved with the
 // baseline, three sequential scatter-gathers over a trivial responder
-// group of as many instances.
+// group of as many instances, and with the floor: the same scatter-gathers
+// run by a process of its own between the durable writes the contract
+// asks for (floorSequence).
 func Sequence(ctx context.Context, env *Env, out *Output) error {
 	cs, err := env.sharedStack(ctx)
 	if err != nil {
 		return err
 	}
+	if _, err := cs.benchAckStream(ctx); err != nil {
+		return err
+	}
+	stopFloor, err := startFloor(ctx, cs.nc, cs.servers.NATSURL())
+	if err != nil {
+		return err
+	}
+	defer stopFloor()
+	floorResults, err := cs.nc.SubscribeSync(floorResultSubject)
+	if err != nil {
+		return err
+	}
+	defer floorResults.Unsubscribe() //nolint:errcheck // best effort
 	details := map[string]any{}
 	for _, n := range []int{1, 3} {
 		if cs.instances < n {
@@ -376,6 +407,11 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 					}
 				}
 				base := time.Since(began)
+				floor, err := runFloorSequence(cs.nc, floorResults, n)
+				if err != nil {
+					group.close()
+					return err
+				}
 				sent := time.Now()
 				ack, ackRTT, err := cs.cmd.send(ctx, user, cmd, nil)
 				if err != nil {
@@ -391,7 +427,7 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 				r := runs[cmd]
 				r.acks = append(r.acks, ackRTT)
 				r.statuses[resultStatus(res)]++
-				r.e2e, r.baseline = append(r.e2e, elapsed), append(r.baseline, base)
+				r.e2e, r.baseline, r.floor = append(r.e2e, elapsed), append(r.baseline, base), append(r.floor, floor)
 				r.steps = append(r.steps, time.Duration(stepsMs(res)*float64(time.Millisecond)))
 				for _, st := range res.Steps {
 					name := st.Service + " " + string(st.Verb)
@@ -416,13 +452,46 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 			}
 			ackSum := stats.Summarize(stats.Millis(r.acks))
 			row.Note = fmt.Sprintf("medians ms: ACK %.1f, steps %s (sum %.1f); results %s", ackSum.Median, strings.Join(medians, ", "), stepSum.Median, joinStatuses(r.statuses))
-			out.add("", nil, row)
+			floorSum := stats.Summarize(stats.Millis(r.floor))
+			vsFloor := report.Row{Number: 2, Figure: "sequence", Name: fmt.Sprintf("%s end to end vs floor, %d instance(s)/service", cmd, n), Unit: "ms",
+				Value: row.Value, Target: "reported",
+				Note: fmt.Sprintf("floor: record, ACK, desired state, 3 scatter-gathers, result, run by a process of its own (%.2f ms = %.1f× the baseline); same run, interleaved",
+					floorSum.Median, floorSum.Median/stats.Summarize(stats.Millis(r.baseline)).Median)}
+			vsFloor.Compare("the contract's least: 3 publish-acks + 3 scatter-gathers from another process", report.Times(floorSum), false)
+			out.add("", nil, row, vsFloor)
 			details[fmt.Sprintf("%s_%d", cmd, n)] = map[string]any{"e2e_ms": stats.Summarize(stats.Millis(r.e2e)),
-				"ack_ms": ackSum, "steps_ms": stepSum, "per_step_ms": perStep, "baseline_ms": stats.Summarize(stats.Millis(r.baseline)), "results": r.statuses}
+				"ack_ms": ackSum, "steps_ms": stepSum, "per_step_ms": perStep, "baseline_ms": stats.Summarize(stats.Millis(r.baseline)),
+				"floor_ms": floorSum, "results": r.statuses}
 		}
 	}
 	out.add("sequence", details)
 	return env.Close()
+}
+
+// runFloorSequence sends one command to the floor responder, whose steps
+// wait for n responders, and returns the time from the request to its
+// result's arrival.
+func runFloorSequence(nc *nats.Conn, results *nats.Subscription, n int) (time.Duration, error) {
+	req := nats.NewMsg(floorSequenceSubject)
+	req.Header.Set(floorRespondersHeader, strconv.Itoa(n))
+	req.Data = ackReply
+	began := time.Now()
+	ack, err := nc.RequestMsg(req, 5*time.Second)
+	if err != nil {
+		return 0, fmt.Errorf("floor sequence: %w", err)
+	}
+	if string(ack.Data) != string(ackReply) {
+		return 0, fmt.Errorf("%w: floor sequence: the responder's record failed: %s", ErrFigure, ack.Data)
+	}
+	res, err := results.NextMsg(15 * time.Second)
+	if err != nil {
+		return 0, fmt.Errorf("floor sequence: result: %w", err)
+	}
+	took := time.Since(began)
+	if string(res.Data) != string(floorResultOK) {
+		return 0, fmt.Errorf("%w: floor sequence: %s", ErrFigure, res.Data)
+	}
+	return took, nil
 }
 
 // resultStatus is "succeeded:<result status>" or "<status>:<error code>".

@@ -1,8 +1,10 @@
 package figures
 
-// This file: figure 1's floor, a responder in a process of its own that
-// answers a request only after a JetStream publish-ack, the least any
-// ACK sent after a durable write costs.
+// This file: the floors of figures 1 and 2, a responder in a process of
+// its own that answers a request only after a JetStream publish-ack (the
+// least any ACK sent after a durable write costs) and that runs the least
+// a pause or resume must do (record, ACK, write the desired state, three
+// ordered steps to other processes, publish the result durably).
 
 import (
 	"context"
@@ -25,6 +27,22 @@ const FloorResponderEnv = "VIGIL_BENCH_FLOOR_RESPONDER"
 
 // floorSubject is where the floor responder takes requests.
 const floorSubject = "bench.floor"
+
+// floorSequenceSubject is where the floor responder takes figure 2's
+// commands; the header floorRespondersHeader says how many answers each
+// step waits for.
+const floorSequenceSubject = "bench.floor.sequence"
+
+// floorRespondersHeader carries the number of bench.sg responders.
+const floorRespondersHeader = "Bench-Responders"
+
+// floorResultSubject is where the floor responder publishes a sequence's
+// result (captured by BENCH_ACK, like a result by VIGIL_RESULTS).
+const floorResultSubject = "bench.ack.floor.result"
+
+// floorResultOK is the body of a floor sequence's result when every write
+// and step succeeded; otherwise the body is the error.
+var floorResultOK = []byte(`{"id":"01JD00000000000000000000000","user":"seq-0","command":"pause","status":"succeeded","result":{"status":"paused"},"steps":[{"service":"vigil-alerts","verb":"pause","instances":1,"acked":1,"ms":0.4},{"service":"vigil-feed","verb":"pause","instances":1,"acked":1,"ms":0.4},{"service":"vigil-indicators","verb":"pause","instances":1,"acked":1,"ms":0.4}]}`)
 
 // ServeFloor answers each request on bench.floor with an ACK-sized body
 // after publishing the request on bench.ack.floor.<n> (stream BENCH_ACK,
@@ -56,10 +74,53 @@ func ServeFloor(ctx context.Context, url string) error {
 	if err != nil {
 		return fmt.Errorf("floor responder: %w", err)
 	}
+	_, err = nc.Subscribe(floorSequenceSubject, func(m *nats.Msg) {
+		i := n.Add(1)
+		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		if err := floorSequence(pctx, nc, js, m, i); err != nil {
+			_, _ = js.Publish(pctx, floorResultSubject, []byte(err.Error()), jetstream.WithMsgID("floor-result-"+strconv.FormatInt(i, 10)))
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("floor responder: %w", err)
+	}
 	if err := nc.Flush(); err != nil {
 		return err
 	}
 	<-ctx.Done()
+	return nil
+}
+
+// floorSequence is the least a pause or resume costs under the contract:
+// the command recorded durably, the ACK, the desired state written, three
+// ordered scatter-gathers over the services' instances (bench.sg, in the
+// runner's process), the result published to a stream.
+func floorSequence(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, i int64) error {
+	responders, err := strconv.Atoi(m.Header.Get(floorRespondersHeader))
+	if err != nil || responders < 1 {
+		_ = m.Respond([]byte(`{"accepted":false}`))
+		return fmt.Errorf("floor sequence: header %s: %q is not a positive count", floorRespondersHeader, m.Header.Get(floorRespondersHeader))
+	}
+	id := strconv.FormatInt(i, 10)
+	if _, err := js.Publish(ctx, "bench.ack.floor.command", m.Data, jetstream.WithMsgID("floor-command-"+id)); err != nil {
+		_ = m.Respond([]byte(`{"accepted":false}`))
+		return fmt.Errorf("floor sequence: record: %w", err)
+	}
+	if err := m.Respond(ackReply); err != nil {
+		return fmt.Errorf("floor sequence: ack: %w", err)
+	}
+	if _, err := js.Publish(ctx, "bench.ack.floor.state", sgRequest, jetstream.WithMsgID("floor-state-"+id)); err != nil {
+		return fmt.Errorf("floor sequence: desired state: %w", err)
+	}
+	for range 3 {
+		if err := scatterGather(nc, responders); err != nil {
+			return fmt.Errorf("floor sequence: %w", err)
+		}
+	}
+	if _, err := js.Publish(ctx, floorResultSubject, floorResultOK, jetstream.WithMsgID("floor-result-"+id)); err != nil {
+		return fmt.Errorf("floor sequence: result: %w", err)
+	}
 	return nil
 }
 
