@@ -168,7 +168,7 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 	const warmup = 20
 	n := env.Opts.AckIterations
 	env.Log.Info("ack: commands and bare requests", "iterations", n)
-	var vigil, bare, pg, jsAck, floor []time.Duration
+	var vigil, bare, pg, jsAck, floor, apartRTT, apartAck []time.Duration
 	pending := map[string]string{}
 	paused := map[string]bool{}
 	failed := map[string]int{}
@@ -198,6 +198,10 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 			return fmt.Errorf("floor request: the responder's publish-ack failed: %s", m.Data)
 		}
 		floorRTT := time.Since(began)
+		rttApart, ackApart, err := measureApart(cs.nc)
+		if err != nil {
+			return err
+		}
 		began = time.Now()
 		if _, err := cs.pool.Exec(ctx, "SELECT 1"); err != nil {
 			return fmt.Errorf("postgres round trip: %w", err)
@@ -223,7 +227,7 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 		pending[user], paused[user] = ack.ID, !paused[user]
 		if i >= warmup {
 			bare, vigil, pg, jsAck = append(bare, rtt), append(vigil, ackRTT), append(pg, pgRTT), append(jsAck, jsRTT)
-			floor = append(floor, floorRTT)
+			floor, apartRTT, apartAck = append(floor, floorRTT), append(apartRTT, rttApart), append(apartAck, ackApart)
 		}
 	}
 	for _, id := range pending {
@@ -245,10 +249,39 @@ func Ack(ctx context.Context, env *Env, out *Output) error {
 	vsFloor := report.Row{Number: 1, Figure: "ack", Name: "command ACK latency p50/p99 vs floor", Unit: "ms", Value: value, Target: "reported",
 		Note: "floor: a request to a responder in its own process that answers after a JetStream publish-ack (BENCH_ACK), the least an ACK sent after a durable write costs; same run, interleaved"}
 	vsFloor.Compare("request + publish-ack in another process", report.Times(stats.Summarize(stats.Millis(floor))), false)
+	vsApartAck := report.Row{Number: 1, Figure: "ack", Name: "command ACK latency p50/p99 vs publish-ack of another process", Unit: "ms", Value: value, Target: "≤ 1.5×",
+		Note: "a JetStream publish-ack (BENCH_ACK) timed by a client in its own process, as vigil-control makes it; same run, interleaved"}
+	vsApartAck.Compare(fmt.Sprintf("publish-ack (R%d, file) from another process", replicas), report.Times(stats.Summarize(stats.Millis(apartAck))), false)
+	vsApartAck.SetMet(vsApartAck.Ratio != nil && vsApartAck.Ratio.Median <= 1.5 && vsApartAck.Ratio.Tail <= 1.5)
+	vsApartRTT := report.Row{Number: 1, Figure: "ack", Name: "command ACK latency p50/p99 vs request to another process", Unit: "ms", Value: value, Target: "≤ 3×",
+		Note: "a bare request to a trivial responder in its own process, as `nats req` sees one; same run, interleaved"}
+	vsApartRTT.Compare("bare request to another process", report.Times(stats.Summarize(stats.Millis(apartRTT))), false)
+	vsApartRTT.SetMet(vsApartRTT.Ratio != nil && vsApartRTT.Ratio.Median <= 3 && vsApartRTT.Ratio.Tail <= 3)
 	out.add("ack", map[string]any{"commands": n, "users": len(cs.ackUsers), "failed_results": failed,
 		"vigil_ms": stats.Summarize(stats.Millis(vigil)), "bare_ms": stats.Summarize(stats.Millis(bare)),
-		"jetstream_publish_ack_ms": stats.Summarize(stats.Millis(jsAck)), "floor_ms": stats.Summarize(stats.Millis(floor)), "replicas": replicas, "postgres_select1_ms": pgSum}, row, vsBare, vsFloor)
+		"jetstream_publish_ack_ms": stats.Summarize(stats.Millis(jsAck)), "floor_ms": stats.Summarize(stats.Millis(floor)),
+		"request_apart_ms": stats.Summarize(stats.Millis(apartRTT)), "publish_ack_apart_ms": stats.Summarize(stats.Millis(apartAck)),
+		"replicas": replicas, "postgres_select1_ms": pgSum}, row, vsBare, vsFloor, vsApartAck, vsApartRTT)
 	return nil
+}
+
+// measureApart times a bare request to the floor responder's process and
+// has that process time one JetStream publish-ack of its own.
+func measureApart(nc *nats.Conn) (rtt, publishAck time.Duration, err error) {
+	began := time.Now()
+	if _, err := nc.Request(floorRTTSubject, ackReply, 5*time.Second); err != nil {
+		return 0, 0, fmt.Errorf("request to another process: %w", err)
+	}
+	rtt = time.Since(began)
+	m, err := nc.Request(floorPublishSubject, nil, 5*time.Second)
+	if err != nil {
+		return 0, 0, fmt.Errorf("publish-ack from another process: %w", err)
+	}
+	ns, err := strconv.ParseInt(string(m.Data), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: publish-ack from another process: %s", ErrFigure, m.Data)
+	}
+	return rtt, time.Duration(ns), nil
 }
 
 // errText is a contract error's code and message, or "".

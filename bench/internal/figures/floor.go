@@ -28,6 +28,15 @@ const FloorResponderEnv = "VIGIL_BENCH_FLOOR_RESPONDER"
 // floorSubject is where the floor responder takes requests.
 const floorSubject = "bench.floor"
 
+// floorRTTSubject is where the floor responder answers at once: a bare
+// request to another process, as `nats req` to a trivial responder sees it.
+const floorRTTSubject = "bench.floor.rtt"
+
+// floorPublishSubject asks the floor responder to time one JetStream
+// publish-ack from its own process (as vigil-control makes it) and answer
+// with the nanoseconds it took.
+const floorPublishSubject = "bench.floor.publish"
+
 // floorSequenceSubject is where the floor responder takes figure 2's
 // commands; the header floorRespondersHeader says how many answers each
 // step waits for.
@@ -70,6 +79,25 @@ func ServeFloor(ctx context.Context, url string) error {
 			return
 		}
 		_ = m.Respond(ackReply)
+	})
+	if err != nil {
+		return fmt.Errorf("floor responder: %w", err)
+	}
+	_, err = nc.Subscribe(floorRTTSubject, func(m *nats.Msg) { _ = m.Respond(ackReply) })
+	if err != nil {
+		return fmt.Errorf("floor responder: %w", err)
+	}
+	_, err = nc.Subscribe(floorPublishSubject, func(m *nats.Msg) {
+		i := n.Add(1)
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		began := time.Now()
+		if _, err := js.Publish(pctx, "bench.ack.floor.publish."+strconv.FormatInt(i%8, 10), ackReply,
+			jetstream.WithMsgID("floor-publish-"+strconv.FormatInt(i, 10))); err != nil {
+			_ = m.Respond([]byte(err.Error()))
+			return
+		}
+		_ = m.Respond(strconv.AppendInt(nil, int64(time.Since(began)), 10))
 	})
 	if err != nil {
 		return fmt.Errorf("floor responder: %w", err)
