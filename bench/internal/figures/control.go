@@ -374,7 +374,7 @@ func scatterGather(nc *nats.Conn, n int) error {
 // sequenceRun is the measurement of one command kind at one instance count.
 type sequenceRun struct {
 	e2e, acks, steps, baseline, floor []time.Duration
-	statuses                   map[string]int
+	statuses                          map[string]int
 	// perStep are the durations of each step ("vigil-feed resume"), in ms.
 	perStep map[string][]float64
 }
@@ -398,7 +398,7 @@ func Sequence(ctx context.Context, env *Env, out *Output) error {
 		return err
 	}
 	defer stopFloor()
-	floorResults, err := cs.nc.SubscribeSync(floorResultSubject)
+	floorResults, err := cs.nc.SubscribeSync(floorResultSubject + ".*")
 	if err != nil {
 		return err
 	}

@@ -45,19 +45,22 @@ const floorSequenceSubject = "bench.floor.sequence"
 // floorRespondersHeader carries the number of bench.sg responders.
 const floorRespondersHeader = "Bench-Responders"
 
-// floorResultSubject is where the floor responder publishes a sequence's
-// result (captured by BENCH_ACK, like a result by VIGIL_RESULTS).
+// floorResultSubject is the prefix of the subjects where the floor
+// responder publishes a sequence's result (captured by BENCH_ACK, like a
+// result by VIGIL_RESULTS).
 const floorResultSubject = "bench.ack.floor.result"
 
 // floorResultOK is the body of a floor sequence's result when every write
 // and step succeeded; otherwise the body is the error.
 var floorResultOK = []byte(`{"id":"01JD00000000000000000000000","user":"seq-0","command":"pause","status":"succeeded","result":{"status":"paused"},"steps":[{"service":"vigil-alerts","verb":"pause","instances":1,"acked":1,"ms":0.4},{"service":"vigil-feed","verb":"pause","instances":1,"acked":1,"ms":0.4},{"service":"vigil-indicators","verb":"pause","instances":1,"acked":1,"ms":0.4}]}`)
 
-// ServeFloor answers each request on bench.floor with an ACK-sized body
-// after publishing the request on bench.ack.floor.<n> (stream BENCH_ACK,
-// which Ack creates) and receiving the stream's acknowledgement: a
-// request to another process plus a durable write, what vigil-control's
-// ACK is made of. It serves until ctx ends.
+// ServeFloor serves the floors until ctx ends: on bench.floor it answers
+// an ACK-sized body after a JetStream publish-ack of the request (stream
+// BENCH_ACK, which the figures create), a request to another process plus
+// a durable write, what vigil-control's ACK is made of; on
+// bench.floor.rtt it answers at once; on bench.floor.publish it times one
+// publish-ack of its own; on bench.floor.sequence it runs the floor of a
+// pause or resume (floorResponder.sequence).
 func ServeFloor(ctx context.Context, url string) error {
 	nc, err := nats.Connect(url, nats.Name("bench-floor"))
 	if err != nil {
@@ -68,50 +71,34 @@ func ServeFloor(ctx context.Context, url string) error {
 	if err != nil {
 		return err
 	}
-	var n atomic.Int64
-	_, err = nc.Subscribe(floorSubject, func(m *nats.Msg) {
-		i := n.Add(1)
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if _, err := js.Publish(pctx, "bench.ack.floor."+strconv.FormatInt(i%8, 10), m.Data,
-			jetstream.WithMsgID("floor-"+strconv.FormatInt(i, 10))); err != nil {
-			_ = m.Respond([]byte(`{"accepted":false}`))
-			return
-		}
-		_ = m.Respond(ackReply)
-	})
-	if err != nil {
-		return fmt.Errorf("floor responder: %w", err)
+	f := &floorResponder{nc: nc, js: js}
+	handlers := map[string]nats.MsgHandler{
+		floorSubject: func(m *nats.Msg) {
+			if err := f.publishAck(ctx, "bench.ack.floor.", m.Data); err != nil {
+				_ = m.Respond([]byte(`{"accepted":false}`))
+				return
+			}
+			_ = m.Respond(ackReply)
+		},
+		floorRTTSubject: func(m *nats.Msg) { _ = m.Respond(ackReply) },
+		floorPublishSubject: func(m *nats.Msg) {
+			began := time.Now()
+			if err := f.publishAck(ctx, "bench.ack.floor.publish.", ackReply); err != nil {
+				_ = m.Respond([]byte(err.Error()))
+				return
+			}
+			_ = m.Respond(strconv.AppendInt(nil, int64(time.Since(began)), 10))
+		},
+		floorSequenceSubject: func(m *nats.Msg) {
+			if err := f.sequence(ctx, m); err != nil {
+				_ = f.publishAck(ctx, floorResultSubject+".", []byte(err.Error()))
+			}
+		},
 	}
-	_, err = nc.Subscribe(floorRTTSubject, func(m *nats.Msg) { _ = m.Respond(ackReply) })
-	if err != nil {
-		return fmt.Errorf("floor responder: %w", err)
-	}
-	_, err = nc.Subscribe(floorPublishSubject, func(m *nats.Msg) {
-		i := n.Add(1)
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		began := time.Now()
-		if _, err := js.Publish(pctx, "bench.ack.floor.publish."+strconv.FormatInt(i%8, 10), ackReply,
-			jetstream.WithMsgID("floor-publish-"+strconv.FormatInt(i, 10))); err != nil {
-			_ = m.Respond([]byte(err.Error()))
-			return
+	for subject, h := range handlers {
+		if _, err := nc.Subscribe(subject, h); err != nil {
+			return fmt.Errorf("floor responder: %w", err)
 		}
-		_ = m.Respond(strconv.AppendInt(nil, int64(time.Since(began)), 10))
-	})
-	if err != nil {
-		return fmt.Errorf("floor responder: %w", err)
-	}
-	_, err = nc.Subscribe(floorSequenceSubject, func(m *nats.Msg) {
-		i := n.Add(1)
-		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		defer cancel()
-		if err := floorSequence(pctx, nc, js, m, i); err != nil {
-			_, _ = js.Publish(pctx, floorResultSubject, []byte(err.Error()), jetstream.WithMsgID("floor-result-"+strconv.FormatInt(i, 10)))
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("floor responder: %w", err)
 	}
 	if err := nc.Flush(); err != nil {
 		return err
@@ -120,33 +107,51 @@ func ServeFloor(ctx context.Context, url string) error {
 	return nil
 }
 
-// floorSequence is the least a pause or resume costs under the contract:
-// the command recorded durably, the ACK, the desired state written, three
+// floorResponder is the floor process's connection and the count of its
+// publishes (each one's Nats-Msg-Id and subject are unique).
+type floorResponder struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+	n  atomic.Int64
+}
+
+// publishAck publishes data on prefix followed by the next publish number
+// (so BENCH_ACK, keeping one message per subject, stays small) and waits
+// for the stream's acknowledgement.
+func (f *floorResponder) publishAck(ctx context.Context, prefix string, data []byte) error {
+	i := strconv.FormatInt(f.n.Add(1), 10)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := f.js.Publish(ctx, prefix+i[len(i)-1:], data, jetstream.WithMsgID("floor-"+i))
+	return err
+}
+
+// sequence is the least a pause or resume costs under the contract: the
+// command recorded durably, the ACK, the desired state written, three
 // ordered scatter-gathers over the services' instances (bench.sg, in the
 // runner's process), the result published to a stream.
-func floorSequence(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, i int64) error {
+func (f *floorResponder) sequence(ctx context.Context, m *nats.Msg) error {
 	responders, err := strconv.Atoi(m.Header.Get(floorRespondersHeader))
 	if err != nil || responders < 1 {
 		_ = m.Respond([]byte(`{"accepted":false}`))
 		return fmt.Errorf("floor sequence: header %s: %q is not a positive count", floorRespondersHeader, m.Header.Get(floorRespondersHeader))
 	}
-	id := strconv.FormatInt(i, 10)
-	if _, err := js.Publish(ctx, "bench.ack.floor.command", m.Data, jetstream.WithMsgID("floor-command-"+id)); err != nil {
+	if err := f.publishAck(ctx, "bench.ack.floor.command.", m.Data); err != nil {
 		_ = m.Respond([]byte(`{"accepted":false}`))
 		return fmt.Errorf("floor sequence: record: %w", err)
 	}
 	if err := m.Respond(ackReply); err != nil {
 		return fmt.Errorf("floor sequence: ack: %w", err)
 	}
-	if _, err := js.Publish(ctx, "bench.ack.floor.state", sgRequest, jetstream.WithMsgID("floor-state-"+id)); err != nil {
+	if err := f.publishAck(ctx, "bench.ack.floor.state.", sgRequest); err != nil {
 		return fmt.Errorf("floor sequence: desired state: %w", err)
 	}
 	for range 3 {
-		if err := scatterGather(nc, responders); err != nil {
+		if err := scatterGather(f.nc, responders); err != nil {
 			return fmt.Errorf("floor sequence: %w", err)
 		}
 	}
-	if _, err := js.Publish(ctx, floorResultSubject, floorResultOK, jetstream.WithMsgID("floor-result-"+id)); err != nil {
+	if err := f.publishAck(ctx, floorResultSubject+".", floorResultOK); err != nil {
 		return fmt.Errorf("floor sequence: result: %w", err)
 	}
 	return nil
