@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -20,6 +21,8 @@ import (
 	"vigil.dev/pkg/contract"
 	"vigil.dev/pkg/db"
 	"vigil.dev/pkg/localstack"
+	"vigil.dev/pkg/natsx"
+	"vigil.dev/pkg/partition"
 	"vigil.dev/pkg/testenv"
 )
 
@@ -230,6 +233,56 @@ func TestServicesCannotActAsEachOther(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestServicesReadFromBucketLeaders checks that each service user may
+// read the buckets whose reads decide a compare-and-set from the bucket's
+// leader (natsx.KVGet, $JS.API.STREAM.MSG.GET), and that the feed, which
+// holds no partitions, may not read the leases.
+func TestServicesReadFromBucketLeaders(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin := connect(t, srv.url, "admin", "admin-pw", "")
+	js, err := jetstream.New(admin.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bucket := range []string{contract.BucketState, natsx.BucketQueue, natsx.BucketAlertState, partition.LeaseBucket} {
+		if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reads := map[string][]string{
+		"vigil-control":    {contract.BucketState, natsx.BucketQueue},
+		"vigil-indicators": {partition.LeaseBucket},
+		"vigil-alerts":     {partition.LeaseBucket, natsx.BucketAlertState},
+	}
+	for svc, buckets := range reads {
+		c := connect(t, srv.url, serviceUsers[svc], passwords[passwordVar(serviceUsers[svc])], "")
+		sjs, err := jetstream.New(c.Conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bucket := range buckets {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := natsx.KVGet(rctx, sjs, bucket, "user.nobody")
+			cancel()
+			if !errors.Is(err, jetstream.ErrKeyNotFound) {
+				t.Errorf("%s reading %s from its leader: %v, want ErrKeyNotFound", svc, bucket, err)
+			}
+		}
+	}
+	feed := connect(t, srv.url, serviceUsers["vigil-feed"], passwords[passwordVar(serviceUsers["vigil-feed"])], "")
+	fjs, err := jetstream.New(feed.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := natsx.KVGet(rctx, fjs, partition.LeaseBucket, "feed.0"); err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("vigil-feed read the partition leases from their leader: %v", err)
 	}
 }
 

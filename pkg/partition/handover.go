@@ -129,7 +129,7 @@ func (c *Consumer) reconcile(ctx context.Context) (complete bool) {
 func (c *Consumer) claim(ctx context.Context, k int) (l lease, ok bool) {
 	self := c.opts.Members.Self()
 	key := c.key(k)
-	e, err := c.leases.Get(ctx, key)
+	e, err := natsx.KVGet(ctx, c.opts.JS, LeaseBucket, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		l.revision, err = c.leases.Create(ctx, key, []byte(self))

@@ -34,6 +34,7 @@ var BucketConfig = jetstream.KeyValueConfig{
 
 // Store reads and writes snapshots.
 type Store struct {
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 }
 
@@ -43,12 +44,15 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{kv: kv}, nil
+	return &Store{js: js, kv: kv}, nil
 }
 
-// Load returns user's snapshot; ok is false when none is stored.
+// Load returns user's snapshot, read from the bucket's leader
+// (natsx.KVGet: an instance that gains the user must see the last
+// snapshot its previous owner saved, which a lagging replica may not
+// hold yet); ok is false when none is stored.
 func (s *Store) Load(ctx context.Context, user string) (snap rules.Snapshot, ok bool, err error) {
-	e, err := s.kv.Get(ctx, contract.StateKey(user))
+	e, err := natsx.KVGet(ctx, s.js, Bucket, contract.StateKey(user))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return rules.Snapshot{}, false, nil
 	}

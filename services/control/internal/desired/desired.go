@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
 )
 
 // Errors of the store.
@@ -34,6 +35,7 @@ func (e Entry) Exists() bool { return e.KVRev != 0 }
 
 // Store is the desired-state bucket.
 type Store struct {
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 }
 
@@ -43,12 +45,15 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %w", ErrStore, contract.BucketState, err)
 	}
-	return &Store{kv: kv}, nil
+	return &Store{js: js, kv: kv}, nil
 }
 
-// Get reads user's state; a user without state gives an Entry with KVRev 0.
+// Get reads user's state from the bucket's leader (natsx.KVGet: a
+// replica may not hold the last write yet, and the state read decides the
+// next compare-and-set, or that none is needed); a user without state
+// gives an Entry with KVRev 0.
 func (s *Store) Get(ctx context.Context, user string) (Entry, error) {
-	e, err := s.kv.Get(ctx, contract.StateKey(user))
+	e, err := natsx.KVGet(ctx, s.js, contract.BucketState, contract.StateKey(user))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Entry{}, nil
 	}

@@ -218,6 +218,7 @@ func (r Recent) repeats(e Entry, now time.Time) (*Recent, error) {
 
 // Ledger reads and writes VIGIL_QUEUE.
 type Ledger struct {
+	js       jetstream.JetStream
 	kv       jetstream.KeyValue
 	now      func() time.Time
 	onChange func(user string)
@@ -256,7 +257,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Ledger, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %w", ErrStore, natsx.BucketQueue, err)
 	}
-	l := &Ledger{kv: kv, now: opts.Now, onChange: opts.OnChange, settled: opts.Settled, cache: map[string]cached{}, done: make(chan struct{})}
+	l := &Ledger{js: js, kv: kv, now: opts.Now, onChange: opts.OnChange, settled: opts.Settled, cache: map[string]cached{}, done: make(chan struct{})}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -347,7 +348,7 @@ func (l *Ledger) current(ctx context.Context, user string, fresh bool) (Queue, u
 			return c.q, c.rev, nil
 		}
 	}
-	e, err := l.kv.Get(ctx, contract.StateKey(user))
+	e, err := natsx.KVGet(ctx, l.js, natsx.BucketQueue, contract.StateKey(user))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Queue{}, 0, nil
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"vigil.dev/pkg/contract"
+	"vigil.dev/pkg/natsx"
 )
 
 // resultsPruneEvery is how often the index forgets results older than the
@@ -71,7 +72,7 @@ func ResultMsg(en Entry) (*nats.Msg, error) {
 // stream up to that entry's SettledSeq (and caught up with the stream
 // since it last started reading), else the stream's leader is asked.
 type ResultIndex struct {
-	nc     *nats.Conn
+	js     jetstream.JetStream
 	maxAge time.Duration
 	cons   jetstream.ConsumeContext
 
@@ -99,7 +100,7 @@ func OpenResultIndex(ctx context.Context, js jetstream.JetStream, log *slog.Logg
 	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrStore, contract.StreamResults, err)
 	}
-	x := &ResultIndex{nc: js.Conn(), maxAge: stream.CachedInfo().Config.MaxAge,
+	x := &ResultIndex{js: js, maxAge: stream.CachedInfo().Config.MaxAge,
 		stored: map[string]indexed{}, caughtUp: err != nil, lastPrune: time.Now()}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{contract.ResultSubjects}, HeadersOnly: true})
@@ -171,46 +172,19 @@ func (x *ResultIndex) Settled(ctx context.Context, user, id string, atLeast uint
 }
 
 // lookup asks VIGIL_RESULTS' leader for the result on subject
-// ($JS.API.STREAM.MSG.GET: a direct get, which the stream allows for the
+// (natsx.LastFromLeader: a direct get, which the stream allows for the
 // tenants, may be answered by a replica that lags).
 func (x *ResultIndex) lookup(ctx context.Context, id, subject string) (Recent, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
-	req, err := json.Marshal(map[string]string{"last_by_subj": subject})
-	if err != nil {
-		return Recent{}, false, err
-	}
-	reply, err := x.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+contract.StreamResults, req)
-	if err != nil {
-		return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
-	}
-	var resp struct {
-		Error *struct {
-			ErrCode     jetstream.ErrorCode `json:"err_code"`
-			Description string              `json:"description"`
-		} `json:"error"`
-		Message *struct {
-			Header []byte `json:"hdrs"`
-		} `json:"message"`
-	}
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
-	}
-	switch {
-	case resp.Error != nil && resp.Error.ErrCode == jetstream.JSErrCodeMessageNotFound:
+	m, err := natsx.LastFromLeader(ctx, x.js, contract.StreamResults, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return Recent{}, false, nil
-	case resp.Error != nil:
-		return Recent{}, false, fmt.Errorf("look up %s: %s", subject, resp.Error.Description)
-	case resp.Message == nil:
-		return Recent{}, false, fmt.Errorf("look up %s: an answer without a message", subject)
 	}
-	var h nats.Header
-	if len(resp.Message.Header) > 0 {
-		if h, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
-			return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
-		}
+	if err != nil {
+		return Recent{}, false, fmt.Errorf("look up %s: %w", subject, err)
 	}
-	return acceptanceOf(id, h), true, nil
+	return acceptanceOf(id, m.Header), true, nil
 }
 
 // Stop ends the reading.
