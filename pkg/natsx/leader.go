@@ -6,9 +6,9 @@ package natsx
 // replica may lag the write just acknowledged: on a loaded 3-server
 // cluster 81 of 3000 reads right after a write returned the previous
 // revision (docs/design.md, "Reads that decide a write come from the
-// leader"). A read that decides a
-// compare-and-set, or decides that nothing needs writing, asks the leader
-// ($JS.API.STREAM.MSG.GET, which only the leader answers) instead.
+// leader"). A read that decides a compare-and-set, or decides that
+// nothing needs writing, asks the leader ($JS.API.STREAM.MSG.GET, which
+// only the leader answers) instead.
 
 import (
 	"context"

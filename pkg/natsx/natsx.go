@@ -1,7 +1,8 @@
 // Package natsx connects to NATS the way every vigil binary should
 // (client name, reconnect forever with jittered backoff, logged disconnects,
-// drain on shutdown) and creates or updates the JetStream streams and KV
-// buckets of the contract.
+// drain on shutdown), creates or updates the JetStream streams and KV
+// buckets of the contract, and reads from a stream's leader what must see
+// the last write (KVGet).
 package natsx
 
 import (
