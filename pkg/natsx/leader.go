@@ -24,7 +24,6 @@ import (
 
 // LastMsg is the last message of a subject as the stream's leader holds it.
 type LastMsg struct {
-	Subject  string
 	Sequence uint64
 	Header   nats.Header
 	Data     []byte
@@ -55,7 +54,6 @@ func LastFromLeader(ctx context.Context, js jetstream.JetStream, stream, subject
 			Description string              `json:"description"`
 		} `json:"error"`
 		Message *struct {
-			Subject  string    `json:"subject"`
 			Sequence uint64    `json:"seq"`
 			Header   []byte    `json:"hdrs"`
 			Data     []byte    `json:"data"`
@@ -73,7 +71,7 @@ func LastFromLeader(ctx context.Context, js jetstream.JetStream, stream, subject
 	case resp.Message == nil:
 		return LastMsg{}, fmt.Errorf("stream %s: last message on %s: an answer without a message", stream, subject)
 	}
-	m := LastMsg{Subject: resp.Message.Subject, Sequence: resp.Message.Sequence, Data: resp.Message.Data, Time: resp.Message.Time}
+	m := LastMsg{Sequence: resp.Message.Sequence, Data: resp.Message.Data, Time: resp.Message.Time}
 	if len(resp.Message.Header) > 0 {
 		if m.Header, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
 			return LastMsg{}, fmt.Errorf("stream %s: last message on %s: %w", stream, subject, err)
@@ -109,15 +107,8 @@ func KVGet(ctx context.Context, js jetstream.JetStream, bucket, key string) (jet
 	if err != nil {
 		return nil, err
 	}
-	op := jetstream.KeyValuePut
-	switch m.Header.Get("KV-Operation") {
-	case "DEL":
-		op = jetstream.KeyValueDelete
-	case "PURGE":
-		op = jetstream.KeyValuePurge
-	}
-	if op != jetstream.KeyValuePut {
-		return nil, jetstream.ErrKeyNotFound
+	if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		return nil, jetstream.ErrKeyNotFound // the key's last entry is a deletion marker
 	}
 	return kvEntry{bucket: bucket, key: key, msg: m}, nil
 }
